@@ -1,0 +1,184 @@
+//! Header parsing with the bounds checks the verifier needs.
+//!
+//! Outcomes are deterministic: a frame is either parsed into a [`Packet`] or
+//! rejected with the [`DropReason`] that names the first broken header.
+
+use aya_ebpf::programs::TcContext;
+use netd_common::DropReason;
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+};
+
+const ETH_LEN: usize = EthHdr::LEN;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const TCP_MIN_LEN: usize = 20;
+const UDP_LEN: usize = 8;
+const ICMP_MIN_LEN: usize = 8;
+/// More-fragments flag and fragment offset bits of `frag_off`.
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET_MASK: u16 = 0x1fff;
+
+pub enum Packet {
+    Arp,
+    Ipv4(Ipv4Packet),
+}
+
+/// The fields later stages decide on. Addresses and ports stay in network
+/// byte order, as they sit in the packet and in the maps.
+pub struct Ipv4Packet {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// Offset of the L4 header (after IP options, if any).
+    pub l4_offset: usize,
+    /// True for any fragment, first or not.
+    pub fragment: bool,
+    pub l4: L4,
+}
+
+pub enum L4 {
+    Tcp {
+        src_port: [u8; 2],
+        dst_port: [u8; 2],
+        flags: u8,
+    },
+    Udp {
+        src_port: [u8; 2],
+        dst_port: [u8; 2],
+    },
+    Icmp {
+        icmp_type: u8,
+        code: u8,
+    },
+    /// Other protocols and non-first fragments (no L4 header to read).
+    Other,
+}
+
+/// Pointer to a `T` at `offset`, if the whole `T` lies inside the linear
+/// (directly readable) part of the packet.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+/// Like [`ptr_at`], but when the header exists in the packet and only sits
+/// beyond the linear part (e.g. paged skbs from local TCP sockets), pulls it
+/// into the linear part first. Pulling invalidates earlier pointers.
+#[inline(always)]
+pub fn header_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+    if let Some(ptr) = ptr_at(ctx, offset) {
+        return Some(ptr);
+    }
+    let needed = offset + core::mem::size_of::<T>();
+    if needed > ctx.len() as usize || ctx.pull_data(needed as u32).is_err() {
+        return None;
+    }
+    ptr_at(ctx, offset)
+}
+
+#[inline(always)]
+pub fn parse_frame(ctx: &TcContext) -> Result<Packet, DropReason> {
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(DropReason::TruncatedEthernet)?;
+    // SAFETY: bounds checked by ptr_at/header_at.
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type == EtherType::Arp as u16 {
+        return Ok(Packet::Arp);
+    }
+    if ether_type != EtherType::Ipv4 as u16 {
+        return Err(DropReason::UnsupportedEthertype);
+    }
+    parse_ipv4(ctx).map(Packet::Ipv4)
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4Packet, DropReason> {
+    let ip: *const Ipv4Hdr = header_at(ctx, ETH_LEN).ok_or(DropReason::TruncatedIpv4)?;
+    // SAFETY: bounds checked by ptr_at/header_at.
+    let ip = unsafe { &*ip };
+    let header_len = usize::from(ip.vihl & 0x0f) * 4;
+    let total_len = usize::from(u16::from_be_bytes(ip.tot_len));
+    // skb->len, not data_end - data: payload may sit in paged fragments.
+    let frame_len = ctx.len() as usize;
+    if ip.vihl >> 4 != 4
+        || header_len < Ipv4Hdr::LEN
+        || total_len < header_len
+        || ETH_LEN + total_len > frame_len
+    {
+        return Err(DropReason::BadIpv4Header);
+    }
+    let frag_off = u16::from_be_bytes(ip.frags);
+    let fragment = frag_off & (IP_MF | IP_OFFSET_MASK) != 0;
+    let first_fragment = frag_off & IP_OFFSET_MASK == 0;
+    let l4_offset = ETH_LEN + header_len;
+    // L4 headers must fit inside the IP datagram, not just the frame.
+    let l4_room = total_len - header_len;
+    let (src, dst, proto) = (ip.src_addr, ip.dst_addr, ip.proto);
+    // `ip` must not be used below: parse_l4 may pull data and move the packet.
+    let l4 = if !first_fragment {
+        L4::Other
+    } else {
+        parse_l4(ctx, proto, l4_offset, l4_room)?
+    };
+    Ok(Ipv4Packet {
+        src,
+        dst,
+        l4_offset,
+        fragment,
+        l4,
+    })
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, proto: u8, offset: usize, room: usize) -> Result<L4, DropReason> {
+    match proto {
+        IPPROTO_TCP => {
+            let hdr: *const [u8; TCP_MIN_LEN] =
+                header_at(ctx, offset).ok_or(DropReason::TruncatedL4)?;
+            // SAFETY: bounds checked by ptr_at/header_at.
+            let hdr = unsafe { &*hdr };
+            let data_offset = usize::from(hdr[12] >> 4) * 4;
+            if data_offset < TCP_MIN_LEN || data_offset > room {
+                return Err(DropReason::TruncatedL4);
+            }
+            Ok(L4::Tcp {
+                src_port: [hdr[0], hdr[1]],
+                dst_port: [hdr[2], hdr[3]],
+                flags: hdr[13],
+            })
+        }
+        IPPROTO_UDP => {
+            let hdr: *const [u8; UDP_LEN] =
+                header_at(ctx, offset).ok_or(DropReason::TruncatedL4)?;
+            if room < UDP_LEN {
+                return Err(DropReason::TruncatedL4);
+            }
+            // SAFETY: bounds checked by ptr_at/header_at.
+            let hdr = unsafe { &*hdr };
+            Ok(L4::Udp {
+                src_port: [hdr[0], hdr[1]],
+                dst_port: [hdr[2], hdr[3]],
+            })
+        }
+        IPPROTO_ICMP => {
+            let hdr: *const [u8; ICMP_MIN_LEN] =
+                header_at(ctx, offset).ok_or(DropReason::TruncatedL4)?;
+            if room < ICMP_MIN_LEN {
+                return Err(DropReason::TruncatedL4);
+            }
+            // SAFETY: bounds checked by ptr_at/header_at.
+            let hdr = unsafe { &*hdr };
+            Ok(L4::Icmp {
+                icmp_type: hdr[0],
+                code: hdr[1],
+            })
+        }
+        _ => Ok(L4::Other),
+    }
+}

@@ -1,0 +1,14 @@
+//! The one test harness every netd test, the demo and the benchmark use.
+//!
+//! - [`topology`]: uniquely named network namespaces, veths, bridges, torn
+//!   down in `Drop` even when a test panics;
+//! - [`probe`]: bounded TCP/UDP/ICMP probes and small echo servers that run
+//!   inside those namespaces;
+//! - [`packet`]: crafted frames and an independent checksum routine for
+//!   `BPF_PROG_TEST_RUN` tests.
+
+pub mod packet;
+pub mod probe;
+pub mod topology;
+
+pub use topology::{Netns, Testbed};

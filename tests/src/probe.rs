@@ -1,0 +1,175 @@
+//! Bounded traffic probes and echo servers inside namespaces.
+//!
+//! Every probe has a timeout and every server thread stops when its guard is
+//! dropped, so no test can hang or leave traffic running.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::Netns;
+
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const SERVER_POLL: Duration = Duration::from_millis(50);
+
+/// `count` ICMP echo requests from `ns` to `dst`; true if any reply came back.
+pub fn ping(ns: &Netns, dst: &str, count: u32) -> Result<bool> {
+    let out = ns
+        .command("ping")
+        .args([
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            dst,
+        ])
+        .output()
+        .context("running ping (package iputils-ping)")?;
+    Ok(out.status.success())
+}
+
+/// An echo server (TCP or UDP) bound inside a namespace. It answers every
+/// request with `reply_prefix` followed by the request, so a probe can tell
+/// which server answered.
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EchoServer {
+    pub fn tcp(ns: &Netns, addr: SocketAddr, reply_prefix: &str) -> Result<Self> {
+        let listener = ns.enter(|| TcpListener::bind(addr))??;
+        listener.set_nonblocking(true)?;
+        let prefix = reply_prefix.as_bytes().to_vec();
+        Ok(Self::run(move |stop| {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let _ = serve_tcp(&mut conn, &prefix);
+                    }
+                    Err(_) => thread::sleep(SERVER_POLL),
+                }
+            }
+        }))
+    }
+
+    pub fn udp(ns: &Netns, addr: SocketAddr, reply_prefix: &str) -> Result<Self> {
+        let socket = ns.enter(|| UdpSocket::bind(addr))??;
+        socket.set_read_timeout(Some(SERVER_POLL))?;
+        let prefix = reply_prefix.as_bytes().to_vec();
+        Ok(Self::run(move |stop| {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = socket.recv_from(&mut buf) {
+                    let mut reply = prefix.clone();
+                    reply.extend_from_slice(&buf[..n]);
+                    let _ = socket.send_to(&reply, peer);
+                }
+            }
+        }))
+    }
+
+    fn run(serve: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        Self {
+            stop,
+            thread: Some(thread::spawn(move || serve(flag))),
+        }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve_tcp(conn: &mut TcpStream, prefix: &[u8]) -> std::io::Result<()> {
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    let mut buf = [0u8; 2048];
+    let n = conn.read(&mut buf)?;
+    conn.write_all(prefix)?;
+    conn.write_all(&buf[..n])
+}
+
+/// One TCP request from inside `ns`: connect, send, read the reply until EOF
+/// or timeout. Err when the connection is refused or times out.
+pub fn tcp_request(ns: &Netns, dst: SocketAddr, payload: &[u8]) -> Result<Vec<u8>> {
+    let mut conn = ns
+        .enter(|| TcpStream::connect_timeout(&dst, PROBE_TIMEOUT))?
+        .with_context(|| format!("TCP connect from {} to {dst}", ns.name()))?;
+    conn.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    conn.write_all(payload)?;
+    conn.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = Vec::new();
+    conn.read_to_end(&mut reply)?;
+    Ok(reply)
+}
+
+/// One UDP datagram from inside `ns` and the reply to it, if one comes.
+pub fn udp_request(ns: &Netns, dst: SocketAddr, payload: &[u8]) -> Result<Vec<u8>> {
+    let socket = ns.enter(|| UdpSocket::bind("0.0.0.0:0"))??;
+    socket.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    socket.send_to(payload, dst)?;
+    let mut buf = [0u8; 2048];
+    match socket.recv_from(&mut buf) {
+        Ok((n, _)) => Ok(buf[..n].to_vec()),
+        Err(err) => bail!("no UDP reply from {dst} to {}: {err}", ns.name()),
+    }
+}
+
+/// Sends one raw Ethernet frame out of `ifname` inside `ns` (AF_PACKET), to
+/// put malformed packets on a real wire.
+pub fn send_raw_frame(ns: &Netns, ifname: &str, frame: &[u8]) -> Result<()> {
+    ns.enter(|| -> Result<()> {
+        let ifname_c = std::ffi::CString::new(ifname)?;
+        // SAFETY: plain libc calls with checked return values; the socket is closed below.
+        unsafe {
+            let ifindex = libc::if_nametoindex(ifname_c.as_ptr());
+            if ifindex == 0 {
+                bail!("no interface {ifname}: {}", std::io::Error::last_os_error());
+            }
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            if fd < 0 {
+                bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+            }
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+            let sent = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if sent < 0 {
+                bail!("sending raw frame on {ifname}: {err}");
+            }
+        }
+        Ok(())
+    })?
+}

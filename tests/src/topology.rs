@@ -1,0 +1,227 @@
+//! Network namespaces, veth pairs and bridges for tests, demo and benchmark.
+//!
+//! Everything lives inside namespaces this module creates: links are created
+//! directly in their namespace (never in the root one), addresses are only
+//! used inside them, and `Drop` kills what runs inside and deletes them.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+static NEXT_TESTBED: AtomicU32 = AtomicU32::new(0);
+
+/// A set of namespaces that belong together (one test, the demo, one bench
+/// run). Names carry a per-process unique id, so testbeds can run in parallel.
+pub struct Testbed {
+    id: String,
+    namespaces: Vec<Netns>,
+}
+
+impl Testbed {
+    pub fn new() -> Result<Self> {
+        let n = NEXT_TESTBED.fetch_add(1, Ordering::Relaxed) & 0xfff;
+        // pid (≤ 6 hex digits) + counter (3): short enough for 15-byte ifnames.
+        let id = format!("{:x}{n:03x}", std::process::id());
+        Ok(Self {
+            id,
+            namespaces: Vec::new(),
+        })
+    }
+
+    /// Unique id of this testbed; use it in interface names (max 6 more bytes).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Interface name `tag` + id (≤ 15 bytes when `tag` has ≤ 6).
+    pub fn ifname(&self, tag: &str) -> String {
+        let name = format!("{tag}{}", self.id);
+        assert!(
+            name.len() <= 15,
+            "interface name {name} longer than 15 bytes"
+        );
+        name
+    }
+
+    /// Creates namespace `netd-<id>-<role>` with loopback up.
+    pub fn add_netns(&mut self, role: &str) -> Result<Netns> {
+        let ns = Netns {
+            name: format!("netd-{}-{role}", self.id),
+        };
+        run(Command::new("ip").args(["netns", "add", &ns.name]))
+            .with_context(|| format!("creating network namespace {}", ns.name))?;
+        self.namespaces.push(ns.clone());
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Creates a veth pair with one end in each namespace, both ends up.
+    pub fn veth(&self, a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
+        run(Command::new("ip").args([
+            "link", "add", a_name, "netns", &a.name, "type", "veth", "peer", "name", b_name,
+            "netns", &b.name,
+        ]))
+        .with_context(|| format!("creating veth {a_name}@{} <-> {b_name}@{}", a.name, b.name))?;
+        a.ip(&["link", "set", a_name, "up"])?;
+        b.ip(&["link", "set", b_name, "up"])
+    }
+
+    /// Adds a container-like namespace `role` wired to `bridge` in `host`
+    /// through veth `host_if` (host side) / `eth0` (container side), with
+    /// `addr` (CIDR) on eth0 and a default route via `gateway`.
+    pub fn add_container(
+        &mut self,
+        role: &str,
+        host: &Netns,
+        bridge: &str,
+        host_if: &str,
+        addr: &str,
+        gateway: &str,
+    ) -> Result<Netns> {
+        let ns = self.add_netns(role)?;
+        self.veth(host, host_if, &ns, "eth0")?;
+        host.ip(&["link", "set", host_if, "master", bridge])?;
+        ns.ip(&["addr", "add", addr, "dev", "eth0"])?;
+        ns.ip(&["route", "add", "default", "via", gateway])?;
+        Ok(ns)
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            // Processes keep a namespace alive after its name is gone: end them first.
+            if let Ok(out) = Command::new("ip")
+                .args(["netns", "pids", &ns.name])
+                .output()
+            {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        // SAFETY: plain syscall on a pid that lives in our namespace.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+            if let Err(err) = run(Command::new("ip").args(["netns", "del", &ns.name])) {
+                eprintln!("testbed: could not delete {}: {err:#}", ns.name);
+            }
+        }
+    }
+}
+
+/// A named network namespace (`/run/netns/<name>`).
+#[derive(Clone, Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n <ns> args…`, which must succeed.
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+            .with_context(|| format!("ip {} (in {})", args.join(" "), self.name))
+    }
+
+    /// A command that runs inside this namespace. `nsenter --net` rather
+    /// than `ip netns exec`, which would remount /sys and hide bpffs.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Runs `program args…` inside the namespace; fails unless it exits 0.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<Output> {
+        let out = self.command(program).args(args).output()?;
+        if !out.status.success() {
+            bail!(
+                "{program} {} in {} failed ({}): {}",
+                args.join(" "),
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(out)
+    }
+
+    /// Starts `program args…` inside the namespace; killed when the guard drops.
+    pub fn spawn(&self, program: &str, args: &[&str]) -> Result<Background> {
+        let child = self
+            .command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {program} in {}", self.name))?;
+        Ok(Background { child })
+    }
+
+    /// Runs `f` on a thread that has entered this namespace. Sockets and
+    /// links `f` creates belong to the namespace; interface names resolve there.
+    pub fn enter<R: Send, F: FnOnce() -> R + Send>(&self, f: F) -> Result<R> {
+        let file = File::open(self.path()).with_context(|| format!("opening {}", self.name))?;
+        thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    // SAFETY: setns on this (new, scoped) thread only.
+                    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(anyhow!(
+                            "setns into {}: {}",
+                            self.name,
+                            std::io::Error::last_os_error()
+                        ));
+                    }
+                    Ok(f())
+                })
+                .join()
+                .map_err(|_| anyhow!("thread inside {} panicked", self.name))?
+        })
+    }
+}
+
+/// A process running inside a namespace; killed and reaped on drop.
+pub struct Background {
+    child: Child,
+}
+
+impl Background {
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

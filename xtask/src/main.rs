@@ -1,0 +1,123 @@
+//! `cargo xtask <command>`: the entry point for people and CI.
+//!
+//! Runs on the machine's default toolchain. Every command first makes sure
+//! what it needs is installed (see `setup.rs`), then drives cargo with the
+//! pinned toolchain.
+
+mod setup;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  setup          install what is missing (apt packages, Rust toolchain, bpf-linker, bpffs)
+  build          build netd (user space and the embedded BPF programs)
+  run -- ARGS    build, then run `netd ARGS` as root
+  demo           show netd on real traffic between network namespaces
+  test           run every test (BPF unit tests through BPF_PROG_TEST_RUN, namespace
+                 integration tests), then rustfmt and clippy checks
+  lint           rustfmt and clippy checks only
+";
+
+fn main() -> ExitCode {
+    match run(env::args().skip(1).collect()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Vec<String>) -> Result<()> {
+    let Some((command, rest)) = args.split_first() else {
+        print!("{USAGE}");
+        return Ok(());
+    };
+    match command.as_str() {
+        "setup" => setup::ensure_all(),
+        "build" => {
+            setup::ensure_all()?;
+            cargo(&["build", "-p", "netd"])
+        }
+        "run" => {
+            setup::ensure_all()?;
+            cargo(&["build", "-p", "netd"])?;
+            let args = rest.strip_prefix(&["--".to_owned()]).unwrap_or(rest);
+            run_command(Command::new(target_dir().join("debug/netd")).args(args))
+        }
+        "demo" => {
+            setup::ensure_all()?;
+            cargo(&["build", "-p", "netd"])?;
+            cargo(&["run", "-p", "netd-testbed", "--bin", "netd-demo"])
+        }
+        "test" => {
+            setup::ensure_all()?;
+            cargo(&["test", "--workspace", "--exclude", "netd-ebpf"])?;
+            lint()
+        }
+        "lint" => {
+            setup::ensure_all()?;
+            lint()
+        }
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
+
+fn lint() -> Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "netd-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
+}
+
+/// Runs `cargo +PINNED args…` from the workspace root.
+fn cargo(args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.arg(format!("+{}", setup::PINNED_TOOLCHAIN))
+        .args(args)
+        .current_dir(workspace_root());
+    // Set by the outer `cargo run` for the default toolchain; must not leak in.
+    for var in ["RUSTUP_TOOLCHAIN", "CARGO", "RUSTC", "RUSTDOC"] {
+        cmd.env_remove(var);
+    }
+    run_command(&mut cmd)
+}
+
+fn run_command(cmd: &mut Command) -> Result<()> {
+    cmd.env("PATH", setup::path_with_cargo_bin());
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+}
+
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
