@@ -8,6 +8,26 @@
 pub mod maps {
     pub const TRAFFIC_COUNTERS: &str = "TRAFFIC_COUNTERS";
     pub const DROP_COUNTERS: &str = "DROP_COUNTERS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const NETWORKS: &str = "NETWORKS";
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    pub const PUBLISHED_PORTS: &str = "PUBLISHED_PORTS";
+    pub const CONNTRACK: &str = "CONNTRACK";
+}
+
+/// Map sizes (entries). Kernel memory is charged per entry; see docs/datapath.md.
+pub mod sizes {
+    /// Networks (bridges) per host: Docker's default pools give ~31 + 256.
+    pub const NETWORKS: u32 = 1024;
+    /// Container interfaces (one per container per network).
+    pub const ENDPOINTS: u32 = 16384;
+    /// Host addresses (uplink addresses, bridge gateways, 127.0.0.1).
+    pub const LOCAL_ADDRS: u32 = 4096;
+    /// Published (host IP, port, protocol) triples; a range counts one per port.
+    pub const PUBLISHED_PORTS: u32 = 65536;
+    /// Conntrack entries: two per connection (original and reply direction).
+    pub const CONNTRACK: u32 = 262144;
 }
 
 /// Names of the BPF programs in the object file.
@@ -15,9 +35,13 @@ pub mod programs {
     /// TC program on the host side of a container's veth, ingress direction
     /// (packets the container sends).
     pub const FROM_CONTAINER: &str = "from_container";
+    /// TC program on the uplink, ingress: packets from outside the host.
+    pub const FROM_UPLINK: &str = "from_uplink";
+    /// TC program on the uplink, egress: packets leaving the host.
+    pub const TO_UPLINK: &str = "to_uplink";
 
     /// Every TC program in the object (user space loads them all).
-    pub const CLASSIFIERS: &[&str] = &[FROM_CONTAINER];
+    pub const CLASSIFIERS: &[&str] = &[FROM_CONTAINER, FROM_UPLINK, TO_UPLINK];
 }
 
 macro_rules! counted_enum {
@@ -65,8 +89,31 @@ counted_enum! {
         /// IPv4 header fields that cannot be right: version, IHL < 5,
         /// total length smaller than the header or larger than the frame.
         BadIpv4Header = 3 => "bad-ipv4-header",
-        /// TCP, UDP or ICMP header cut short (or a TCP data offset below 5).
+        /// TCP, UDP, ICMP header or ARP body cut short (or a TCP data offset below 5).
         TruncatedL4 = 4 => "truncated-l4",
+        /// A container sent with an IP or MAC that is not its own.
+        SpoofedSource = 5 => "spoofed-source",
+        /// Between two different netd networks (Docker's isolation stages).
+        NetworkIsolation = 6 => "network-isolation",
+        /// Between two containers of a network created with icc=false.
+        IccDisabled = 7 => "icc-disabled",
+        /// Leaving or entering an internal network.
+        InternalNetwork = 8 => "internal-network",
+        /// From outside to a container address or unpublished port, not part
+        /// of a connection the container opened.
+        UnsolicitedInbound = 9 => "unsolicited-inbound",
+        /// No free source port for masquerade after the bounded retries.
+        NatPortsExhausted = 10 => "nat-ports-exhausted",
+        /// The conntrack table refused an entry (full and nothing evictable).
+        ConntrackFull = 11 => "conntrack-full",
+        /// A fragment of a flow that needs NAT: netd does not reassemble.
+        FragmentNeedsNat = 12 => "fragment-needs-nat",
+        /// A rewrite helper failed; the packet is dropped rather than sent
+        /// half-rewritten.
+        RewriteFailed = 13 => "rewrite-failed",
+        /// A loopback destination arriving from outside (e.g. a port
+        /// published on 127.0.0.1 probed from an L2 neighbour).
+        LoopbackFromOutside = 14 => "loopback-from-outside",
     }
 }
 
@@ -97,8 +144,136 @@ impl PacketCounter {
     }
 }
 
+/// Addresses and ports are kept in network byte order, as in the packet.
+pub type Ipv4 = [u8; 4];
+pub type Port = [u8; 2];
+
+/// Process-wide settings (one-slot array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Address masquerade uses when a network names no host IP of its own.
+    pub masquerade_ip: Ipv4,
+    /// Source ports masquerade may allocate when the original one is taken
+    /// (host byte order, inclusive).
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+}
+
+/// Network flags.
+pub const NET_ICC: u32 = 1 << 0;
+pub const NET_INTERNAL: u32 = 1 << 1;
+pub const NET_MASQUERADE: u32 = 1 << 2;
+
+/// Key of the `NETWORKS` LPM trie: the network's subnet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetworkInfo {
+    pub id: u32,
+    pub flags: u32,
+    pub gateway: Ipv4,
+    /// Source address for masquerade; all zero = `Config::masquerade_ip`.
+    pub host_ip: Ipv4,
+}
+
+/// A container's interface on one network, keyed by its address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host side of the container's veth.
+    pub ifindex: u32,
+    pub network_id: u32,
+    /// Copy of the network's flags (fixed for a network's lifetime), so the
+    /// hot path needs one lookup for the sender.
+    pub network_flags: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Key of `PUBLISHED_PORTS`. `host_ip` all zero = published on every address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub host_ip: Ipv4,
+    pub port: Port,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub ip: Ipv4,
+    pub port: Port,
+    pub _pad: [u8; 2],
+}
+
+/// A packet's 5-tuple as it appears on the wire. ICMP echo uses the
+/// identifier as both ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub src: Ipv4,
+    pub dst: Ipv4,
+    pub src_port: Port,
+    pub dst_port: Port,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl CtKey {
+    /// The tuple of a packet travelling the other way.
+    pub const fn reversed(&self) -> CtKey {
+        CtKey {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Conntrack entry flags.
+pub const CT_REPLY: u32 = 1 << 0;
+pub const CT_SNAT: u32 = 1 << 1;
+pub const CT_DNAT: u32 = 1 << 2;
+pub const CT_SEEN_REPLY: u32 = 1 << 3;
+pub const CT_CLOSING: u32 = 1 << 4;
+
+/// Timeouts (nanoseconds of CLOCK_MONOTONIC, as bpf_ktime_get_ns).
+pub mod timeouts {
+    const SEC: u64 = 1_000_000_000;
+    pub const TCP_SYN: u64 = 60 * SEC;
+    pub const TCP_ESTABLISHED: u64 = 6 * 3600 * SEC;
+    pub const TCP_CLOSING: u64 = 10 * SEC;
+    pub const UDP: u64 = 60 * SEC;
+    pub const ICMP: u64 = 30 * SEC;
+}
+
+/// One direction of a tracked connection. Every connection has two entries:
+/// the original direction and the reply direction, each holding the tuple
+/// its packets are rewritten to (`xlat`; equal to the key when no NAT).
+/// The other entry's key is always `xlat.reversed()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    pub xlat: CtKey,
+    pub expires_ns: u64,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain #[repr(C)] integers without padding.
+    // SAFETY: #[repr(C)] integers and byte arrays, padding explicit.
     unsafe impl aya::Pod for super::PacketCounter {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::NetworkInfo {}
+    unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
 }

@@ -4,16 +4,22 @@
 //! rejected with the [`DropReason`] that names the first broken header.
 
 use aya_ebpf::programs::TcContext;
-use netd_common::DropReason;
+use netd_common::{CtKey, DropReason};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
 };
 
-const ETH_LEN: usize = EthHdr::LEN;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+pub const ETH_LEN: usize = EthHdr::LEN;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 const TCP_MIN_LEN: usize = 20;
 const UDP_LEN: usize = 8;
 const ICMP_MIN_LEN: usize = 8;
@@ -22,7 +28,10 @@ const IP_MF: u16 = 0x2000;
 const IP_OFFSET_MASK: u16 = 0x1fff;
 
 pub enum Packet {
-    Arp,
+    /// ARP, with the sender protocol address.
+    Arp {
+        sender_ip: [u8; 4],
+    },
     Ipv4(Ipv4Packet),
 }
 
@@ -48,10 +57,8 @@ pub enum L4 {
         src_port: [u8; 2],
         dst_port: [u8; 2],
     },
-    Icmp {
-        icmp_type: u8,
-        code: u8,
-    },
+    /// `ident` is the echo identifier (meaningful for echo request/reply).
+    Icmp { icmp_type: u8, ident: [u8; 2] },
     /// Other protocols and non-first fragments (no L4 header to read).
     Other,
 }
@@ -83,13 +90,27 @@ pub fn header_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
     ptr_at(ctx, offset)
 }
 
+/// Source MAC of the frame.
+#[inline(always)]
+pub fn src_mac(ctx: &TcContext) -> Result<[u8; 6], DropReason> {
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(DropReason::TruncatedEthernet)?;
+    // SAFETY: bounds checked by ptr_at.
+    Ok(unsafe { (*eth).src_addr })
+}
+
 #[inline(always)]
 pub fn parse_frame(ctx: &TcContext) -> Result<Packet, DropReason> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(DropReason::TruncatedEthernet)?;
     // SAFETY: bounds checked by ptr_at/header_at.
     let ether_type = unsafe { (*eth).ether_type };
     if ether_type == EtherType::Arp as u16 {
-        return Ok(Packet::Arp);
+        // Ethernet/IPv4 ARP: sender protocol address at bytes 14..18 of the payload.
+        let arp: *const [u8; 18] = header_at(ctx, ETH_LEN).ok_or(DropReason::TruncatedL4)?;
+        // SAFETY: bounds checked by header_at.
+        let arp = unsafe { &*arp };
+        return Ok(Packet::Arp {
+            sender_ip: [arp[14], arp[15], arp[16], arp[17]],
+        });
     }
     if ether_type != EtherType::Ipv4 as u16 {
         return Err(DropReason::UnsupportedEthertype);
@@ -176,9 +197,42 @@ fn parse_l4(ctx: &TcContext, proto: u8, offset: usize, room: usize) -> Result<L4
             let hdr = unsafe { &*hdr };
             Ok(L4::Icmp {
                 icmp_type: hdr[0],
-                code: hdr[1],
+                ident: [hdr[4], hdr[5]],
             })
         }
         _ => Ok(L4::Other),
+    }
+}
+
+impl Ipv4Packet {
+    /// The conntrack tuple, for protocols netd tracks: TCP, UDP, ICMP echo.
+    #[inline(always)]
+    pub fn tuple(&self) -> Option<CtKey> {
+        let (proto, src_port, dst_port) = match self.l4 {
+            L4::Tcp {
+                src_port, dst_port, ..
+            } => (IPPROTO_TCP, src_port, dst_port),
+            L4::Udp { src_port, dst_port } => (IPPROTO_UDP, src_port, dst_port),
+            L4::Icmp {
+                icmp_type: ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY,
+                ident,
+            } => (IPPROTO_ICMP, ident, ident),
+            _ => return None,
+        };
+        Some(CtKey {
+            src: self.src,
+            dst: self.dst,
+            src_port,
+            dst_port,
+            proto,
+            _pad: [0; 3],
+        })
+    }
+
+    pub fn tcp_flags(&self) -> u8 {
+        match self.l4 {
+            L4::Tcp { flags, .. } => flags,
+            _ => 0,
+        }
     }
 }

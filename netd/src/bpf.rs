@@ -1,15 +1,18 @@
 //! The embedded BPF object: loading it, attaching its programs and reading
 //! the counters it keeps.
 
-use std::ffi::CString;
+use std::{ffi::CString, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::PerCpuArray,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
 };
-use netd_common::{DropReason, PacketCounter, TrafficClass, maps, programs};
+use netd_common::{
+    Backend, Config, CtEntry, CtKey, DropReason, Endpoint, NetworkInfo, PacketCounter, PortKey,
+    TrafficClass, maps, programs,
+};
 
 /// The object built from `netd-ebpf` by `build.rs`.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netd"));
@@ -46,6 +49,132 @@ impl Datapath {
             .with_context(|| format!("attaching {} to {iface}", programs::FROM_CONTAINER))
     }
 
+    /// Attaches `from_uplink` (ingress) and `to_uplink` (egress) to the uplink.
+    pub fn attach_uplink(&mut self, iface: &str) -> Result<()> {
+        let name = CString::new(iface).context("interface name contains NUL")?;
+        for (program, direction) in [
+            (programs::FROM_UPLINK, TcAttachType::Ingress),
+            (programs::TO_UPLINK, TcAttachType::Egress),
+        ] {
+            self.classifier(program)?
+                .attach(name.as_c_str(), direction)
+                .with_context(|| format!("attaching {program} to {iface}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn set_config(&mut self, config: Config) -> Result<()> {
+        let mut map: Array<_, Config> = Array::try_from(self.map_mut(maps::CONFIG)?)?;
+        map.set(0, &config, 0).context("writing CONFIG")
+    }
+
+    /// Registers a network's subnet (`prefix_len` bits of `subnet`).
+    pub fn insert_network(
+        &mut self,
+        subnet: Ipv4Addr,
+        prefix_len: u8,
+        info: NetworkInfo,
+    ) -> Result<()> {
+        let mut map: LpmTrie<_, [u8; 4], NetworkInfo> =
+            LpmTrie::try_from(self.map_mut(maps::NETWORKS)?)?;
+        map.insert(&Key::new(u32::from(prefix_len), subnet.octets()), &info, 0)
+            .with_context(|| format!("adding network {subnet}/{prefix_len}"))
+    }
+
+    pub fn remove_network(&mut self, subnet: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        let mut map: LpmTrie<_, [u8; 4], NetworkInfo> =
+            LpmTrie::try_from(self.map_mut(maps::NETWORKS)?)?;
+        map.remove(&Key::new(u32::from(prefix_len), subnet.octets()))
+            .with_context(|| format!("removing network {subnet}/{prefix_len}"))
+    }
+
+    pub fn insert_endpoint(&mut self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<()> {
+        self.hash_map::<[u8; 4], Endpoint>(maps::ENDPOINTS)?
+            .insert(&ip.octets(), &endpoint, 0)
+            .with_context(|| format!("adding endpoint {ip}"))
+    }
+
+    /// Removes an endpoint and every connection it took part in, so a
+    /// container re-created on the same address starts clean.
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
+        self.hash_map::<[u8; 4], Endpoint>(maps::ENDPOINTS)?
+            .remove(&ip.octets())
+            .with_context(|| format!("removing endpoint {ip}"))?;
+        let ip = ip.octets();
+        self.conntrack_flush(|key, entry| {
+            [key.src, key.dst, entry.xlat.src, entry.xlat.dst].contains(&ip)
+        })?;
+        Ok(())
+    }
+
+    pub fn insert_local_addr(&mut self, ip: Ipv4Addr) -> Result<()> {
+        self.hash_map::<[u8; 4], u32>(maps::LOCAL_ADDRS)?
+            .insert(&ip.octets(), &1, 0)
+            .with_context(|| format!("adding local address {ip}"))
+    }
+
+    pub fn remove_local_addr(&mut self, ip: Ipv4Addr) -> Result<()> {
+        self.hash_map::<[u8; 4], u32>(maps::LOCAL_ADDRS)?
+            .remove(&ip.octets())
+            .with_context(|| format!("removing local address {ip}"))
+    }
+
+    pub fn publish(&mut self, key: PortKey, backend: Backend) -> Result<()> {
+        self.hash_map::<PortKey, Backend>(maps::PUBLISHED_PORTS)?
+            .insert(&key, &backend, 0)
+            .context("publishing port")
+    }
+
+    /// Unpublishes a port and forgets the connections made through it.
+    pub fn unpublish(&mut self, key: PortKey) -> Result<()> {
+        self.hash_map::<PortKey, Backend>(maps::PUBLISHED_PORTS)?
+            .remove(&key)
+            .context("unpublishing port")?;
+        self.conntrack_flush(|k, entry| {
+            let through_port = |t: &CtKey| {
+                t.proto == key.proto
+                    && t.dst_port == key.port
+                    && (key.host_ip == [0; 4] || t.dst == key.host_ip)
+            };
+            (entry.flags & netd_common::CT_DNAT != 0)
+                && (through_port(k) || through_port(&entry.xlat.reversed()))
+        })?;
+        Ok(())
+    }
+
+    /// Every conntrack entry (both directions of each connection).
+    pub fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtEntry)>> {
+        let map = self
+            .ebpf
+            .map(maps::CONNTRACK)
+            .ok_or_else(|| anyhow!("CONNTRACK missing"))?;
+        let map: HashMap<_, CtKey, CtEntry> = HashMap::try_from(map)?;
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Deletes both entries of every connection one of whose entries matches.
+    /// Returns how many entries were deleted.
+    pub fn conntrack_flush(&mut self, matches: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<usize> {
+        let doomed: Vec<CtKey> = self
+            .conntrack_entries()?
+            .into_iter()
+            .filter(|(key, entry)| matches(key, entry))
+            .flat_map(|(key, entry)| [key, entry.xlat.reversed()])
+            .collect();
+        let mut map: HashMap<_, CtKey, CtEntry> =
+            HashMap::try_from(self.map_mut(maps::CONNTRACK)?)?;
+        Ok(doomed.iter().filter(|key| map.remove(key).is_ok()).count())
+    }
+
+    /// Removes connections whose entries have both expired at `now_ns`
+    /// (CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns).
+    pub fn conntrack_gc(&mut self, now_ns: u64) -> Result<usize> {
+        let entries: std::collections::HashMap<CtKey, CtEntry> =
+            self.conntrack_entries()?.into_iter().collect();
+        let expired = |key: &CtKey| entries.get(key).is_none_or(|e| e.expires_ns <= now_ns);
+        self.conntrack_flush(|key, entry| expired(key) && expired(&entry.xlat.reversed()))
+    }
+
     /// Packets and bytes per traffic class, summed over CPUs.
     pub fn traffic_counters(&self) -> Result<Vec<(TrafficClass, PacketCounter)>> {
         let map: PerCpuArray<_, PacketCounter> = self.per_cpu_array(maps::TRAFFIC_COUNTERS)?;
@@ -70,6 +199,20 @@ impl Datapath {
             .collect()
     }
 
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("BPF map {name} missing"))
+    }
+
+    fn hash_map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &str,
+    ) -> Result<HashMap<&mut MapData, K, V>> {
+        HashMap::try_from(self.map_mut(name)?)
+            .with_context(|| format!("BPF map {name} has an unexpected type"))
+    }
+
     fn per_cpu_array<V: aya::Pod>(
         &self,
         name: &str,
@@ -87,4 +230,15 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassif
         .ok_or_else(|| anyhow!("BPF program {name} missing from the object"))?
         .try_into()
         .with_context(|| format!("BPF program {name} is not a TC classifier"))
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock conntrack expiry is kept in.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -4,9 +4,11 @@
 //!   down in `Drop` even when a test panics;
 //! - [`probe`]: bounded TCP/UDP/ICMP probes and small echo servers that run
 //!   inside those namespaces;
+//! - [`datapath_host`]: a host namespace driven through `netd::bpf::Datapath`;
 //! - [`packet`]: crafted frames and an independent checksum routine for
 //!   `BPF_PROG_TEST_RUN` tests.
 
+pub mod datapath_host;
 pub mod packet;
 pub mod probe;
 pub mod topology;

@@ -43,7 +43,8 @@ pub fn ping(ns: &Netns, dst: &str, count: u32) -> Result<bool> {
 
 /// An echo server (TCP or UDP) bound inside a namespace. It answers every
 /// request with `reply_prefix` followed by the request, so a probe can tell
-/// which server answered.
+/// which server answered; `{peer}` in the prefix becomes the client address
+/// the server saw (to check NAT).
 pub struct EchoServer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -57,8 +58,8 @@ impl EchoServer {
         Ok(Self::run(move |stop| {
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        let _ = serve_tcp(&mut conn, &prefix);
+                    Ok((mut conn, peer)) => {
+                        let _ = serve_tcp(&mut conn, &with_peer(&prefix, peer));
                     }
                     Err(_) => thread::sleep(SERVER_POLL),
                 }
@@ -74,7 +75,7 @@ impl EchoServer {
             let mut buf = [0u8; 2048];
             while !stop.load(Ordering::Relaxed) {
                 if let Ok((n, peer)) = socket.recv_from(&mut buf) {
-                    let mut reply = prefix.clone();
+                    let mut reply = with_peer(&prefix, peer);
                     reply.extend_from_slice(&buf[..n]);
                     let _ = socket.send_to(&reply, peer);
                 }
@@ -99,6 +100,12 @@ impl Drop for EchoServer {
             let _ = thread.join();
         }
     }
+}
+
+fn with_peer(prefix: &[u8], peer: SocketAddr) -> Vec<u8> {
+    String::from_utf8_lossy(prefix)
+        .replace("{peer}", &peer.ip().to_string())
+        .into_bytes()
 }
 
 fn serve_tcp(conn: &mut TcpStream, prefix: &[u8]) -> std::io::Result<()> {

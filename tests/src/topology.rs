@@ -26,6 +26,7 @@ pub struct Testbed {
 
 impl Testbed {
     pub fn new() -> Result<Self> {
+        remove_orphans();
         let n = NEXT_TESTBED.fetch_add(1, Ordering::Relaxed) & 0xfff;
         // pid (≤ 6 hex digits) + counter (3): short enough for 15-byte ifnames.
         let id = format!("{:x}{n:03x}", std::process::id());
@@ -116,6 +117,33 @@ impl Drop for Testbed {
     }
 }
 
+/// Deletes namespaces of testbeds whose process died without running Drop
+/// (an abort, SIGKILL): their names carry the owner's pid.
+fn remove_orphans() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(id) = name
+            .strip_prefix("netd-")
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        let Some(pid) = id
+            .get(..id.len().saturating_sub(3))
+            .and_then(|p| i32::from_str_radix(p, 16).ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks that the process exists.
+        if pid > 0 && unsafe { libc::kill(pid, 0) } != 0 {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
 /// A named network namespace (`/run/netns/<name>`).
 #[derive(Clone, Debug)]
 pub struct Netns {
@@ -135,6 +163,48 @@ impl Netns {
     pub fn ip(&self, args: &[&str]) -> Result<()> {
         run(Command::new("ip").arg("-n").arg(&self.name).args(args))
             .with_context(|| format!("ip {} (in {})", args.join(" "), self.name))
+    }
+
+    /// Interface index of `iface` inside this namespace.
+    pub fn ifindex(&self, iface: &str) -> Result<u32> {
+        let line = self.link_line(iface)?;
+        let index = line.split(':').next().unwrap_or_default().trim();
+        index
+            .parse()
+            .with_context(|| format!("ifindex in {line:?}"))
+    }
+
+    /// MAC address of `iface` inside this namespace.
+    pub fn mac(&self, iface: &str) -> Result<[u8; 6]> {
+        let line = self.link_line(iface)?;
+        let text = line
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .with_context(|| format!("no MAC in {line:?}"))?;
+        let mut mac = [0u8; 6];
+        for (byte, part) in mac.iter_mut().zip(text.split(':')) {
+            *byte = u8::from_str_radix(part, 16)?;
+        }
+        Ok(mac)
+    }
+
+    /// `ip -o link show dev IFACE` inside this namespace (/sys still shows
+    /// the root namespace under nsenter, so it cannot be read there).
+    fn link_line(&self, iface: &str) -> Result<String> {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "-o", "link", "show", "dev", iface])
+            .output()?;
+        if !out.status.success() {
+            bail!("no interface {iface} in {}", self.name);
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `sysctl -w key=value` inside this namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.run("sysctl", &["-q", "-w", &format!("{key}={value}")])
+            .map(drop)
     }
 
     /// A command that runs inside this namespace. `nsenter --net` rather

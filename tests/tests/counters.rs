@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use anyhow::Result;
 use aya_test_run::run_classifier;
 use netd::bpf::Datapath;
-use netd_common::{DropReason, PacketCounter, TrafficClass, programs};
+use netd_common::{
+    DropReason, Endpoint, NET_ICC, NET_MASQUERADE, PacketCounter, TrafficClass, programs,
+};
 use netd_testbed::{
     Testbed,
     packet::{self, ETHERTYPE_IPV6, Ipv4Frame, L4, TCP_SYN},
@@ -37,6 +39,24 @@ mod aya_test_run {
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+/// BPF_PROG_TEST_RUN runs TC programs as if on loopback.
+const TEST_RUN_IFINDEX: u32 = 1;
+
+/// A datapath that knows the crafted frames' sender (172.17.0.2,
+/// 02:00:00:00:00:01), so anti-spoofing lets them through.
+fn datapath_with_sender() -> Datapath {
+    let mut dp = Datapath::load().unwrap();
+    let endpoint = Endpoint {
+        ifindex: TEST_RUN_IFINDEX,
+        network_id: 1,
+        network_flags: NET_ICC | NET_MASQUERADE,
+        mac: [2, 0, 0, 0, 0, 1],
+        _pad: [0; 2],
+    };
+    dp.insert_endpoint("172.17.0.2".parse().unwrap(), endpoint)
+        .unwrap();
+    dp
+}
 
 fn traffic(dp: &Datapath, class: TrafficClass) -> PacketCounter {
     dp.traffic_counters()
@@ -91,7 +111,7 @@ fn expect(
 
 #[test]
 fn well_formed_packets_pass_and_are_counted_by_class() {
-    let mut dp = Datapath::load().unwrap();
+    let mut dp = datapath_with_sender();
     let tcp = Ipv4Frame::tcp("172.17.0.2", 40000, "192.0.2.1", 80, TCP_SYN).build();
     let udp = Ipv4Frame::udp("172.17.0.2", 40000, "192.0.2.1", 53, b"query").build();
     let icmp = Ipv4Frame::icmp_echo("172.17.0.2", "192.0.2.1", 1, 1).build();
@@ -123,7 +143,7 @@ fn well_formed_packets_pass_and_are_counted_by_class() {
 
 #[test]
 fn ip_options_and_fragments_are_parsed_deterministically() {
-    let mut dp = Datapath::load().unwrap();
+    let mut dp = datapath_with_sender();
     // Header with 4 bytes of options (NOP x3 + EOL): L4 still found after them.
     let mut with_options = Ipv4Frame::udp("172.17.0.2", 1, "192.0.2.1", 2, b"x");
     with_options.options = vec![1, 1, 1, 0];
@@ -148,7 +168,7 @@ fn ip_options_and_fragments_are_parsed_deterministically() {
 
 #[test]
 fn malformed_frames_are_dropped_with_their_reason() {
-    let mut dp = Datapath::load().unwrap();
+    let mut dp = datapath_with_sender();
     let tcp = Ipv4Frame::tcp("172.17.0.2", 40000, "192.0.2.1", 80, TCP_SYN).build();
 
     // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header and
@@ -252,6 +272,14 @@ fn counts_real_traffic_between_namespaces() -> Result<()> {
     )?;
 
     let mut dp = Datapath::load()?;
+    let endpoint = Endpoint {
+        ifindex: host.ifindex(&host_if)?,
+        network_id: 1,
+        network_flags: NET_ICC | NET_MASQUERADE,
+        mac: ctr.mac("eth0")?,
+        _pad: [0; 2],
+    };
+    dp.insert_endpoint("10.200.0.2".parse()?, endpoint)?;
     host.enter(|| dp.attach_from_container(&host_if))??;
 
     let tcp_server = EchoServer::tcp(&host, "10.200.0.1:7000".parse()?, "tcp:")?;

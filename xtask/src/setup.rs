@@ -28,6 +28,8 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "busybox-static",
     "util-linux",
+    "procps",
+    "nftables",
 ];
 
 pub fn ensure_all() -> Result<()> {

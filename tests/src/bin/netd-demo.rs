@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result};
 use netd::bpf::Datapath;
-use netd_common::{DropReason, TrafficClass};
+use netd_common::{DropReason, Endpoint, NET_ICC, NET_MASQUERADE, TrafficClass};
 use netd_testbed::{
     Testbed,
     packet::{self, Ipv4Frame, TCP_SYN},
@@ -32,6 +32,16 @@ fn main() -> Result<()> {
     println!("  {}: eth0 172.17.0.3 <-> {veth2} on {bridge}", c2.name());
 
     let mut datapath = Datapath::load().context("loading netd's BPF programs")?;
+    for (ctr, veth, ip) in [(&c1, &veth1, "172.17.0.2"), (&c2, &veth2, "172.17.0.3")] {
+        let endpoint = Endpoint {
+            ifindex: host.ifindex(veth)?,
+            network_id: 1,
+            network_flags: NET_ICC | NET_MASQUERADE,
+            mac: ctr.mac("eth0")?,
+            _pad: [0; 2],
+        };
+        datapath.insert_endpoint(ip.parse()?, endpoint)?;
+    }
     host.enter(|| -> Result<()> {
         datapath.attach_from_container(&veth1)?;
         datapath.attach_from_container(&veth2)?;

@@ -1,0 +1,139 @@
+//! Connection tracking in an LRU hash: two entries per connection (original
+//! and reply direction), each holding the tuple its packets are rewritten to.
+//!
+//! Entries carry an absolute expiry refreshed by traffic. The datapath never
+//! deletes on expiry by itself; user space's garbage collector removes a
+//! connection when both entries have expired, and LRU eviction is the safety
+//! net when the table is full.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::LruHashMap,
+};
+use netd_common::{
+    CT_CLOSING, CT_REPLY, CT_SEEN_REPLY, CtEntry, CtKey, DropReason, sizes, timeouts,
+};
+
+use crate::parse::{IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+#[map(name = "CONNTRACK")]
+static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(sizes::CONNTRACK, 0);
+
+/// Refreshing an entry writes a shared cache line: skip it while the expiry
+/// would move by less than this.
+const REFRESH_GRANULARITY_NS: u64 = 1_000_000_000;
+
+pub enum Lookup {
+    /// A tracked connection: rewrite the packet to this tuple.
+    Hit(CtKey),
+    Miss,
+}
+
+/// Finds the entry for `key` and refreshes it for a packet with `tcp_flags`.
+/// A SYN on a closing connection forgets it, so a reused tuple starts fresh.
+#[inline(always)]
+pub fn lookup(key: &CtKey, tcp_flags: u8) -> Lookup {
+    let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
+        return Lookup::Miss;
+    };
+    // SAFETY: map value pointer from a successful lookup; racing writers only
+    // touch expiry and flags, which are advisory.
+    let entry = unsafe { &mut *entry };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut flags = entry.flags;
+    let is_tcp = key.proto == IPPROTO_TCP;
+    if is_tcp && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flags & CT_CLOSING != 0 {
+        forget(key, &entry.xlat);
+        return Lookup::Miss;
+    }
+    if flags & CT_REPLY != 0 && flags & CT_SEEN_REPLY == 0 {
+        // First packet of the reply direction: the connection is established.
+        flags |= CT_SEEN_REPLY;
+        set_flags(&entry.xlat.reversed(), CT_SEEN_REPLY, None);
+    }
+    if is_tcp && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        flags |= CT_CLOSING;
+        let expires = now + timeouts::TCP_CLOSING;
+        set_flags(&entry.xlat.reversed(), CT_CLOSING, Some(expires));
+        entry.expires_ns = expires;
+        entry.flags = flags;
+        return Lookup::Hit(entry.xlat);
+    }
+    let expires = now + timeout(key.proto, flags);
+    if flags != entry.flags || expires > entry.expires_ns + REFRESH_GRANULARITY_NS {
+        entry.flags = flags;
+        if flags & CT_CLOSING == 0 {
+            entry.expires_ns = expires;
+        }
+    }
+    Lookup::Hit(entry.xlat)
+}
+
+#[inline(always)]
+fn timeout(proto: u8, flags: u32) -> u64 {
+    match proto {
+        IPPROTO_TCP if flags & CT_SEEN_REPLY != 0 => timeouts::TCP_ESTABLISHED,
+        IPPROTO_TCP => timeouts::TCP_SYN,
+        IPPROTO_UDP => timeouts::UDP,
+        _ => timeouts::ICMP,
+    }
+}
+
+#[inline(always)]
+fn set_flags(key: &CtKey, add: u32, expires: Option<u64>) {
+    if let Some(peer) = CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: as in `lookup`.
+        let peer = unsafe { &mut *peer };
+        peer.flags |= add;
+        if let Some(expires) = expires {
+            peer.expires_ns = expires;
+        }
+        if add == CT_SEEN_REPLY && peer.flags & CT_CLOSING == 0 {
+            // SAFETY: helper without arguments.
+            peer.expires_ns = unsafe { bpf_ktime_get_ns() } + timeout(key.proto, peer.flags);
+        }
+    }
+}
+
+/// Removes both entries of the connection whose entry for `key` holds `xlat`.
+#[inline(always)]
+fn forget(key: &CtKey, xlat: &CtKey) {
+    let _ = CONNTRACK.remove(&xlat.reversed());
+    let _ = CONNTRACK.remove(key);
+}
+
+/// Tracks a new connection: `orig` is the tuple of its first packet, `xlat`
+/// what that packet becomes. Inserts the reply entry first, refusing to
+/// overwrite (a taken reply tuple means the NAT port is in use), then the
+/// original one. Err(None) = reply tuple taken, try another port.
+#[inline(always)]
+pub fn create(orig: &CtKey, xlat: &CtKey, nat_flags: u32) -> Result<(), Option<DropReason>> {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let expires_ns = now + timeout(orig.proto, 0);
+    let reply = CtEntry {
+        xlat: orig.reversed(),
+        expires_ns,
+        flags: nat_flags | CT_REPLY,
+        _pad: 0,
+    };
+    if CONNTRACK
+        .insert(&xlat.reversed(), &reply, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        return Err(None);
+    }
+    let forward = CtEntry {
+        xlat: *xlat,
+        expires_ns,
+        flags: nat_flags,
+        _pad: 0,
+    };
+    if CONNTRACK.insert(orig, &forward, BPF_ANY as u64).is_err() {
+        let _ = CONNTRACK.remove(&xlat.reversed());
+        return Err(Some(DropReason::ConntrackFull));
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Who may talk to whom: anti-spoofing and Docker's bridge-network rules
+//! (isolation between networks, icc=false, internal networks), decided from
+//! maps user space fills.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LpmTrie, lpm_trie::Key},
+};
+use netd_common::{DropReason, Endpoint, Ipv4, NET_ICC, NET_INTERNAL, NetworkInfo, sizes};
+
+/// Subnet -> network. Subnets never overlap (user space refuses that).
+#[map(name = "NETWORKS")]
+static NETWORKS: LpmTrie<Ipv4, NetworkInfo> = LpmTrie::with_max_entries(sizes::NETWORKS, 0);
+
+/// Container address -> its interface.
+#[map(name = "ENDPOINTS")]
+static ENDPOINTS: HashMap<Ipv4, Endpoint> = HashMap::with_max_entries(sizes::ENDPOINTS, 0);
+
+/// The host's own addresses (Docker's `addrtype LOCAL`).
+#[map(name = "LOCAL_ADDRS")]
+static LOCAL_ADDRS: HashMap<Ipv4, u32> = HashMap::with_max_entries(sizes::LOCAL_ADDRS, 0);
+
+#[inline(always)]
+pub fn network_of(addr: Ipv4) -> Option<&'static NetworkInfo> {
+    NETWORKS.get(&Key::new(32, addr))
+}
+
+#[inline(always)]
+pub fn endpoint(addr: Ipv4) -> Option<&'static Endpoint> {
+    // SAFETY: read-only view of a map value; fields are plain data.
+    unsafe { ENDPOINTS.get(&addr) }
+}
+
+#[inline(always)]
+pub fn is_local(addr: Ipv4) -> bool {
+    // SAFETY: as above.
+    unsafe { LOCAL_ADDRS.get(&addr).is_some() }
+}
+
+/// The sender must be the endpoint registered for this address, on this
+/// interface, with this MAC.
+#[inline(always)]
+pub fn check_source(
+    src: Ipv4,
+    src_mac: [u8; 6],
+    ifindex: u32,
+) -> Result<&'static Endpoint, DropReason> {
+    match endpoint(src) {
+        Some(ep) if ep.ifindex == ifindex && ep.mac == src_mac => Ok(ep),
+        _ => Err(DropReason::SpoofedSource),
+    }
+}
+
+/// Docker's FORWARD-chain decisions for a packet a container sends to `dst`.
+/// Traffic to the host itself (any local address) is allowed, as Docker
+/// leaves INPUT alone.
+#[inline(always)]
+pub fn check_from_container(ep: &Endpoint, dst: Ipv4) -> Result<(), DropReason> {
+    if is_local(dst) || is_broadcast_or_multicast(dst) {
+        return Ok(());
+    }
+    match network_of(dst) {
+        Some(net) if net.id != ep.network_id => Err(DropReason::NetworkIsolation),
+        Some(net) if net.flags & NET_ICC == 0 => Err(DropReason::IccDisabled),
+        Some(_) => Ok(()),
+        None if ep.network_flags & NET_INTERNAL != 0 => Err(DropReason::InternalNetwork),
+        None => Ok(()),
+    }
+}
+
+#[inline(always)]
+fn is_broadcast_or_multicast(addr: Ipv4) -> bool {
+    addr == [255; 4] || addr[0] & 0xf0 == 0xe0
+}

@@ -1,0 +1,280 @@
+//! Docker's bridge-network behaviour from netd's BPF programs, proven with
+//! real TCP, UDP and ICMP between namespaces (no daemon, no netfilter rules).
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Result;
+use netd_common::{DropReason, NET_ICC, NET_INTERNAL, NET_MASQUERADE};
+use netd_testbed::{
+    datapath_host::{DatapathHost, HOST_SECOND_IP, HOST_UPLINK_IP, OUTSIDE_IP},
+    packet::{self, Ipv4Frame, PROTO_TCP, PROTO_UDP, TCP_SYN},
+    probe::{self, EchoServer},
+};
+
+const DEFAULT: u32 = NET_ICC | NET_MASQUERADE;
+
+fn drops(host: &DatapathHost, reason: DropReason) -> u64 {
+    host.datapath
+        .drop_counters()
+        .unwrap()
+        .into_iter()
+        .find(|(r, _)| *r == reason)
+        .unwrap()
+        .1
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn networks_are_isolated_but_reach_the_host() -> Result<()> {
+    let mut h = DatapathHost::new()?;
+    let a = h.add_network("172.18.0.0/16", DEFAULT)?;
+    let b = h.add_network("172.19.0.0/16", DEFAULT)?;
+    let c1 = h.add_container(&a, "172.18.0.2", DEFAULT)?;
+    let c2 = h.add_container(&a, "172.18.0.3", DEFAULT)?;
+    let c3 = h.add_container(&b, "172.19.0.2", DEFAULT)?;
+
+    assert!(probe::ping(&c1, "172.18.0.3", 1)?, "same network");
+    assert!(probe::ping(&c1, "172.18.0.1", 1)?, "own gateway");
+    assert!(
+        probe::ping(&c1, "172.19.0.1", 1)?,
+        "the host on another bridge's address"
+    );
+    assert!(
+        probe::ping(&c1, HOST_UPLINK_IP, 1)?,
+        "the host's uplink address"
+    );
+    let before = drops(&h, DropReason::NetworkIsolation);
+    assert!(!probe::ping(&c1, "172.19.0.2", 1)?, "other network");
+    assert!(
+        !probe::ping(&c3, "172.18.0.2", 1)?,
+        "other network, other way"
+    );
+    let _server = EchoServer::tcp(&c2, addr("172.18.0.3:80"), "c2")?;
+    assert!(probe::tcp_request(&c3, addr("172.18.0.3:80"), b"x").is_err());
+    assert!(drops(&h, DropReason::NetworkIsolation) >= before + 3);
+    Ok(())
+}
+
+#[test]
+fn icc_false_blocks_neighbours_but_not_the_way_out() -> Result<()> {
+    let mut h = DatapathHost::new()?;
+    let flags = NET_MASQUERADE; // icc off
+    let net = h.add_network("172.18.0.0/16", flags)?;
+    let c1 = h.add_container(&net, "172.18.0.2", flags)?;
+    let c2 = h.add_container(&net, "172.18.0.3", flags)?;
+    let before = drops(&h, DropReason::IccDisabled);
+    assert!(!probe::ping(&c1, "172.18.0.3", 1)?);
+    assert!(drops(&h, DropReason::IccDisabled) > before);
+    assert!(probe::ping(&c1, "172.18.0.1", 1)?, "gateway");
+    assert!(
+        probe::ping(&c2, OUTSIDE_IP, 1)?,
+        "outside through masquerade"
+    );
+    Ok(())
+}
+
+#[test]
+fn internal_network_talks_inside_only() -> Result<()> {
+    let mut h = DatapathHost::new()?;
+    let flags = NET_ICC | NET_INTERNAL;
+    let net = h.add_network("172.18.0.0/16", flags)?;
+    let c1 = h.add_container(&net, "172.18.0.2", flags)?;
+    let _c2 = h.add_container(&net, "172.18.0.3", flags)?;
+    h.route_from_outside("172.18.0.0/16")?;
+    assert!(probe::ping(&c1, "172.18.0.3", 1)?);
+    let before = drops(&h, DropReason::InternalNetwork);
+    assert!(!probe::ping(&c1, OUTSIDE_IP, 1)?);
+    assert!(drops(&h, DropReason::InternalNetwork) > before);
+    assert!(
+        !probe::ping(&h.outside, "172.18.0.2", 1)?,
+        "nothing arrives from outside"
+    );
+    Ok(())
+}
+
+#[test]
+fn masquerade_rewrites_tcp_udp_and_icmp_to_the_uplink_address() -> Result<()> {
+    let mut h = DatapathHost::new()?;
+    let net = h.add_network("172.18.0.0/16", DEFAULT)?;
+    let c1 = h.add_container(&net, "172.18.0.2", DEFAULT)?;
+    let _tcp = EchoServer::tcp(
+        &h.outside,
+        addr(&format!("{OUTSIDE_IP}:7000")),
+        "saw {peer}:",
+    )?;
+    let _udp = EchoServer::udp(
+        &h.outside,
+        addr(&format!("{OUTSIDE_IP}:7001")),
+        "saw {peer}:",
+    )?;
+    let expect = format!("saw {HOST_UPLINK_IP}:hi").into_bytes();
+    assert_eq!(
+        probe::tcp_request(&c1, addr(&format!("{OUTSIDE_IP}:7000")), b"hi")?,
+        expect
+    );
+    assert_eq!(
+        probe::udp_request(&c1, addr(&format!("{OUTSIDE_IP}:7001")), b"hi")?,
+        expect
+    );
+    assert!(probe::ping(&c1, OUTSIDE_IP, 2)?);
+    // Both directions of each connection are tracked, translated to the uplink address.
+    let entries = h.datapath.conntrack_entries()?;
+    let ctr: [u8; 4] = [172, 18, 0, 2];
+    let host: [u8; 4] = HOST_UPLINK_IP.parse::<std::net::Ipv4Addr>()?.octets();
+    for proto in [PROTO_TCP, PROTO_UDP, packet::PROTO_ICMP] {
+        assert!(
+            entries
+                .iter()
+                .any(|(k, e)| k.proto == proto && k.src == ctr && e.xlat.src == host),
+            "forward entry for protocol {proto}"
+        );
+        assert!(
+            entries
+                .iter()
+                .any(|(k, e)| k.proto == proto && k.dst == host && e.xlat.dst == ctr),
+            "reply entry for protocol {proto}"
+        );
+    }
+    // Removing the container's endpoint flushes its connections.
+    h.datapath.remove_endpoint("172.18.0.2".parse()?)?;
+    let left = h.datapath.conntrack_entries()?;
+    assert!(
+        left.iter()
+            .all(|(k, e)| ![k.src, k.dst, e.xlat.src, e.xlat.dst].contains(&ctr))
+    );
+    Ok(())
+}
+
+#[test]
+fn without_masquerade_the_outside_sees_the_container_address() -> Result<()> {
+    let mut h = DatapathHost::new()?;
+    let flags = NET_ICC;
+    let net = h.add_network("172.18.0.0/16", flags)?;
+    let c1 = h.add_container(&net, "172.18.0.2", flags)?;
+    h.route_from_outside("172.18.0.0/16")?;
+    let _tcp = EchoServer::tcp(
+        &h.outside,
+        addr(&format!("{OUTSIDE_IP}:7000")),
+        "saw {peer}:",
+    )?;
+    assert_eq!(
+        probe::tcp_request(&c1, addr(&format!("{OUTSIDE_IP}:7000")), b"x")?,
+        b"saw 172.18.0.2:x"
+    );
+    // Replies get in; a connection the outside starts does not.
+    let _server = EchoServer::tcp(&c1, addr("172.18.0.2:80"), "c1")?;
+    assert!(probe::tcp_request(&h.outside, addr("172.18.0.2:80"), b"x").is_err());
+    Ok(())
+}
+
+#[test]
+fn published_ports_reach_the_container_with_the_real_client_address() -> Result<()> {
+    let mut h = DatapathHost::new()?;
+    let net = h.add_network("172.18.0.0/16", DEFAULT)?;
+    let c1 = h.add_container(&net, "172.18.0.2", DEFAULT)?;
+    let _tcp = EchoServer::tcp(&c1, addr("172.18.0.2:80"), "c1 saw {peer}:")?;
+    let _udp = EchoServer::udp(&c1, addr("172.18.0.2:53"), "c1 saw {peer}:")?;
+    h.publish("0.0.0.0", 8080, PROTO_TCP, "172.18.0.2", 80)?;
+    h.publish("0.0.0.0", 5353, PROTO_UDP, "172.18.0.2", 53)?;
+    let expect = format!("c1 saw {OUTSIDE_IP}:q").into_bytes();
+    for host_ip in [HOST_UPLINK_IP, HOST_SECOND_IP] {
+        assert_eq!(
+            probe::tcp_request(&h.outside, addr(&format!("{host_ip}:8080")), b"q")?,
+            expect
+        );
+        assert_eq!(
+            probe::udp_request(&h.outside, addr(&format!("{host_ip}:5353")), b"q")?,
+            expect
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_port_published_on_one_host_address_is_not_on_another() -> Result<()> {
+    let mut h = DatapathHost::new()?;
+    let net = h.add_network("172.18.0.0/16", DEFAULT)?;
+    let c1 = h.add_container(&net, "172.18.0.2", DEFAULT)?;
+    let _tcp = EchoServer::tcp(&c1, addr("172.18.0.2:80"), "c1:")?;
+    let key = h.publish(HOST_SECOND_IP, 8080, PROTO_TCP, "172.18.0.2", 80)?;
+    assert_eq!(
+        probe::tcp_request(&h.outside, addr(&format!("{HOST_SECOND_IP}:8080")), b"q")?,
+        b"c1:q"
+    );
+    assert!(probe::tcp_request(&h.outside, addr(&format!("{HOST_UPLINK_IP}:8080")), b"q").is_err());
+    // Unpublished: the port is gone and so are its connections.
+    h.datapath.unpublish(key)?;
+    assert!(probe::tcp_request(&h.outside, addr(&format!("{HOST_SECOND_IP}:8080")), b"q").is_err());
+    Ok(())
+}
+
+#[test]
+fn unsolicited_inbound_to_containers_is_dropped() -> Result<()> {
+    let mut h = DatapathHost::new()?;
+    let net = h.add_network("172.18.0.0/16", DEFAULT)?;
+    let c1 = h.add_container(&net, "172.18.0.2", DEFAULT)?;
+    let _tcp = EchoServer::tcp(&c1, addr("172.18.0.2:80"), "c1:")?;
+    h.route_from_outside("172.18.0.0/16")?;
+    let before = drops(&h, DropReason::UnsolicitedInbound);
+    assert!(probe::tcp_request(&h.outside, addr("172.18.0.2:80"), b"q").is_err());
+    assert!(!probe::ping(&h.outside, "172.18.0.2", 1)?);
+    assert!(drops(&h, DropReason::UnsolicitedInbound) >= before + 2);
+
+    // A frame for 127.0.0.1 from an L2 neighbour (how ports published on
+    // 127.0.0.1 leaked before Docker 28) is dropped too.
+    let mut frame = Ipv4Frame::tcp(OUTSIDE_IP, 40000, "127.0.0.1", 8080, TCP_SYN);
+    frame.dst_mac = h.host.mac(&h.uplink)?;
+    frame.src_mac = h.outside.mac("eth0")?;
+    let before = drops(&h, DropReason::LoopbackFromOutside);
+    probe::send_raw_frame(&h.outside, "eth0", &frame.build())?;
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(drops(&h, DropReason::LoopbackFromOutside), before + 1);
+    Ok(())
+}
+
+#[test]
+fn spoofed_sources_are_dropped() -> Result<()> {
+    let mut h = DatapathHost::new()?;
+    let net = h.add_network("172.18.0.0/16", DEFAULT)?;
+    let c1 = h.add_container(&net, "172.18.0.2", DEFAULT)?;
+    let _c2 = h.add_container(&net, "172.18.0.3", DEFAULT)?;
+    c1.ip(&["addr", "add", "172.18.0.99/16", "dev", "eth0"])?;
+    let before = drops(&h, DropReason::SpoofedSource);
+    let out = c1
+        .command("ping")
+        .args(["-c", "1", "-W", "1", "-I", "172.18.0.99", "172.18.0.3"])
+        .output()?;
+    assert!(!out.status.success());
+    assert!(drops(&h, DropReason::SpoofedSource) > before);
+    Ok(())
+}
+
+#[test]
+fn flushing_the_host_firewall_changes_nothing() -> Result<()> {
+    let mut h = DatapathHost::new()?;
+    let net = h.add_network("172.18.0.0/16", DEFAULT)?;
+    let c1 = h.add_container(&net, "172.18.0.2", DEFAULT)?;
+    let _tcp = EchoServer::tcp(&c1, addr("172.18.0.2:80"), "c1:")?;
+    let _out = EchoServer::tcp(
+        &h.outside,
+        addr(&format!("{OUTSIDE_IP}:7000")),
+        "saw {peer}:",
+    )?;
+    h.publish("0.0.0.0", 8080, PROTO_TCP, "172.18.0.2", 80)?;
+    h.host.run("iptables", &["-F"])?;
+    h.host.run("iptables", &["-t", "nat", "-F"])?;
+    h.host.run("nft", &["flush", "ruleset"])?;
+    assert_eq!(
+        probe::tcp_request(&h.outside, addr(&format!("{HOST_UPLINK_IP}:8080")), b"q")?,
+        b"c1:q"
+    );
+    let expect = format!("saw {HOST_UPLINK_IP}:q").into_bytes();
+    assert_eq!(
+        probe::tcp_request(&c1, addr(&format!("{OUTSIDE_IP}:7000")), b"q")?,
+        expect
+    );
+    Ok(())
+}
