@@ -5,12 +5,14 @@
 //! - [`probe`]: bounded TCP/UDP/ICMP probes and small echo servers that run
 //!   inside those namespaces;
 //! - [`datapath_host`]: a host namespace driven through `netd::bpf::Datapath`;
+//! - [`testrun`]: one crafted frame through BPF_PROG_TEST_RUN;
 //! - [`packet`]: crafted frames and an independent checksum routine for
 //!   `BPF_PROG_TEST_RUN` tests.
 
 pub mod datapath_host;
 pub mod packet;
 pub mod probe;
+pub mod testrun;
 pub mod topology;
 
 pub use topology::{Netns, Testbed};

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 
 use anyhow::Result;
-use aya_test_run::run_classifier;
 use netd::bpf::Datapath;
 use netd_common::{
     DropReason, Endpoint, NET_ICC, NET_MASQUERADE, PacketCounter, TrafficClass, programs,
@@ -13,34 +12,8 @@ use netd_testbed::{
     Testbed,
     packet::{self, ETHERTYPE_IPV6, Ipv4Frame, L4, TCP_SYN},
     probe::{self, EchoServer},
+    testrun::{TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX, run_classifier},
 };
-
-mod aya_test_run {
-    use anyhow::Result;
-    use aya::programs::{TestRun as _, TestRunOptions};
-    use netd::bpf::Datapath;
-
-    /// Runs a TC program once on `frame`; returns (verdict, output frame).
-    pub fn run_classifier(
-        dp: &mut Datapath,
-        program: &str,
-        frame: &[u8],
-    ) -> Result<(u32, Vec<u8>)> {
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = dp.classifier(program)?.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::new()
-        })?;
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
-    }
-}
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-/// BPF_PROG_TEST_RUN runs TC programs as if on loopback.
-const TEST_RUN_IFINDEX: u32 = 1;
 
 /// A datapath that knows the crafted frames' sender (172.17.0.2,
 /// 02:00:00:00:00:01), so anti-spoofing lets them through.

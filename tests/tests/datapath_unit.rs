@@ -1,0 +1,473 @@
+//! Packet-level proof of the datapath through BPF_PROG_TEST_RUN: crafted
+//! frames in, verdict and exact bytes out (the expected frame is built by
+//! the harness with its own checksum code), conntrack state checked.
+
+use std::net::Ipv4Addr;
+
+use netd::bpf::{Datapath, monotonic_ns};
+use netd_common::{
+    Backend, CT_CLOSING, CT_DNAT, CT_REPLY, CT_SEEN_REPLY, CT_SNAT, Config, CtEntry, CtKey,
+    DropReason, Endpoint, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NetworkInfo, PortKey, programs,
+    timeouts,
+};
+use netd_testbed::{
+    packet::{self, Ipv4Frame, L4, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_SYN, ip},
+    testrun::{TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX, run_classifier},
+};
+
+const HOST: &str = "198.51.100.1";
+const CLIENT: &str = "198.51.100.2";
+const REMOTE: &str = "203.0.113.9";
+const C1: &str = "172.18.0.2";
+const C2: &str = "172.18.0.3";
+const C1_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const OTHER_NET_CTR: &str = "172.19.0.2";
+
+fn network(dp: &mut Datapath, subnet: &str, id: u32, flags: u32) {
+    let subnet: Ipv4Addr = subnet.parse().unwrap();
+    let gateway = Ipv4Addr::from(u32::from(subnet) + 1);
+    let info = NetworkInfo {
+        id,
+        flags,
+        gateway: gateway.octets(),
+        host_ip: [0; 4],
+    };
+    dp.insert_network(subnet, 16, info).unwrap();
+    dp.insert_local_addr(gateway).unwrap();
+}
+
+/// Network 1 = 172.18.0.0/16 with `flags`, network 2 = 172.19.0.0/16;
+/// C1 and C2 on network 1 (C1 sends from TEST_RUN_IFINDEX with C1_MAC).
+fn datapath(flags: u32) -> Datapath {
+    let mut dp = Datapath::load().unwrap();
+    dp.set_config(Config {
+        masquerade_ip: ip(HOST).octets(),
+        nat_port_min: 32768,
+        nat_port_max: 65535,
+    })
+    .unwrap();
+    dp.insert_local_addr(ip(HOST)).unwrap();
+    network(&mut dp, "172.18.0.0", 1, flags);
+    network(&mut dp, "172.19.0.0", 2, NET_ICC | NET_MASQUERADE);
+    for (addr, mac, ifindex) in [(C1, C1_MAC, TEST_RUN_IFINDEX), (C2, [2, 0, 0, 0, 0, 3], 99)] {
+        let ep = Endpoint {
+            ifindex,
+            network_id: 1,
+            network_flags: flags,
+            mac,
+            _pad: [0; 2],
+        };
+        dp.insert_endpoint(addr.parse().unwrap(), ep).unwrap();
+    }
+    dp
+}
+
+fn drops(dp: &Datapath, reason: DropReason) -> u64 {
+    dp.drop_counters()
+        .unwrap()
+        .into_iter()
+        .find(|(r, _)| *r == reason)
+        .unwrap()
+        .1
+}
+
+fn run(dp: &mut Datapath, program: &str, frame: &Ipv4Frame) -> (u32, Vec<u8>) {
+    let bytes = frame.build();
+    packet::verify_checksums(&bytes).unwrap();
+    run_classifier(dp, program, &bytes).unwrap()
+}
+
+/// Expects `program` to pass `input` rewritten into exactly `expected`.
+fn expect_rewrite(dp: &mut Datapath, program: &str, input: &Ipv4Frame, expected: &Ipv4Frame) {
+    let (verdict, out) = run(dp, program, input);
+    assert_eq!(verdict, TC_ACT_OK, "{program} verdict");
+    packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert_eq!(out, expected.build(), "{program} output bytes");
+}
+
+fn expect_drop(dp: &mut Datapath, program: &str, input: &Ipv4Frame, reason: DropReason) {
+    let before = drops(dp, reason);
+    let (verdict, _) = run(dp, program, input);
+    assert_eq!(verdict, TC_ACT_SHOT, "{program} verdict for {input:?}");
+    assert_eq!(drops(dp, reason), before + 1, "{}", reason.label());
+}
+
+fn with_addrs(frame: &Ipv4Frame, src: (&str, u16), dst: (&str, u16)) -> Ipv4Frame {
+    let mut f = frame.clone();
+    f.src = ip(src.0);
+    f.dst = ip(dst.0);
+    match &mut f.l4 {
+        L4::Tcp {
+            src_port, dst_port, ..
+        }
+        | L4::Udp {
+            src_port, dst_port, ..
+        } => {
+            (*src_port, *dst_port) = (src.1, dst.1);
+        }
+        // The echo identifier plays the source port's part.
+        L4::IcmpEcho { id, .. } => *id = src.1,
+        _ => {}
+    }
+    f
+}
+
+fn entry(dp: &Datapath, key: CtKey) -> CtEntry {
+    dp.conntrack_entries()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, e)| e)
+        .unwrap_or_else(|| panic!("no entry {key:?}"))
+}
+
+fn key(src: (&str, u16), dst: (&str, u16), proto: u8) -> CtKey {
+    CtKey {
+        src: ip(src.0).octets(),
+        dst: ip(dst.0).octets(),
+        src_port: src.1.to_be_bytes(),
+        dst_port: dst.1.to_be_bytes(),
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+#[test]
+fn masquerade_keeps_a_free_source_port_and_translates_replies() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    let syn = Ipv4Frame::tcp(C1, 40000, REMOTE, 80, TCP_SYN);
+    expect_rewrite(
+        &mut dp,
+        programs::TO_UPLINK,
+        &syn,
+        &with_addrs(&syn, (HOST, 40000), (REMOTE, 80)),
+    );
+
+    let forward = entry(&dp, key((C1, 40000), (REMOTE, 80), PROTO_TCP));
+    assert_eq!(forward.xlat, key((HOST, 40000), (REMOTE, 80), PROTO_TCP));
+    assert_eq!(forward.flags, CT_SNAT);
+    let reply_key = key((REMOTE, 80), (HOST, 40000), PROTO_TCP);
+    let reply = entry(&dp, reply_key);
+    assert_eq!(reply.xlat, key((REMOTE, 80), (C1, 40000), PROTO_TCP));
+    assert_eq!(reply.flags, CT_SNAT | CT_REPLY);
+    assert_eq!(dp.conntrack_entries().unwrap().len(), 2);
+    let now = monotonic_ns();
+    assert!(forward.expires_ns > now && forward.expires_ns <= now + timeouts::TCP_SYN);
+
+    let syn_ack = Ipv4Frame::tcp(REMOTE, 80, HOST, 40000, TCP_SYN | TCP_ACK);
+    expect_rewrite(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &syn_ack,
+        &with_addrs(&syn_ack, (REMOTE, 80), (C1, 40000)),
+    );
+    // The reply made the connection established, in both entries.
+    let forward = entry(&dp, key((C1, 40000), (REMOTE, 80), PROTO_TCP));
+    assert_ne!(forward.flags & CT_SEEN_REPLY, 0);
+    assert!(forward.expires_ns > monotonic_ns() + timeouts::TCP_SYN);
+    assert_ne!(entry(&dp, reply_key).flags & CT_SEEN_REPLY, 0);
+}
+
+#[test]
+fn masquerade_picks_another_port_when_the_source_port_is_taken() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    let first = Ipv4Frame::tcp(C1, 40000, REMOTE, 80, TCP_SYN);
+    let (verdict, _) = run(&mut dp, programs::TO_UPLINK, &first);
+    assert_eq!(verdict, TC_ACT_OK);
+    // Same source port, same destination, another container: must not collide.
+    let second = Ipv4Frame::tcp(C2, 40000, REMOTE, 80, TCP_SYN);
+    let (verdict, out) = run(&mut dp, programs::TO_UPLINK, &second);
+    assert_eq!(verdict, TC_ACT_OK);
+    packet::verify_checksums(&out).unwrap();
+    let l4 = packet::ETH_LEN + packet::IPV4_LEN;
+    let port = u16::from_be_bytes([out[l4], out[l4 + 1]]);
+    assert_ne!(port, 40000);
+    assert!((32768..=65535).contains(&port));
+    assert_eq!(out, with_addrs(&second, (HOST, port), (REMOTE, 80)).build());
+    // Replies to each port reach their own container.
+    for (port, ctr) in [(40000, C1), (port, C2)] {
+        let reply = Ipv4Frame::tcp(REMOTE, 80, HOST, port, TCP_SYN | TCP_ACK);
+        expect_rewrite(
+            &mut dp,
+            programs::FROM_UPLINK,
+            &reply,
+            &with_addrs(&reply, (REMOTE, 80), (ctr, 40000)),
+        );
+    }
+}
+
+#[test]
+fn masquerade_handles_udp_with_and_without_checksum() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    let udp = Ipv4Frame::udp(C1, 5000, REMOTE, 53, b"query");
+    expect_rewrite(
+        &mut dp,
+        programs::TO_UPLINK,
+        &udp,
+        &with_addrs(&udp, (HOST, 5000), (REMOTE, 53)),
+    );
+    let answer = Ipv4Frame::udp(REMOTE, 53, HOST, 5000, b"answer!");
+    expect_rewrite(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &answer,
+        &with_addrs(&answer, (REMOTE, 53), (C1, 5000)),
+    );
+
+    // A zero UDP checksum means "none" and must stay zero.
+    let mut bytes = Ipv4Frame::udp(C1, 5001, REMOTE, 53, b"q").build();
+    let csum = packet::ETH_LEN + packet::IPV4_LEN + 6;
+    bytes[csum..csum + 2].copy_from_slice(&[0, 0]);
+    let (verdict, out) = run_classifier(&mut dp, programs::TO_UPLINK, &bytes).unwrap();
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out[csum..csum + 2], [0, 0]);
+    assert_eq!(
+        out[packet::ETH_LEN + 12..packet::ETH_LEN + 16],
+        ip(HOST).octets()
+    );
+    packet::verify_checksums(&out).unwrap();
+}
+
+#[test]
+fn masquerade_translates_icmp_echo_by_identifier() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    let ping = Ipv4Frame::icmp_echo(C1, REMOTE, 77, 1);
+    expect_rewrite(
+        &mut dp,
+        programs::TO_UPLINK,
+        &ping,
+        &with_addrs(&ping, (HOST, 77), (REMOTE, 0)),
+    );
+    let mut pong = Ipv4Frame::icmp_echo(REMOTE, HOST, 77, 1);
+    pong.l4 = L4::IcmpEcho {
+        request: false,
+        id: 77,
+        seq: 1,
+        payload: b"netd-ping".to_vec(),
+    };
+    expect_rewrite(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &pong,
+        &with_addrs(&pong, (REMOTE, 77), (C1, 77)),
+    );
+
+    // The same identifier from another container gets a new one.
+    let (verdict, out) = run(
+        &mut dp,
+        programs::TO_UPLINK,
+        &Ipv4Frame::icmp_echo(C2, REMOTE, 77, 1),
+    );
+    assert_eq!(verdict, TC_ACT_OK);
+    packet::verify_checksums(&out).unwrap();
+    let l4 = packet::ETH_LEN + packet::IPV4_LEN;
+    assert_ne!(u16::from_be_bytes([out[l4 + 4], out[l4 + 5]]), 77);
+}
+
+#[test]
+fn published_port_translates_both_ways_and_keeps_the_client_address() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    let port = PortKey {
+        host_ip: [0; 4],
+        port: 8080u16.to_be_bytes(),
+        proto: PROTO_TCP,
+        _pad: 0,
+    };
+    dp.publish(
+        port,
+        Backend {
+            ip: ip(C1).octets(),
+            port: 80u16.to_be_bytes(),
+            _pad: [0; 2],
+        },
+    )
+    .unwrap();
+
+    let syn = Ipv4Frame::tcp(CLIENT, 5555, HOST, 8080, TCP_SYN);
+    expect_rewrite(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &syn,
+        &with_addrs(&syn, (CLIENT, 5555), (C1, 80)),
+    );
+    assert_eq!(
+        entry(&dp, key((CLIENT, 5555), (HOST, 8080), PROTO_TCP)).flags,
+        CT_DNAT
+    );
+    let reply = Ipv4Frame::tcp(C1, 80, CLIENT, 5555, TCP_SYN | TCP_ACK);
+    expect_rewrite(
+        &mut dp,
+        programs::TO_UPLINK,
+        &reply,
+        &with_addrs(&reply, (HOST, 8080), (CLIENT, 5555)),
+    );
+
+    // Unpublishing forgets the connection.
+    dp.unpublish(port).unwrap();
+    assert!(dp.conntrack_entries().unwrap().is_empty());
+}
+
+#[test]
+fn unsolicited_inbound_is_dropped_and_host_traffic_passes() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    let direct = Ipv4Frame::tcp(CLIENT, 5555, C1, 80, TCP_SYN);
+    expect_drop(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &direct,
+        DropReason::UnsolicitedInbound,
+    );
+    let to_host = Ipv4Frame::tcp(CLIENT, 5555, HOST, 22, TCP_SYN);
+    let (verdict, out) = run(&mut dp, programs::FROM_UPLINK, &to_host);
+    assert_eq!((verdict, out), (TC_ACT_OK, to_host.build()));
+    let loopback = Ipv4Frame::tcp(CLIENT, 5555, "127.0.0.1", 8080, TCP_SYN);
+    expect_drop(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &loopback,
+        DropReason::LoopbackFromOutside,
+    );
+    assert!(dp.conntrack_entries().unwrap().is_empty());
+}
+
+#[test]
+fn container_policy_decisions() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    let from_c1 = |dst: &str| Ipv4Frame::tcp(C1, 40000, dst, 80, TCP_SYN);
+    for dst in [C2, "172.18.0.1", "172.19.0.1", HOST, REMOTE] {
+        let (verdict, out) = run(&mut dp, programs::FROM_CONTAINER, &from_c1(dst));
+        assert_eq!(
+            (verdict, out),
+            (TC_ACT_OK, from_c1(dst).build()),
+            "to {dst}"
+        );
+    }
+    expect_drop(
+        &mut dp,
+        programs::FROM_CONTAINER,
+        &from_c1(OTHER_NET_CTR),
+        DropReason::NetworkIsolation,
+    );
+    let mut spoofed_ip = from_c1(C2);
+    spoofed_ip.src = ip("172.18.0.50");
+    expect_drop(
+        &mut dp,
+        programs::FROM_CONTAINER,
+        &spoofed_ip,
+        DropReason::SpoofedSource,
+    );
+    let mut spoofed_mac = from_c1(C2);
+    spoofed_mac.src_mac = [2, 0, 0, 0, 0, 0x66];
+    expect_drop(
+        &mut dp,
+        programs::FROM_CONTAINER,
+        &spoofed_mac,
+        DropReason::SpoofedSource,
+    );
+    // C2 is registered on another interface: C1's port cannot send as C2.
+    let mut as_c2 = from_c1(REMOTE);
+    as_c2.src = ip(C2);
+    as_c2.src_mac = [2, 0, 0, 0, 0, 3];
+    expect_drop(
+        &mut dp,
+        programs::FROM_CONTAINER,
+        &as_c2,
+        DropReason::SpoofedSource,
+    );
+
+    let mut dp = datapath(NET_MASQUERADE);
+    expect_drop(
+        &mut dp,
+        programs::FROM_CONTAINER,
+        &from_c1(C2),
+        DropReason::IccDisabled,
+    );
+    let mut dp = datapath(NET_ICC | NET_INTERNAL);
+    expect_drop(
+        &mut dp,
+        programs::FROM_CONTAINER,
+        &from_c1(REMOTE),
+        DropReason::InternalNetwork,
+    );
+    let (verdict, _) = run(&mut dp, programs::FROM_CONTAINER, &from_c1(C2));
+    assert_eq!(verdict, TC_ACT_OK);
+}
+
+#[test]
+fn tcp_close_shortens_lifetime_and_a_new_syn_starts_over() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    let fwd = key((C1, 40000), (REMOTE, 80), PROTO_TCP);
+    run(
+        &mut dp,
+        programs::TO_UPLINK,
+        &Ipv4Frame::tcp(C1, 40000, REMOTE, 80, TCP_SYN),
+    );
+    run(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &Ipv4Frame::tcp(REMOTE, 80, HOST, 40000, TCP_SYN | TCP_ACK),
+    );
+    run(
+        &mut dp,
+        programs::TO_UPLINK,
+        &Ipv4Frame::tcp(C1, 40000, REMOTE, 80, TCP_FIN | TCP_ACK),
+    );
+    let now = monotonic_ns();
+    for k in [fwd, key((REMOTE, 80), (HOST, 40000), PROTO_TCP)] {
+        let e = entry(&dp, k);
+        assert_ne!(e.flags & CT_CLOSING, 0);
+        assert!(e.expires_ns <= now + timeouts::TCP_CLOSING);
+    }
+    // The same tuple reused for a new connection is tracked afresh.
+    run(
+        &mut dp,
+        programs::TO_UPLINK,
+        &Ipv4Frame::tcp(C1, 40000, REMOTE, 80, TCP_SYN),
+    );
+    let e = entry(&dp, fwd);
+    assert_eq!(e.flags, CT_SNAT);
+    assert_eq!(dp.conntrack_entries().unwrap().len(), 2);
+}
+
+#[test]
+fn garbage_collection_removes_connections_once_both_sides_expired() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    run(
+        &mut dp,
+        programs::TO_UPLINK,
+        &Ipv4Frame::udp(C1, 5000, REMOTE, 53, b"q"),
+    );
+    assert_eq!(dp.conntrack_gc(monotonic_ns()).unwrap(), 0);
+    assert_eq!(dp.conntrack_entries().unwrap().len(), 2);
+    assert_eq!(
+        dp.conntrack_gc(monotonic_ns() + timeouts::UDP + 1_000_000_000)
+            .unwrap(),
+        2
+    );
+    assert!(dp.conntrack_entries().unwrap().is_empty());
+}
+
+#[test]
+fn fragments_of_masqueraded_flows_are_dropped_not_leaked() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    let mut first = Ipv4Frame::udp(C1, 5000, REMOTE, 53, b"first part");
+    first.frag = 0x2000; // MF
+    expect_drop(
+        &mut dp,
+        programs::TO_UPLINK,
+        &first,
+        DropReason::FragmentNeedsNat,
+    );
+    let mut later = Ipv4Frame::udp(C1, 5000, REMOTE, 53, b"xxxxxxxx");
+    later.frag = 0x0002;
+    expect_drop(
+        &mut dp,
+        programs::TO_UPLINK,
+        &later,
+        DropReason::FragmentNeedsNat,
+    );
+    // Without masquerade, fragments go out untouched.
+    let mut dp = datapath(NET_ICC);
+    let (verdict, out) = run(&mut dp, programs::TO_UPLINK, &later);
+    assert_eq!((verdict, out), (TC_ACT_OK, later.build()));
+}
