@@ -174,6 +174,10 @@ pub struct NetworkInfo {
     pub gateway: Ipv4,
     /// Source address for masquerade; all zero = `Config::masquerade_ip`.
     pub host_ip: Ipv4,
+    /// The bridge's MAC: source of frames netd delivers straight to a
+    /// container, as if the gateway had routed them.
+    pub gateway_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// A container's interface on one network, keyed by its address.

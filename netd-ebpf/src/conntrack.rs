@@ -71,6 +71,14 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Lookup {
     Lookup::Hit(entry.xlat)
 }
 
+/// The translation for `key` without refreshing anything (ICMP errors
+/// refer to a connection, they do not keep it alive).
+#[inline(always)]
+pub fn peek(key: &CtKey) -> Option<CtKey> {
+    // SAFETY: read-only copy of a map value.
+    unsafe { CONNTRACK.get(key) }.map(|entry| entry.xlat)
+}
+
 #[inline(always)]
 fn timeout(proto: u8, flags: u32) -> u64 {
     match proto {

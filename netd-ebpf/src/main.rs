@@ -4,8 +4,10 @@
 #![no_std]
 #![no_main]
 
+mod checksum;
 mod conntrack;
 mod counters;
+mod deliver;
 mod nat;
 mod parse;
 mod policy;
@@ -16,7 +18,9 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use netd_common::{DropReason, NET_INTERNAL, TrafficClass};
+use netd_common::{
+    CT_DNAT, CT_SNAT, CtKey, DropReason, NET_INTERNAL, NET_MASQUERADE, TrafficClass,
+};
 
 use crate::{
     conntrack::Lookup,
@@ -44,13 +48,25 @@ pub fn to_uplink(ctx: TcContext) -> i32 {
     verdict(&ctx, to_uplink_inner(&ctx))
 }
 
-/// Pass or drop, counting either way.
+/// What a program does with a packet it accepted.
+enum Forward {
+    /// Let the kernel carry on (bridge, routing, local delivery).
+    Pass(TrafficClass),
+    /// A redirect helper's verdict (the fast path).
+    Redirect(TrafficClass, i32),
+}
+
+/// Pass, redirect or drop, counting either way.
 #[inline(always)]
-fn verdict(ctx: &TcContext, result: Result<TrafficClass, DropReason>) -> i32 {
+fn verdict(ctx: &TcContext, result: Result<Forward, DropReason>) -> i32 {
     match result {
-        Ok(class) => {
+        Ok(Forward::Pass(class)) => {
             counters::count_traffic(class, ctx.len());
             TC_ACT_OK as i32
+        }
+        Ok(Forward::Redirect(class, action)) => {
+            counters::count_traffic(class, ctx.len());
+            action
         }
         Err(reason) => {
             counters::count_drop(reason);
@@ -60,7 +76,7 @@ fn verdict(ctx: &TcContext, result: Result<TrafficClass, DropReason>) -> i32 {
 }
 
 #[inline(always)]
-fn from_container_inner(ctx: &TcContext) -> Result<TrafficClass, DropReason> {
+fn from_container_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
     // SAFETY: the context is the program's __sk_buff.
     let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
     let src_mac = parse::src_mac(ctx)?;
@@ -70,23 +86,72 @@ fn from_container_inner(ctx: &TcContext) -> Result<TrafficClass, DropReason> {
             if sender_ip != [0; 4] {
                 policy::check_source(sender_ip, src_mac, ifindex)?;
             }
-            Ok(TrafficClass::Arp)
+            Ok(Forward::Pass(TrafficClass::Arp))
         }
         Packet::Ipv4(ip) => {
             let endpoint = policy::check_source(ip.src, src_mac, ifindex)?;
+            let class = traffic_class(&ip);
+            if policy::is_local(ip.dst) {
+                if let Some(key) = ip.tuple() {
+                    return hairpin(ctx, &ip, &key, endpoint.network_flags, class);
+                }
+            }
             policy::check_from_container(endpoint, ip.dst)?;
-            Ok(traffic_class(&ip))
+            Ok(Forward::Pass(class))
         }
     }
 }
 
+/// A container talking to a host address: either a published port (DNAT to
+/// the backend, SNAT to the backend network's gateway so replies come back
+/// here), a reply within such a connection, or plain host traffic.
 #[inline(always)]
-fn from_uplink_inner(ctx: &TcContext) -> Result<TrafficClass, DropReason> {
+fn hairpin(
+    ctx: &TcContext,
+    ip: &Ipv4Packet,
+    key: &CtKey,
+    sender_flags: u32,
+    class: TrafficClass,
+) -> Result<Forward, DropReason> {
+    let xlat = match conntrack::lookup(key, ip.tcp_flags()) {
+        Lookup::Hit(xlat) if xlat == *key => return Ok(Forward::Pass(class)),
+        Lookup::Hit(xlat) => xlat,
+        Lookup::Miss => {
+            let Some(backend) = nat::published_backend(ip.dst, key.dst_port, key.proto) else {
+                return Ok(Forward::Pass(class)); // the host's own service
+            };
+            if sender_flags & NET_INTERNAL != 0 {
+                return Err(DropReason::InternalNetwork);
+            }
+            let Some(backend_net) = policy::network_of(backend.ip) else {
+                return Ok(Forward::Pass(class));
+            };
+            let template = CtKey {
+                src: backend_net.gateway,
+                dst: backend.ip,
+                dst_port: backend.port,
+                ..*key
+            };
+            nat::create_with_free_port(key, &template, CT_DNAT | CT_SNAT)?
+        }
+    };
+    if ip.fragment {
+        return Err(DropReason::FragmentNeedsNat);
+    }
+    nat::rewrite(ctx, ip, key, &xlat)?;
+    Ok(match deliver::to_container(ctx, xlat.dst) {
+        Some(action) => Forward::Redirect(class, action),
+        None => Forward::Pass(class),
+    })
+}
+
+#[inline(always)]
+fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
     let ip = match parse::parse_frame(ctx) {
         Ok(Packet::Ipv4(ip)) => ip,
         // ARP, IPv6 and the rest belong to the host: not ours to judge.
         Ok(Packet::Arp { .. }) | Err(DropReason::UnsupportedEthertype) => {
-            return Ok(TrafficClass::Arp);
+            return Ok(Forward::Pass(TrafficClass::Arp));
         }
         Err(reason) => return Err(reason),
     };
@@ -94,9 +159,10 @@ fn from_uplink_inner(ctx: &TcContext) -> Result<TrafficClass, DropReason> {
         return Err(DropReason::LoopbackFromOutside);
     }
     let class = traffic_class(&ip);
+    let pass = Forward::Pass(class);
     if let Some(key) = ip.tuple() {
         if let Lookup::Hit(xlat) = conntrack::lookup(&key, ip.tcp_flags()) {
-            return translate(ctx, &ip, &key, &xlat).map(|()| class);
+            return translate(ctx, &ip, &key, &xlat).map(|()| pass);
         }
         if policy::is_local(ip.dst) {
             if let Some(backend) = nat::published_backend(ip.dst, key.dst_port, key.proto) {
@@ -104,50 +170,54 @@ fn from_uplink_inner(ctx: &TcContext) -> Result<TrafficClass, DropReason> {
                     return Err(DropReason::FragmentNeedsNat);
                 }
                 let xlat = nat::dnat_create(&key, &backend)?;
-                return nat::rewrite(ctx, &ip, &key, &xlat).map(|()| class);
+                return nat::rewrite(ctx, &ip, &key, &xlat).map(|()| pass);
             }
         }
+    } else if nat::translate_icmp_error(ctx, &ip)? {
+        return Ok(pass);
     }
     if policy::network_of(ip.dst).is_some() {
         return Err(DropReason::UnsolicitedInbound);
     }
-    Ok(class)
+    Ok(pass)
 }
 
 #[inline(always)]
-fn to_uplink_inner(ctx: &TcContext) -> Result<TrafficClass, DropReason> {
+fn to_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
     let ip = match parse::parse_frame(ctx) {
         Ok(Packet::Ipv4(ip)) => ip,
         Ok(Packet::Arp { .. }) | Err(DropReason::UnsupportedEthertype) => {
-            return Ok(TrafficClass::Arp);
+            return Ok(Forward::Pass(TrafficClass::Arp));
         }
         Err(reason) => return Err(reason),
     };
     let class = traffic_class(&ip);
+    let pass = Forward::Pass(class);
     let Some(key) = ip.tuple() else {
+        if nat::translate_icmp_error(ctx, &ip)? {
+            return Ok(pass);
+        }
         // Untracked protocol or a later fragment: fine from the host itself,
         // but a container's would leave untranslated.
         return match policy::network_of(ip.src) {
-            Some(net) if net.flags & netd_common::NET_MASQUERADE != 0 => {
-                Err(DropReason::FragmentNeedsNat)
-            }
-            _ => Ok(class),
+            Some(net) if net.flags & NET_MASQUERADE != 0 => Err(DropReason::FragmentNeedsNat),
+            _ => Ok(pass),
         };
     };
     if let Lookup::Hit(xlat) = conntrack::lookup(&key, ip.tcp_flags()) {
-        return translate(ctx, &ip, &key, &xlat).map(|()| class);
+        return translate(ctx, &ip, &key, &xlat).map(|()| pass);
     }
     let Some(net) = policy::network_of(ip.src) else {
-        return Ok(class); // the host's own traffic
+        return Ok(pass); // the host's own traffic
     };
     if net.flags & NET_INTERNAL != 0 {
         return Err(DropReason::InternalNetwork);
     }
-    if ip.fragment && net.flags & netd_common::NET_MASQUERADE != 0 {
+    if ip.fragment && net.flags & NET_MASQUERADE != 0 {
         return Err(DropReason::FragmentNeedsNat);
     }
     let xlat = nat::snat_create(&key, net)?;
-    nat::rewrite(ctx, &ip, &key, &xlat).map(|()| class)
+    nat::rewrite(ctx, &ip, &key, &xlat).map(|()| pass)
 }
 
 /// Applies a tracked connection's translation (nothing when there is none).

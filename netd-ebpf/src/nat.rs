@@ -15,8 +15,8 @@ use netd_common::{
 };
 
 use crate::{
-    conntrack,
-    parse::{ETH_LEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Packet},
+    checksum, conntrack,
+    parse::{ETH_LEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Packet, L4, header_at},
 };
 
 #[map(name = "CONFIG")]
@@ -87,15 +87,28 @@ pub fn snat_create(orig: &CtKey, net: &NetworkInfo) -> Result<CtKey, DropReason>
     } else {
         config.masquerade_ip
     };
-    let mut xlat = CtKey {
-        src: snat_ip,
-        ..*orig
-    };
-    match conntrack::create(orig, &xlat, CT_SNAT) {
+    create_with_free_port(
+        orig,
+        &CtKey {
+            src: snat_ip,
+            ..*orig
+        },
+        CT_SNAT,
+    )
+}
+
+/// Tracks `orig` as translated to `xlat`, keeping `xlat.src_port` when the
+/// reply tuple is free and otherwise searching the configured port range
+/// (random start, linear probe, bounded).
+#[inline(always)]
+pub fn create_with_free_port(orig: &CtKey, xlat: &CtKey, flags: u32) -> Result<CtKey, DropReason> {
+    let mut xlat = *xlat;
+    match conntrack::create(orig, &xlat, flags) {
         Ok(()) => return Ok(xlat),
         Err(Some(reason)) => return Err(reason),
         Err(None) => {}
     }
+    let config = CONFIG.get(0).copied().unwrap_or_default();
     let min = u32::from(config.nat_port_min);
     let span = u32::from(config.nat_port_max).saturating_sub(min) + 1;
     if min == 0 || span == 0 {
@@ -110,7 +123,7 @@ pub fn snat_create(orig: &CtKey, net: &NetworkInfo) -> Result<CtKey, DropReason>
             // The echo identifier is both "ports".
             xlat.dst_port = xlat.src_port;
         }
-        match conntrack::create(orig, &xlat, CT_SNAT) {
+        match conntrack::create(orig, &xlat, flags) {
             Ok(()) => return Ok(xlat),
             Err(Some(reason)) => return Err(reason),
             Err(None) => {}
@@ -237,5 +250,140 @@ fn rewrite_port(
     ctx.l4_csum_replace(csum_offset, old_v, new_v, csum_flags | 2)
         .map_err(|_| DropReason::RewriteFailed)?;
     ctx.store(offset, &new, 0)
+        .map_err(|_| DropReason::RewriteFailed)
+}
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+/// Inner IPv4 header (without options) + the 8 bytes of L4 header every
+/// ICMP error quotes.
+const ICMP_ERROR_QUOTE: usize = 28;
+
+/// Translates an ICMP error (destination unreachable, including
+/// fragmentation needed, or time exceeded) about a tracked connection: the
+/// quoted packet is rewritten like its connection and the outer address that
+/// pointed at it follows. Returns false when the error is not about a
+/// translated connection (the packet is left alone).
+#[inline(always)]
+pub fn translate_icmp_error(ctx: &TcContext, ip: &Ipv4Packet) -> Result<bool, DropReason> {
+    let L4::Icmp { icmp_type, .. } = ip.l4 else {
+        return Ok(false);
+    };
+    if icmp_type != ICMP_DEST_UNREACH && icmp_type != ICMP_TIME_EXCEEDED {
+        return Ok(false);
+    }
+    let inner_off = ip.l4_offset + 8;
+    let Some(quote) = header_at::<[u8; ICMP_ERROR_QUOTE]>(ctx, inner_off) else {
+        return Ok(false);
+    };
+    // SAFETY: bounds checked by header_at.
+    let quote = unsafe { *quote };
+    if quote[0] != 0x45 {
+        return Ok(false); // quoted header with options: not translated
+    }
+    let proto = quote[9];
+    let (ports_off, src_port, dst_port) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => (20, [quote[20], quote[21]], [quote[22], quote[23]]),
+        IPPROTO_ICMP => (24, [quote[24], quote[25]], [quote[24], quote[25]]),
+        _ => return Ok(false),
+    };
+    let inner = CtKey {
+        src: [quote[12], quote[13], quote[14], quote[15]],
+        dst: [quote[16], quote[17], quote[18], quote[19]],
+        src_port,
+        dst_port,
+        proto,
+        _pad: [0; 3],
+    };
+    let Some(peer_xlat) = conntrack::peek(&inner.reversed()) else {
+        return Ok(false);
+    };
+    let new_inner = peer_xlat.reversed();
+    if new_inner == inner {
+        return Ok(false);
+    }
+    let icmp_csum = ip.l4_offset + 2;
+    let fail = |_| DropReason::RewriteFailed;
+
+    // Outer header: whichever address pointed at the translated side.
+    if ip.dst == inner.src && inner.src != new_inner.src {
+        rewrite_addr(ctx, IP_DST_OFFSET, ip.dst, new_inner.src, false, 0, 0)?;
+    } else if ip.src == inner.dst && inner.dst != new_inner.dst {
+        rewrite_addr(ctx, IP_SRC_OFFSET, ip.src, new_inner.dst, false, 0, 0)?;
+    }
+
+    // Quoted IPv4 header: addresses and its own checksum, each change also
+    // folded into the ICMP checksum, which covers the quote.
+    let mut inner_ip_csum = [quote[10], quote[11]];
+    let mut l4_csum = [quote[26], quote[27]];
+    let udp_csum = proto == IPPROTO_UDP && l4_csum != [0, 0];
+    for (field, old, new) in [
+        (12, inner.src, new_inner.src),
+        (16, inner.dst, new_inner.dst),
+    ] {
+        if old == new {
+            continue;
+        }
+        let before = inner_ip_csum;
+        inner_ip_csum = checksum::update(inner_ip_csum, &old, &new, 4);
+        ctx.store(inner_off + field, &new, 0).map_err(fail)?;
+        csum_fold(ctx, icmp_csum, &old, &new, 4)?;
+        csum_fold(
+            ctx,
+            icmp_csum,
+            &[before[0], before[1], 0, 0],
+            &[inner_ip_csum[0], inner_ip_csum[1], 0, 0],
+            2,
+        )?;
+        if udp_csum {
+            l4_csum = checksum::update(l4_csum, &old, &new, 4);
+        }
+    }
+    ctx.store(inner_off + 10, &inner_ip_csum, 0).map_err(fail)?;
+
+    // Quoted ports (or echo identifier).
+    for (offset, old, new) in [
+        (ports_off, inner.src_port, new_inner.src_port),
+        (ports_off + 2, inner.dst_port, new_inner.dst_port),
+    ] {
+        if old == new || (proto == IPPROTO_ICMP && offset != ports_off) {
+            continue;
+        }
+        ctx.store(inner_off + offset, &new, 0).map_err(fail)?;
+        let (old4, new4) = ([old[0], old[1], 0, 0], [new[0], new[1], 0, 0]);
+        csum_fold(ctx, icmp_csum, &old4, &new4, 2)?;
+        if udp_csum {
+            l4_csum = checksum::update(l4_csum, &old4, &new4, 2);
+        }
+    }
+    if udp_csum && l4_csum != [quote[26], quote[27]] {
+        let old = [quote[26], quote[27], 0, 0];
+        ctx.store(inner_off + 26, &l4_csum, 0).map_err(fail)?;
+        csum_fold(ctx, icmp_csum, &old, &[l4_csum[0], l4_csum[1], 0, 0], 2)?;
+    }
+    Ok(true)
+}
+
+/// Folds a change of `len` (2 or 4) bytes into the ICMP checksum.
+#[inline(always)]
+fn csum_fold(
+    ctx: &TcContext,
+    csum_offset: usize,
+    old: &[u8; 4],
+    new: &[u8; 4],
+    len: u64,
+) -> Result<(), DropReason> {
+    let (old_v, new_v) = if len == 4 {
+        (
+            u32::from_ne_bytes(*old) as u64,
+            u32::from_ne_bytes(*new) as u64,
+        )
+    } else {
+        (
+            u16::from_ne_bytes([old[0], old[1]]) as u64,
+            u16::from_ne_bytes([new[0], new[1]]) as u64,
+        )
+    };
+    ctx.l4_csum_replace(csum_offset, old_v, new_v, len)
         .map_err(|_| DropReason::RewriteFailed)
 }

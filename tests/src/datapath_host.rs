@@ -107,6 +107,8 @@ impl DatapathHost {
             flags,
             gateway: gateway.octets(),
             host_ip: [0; 4],
+            gateway_mac: self.host.mac(&bridge)?,
+            _pad: [0; 2],
         };
         self.datapath.insert_network(subnet, prefix_len, info)?;
         self.datapath.insert_local_addr(gateway)?;

@@ -20,6 +20,8 @@ use crate::Netns;
 
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const SERVER_POLL: Duration = Duration::from_millis(50);
+/// Upper bound for one bulk transfer in tests.
+pub const BULK_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// `count` ICMP echo requests from `ns` to `dst`; true if any reply came back.
 pub fn ping(ns: &Netns, dst: &str, count: u32) -> Result<bool> {
@@ -60,6 +62,28 @@ impl EchoServer {
                 match listener.accept() {
                     Ok((mut conn, peer)) => {
                         let _ = serve_tcp(&mut conn, &with_peer(&prefix, peer));
+                    }
+                    Err(_) => thread::sleep(SERVER_POLL),
+                }
+            }
+        }))
+    }
+
+    /// A TCP server that reads each connection to EOF and answers with the
+    /// number of bytes it received (for bulk transfers).
+    pub fn tcp_sink(ns: &Netns, addr: SocketAddr) -> Result<Self> {
+        let listener = ns.enter(|| TcpListener::bind(addr))??;
+        listener.set_nonblocking(true)?;
+        Ok(Self::run(move |stop| {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_read_timeout(Some(BULK_TIMEOUT));
+                        let mut sink = Vec::new();
+                        if conn.read_to_end(&mut sink).is_ok() {
+                            let _ = conn.write_all(sink.len().to_string().as_bytes());
+                        }
                     }
                     Err(_) => thread::sleep(SERVER_POLL),
                 }
@@ -129,6 +153,21 @@ pub fn tcp_request(ns: &Netns, dst: SocketAddr, payload: &[u8]) -> Result<Vec<u8
     let mut reply = Vec::new();
     conn.read_to_end(&mut reply)?;
     Ok(reply)
+}
+
+/// Sends `size` bytes over one TCP connection to a [`EchoServer::tcp_sink`]
+/// and returns how many bytes the server says it received.
+pub fn tcp_upload(ns: &Netns, dst: SocketAddr, size: usize) -> Result<usize> {
+    let mut conn = ns
+        .enter(|| TcpStream::connect_timeout(&dst, PROBE_TIMEOUT))?
+        .with_context(|| format!("TCP connect from {} to {dst}", ns.name()))?;
+    conn.set_write_timeout(Some(BULK_TIMEOUT))?;
+    conn.set_read_timeout(Some(BULK_TIMEOUT))?;
+    conn.write_all(&vec![0x5a; size])?;
+    conn.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)?;
+    Ok(reply.trim().parse()?)
 }
 
 /// One UDP datagram from inside `ns` and the reply to it, if one comes.

@@ -278,3 +278,63 @@ fn flushing_the_host_firewall_changes_nothing() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn hairpin_reaches_published_ports_from_any_network() -> Result<()> {
+    let mut h = DatapathHost::new()?;
+    let a = h.add_network("172.18.0.0/16", DEFAULT)?;
+    let b = h.add_network("172.19.0.0/16", DEFAULT)?;
+    let c1 = h.add_container(&a, "172.18.0.2", DEFAULT)?;
+    let c2 = h.add_container(&a, "172.18.0.3", DEFAULT)?;
+    let c3 = h.add_container(&b, "172.19.0.2", DEFAULT)?;
+    let _tcp = EchoServer::tcp(&c1, addr("172.18.0.2:80"), "c1 saw {peer}:")?;
+    let _udp = EchoServer::udp(&c1, addr("172.18.0.2:53"), "c1 saw {peer}:")?;
+    h.publish("0.0.0.0", 8080, PROTO_TCP, "172.18.0.2", 80)?;
+    h.publish("0.0.0.0", 5353, PROTO_UDP, "172.18.0.2", 53)?;
+    // Like Docker's proxy, the server sees its own network's gateway.
+    let expect = b"c1 saw 172.18.0.1:q".to_vec();
+    for client in [&c2, &c3, &c1] {
+        for host_ip in [HOST_UPLINK_IP, "172.18.0.1"] {
+            assert_eq!(
+                probe::tcp_request(client, addr(&format!("{host_ip}:8080")), b"q")?,
+                expect
+            );
+        }
+        assert_eq!(
+            probe::udp_request(client, addr(&format!("{HOST_UPLINK_IP}:5353")), b"q")?,
+            expect
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn path_mtu_discovery_works_through_masquerade() -> Result<()> {
+    let mut h = DatapathHost::new()?;
+    // A far server behind the outside router, over a 1280-byte MTU hop.
+    let far = h.bed.add_netns("far")?;
+    h.bed.veth(&h.outside, "eth1", &far, "eth0")?;
+    h.outside
+        .ip(&["addr", "add", "203.0.113.1/24", "dev", "eth1"])?;
+    h.outside.ip(&["link", "set", "eth1", "mtu", "1280"])?;
+    h.outside.sysctl("net.ipv4.ip_forward", "1")?;
+    far.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])?;
+    // The far end keeps MTU 1500, so it advertises a full-size MSS and only
+    // ICMP "fragmentation needed" from the router can shrink the packets.
+    far.ip(&["route", "add", "default", "via", "203.0.113.1"])?;
+    let net = h.add_network("172.18.0.0/16", DEFAULT)?;
+    let c1 = h.add_container(&net, "172.18.0.2", DEFAULT)?;
+    let _sink = EchoServer::tcp_sink(&far, addr("203.0.113.2:7000"))?;
+    let size = 1 << 20;
+    assert_eq!(
+        probe::tcp_upload(&c1, addr("203.0.113.2:7000"), size)?,
+        size
+    );
+    // The router's "fragmentation needed" made it to the container, translated.
+    let out = c1.run("ip", &["route", "get", "203.0.113.2"])?;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("mtu 1280"),
+        "container learned the path MTU"
+    );
+    Ok(())
+}

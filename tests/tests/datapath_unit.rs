@@ -26,11 +26,14 @@ const OTHER_NET_CTR: &str = "172.19.0.2";
 fn network(dp: &mut Datapath, subnet: &str, id: u32, flags: u32) {
     let subnet: Ipv4Addr = subnet.parse().unwrap();
     let gateway = Ipv4Addr::from(u32::from(subnet) + 1);
+    let gateway_mac = [2, 0, 0, 0, 0xee, id as u8];
     let info = NetworkInfo {
         id,
         flags,
         gateway: gateway.octets(),
         host_ip: [0; 4],
+        gateway_mac,
+        _pad: [0; 2],
     };
     dp.insert_network(subnet, 16, info).unwrap();
     dp.insert_local_addr(gateway).unwrap();
@@ -470,4 +473,138 @@ fn fragments_of_masqueraded_flows_are_dropped_not_leaked() {
     let mut dp = datapath(NET_ICC);
     let (verdict, out) = run(&mut dp, programs::TO_UPLINK, &later);
     assert_eq!((verdict, out), (TC_ACT_OK, later.build()));
+}
+
+const TC_ACT_REDIRECT: u32 = 7;
+
+#[test]
+fn hairpin_translates_both_ends_and_redirects_into_the_backend() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    let port = PortKey {
+        host_ip: [0; 4],
+        port: 8080u16.to_be_bytes(),
+        proto: PROTO_TCP,
+        _pad: 0,
+    };
+    dp.publish(
+        port,
+        Backend {
+            ip: ip(C2).octets(),
+            port: 80u16.to_be_bytes(),
+            _pad: [0; 2],
+        },
+    )
+    .unwrap();
+    let gateway = "172.18.0.1";
+    let gateway_mac = [2, 0, 0, 0, 0xee, 1];
+
+    // C1 -> host:8080 becomes gateway -> C2:80, delivered straight to C2.
+    let syn = Ipv4Frame::tcp(C1, 40000, HOST, 8080, TCP_SYN);
+    let mut expected = with_addrs(&syn, (gateway, 40000), (C2, 80));
+    expected.dst_mac = [2, 0, 0, 0, 0, 3];
+    expected.src_mac = gateway_mac;
+    let (verdict, out) = run(&mut dp, programs::FROM_CONTAINER, &syn);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    packet::verify_checksums(&out).unwrap();
+    assert_eq!(out, expected.build());
+
+    // C2's reply to the gateway goes back to C1 as host:8080 -> C1. C2 sends
+    // from interface 99, so give the test run a datapath where C2 is "us".
+    let reply_key = key((C2, 80), (gateway, 40000), PROTO_TCP);
+    let reply_entry = entry(&dp, reply_key);
+    assert_eq!(reply_entry.xlat, key((HOST, 8080), (C1, 40000), PROTO_TCP));
+    assert_eq!(reply_entry.flags, CT_DNAT | CT_SNAT | CT_REPLY);
+    let c2_as_sender = Endpoint {
+        ifindex: TEST_RUN_IFINDEX,
+        network_id: 1,
+        network_flags: NET_ICC | NET_MASQUERADE,
+        mac: [2, 0, 0, 0, 0, 3],
+        _pad: [0; 2],
+    };
+    dp.insert_endpoint(C2.parse().unwrap(), c2_as_sender)
+        .unwrap();
+    let mut syn_ack = Ipv4Frame::tcp(C2, 80, gateway, 40000, TCP_SYN | TCP_ACK);
+    syn_ack.src_mac = [2, 0, 0, 0, 0, 3];
+    let mut expected = with_addrs(&syn_ack, (HOST, 8080), (C1, 40000));
+    expected.dst_mac = C1_MAC;
+    expected.src_mac = gateway_mac;
+    let (verdict, out) = run(&mut dp, programs::FROM_CONTAINER, &syn_ack);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out, expected.build());
+
+    // Internal networks do not hairpin out to other containers.
+    let mut dp = datapath(NET_ICC | NET_INTERNAL);
+    dp.publish(
+        port,
+        Backend {
+            ip: ip(OTHER_NET_CTR).octets(),
+            port: 80u16.to_be_bytes(),
+            _pad: [0; 2],
+        },
+    )
+    .unwrap();
+    expect_drop(
+        &mut dp,
+        programs::FROM_CONTAINER,
+        &syn,
+        DropReason::InternalNetwork,
+    );
+}
+
+/// An ICMP error quoting `quoted` (its IP header + first 8 L4 bytes).
+fn icmp_error(src: &str, dst: &str, icmp_type: u8, code: u8, quoted: &Ipv4Frame) -> Ipv4Frame {
+    let mut rest = vec![0, 0, 0x05, 0x00]; // next-hop MTU 1280 (frag needed)
+    rest.extend_from_slice(&quoted.ip_bytes()[..28]);
+    Ipv4Frame::new(
+        ip(src),
+        ip(dst),
+        L4::Icmp {
+            icmp_type,
+            code,
+            rest,
+        },
+    )
+}
+
+#[test]
+fn icmp_errors_about_translated_connections_are_translated_inside_and_out() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    // UDP so the quote carries an L4 checksum that must follow the rewrite.
+    let udp = Ipv4Frame::udp(C1, 5000, REMOTE, 53, b"query");
+    run(&mut dp, programs::TO_UPLINK, &udp);
+    let sent = with_addrs(&udp, (HOST, 5000), (REMOTE, 53));
+    let router = "198.51.100.254";
+    for (icmp_type, code) in [(3, 4), (11, 0)] {
+        let error = icmp_error(router, HOST, icmp_type, code, &sent);
+        let expected = icmp_error(router, C1, icmp_type, code, &udp);
+        expect_rewrite(&mut dp, programs::FROM_UPLINK, &error, &expected);
+    }
+    // TCP (the quote ends before the TCP checksum) through a published port:
+    // the container's own error about a reply it sent.
+    let port = PortKey {
+        host_ip: [0; 4],
+        port: 8080u16.to_be_bytes(),
+        proto: PROTO_TCP,
+        _pad: 0,
+    };
+    dp.publish(
+        port,
+        Backend {
+            ip: ip(C1).octets(),
+            port: 80u16.to_be_bytes(),
+            _pad: [0; 2],
+        },
+    )
+    .unwrap();
+    let syn = Ipv4Frame::tcp(CLIENT, 5555, HOST, 8080, TCP_SYN);
+    run(&mut dp, programs::FROM_UPLINK, &syn);
+    let arrived = with_addrs(&syn, (CLIENT, 5555), (C1, 80));
+    let error = icmp_error(C1, CLIENT, 3, 3, &arrived);
+    let expected = icmp_error(HOST, CLIENT, 3, 3, &syn);
+    expect_rewrite(&mut dp, programs::TO_UPLINK, &error, &expected);
+
+    // An error about a connection netd does not know passes untouched.
+    let stray = icmp_error(router, HOST, 3, 1, &Ipv4Frame::udp(HOST, 1, REMOTE, 2, b""));
+    let (verdict, out) = run(&mut dp, programs::FROM_UPLINK, &stray);
+    assert_eq!((verdict, out), (TC_ACT_OK, stray.build()));
 }
