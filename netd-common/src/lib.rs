@@ -14,6 +14,7 @@ pub mod maps {
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     pub const PUBLISHED_PORTS: &str = "PUBLISHED_PORTS";
     pub const CONNTRACK: &str = "CONNTRACK";
+    pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
 }
 
 /// Map sizes (entries). Kernel memory is charged per entry; see docs/datapath.md.
@@ -28,6 +29,8 @@ pub mod sizes {
     pub const PUBLISHED_PORTS: u32 = 65536;
     /// Conntrack entries: two per connection (original and reply direction).
     pub const CONNTRACK: u32 = 262144;
+    /// Host sockets redirected to a published port's backend (LRU).
+    pub const SOCK_REVNAT: u32 = 65536;
 }
 
 /// Names of the BPF programs in the object file.
@@ -42,6 +45,20 @@ pub mod programs {
 
     /// Every TC program in the object (user space loads them all).
     pub const CLASSIFIERS: &[&str] = &[FROM_CONTAINER, FROM_UPLINK, TO_UPLINK];
+
+    /// cgroup socket hooks for connections the host itself makes to
+    /// published ports (incl. 127.0.0.1): translated at connect()/sendmsg()
+    /// time, no per-packet NAT.
+    pub const HOST_CONNECT4: &str = "host_connect4";
+    pub const HOST_SENDMSG4: &str = "host_sendmsg4";
+    pub const HOST_RECVMSG4: &str = "host_recvmsg4";
+    pub const HOST_GETPEERNAME4: &str = "host_getpeername4";
+    pub const SOCK_HOOKS: &[&str] = &[
+        HOST_CONNECT4,
+        HOST_SENDMSG4,
+        HOST_RECVMSG4,
+        HOST_GETPEERNAME4,
+    ];
 }
 
 macro_rules! counted_enum {
@@ -158,6 +175,29 @@ pub struct Config {
     /// (host byte order, inclusive).
     pub nat_port_min: u16,
     pub nat_port_max: u16,
+    /// Network namespace netd manages (SO_NETNS_COOKIE). The socket hooks
+    /// run for every process in the cgroup; they act only on this namespace.
+    pub netns_cookie: u64,
+}
+
+/// Key of `SOCK_REVNAT`: a socket (by cookie) and the backend its traffic was
+/// redirected to, so replies can show the address the program asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    pub ip: Ipv4,
+    pub port: Port,
+    pub _pad: [u8; 2],
+}
+
+/// The address a socket originally asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevValue {
+    pub ip: Ipv4,
+    pub port: Port,
+    pub _pad: [u8; 2],
 }
 
 /// Network flags.
@@ -280,4 +320,6 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::SockRevKey {}
+    unsafe impl aya::Pod for super::SockRevValue {}
 }

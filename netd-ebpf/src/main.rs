@@ -11,12 +11,13 @@ mod deliver;
 mod nat;
 mod parse;
 mod policy;
+mod sock;
 
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, TC_ACT_OK, TC_ACT_SHOT},
-    macros::classifier,
-    programs::TcContext,
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
 };
 use netd_common::{
     CT_DNAT, CT_SNAT, CtKey, DropReason, NET_INTERNAL, NET_MASQUERADE, TrafficClass,
@@ -46,6 +47,34 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_uplink(ctx: TcContext) -> i32 {
     verdict(&ctx, to_uplink_inner(&ctx))
+}
+
+/// connect() from the host: published ports go straight to their backend.
+#[cgroup_sock_addr(connect4)]
+pub fn host_connect4(ctx: SockAddrContext) -> i32 {
+    sock::redirect_to_backend(&ctx);
+    1 // never refuse a connect: the hook only rewrites
+}
+
+/// sendmsg() on unconnected UDP sockets, as connect4.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn host_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::redirect_to_backend(&ctx);
+    1
+}
+
+/// recvmsg() on UDP sockets: replies appear to come from the published address.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn host_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::restore_published(&ctx);
+    1
+}
+
+/// getpeername(): the published address the socket connected to.
+#[cgroup_sock_addr(getpeername4)]
+pub fn host_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::restore_published(&ctx);
+    1
 }
 
 /// What a program does with a packet it accepted.
@@ -117,7 +146,11 @@ fn hairpin(
         Lookup::Hit(xlat) if xlat == *key => return Ok(Forward::Pass(class)),
         Lookup::Hit(xlat) => xlat,
         Lookup::Miss => {
-            let Some(backend) = nat::published_backend(ip.dst, key.dst_port, key.proto) else {
+            let published = match opens_connection(key, ip.tcp_flags()) {
+                true => nat::published_backend(ip.dst, key.dst_port, key.proto),
+                false => None,
+            };
+            let Some(backend) = published else {
                 return Ok(Forward::Pass(class)); // the host's own service
             };
             if sender_flags & NET_INTERNAL != 0 {
@@ -164,7 +197,7 @@ fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
         if let Lookup::Hit(xlat) = conntrack::lookup(&key, ip.tcp_flags()) {
             return translate(ctx, &ip, &key, &xlat).map(|()| pass);
         }
-        if policy::is_local(ip.dst) {
+        if policy::is_local(ip.dst) && opens_connection(&key, ip.tcp_flags()) {
             if let Some(backend) = nat::published_backend(ip.dst, key.dst_port, key.proto) {
                 if ip.fragment {
                     return Err(DropReason::FragmentNeedsNat);
@@ -218,6 +251,15 @@ fn to_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
     }
     let xlat = nat::snat_create(&key, net)?;
     nat::rewrite(ctx, &ip, &key, &xlat).map(|()| pass)
+}
+
+/// Only a TCP SYN (or any UDP/ICMP packet) may open a connection through a
+/// published port; a stray mid-stream segment (say, a reply from a host
+/// socket whose port number happens to be published) must not.
+#[inline(always)]
+fn opens_connection(key: &CtKey, tcp_flags: u8) -> bool {
+    key.proto != parse::IPPROTO_TCP
+        || tcp_flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN
 }
 
 /// Applies a tracked connection's translation (nothing when there is none).

@@ -26,6 +26,10 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 static PUBLISHED_PORTS: HashMap<PortKey, Backend> =
     HashMap::with_max_entries(sizes::PUBLISHED_PORTS, 0);
 
+pub fn config_map() -> &'static Array<Config> {
+    &CONFIG
+}
+
 /// Source ports tried for masquerade after the original one (bounded for
 /// the verifier; Cilium uses 32 on older kernels).
 const SNAT_PORT_RETRIES: u32 = 32;

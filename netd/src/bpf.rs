@@ -7,7 +7,9 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, tc::SchedClassifierLinkId,
+    },
 };
 use netd_common::{
     Backend, Config, CtEntry, CtKey, DropReason, Endpoint, NetworkInfo, PacketCounter, PortKey,
@@ -28,6 +30,11 @@ impl Datapath {
         let mut ebpf = Ebpf::load(BPF_OBJECT).context("loading netd's BPF object")?;
         for &name in programs::CLASSIFIERS {
             classifier(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("verifier rejected BPF program {name}"))?;
+        }
+        for &name in programs::SOCK_HOOKS {
+            sock_hook(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("verifier rejected BPF program {name}"))?;
         }
@@ -59,6 +66,22 @@ impl Datapath {
             self.classifier(program)?
                 .attach(name.as_c_str(), direction)
                 .with_context(|| format!("attaching {program} to {iface}"))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the socket hooks (connect4, sendmsg4, recvmsg4, getpeername4)
+    /// to the root of the cgroup v2 hierarchy, so they see every process.
+    /// They act only on sockets of the namespace in `Config::netns_cookie`.
+    pub fn attach_host_sockets(&mut self) -> Result<()> {
+        let root = cgroup2_root()?;
+        let cgroup =
+            std::fs::File::open(&root).with_context(|| format!("opening cgroup {root}"))?;
+        for &name in programs::SOCK_HOOKS {
+            sock_hook(&mut self.ebpf, name)?
+                // bpf_link attachments are always multi-attach; flags must be 0.
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to cgroup {root}"))?;
         }
         Ok(())
     }
@@ -223,6 +246,53 @@ impl Datapath {
             .ok_or_else(|| anyhow!("BPF map {name} missing"))?;
         PerCpuArray::try_from(map).with_context(|| format!("BPF map {name} has an unexpected type"))
     }
+}
+
+fn sock_hook<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("BPF program {name} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("BPF program {name} is not a cgroup sock_addr program"))
+}
+
+/// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup on unified
+/// systems, /sys/fs/cgroup/unified on hybrid ones).
+pub fn cgroup2_root() -> Result<String> {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    mounts
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+            (fstype == "cgroup2").then(|| dir.to_owned())
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup/unified)"
+            )
+        })
+}
+
+/// The calling thread's network namespace cookie (SO_NETNS_COOKIE).
+pub fn current_netns_cookie() -> Result<u64> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("socket for SO_NETNS_COOKIE")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid socket and buffer of the advertised length.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("getsockopt(SO_NETNS_COOKIE)");
+    }
+    Ok(cookie)
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {

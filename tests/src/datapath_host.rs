@@ -68,11 +68,13 @@ impl DatapathHost {
             masquerade_ip: HOST_UPLINK_IP.parse::<Ipv4Addr>()?.octets(),
             nat_port_min: NAT_PORT_MIN,
             nat_port_max: NAT_PORT_MAX,
+            netns_cookie: host.enter(netd::bpf::current_netns_cookie)??,
         })?;
         for ip in [HOST_UPLINK_IP, HOST_SECOND_IP, "127.0.0.1"] {
             datapath.insert_local_addr(ip.parse()?)?;
         }
         host.enter(|| datapath.attach_uplink(&uplink))??;
+        datapath.attach_host_sockets()?;
         Ok(Self {
             datapath,
             host,

@@ -338,3 +338,40 @@ fn path_mtu_discovery_works_through_masquerade() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn the_host_reaches_published_ports_including_on_loopback() -> Result<()> {
+    let mut h = DatapathHost::new()?;
+    let net = h.add_network("172.18.0.0/16", DEFAULT)?;
+    let c1 = h.add_container(&net, "172.18.0.2", DEFAULT)?;
+    let _tcp = EchoServer::tcp(&c1, addr("172.18.0.2:80"), "c1 saw {peer}:")?;
+    let _udp = EchoServer::udp(&c1, addr("172.18.0.2:53"), "c1 saw {peer}:")?;
+    h.publish("0.0.0.0", 8080, PROTO_TCP, "172.18.0.2", 80)?;
+    h.publish("0.0.0.0", 5353, PROTO_UDP, "172.18.0.2", 53)?;
+    h.publish("127.0.0.1", 9090, PROTO_TCP, "172.18.0.2", 80)?;
+    let expect = b"c1 saw 172.18.0.1:q".to_vec();
+    for target in [
+        format!("{HOST_UPLINK_IP}:8080"),
+        "127.0.0.1:8080".into(),
+        "127.0.0.1:9090".into(),
+    ] {
+        assert_eq!(
+            probe::tcp_request(&h.host, addr(&target), b"q")?,
+            expect,
+            "{target}"
+        );
+    }
+    // The UDP reply shows the address the host sent to (recvmsg4).
+    let socket = h.host.enter(|| std::net::UdpSocket::bind("0.0.0.0:0"))??;
+    socket.set_read_timeout(Some(probe::PROBE_TIMEOUT))?;
+    socket.send_to(b"q", "127.0.0.1:5353")?;
+    let mut buf = [0u8; 64];
+    let (n, from) = socket.recv_from(&mut buf)?;
+    assert_eq!((&buf[..n], from), (&expect[..], addr("127.0.0.1:5353")));
+    // 127.0.0.1-only ports are not on the uplink, from the host or outside.
+    assert!(probe::tcp_request(&h.host, addr(&format!("{HOST_UPLINK_IP}:9090")), b"q").is_err());
+    assert!(probe::tcp_request(&h.outside, addr(&format!("{HOST_UPLINK_IP}:9090")), b"q").is_err());
+    // Other namespaces' sockets are not touched by this host's hooks.
+    assert!(probe::tcp_request(&h.outside, addr("127.0.0.1:8080"), b"q").is_err());
+    Ok(())
+}

@@ -47,6 +47,7 @@ fn datapath(flags: u32) -> Datapath {
         masquerade_ip: ip(HOST).octets(),
         nat_port_min: 32768,
         nat_port_max: 65535,
+        netns_cookie: 0,
     })
     .unwrap();
     dp.insert_local_addr(ip(HOST)).unwrap();

@@ -1,0 +1,90 @@
+//! Published ports for the host's own sockets: a cgroup sock_addr hook
+//! rewrites the destination at connect()/sendmsg() time (Cilium's
+//! socket-level load balancing), so host-originated traffic, 127.0.0.1
+//! included, needs no per-packet NAT. recvmsg()/getpeername() show the
+//! address the program asked for.
+
+use aya_ebpf::{
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::map,
+    maps::{Array, LruHashMap},
+    programs::SockAddrContext,
+};
+use netd_common::{Config, SockRevKey, SockRevValue, sizes};
+
+use crate::{nat, policy};
+
+#[map(name = "SOCK_REVNAT")]
+static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
+    LruHashMap::with_max_entries(sizes::SOCK_REVNAT, 0);
+
+/// The hooks are attached to a cgroup, which spans namespaces: act only on
+/// sockets of the namespace this datapath manages.
+#[inline(always)]
+fn in_our_netns(ctx: &SockAddrContext, config: &Array<Config>) -> bool {
+    let Some(config) = config.get(0) else {
+        return false;
+    };
+    // SAFETY: helper on the program's own context.
+    config.netns_cookie != 0
+        && unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) } == config.netns_cookie
+}
+
+/// connect4 / sendmsg4: a published host address and port becomes its backend.
+#[inline(always)]
+pub fn redirect_to_backend(ctx: &SockAddrContext) {
+    if !in_our_netns(ctx, nat::config_map()) {
+        return;
+    }
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let dst = sa.user_ip4.to_ne_bytes();
+    let port = (sa.user_port as u16).to_ne_bytes();
+    if !policy::is_local(dst) {
+        return;
+    }
+    let Some(backend) = nat::published_backend(dst, port, sa.protocol as u8) else {
+        return;
+    };
+    sa.user_ip4 = u32::from_ne_bytes(backend.ip);
+    sa.user_port = u32::from(u16::from_ne_bytes(backend.port));
+    // SAFETY: helper on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let key = SockRevKey {
+        cookie,
+        ip: backend.ip,
+        port: backend.port,
+        _pad: [0; 2],
+    };
+    let _ = SOCK_REVNAT.insert(
+        &key,
+        &SockRevValue {
+            ip: dst,
+            port,
+            _pad: [0; 2],
+        },
+        0,
+    );
+}
+
+/// recvmsg4 / getpeername4: show the published address, not the backend.
+#[inline(always)]
+pub fn restore_published(ctx: &SockAddrContext) {
+    if !in_our_netns(ctx, nat::config_map()) {
+        return;
+    }
+    // SAFETY: as above.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let key = SockRevKey {
+        cookie,
+        ip: sa.user_ip4.to_ne_bytes(),
+        port: (sa.user_port as u16).to_ne_bytes(),
+        _pad: [0; 2],
+    };
+    // SAFETY: read-only copy of a map value.
+    if let Some(orig) = unsafe { SOCK_REVNAT.get(&key) } {
+        sa.user_ip4 = u32::from_ne_bytes(orig.ip);
+        sa.user_port = u32::from(u16::from_ne_bytes(orig.port));
+    }
+}
