@@ -178,6 +178,9 @@ pub struct Config {
     /// Network namespace netd manages (SO_NETNS_COOKIE). The socket hooks
     /// run for every process in the cgroup; they act only on this namespace.
     pub netns_cookie: u64,
+    /// The uplink, for the fast path out (0 = always use the stack).
+    pub uplink_ifindex: u32,
+    pub _pad: u32,
 }
 
 /// Key of `SOCK_REVNAT`: a socket (by cookie) and the backend its traffic was

@@ -7,7 +7,7 @@
 mod checksum;
 mod conntrack;
 mod counters;
-mod deliver;
+mod forward;
 mod nat;
 mod parse;
 mod policy;
@@ -126,6 +126,17 @@ fn from_container_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
                 }
             }
             policy::check_from_container(endpoint, ip.dst)?;
+            if policy::network_of(ip.dst).is_none() {
+                if let Some(route) = forward::route_to_uplink(ctx, &ip, ifindex) {
+                    egress_nat(ctx, &ip)?;
+                    if let Some(action) = forward::send_to_uplink(ctx, &ip, &route) {
+                        return Ok(Forward::Redirect(class, action));
+                    }
+                    // Translated already: the slow path would see a local
+                    // source address and drop it, so do it here, counted.
+                    return Err(DropReason::RewriteFailed);
+                }
+            }
             Ok(Forward::Pass(class))
         }
     }
@@ -172,7 +183,7 @@ fn hairpin(
         return Err(DropReason::FragmentNeedsNat);
     }
     nat::rewrite(ctx, ip, key, &xlat)?;
-    Ok(match deliver::to_container(ctx, xlat.dst) {
+    Ok(match forward::to_container(ctx, ip, xlat.dst, false) {
         Some(action) => Forward::Redirect(class, action),
         None => Forward::Pass(class),
     })
@@ -195,7 +206,8 @@ fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
     let pass = Forward::Pass(class);
     if let Some(key) = ip.tuple() {
         if let Lookup::Hit(xlat) = conntrack::lookup(&key, ip.tcp_flags()) {
-            return translate(ctx, &ip, &key, &xlat).map(|()| pass);
+            translate(ctx, &ip, &key, &xlat)?;
+            return Ok(into_container(ctx, &ip, xlat.dst, class));
         }
         if policy::is_local(ip.dst) && opens_connection(&key, ip.tcp_flags()) {
             if let Some(backend) = nat::published_backend(ip.dst, key.dst_port, key.proto) {
@@ -203,7 +215,8 @@ fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
                     return Err(DropReason::FragmentNeedsNat);
                 }
                 let xlat = nat::dnat_create(&key, &backend)?;
-                return nat::rewrite(ctx, &ip, &key, &xlat).map(|()| pass);
+                nat::rewrite(ctx, &ip, &key, &xlat)?;
+                return Ok(into_container(ctx, &ip, xlat.dst, class));
             }
         }
     } else if nat::translate_icmp_error(ctx, &ip)? {
@@ -217,31 +230,39 @@ fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
 
 #[inline(always)]
 fn to_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
-    let ip = match parse::parse_frame(ctx) {
-        Ok(Packet::Ipv4(ip)) => ip,
-        Ok(Packet::Arp { .. }) | Err(DropReason::UnsupportedEthertype) => {
-            return Ok(Forward::Pass(TrafficClass::Arp));
+    match parse::parse_frame(ctx) {
+        Ok(Packet::Ipv4(ip)) => {
+            egress_nat(ctx, &ip)?;
+            Ok(Forward::Pass(traffic_class(&ip)))
         }
-        Err(reason) => return Err(reason),
-    };
-    let class = traffic_class(&ip);
-    let pass = Forward::Pass(class);
+        Ok(Packet::Arp { .. }) | Err(DropReason::UnsupportedEthertype) => {
+            Ok(Forward::Pass(TrafficClass::Arp))
+        }
+        Err(reason) => Err(reason),
+    }
+}
+
+/// NAT for a packet about to leave through the uplink (from `to_uplink`, or
+/// from the fast path before it redirects there): established connections
+/// and ICMP errors are translated, new container connections masqueraded.
+#[inline(always)]
+fn egress_nat(ctx: &TcContext, ip: &Ipv4Packet) -> Result<(), DropReason> {
     let Some(key) = ip.tuple() else {
-        if nat::translate_icmp_error(ctx, &ip)? {
-            return Ok(pass);
+        if nat::translate_icmp_error(ctx, ip)? {
+            return Ok(());
         }
         // Untracked protocol or a later fragment: fine from the host itself,
         // but a container's would leave untranslated.
         return match policy::network_of(ip.src) {
             Some(net) if net.flags & NET_MASQUERADE != 0 => Err(DropReason::FragmentNeedsNat),
-            _ => Ok(pass),
+            _ => Ok(()),
         };
     };
     if let Lookup::Hit(xlat) = conntrack::lookup(&key, ip.tcp_flags()) {
-        return translate(ctx, &ip, &key, &xlat).map(|()| pass);
+        return translate(ctx, ip, &key, &xlat);
     }
     let Some(net) = policy::network_of(ip.src) else {
-        return Ok(pass); // the host's own traffic
+        return Ok(()); // the host's own traffic
     };
     if net.flags & NET_INTERNAL != 0 {
         return Err(DropReason::InternalNetwork);
@@ -250,7 +271,22 @@ fn to_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
         return Err(DropReason::FragmentNeedsNat);
     }
     let xlat = nat::snat_create(&key, net)?;
-    nat::rewrite(ctx, &ip, &key, &xlat).map(|()| pass)
+    nat::rewrite(ctx, ip, &key, &xlat)
+}
+
+/// After translation from the uplink: straight into the container when the
+/// destination is one, else on through the stack.
+#[inline(always)]
+fn into_container(
+    ctx: &TcContext,
+    ip: &Ipv4Packet,
+    dst: netd_common::Ipv4,
+    class: TrafficClass,
+) -> Forward {
+    match forward::to_container(ctx, ip, dst, true) {
+        Some(action) => Forward::Redirect(class, action),
+        None => Forward::Pass(class),
+    }
 }
 
 /// Only a TCP SYN (or any UDP/ICMP packet) may open a connection through a

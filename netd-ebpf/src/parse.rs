@@ -44,6 +44,8 @@ pub struct Ipv4Packet {
     pub l4_offset: usize,
     /// True for any fragment, first or not.
     pub fragment: bool,
+    pub ttl: u8,
+    pub proto: u8,
     pub l4: L4,
 }
 
@@ -140,7 +142,7 @@ fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4Packet, DropReason> {
     let l4_offset = ETH_LEN + header_len;
     // L4 headers must fit inside the IP datagram, not just the frame.
     let l4_room = total_len - header_len;
-    let (src, dst, proto) = (ip.src_addr, ip.dst_addr, ip.proto);
+    let (src, dst, proto, ttl) = (ip.src_addr, ip.dst_addr, ip.proto, ip.ttl);
     // `ip` must not be used below: parse_l4 may pull data and move the packet.
     let l4 = if !first_fragment {
         L4::Other
@@ -152,6 +154,8 @@ fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4Packet, DropReason> {
         dst,
         l4_offset,
         fragment,
+        ttl,
+        proto,
         l4,
     })
 }

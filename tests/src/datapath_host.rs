@@ -69,6 +69,8 @@ impl DatapathHost {
             nat_port_min: NAT_PORT_MIN,
             nat_port_max: NAT_PORT_MAX,
             netns_cookie: host.enter(netd::bpf::current_netns_cookie)??,
+            uplink_ifindex: host.ifindex(&uplink)?,
+            _pad: 0,
         })?;
         for ip in [HOST_UPLINK_IP, HOST_SECOND_IP, "127.0.0.1"] {
             datapath.insert_local_addr(ip.parse()?)?;

@@ -48,6 +48,8 @@ fn datapath(flags: u32) -> Datapath {
         nat_port_min: 32768,
         nat_port_max: 65535,
         netns_cookie: 0,
+        uplink_ifindex: 0, // no fast path out: test runs must never route
+        _pad: 0,
     })
     .unwrap();
     dp.insert_local_addr(ip(HOST)).unwrap();
@@ -87,6 +89,27 @@ fn expect_rewrite(dp: &mut Datapath, program: &str, input: &Ipv4Frame, expected:
     assert_eq!(verdict, TC_ACT_OK, "{program} verdict");
     packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{program}: {e}"));
     assert_eq!(out, expected.build(), "{program} output bytes");
+}
+
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// Expects `input` from the uplink to be translated into `translated` and
+/// handed straight to the container with `ctr_mac` (gateway MAC as source,
+/// one TTL less).
+fn expect_into_container(
+    dp: &mut Datapath,
+    input: &Ipv4Frame,
+    translated: &Ipv4Frame,
+    ctr_mac: [u8; 6],
+) {
+    let mut expected = translated.clone();
+    expected.dst_mac = ctr_mac;
+    expected.src_mac = [2, 0, 0, 0, 0xee, 1];
+    expected.ttl -= 1;
+    let (verdict, out) = run(dp, programs::FROM_UPLINK, input);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "redirected into the container");
+    packet::verify_checksums(&out).unwrap();
+    assert_eq!(out, expected.build(), "from_uplink output bytes");
 }
 
 fn expect_drop(dp: &mut Datapath, program: &str, input: &Ipv4Frame, reason: DropReason) {
@@ -159,11 +182,11 @@ fn masquerade_keeps_a_free_source_port_and_translates_replies() {
     assert!(forward.expires_ns > now && forward.expires_ns <= now + timeouts::TCP_SYN);
 
     let syn_ack = Ipv4Frame::tcp(REMOTE, 80, HOST, 40000, TCP_SYN | TCP_ACK);
-    expect_rewrite(
+    expect_into_container(
         &mut dp,
-        programs::FROM_UPLINK,
         &syn_ack,
         &with_addrs(&syn_ack, (REMOTE, 80), (C1, 40000)),
+        C1_MAC,
     );
     // The reply made the connection established, in both entries.
     let forward = entry(&dp, key((C1, 40000), (REMOTE, 80), PROTO_TCP));
@@ -189,13 +212,13 @@ fn masquerade_picks_another_port_when_the_source_port_is_taken() {
     assert!((32768..=65535).contains(&port));
     assert_eq!(out, with_addrs(&second, (HOST, port), (REMOTE, 80)).build());
     // Replies to each port reach their own container.
-    for (port, ctr) in [(40000, C1), (port, C2)] {
+    for (port, ctr, mac) in [(40000, C1, C1_MAC), (port, C2, [2, 0, 0, 0, 0, 3])] {
         let reply = Ipv4Frame::tcp(REMOTE, 80, HOST, port, TCP_SYN | TCP_ACK);
-        expect_rewrite(
+        expect_into_container(
             &mut dp,
-            programs::FROM_UPLINK,
             &reply,
             &with_addrs(&reply, (REMOTE, 80), (ctr, 40000)),
+            mac,
         );
     }
 }
@@ -211,11 +234,11 @@ fn masquerade_handles_udp_with_and_without_checksum() {
         &with_addrs(&udp, (HOST, 5000), (REMOTE, 53)),
     );
     let answer = Ipv4Frame::udp(REMOTE, 53, HOST, 5000, b"answer!");
-    expect_rewrite(
+    expect_into_container(
         &mut dp,
-        programs::FROM_UPLINK,
         &answer,
         &with_addrs(&answer, (REMOTE, 53), (C1, 5000)),
+        C1_MAC,
     );
 
     // A zero UDP checksum means "none" and must stay zero.
@@ -249,11 +272,11 @@ fn masquerade_translates_icmp_echo_by_identifier() {
         seq: 1,
         payload: b"netd-ping".to_vec(),
     };
-    expect_rewrite(
+    expect_into_container(
         &mut dp,
-        programs::FROM_UPLINK,
         &pong,
         &with_addrs(&pong, (REMOTE, 77), (C1, 77)),
+        C1_MAC,
     );
 
     // The same identifier from another container gets a new one.
@@ -288,11 +311,11 @@ fn published_port_translates_both_ways_and_keeps_the_client_address() {
     .unwrap();
 
     let syn = Ipv4Frame::tcp(CLIENT, 5555, HOST, 8080, TCP_SYN);
-    expect_rewrite(
+    expect_into_container(
         &mut dp,
-        programs::FROM_UPLINK,
         &syn,
         &with_addrs(&syn, (CLIENT, 5555), (C1, 80)),
+        C1_MAC,
     );
     assert_eq!(
         entry(&dp, key((CLIENT, 5555), (HOST, 8080), PROTO_TCP)).flags,
@@ -475,8 +498,6 @@ fn fragments_of_masqueraded_flows_are_dropped_not_leaked() {
     let (verdict, out) = run(&mut dp, programs::TO_UPLINK, &later);
     assert_eq!((verdict, out), (TC_ACT_OK, later.build()));
 }
-
-const TC_ACT_REDIRECT: u32 = 7;
 
 #[test]
 fn hairpin_translates_both_ends_and_redirects_into_the_backend() {

@@ -1,0 +1,139 @@
+//! The fast path: forwarding packets the way the host would route them,
+//! without the bridge, the host's routing slow path and netfilter.
+//!
+//! - into a container: `bpf_redirect_peer` from a TC ingress hook moves the
+//!   packet straight into the container's namespace;
+//! - out of the uplink: a FIB lookup picks the next hop, `bpf_check_mtu`
+//!   keeps oversized packets on the slow path (so the kernel sends the
+//!   container "fragmentation needed"), and `bpf_redirect` /
+//!   `bpf_redirect_neigh` transmit on the uplink.
+//!
+//! Each returns None when the packet must take the normal path instead.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
+    helpers::{
+        bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh,
+        bpf_redirect_peer,
+    },
+    programs::TcContext,
+};
+use netd_common::Ipv4;
+
+use crate::{
+    nat,
+    parse::{ETH_LEN, Ipv4Packet},
+    policy,
+};
+
+const AF_INET: u8 = 2;
+const IP_TTL_OFFSET: usize = ETH_LEN + 8;
+const IP_CSUM_OFFSET: usize = ETH_LEN + 10;
+
+/// Redirects a packet already addressed to container `dst` into that
+/// container's namespace (TC ingress only), with the L2 header the gateway
+/// would have written. `routed` packets (from the uplink) lose one TTL.
+#[inline(always)]
+pub fn to_container(ctx: &TcContext, ip: &Ipv4Packet, dst: Ipv4, routed: bool) -> Option<i32> {
+    let endpoint = policy::endpoint(dst)?;
+    let network = policy::network_of(dst)?;
+    let (ifindex, mac, gateway_mac) = (endpoint.ifindex, endpoint.mac, network.gateway_mac);
+    if routed {
+        decrement_ttl(ctx, ip)?;
+    }
+    ctx.store(0, &mac, 0).ok()?;
+    ctx.store(6, &gateway_mac, 0).ok()?;
+    // SAFETY: plain helper call; it returns TC_ACT_REDIRECT or TC_ACT_SHOT.
+    Some(unsafe { bpf_redirect_peer(ifindex, 0) } as i32)
+}
+
+/// Where the uplink fast path would send a packet: decided before any NAT,
+/// so a packet that must take the slow path is still untranslated.
+pub struct UplinkRoute {
+    ifindex: u32,
+    /// (destination MAC, source MAC) when the neighbour is known.
+    macs: Option<([u8; 6], [u8; 6])>,
+}
+
+/// The uplink route for a container's packet, if the FIB sends it out of
+/// the uplink, it fits the uplink's MTU and its TTL allows another hop.
+#[inline(always)]
+pub fn route_to_uplink(
+    ctx: &TcContext,
+    ip: &Ipv4Packet,
+    ingress_ifindex: u32,
+) -> Option<UplinkRoute> {
+    let uplink = nat::config_map().get(0)?.uplink_ifindex;
+    if uplink == 0 || ip.ttl <= 1 {
+        return None;
+    }
+    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.ifindex = ingress_ifindex;
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
+    let size = core::mem::size_of::<bpf_fib_lookup>() as i32;
+    // SAFETY: params lives on the stack for the call.
+    let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut params, size, 0) } as u32;
+    if params.ifindex != uplink
+        || (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+    {
+        return None;
+    }
+    let mut mtu_len = 0u32;
+    // SAFETY: as above; checks GSO packets per segment.
+    if unsafe { bpf_check_mtu(ctx.as_ptr(), uplink, &mut mtu_len, 0, 0) } != 0 {
+        return None;
+    }
+    let macs = if rc == BPF_FIB_LKUP_RET_SUCCESS {
+        // SAFETY: the lookup succeeded, so the MAC union holds addresses.
+        let macs = unsafe { params.__bindgen_anon_6.__bindgen_anon_2 };
+        Some((macs.dmac, macs.smac))
+    } else {
+        None
+    };
+    Some(UplinkRoute {
+        ifindex: uplink,
+        macs,
+    })
+}
+
+/// Transmits on the uplink along `route` (one hop: TTL minus one).
+#[inline(always)]
+pub fn send_to_uplink(ctx: &TcContext, ip: &Ipv4Packet, route: &UplinkRoute) -> Option<i32> {
+    decrement_ttl(ctx, ip)?;
+    match route.macs {
+        Some((dmac, smac)) => {
+            ctx.store(0, &dmac, 0).ok()?;
+            ctx.store(6, &smac, 0).ok()?;
+            // SAFETY: plain helper call.
+            Some(unsafe { bpf_redirect(route.ifindex, 0) } as i32)
+        }
+        // No neighbour entry yet: the kernel resolves it on the way out.
+        // SAFETY: a null params pointer asks for the FIB's own next hop.
+        None => {
+            Some(unsafe { bpf_redirect_neigh(route.ifindex, core::ptr::null_mut(), 0, 0) } as i32)
+        }
+    }
+}
+
+/// One routing hop: TTL minus one, checksum updated. None when the TTL runs
+/// out, so the kernel answers with ICMP time exceeded.
+#[inline(always)]
+fn decrement_ttl(ctx: &TcContext, ip: &Ipv4Packet) -> Option<()> {
+    if ip.ttl <= 1 {
+        return None;
+    }
+    let old = u16::from_be_bytes([ip.ttl, ip.proto]);
+    let new = u16::from_be_bytes([ip.ttl - 1, ip.proto]);
+    ctx.l3_csum_replace(
+        IP_CSUM_OFFSET,
+        u64::from(old.to_be()),
+        u64::from(new.to_be()),
+        2,
+    )
+    .ok()?;
+    ctx.store(IP_TTL_OFFSET, &(ip.ttl - 1), 0).ok()
+}
