@@ -1,8 +1,7 @@
-use std::{thread, time::Duration};
-
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use netd::bpf::Datapath;
+use netd_common::{DropReason, programs, sizes};
 
 /// netd: container networking for one Linux host, with an eBPF datapath.
 #[derive(Parser)]
@@ -14,44 +13,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach the container-side counting program to IFACE and print its
-    /// counters once a second until SECONDS have passed; detaches on exit.
-    Watch {
-        /// Host side of a container veth (in the current network namespace).
-        iface: String,
-        /// How long to watch.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-    },
+    /// Load every BPF program through this kernel's verifier (attaching
+    /// nothing) and list programs, maps and drop reasons.
+    Check,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Watch { iface, seconds } => watch(&iface, seconds),
+        Command::Check => check(),
     }
 }
 
-fn watch(iface: &str, seconds: u64) -> Result<()> {
-    let mut datapath = Datapath::load()?;
-    datapath.attach_from_container(iface)?;
-    for second in 1..=seconds {
-        thread::sleep(Duration::from_secs(1));
-        let traffic = datapath.traffic_counters()?;
-        let line: Vec<String> = traffic
-            .iter()
-            .map(|(class, c)| format!("{}={}p/{}B", class.label(), c.packets, c.bytes))
-            .collect();
-        let drops: Vec<String> = datapath
-            .drop_counters()?
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(reason, n)| format!("{}={n}", reason.label()))
-            .collect();
-        println!(
-            "[{second:>3}s] {iface}: {} drops: {}",
-            line.join(" "),
-            drops.join(" ")
-        );
+fn check() -> Result<()> {
+    Datapath::load()?;
+    println!("all BPF programs passed the verifier:");
+    for name in programs::CLASSIFIERS {
+        println!("  tc       {name}");
     }
+    for name in programs::SOCK_HOOKS {
+        println!("  cgroup   {name}");
+    }
+    println!("map sizes (entries):");
+    for (name, size) in [
+        ("NETWORKS", sizes::NETWORKS),
+        ("ENDPOINTS", sizes::ENDPOINTS),
+        ("LOCAL_ADDRS", sizes::LOCAL_ADDRS),
+        ("PUBLISHED_PORTS", sizes::PUBLISHED_PORTS),
+        ("CONNTRACK", sizes::CONNTRACK),
+        ("SOCK_REVNAT", sizes::SOCK_REVNAT),
+    ] {
+        println!("  {name:<16} {size}");
+    }
+    let reasons: Vec<&str> = DropReason::ALL.iter().map(|r| r.label()).collect();
+    println!("drop reasons: {}", reasons.join(", "));
     Ok(())
 }
