@@ -13,7 +13,7 @@ use aya::{
 };
 use netd_common::{
     Backend, Config, CtEntry, CtKey, DropReason, Endpoint, NetworkInfo, PacketCounter, PortKey,
-    TrafficClass, maps, programs,
+    TrafficClass, maps, programs, sizes,
 };
 
 /// The object built from `netd-ebpf` by `build.rs`.
@@ -196,6 +196,43 @@ impl Datapath {
             self.conntrack_entries()?.into_iter().collect();
         let expired = |key: &CtKey| entries.get(key).is_none_or(|e| e.expires_ns <= now_ns);
         self.conntrack_flush(|key, entry| expired(key) && expired(&entry.xlat.reversed()))
+    }
+
+    /// Entries in use / capacity for each user-filled map and conntrack.
+    pub fn fill_levels(&self) -> Result<serde_json::Value> {
+        let count = |name: &str| -> Result<usize> {
+            let map = self
+                .ebpf
+                .map(name)
+                .ok_or_else(|| anyhow!("BPF map {name} missing"))?;
+            Ok(match name {
+                maps::NETWORKS => LpmTrie::<_, [u8; 4], NetworkInfo>::try_from(map)?
+                    .keys()
+                    .count(),
+                maps::ENDPOINTS => HashMap::<_, [u8; 4], Endpoint>::try_from(map)?
+                    .keys()
+                    .count(),
+                maps::LOCAL_ADDRS => HashMap::<_, [u8; 4], u32>::try_from(map)?.keys().count(),
+                maps::PUBLISHED_PORTS => HashMap::<_, PortKey, Backend>::try_from(map)?
+                    .keys()
+                    .count(),
+                _ => HashMap::<_, CtKey, CtEntry>::try_from(map)?.keys().count(),
+            })
+        };
+        let mut out = serde_json::Map::new();
+        for (name, capacity) in [
+            (maps::NETWORKS, sizes::NETWORKS),
+            (maps::ENDPOINTS, sizes::ENDPOINTS),
+            (maps::LOCAL_ADDRS, sizes::LOCAL_ADDRS),
+            (maps::PUBLISHED_PORTS, sizes::PUBLISHED_PORTS),
+            (maps::CONNTRACK, sizes::CONNTRACK),
+        ] {
+            out.insert(
+                name.to_owned(),
+                serde_json::json!({"entries": count(name)?, "capacity": capacity}),
+            );
+        }
+        Ok(serde_json::Value::Object(out))
     }
 
     /// Packets and bytes per traffic class, summed over CPUs.

@@ -2,4 +2,12 @@
 //!
 //! `bpf` owns the embedded BPF object (load, attach, read counters).
 
+pub mod api;
 pub mod bpf;
+pub mod cidr;
+pub mod daemon;
+pub mod driver;
+pub mod ipam;
+pub mod netlink;
+pub mod portspec;
+pub mod state;

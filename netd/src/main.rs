@@ -1,27 +1,365 @@
-use anyhow::Result;
-use clap::{Parser, Subcommand};
-use netd::bpf::Datapath;
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::PathBuf,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use netd::{
+    api::{DEFAULT_SOCKET, Request, Response},
+    bpf::Datapath,
+    daemon,
+};
 use netd_common::{DropReason, programs, sizes};
+use serde_json::Value;
 
 /// netd: container networking for one Linux host, with an eBPF datapath.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// The daemon's socket.
+    #[arg(long, global = true, env = "NETD_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon in the foreground, managing the network namespace it
+    /// is started in.
+    Daemon {
+        /// Interface to the outside (default: the default route's).
+        #[arg(long)]
+        uplink: Option<String>,
+        #[arg(long, default_value = "ebpf")]
+        datapath: String,
+        #[arg(long, default_value = "/var/lib/netd")]
+        state_dir: PathBuf,
+        /// Group (numeric gid) allowed to use the socket besides root.
+        #[arg(long)]
+        socket_group: Option<u32>,
+        /// Remove everything netd created when the daemon stops.
+        #[arg(long)]
+        cleanup: bool,
+    },
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Manage containers (network namespaces wired to networks).
+    #[command(subcommand)]
+    Container(ContainerCommand),
+    /// Datapath, attached programs and map fill levels.
+    Status,
+    /// Tracked connections.
+    #[command(subcommand)]
+    Conntrack(ConntrackCommand),
+    /// Remove every container and network netd created, then stop the daemon.
+    Down,
     /// Load every BPF program through this kernel's verifier (attaching
-    /// nothing) and list programs, maps and drop reasons.
+    /// nothing) and list programs, map sizes and drop reasons.
     Check,
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
-        Command::Check => check(),
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum NetworkCommand {
+    /// Create a bridge network.
+    Create {
+        name: String,
+        /// Subnet in CIDR form (default: next free Docker pool).
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Gateway address (default: the subnet's first address).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// No traffic to or from outside the network.
+        #[arg(long)]
+        internal: bool,
+        /// Inter-container communication on this network.
+        #[arg(long, default_value_t = true, action = ArgAction::Set)]
+        icc: bool,
+        /// Masquerade outbound traffic behind the host's address.
+        #[arg(long, default_value_t = true, action = ArgAction::Set)]
+        masquerade: bool,
+        /// Source address for this network's masquerade.
+        #[arg(long)]
+        host_ip: Option<String>,
+        #[arg(long)]
+        mtu: Option<u32>,
+    },
+    /// List networks.
+    Ls {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Show one network (JSON).
+    Inspect { name: String },
+    /// Remove a network (refused while containers are attached).
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+enum ContainerCommand {
+    /// Create a container namespace NAME (enter it with `ip netns exec NAME`).
+    Create {
+        name: String,
+        /// A network name, `host` or `none`.
+        #[arg(long, default_value = "bridge")]
+        network: String,
+        #[arg(long)]
+        ip: Option<String>,
+        /// Publish: [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|/udp]
+        #[arg(short = 'p', long = "publish")]
+        publish: Vec<String>,
+    },
+    /// Remove a container and its namespace.
+    Rm { name: String },
+    /// List containers.
+    Ls {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Show one container (JSON: addresses, MACs, networks, published ports).
+    Inspect { name: String },
+}
+
+#[derive(Subcommand)]
+enum ConntrackCommand {
+    /// List tracked connections (both directions of each).
+    Ls {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("netd: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let socket = cli.socket;
+    let call = |request: Request| request_daemon(&socket, &request);
+    match cli.command {
+        Command::Daemon {
+            uplink,
+            datapath,
+            state_dir,
+            socket_group,
+            cleanup,
+        } => {
+            let opts = daemon::Options {
+                uplink,
+                datapath,
+                state_dir,
+                socket: socket.clone(),
+                socket_group,
+                cleanup,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(daemon::run(opts))
+        }
+        Command::Check => check(),
+        Command::Network(cmd) => match cmd {
+            NetworkCommand::Create {
+                name,
+                subnet,
+                gateway,
+                internal,
+                icc,
+                masquerade,
+                host_ip,
+                mtu,
+            } => {
+                let data = call(Request::NetworkCreate {
+                    name,
+                    subnet,
+                    gateway,
+                    internal,
+                    icc,
+                    masquerade,
+                    host_ip,
+                    mtu,
+                })?;
+                println!("{}", data["name"].as_str().unwrap_or_default());
+                Ok(())
+            }
+            NetworkCommand::Ls { format } => {
+                let data = call(Request::NetworkLs)?;
+                print_list(
+                    &data,
+                    format,
+                    &[
+                        "name",
+                        "subnet",
+                        "gateway",
+                        "bridge",
+                        "internal",
+                        "icc",
+                        "masquerade",
+                    ],
+                )
+            }
+            NetworkCommand::Inspect { name } => {
+                print_json(&call(Request::NetworkInspect { name })?)
+            }
+            NetworkCommand::Rm { name } => {
+                call(Request::NetworkRm { name: name.clone() }).map(|_| println!("{name}"))
+            }
+        },
+        Command::Container(cmd) => match cmd {
+            ContainerCommand::Create {
+                name,
+                network,
+                ip,
+                publish,
+            } => {
+                call(Request::ContainerCreate {
+                    name: name.clone(),
+                    network,
+                    ip,
+                    publish,
+                })?;
+                println!("{name}");
+                Ok(())
+            }
+            ContainerCommand::Rm { name } => {
+                call(Request::ContainerRm { name: name.clone() }).map(|_| println!("{name}"))
+            }
+            ContainerCommand::Ls { format } => {
+                let data = call(Request::ContainerLs)?;
+                let rows: Vec<Value> = data
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| {
+                        let ips: Vec<String> = c["attachments"].as_array().into_iter().flatten().map(|a| format!("{}={}", a["network"].as_str().unwrap_or(""), a["ip"].as_str().unwrap_or(""))).collect();
+                        let ports: Vec<String> = c["ports"].as_array().into_iter().flatten().map(|p| format!("{}:{}->{}/{}", p["host_ip"].as_str().unwrap_or(""), p["host_port"], p["container_port"], p["proto"].as_str().unwrap_or(""))).collect();
+                        serde_json::json!({"name": c["name"], "mode": c["mode"], "addresses": ips.join(","), "ports": ports.join(",")})
+                    })
+                    .collect();
+                match format {
+                    Format::Json => print_json(&data),
+                    Format::Table => print_list(
+                        &Value::Array(rows),
+                        format,
+                        &["name", "mode", "addresses", "ports"],
+                    ),
+                }
+            }
+            ContainerCommand::Inspect { name } => {
+                print_json(&call(Request::ContainerInspect { name })?)
+            }
+        },
+        Command::Status => print_json(&call(Request::Status)?),
+        Command::Conntrack(ConntrackCommand::Ls { format }) => {
+            let data = call(Request::ConntrackLs)?;
+            print_list(
+                &data,
+                format,
+                &[
+                    "proto",
+                    "src",
+                    "dst",
+                    "translated_src",
+                    "translated_dst",
+                    "direction",
+                    "nat",
+                    "expires_in_s",
+                ],
+            )
+        }
+        Command::Down => {
+            call(Request::Down).map(|_| println!("netd: everything removed, daemon stopped"))
+        }
+    }
+}
+
+fn request_daemon(socket: &PathBuf, request: &Request) -> Result<Value> {
+    let mut stream = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "connecting to the daemon at {} (is `netd daemon` running? NETD_SOCKET / --socket)",
+            socket.display()
+        )
+    })?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    let response: Response =
+        serde_json::from_str(&reply).context("malformed reply from the daemon")?;
+    if !response.ok {
+        bail!(
+            "{}",
+            response.error.unwrap_or_else(|| "request failed".into())
+        );
+    }
+    Ok(response.data)
+}
+
+fn print_json(value: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn print_list(data: &Value, format: Format, columns: &[&str]) -> Result<()> {
+    if let Format::Json = format {
+        return print_json(data);
+    }
+    let rows: Vec<Vec<String>> = data
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|row| {
+            columns
+                .iter()
+                .map(|c| match &row[*c] {
+                    Value::String(s) => s.clone(),
+                    Value::Null => "-".into(),
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(columns.iter().map(|c| c.to_uppercase()).collect());
+    for row in rows {
+        line(row);
+    }
+    Ok(())
 }
 
 fn check() -> Result<()> {

@@ -1,0 +1,131 @@
+//! IPv4 subnets (`172.18.0.0/16`) with the checks IPAM needs.
+
+use std::{fmt, net::Ipv4Addr, str::FromStr};
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    /// A subnet; `addr` must be its network address (Docker refuses
+    /// 172.18.0.5/16 too, to avoid guessing what was meant).
+    pub fn new(addr: Ipv4Addr, prefix_len: u8) -> anyhow::Result<Self> {
+        if prefix_len > 32 {
+            bail!("prefix length {prefix_len} is larger than 32");
+        }
+        let cidr = Self { addr, prefix_len };
+        if cidr.network() != addr {
+            bail!(
+                "{addr}/{prefix_len} is not a network address; did you mean {}/{prefix_len}?",
+                cidr.network()
+            );
+        }
+        Ok(cidr)
+    }
+
+    pub fn mask(&self) -> u32 {
+        if self.prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix_len)
+        }
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network()) | !self.mask())
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.network())
+    }
+
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.contains(other.network()) || other.contains(self.network())
+    }
+
+    /// Addresses usable by hosts (network and broadcast excluded).
+    pub fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> {
+        let first = u32::from(self.network()) + 1;
+        let last = u32::from(self.broadcast()).saturating_sub(1);
+        (first..=last).map(Ipv4Addr::from)
+    }
+
+    pub fn first_host(&self) -> Option<Ipv4Addr> {
+        self.hosts().next()
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let (addr, len) = s
+            .split_once('/')
+            .with_context(|| format!("{s:?} is not a subnet like 172.18.0.0/16"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .with_context(|| format!("{addr:?} in {s:?} is not an IPv4 address"))?;
+        let len: u8 = len
+            .parse()
+            .with_context(|| format!("{len:?} in {s:?} is not a prefix length"))?;
+        if !(8..=30).contains(&len) {
+            bail!("subnet {s}: prefix length must be between 8 and 30");
+        }
+        Cidr::new(addr, len)
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> anyhow::Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> String {
+        c.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_checks_and_overlaps() {
+        let a: Cidr = "172.18.0.0/16".parse().unwrap();
+        assert_eq!(a.first_host(), Some("172.18.0.1".parse().unwrap()));
+        assert_eq!(a.broadcast(), "172.18.255.255".parse::<Ipv4Addr>().unwrap());
+        assert!(a.overlaps(&"172.18.5.0/24".parse().unwrap()));
+        assert!(!a.overlaps(&"172.19.0.0/16".parse().unwrap()));
+        for bad in [
+            "172.18.0.0",
+            "172.18.0.5/16",
+            "300.1.1.1/8",
+            "10.0.0.0/33",
+            "10.0.0.0/31",
+            "x/8",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        let err = "172.18.0.5/16".parse::<Cidr>().unwrap_err().to_string();
+        assert!(err.contains("did you mean 172.18.0.0/16"), "{err}");
+    }
+}

@@ -1,0 +1,812 @@
+//! `netd daemon`: owns the network namespace it starts in, applies requests
+//! from the unix socket one at a time (consistent IPAM), and persists state.
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::json;
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{Mutex, Notify},
+};
+
+use crate::{
+    api::{MAX_REQUEST_BYTES, Request, Response},
+    cidr::Cidr,
+    driver::{EbpfDriver, FirewallDriver, HostInfo},
+    ipam,
+    netlink::{self, Netlink},
+    portspec::PortSpec,
+    state::{Attachment, Container, Network, NetworkMode, PublishedPort, State},
+};
+
+pub struct Options {
+    pub uplink: Option<String>,
+    pub datapath: String,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub socket_group: Option<u32>,
+    pub cleanup: bool,
+}
+
+/// Ports `-p 80` picks from (Docker uses the kernel's ephemeral range).
+const AUTO_PORTS: std::ops::RangeInclusive<u16> = 49153..=60999;
+const DEFAULT_NETWORK: &str = "bridge";
+const DEFAULT_BRIDGE: &str = "netd0";
+const CONNTRACK_GC_INTERVAL: Duration = Duration::from_secs(10);
+
+pub async fn run(opts: Options) -> Result<()> {
+    check_privileges()?;
+    let nl = Netlink::connect()?;
+    let uplink = match &opts.uplink {
+        Some(name) => name.clone(),
+        None => default_route_interface(&nl).await?,
+    };
+    let uplink_ifindex = nl
+        .require_index(&uplink)
+        .await
+        .with_context(|| format!("uplink {uplink}"))?;
+    let host = HostInfo {
+        uplink_addrs: nl.addresses(uplink_ifindex).await?,
+        uplink: uplink.clone(),
+        uplink_ifindex,
+        netns_cookie: crate::bpf::current_netns_cookie()?,
+    };
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
+    let driver: Box<dyn FirewallDriver> = match opts.datapath.as_str() {
+        "ebpf" => Box::new(EbpfDriver::start(&host)?),
+        other => bail!("unknown datapath {other:?}: this build has ebpf"),
+    };
+    let state = State::load(&opts.state_dir)?;
+    let mut daemon = Daemon {
+        state,
+        state_dir: opts.state_dir.clone(),
+        nl,
+        driver,
+    };
+    daemon
+        .readopt()
+        .await
+        .context("re-adopting saved networks and containers")?;
+    if !daemon.state.networks.contains_key(DEFAULT_NETWORK) {
+        daemon
+            .create_default_network()
+            .await
+            .context("creating the default network")?;
+    }
+    let listener = bind_socket(&opts.socket, opts.socket_group)?;
+    eprintln!(
+        "netd: {} datapath on uplink {uplink}, listening on {}",
+        daemon.driver.name(),
+        opts.socket.display()
+    );
+
+    let daemon = Arc::new(Mutex::new(daemon));
+    let shutdown = Arc::new(Notify::new());
+    let gc = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CONNTRACK_GC_INTERVAL).await;
+                let _ = daemon.lock().await.driver.gc();
+            }
+        })
+    };
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let down = loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let (daemon, shutdown) = (daemon.clone(), shutdown.clone());
+                tokio::spawn(async move { serve(stream, daemon, shutdown).await });
+            }
+            _ = shutdown.notified() => break true,
+            _ = tokio::signal::ctrl_c() => break false,
+            _ = sigterm.recv() => break false,
+        }
+    };
+    gc.abort();
+    let _ = std::fs::remove_file(&opts.socket);
+    if !down && opts.cleanup {
+        daemon.lock().await.teardown().await?;
+    }
+    Ok(())
+}
+
+fn check_privileges() -> Result<()> {
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "netd daemon needs root: CAP_NET_ADMIN (links, addresses), CAP_BPF and CAP_SYS_ADMIN (BPF programs, cgroup hooks, namespaces)"
+        );
+    }
+    Ok(())
+}
+
+async fn default_route_interface(nl: &Netlink) -> Result<String> {
+    let routes = nl.routes().await?;
+    let oif = routes
+        .iter()
+        .find_map(|(cidr, oif)| (cidr.prefix_len == 0).then_some(*oif).flatten())
+        .ok_or_else(|| anyhow!("no default route in this namespace: pass --uplink IFACE"))?;
+    nl.link_name(oif).await
+}
+
+/// Root-owned socket, mode 0660 (group configurable), in a directory that is
+/// not world-writable.
+fn bind_socket(path: &Path, group: Option<u32>) -> Result<UnixListener> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| anyhow!("socket path has no directory"))?;
+    std::fs::create_dir_all(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o002 != 0 {
+        bail!(
+            "socket directory {} is world-writable; use a private directory",
+            dir.display()
+        );
+    }
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err.into()),
+        _ => {}
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, Some(0), Some(gid))?;
+    }
+    Ok(listener)
+}
+
+/// One connection: one request line (bounded), one reply. Malformed,
+/// truncated or oversized input gets an error reply, never a crash.
+async fn serve(stream: UnixStream, daemon: Arc<Mutex<Daemon>>, shutdown: Arc<Notify>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);
+    let read =
+        tokio::time::timeout(Duration::from_secs(10), reader.read_until(b'\n', &mut line)).await;
+    let (response, down) = match read {
+        Err(_) => (Response::error("timed out waiting for a request"), false),
+        Ok(Err(err)) => (Response::error(format!("reading request: {err}")), false),
+        Ok(Ok(_)) if line.len() > MAX_REQUEST_BYTES => (
+            Response::error(format!("request larger than {MAX_REQUEST_BYTES} bytes")),
+            false,
+        ),
+        Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+            Err(err) => (Response::error(format!("malformed request: {err}")), false),
+            Ok(request) => {
+                let down = matches!(request, Request::Down);
+                let mut daemon = daemon.lock().await;
+                match daemon.handle(request).await {
+                    Ok(data) => (Response::ok(data), down),
+                    Err(err) => (Response::error(format!("{err:#}")), false),
+                }
+            }
+        },
+    };
+    let mut bytes = serde_json::to_vec(&response).unwrap_or_default();
+    bytes.push(b'\n');
+    let _ = write.write_all(&bytes).await;
+    let _ = write.shutdown().await;
+    if down {
+        shutdown.notify_one();
+    }
+}
+
+struct Daemon {
+    state: State,
+    state_dir: PathBuf,
+    nl: Netlink,
+    driver: Box<dyn FirewallDriver>,
+}
+
+/// Undo steps collected while an operation runs; run in reverse on failure.
+#[derive(Default)]
+struct Rollback {
+    links: Vec<u32>,
+    netns: Vec<String>,
+}
+
+impl Daemon {
+    async fn handle(&mut self, request: Request) -> Result<serde_json::Value> {
+        match request {
+            Request::NetworkCreate {
+                name,
+                subnet,
+                gateway,
+                internal,
+                icc,
+                masquerade,
+                host_ip,
+                mtu,
+            } => {
+                let spec = NetworkSpec {
+                    name,
+                    subnet,
+                    gateway,
+                    internal,
+                    icc,
+                    masquerade,
+                    host_ip,
+                    mtu,
+                };
+                let net = self.network_create(spec).await?;
+                Ok(serde_json::to_value(net)?)
+            }
+            Request::NetworkLs => Ok(serde_json::to_value(
+                self.state.networks.values().collect::<Vec<_>>(),
+            )?),
+            Request::NetworkInspect { name } => {
+                let net = self.network(&name)?;
+                let containers: Vec<serde_json::Value> = self
+                    .state
+                    .containers
+                    .values()
+                    .flat_map(|c| {
+                        c.attachments
+                            .iter()
+                            .filter(|a| a.network == name)
+                            .map(move |a| json!({"name": c.name, "ip": a.ip, "mac": a.mac}))
+                    })
+                    .collect();
+                let mut value = serde_json::to_value(net)?;
+                value["containers"] = json!(containers);
+                Ok(value)
+            }
+            Request::NetworkRm { name } => self
+                .network_rm(&name)
+                .await
+                .map(|()| json!({"removed": name})),
+            Request::ContainerCreate {
+                name,
+                network,
+                ip,
+                publish,
+            } => {
+                let container = self
+                    .container_create(&name, &network, ip.as_deref(), &publish)
+                    .await?;
+                Ok(serde_json::to_value(container)?)
+            }
+            Request::ContainerRm { name } => self
+                .container_rm(&name)
+                .await
+                .map(|()| json!({"removed": name})),
+            Request::ContainerLs => Ok(serde_json::to_value(
+                self.state.containers.values().collect::<Vec<_>>(),
+            )?),
+            Request::ContainerInspect { name } => Ok(serde_json::to_value(self.container(&name)?)?),
+            Request::Status => {
+                let mut status = self.driver.status()?;
+                status["networks"] = json!(self.state.networks.len());
+                status["containers"] = json!(self.state.containers.len());
+                status["published_ports"] = json!(self.state.published().count());
+                Ok(status)
+            }
+            Request::ConntrackLs => Ok(serde_json::to_value(self.driver.conntrack()?)?),
+            Request::Down => self.teardown().await.map(|()| json!({"down": true})),
+        }
+    }
+
+    fn network(&self, name: &str) -> Result<&Network> {
+        self.state
+            .networks
+            .get(name)
+            .ok_or_else(|| anyhow!("no network named {name:?} (see `netd network ls`)"))
+    }
+
+    fn container(&self, name: &str) -> Result<&Container> {
+        self.state
+            .containers
+            .get(name)
+            .ok_or_else(|| anyhow!("no container named {name:?} (see `netd container ls`)"))
+    }
+
+    fn save(&self) -> Result<()> {
+        self.state.save(&self.state_dir)
+    }
+
+    async fn create_default_network(&mut self) -> Result<()> {
+        let spec = NetworkSpec {
+            name: DEFAULT_NETWORK.into(),
+            subnet: None,
+            gateway: None,
+            internal: false,
+            icc: true,
+            masquerade: true,
+            host_ip: None,
+            mtu: None,
+        };
+        self.network_create(spec).await.map(drop)
+    }
+
+    async fn network_create(&mut self, spec: NetworkSpec) -> Result<Network> {
+        check_name("network", &spec.name)?;
+        if self.state.networks.contains_key(&spec.name) {
+            bail!("a network named {:?} already exists", spec.name);
+        }
+        if matches!(spec.name.as_str(), "host" | "none") {
+            bail!(
+                "{:?} is a reserved network mode, not a network name",
+                spec.name
+            );
+        }
+        let named: Vec<(String, Cidr)> = self
+            .state
+            .networks
+            .values()
+            .map(|n| (n.name.clone(), n.subnet))
+            .collect();
+        let subnet = match &spec.subnet {
+            Some(s) => {
+                let subnet: Cidr = s.parse()?;
+                ipam::check_subnet_free(&subnet, &named)?;
+                subnet
+            }
+            None => {
+                let mut taken: Vec<Cidr> = named.iter().map(|(_, c)| *c).collect();
+                taken.extend(
+                    self.nl
+                        .routes()
+                        .await?
+                        .into_iter()
+                        .map(|(c, _)| c)
+                        .filter(|c| c.prefix_len > 0),
+                );
+                ipam::allocate_subnet(&taken)?
+            }
+        };
+        let gateway = match &spec.gateway {
+            Some(g) => {
+                let gateway: Ipv4Addr = g
+                    .parse()
+                    .map_err(|_| anyhow!("--gateway {g:?} is not an IPv4 address"))?;
+                ipam::check_in_subnet("gateway", gateway, &subnet)?;
+                gateway
+            }
+            None => subnet
+                .first_host()
+                .ok_or_else(|| anyhow!("subnet {subnet} has no host addresses"))?,
+        };
+        let host_ip = match &spec.host_ip {
+            Some(ip) => Some(
+                ip.parse::<Ipv4Addr>()
+                    .map_err(|_| anyhow!("--host-ip {ip:?} is not an IPv4 address"))?,
+            ),
+            None => None,
+        };
+        let mtu = spec.mtu.unwrap_or(1500);
+        if !(576..=65535).contains(&mtu) {
+            bail!("--mtu {mtu} is outside 576..65535");
+        }
+        let id = self.state.next_network_id.max(1);
+        let bridge = if spec.name == DEFAULT_NETWORK {
+            DEFAULT_BRIDGE.to_owned()
+        } else {
+            format!("br-{:012x}", random_u64() & 0xffff_ffff_ffff)
+        };
+        let net = Network {
+            name: spec.name.clone(),
+            id,
+            subnet,
+            gateway,
+            bridge,
+            internal: spec.internal,
+            icc: spec.icc,
+            masquerade: spec.masquerade,
+            host_ip,
+            mtu,
+        };
+
+        let index = self.nl.create_bridge(&net.bridge, mtu).await?;
+        let result = async {
+            self.nl
+                .add_address(index, gateway, subnet.prefix_len)
+                .await?;
+            let mac = self.nl.link_mac(index).await?;
+            self.driver.add_network(&net, mac)
+        }
+        .await;
+        if let Err(err) = result {
+            let _ = self.nl.delete_link(index).await;
+            return Err(err);
+        }
+        self.state.next_network_id = id + 1;
+        self.state.networks.insert(net.name.clone(), net.clone());
+        self.save()?;
+        Ok(net)
+    }
+
+    async fn network_rm(&mut self, name: &str) -> Result<()> {
+        let net = self.network(name)?.clone();
+        let users: Vec<&str> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.attachments.iter().any(|a| a.network == name))
+            .map(|c| c.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            bail!(
+                "network {name:?} has containers attached ({}); remove them first",
+                users.join(", ")
+            );
+        }
+        self.driver.remove_network(&net)?;
+        if let Some(index) = self.nl.link_index(&net.bridge).await? {
+            self.nl.delete_link(index).await?;
+        }
+        self.state.networks.remove(name);
+        self.save()
+    }
+
+    async fn container_create(
+        &mut self,
+        name: &str,
+        network: &str,
+        ip: Option<&str>,
+        publish: &[String],
+    ) -> Result<Container> {
+        check_name("container", name)?;
+        if self.state.containers.contains_key(name) {
+            bail!("a container named {name:?} already exists");
+        }
+        if netlink::netns_path(name).exists() {
+            bail!("a network namespace named {name:?} already exists on this host");
+        }
+        let specs = publish
+            .iter()
+            .map(|p| PortSpec::parse(p))
+            .collect::<Result<Vec<_>>>()?;
+        let mode = match network {
+            "host" => NetworkMode::Host,
+            "none" => NetworkMode::None,
+            _ => NetworkMode::Bridge,
+        };
+        if mode != NetworkMode::Bridge && (!specs.is_empty() || ip.is_some()) {
+            bail!(
+                "--network {network} takes neither -p nor --ip (the container has no address of its own)"
+            );
+        }
+        let mut rollback = Rollback::default();
+        let result = self
+            .container_create_inner(name, network, mode, ip, &specs, &mut rollback)
+            .await;
+        match result {
+            Ok(container) => {
+                self.state
+                    .containers
+                    .insert(name.to_owned(), container.clone());
+                self.save()?;
+                Ok(container)
+            }
+            Err(err) => {
+                for index in rollback.links.iter().rev() {
+                    let _ = self.nl.delete_link(*index).await;
+                }
+                for ns in rollback.netns.iter().rev() {
+                    let _ = netlink::delete_netns(ns);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn container_create_inner(
+        &mut self,
+        name: &str,
+        network: &str,
+        mode: NetworkMode,
+        ip: Option<&str>,
+        specs: &[PortSpec],
+        rollback: &mut Rollback,
+    ) -> Result<Container> {
+        let mut container = Container {
+            name: name.to_owned(),
+            mode: mode.clone(),
+            attachments: Vec::new(),
+            ports: Vec::new(),
+        };
+        if mode == NetworkMode::Host {
+            netlink::name_current_netns(name)?;
+            rollback.netns.push(name.to_owned());
+            return Ok(container);
+        }
+        // Validate everything before touching the kernel.
+        let net = if mode == NetworkMode::Bridge {
+            Some(self.network(network)?.clone())
+        } else {
+            None
+        };
+        let address = match &net {
+            Some(net) => Some(self.pick_address(net, ip)?),
+            None => None,
+        };
+        if let Some(net) = &net {
+            if net.internal && !specs.is_empty() {
+                bail!(
+                    "network {:?} is internal: its containers cannot publish ports",
+                    net.name
+                );
+            }
+            container.ports = self.resolve_ports(specs, address.unwrap())?;
+        }
+
+        netlink::create_netns(name)?;
+        rollback.netns.push(name.to_owned());
+        let ns_path = netlink::netns_path(name);
+        // As Docker does for IPv4-only networks: no IPv6 chatter from containers.
+        for scope in ["all", "default"] {
+            netlink::sysctl_in(
+                &ns_path,
+                &format!("net.ipv6.conf.{scope}.disable_ipv6"),
+                "1",
+            )?;
+        }
+        let inner = Netlink::connect_in(&ns_path)?;
+        inner.set_up(inner.require_index("lo").await?).await?;
+        let (Some(net), Some(address)) = (net, address) else {
+            return Ok(container);
+        };
+
+        let suffix = format!("{:07x}", random_u64() & 0xfff_ffff);
+        let host_veth = format!("veth{suffix}");
+        let (host_index, peer_index) = self
+            .nl
+            .create_veth(&host_veth, &format!("tmp{suffix}"), net.mtu)
+            .await?;
+        rollback.links.push(host_index);
+        let ns_file = std::fs::File::open(&ns_path)?;
+        self.nl
+            .move_to_netns(peer_index, ns_file.as_raw_fd())
+            .await?;
+        let eth = inner.require_index(&format!("tmp{suffix}")).await?;
+        inner.rename(eth, "eth0").await?;
+        inner
+            .add_address(eth, address, net.subnet.prefix_len)
+            .await?;
+        inner.set_up(eth).await?;
+        inner.add_default_route(net.gateway).await?;
+        let mac = inner.link_mac(eth).await?;
+        let bridge = self.nl.require_index(&net.bridge).await?;
+        self.nl.set_master(host_index, bridge).await?;
+        self.nl.set_up(host_index).await?;
+
+        let attachment = Attachment {
+            network: net.name.clone(),
+            ip: address,
+            mac: format_mac(mac),
+            ifname: "eth0".into(),
+            host_veth,
+        };
+        self.driver
+            .add_endpoint(&net, &attachment, host_index, mac)?;
+        let mut published = Vec::new();
+        for port in &container.ports {
+            if let Err(err) = self.driver.publish(port) {
+                for done in &published {
+                    let _ = self.driver.unpublish(done);
+                }
+                let _ = self.driver.remove_endpoint(&attachment);
+                return Err(err);
+            }
+            published.push(port.clone());
+        }
+        container.attachments.push(attachment);
+        Ok(container)
+    }
+
+    fn used_addresses(&self, net: &Network) -> BTreeSet<Ipv4Addr> {
+        let mut used: BTreeSet<Ipv4Addr> = self
+            .state
+            .containers
+            .values()
+            .flat_map(|c| c.attachments.iter())
+            .filter(|a| a.network == net.name)
+            .map(|a| a.ip)
+            .collect();
+        used.insert(net.gateway);
+        used
+    }
+
+    fn pick_address(&self, net: &Network, ip: Option<&str>) -> Result<Ipv4Addr> {
+        let used = self.used_addresses(net);
+        match ip {
+            Some(ip) => {
+                let ip: Ipv4Addr = ip
+                    .parse()
+                    .map_err(|_| anyhow!("--ip {ip:?} is not an IPv4 address"))?;
+                ipam::check_in_subnet("--ip", ip, &net.subnet)?;
+                if used.contains(&ip) {
+                    bail!("address {ip} is already in use on network {:?}", net.name);
+                }
+                Ok(ip)
+            }
+            None => ipam::allocate_ip(&net.subnet, &used),
+        }
+    }
+
+    /// Expands `-p` specs into single ports, picking free host ports where
+    /// none was given, and refuses ports already published.
+    fn resolve_ports(
+        &self,
+        specs: &[PortSpec],
+        container_ip: Ipv4Addr,
+    ) -> Result<Vec<PublishedPort>> {
+        let mut out: Vec<PublishedPort> = Vec::new();
+        for spec in specs {
+            let count = spec.container_ports.1 - spec.container_ports.0;
+            for offset in 0..=count {
+                let container_port = spec.container_ports.0 + offset;
+                let host_port = match spec.host_ports {
+                    Some((start, _)) => start + offset,
+                    None => AUTO_PORTS
+                        .clone()
+                        .find(|&p| self.port_free(&out, spec.host_ip, p, spec.proto).is_ok())
+                        .ok_or_else(|| anyhow!("no free host port left for -p {container_port}"))?,
+                };
+                self.port_free(&out, spec.host_ip, host_port, spec.proto)?;
+                out.push(PublishedPort {
+                    host_ip: spec.host_ip,
+                    host_port,
+                    container_ip,
+                    container_port,
+                    proto: spec.proto,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn port_free(
+        &self,
+        pending: &[PublishedPort],
+        host_ip: Ipv4Addr,
+        port: u16,
+        proto: crate::portspec::Proto,
+    ) -> Result<()> {
+        let clash = |p: &PublishedPort| {
+            p.host_port == port
+                && p.proto == proto
+                && (p.host_ip == host_ip || p.host_ip.is_unspecified() || host_ip.is_unspecified())
+        };
+        if let Some(p) = self
+            .state
+            .published()
+            .chain(pending.iter())
+            .find(|p| clash(p))
+        {
+            bail!(
+                "host port {}:{port}/{proto} is already published (by {}:{}); pick another host port",
+                p.host_ip,
+                p.container_ip,
+                p.container_port
+            );
+        }
+        Ok(())
+    }
+
+    async fn container_rm(&mut self, name: &str) -> Result<()> {
+        let container = self.container(name)?.clone();
+        for port in &container.ports {
+            self.driver.unpublish(port)?;
+        }
+        for att in &container.attachments {
+            self.driver.remove_endpoint(att)?;
+            if let Some(index) = self.nl.link_index(&att.host_veth).await? {
+                self.nl.delete_link(index).await?;
+            }
+        }
+        netlink::delete_netns(name)?;
+        self.state.containers.remove(name);
+        self.save()
+    }
+
+    /// After a restart: the kernel still has bridges, veths and namespaces;
+    /// a new datapath gets every network, endpoint and port again.
+    async fn readopt(&mut self) -> Result<()> {
+        for net in self.state.networks.clone().values() {
+            let index = match self.nl.link_index(&net.bridge).await? {
+                Some(index) => index,
+                None => {
+                    let index = self.nl.create_bridge(&net.bridge, net.mtu).await?;
+                    self.nl
+                        .add_address(index, net.gateway, net.subnet.prefix_len)
+                        .await?;
+                    index
+                }
+            };
+            let mac = self.nl.link_mac(index).await?;
+            self.driver.add_network(net, mac)?;
+        }
+        for container in self.state.containers.clone().values() {
+            for att in &container.attachments {
+                let net = self.network(&att.network)?.clone();
+                let index = self.nl.require_index(&att.host_veth).await?;
+                self.driver
+                    .add_endpoint(&net, att, index, parse_mac(&att.mac)?)?;
+            }
+            for port in &container.ports {
+                self.driver.publish(port)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `netd down`: every container, every network, the state file.
+    async fn teardown(&mut self) -> Result<()> {
+        for name in self.state.containers.keys().cloned().collect::<Vec<_>>() {
+            self.container_rm(&name).await?;
+        }
+        for name in self.state.networks.keys().cloned().collect::<Vec<_>>() {
+            self.network_rm(&name).await?;
+        }
+        let _ = std::fs::remove_file(self.state_dir.join("state.json"));
+        Ok(())
+    }
+}
+
+struct NetworkSpec {
+    name: String,
+    subnet: Option<String>,
+    gateway: Option<String>,
+    internal: bool,
+    icc: bool,
+    masquerade: bool,
+    host_ip: Option<String>,
+    mtu: Option<u32>,
+}
+
+fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    if !ok {
+        bail!(
+            "invalid {what} name {name:?}: use 1-64 letters, digits, '_', '.', '-', starting with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
+fn random_u64() -> u64 {
+    let mut buf = [0u8; 8];
+    // SAFETY: valid buffer; getrandom never fails for 8 bytes on Linux.
+    unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    u64::from_ne_bytes(buf)
+}
+
+fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        bail!("bad MAC {s}");
+    }
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        *byte = u8::from_str_radix(part, 16)?;
+    }
+    Ok(mac)
+}

@@ -1,0 +1,279 @@
+//! One trait for the firewall drivers (netavark's shape): the daemon does
+//! links and addresses itself and tells the driver what to enforce.
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::{
+    bpf::{Datapath, monotonic_ns},
+    state::{Attachment, Network, PublishedPort},
+};
+use netd_common::{
+    Backend, Config, CtKey, Endpoint, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NetworkInfo, PortKey,
+    programs,
+};
+
+/// The host side a driver needs to know at start.
+pub struct HostInfo {
+    pub uplink: String,
+    pub uplink_ifindex: u32,
+    pub uplink_addrs: Vec<Ipv4Addr>,
+    pub netns_cookie: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConntrackRow {
+    pub proto: String,
+    pub src: String,
+    pub dst: String,
+    pub translated_src: String,
+    pub translated_dst: String,
+    pub direction: &'static str,
+    pub nat: String,
+    pub expires_in_s: i64,
+}
+
+pub trait FirewallDriver: Send {
+    fn name(&self) -> &'static str;
+    fn add_network(&mut self, net: &Network, bridge_mac: [u8; 6]) -> Result<()>;
+    fn remove_network(&mut self, net: &Network) -> Result<()>;
+    /// `host_ifindex`/`mac`: host side of the veth, container's MAC.
+    fn add_endpoint(
+        &mut self,
+        net: &Network,
+        att: &Attachment,
+        host_ifindex: u32,
+        mac: [u8; 6],
+    ) -> Result<()>;
+    fn remove_endpoint(&mut self, att: &Attachment) -> Result<()>;
+    fn publish(&mut self, port: &PublishedPort) -> Result<()>;
+    fn unpublish(&mut self, port: &PublishedPort) -> Result<()>;
+    fn conntrack(&self) -> Result<Vec<ConntrackRow>>;
+    /// Removes expired connections; returns how many entries went.
+    fn gc(&mut self) -> Result<usize>;
+    fn status(&self) -> Result<serde_json::Value>;
+}
+
+pub struct EbpfDriver {
+    datapath: Datapath,
+    /// TCX links per host-side veth, to detach when the container goes.
+    links: HashMap<String, aya::programs::tc::SchedClassifierLinkId>,
+}
+
+impl EbpfDriver {
+    pub fn start(host: &HostInfo) -> Result<Self> {
+        let mut datapath = Datapath::load()?;
+        let masquerade_ip = host
+            .uplink_addrs
+            .first()
+            .copied()
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
+        datapath.set_config(Config {
+            masquerade_ip: masquerade_ip.octets(),
+            nat_port_min: 32768,
+            nat_port_max: 65535,
+            netns_cookie: host.netns_cookie,
+            uplink_ifindex: host.uplink_ifindex,
+            _pad: 0,
+        })?;
+        for ip in host
+            .uplink_addrs
+            .iter()
+            .copied()
+            .chain([Ipv4Addr::LOCALHOST])
+        {
+            datapath.insert_local_addr(ip)?;
+        }
+        datapath.attach_uplink(&host.uplink)?;
+        datapath.attach_host_sockets()?;
+        Ok(Self {
+            datapath,
+            links: HashMap::new(),
+        })
+    }
+}
+
+fn port_key(p: &PublishedPort) -> PortKey {
+    PortKey {
+        host_ip: p.host_ip.octets(),
+        port: p.host_port.to_be_bytes(),
+        proto: p.proto.number(),
+        _pad: 0,
+    }
+}
+
+fn network_flags(net: &Network) -> u32 {
+    let mut flags = 0;
+    if net.icc {
+        flags |= NET_ICC;
+    }
+    if net.internal {
+        flags |= NET_INTERNAL;
+    }
+    if net.masquerade && !net.internal {
+        flags |= NET_MASQUERADE;
+    }
+    flags
+}
+
+impl FirewallDriver for EbpfDriver {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn add_network(&mut self, net: &Network, bridge_mac: [u8; 6]) -> Result<()> {
+        let info = NetworkInfo {
+            id: net.id,
+            flags: network_flags(net),
+            gateway: net.gateway.octets(),
+            host_ip: net.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
+            gateway_mac: bridge_mac,
+            _pad: [0; 2],
+        };
+        self.datapath
+            .insert_network(net.subnet.addr, net.subnet.prefix_len, info)?;
+        self.datapath.insert_local_addr(net.gateway)
+    }
+
+    fn remove_network(&mut self, net: &Network) -> Result<()> {
+        self.datapath
+            .remove_network(net.subnet.addr, net.subnet.prefix_len)?;
+        self.datapath.remove_local_addr(net.gateway)
+    }
+
+    fn add_endpoint(
+        &mut self,
+        net: &Network,
+        att: &Attachment,
+        host_ifindex: u32,
+        mac: [u8; 6],
+    ) -> Result<()> {
+        let endpoint = Endpoint {
+            ifindex: host_ifindex,
+            network_id: net.id,
+            network_flags: network_flags(net),
+            mac,
+            _pad: [0; 2],
+        };
+        self.datapath.insert_endpoint(att.ip, endpoint)?;
+        match self.datapath.attach_from_container(&att.host_veth) {
+            Ok(link) => {
+                self.links.insert(att.host_veth.clone(), link);
+                Ok(())
+            }
+            Err(err) => {
+                let _ = self.datapath.remove_endpoint(att.ip);
+                Err(err)
+            }
+        }
+    }
+
+    fn remove_endpoint(&mut self, att: &Attachment) -> Result<()> {
+        if let Some(link) = self.links.remove(&att.host_veth) {
+            // The link may already be gone with its device.
+            let _ = self
+                .datapath
+                .classifier(programs::FROM_CONTAINER)?
+                .detach(link);
+        }
+        self.datapath.remove_endpoint(att.ip)
+    }
+
+    fn publish(&mut self, port: &PublishedPort) -> Result<()> {
+        let backend = Backend {
+            ip: port.container_ip.octets(),
+            port: port.container_port.to_be_bytes(),
+            _pad: [0; 2],
+        };
+        self.datapath.publish(port_key(port), backend)
+    }
+
+    fn unpublish(&mut self, port: &PublishedPort) -> Result<()> {
+        self.datapath.unpublish(port_key(port))
+    }
+
+    fn conntrack(&self) -> Result<Vec<ConntrackRow>> {
+        let now = monotonic_ns() as i64;
+        let tuple = |k: &CtKey| {
+            let port = |p: [u8; 2]| u16::from_be_bytes(p);
+            (
+                format!("{}:{}", Ipv4Addr::from(k.src), port(k.src_port)),
+                format!("{}:{}", Ipv4Addr::from(k.dst), port(k.dst_port)),
+            )
+        };
+        Ok(self
+            .datapath
+            .conntrack_entries()?
+            .into_iter()
+            .map(|(key, entry)| {
+                let (src, dst) = tuple(&key);
+                let (translated_src, translated_dst) = tuple(&entry.xlat);
+                let mut nat = Vec::new();
+                if entry.flags & netd_common::CT_SNAT != 0 {
+                    nat.push("snat");
+                }
+                if entry.flags & netd_common::CT_DNAT != 0 {
+                    nat.push("dnat");
+                }
+                ConntrackRow {
+                    proto: match key.proto {
+                        6 => "tcp".into(),
+                        17 => "udp".into(),
+                        1 => "icmp".into(),
+                        p => p.to_string(),
+                    },
+                    src,
+                    dst,
+                    translated_src,
+                    translated_dst,
+                    direction: if entry.flags & netd_common::CT_REPLY != 0 {
+                        "reply"
+                    } else {
+                        "original"
+                    },
+                    nat: nat.join("+"),
+                    expires_in_s: (entry.expires_ns as i64 - now) / 1_000_000_000,
+                }
+            })
+            .collect())
+    }
+
+    fn gc(&mut self) -> Result<usize> {
+        self.datapath.conntrack_gc(monotonic_ns())
+    }
+
+    fn status(&self) -> Result<serde_json::Value> {
+        let traffic: serde_json::Map<String, serde_json::Value> = self
+            .datapath
+            .traffic_counters()?
+            .into_iter()
+            .map(|(class, c)| {
+                (
+                    class.label().to_owned(),
+                    json!({"packets": c.packets, "bytes": c.bytes}),
+                )
+            })
+            .collect();
+        let drops: serde_json::Map<String, serde_json::Value> = self
+            .datapath
+            .drop_counters()?
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(reason, n)| (reason.label().to_owned(), json!(n)))
+            .collect();
+        Ok(json!({
+            "datapath": "ebpf",
+            "programs": {
+                "tc": programs::CLASSIFIERS,
+                "cgroup": programs::SOCK_HOOKS,
+                "container_links": self.links.len(),
+            },
+            "maps": self.datapath.fill_levels().context("reading map fill levels")?,
+            "traffic": traffic,
+            "drops": drops,
+        }))
+    }
+}

@@ -1,0 +1,98 @@
+//! Address management as Docker does it: subnets from the default pools
+//! (172.17-31.0.0/16, then 192.168.x.0/20), skipping any that overlap a
+//! network or a route already present; gateway = first address; containers
+//! get the next free address.
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use anyhow::{Result, bail};
+
+use crate::cidr::Cidr;
+
+/// Docker's default address pools, in the order Docker uses them.
+pub fn default_pools() -> impl Iterator<Item = Cidr> {
+    let big = (17..=31u8).map(|b| Cidr {
+        addr: Ipv4Addr::new(172, b, 0, 0),
+        prefix_len: 16,
+    });
+    let small = (0..16u8).map(|i| Cidr {
+        addr: Ipv4Addr::new(192, 168, i * 16, 0),
+        prefix_len: 20,
+    });
+    big.chain(small)
+}
+
+/// The first default-pool subnet that overlaps neither a network nor a route.
+pub fn allocate_subnet(taken: &[Cidr]) -> Result<Cidr> {
+    default_pools()
+        .find(|candidate| !taken.iter().any(|t| t.overlaps(candidate)))
+        .ok_or_else(|| anyhow::anyhow!("all default address pools are in use; pass --subnet"))
+}
+
+/// Refuses a subnet that overlaps an existing network (`named` = (name, subnet)).
+pub fn check_subnet_free(subnet: &Cidr, named: &[(String, Cidr)]) -> Result<()> {
+    if let Some((name, other)) = named.iter().find(|(_, other)| other.overlaps(subnet)) {
+        bail!("subnet {subnet} overlaps network {name:?} ({other}); choose another --subnet");
+    }
+    Ok(())
+}
+
+/// Checks a requested gateway or container address against its subnet.
+pub fn check_in_subnet(what: &str, ip: Ipv4Addr, subnet: &Cidr) -> Result<()> {
+    if !subnet.contains(ip) || ip == subnet.network() || ip == subnet.broadcast() {
+        bail!("{what} {ip} is not a usable address of subnet {subnet}");
+    }
+    Ok(())
+}
+
+/// The next free address (the gateway and every address in `used` taken).
+pub fn allocate_ip(subnet: &Cidr, used: &BTreeSet<Ipv4Addr>) -> Result<Ipv4Addr> {
+    subnet
+        .hosts()
+        .find(|ip| !used.contains(ip))
+        .ok_or_else(|| anyhow::anyhow!("no free address left in {subnet}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_skip_what_is_taken() {
+        assert_eq!(allocate_subnet(&[]).unwrap().to_string(), "172.17.0.0/16");
+        let taken: Vec<Cidr> = vec![
+            "172.17.0.0/16".parse().unwrap(),
+            "172.18.3.0/24".parse().unwrap(),
+        ];
+        assert_eq!(
+            allocate_subnet(&taken).unwrap().to_string(),
+            "172.19.0.0/16"
+        );
+        let all_172: Vec<Cidr> = vec!["172.16.0.0/12".parse().unwrap()];
+        assert_eq!(
+            allocate_subnet(&all_172).unwrap().to_string(),
+            "192.168.0.0/20"
+        );
+        assert_eq!(default_pools().count(), 31);
+    }
+
+    #[test]
+    fn addresses() {
+        let net: Cidr = "10.1.0.0/29".parse().unwrap();
+        let mut used = BTreeSet::from([Ipv4Addr::new(10, 1, 0, 1)]);
+        assert_eq!(
+            allocate_ip(&net, &used).unwrap(),
+            Ipv4Addr::new(10, 1, 0, 2)
+        );
+        used.extend((2..=6).map(|i| Ipv4Addr::new(10, 1, 0, i)));
+        assert!(allocate_ip(&net, &used).is_err());
+        assert!(check_in_subnet("gateway", Ipv4Addr::new(10, 1, 0, 7), &net).is_err());
+        assert!(check_in_subnet("gateway", Ipv4Addr::new(10, 2, 0, 1), &net).is_err());
+        assert!(check_in_subnet("gateway", Ipv4Addr::new(10, 1, 0, 6), &net).is_ok());
+        let named = vec![("web".to_string(), "10.1.0.0/24".parse().unwrap())];
+        let err = check_subnet_free(&"10.1.0.0/16".parse().unwrap(), &named)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("overlaps network \"web\""), "{err}");
+    }
+}

@@ -1,0 +1,388 @@
+//! Links, addresses, routes and namespaces through rtnetlink (never `ip`).
+
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::{AsRawFd, RawFd},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use futures::TryStreamExt as _;
+use rtnetlink::{
+    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::{
+        address::AddressAttribute,
+        link::LinkAttribute,
+        route::{RouteAddress, RouteAttribute},
+    },
+};
+
+use crate::cidr::Cidr;
+
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// An rtnetlink connection bound to one network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// A connection in the calling thread's namespace (needs a tokio runtime).
+    pub fn connect() -> Result<Self> {
+        let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    /// A connection inside the namespace at `path`: the socket is opened on
+    /// a thread that entered it, and stays bound to it.
+    pub fn connect_in(path: &Path) -> Result<Self> {
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let runtime = tokio::runtime::Handle::current();
+        let (connection, handle, _) = std::thread::scope(|s| {
+            s.spawn(|| {
+                // The socket registers with the runtime's reactor.
+                let _runtime = runtime.enter();
+                setns(file.as_raw_fd())?;
+                rtnetlink::new_connection().context("opening rtnetlink")
+            })
+            .join()
+            .map_err(|_| anyhow!("netlink thread panicked"))?
+        })?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link.map(|l| l.header.index)),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(err) => Err(err).with_context(|| format!("looking up link {name}")),
+        }
+    }
+
+    pub async fn require_index(&self, name: &str) -> Result<u32> {
+        self.link_index(name)
+            .await?
+            .ok_or_else(|| anyhow!("no interface named {name}"))
+    }
+
+    pub async fn link_name(&self, index: u32) -> Result<String> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let link = links
+            .try_next()
+            .await?
+            .ok_or_else(|| anyhow!("no link {index}"))?;
+        link.attributes
+            .into_iter()
+            .find_map(|a| {
+                if let LinkAttribute::IfName(name) = a {
+                    Some(name)
+                } else {
+                    None
+                }
+            })
+            .ok_or_else(|| anyhow!("link {index} has no name"))
+    }
+
+    pub async fn link_mac(&self, index: u32) -> Result<[u8; 6]> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let link = links
+            .try_next()
+            .await?
+            .ok_or_else(|| anyhow!("no link {index}"))?;
+        for attr in link.attributes {
+            if let LinkAttribute::Address(mac) = attr {
+                return mac
+                    .try_into()
+                    .map_err(|_| anyhow!("link {index} has no Ethernet address"));
+            }
+        }
+        bail!("link {index} has no address")
+    }
+
+    pub async fn create_bridge(&self, name: &str, mtu: u32) -> Result<u32> {
+        self.handle
+            .link()
+            .add(LinkBridge::new(name).mtu(mtu).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("creating bridge {name}"))?;
+        self.require_index(name).await
+    }
+
+    /// A veth pair in this namespace; returns both indexes.
+    pub async fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(u32, u32)> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(name, peer).mtu(mtu).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating veth {name}/{peer}"))?;
+        Ok((
+            self.require_index(name).await?,
+            self.require_index(peer).await?,
+        ))
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index).up().build(),
+            "bringing up",
+        )
+        .await
+    }
+
+    pub async fn set_master(&self, index: u32, master: u32) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index).controller(master).build(),
+            "enslaving",
+        )
+        .await
+    }
+
+    pub async fn move_to_netns(&self, index: u32, netns_fd: RawFd) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index)
+                .setns_by_fd(netns_fd)
+                .build(),
+            "moving",
+        )
+        .await
+    }
+
+    pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index)
+                .name(name.to_owned())
+                .build(),
+            "renaming",
+        )
+        .await
+    }
+
+    async fn set(
+        &self,
+        message: rtnetlink::packet_route::link::LinkMessage,
+        what: &str,
+    ) -> Result<()> {
+        let index = message.header.index;
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .with_context(|| format!("{what} link {index}"))
+    }
+
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .with_context(|| format!("deleting link {index}"))
+    }
+
+    pub async fn add_address(&self, index: u32, ip: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        self.handle
+            .address()
+            .add(index, IpAddr::V4(ip), prefix_len)
+            .execute()
+            .await
+            .with_context(|| format!("adding {ip}/{prefix_len} to link {index}"))
+    }
+
+    pub async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.try_next().await? {
+            for attr in msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                    out.push(ip);
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .with_context(|| format!("adding default route via {gateway}"))
+    }
+
+    /// IPv4 routes of the main table: (destination, output interface).
+    pub async fn routes(&self) -> Result<Vec<(Cidr, Option<u32>)>> {
+        let mut stream = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut out = Vec::new();
+        while let Some(route) = stream.try_next().await? {
+            if route.header.table != 254 {
+                continue;
+            }
+            let mut dst = Ipv4Addr::UNSPECIFIED;
+            let mut oif = None;
+            for attr in &route.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
+                    RouteAttribute::Oif(index) => oif = Some(*index),
+                    _ => {}
+                }
+            }
+            if let Ok(cidr) = Cidr::new(dst, route.header.destination_prefix_length) {
+                out.push((cidr, oif));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn setns(fd: RawFd) -> Result<()> {
+    // SAFETY: plain syscall on the calling thread.
+    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("setns");
+    }
+    Ok(())
+}
+
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
+/// Creates a named network namespace that `ip netns exec NAME` can enter:
+/// a thread unshares a new one and bind-mounts it on /run/netns/NAME.
+pub fn create_netns(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        bail!("{name:?} cannot name a network namespace");
+    }
+    std::fs::create_dir_all(NETNS_DIR)?;
+    let path = netns_path(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| {
+            format!(
+                "creating {} (a namespace of that name exists?)",
+                path.display()
+            )
+        })?;
+    let result = std::thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            // SAFETY: only this short-lived thread changes namespace.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
+            }
+            let src = std::ffi::CString::new("/proc/thread-self/ns/net")?;
+            let dst = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+            // SAFETY: valid C strings; a bind mount of our own namespace.
+            if unsafe {
+                libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                )
+            } != 0
+            {
+                return Err(std::io::Error::last_os_error()).context("bind-mounting the namespace");
+            }
+            Ok(())
+        })
+        .join()
+        .map_err(|_| anyhow!("namespace thread panicked"))?
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    result
+}
+
+/// Names the calling process's own namespace NAME (for `--network host`
+/// containers: `ip netns exec NAME` then enters the host's namespace).
+pub fn name_current_netns(name: &str) -> Result<()> {
+    std::fs::create_dir_all(NETNS_DIR)?;
+    let path = netns_path(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| {
+            format!(
+                "creating {} (a namespace of that name exists?)",
+                path.display()
+            )
+        })?;
+    let src = std::ffi::CString::new("/proc/self/ns/net")?;
+    let dst = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid C strings; a bind mount of our own namespace.
+    if unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    } != 0
+    {
+        let err = std::io::Error::last_os_error();
+        let _ = std::fs::remove_file(&path);
+        return Err(err).context("bind-mounting the namespace");
+    }
+    Ok(())
+}
+
+/// Writes a sysctl inside the namespace at `path` (/proc/sys/net shows the
+/// namespace of the thread that opens it).
+pub fn sysctl_in(path: &Path, key: &str, value: &str) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let proc_path = Path::new("/proc/sys").join(key.replace('.', "/"));
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            setns(file.as_raw_fd())?;
+            std::fs::write(&proc_path, value).with_context(|| format!("setting {key}"))
+        })
+        .join()
+        .map_err(|_| anyhow!("sysctl thread panicked"))?
+    })
+}
+
+pub fn delete_netns(name: &str) -> Result<()> {
+    let path = netns_path(name);
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid C string.
+    unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) };
+    match std::fs::remove_file(&path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(err).context("removing netns file")
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,141 @@
+//! Docker's `-p` syntax: `[HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|/udp]`.
+
+use std::{fmt, net::Ipv4Addr};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// A parsed `-p` value. `host_ports` None = pick free host ports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    pub host_ip: Ipv4Addr,
+    pub host_ports: Option<(u16, u16)>,
+    pub container_ports: (u16, u16),
+    pub proto: Proto,
+}
+
+impl PortSpec {
+    pub fn parse(spec: &str) -> Result<Self> {
+        let hint = "expected [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|/udp], e.g. 8080:80 or 127.0.0.1:53:53/udp";
+        let (rest, proto) = match spec.rsplit_once('/') {
+            Some((rest, "tcp")) => (rest, Proto::Tcp),
+            Some((rest, "udp")) => (rest, Proto::Udp),
+            Some((_, other)) => bail!("-p {spec}: unknown protocol {other:?} (tcp or udp)"),
+            None => (spec, Proto::Tcp),
+        };
+        let parts: Vec<&str> = rest.split(':').collect();
+        let (host_ip, host_ports, container) = match parts.as_slice() {
+            [c] => (None, None, *c),
+            [h, c] => (None, Some(*h), *c),
+            [ip, h, c] => (Some(*ip), (!h.is_empty()).then_some(*h), *c),
+            _ => bail!("-p {spec}: {hint}"),
+        };
+        let host_ip = match host_ip {
+            Some(ip) => ip
+                .parse()
+                .with_context(|| format!("-p {spec}: {ip:?} is not an IPv4 address"))?,
+            None => Ipv4Addr::UNSPECIFIED,
+        };
+        let container_ports =
+            port_range(container).with_context(|| format!("-p {spec}: {hint}"))?;
+        let host_ports = match host_ports {
+            Some(h) => Some(port_range(h).with_context(|| format!("-p {spec}: {hint}"))?),
+            None => None,
+        };
+        if let Some((start, end)) = host_ports {
+            let (cs, ce) = container_ports;
+            if end - start != ce - cs {
+                bail!(
+                    "-p {spec}: host range {start}-{end} and container range {cs}-{ce} differ in size"
+                );
+            }
+        }
+        Ok(Self {
+            host_ip,
+            host_ports,
+            container_ports,
+            proto,
+        })
+    }
+}
+
+fn port_range(s: &str) -> Result<(u16, u16)> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let a: u16 = a.parse().with_context(|| format!("{a:?} is not a port"))?;
+    let b: u16 = b.parse().with_context(|| format!("{b:?} is not a port"))?;
+    if a == 0 || b < a {
+        bail!("bad port range {s}");
+    }
+    Ok((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_syntax() {
+        let p = PortSpec::parse("8080:80").unwrap();
+        assert_eq!(
+            (p.host_ip, p.host_ports, p.container_ports, p.proto),
+            (
+                Ipv4Addr::UNSPECIFIED,
+                Some((8080, 8080)),
+                (80, 80),
+                Proto::Tcp
+            )
+        );
+        let p = PortSpec::parse("127.0.0.1:5353:53/udp").unwrap();
+        assert_eq!(
+            (p.host_ip, p.host_ports, p.proto),
+            ("127.0.0.1".parse().unwrap(), Some((5353, 5353)), Proto::Udp)
+        );
+        let p = PortSpec::parse("80").unwrap();
+        assert_eq!(p.host_ports, None);
+        let p = PortSpec::parse("10.0.0.1::80").unwrap();
+        assert_eq!((p.host_ports, p.container_ports), (None, (80, 80)));
+        let p = PortSpec::parse("9000-9002:7000-7002/tcp").unwrap();
+        assert_eq!(
+            (p.host_ports, p.container_ports),
+            (Some((9000, 9002)), (7000, 7002))
+        );
+        for bad in [
+            "",
+            "abc",
+            "80/sctp",
+            "1:2:3:4",
+            "9000-9001:80",
+            "0:80",
+            "70000:80",
+            "x.y:80:80",
+            "90-80:90-80",
+        ] {
+            assert!(PortSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

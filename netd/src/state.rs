@@ -1,0 +1,136 @@
+//! What netd manages, saved atomically so a crash never leaves half a file.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File},
+    io::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::{cidr::Cidr, portspec::Proto};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub networks: BTreeMap<String, Network>,
+    pub containers: BTreeMap<String, Container>,
+    pub next_network_id: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Network {
+    pub name: String,
+    pub id: u32,
+    pub subnet: Cidr,
+    pub gateway: Ipv4Addr,
+    pub bridge: String,
+    pub internal: bool,
+    pub icc: bool,
+    pub masquerade: bool,
+    pub host_ip: Option<Ipv4Addr>,
+    pub mtu: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    Bridge,
+    Host,
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Container {
+    pub name: String,
+    pub mode: NetworkMode,
+    pub attachments: Vec<Attachment>,
+    pub ports: Vec<PublishedPort>,
+}
+
+/// A container's interface on one network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    /// Name inside the container (eth0, eth1, ...).
+    pub ifname: String,
+    /// Host side of the veth.
+    pub host_veth: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub host_ip: Ipv4Addr,
+    pub host_port: u16,
+    pub container_ip: Ipv4Addr,
+    pub container_port: u16,
+    pub proto: Proto,
+}
+
+impl State {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = state_file(dir);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("parsing {}", path.display())),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes to a temporary file, fsyncs it, renames it over the old one and
+    /// fsyncs the directory: after a crash the file is the old or the new state.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = dir.join("state.json.tmp");
+        let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(&serde_json::to_vec_pretty(self)?)?;
+        file.sync_all()?;
+        fs::rename(&tmp, state_file(dir))?;
+        File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+
+    pub fn published(&self) -> impl Iterator<Item = &PublishedPort> {
+        self.containers.values().flat_map(|c| c.ports.iter())
+    }
+}
+
+fn state_file(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_and_load_round_trip_atomically() {
+        let dir = std::env::temp_dir().join(format!("netd-state-{}", std::process::id()));
+        let mut state = State::default();
+        assert_eq!(State::load(&dir).unwrap(), state);
+        state.networks.insert(
+            "bridge".into(),
+            Network {
+                name: "bridge".into(),
+                id: 1,
+                subnet: "172.17.0.0/16".parse().unwrap(),
+                gateway: "172.17.0.1".parse().unwrap(),
+                bridge: "netd0".into(),
+                internal: false,
+                icc: true,
+                masquerade: true,
+                host_ip: None,
+                mtu: 1500,
+            },
+        );
+        state.save(&dir).unwrap();
+        assert_eq!(State::load(&dir).unwrap(), state);
+        assert!(!dir.join("state.json.tmp").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
