@@ -151,6 +151,13 @@ pub struct Netns {
 }
 
 impl Netns {
+    /// A namespace someone else created (e.g. a container made by netd).
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

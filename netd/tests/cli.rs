@@ -1,0 +1,497 @@
+//! `netd daemon` and its CLI through the real binary, in isolated
+//! namespaces: every command, bad input, restarts, parallel calls.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::SocketAddr,
+    os::unix::net::UnixStream,
+    path::PathBuf,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use netd_testbed::{
+    Netns, Testbed,
+    probe::{self, EchoServer},
+    topology::Background,
+};
+use serde_json::Value;
+
+const NETD: &str = env!("CARGO_BIN_EXE_netd");
+const HOST_IP: &str = "198.51.100.1";
+const OUTSIDE_IP: &str = "198.51.100.2";
+
+/// A host namespace running `netd daemon`, with an outside client on its uplink.
+struct DaemonHost {
+    daemon: Option<Background>,
+    dir: PathBuf,
+    id: String,
+    host: Netns,
+    outside: Netns,
+    /// Owns (and on drop deletes) host and outside; dropped last.
+    _bed: Testbed,
+}
+
+impl DaemonHost {
+    fn start() -> Self {
+        let mut bed = Testbed::new().unwrap();
+        let host = bed.add_netns("host").unwrap();
+        let outside = bed.add_netns("outside").unwrap();
+        let uplink = bed.ifname("up");
+        bed.veth(&host, &uplink, &outside, "eth0").unwrap();
+        host.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", &uplink])
+            .unwrap();
+        host.ip(&["route", "add", "default", "via", OUTSIDE_IP])
+            .unwrap();
+        outside
+            .ip(&["addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "eth0"])
+            .unwrap();
+        let dir = PathBuf::from(format!("/run/netd-test-{}", bed.id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let id = bed.id().to_owned();
+        let mut me = Self {
+            daemon: None,
+            dir,
+            id,
+            host,
+            outside,
+            _bed: bed,
+        };
+        me.spawn_daemon();
+        me
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("netd.sock")
+    }
+
+    fn spawn_daemon(&mut self) {
+        let socket = self.socket();
+        let state = self.dir.join("state");
+        let args = [
+            "--socket",
+            socket.to_str().unwrap(),
+            "daemon",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        self.daemon = Some(self.host.spawn(NETD, &args).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "daemon did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A container name unique to this test (namespaces are global).
+    fn name(&self, short: &str) -> String {
+        format!("{}-{short}", self.id)
+    }
+
+    fn netd(&self, args: &[&str]) -> Output {
+        Command::new(NETD)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.netd(args);
+        assert!(
+            out.status.success(),
+            "netd {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    /// Expects refusal with a message containing `message`, and no change.
+    fn refused(&self, args: &[&str], message: &str) {
+        let before = (
+            self.ok(&["network", "ls", "--format", "json"]),
+            self.ok(&["container", "ls", "--format", "json"]),
+        );
+        let out = self.netd(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "netd {args:?} should fail");
+        assert!(
+            stderr.contains(message),
+            "netd {args:?}: {stderr:?} lacks {message:?}"
+        );
+        let after = (
+            self.ok(&["network", "ls", "--format", "json"]),
+            self.ok(&["container", "ls", "--format", "json"]),
+        );
+        assert_eq!(before, after, "state changed after refused netd {args:?}");
+    }
+
+    fn ctr(&self, short: &str) -> Netns {
+        Netns::named(&self.name(short))
+    }
+}
+
+impl Drop for DaemonHost {
+    fn drop(&mut self) {
+        if self.daemon.is_some() {
+            let _ = self.netd(&["down"]);
+        }
+        self.daemon.take();
+        // Belt and braces: namespaces of this test's containers.
+        if let Ok(entries) = std::fs::read_dir("/run/netns") {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("{}-", self.id)) {
+                    let _ = Command::new("ip").args(["netns", "del", &name]).output();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn networks_containers_and_published_ports_end_to_end() {
+    let h = DaemonHost::start();
+    let nets = h.json(&["network", "ls", "--format", "json"]);
+    assert_eq!(nets[0]["name"], "bridge");
+    assert_eq!(nets[0]["subnet"], "172.17.0.0/16", "Docker's first pool");
+    assert_eq!(h.ok(&["network", "create", "backend"]).trim(), "backend");
+    let backend = h.json(&["network", "inspect", "backend"]);
+    assert_eq!(
+        (backend["subnet"].as_str(), backend["gateway"].as_str()),
+        (Some("172.18.0.0/16"), Some("172.18.0.1"))
+    );
+
+    let (web, db) = (h.name("web"), h.name("db"));
+    h.ok(&[
+        "container",
+        "create",
+        &web,
+        "-p",
+        "8080:80",
+        "-p",
+        "5353:53/udp",
+        "-p",
+        "90",
+    ]);
+    h.ok(&[
+        "container",
+        "create",
+        &db,
+        "--network",
+        "backend",
+        "--ip",
+        "172.18.0.10",
+    ]);
+    let info = h.json(&["container", "inspect", &web]);
+    assert_eq!(info["attachments"][0]["ip"], "172.17.0.2");
+    assert_eq!(info["attachments"][0]["network"], "bridge");
+    assert_eq!(
+        info["ports"][2]["host_port"], 49153,
+        "-p 90 picks a free host port"
+    );
+    assert!(h.ok(&["container", "ls"]).contains("0.0.0.0:8080->80/tcp"));
+
+    // Real traffic: published ports with the client's address, isolation, masquerade.
+    let web_ns = h.ctr("web");
+    let _tcp = EchoServer::tcp(&web_ns, addr("172.17.0.2:80"), "web saw {peer}:").unwrap();
+    let _udp = EchoServer::udp(&web_ns, addr("172.17.0.2:53"), "web saw {peer}:").unwrap();
+    let expect = format!("web saw {OUTSIDE_IP}:hi").into_bytes();
+    assert_eq!(
+        probe::tcp_request(&h.outside, addr(&format!("{HOST_IP}:8080")), b"hi").unwrap(),
+        expect
+    );
+    assert_eq!(
+        probe::udp_request(&h.outside, addr(&format!("{HOST_IP}:5353")), b"hi").unwrap(),
+        expect
+    );
+    assert!(
+        !probe::ping(&h.ctr("db"), "172.17.0.2", 1).unwrap(),
+        "networks are isolated"
+    );
+    let _out = EchoServer::tcp(
+        &h.outside,
+        addr(&format!("{OUTSIDE_IP}:7000")),
+        "saw {peer}:",
+    )
+    .unwrap();
+    let expect = format!("saw {HOST_IP}:x").into_bytes();
+    assert_eq!(
+        probe::tcp_request(&h.ctr("db"), addr(&format!("{OUTSIDE_IP}:7000")), b"x").unwrap(),
+        expect
+    );
+    assert_eq!(
+        probe::tcp_request(&h.host, addr("127.0.0.1:8080"), b"hi").unwrap(),
+        b"web saw 172.17.0.1:hi"
+    );
+
+    let conntrack = h.json(&["conntrack", "ls", "--format", "json"]);
+    assert!(
+        conntrack
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["nat"] == "dnat"
+                && c["src"]
+                    == format!(
+                        "{OUTSIDE_IP}:{}",
+                        c["src"].as_str().unwrap().rsplit(':').next().unwrap()
+                    ))
+    );
+    let status = h.json(&["status"]);
+    assert_eq!(status["datapath"], "ebpf");
+    assert_eq!(status["published_ports"], 3);
+    assert_eq!(status["maps"]["ENDPOINTS"]["entries"], 2);
+
+    h.refused(&["network", "rm", "backend"], "has containers attached");
+    h.ok(&["container", "rm", &db]);
+    h.ok(&["network", "rm", "backend"]);
+    assert!(!PathBuf::from(format!("/run/netns/{db}")).exists());
+    // A container re-created on the same address and port gets traffic at once.
+    h.ok(&["container", "rm", &web]);
+    h.ok(&["container", "create", &web, "-p", "8080:80"]);
+    let _tcp2 = EchoServer::tcp(&h.ctr("web"), addr("172.17.0.2:80"), "new:").unwrap();
+    assert_eq!(
+        probe::tcp_request(&h.outside, addr(&format!("{HOST_IP}:8080")), b"q").unwrap(),
+        b"new:q"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let h = DaemonHost::start();
+    h.ok(&["network", "create", "web", "--subnet", "10.10.0.0/16"]);
+    let c1 = h.name("c1");
+    h.ok(&[
+        "container",
+        "create",
+        &c1,
+        "--network",
+        "web",
+        "--ip",
+        "10.10.0.5",
+        "-p",
+        "8080:80",
+    ]);
+    h.refused(&["network", "create", "web"], "already exists");
+    h.refused(
+        &["network", "create", "other", "--subnet", "10.10.5.0/24"],
+        "overlaps network \"web\"",
+    );
+    h.refused(
+        &[
+            "network",
+            "create",
+            "other",
+            "--subnet",
+            "10.20.0.0/16",
+            "--gateway",
+            "10.30.0.1",
+        ],
+        "not a usable address of subnet",
+    );
+    h.refused(
+        &["network", "create", "other", "--subnet", "10.20.0.5/16"],
+        "did you mean 10.20.0.0/16",
+    );
+    h.refused(
+        &["network", "create", "other", "--subnet", "banana"],
+        "is not a subnet",
+    );
+    h.refused(&["network", "create", "bad/name"], "invalid network name");
+    h.refused(&["network", "create", "host"], "reserved");
+    h.refused(
+        &[
+            "container",
+            "create",
+            &h.name("c2"),
+            "--network",
+            "web",
+            "--ip",
+            "10.10.0.5",
+        ],
+        "already in use",
+    );
+    h.refused(
+        &[
+            "container",
+            "create",
+            &h.name("c2"),
+            "--network",
+            "web",
+            "--ip",
+            "10.99.0.5",
+        ],
+        "not a usable address",
+    );
+    h.refused(
+        &["container", "create", &h.name("c2"), "-p", "8080:81"],
+        "already published",
+    );
+    h.refused(
+        &["container", "create", &h.name("c2"), "-p", "80:80/sctp"],
+        "unknown protocol",
+    );
+    h.refused(
+        &["container", "create", &h.name("c2"), "-p", "1-3:80"],
+        "differ in size",
+    );
+    h.refused(
+        &["container", "create", &h.name("c2"), "--network", "nope"],
+        "no network named \"nope\"",
+    );
+    h.refused(&["container", "create", &c1], "already exists");
+    h.refused(&["container", "rm", "nope"], "no container named");
+    h.refused(&["network", "inspect", "nope"], "no network named");
+    // Nothing half-made was left behind by the refusals.
+    assert!(!PathBuf::from(format!("/run/netns/{}", h.name("c2"))).exists());
+    let links = Command::new("ip")
+        .args(["-n", h.host.name(), "-o", "link"])
+        .output()
+        .unwrap();
+    let veths = String::from_utf8_lossy(&links.stdout)
+        .matches("veth")
+        .count();
+    assert_eq!(veths, 1, "only c1's veth");
+}
+
+#[test]
+fn malformed_requests_get_an_error_and_the_daemon_keeps_serving() {
+    let h = DaemonHost::start();
+    for garbage in [
+        &b"not json\n"[..],
+        b"{\"op\":\"network-rm\"}\n",
+        b"{\"op\":\"launch-missiles\"}\n",
+    ] {
+        let mut s = UnixStream::connect(h.socket()).unwrap();
+        s.write_all(garbage).unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(reply["ok"], false, "{reply}");
+    }
+    let mut s = UnixStream::connect(h.socket()).unwrap();
+    let _ = s.write_all(&vec![b'x'; 200_000]);
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    assert!(reply.contains("larger than"), "{reply}");
+    // Truncated: the client goes away mid-request.
+    drop(
+        UnixStream::connect(h.socket())
+            .unwrap()
+            .write_all(b"{\"op\":"),
+    );
+    let mode = std::fs::metadata(h.socket())
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        .unwrap();
+    assert_eq!(mode & 0o777, 0o660);
+    h.ok(&["network", "ls"]);
+}
+
+#[test]
+fn parallel_creates_get_distinct_addresses() {
+    let h = DaemonHost::start();
+    let names: Vec<String> = (0..12).map(|i| h.name(&format!("p{i}"))).collect();
+    std::thread::scope(|s| {
+        for name in &names {
+            let h = &h;
+            s.spawn(move || h.ok(&["container", "create", name]));
+        }
+    });
+    let list = h.json(&["container", "ls", "--format", "json"]);
+    let mut ips: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["attachments"][0]["ip"].as_str().unwrap().to_owned())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), names.len());
+}
+
+#[test]
+fn a_killed_daemon_comes_back_with_its_networks_and_containers() {
+    let mut h = DaemonHost::start();
+    let web = h.name("web");
+    h.ok(&[
+        "network",
+        "create",
+        "apps",
+        "--subnet",
+        "10.40.0.0/24",
+        "--icc=false",
+    ]);
+    h.ok(&[
+        "container",
+        "create",
+        &web,
+        "--network",
+        "apps",
+        "-p",
+        "8080:80",
+    ]);
+    let before = h.ok(&["container", "ls", "--format", "json"]);
+    // kill -9: no chance to clean anything up.
+    let pid = h.daemon.as_ref().unwrap().id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    h.daemon.take();
+    h.spawn_daemon();
+    assert_eq!(h.ok(&["container", "ls", "--format", "json"]), before);
+    assert_eq!(h.json(&["network", "inspect", "apps"])["icc"], false);
+    let _tcp = EchoServer::tcp(&h.ctr("web"), addr("10.40.0.2:80"), "back:").unwrap();
+    assert_eq!(
+        probe::tcp_request(&h.outside, addr(&format!("{HOST_IP}:8080")), b"q").unwrap(),
+        b"back:q"
+    );
+    drop(h);
+}
+
+#[test]
+fn down_removes_everything() {
+    let mut h = DaemonHost::start();
+    let c = h.name("c");
+    h.ok(&["network", "create", "x"]);
+    h.ok(&["container", "create", &c, "--network", "x"]);
+    h.ok(&["down"]);
+    h.daemon.take();
+    assert!(!PathBuf::from(format!("/run/netns/{c}")).exists());
+    let links = Command::new("ip")
+        .args(["-n", h.host.name(), "-o", "link"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(
+        !links.contains("veth") && !links.contains("netd0") && !links.contains("br-"),
+        "{links}"
+    );
+}
+
+#[test]
+fn the_daemon_refuses_to_run_without_root_saying_why() {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            NETD,
+            "daemon",
+            "--state-dir",
+            "/tmp/netd-nobody",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs root"));
+}
