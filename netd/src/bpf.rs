@@ -1,14 +1,21 @@
 //! The embedded BPF object: loading it, attaching its programs and reading
 //! the counters it keeps.
 
-use std::{ffi::CString, net::Ipv4Addr};
+use std::{
+    ffi::CString,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, tc::SchedClassifierLinkId,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+        cgroup_sock_addr::CgroupSockAddrLink,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId},
     },
 };
 use netd_common::{
@@ -22,12 +29,70 @@ static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// A loaded copy of netd's BPF programs and maps.
 pub struct Datapath {
     ebpf: Ebpf,
+    /// With pins (the daemon), maps and links live in bpffs and outlive the
+    /// process; without (tests), everything goes when `Datapath` drops.
+    pin_dir: Option<PathBuf>,
+    /// Unpinned `from_container` links by interface, for detaching.
+    container_links: std::collections::HashMap<String, SchedClassifierLinkId>,
 }
+
+/// Maps pinned under `<bpffs dir>/maps/`: the state that must survive a
+/// daemon restart (connections included) and the counters.
+const PINNED_MAPS: &[&str] = &[
+    maps::CONFIG,
+    maps::NETWORKS,
+    maps::ENDPOINTS,
+    maps::LOCAL_ADDRS,
+    maps::PUBLISHED_PORTS,
+    maps::CONNTRACK,
+    maps::SOCK_REVNAT,
+    maps::TRAFFIC_COUNTERS,
+    maps::DROP_COUNTERS,
+];
 
 impl Datapath {
     /// Loads every program into the kernel (verifier included); attaches nothing.
     pub fn load() -> Result<Self> {
-        let mut ebpf = Ebpf::load(BPF_OBJECT).context("loading netd's BPF object")?;
+        let ebpf = Ebpf::load(BPF_OBJECT).context("loading netd's BPF object")?;
+        Self::load_programs(ebpf, None)
+    }
+
+    /// Loads with maps pinned under `dir/maps` (reusing pins a previous run
+    /// left, so conntrack and all state carry over) and links pinned under
+    /// `dir/links`. `dir` must be on a bpffs.
+    pub fn load_pinned(dir: &Path) -> Result<Self> {
+        let map_dir = dir.join("maps");
+        std::fs::create_dir_all(&map_dir)
+            .with_context(|| format!("creating {} (is bpffs mounted?)", map_dir.display()))?;
+        std::fs::create_dir_all(dir.join("links"))?;
+        let paths: Vec<(&str, PathBuf)> = PINNED_MAPS
+            .iter()
+            .map(|&name| (name, map_dir.join(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader.load(BPF_OBJECT).with_context(|| {
+            format!(
+                "loading netd's BPF object with maps pinned in {}",
+                map_dir.display()
+            )
+        })?;
+        Self::load_programs(ebpf, Some(dir.to_owned()))
+    }
+
+    /// Unpins everything under `dir`: links detach, maps go with the last user.
+    pub fn remove_pins(dir: &Path) -> Result<()> {
+        match std::fs::remove_dir_all(dir) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                Err(err).with_context(|| format!("removing {}", dir.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn load_programs(mut ebpf: Ebpf, pin_dir: Option<PathBuf>) -> Result<Self> {
         for &name in programs::CLASSIFIERS {
             classifier(&mut ebpf, name)?
                 .load()
@@ -38,7 +103,11 @@ impl Datapath {
                 .load()
                 .with_context(|| format!("verifier rejected BPF program {name}"))?;
         }
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf,
+            pin_dir,
+            container_links: Default::default(),
+        })
     }
 
     /// A loaded TC program, e.g. to run it through `BPF_PROG_TEST_RUN`.
@@ -48,26 +117,80 @@ impl Datapath {
 
     /// Attaches `from_container` (TCX ingress) to the host side of a container
     /// veth. `iface` is resolved in the calling thread's network namespace.
-    /// The link lives as long as this `Datapath`.
-    pub fn attach_from_container(&mut self, iface: &str) -> Result<SchedClassifierLinkId> {
-        let name = CString::new(iface).context("interface name contains NUL")?;
-        self.classifier(programs::FROM_CONTAINER)?
-            .attach(name.as_c_str(), TcAttachType::Ingress)
-            .with_context(|| format!("attaching {} to {iface}", programs::FROM_CONTAINER))
+    pub fn attach_from_container(&mut self, iface: &str) -> Result<()> {
+        if let Some(id) = self.attach_tc(
+            programs::FROM_CONTAINER,
+            iface,
+            TcAttachType::Ingress,
+            iface,
+        )? {
+            self.container_links.insert(iface.to_owned(), id);
+        }
+        Ok(())
+    }
+
+    /// Detaches `from_container` from `iface` (a no-op if the device is gone).
+    pub fn detach_from_container(&mut self, iface: &str) -> Result<()> {
+        if let Some(id) = self.container_links.remove(iface) {
+            let _ = self.classifier(programs::FROM_CONTAINER)?.detach(id);
+        }
+        if let Some(dir) = &self.pin_dir {
+            match std::fs::remove_file(dir.join("links").join(iface)) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err.into()),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Attaches `from_uplink` (ingress) and `to_uplink` (egress) to the uplink.
     pub fn attach_uplink(&mut self, iface: &str) -> Result<()> {
-        let name = CString::new(iface).context("interface name contains NUL")?;
-        for (program, direction) in [
-            (programs::FROM_UPLINK, TcAttachType::Ingress),
-            (programs::TO_UPLINK, TcAttachType::Egress),
-        ] {
-            self.classifier(program)?
-                .attach(name.as_c_str(), direction)
-                .with_context(|| format!("attaching {program} to {iface}"))?;
-        }
+        self.attach_tc(
+            programs::FROM_UPLINK,
+            iface,
+            TcAttachType::Ingress,
+            "uplink-ingress",
+        )?;
+        self.attach_tc(
+            programs::TO_UPLINK,
+            iface,
+            TcAttachType::Egress,
+            "uplink-egress",
+        )?;
         Ok(())
+    }
+
+    /// TCX attach. With pins: replaces the program in a link a previous run
+    /// pinned (atomically, no gap in traffic), or pins a new link; returns
+    /// None. Without: the link stays owned by this `Datapath`.
+    fn attach_tc(
+        &mut self,
+        program: &str,
+        iface: &str,
+        direction: TcAttachType,
+        pin_name: &str,
+    ) -> Result<Option<SchedClassifierLinkId>> {
+        let pin = self
+            .pin_dir
+            .as_ref()
+            .map(|d| d.join("links").join(pin_name));
+        let prog = self.classifier(program)?;
+        let context = || format!("attaching {program} to {iface}");
+        if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
+            let link = PinnedLink::from_pin(pin).with_context(context)?;
+            let link = SchedClassifierLink::try_from(FdLink::from(link)).with_context(context)?;
+            let id = prog.attach_to_link(link).with_context(context)?;
+            drop(prog.take_link(id)?); // closes our fd; the pin keeps the link
+            return Ok(None);
+        }
+        let name = CString::new(iface).context("interface name contains NUL")?;
+        let id = prog
+            .attach(name.as_c_str(), direction)
+            .with_context(context)?;
+        let Some(pin) = pin else { return Ok(Some(id)) };
+        let link = FdLink::try_from(prog.take_link(id)?).with_context(context)?;
+        link.pin(pin).with_context(context)?;
+        Ok(None)
     }
 
     /// Attaches the socket hooks (connect4, sendmsg4, recvmsg4, getpeername4)
@@ -77,11 +200,29 @@ impl Datapath {
         let root = cgroup2_root()?;
         let cgroup =
             std::fs::File::open(&root).with_context(|| format!("opening cgroup {root}"))?;
+        let pin_dir = self.pin_dir.clone();
         for &name in programs::SOCK_HOOKS {
-            sock_hook(&mut self.ebpf, name)?
-                // bpf_link attachments are always multi-attach; flags must be 0.
+            let prog = sock_hook(&mut self.ebpf, name)?;
+            let context = || format!("attaching {name} to cgroup {root}");
+            let pin = pin_dir.as_ref().map(|d| d.join("links").join(name));
+            if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
+                let link = PinnedLink::from_pin(pin).with_context(context)?;
+                let link =
+                    CgroupSockAddrLink::try_from(FdLink::from(link)).with_context(context)?;
+                let id = prog.attach_to_link(link).with_context(context)?;
+                drop(prog.take_link(id)?);
+                continue;
+            }
+            // bpf_link attachments are always multi-attach; flags must be 0.
+            let id = prog
                 .attach(&cgroup, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {name} to cgroup {root}"))?;
+                .with_context(context)?;
+            if let Some(pin) = pin {
+                FdLink::try_from(prog.take_link(id)?)
+                    .with_context(context)?
+                    .pin(pin)
+                    .with_context(context)?;
+            }
         }
         Ok(())
     }

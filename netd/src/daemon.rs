@@ -35,6 +35,8 @@ pub struct Options {
     pub socket: PathBuf,
     pub socket_group: Option<u32>,
     pub cleanup: bool,
+    /// bpffs directory for pinned maps and links.
+    pub bpffs: PathBuf,
 }
 
 /// Ports `-p 80` picks from (Docker uses the kernel's ephemeral range).
@@ -62,13 +64,14 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
     let driver: Box<dyn FirewallDriver> = match opts.datapath.as_str() {
-        "ebpf" => Box::new(EbpfDriver::start(&host)?),
+        "ebpf" => Box::new(EbpfDriver::start(&host, &opts.bpffs)?),
         other => bail!("unknown datapath {other:?}: this build has ebpf"),
     };
     let state = State::load(&opts.state_dir)?;
     let mut daemon = Daemon {
         state,
         state_dir: opts.state_dir.clone(),
+        bpffs: opts.bpffs.clone(),
         nl,
         driver,
     };
@@ -206,6 +209,7 @@ async fn serve(stream: UnixStream, daemon: Arc<Mutex<Daemon>>, shutdown: Arc<Not
 struct Daemon {
     state: State,
     state_dir: PathBuf,
+    bpffs: PathBuf,
     nl: Netlink,
     driver: Box<dyn FirewallDriver>,
 }
@@ -752,7 +756,8 @@ impl Daemon {
             self.network_rm(&name).await?;
         }
         let _ = std::fs::remove_file(self.state_dir.join("state.json"));
-        Ok(())
+        // Unpinning detaches the uplink and socket hooks; maps go with us.
+        crate::bpf::Datapath::remove_pins(&self.bpffs)
     }
 }
 

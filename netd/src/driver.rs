@@ -1,7 +1,7 @@
 //! One trait for the firewall drivers (netavark's shape): the daemon does
 //! links and addresses itself and tells the driver what to enforce.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{collections::HashSet, net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
@@ -59,13 +59,14 @@ pub trait FirewallDriver: Send {
 
 pub struct EbpfDriver {
     datapath: Datapath,
-    /// TCX links per host-side veth, to detach when the container goes.
-    links: HashMap<String, aya::programs::tc::SchedClassifierLinkId>,
+    /// Host-side veths with `from_container` attached.
+    endpoints: HashSet<String>,
 }
 
 impl EbpfDriver {
-    pub fn start(host: &HostInfo) -> Result<Self> {
-        let mut datapath = Datapath::load()?;
+    /// Loads (or, after a restart, re-adopts) the datapath pinned under `bpffs`.
+    pub fn start(host: &HostInfo, bpffs: &Path) -> Result<Self> {
+        let mut datapath = Datapath::load_pinned(bpffs)?;
         let masquerade_ip = host
             .uplink_addrs
             .first()
@@ -91,7 +92,7 @@ impl EbpfDriver {
         datapath.attach_host_sockets()?;
         Ok(Self {
             datapath,
-            links: HashMap::new(),
+            endpoints: HashSet::new(),
         })
     }
 }
@@ -160,8 +161,8 @@ impl FirewallDriver for EbpfDriver {
         };
         self.datapath.insert_endpoint(att.ip, endpoint)?;
         match self.datapath.attach_from_container(&att.host_veth) {
-            Ok(link) => {
-                self.links.insert(att.host_veth.clone(), link);
+            Ok(()) => {
+                self.endpoints.insert(att.host_veth.clone());
                 Ok(())
             }
             Err(err) => {
@@ -172,13 +173,8 @@ impl FirewallDriver for EbpfDriver {
     }
 
     fn remove_endpoint(&mut self, att: &Attachment) -> Result<()> {
-        if let Some(link) = self.links.remove(&att.host_veth) {
-            // The link may already be gone with its device.
-            let _ = self
-                .datapath
-                .classifier(programs::FROM_CONTAINER)?
-                .detach(link);
-        }
+        self.endpoints.remove(&att.host_veth);
+        self.datapath.detach_from_container(&att.host_veth)?;
         self.datapath.remove_endpoint(att.ip)
     }
 
@@ -269,7 +265,7 @@ impl FirewallDriver for EbpfDriver {
             "programs": {
                 "tc": programs::CLASSIFIERS,
                 "cgroup": programs::SOCK_HOOKS,
-                "container_links": self.links.len(),
+                "container_links": self.endpoints.len(),
             },
             "maps": self.datapath.fill_levels().context("reading map fill levels")?,
             "traffic": traffic,

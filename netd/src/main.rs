@@ -43,6 +43,10 @@ enum Command {
         /// Remove everything netd created when the daemon stops.
         #[arg(long)]
         cleanup: bool,
+        /// bpffs directory where maps and links are pinned (they keep the
+        /// datapath running while the daemon is stopped or restarting).
+        #[arg(long, default_value = "/sys/fs/bpf/netd")]
+        bpffs: PathBuf,
     },
     /// Manage networks.
     #[command(subcommand)]
@@ -159,6 +163,7 @@ fn run(cli: Cli) -> Result<()> {
             state_dir,
             socket_group,
             cleanup,
+            bpffs,
         } => {
             let opts = daemon::Options {
                 uplink,
@@ -167,6 +172,7 @@ fn run(cli: Cli) -> Result<()> {
                 socket: socket.clone(),
                 socket_group,
                 cleanup,
+                bpffs,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -65,19 +65,37 @@ impl DaemonHost {
         self.dir.join("netd.sock")
     }
 
+    fn bpffs(&self) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/netd-test-{}", self.id))
+    }
+
+    fn kill_daemon(&mut self, signal: i32) {
+        let daemon = self.daemon.take().expect("daemon running");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(daemon.id() as i32, signal) };
+        daemon.wait();
+    }
+
     fn spawn_daemon(&mut self) {
         let socket = self.socket();
         let state = self.dir.join("state");
+        let bpffs = self.bpffs();
         let args = [
             "--socket",
             socket.to_str().unwrap(),
             "daemon",
             "--state-dir",
             state.to_str().unwrap(),
+            "--bpffs",
+            bpffs.to_str().unwrap(),
         ];
         self.daemon = Some(self.host.spawn(NETD, &args).unwrap());
         let deadline = Instant::now() + Duration::from_secs(20);
         while UnixStream::connect(&socket).is_err() {
+            assert!(
+                !self.daemon.as_mut().unwrap().exited(),
+                "daemon exited at start (its stderr is above)"
+            );
             assert!(Instant::now() < deadline, "daemon did not come up");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -152,6 +170,7 @@ impl Drop for DaemonHost {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(self.bpffs());
     }
 }
 
@@ -421,7 +440,7 @@ fn parallel_creates_get_distinct_addresses() {
 }
 
 #[test]
-fn a_killed_daemon_comes_back_with_its_networks_and_containers() {
+fn connections_survive_a_kill_9_restart_and_a_stopped_daemon() {
     let mut h = DaemonHost::start();
     let web = h.name("web");
     h.ok(&[
@@ -442,20 +461,37 @@ fn a_killed_daemon_comes_back_with_its_networks_and_containers() {
         "8080:80",
     ]);
     let before = h.ok(&["container", "ls", "--format", "json"]);
-    // kill -9: no chance to clean anything up.
-    let pid = h.daemon.as_ref().unwrap().id() as i32;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    h.daemon.take();
+    let _inbound_server = EchoServer::tcp_stream_echo(&h.ctr("web"), addr("10.40.0.2:80")).unwrap();
+    let _outbound_server =
+        EchoServer::tcp_stream_echo(&h.outside, addr(&format!("{OUTSIDE_IP}:7000"))).unwrap();
+    // Long-lived connections: through the published port, and through masquerade.
+    let mut inbound = probe::tcp_connect(&h.outside, addr(&format!("{HOST_IP}:8080"))).unwrap();
+    let mut outbound =
+        probe::tcp_connect(&h.ctr("web"), addr(&format!("{OUTSIDE_IP}:7000"))).unwrap();
+    probe::echo_roundtrip(&mut inbound, b"before").unwrap();
+    probe::echo_roundtrip(&mut outbound, b"before").unwrap();
+
+    // kill -9: no chance to clean up. Pinned programs keep forwarding.
+    h.kill_daemon(libc::SIGKILL);
+    probe::echo_roundtrip(&mut inbound, b"daemon dead").unwrap();
+    probe::echo_roundtrip(&mut outbound, b"daemon dead").unwrap();
     h.spawn_daemon();
+    probe::echo_roundtrip(&mut inbound, b"after restart").unwrap();
+    probe::echo_roundtrip(&mut outbound, b"after restart").unwrap();
     assert_eq!(h.ok(&["container", "ls", "--format", "json"]), before);
     assert_eq!(h.json(&["network", "inspect", "apps"])["icc"], false);
-    let _tcp = EchoServer::tcp(&h.ctr("web"), addr("10.40.0.2:80"), "back:").unwrap();
-    assert_eq!(
-        probe::tcp_request(&h.outside, addr(&format!("{HOST_IP}:8080")), b"q").unwrap(),
-        b"back:q"
-    );
-    drop(h);
+    // New connections too.
+    let mut fresh = probe::tcp_connect(&h.outside, addr(&format!("{HOST_IP}:8080"))).unwrap();
+    probe::echo_roundtrip(&mut fresh, b"new").unwrap();
+
+    // A clean stop (SIGTERM without --cleanup) also leaves the datapath running.
+    h.kill_daemon(libc::SIGTERM);
+    probe::echo_roundtrip(&mut inbound, b"stopped").unwrap();
+    let mut while_stopped =
+        probe::tcp_connect(&h.outside, addr(&format!("{HOST_IP}:8080"))).unwrap();
+    probe::echo_roundtrip(&mut while_stopped, b"new while stopped").unwrap();
+    h.spawn_daemon();
+    drop((inbound, outbound, fresh, while_stopped));
 }
 
 #[test]
@@ -465,8 +501,9 @@ fn down_removes_everything() {
     h.ok(&["network", "create", "x"]);
     h.ok(&["container", "create", &c, "--network", "x"]);
     h.ok(&["down"]);
-    h.daemon.take();
+    h.daemon.take().unwrap().wait();
     assert!(!PathBuf::from(format!("/run/netns/{c}")).exists());
+    assert!(!h.bpffs().exists(), "pins removed");
     let links = Command::new("ip")
         .args(["-n", h.host.name(), "-o", "link"])
         .output()

@@ -91,6 +91,46 @@ impl EchoServer {
         }))
     }
 
+    /// A TCP server that echoes everything back on each connection until the
+    /// client closes it (for long-lived connections).
+    pub fn tcp_stream_echo(ns: &Netns, addr: SocketAddr) -> Result<Self> {
+        let listener = ns.enter(|| TcpListener::bind(addr))??;
+        listener.set_nonblocking(true)?;
+        Ok(Self::run(move |stop| {
+            let mut workers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let stop = stop.clone();
+                        workers.push(thread::spawn(move || {
+                            let _ = conn.set_nonblocking(false);
+                            let _ = conn.set_read_timeout(Some(SERVER_POLL));
+                            let mut buf = [0u8; 2048];
+                            while !stop.load(Ordering::Relaxed) {
+                                match conn.read(&mut buf) {
+                                    Ok(0) => break,
+                                    Ok(n) => {
+                                        if conn.write_all(&buf[..n]).is_err() {
+                                            break;
+                                        }
+                                    }
+                                    Err(e)
+                                        if e.kind() == std::io::ErrorKind::WouldBlock
+                                            || e.kind() == std::io::ErrorKind::TimedOut => {}
+                                    Err(_) => break,
+                                }
+                            }
+                        }));
+                    }
+                    Err(_) => thread::sleep(SERVER_POLL),
+                }
+            }
+            for worker in workers {
+                let _ = worker.join();
+            }
+        }))
+    }
+
     pub fn udp(ns: &Netns, addr: SocketAddr, reply_prefix: &str) -> Result<Self> {
         let socket = ns.enter(|| UdpSocket::bind(addr))??;
         socket.set_read_timeout(Some(SERVER_POLL))?;
@@ -168,6 +208,26 @@ pub fn tcp_upload(ns: &Netns, dst: SocketAddr, size: usize) -> Result<usize> {
     let mut reply = String::new();
     conn.read_to_string(&mut reply)?;
     Ok(reply.trim().parse()?)
+}
+
+/// Opens a TCP connection from inside `ns` (for long-lived exchanges).
+pub fn tcp_connect(ns: &Netns, dst: SocketAddr) -> Result<TcpStream> {
+    let conn = ns
+        .enter(|| TcpStream::connect_timeout(&dst, PROBE_TIMEOUT))?
+        .with_context(|| format!("TCP connect from {} to {dst}", ns.name()))?;
+    conn.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    Ok(conn)
+}
+
+/// Sends `message` on an open connection and expects it echoed back.
+pub fn echo_roundtrip(conn: &mut TcpStream, message: &[u8]) -> Result<()> {
+    conn.write_all(message)?;
+    let mut reply = vec![0u8; message.len()];
+    conn.read_exact(&mut reply)?;
+    if reply != message {
+        bail!("echo mismatch: sent {message:?}, got {reply:?}");
+    }
+    Ok(())
 }
 
 /// One UDP datagram from inside `ns` and the reply to it, if one comes.

@@ -282,6 +282,22 @@ impl Background {
     pub fn id(&self) -> u32 {
         self.child.id()
     }
+
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Waits (bounded) for the process to exit by itself, then lets Drop
+    /// kill it if it has not.
+    pub fn wait(mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Background {
