@@ -23,6 +23,15 @@ pub enum Request {
     NetworkInspect {
         name: String,
     },
+    NetworkConnect {
+        network: String,
+        container: String,
+        ip: Option<String>,
+    },
+    NetworkDisconnect {
+        network: String,
+        container: String,
+    },
     NetworkRm {
         name: String,
     },

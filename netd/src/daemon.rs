@@ -282,6 +282,18 @@ impl Daemon {
                     .await?;
                 Ok(serde_json::to_value(container)?)
             }
+            Request::NetworkConnect {
+                network,
+                container,
+                ip,
+            } => Ok(serde_json::to_value(
+                self.network_connect(&network, &container, ip.as_deref())
+                    .await?,
+            )?),
+            Request::NetworkDisconnect { network, container } => self
+                .network_disconnect(&network, &container)
+                .await
+                .map(|()| json!({"disconnected": container})),
             Request::ContainerRm { name } => self
                 .container_rm(&name)
                 .await
@@ -563,38 +575,9 @@ impl Daemon {
             return Ok(container);
         };
 
-        let suffix = format!("{:07x}", random_u64() & 0xfff_ffff);
-        let host_veth = format!("veth{suffix}");
-        let (host_index, peer_index) = self
-            .nl
-            .create_veth(&host_veth, &format!("tmp{suffix}"), net.mtu)
+        let attachment = self
+            .wire(name, &inner, &net, address, "eth0", true, rollback)
             .await?;
-        rollback.links.push(host_index);
-        let ns_file = std::fs::File::open(&ns_path)?;
-        self.nl
-            .move_to_netns(peer_index, ns_file.as_raw_fd())
-            .await?;
-        let eth = inner.require_index(&format!("tmp{suffix}")).await?;
-        inner.rename(eth, "eth0").await?;
-        inner
-            .add_address(eth, address, net.subnet.prefix_len)
-            .await?;
-        inner.set_up(eth).await?;
-        inner.add_default_route(net.gateway).await?;
-        let mac = inner.link_mac(eth).await?;
-        let bridge = self.nl.require_index(&net.bridge).await?;
-        self.nl.set_master(host_index, bridge).await?;
-        self.nl.set_up(host_index).await?;
-
-        let attachment = Attachment {
-            network: net.name.clone(),
-            ip: address,
-            mac: format_mac(mac),
-            ifname: "eth0".into(),
-            host_veth,
-        };
-        self.driver
-            .add_endpoint(&net, &attachment, host_index, mac)?;
         let mut published = Vec::new();
         for port in &container.ports {
             if let Err(err) = self.driver.publish(port) {
@@ -608,6 +591,150 @@ impl Daemon {
         }
         container.attachments.push(attachment);
         Ok(container)
+    }
+
+    /// A veth from `net`'s bridge into container `name` as `ifname`, with
+    /// `address`, registered with the driver.
+    #[allow(clippy::too_many_arguments)]
+    async fn wire(
+        &mut self,
+        name: &str,
+        inner: &Netlink,
+        net: &Network,
+        address: Ipv4Addr,
+        ifname: &str,
+        default_route: bool,
+        rollback: &mut Rollback,
+    ) -> Result<Attachment> {
+        let suffix = format!("{:07x}", random_u64() & 0xfff_ffff);
+        let host_veth = format!("veth{suffix}");
+        let peer = format!("tmp{suffix}");
+        let (host_index, peer_index) = self.nl.create_veth(&host_veth, &peer, net.mtu).await?;
+        rollback.links.push(host_index);
+        let ns_file = std::fs::File::open(netlink::netns_path(name))?;
+        self.nl
+            .move_to_netns(peer_index, ns_file.as_raw_fd())
+            .await?;
+        let eth = inner.require_index(&peer).await?;
+        inner.rename(eth, ifname).await?;
+        inner
+            .add_address(eth, address, net.subnet.prefix_len)
+            .await?;
+        inner.set_up(eth).await?;
+        if default_route {
+            inner.add_default_route(net.gateway).await?;
+        }
+        let mac = inner.link_mac(eth).await?;
+        let bridge = self.nl.require_index(&net.bridge).await?;
+        self.nl.set_master(host_index, bridge).await?;
+        self.nl.set_up(host_index).await?;
+        let attachment = Attachment {
+            network: net.name.clone(),
+            ip: address,
+            mac: format_mac(mac),
+            ifname: ifname.to_owned(),
+            host_veth,
+        };
+        self.driver
+            .add_endpoint(net, &attachment, host_index, mac)?;
+        Ok(attachment)
+    }
+
+    /// `netd network connect NET CONTAINER`: one more interface (ethN).
+    async fn network_connect(
+        &mut self,
+        network: &str,
+        name: &str,
+        ip: Option<&str>,
+    ) -> Result<Attachment> {
+        let container = self.container(name)?.clone();
+        if container.mode != NetworkMode::Bridge {
+            bail!(
+                "container {name:?} uses --network {:?}: it cannot join other networks",
+                container.mode
+            );
+        }
+        if container.attachments.iter().any(|a| a.network == network) {
+            bail!("container {name:?} is already connected to network {network:?}");
+        }
+        let net = self.network(network)?.clone();
+        let address = self.pick_address(&net, ip)?;
+        let ifname = (0..)
+            .map(|i| format!("eth{i}"))
+            .find(|n| !container.attachments.iter().any(|a| &a.ifname == n))
+            .expect("an unused ethN exists");
+        let inner = Netlink::connect_in(&netlink::netns_path(name))?;
+        let mut rollback = Rollback::default();
+        let default_route = container.attachments.is_empty();
+        match self
+            .wire(
+                name,
+                &inner,
+                &net,
+                address,
+                &ifname,
+                default_route,
+                &mut rollback,
+            )
+            .await
+        {
+            Ok(attachment) => {
+                let entry = self.state.containers.get_mut(name).expect("checked above");
+                entry.attachments.push(attachment.clone());
+                self.save()?;
+                Ok(attachment)
+            }
+            Err(err) => {
+                for index in rollback.links.iter().rev() {
+                    let _ = self.nl.delete_link(*index).await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// `netd network disconnect NET CONTAINER`: the interface goes, and with
+    /// it the ports published to that address.
+    async fn network_disconnect(&mut self, network: &str, name: &str) -> Result<()> {
+        let container = self.container(name)?.clone();
+        let Some(att) = container
+            .attachments
+            .iter()
+            .find(|a| a.network == network)
+            .cloned()
+        else {
+            bail!("container {name:?} is not connected to network {network:?}");
+        };
+        let net = self.network(network)?.clone();
+        let (gone, kept): (Vec<PublishedPort>, Vec<PublishedPort>) = container
+            .ports
+            .iter()
+            .cloned()
+            .partition(|p| p.container_ip == att.ip);
+        for port in &gone {
+            self.driver.unpublish(port)?;
+        }
+        self.driver.remove_endpoint(&att)?;
+        if let Some(index) = self.nl.link_index(&att.host_veth).await? {
+            self.nl.delete_link(index).await?;
+        }
+        let remaining: Vec<Attachment> = container
+            .attachments
+            .iter()
+            .filter(|a| a.network != network)
+            .cloned()
+            .collect();
+        // The default route went with the interface: move it to the next network.
+        if let Some(next) = remaining.first() {
+            let gateway = self.network(&next.network)?.gateway;
+            let inner = Netlink::connect_in(&netlink::netns_path(name))?;
+            let _ = inner.add_default_route(gateway).await;
+        }
+        let _ = net;
+        let entry = self.state.containers.get_mut(name).expect("checked above");
+        entry.attachments = remaining;
+        entry.ports = kept;
+        self.save()
     }
 
     fn used_addresses(&self, net: &Network) -> BTreeSet<Ipv4Addr> {

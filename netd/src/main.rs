@@ -107,6 +107,16 @@ enum NetworkCommand {
     Inspect { name: String },
     /// Remove a network (refused while containers are attached).
     Rm { name: String },
+    /// Connect a container to one more network (a new ethN inside it).
+    Connect {
+        network: String,
+        container: String,
+        #[arg(long)]
+        ip: Option<String>,
+    },
+    /// Disconnect a container from a network (ports published to that
+    /// address go with it).
+    Disconnect { network: String, container: String },
 }
 
 #[derive(Subcommand)]
@@ -220,6 +230,24 @@ fn run(cli: Cli) -> Result<()> {
                     ],
                 )
             }
+            NetworkCommand::Connect {
+                network,
+                container,
+                ip,
+            } => {
+                let data = call(Request::NetworkConnect {
+                    network,
+                    container,
+                    ip,
+                })?;
+                println!("{}", data["ip"].as_str().unwrap_or_default());
+                Ok(())
+            }
+            NetworkCommand::Disconnect { network, container } => call(Request::NetworkDisconnect {
+                network,
+                container: container.clone(),
+            })
+            .map(|_| println!("{container}")),
             NetworkCommand::Inspect { name } => {
                 print_json(&call(Request::NetworkInspect { name })?)
             }

@@ -532,3 +532,47 @@ fn the_daemon_refuses_to_run_without_root_saying_why() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs root"));
 }
+
+#[test]
+fn connect_and_disconnect_move_a_container_between_networks() {
+    let h = DaemonHost::start();
+    let (a, b, host_mode) = (h.name("a"), h.name("b"), h.name("hm"));
+    h.ok(&["network", "create", "apps", "--subnet", "10.50.0.0/24"]);
+    h.ok(&["container", "create", &a]);
+    h.ok(&["container", "create", &b, "--network", "apps"]);
+    h.ok(&["container", "create", &host_mode, "--network", "host"]);
+    assert!(
+        !probe::ping(&h.ctr("a"), "10.50.0.2", 1).unwrap(),
+        "isolated before connect"
+    );
+    assert_eq!(
+        h.ok(&["network", "connect", "apps", &a, "--ip", "10.50.0.9"])
+            .trim(),
+        "10.50.0.9"
+    );
+    let info = h.json(&["container", "inspect", &a]);
+    assert_eq!(info["attachments"][1]["ifname"], "eth1");
+    assert!(
+        probe::ping(&h.ctr("a"), "10.50.0.2", 1).unwrap(),
+        "same network after connect"
+    );
+    h.refused(&["network", "connect", "apps", &a], "already connected");
+    h.refused(
+        &["network", "connect", "apps", &host_mode],
+        "cannot join other networks",
+    );
+    h.refused(&["network", "connect", "nope", &a], "no network named");
+    h.ok(&["network", "disconnect", "apps", &a]);
+    assert!(
+        !probe::ping(&h.ctr("a"), "10.50.0.2", 1).unwrap(),
+        "isolated after disconnect"
+    );
+    h.refused(&["network", "disconnect", "apps", &a], "is not connected");
+    assert_eq!(
+        h.json(&["container", "inspect", &a])["attachments"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
