@@ -15,6 +15,7 @@ pub mod maps {
     pub const PUBLISHED_PORTS: &str = "PUBLISHED_PORTS";
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
+    pub const DROP_EVENTS: &str = "DROP_EVENTS";
 }
 
 /// Map sizes (entries). Kernel memory is charged per entry; see docs/datapath.md.
@@ -31,6 +32,9 @@ pub mod sizes {
     pub const CONNTRACK: u32 = 262144;
     /// Host sockets redirected to a published port's backend (LRU).
     pub const SOCK_REVNAT: u32 = 65536;
+    /// Bytes of the drop-event ring buffer (`netd monitor`); when it is full,
+    /// events are lost, the drop counters still count.
+    pub const DROP_EVENTS_BYTES: u32 = 256 * 1024;
 }
 
 /// Names of the BPF programs in the object file.
@@ -159,6 +163,21 @@ impl PacketCounter {
         self.packets += other.packets;
         self.bytes += other.bytes;
     }
+}
+
+/// One dropped packet, for `netd monitor`. The tuple is read best-effort
+/// (zero where the packet had no such header).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    pub reason: u32,
+    pub ifindex: u32,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Addresses and ports are kept in network byte order, as in the packet.
@@ -324,5 +343,6 @@ mod pod {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::SockRevKey {}
+    unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::SockRevValue {}
 }

@@ -1,8 +1,14 @@
 //! Per-CPU counters: traffic by class and drops by reason. Per-CPU so the
 //! hot path never contends on a shared cache line; user space sums the CPUs.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use netd_common::{DropReason, PacketCounter, TrafficClass};
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::__sk_buff,
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use netd_common::{DropEvent, DropReason, PacketCounter, TrafficClass, sizes};
 
 #[map(name = "TRAFFIC_COUNTERS")]
 static TRAFFIC_COUNTERS: PerCpuArray<PacketCounter> =
@@ -22,10 +28,40 @@ pub fn count_traffic(class: TrafficClass, bytes: u32) {
     }
 }
 
+/// Drop events for `netd monitor` (only dropped packets pay for this).
+#[map(name = "DROP_EVENTS")]
+static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(sizes::DROP_EVENTS_BYTES, 0);
+
 #[inline(always)]
-pub fn count_drop(reason: DropReason) {
+pub fn count_drop(ctx: &TcContext, reason: DropReason) {
     if let Some(slot) = DROP_COUNTERS.get_ptr_mut(reason as u32) {
         // SAFETY: as above.
         unsafe { *slot += 1 };
     }
+    report_drop(ctx, reason);
+}
+
+/// Best-effort 5-tuple of a dropped frame (IPv4 without options assumed;
+/// fields stay zero where the frame is too short).
+#[inline(always)]
+fn report_drop(ctx: &TcContext, reason: DropReason) {
+    // SAFETY: the context is the program's __sk_buff.
+    let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
+    let mut event = DropEvent {
+        reason: reason as u32,
+        ifindex,
+        ..DropEvent::default()
+    };
+    if let Ok(ip) = ctx.load::<[u8; 20]>(14) {
+        if ip[0] >> 4 == 4 {
+            event.proto = ip[9];
+            event.src = [ip[12], ip[13], ip[14], ip[15]];
+            event.dst = [ip[16], ip[17], ip[18], ip[19]];
+            if let Ok(ports) = ctx.load::<[u8; 4]>(14 + usize::from(ip[0] & 0x0f) * 4) {
+                event.src_port = [ports[0], ports[1]];
+                event.dst_port = [ports[2], ports[3]];
+            }
+        }
+    }
+    let _ = DROP_EVENTS.output(&event, 0);
 }

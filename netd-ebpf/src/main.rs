@@ -98,7 +98,7 @@ fn verdict(ctx: &TcContext, result: Result<Forward, DropReason>) -> i32 {
             action
         }
         Err(reason) => {
-            counters::count_drop(reason);
+            counters::count_drop(ctx, reason);
             TC_ACT_SHOT as i32
         }
     }

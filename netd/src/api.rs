@@ -52,6 +52,8 @@ pub enum Request {
     ConntrackLs,
     /// Remove everything netd created, then stop.
     Down,
+    /// Stream drop events (one JSON object per line) until the client goes.
+    Monitor,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

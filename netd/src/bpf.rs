@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
         cgroup_sock_addr::CgroupSockAddrLink,
@@ -46,6 +46,7 @@ const PINNED_MAPS: &[&str] = &[
     maps::PUBLISHED_PORTS,
     maps::CONNTRACK,
     maps::SOCK_REVNAT,
+    maps::DROP_EVENTS,
     maps::TRAFFIC_COUNTERS,
     maps::DROP_COUNTERS,
 ];
@@ -337,6 +338,15 @@ impl Datapath {
             self.conntrack_entries()?.into_iter().collect();
         let expired = |key: &CtKey| entries.get(key).is_none_or(|e| e.expires_ns <= now_ns);
         self.conntrack_flush(|key, entry| expired(key) && expired(&entry.xlat.reversed()))
+    }
+
+    /// The drop-event ring buffer, for one reader (the daemon's monitor).
+    pub fn take_drop_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(maps::DROP_EVENTS)
+            .ok_or_else(|| anyhow!("DROP_EVENTS already taken"))?;
+        RingBuf::try_from(map).context("DROP_EVENTS is not a ring buffer")
     }
 
     /// Entries in use / capacity for each user-filled map and conntrack.

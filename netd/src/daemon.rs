@@ -92,6 +92,15 @@ pub async fn run(opts: Options) -> Result<()> {
         opts.socket.display()
     );
 
+    let events = tokio::sync::broadcast::channel::<String>(1024).0;
+    let drop_reader = match daemon.driver.take_drop_events()? {
+        Some(ring) => Some(tokio::spawn(read_drop_events(
+            ring,
+            daemon.nl.clone(),
+            events.clone(),
+        ))),
+        None => None,
+    };
     let daemon = Arc::new(Mutex::new(daemon));
     let shutdown = Arc::new(Notify::new());
     let gc = {
@@ -108,8 +117,8 @@ pub async fn run(opts: Options) -> Result<()> {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let (daemon, shutdown) = (daemon.clone(), shutdown.clone());
-                tokio::spawn(async move { serve(stream, daemon, shutdown).await });
+                let (daemon, shutdown, events) = (daemon.clone(), shutdown.clone(), events.clone());
+                tokio::spawn(async move { serve(stream, daemon, shutdown, events).await });
             }
             _ = shutdown.notified() => break true,
             _ = tokio::signal::ctrl_c() => break false,
@@ -117,6 +126,9 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     };
     gc.abort();
+    if let Some(reader) = drop_reader {
+        reader.abort();
+    }
     let _ = std::fs::remove_file(&opts.socket);
     if !down && opts.cleanup {
         daemon.lock().await.teardown().await?;
@@ -172,7 +184,12 @@ fn bind_socket(path: &Path, group: Option<u32>) -> Result<UnixListener> {
 
 /// One connection: one request line (bounded), one reply. Malformed,
 /// truncated or oversized input gets an error reply, never a crash.
-async fn serve(stream: UnixStream, daemon: Arc<Mutex<Daemon>>, shutdown: Arc<Notify>) {
+async fn serve(
+    stream: UnixStream,
+    daemon: Arc<Mutex<Daemon>>,
+    shutdown: Arc<Notify>,
+    events: tokio::sync::broadcast::Sender<String>,
+) {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);
@@ -187,6 +204,10 @@ async fn serve(stream: UnixStream, daemon: Arc<Mutex<Daemon>>, shutdown: Arc<Not
         ),
         Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
             Err(err) => (Response::error(format!("malformed request: {err}")), false),
+            Ok(Request::Monitor) => {
+                stream_events(write, events.subscribe()).await;
+                return;
+            }
             Ok(request) => {
                 let down = matches!(request, Request::Down);
                 let mut daemon = daemon.lock().await;
@@ -203,6 +224,89 @@ async fn serve(stream: UnixStream, daemon: Arc<Mutex<Daemon>>, shutdown: Arc<Not
     let _ = write.shutdown().await;
     if down {
         shutdown.notify_one();
+    }
+}
+
+/// `netd monitor`: one JSON line per dropped packet until the client leaves.
+async fn stream_events(
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    mut events: tokio::sync::broadcast::Receiver<String>,
+) {
+    let hello = serde_json::to_string(&Response::ok(json!("monitoring drops"))).unwrap_or_default();
+    if write
+        .write_all(format!("{hello}\n").as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let line = match events.recv().await {
+            Ok(line) => line,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                json!({"lost_events": n}).to_string()
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if write
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Drains the drop-event ring buffer into the monitor channel.
+async fn read_drop_events(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    nl: Netlink,
+    events: tokio::sync::broadcast::Sender<String>,
+) {
+    // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd lives.
+    let Ok(mut ring) = (unsafe { tokio::io::unix::AsyncFd::register(ring) }) else {
+        return;
+    };
+    let mut names: std::collections::HashMap<u32, String> = std::collections::HashMap::new();
+    loop {
+        let Ok(mut guard) = ring.readable_mut().await else {
+            return;
+        };
+        let mut batch = Vec::new();
+        while let Some(item) = guard.get_inner_mut().next() {
+            if item.len() >= std::mem::size_of::<netd_common::DropEvent>() {
+                // SAFETY: the ring holds DropEvents written by the BPF side.
+                batch.push(unsafe {
+                    std::ptr::read_unaligned(item.as_ptr().cast::<netd_common::DropEvent>())
+                });
+            }
+        }
+        guard.clear_ready();
+        for event in batch {
+            let name = match names.get(&event.ifindex) {
+                Some(name) => name.clone(),
+                None => {
+                    let name = nl
+                        .link_name(event.ifindex)
+                        .await
+                        .unwrap_or_else(|_| format!("if{}", event.ifindex));
+                    names.insert(event.ifindex, name.clone());
+                    name
+                }
+            };
+            let reason =
+                netd_common::DropReason::from_u32(event.reason).map_or("unknown", |r| r.label());
+            let port = |p: [u8; 2]| u16::from_be_bytes(p);
+            let line = json!({
+                "reason": reason,
+                "interface": name,
+                "proto": event.proto,
+                "src": format!("{}:{}", Ipv4Addr::from(event.src), port(event.src_port)),
+                "dst": format!("{}:{}", Ipv4Addr::from(event.dst), port(event.dst_port)),
+            });
+            let _ = events.send(line.to_string());
+        }
     }
 }
 
@@ -311,6 +415,7 @@ impl Daemon {
             }
             Request::ConntrackLs => Ok(serde_json::to_value(self.driver.conntrack()?)?),
             Request::Down => self.teardown().await.map(|()| json!({"down": true})),
+            Request::Monitor => bail!("monitor streams; it is served by the connection handler"),
         }
     }
 

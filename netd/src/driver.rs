@@ -55,6 +55,10 @@ pub trait FirewallDriver: Send {
     /// Removes expired connections; returns how many entries went.
     fn gc(&mut self) -> Result<usize>;
     fn status(&self) -> Result<serde_json::Value>;
+    /// Where drop events come from, if this driver reports them.
+    fn take_drop_events(&mut self) -> Result<Option<aya::maps::RingBuf<aya::maps::MapData>>> {
+        Ok(None)
+    }
 }
 
 pub struct EbpfDriver {
@@ -239,6 +243,10 @@ impl FirewallDriver for EbpfDriver {
 
     fn gc(&mut self) -> Result<usize> {
         self.datapath.conntrack_gc(monotonic_ns())
+    }
+
+    fn take_drop_events(&mut self) -> Result<Option<aya::maps::RingBuf<aya::maps::MapData>>> {
+        self.datapath.take_drop_events().map(Some)
     }
 
     fn status(&self) -> Result<serde_json::Value> {

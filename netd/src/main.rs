@@ -59,6 +59,11 @@ enum Command {
     /// Tracked connections.
     #[command(subcommand)]
     Conntrack(ConntrackCommand),
+    /// Stream drop events (reason, interface, 5-tuple) until interrupted.
+    Monitor {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Remove every container and network netd created, then stop the daemon.
     Down,
     /// Load every BPF program through this kernel's verifier (attaching
@@ -317,6 +322,7 @@ fn run(cli: Cli) -> Result<()> {
                 ],
             )
         }
+        Command::Monitor { format } => monitor(&socket, format),
         Command::Down => {
             call(Request::Down).map(|_| println!("netd: everything removed, daemon stopped"))
         }
@@ -344,6 +350,48 @@ fn request_daemon(socket: &PathBuf, request: &Request) -> Result<Value> {
         );
     }
     Ok(response.data)
+}
+
+fn monitor(socket: &PathBuf, format: Format) -> Result<()> {
+    let mut stream = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to the daemon at {}", socket.display()))?;
+    stream.write_all(b"{\"op\":\"monitor\"}\n")?;
+    let mut lines = BufReader::new(stream).lines();
+    let hello: Response =
+        serde_json::from_str(&lines.next().context("daemon closed the connection")??)?;
+    if !hello.ok {
+        bail!("{}", hello.error.unwrap_or_default());
+    }
+    if let Format::Table = format {
+        println!(
+            "{:<22} {:<14} {:<5} {:<22} DESTINATION",
+            "REASON", "INTERFACE", "PROTO", "SOURCE"
+        );
+    }
+    for line in lines {
+        let line = line?;
+        match format {
+            Format::Json => println!("{line}"),
+            Format::Table => {
+                let e: Value = serde_json::from_str(&line)?;
+                let s = |k: &str| {
+                    e[k].as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| e[k].to_string())
+                };
+                println!(
+                    "{:<22} {:<14} {:<5} {:<22} {}",
+                    s("reason"),
+                    s("interface"),
+                    s("proto"),
+                    s("src"),
+                    s("dst")
+                );
+            }
+        }
+        std::io::stdout().flush()?;
+    }
+    Ok(())
 }
 
 fn print_json(value: &Value) -> Result<()> {

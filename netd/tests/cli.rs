@@ -576,3 +576,53 @@ fn connect_and_disconnect_move_a_container_between_networks() {
         1
     );
 }
+
+#[test]
+fn monitor_streams_drops_with_reason_interface_and_tuple() {
+    let h = DaemonHost::start();
+    let web = h.name("web");
+    h.ok(&["container", "create", &web]);
+    let mut monitor = Command::new(NETD)
+        .arg("--socket")
+        .arg(h.socket())
+        .args(["monitor", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = monitor.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300)); // let the monitor subscribe
+    // An L2 neighbour goes straight for the container's address.
+    h.outside
+        .ip(&["route", "add", "172.17.0.0/16", "via", HOST_IP])
+        .unwrap();
+    assert!(probe::tcp_request(&h.outside, addr("172.17.0.2:80"), b"x").is_err());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let event = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a drop event");
+        let event: Value = serde_json::from_str(&line).unwrap();
+        if event["reason"] == "unsolicited-inbound" {
+            break event;
+        }
+    };
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    assert_eq!(event["dst"], "172.17.0.2:80");
+    assert!(event["src"].as_str().unwrap().starts_with(OUTSIDE_IP));
+    assert!(
+        event["interface"].as_str().unwrap().starts_with("up"),
+        "{event}"
+    );
+    assert_eq!(event["proto"], 6);
+}
