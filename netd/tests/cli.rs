@@ -77,6 +77,10 @@ impl DaemonHost {
     }
 
     fn spawn_daemon(&mut self) {
+        self.spawn_daemon_with(&[]);
+    }
+
+    fn spawn_daemon_with(&mut self, extra: &[&str]) {
         let socket = self.socket();
         let state = self.dir.join("state");
         let bpffs = self.bpffs();
@@ -89,6 +93,7 @@ impl DaemonHost {
             "--bpffs",
             bpffs.to_str().unwrap(),
         ];
+        let args: Vec<&str> = args.iter().chain(extra).copied().collect();
         self.daemon = Some(self.host.spawn(NETD, &args).unwrap());
         let deadline = Instant::now() + Duration::from_secs(20);
         while UnixStream::connect(&socket).is_err() {
@@ -420,7 +425,7 @@ fn malformed_requests_get_an_error_and_the_daemon_keeps_serving() {
 #[test]
 fn parallel_creates_get_distinct_addresses() {
     let h = DaemonHost::start();
-    let names: Vec<String> = (0..12).map(|i| h.name(&format!("p{i}"))).collect();
+    let names: Vec<String> = (0..50).map(|i| h.name(&format!("p{i}"))).collect();
     std::thread::scope(|s| {
         for name in &names {
             let h = &h;
@@ -625,4 +630,66 @@ fn monitor_streams_drops_with_reason_interface_and_tuple() {
         "{event}"
     );
     assert_eq!(event["proto"], 6);
+}
+
+#[test]
+fn cleanup_on_exit_and_subnets_that_skip_existing_routes() {
+    let mut h = DaemonHost::start();
+    h.kill_daemon(libc::SIGTERM);
+    // A route the host already has: the next pool after 172.17 is skipped too.
+    h.host
+        .ip(&["route", "add", "172.18.0.0/16", "via", OUTSIDE_IP])
+        .unwrap();
+    h.spawn_daemon_with(&["--cleanup"]);
+    h.ok(&["network", "create", "next"]);
+    assert_eq!(
+        h.json(&["network", "inspect", "next"])["subnet"],
+        "172.19.0.0/16"
+    );
+    let c = h.name("c");
+    h.ok(&["container", "create", &c, "--network", "next"]);
+    h.kill_daemon(libc::SIGTERM);
+    assert!(
+        !PathBuf::from(format!("/run/netns/{c}")).exists(),
+        "--cleanup removed the container"
+    );
+    assert!(!h.bpffs().exists(), "--cleanup removed the pins");
+}
+
+#[test]
+fn readme_documents_every_command() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let help = |args: &[&str]| {
+        String::from_utf8(Command::new(NETD).args(args).output().unwrap().stdout).unwrap()
+    };
+    let commands = |text: &str| -> Vec<String> {
+        text.lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .filter(|c| c != "help")
+            .collect()
+    };
+    let top_level = commands(&help(&["--help"]));
+    assert!(
+        top_level.len() >= 8 && top_level.contains(&"network".to_owned()),
+        "{top_level:?}"
+    );
+    for top in top_level {
+        let subs = commands(&help(&[&top, "--help"]));
+        if subs.is_empty() {
+            assert!(
+                readme.contains(&format!("netd {top}")),
+                "README lacks `netd {top}`"
+            );
+        }
+        for sub in subs {
+            assert!(
+                readme.contains(&format!("netd {top} {sub}")),
+                "README lacks `netd {top} {sub}`"
+            );
+        }
+    }
 }
