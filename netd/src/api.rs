@@ -6,19 +6,37 @@ use serde::{Deserialize, Serialize};
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub const DEFAULT_SOCKET: &str = "/run/netd/netd.sock";
 
+/// `netd network create` options (also its command line); unset ones take
+/// Docker's defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
+pub struct NetworkSpec {
+    pub name: String,
+    /// Subnet in CIDR form (default: next free Docker pool).
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// Gateway address (default: the subnet's first address).
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// No traffic to or from outside the network.
+    #[arg(long)]
+    pub internal: bool,
+    /// Inter-container communication on this network.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub icc: bool,
+    /// Masquerade outbound traffic behind the host's address.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub masquerade: bool,
+    /// Source address for this network's masquerade.
+    #[arg(long)]
+    pub host_ip: Option<String>,
+    #[arg(long)]
+    pub mtu: Option<u32>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
-    NetworkCreate {
-        name: String,
-        subnet: Option<String>,
-        gateway: Option<String>,
-        internal: bool,
-        icc: bool,
-        masquerade: bool,
-        host_ip: Option<String>,
-        mtu: Option<u32>,
-    },
+    NetworkCreate(NetworkSpec),
     NetworkLs,
     NetworkInspect {
         name: String,

@@ -19,7 +19,7 @@ use tokio::{
 };
 
 use crate::{
-    api::{MAX_REQUEST_BYTES, Request, Response},
+    api::{MAX_REQUEST_BYTES, NetworkSpec, Request, Response},
     cidr::Cidr,
     driver::{EbpfDriver, FirewallDriver, HostInfo},
     ipam,
@@ -328,26 +328,7 @@ struct Rollback {
 impl Daemon {
     async fn handle(&mut self, request: Request) -> Result<serde_json::Value> {
         match request {
-            Request::NetworkCreate {
-                name,
-                subnet,
-                gateway,
-                internal,
-                icc,
-                masquerade,
-                host_ip,
-                mtu,
-            } => {
-                let spec = NetworkSpec {
-                    name,
-                    subnet,
-                    gateway,
-                    internal,
-                    icc,
-                    masquerade,
-                    host_ip,
-                    mtu,
-                };
+            Request::NetworkCreate(spec) => {
                 let net = self.network_create(spec).await?;
                 Ok(serde_json::to_value(net)?)
             }
@@ -991,17 +972,6 @@ impl Daemon {
         // Unpinning detaches the uplink and socket hooks; maps go with us.
         crate::bpf::Datapath::remove_pins(&self.bpffs)
     }
-}
-
-struct NetworkSpec {
-    name: String,
-    subnet: Option<String>,
-    gateway: Option<String>,
-    internal: bool,
-    icc: bool,
-    masquerade: bool,
-    host_ip: Option<String>,
-    mtu: Option<u32>,
 }
 
 fn check_name(what: &str, name: &str) -> Result<()> {

@@ -5,9 +5,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use netd::{
-    api::{DEFAULT_SOCKET, Request, Response},
+    api::{DEFAULT_SOCKET, NetworkSpec, Request, Response},
     bpf::Datapath,
     daemon,
 };
@@ -80,29 +80,7 @@ enum Format {
 #[derive(Subcommand)]
 enum NetworkCommand {
     /// Create a bridge network.
-    Create {
-        name: String,
-        /// Subnet in CIDR form (default: next free Docker pool).
-        #[arg(long)]
-        subnet: Option<String>,
-        /// Gateway address (default: the subnet's first address).
-        #[arg(long)]
-        gateway: Option<String>,
-        /// No traffic to or from outside the network.
-        #[arg(long)]
-        internal: bool,
-        /// Inter-container communication on this network.
-        #[arg(long, default_value_t = true, action = ArgAction::Set)]
-        icc: bool,
-        /// Masquerade outbound traffic behind the host's address.
-        #[arg(long, default_value_t = true, action = ArgAction::Set)]
-        masquerade: bool,
-        /// Source address for this network's masquerade.
-        #[arg(long)]
-        host_ip: Option<String>,
-        #[arg(long)]
-        mtu: Option<u32>,
-    },
+    Create(NetworkSpec),
     /// List networks.
     Ls {
         #[arg(long, value_enum, default_value = "table")]
@@ -196,26 +174,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Check => check(),
         Command::Network(cmd) => match cmd {
-            NetworkCommand::Create {
-                name,
-                subnet,
-                gateway,
-                internal,
-                icc,
-                masquerade,
-                host_ip,
-                mtu,
-            } => {
-                let data = call(Request::NetworkCreate {
-                    name,
-                    subnet,
-                    gateway,
-                    internal,
-                    icc,
-                    masquerade,
-                    host_ip,
-                    mtu,
-                })?;
+            NetworkCommand::Create(spec) => {
+                let data = call(Request::NetworkCreate(spec))?;
                 println!("{}", data["name"].as_str().unwrap_or_default());
                 Ok(())
             }

@@ -280,53 +280,28 @@ pub fn create_netns(name: &str) -> Result<()> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
         bail!("{name:?} cannot name a network namespace");
     }
-    std::fs::create_dir_all(NETNS_DIR)?;
-    let path = netns_path(name);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .with_context(|| {
-            format!(
-                "creating {} (a namespace of that name exists?)",
-                path.display()
-            )
-        })?;
-    let result = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         s.spawn(|| -> Result<()> {
             // SAFETY: only this short-lived thread changes namespace.
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
                 return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
             }
-            let src = std::ffi::CString::new("/proc/thread-self/ns/net")?;
-            let dst = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-            // SAFETY: valid C strings; a bind mount of our own namespace.
-            if unsafe {
-                libc::mount(
-                    src.as_ptr(),
-                    dst.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                )
-            } != 0
-            {
-                return Err(std::io::Error::last_os_error()).context("bind-mounting the namespace");
-            }
-            Ok(())
+            bind_netns(name, "/proc/thread-self/ns/net")
         })
         .join()
         .map_err(|_| anyhow!("namespace thread panicked"))?
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&path);
-    }
-    result
+    })
 }
 
 /// Names the calling process's own namespace NAME (for `--network host`
 /// containers: `ip netns exec NAME` then enters the host's namespace).
 pub fn name_current_netns(name: &str) -> Result<()> {
+    bind_netns(name, "/proc/self/ns/net")
+}
+
+/// Bind-mounts the namespace at `source` on /run/netns/NAME (as iproute2
+/// does); nothing is left behind on failure.
+fn bind_netns(name: &str, source: &str) -> Result<()> {
     std::fs::create_dir_all(NETNS_DIR)?;
     let path = netns_path(name);
     std::fs::OpenOptions::new()
@@ -339,10 +314,10 @@ pub fn name_current_netns(name: &str) -> Result<()> {
                 path.display()
             )
         })?;
-    let src = std::ffi::CString::new("/proc/self/ns/net")?;
+    let src = std::ffi::CString::new(source)?;
     let dst = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: valid C strings; a bind mount of our own namespace.
-    if unsafe {
+    // SAFETY: valid C strings; a bind mount of a namespace file.
+    let rc = unsafe {
         libc::mount(
             src.as_ptr(),
             dst.as_ptr(),
@@ -350,8 +325,8 @@ pub fn name_current_netns(name: &str) -> Result<()> {
             libc::MS_BIND,
             std::ptr::null(),
         )
-    } != 0
-    {
+    };
+    if rc != 0 {
         let err = std::io::Error::last_os_error();
         let _ = std::fs::remove_file(&path);
         return Err(err).context("bind-mounting the namespace");
