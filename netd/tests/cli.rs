@@ -546,6 +546,23 @@ fn connect_and_disconnect_move_a_container_between_networks() {
     h.ok(&["container", "create", &a]);
     h.ok(&["container", "create", &b, "--network", "apps"]);
     h.ok(&["container", "create", &host_mode, "--network", "host"]);
+    let isolated = h.name("none");
+    h.ok(&["container", "create", &isolated, "--network", "none"]);
+    let links = Command::new("ip")
+        .args(["-n", &isolated, "-o", "link"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&links.stdout).lines().count(),
+        1,
+        "--network none: loopback only"
+    );
+    // --network host: the namespace name enters the daemon's own namespace.
+    let host_links = Command::new("ip")
+        .args(["-n", &host_mode, "-o", "link"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&host_links.stdout).contains("netd0"));
     assert!(
         !probe::ping(&h.ctr("a"), "10.50.0.2", 1).unwrap(),
         "isolated before connect"

@@ -630,3 +630,26 @@ fn icmp_errors_about_translated_connections_are_translated_inside_and_out() {
     let (verdict, out) = run(&mut dp, programs::FROM_UPLINK, &stray);
     assert_eq!((verdict, out), (TC_ACT_OK, stray.build()));
 }
+
+#[test]
+fn masquerade_uses_the_networks_own_host_ip_when_it_has_one() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    let own_ip = "198.51.100.7";
+    let info = NetworkInfo {
+        id: 1,
+        flags: NET_ICC | NET_MASQUERADE,
+        gateway: ip("172.18.0.1").octets(),
+        host_ip: ip(own_ip).octets(),
+        gateway_mac: [2, 0, 0, 0, 0xee, 1],
+        _pad: [0; 2],
+    };
+    dp.insert_network("172.18.0.0".parse().unwrap(), 16, info)
+        .unwrap();
+    let syn = Ipv4Frame::tcp(C1, 40000, REMOTE, 80, TCP_SYN);
+    expect_rewrite(
+        &mut dp,
+        programs::TO_UPLINK,
+        &syn,
+        &with_addrs(&syn, (own_ip, 40000), (REMOTE, 80)),
+    );
+}
