@@ -21,7 +21,7 @@ use tokio::{
 use crate::{
     api::{MAX_REQUEST_BYTES, NetworkSpec, Request, Response},
     cidr::Cidr,
-    driver::{EbpfDriver, FirewallDriver, HostInfo},
+    driver::{EbpfDriver, FirewallDriver, HostInfo, IptablesDriver},
     ipam,
     netlink::{self, Netlink},
     portspec::PortSpec,
@@ -65,7 +65,8 @@ pub async fn run(opts: Options) -> Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
     let driver: Box<dyn FirewallDriver> = match opts.datapath.as_str() {
         "ebpf" => Box::new(EbpfDriver::start(&host, &opts.bpffs)?),
-        other => bail!("unknown datapath {other:?}: this build has ebpf"),
+        "iptables" => Box::new(IptablesDriver::start(&host)?),
+        other => bail!("unknown datapath {other:?}: use ebpf or iptables"),
     };
     let state = State::load(&opts.state_dir)?;
     let mut daemon = Daemon {
@@ -654,6 +655,9 @@ impl Daemon {
                 &format!("net.ipv6.conf.{scope}.disable_ipv6"),
                 "1",
             )?;
+            // Gratuitous ARP when an address comes up, so neighbours drop a
+            // stale MAC at once when a container reconnects on the same IP.
+            netlink::sysctl_in(&ns_path, &format!("net.ipv4.conf.{scope}.arp_notify"), "1")?;
         }
         let inner = Netlink::connect_in(&ns_path)?;
         inner.set_up(inner.require_index("lo").await?).await?;
@@ -706,13 +710,15 @@ impl Daemon {
         inner
             .add_address(eth, address, net.subnet.prefix_len)
             .await?;
-        inner.set_up(eth).await?;
-        if default_route {
-            inner.add_default_route(net.gateway).await?;
-        }
-        let mac = inner.link_mac(eth).await?;
+        // Docker's scheme: the MAC follows from the address, so a container
+        // that comes back on the same IP has the same MAC and no neighbour
+        // holds a stale one.
+        let [a, b, c, d] = address.octets();
+        let mac = [0x02, 0x42, a, b, c, d];
+        inner.set_mac(eth, mac).await?;
         let bridge = self.nl.require_index(&net.bridge).await?;
         self.nl.set_master(host_index, bridge).await?;
+        self.nl.set_hairpin(host_index).await?;
         self.nl.set_up(host_index).await?;
         let attachment = Attachment {
             network: net.name.clone(),
@@ -723,6 +729,12 @@ impl Daemon {
         };
         self.driver
             .add_endpoint(net, &attachment, host_index, mac)?;
+        // Up last: its gratuitous ARP (arp_notify) must find the host side
+        // bridged and the datapath ready, or neighbours keep a stale MAC.
+        inner.set_up(eth).await?;
+        if default_route {
+            inner.add_default_route(net.gateway).await?;
+        }
         Ok(attachment)
     }
 
@@ -969,6 +981,7 @@ impl Daemon {
             self.network_rm(&name).await?;
         }
         let _ = std::fs::remove_file(self.state_dir.join("state.json"));
+        self.driver.remove_all()?;
         // Unpinning detaches the uplink and socket hooks; maps go with us.
         crate::bpf::Datapath::remove_pins(&self.bpffs)
     }

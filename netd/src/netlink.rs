@@ -149,12 +149,34 @@ impl Netlink {
         .await
     }
 
+    /// Hairpin mode on a bridge port: a frame may leave through the port it
+    /// came in on (a container reaching itself through a published port).
+    pub async fn set_hairpin(&self, index: u32) -> Result<()> {
+        let message = rtnetlink::LinkBridgePort::new(index).hairpin(true).build();
+        self.handle
+            .link()
+            .set_port(message)
+            .execute()
+            .await
+            .with_context(|| format!("hairpin mode on link {index}"))
+    }
+
     pub async fn move_to_netns(&self, index: u32, netns_fd: RawFd) -> Result<()> {
         self.set(
             LinkUnspec::new_with_index(index)
                 .setns_by_fd(netns_fd)
                 .build(),
             "moving",
+        )
+        .await
+    }
+
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(index)
+                .address(mac.to_vec())
+                .build(),
+            "setting the MAC of",
         )
         .await
     }

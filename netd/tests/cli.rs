@@ -6,178 +6,17 @@ use std::{
     net::SocketAddr,
     os::unix::net::UnixStream,
     path::PathBuf,
-    process::{Command, Output},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use netd_testbed::{
-    Netns, Testbed,
+    daemon_host::{DaemonHost, HOST_IP, OUTSIDE_IP},
     probe::{self, EchoServer},
-    topology::Background,
 };
 use serde_json::Value;
 
 const NETD: &str = env!("CARGO_BIN_EXE_netd");
-const HOST_IP: &str = "198.51.100.1";
-const OUTSIDE_IP: &str = "198.51.100.2";
-
-/// A host namespace running `netd daemon`, with an outside client on its uplink.
-struct DaemonHost {
-    daemon: Option<Background>,
-    dir: PathBuf,
-    id: String,
-    host: Netns,
-    outside: Netns,
-    /// Owns (and on drop deletes) host and outside; dropped last.
-    _bed: Testbed,
-}
-
-impl DaemonHost {
-    fn start() -> Self {
-        let mut bed = Testbed::new().unwrap();
-        let host = bed.add_netns("host").unwrap();
-        let outside = bed.add_netns("outside").unwrap();
-        let uplink = bed.ifname("up");
-        bed.veth(&host, &uplink, &outside, "eth0").unwrap();
-        host.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", &uplink])
-            .unwrap();
-        host.ip(&["route", "add", "default", "via", OUTSIDE_IP])
-            .unwrap();
-        outside
-            .ip(&["addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "eth0"])
-            .unwrap();
-        let dir = PathBuf::from(format!("/run/netd-test-{}", bed.id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let id = bed.id().to_owned();
-        let mut me = Self {
-            daemon: None,
-            dir,
-            id,
-            host,
-            outside,
-            _bed: bed,
-        };
-        me.spawn_daemon();
-        me
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("netd.sock")
-    }
-
-    fn bpffs(&self) -> PathBuf {
-        PathBuf::from(format!("/sys/fs/bpf/netd-test-{}", self.id))
-    }
-
-    fn kill_daemon(&mut self, signal: i32) {
-        let daemon = self.daemon.take().expect("daemon running");
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(daemon.id() as i32, signal) };
-        daemon.wait();
-    }
-
-    fn spawn_daemon(&mut self) {
-        self.spawn_daemon_with(&[]);
-    }
-
-    fn spawn_daemon_with(&mut self, extra: &[&str]) {
-        let socket = self.socket();
-        let state = self.dir.join("state");
-        let bpffs = self.bpffs();
-        let args = [
-            "--socket",
-            socket.to_str().unwrap(),
-            "daemon",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--bpffs",
-            bpffs.to_str().unwrap(),
-        ];
-        let args: Vec<&str> = args.iter().chain(extra).copied().collect();
-        self.daemon = Some(self.host.spawn(NETD, &args).unwrap());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while UnixStream::connect(&socket).is_err() {
-            assert!(
-                !self.daemon.as_mut().unwrap().exited(),
-                "daemon exited at start (its stderr is above)"
-            );
-            assert!(Instant::now() < deadline, "daemon did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// A container name unique to this test (namespaces are global).
-    fn name(&self, short: &str) -> String {
-        format!("{}-{short}", self.id)
-    }
-
-    fn netd(&self, args: &[&str]) -> Output {
-        Command::new(NETD)
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.netd(args);
-        assert!(
-            out.status.success(),
-            "netd {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(args)).unwrap()
-    }
-
-    /// Expects refusal with a message containing `message`, and no change.
-    fn refused(&self, args: &[&str], message: &str) {
-        let before = (
-            self.ok(&["network", "ls", "--format", "json"]),
-            self.ok(&["container", "ls", "--format", "json"]),
-        );
-        let out = self.netd(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "netd {args:?} should fail");
-        assert!(
-            stderr.contains(message),
-            "netd {args:?}: {stderr:?} lacks {message:?}"
-        );
-        let after = (
-            self.ok(&["network", "ls", "--format", "json"]),
-            self.ok(&["container", "ls", "--format", "json"]),
-        );
-        assert_eq!(before, after, "state changed after refused netd {args:?}");
-    }
-
-    fn ctr(&self, short: &str) -> Netns {
-        Netns::named(&self.name(short))
-    }
-}
-
-impl Drop for DaemonHost {
-    fn drop(&mut self) {
-        if self.daemon.is_some() {
-            let _ = self.netd(&["down"]);
-        }
-        self.daemon.take();
-        // Belt and braces: namespaces of this test's containers.
-        if let Ok(entries) = std::fs::read_dir("/run/netns") {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&format!("{}-", self.id)) {
-                    let _ = Command::new("ip").args(["netns", "del", &name]).output();
-                }
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_dir_all(self.bpffs());
-    }
-}
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -185,7 +24,7 @@ fn addr(s: &str) -> SocketAddr {
 
 #[test]
 fn networks_containers_and_published_ports_end_to_end() {
-    let h = DaemonHost::start();
+    let h = DaemonHost::start(NETD, &[]);
     let nets = h.json(&["network", "ls", "--format", "json"]);
     assert_eq!(nets[0]["name"], "bridge");
     assert_eq!(nets[0]["subnet"], "172.17.0.0/16", "Docker's first pool");
@@ -293,7 +132,7 @@ fn networks_containers_and_published_ports_end_to_end() {
 
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
-    let h = DaemonHost::start();
+    let h = DaemonHost::start(NETD, &[]);
     h.ok(&["network", "create", "web", "--subnet", "10.10.0.0/16"]);
     let c1 = h.name("c1");
     h.ok(&[
@@ -391,7 +230,7 @@ fn bad_input_is_refused_and_changes_nothing() {
 
 #[test]
 fn malformed_requests_get_an_error_and_the_daemon_keeps_serving() {
-    let h = DaemonHost::start();
+    let h = DaemonHost::start(NETD, &[]);
     for garbage in [
         &b"not json\n"[..],
         b"{\"op\":\"network-rm\"}\n",
@@ -424,7 +263,7 @@ fn malformed_requests_get_an_error_and_the_daemon_keeps_serving() {
 
 #[test]
 fn parallel_creates_get_distinct_addresses() {
-    let h = DaemonHost::start();
+    let h = DaemonHost::start(NETD, &[]);
     let names: Vec<String> = (0..50).map(|i| h.name(&format!("p{i}"))).collect();
     std::thread::scope(|s| {
         for name in &names {
@@ -446,7 +285,7 @@ fn parallel_creates_get_distinct_addresses() {
 
 #[test]
 fn connections_survive_a_kill_9_restart_and_a_stopped_daemon() {
-    let mut h = DaemonHost::start();
+    let mut h = DaemonHost::start(NETD, &[]);
     let web = h.name("web");
     h.ok(&[
         "network",
@@ -501,7 +340,7 @@ fn connections_survive_a_kill_9_restart_and_a_stopped_daemon() {
 
 #[test]
 fn down_removes_everything() {
-    let mut h = DaemonHost::start();
+    let mut h = DaemonHost::start(NETD, &[]);
     let c = h.name("c");
     h.ok(&["network", "create", "x"]);
     h.ok(&["container", "create", &c, "--network", "x"]);
@@ -540,7 +379,7 @@ fn the_daemon_refuses_to_run_without_root_saying_why() {
 
 #[test]
 fn connect_and_disconnect_move_a_container_between_networks() {
-    let h = DaemonHost::start();
+    let h = DaemonHost::start(NETD, &[]);
     let (a, b, host_mode) = (h.name("a"), h.name("b"), h.name("hm"));
     h.ok(&["network", "create", "apps", "--subnet", "10.50.0.0/24"]);
     h.ok(&["container", "create", &a]);
@@ -601,7 +440,7 @@ fn connect_and_disconnect_move_a_container_between_networks() {
 
 #[test]
 fn monitor_streams_drops_with_reason_interface_and_tuple() {
-    let h = DaemonHost::start();
+    let h = DaemonHost::start(NETD, &[]);
     let web = h.name("web");
     h.ok(&["container", "create", &web]);
     let mut monitor = Command::new(NETD)
@@ -651,7 +490,7 @@ fn monitor_streams_drops_with_reason_interface_and_tuple() {
 
 #[test]
 fn cleanup_on_exit_and_subnets_that_skip_existing_routes() {
-    let mut h = DaemonHost::start();
+    let mut h = DaemonHost::start(NETD, &[]);
     h.kill_daemon(libc::SIGTERM);
     // A route the host already has: the next pool after 172.17 is skipped too.
     h.host

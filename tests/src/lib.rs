@@ -4,11 +4,13 @@
 //!   down in `Drop` even when a test panics;
 //! - [`probe`]: bounded TCP/UDP/ICMP probes and small echo servers that run
 //!   inside those namespaces;
+//! - [`daemon_host`]: a host namespace running the real `netd daemon`;
 //! - [`datapath_host`]: a host namespace driven through `netd::bpf::Datapath`;
 //! - [`testrun`]: one crafted frame through BPF_PROG_TEST_RUN;
 //! - [`packet`]: crafted frames and an independent checksum routine for
 //!   `BPF_PROG_TEST_RUN` tests.
 
+pub mod daemon_host;
 pub mod datapath_host;
 pub mod packet;
 pub mod probe;

@@ -30,6 +30,7 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "procps",
     "nftables",
+    "conntrack",
 ];
 
 pub fn ensure_all() -> Result<()> {

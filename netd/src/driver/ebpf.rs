@@ -1,65 +1,19 @@
-//! One trait for the firewall drivers (netavark's shape): the daemon does
-//! links and addresses itself and tells the driver what to enforce.
+//! The eBPF datapath: every decision made by netd's BPF programs from maps.
 
 use std::{collections::HashSet, net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, Result};
-use serde::Serialize;
-use serde_json::json;
-
-use crate::{
-    bpf::{Datapath, monotonic_ns},
-    state::{Attachment, Network, PublishedPort},
-};
 use netd_common::{
     Backend, Config, CtKey, Endpoint, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NetworkInfo, PortKey,
     programs,
 };
+use serde_json::json;
 
-/// The host side a driver needs to know at start.
-pub struct HostInfo {
-    pub uplink: String,
-    pub uplink_ifindex: u32,
-    pub uplink_addrs: Vec<Ipv4Addr>,
-    pub netns_cookie: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ConntrackRow {
-    pub proto: String,
-    pub src: String,
-    pub dst: String,
-    pub translated_src: String,
-    pub translated_dst: String,
-    pub direction: &'static str,
-    pub nat: String,
-    pub expires_in_s: i64,
-}
-
-pub trait FirewallDriver: Send {
-    fn name(&self) -> &'static str;
-    fn add_network(&mut self, net: &Network, bridge_mac: [u8; 6]) -> Result<()>;
-    fn remove_network(&mut self, net: &Network) -> Result<()>;
-    /// `host_ifindex`/`mac`: host side of the veth, container's MAC.
-    fn add_endpoint(
-        &mut self,
-        net: &Network,
-        att: &Attachment,
-        host_ifindex: u32,
-        mac: [u8; 6],
-    ) -> Result<()>;
-    fn remove_endpoint(&mut self, att: &Attachment) -> Result<()>;
-    fn publish(&mut self, port: &PublishedPort) -> Result<()>;
-    fn unpublish(&mut self, port: &PublishedPort) -> Result<()>;
-    fn conntrack(&self) -> Result<Vec<ConntrackRow>>;
-    /// Removes expired connections; returns how many entries went.
-    fn gc(&mut self) -> Result<usize>;
-    fn status(&self) -> Result<serde_json::Value>;
-    /// Where drop events come from, if this driver reports them.
-    fn take_drop_events(&mut self) -> Result<Option<aya::maps::RingBuf<aya::maps::MapData>>> {
-        Ok(None)
-    }
-}
+use super::{ConntrackRow, FirewallDriver, HostInfo};
+use crate::{
+    bpf::{Datapath, monotonic_ns},
+    state::{Attachment, Network, PublishedPort},
+};
 
 pub struct EbpfDriver {
     datapath: Datapath,
@@ -70,6 +24,7 @@ pub struct EbpfDriver {
 impl EbpfDriver {
     /// Loads (or, after a restart, re-adopts) the datapath pinned under `bpffs`.
     pub fn start(host: &HostInfo, bpffs: &Path) -> Result<Self> {
+        super::set_bridge_netfilter(false)?;
         let mut datapath = Datapath::load_pinned(bpffs)?;
         let masquerade_ip = host
             .uplink_addrs

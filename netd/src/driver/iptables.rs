@@ -1,0 +1,472 @@
+//! The iptables datapath: the rules Docker's bridge driver installs for the
+//! same topology (without its userland proxy), in netd's own chains, applied
+//! with `iptables-restore --noflush`. It is the reference the eBPF datapath
+//! is compared against; docs/iptables-path.md maps each rule to Docker's.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    io::Write as _,
+    net::Ipv4Addr,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+
+use super::{ConntrackRow, FirewallDriver, HostInfo};
+use crate::state::{Attachment, Network, PublishedPort};
+
+/// Jumps from the built-in chains into netd's: (table, chain, rule).
+const JUMPS: &[(&str, &str, &str)] = &[
+    ("filter", "FORWARD", "-j NETD-FORWARD"),
+    ("nat", "PREROUTING", "-m addrtype --dst-type LOCAL -j NETD"),
+    ("nat", "OUTPUT", "-m addrtype --dst-type LOCAL -j NETD"),
+    ("nat", "POSTROUTING", "-j NETD-POSTROUTING"),
+    ("raw", "PREROUTING", "-j NETD-RAW"),
+];
+
+/// Chains netd owns and rewrites on every change (NETD-USER is the user's:
+/// created once, never flushed, like DOCKER-USER).
+const CHAINS: &[(&str, &[&str])] = &[
+    ("raw", &["NETD-RAW"]),
+    ("nat", &["NETD", "NETD-POSTROUTING"]),
+    (
+        "filter",
+        &[
+            "NETD-FORWARD",
+            "NETD-ISOLATION-STAGE-1",
+            "NETD-ISOLATION-STAGE-2",
+            "NETD",
+        ],
+    ),
+];
+
+#[derive(Default)]
+pub struct IptablesDriver {
+    networks: BTreeMap<String, Network>,
+    /// Container address -> network name.
+    endpoints: BTreeMap<Ipv4Addr, String>,
+    ports: BTreeSet<(Ipv4Addr, u16, u8, Ipv4Addr, u16)>,
+}
+
+impl IptablesDriver {
+    pub fn start(_host: &HostInfo) -> Result<Self> {
+        super::set_bridge_netfilter(true)?;
+        if !run_ok(Command::new("iptables").args(["-t", "filter", "-n", "-L", "NETD-USER"]))? {
+            run(Command::new("iptables").args(["-t", "filter", "-N", "NETD-USER"]))?;
+        }
+        let driver = Self::default();
+        driver.apply()?;
+        for (table, chain, rule) in JUMPS {
+            let rule: Vec<&str> = rule.split(' ').collect();
+            let present = run_ok(
+                Command::new("iptables")
+                    .args(["-t", table, "-C", chain])
+                    .args(&rule),
+            )?;
+            if !present {
+                run(Command::new("iptables")
+                    .args(["-t", table, "-I", chain, "1"])
+                    .args(&rule))?;
+            }
+        }
+        Ok(driver)
+    }
+
+    fn apply(&self) -> Result<()> {
+        let rules = self.render();
+        let mut child = Command::new("iptables-restore")
+            .arg("--noflush")
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running iptables-restore (package iptables)")?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(rules.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "iptables-restore refused netd's rules: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    fn bridge_of(&self, ip: Ipv4Addr) -> Option<&Network> {
+        self.endpoints.get(&ip).and_then(|n| self.networks.get(n))
+    }
+
+    /// The whole rule set for netd's chains, in iptables-restore syntax.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let nets: Vec<&Network> = self.networks.values().collect();
+        let mut line = |s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+
+        line("*raw".into());
+        line(":NETD-RAW - [0:0]".into());
+        // Docker 28: no routed access to container addresses from elsewhere.
+        for (ip, net) in &self.endpoints {
+            let net = &self.networks[net];
+            if net.masquerade && !net.internal {
+                line(format!(
+                    "-A NETD-RAW -d {ip}/32 ! -i {} -j DROP",
+                    net.bridge
+                ));
+            }
+        }
+        // Ports published on 127.0.0.1 are for the host alone.
+        for (host_ip, port, proto, _, _) in &self.ports {
+            if host_ip.is_loopback() {
+                let p = proto_name(*proto);
+                line(format!(
+                    "-A NETD-RAW -d {host_ip}/32 -p {p} -m {p} --dport {port} ! -i lo -j DROP"
+                ));
+            }
+        }
+        line("COMMIT".into());
+
+        line("*nat".into());
+        line(":NETD - [0:0]".into());
+        line(":NETD-POSTROUTING - [0:0]".into());
+        for net in &nets {
+            if net.masquerade && !net.internal {
+                let target = match net.host_ip {
+                    Some(ip) => format!("SNAT --to-source {ip}"),
+                    None => "MASQUERADE".into(),
+                };
+                line(format!(
+                    "-A NETD-POSTROUTING -s {} ! -o {} -j {target}",
+                    net.subnet, net.bridge
+                ));
+            }
+        }
+        // What Docker's userland proxy does for hairpin and host-originated
+        // connections: the backend sees its gateway as the source.
+        for net in &nets {
+            line(format!(
+                "-A NETD-POSTROUTING -o {} -m addrtype --src-type LOCAL -m conntrack --ctstate DNAT -j MASQUERADE",
+                net.bridge
+            ));
+            for from in &nets {
+                line(format!(
+                    "-A NETD-POSTROUTING -s {} -o {} -m conntrack --ctstate DNAT -j MASQUERADE",
+                    from.subnet, net.bridge
+                ));
+            }
+        }
+        for (host_ip, port, proto, cip, cport) in &self.ports {
+            let p = proto_name(*proto);
+            let dst = if host_ip.is_unspecified() {
+                String::new()
+            } else {
+                format!("-d {host_ip}/32 ")
+            };
+            line(format!(
+                "-A NETD {dst}-p {p} -m {p} --dport {port} -j DNAT --to-destination {cip}:{cport}"
+            ));
+        }
+        line("COMMIT".into());
+
+        line("*filter".into());
+        for chain in [
+            "NETD-FORWARD",
+            "NETD-ISOLATION-STAGE-1",
+            "NETD-ISOLATION-STAGE-2",
+            "NETD",
+        ] {
+            line(format!(":{chain} - [0:0]"));
+        }
+        line("-A NETD-FORWARD -j NETD-USER".into());
+        line("-A NETD-FORWARD -j NETD-ISOLATION-STAGE-1".into());
+        for net in &nets {
+            let br = &net.bridge;
+            line(format!(
+                "-A NETD-FORWARD -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+            ));
+            line(format!(
+                "-A NETD-FORWARD -o {br} -m conntrack --ctstate DNAT -j ACCEPT"
+            ));
+            line(format!("-A NETD-FORWARD -o {br} -j NETD"));
+            if !net.internal {
+                line(format!("-A NETD-FORWARD -i {br} ! -o {br} -j ACCEPT"));
+            }
+            let icc = if net.icc { "ACCEPT" } else { "DROP" };
+            line(format!("-A NETD-FORWARD -i {br} -o {br} -j {icc}"));
+            // Docker sets FORWARD's policy to DROP; netd leaves policies alone.
+            line(format!("-A NETD-FORWARD -o {br} -j DROP"));
+        }
+        for net in nets.iter().filter(|n| n.internal) {
+            let (br, subnet) = (&net.bridge, &net.subnet);
+            line(format!(
+                "-A NETD-ISOLATION-STAGE-1 -i {br} ! -d {subnet} -j DROP"
+            ));
+            line(format!(
+                "-A NETD-ISOLATION-STAGE-1 ! -s {subnet} -o {br} -j DROP"
+            ));
+        }
+        line("-A NETD-ISOLATION-STAGE-1 -m conntrack --ctstate DNAT -j RETURN".into());
+        for net in nets.iter().filter(|n| !n.internal) {
+            let br = &net.bridge;
+            line(format!(
+                "-A NETD-ISOLATION-STAGE-1 -i {br} ! -o {br} -j NETD-ISOLATION-STAGE-2"
+            ));
+        }
+        line("-A NETD-ISOLATION-STAGE-1 -j RETURN".into());
+        for net in nets.iter().filter(|n| !n.internal) {
+            line(format!(
+                "-A NETD-ISOLATION-STAGE-2 -o {} -j DROP",
+                net.bridge
+            ));
+        }
+        line("-A NETD-ISOLATION-STAGE-2 -j RETURN".into());
+        for (_, _, proto, cip, cport) in &self.ports {
+            if let Some(net) = self.bridge_of(*cip) {
+                let (p, br) = (proto_name(*proto), &net.bridge);
+                line(format!(
+                    "-A NETD -d {cip}/32 ! -i {br} -o {br} -p {p} -m {p} --dport {cport} -j ACCEPT"
+                ));
+            }
+        }
+        line("COMMIT".into());
+        out
+    }
+
+    /// Forgets conntrack entries (the kernel's) matching `args`.
+    fn flush_conntrack(args: &[&str]) {
+        // Exit status 1 means nothing matched.
+        let _ = Command::new("conntrack").arg("-D").args(args).output();
+    }
+}
+
+fn proto_name(proto: u8) -> &'static str {
+    if proto == 17 { "udp" } else { "tcp" }
+}
+
+impl FirewallDriver for IptablesDriver {
+    fn name(&self) -> &'static str {
+        "iptables"
+    }
+
+    fn add_network(&mut self, net: &Network, _bridge_mac: [u8; 6]) -> Result<()> {
+        // DNAT of 127.0.0.1 to a container needs route_localnet on the way out.
+        std::fs::write(
+            format!("/proc/sys/net/ipv4/conf/{}/route_localnet", net.bridge),
+            "1",
+        )
+        .with_context(|| format!("enabling route_localnet on {}", net.bridge))?;
+        self.networks.insert(net.name.clone(), net.clone());
+        self.apply()
+    }
+
+    fn remove_network(&mut self, net: &Network) -> Result<()> {
+        self.networks.remove(&net.name);
+        self.apply()
+    }
+
+    fn add_endpoint(
+        &mut self,
+        net: &Network,
+        att: &Attachment,
+        _host_ifindex: u32,
+        _mac: [u8; 6],
+    ) -> Result<()> {
+        self.endpoints.insert(att.ip, net.name.clone());
+        self.apply()
+    }
+
+    fn remove_endpoint(&mut self, att: &Attachment) -> Result<()> {
+        self.endpoints.remove(&att.ip);
+        self.apply()?;
+        let ip = att.ip.to_string();
+        Self::flush_conntrack(&["-s", &ip]);
+        Self::flush_conntrack(&["-d", &ip]);
+        Self::flush_conntrack(&["--reply-src", &ip]);
+        Ok(())
+    }
+
+    fn publish(&mut self, p: &PublishedPort) -> Result<()> {
+        self.ports.insert((
+            p.host_ip,
+            p.host_port,
+            p.proto.number(),
+            p.container_ip,
+            p.container_port,
+        ));
+        self.apply()
+    }
+
+    fn unpublish(&mut self, p: &PublishedPort) -> Result<()> {
+        self.ports.remove(&(
+            p.host_ip,
+            p.host_port,
+            p.proto.number(),
+            p.container_ip,
+            p.container_port,
+        ));
+        self.apply()?;
+        let port = p.host_port.to_string();
+        Self::flush_conntrack(&["-p", proto_name(p.proto.number()), "--orig-port-dst", &port]);
+        Ok(())
+    }
+
+    fn conntrack(&self) -> Result<Vec<ConntrackRow>> {
+        let out = Command::new("conntrack")
+            .arg("-L")
+            .output()
+            .context("running conntrack (package conntrack)")?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(parse_conntrack_line)
+            .collect())
+    }
+
+    fn gc(&mut self) -> Result<usize> {
+        Ok(0) // the kernel's conntrack expires its own entries
+    }
+
+    fn status(&self) -> Result<serde_json::Value> {
+        let mut rules = serde_json::Map::new();
+        for (table, chains) in CHAINS {
+            let out = Command::new("iptables-save").args(["-t", table]).output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let count = text
+                .lines()
+                .filter(|l| chains.iter().any(|c| l.starts_with(&format!("-A {c} "))))
+                .count();
+            rules.insert((*table).to_owned(), json!(count));
+        }
+        Ok(json!({"datapath": "iptables", "rules": rules, "ports": self.ports.len()}))
+    }
+
+    fn remove_all(&mut self) -> Result<()> {
+        for (table, chain, rule) in JUMPS {
+            let rule: Vec<&str> = rule.split(' ').collect();
+            while run_ok(
+                Command::new("iptables")
+                    .args(["-t", table, "-D", chain])
+                    .args(&rule),
+            )? {}
+        }
+        let mut script = String::new();
+        for (table, chains) in CHAINS {
+            let _ = writeln!(script, "*{table}");
+            for chain in *chains {
+                let _ = writeln!(script, ":{chain} - [0:0]");
+            }
+            for chain in *chains {
+                let _ = writeln!(script, "-X {chain}");
+            }
+            let _ = writeln!(script, "COMMIT");
+        }
+        let mut child = Command::new("iptables-restore")
+            .arg("--noflush")
+            .stdin(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(script.as_bytes())?;
+        child.wait()?;
+        let _ = Command::new("iptables")
+            .args(["-t", "filter", "-F", "NETD-USER"])
+            .output();
+        let _ = Command::new("iptables")
+            .args(["-t", "filter", "-X", "NETD-USER"])
+            .output();
+        self.networks.clear();
+        self.endpoints.clear();
+        self.ports.clear();
+        Ok(())
+    }
+}
+
+/// One line of `conntrack -L`: original tuple, then reply tuple.
+fn parse_conntrack_line(line: &str) -> Option<ConntrackRow> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let proto = (*words.first()?).to_owned();
+    let expires: i64 = words.get(2)?.parse().ok()?;
+    let field = |key: &str, nth: usize| {
+        words
+            .iter()
+            .filter_map(|w| w.strip_prefix(key))
+            .nth(nth)
+            .unwrap_or("0")
+            .to_owned()
+    };
+    let tuple = |nth: usize| {
+        let (sport, dport) = if proto == "icmp" {
+            (field("id=", nth), field("id=", nth))
+        } else {
+            (field("sport=", nth), field("dport=", nth))
+        };
+        (
+            format!("{}:{sport}", field("src=", nth)),
+            format!("{}:{dport}", field("dst=", nth)),
+        )
+    };
+    let (src, dst) = tuple(0);
+    let (reply_src, reply_dst) = tuple(1);
+    let mut nat = Vec::new();
+    if reply_dst != src {
+        nat.push("snat");
+    }
+    if reply_src != dst {
+        nat.push("dnat");
+    }
+    Some(ConntrackRow {
+        proto,
+        src,
+        dst,
+        translated_src: reply_dst,
+        translated_dst: reply_src,
+        direction: "original",
+        nat: nat.join("+"),
+        expires_in_s: expires,
+    })
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn run_ok(cmd: &mut Command) -> Result<bool> {
+    Ok(cmd
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?
+        .status
+        .success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_conntrack_lines() {
+        let line = "tcp      6 431999 ESTABLISHED src=198.51.100.2 dst=198.51.100.1 sport=41248 dport=8080 src=172.17.0.2 dst=198.51.100.2 sport=80 dport=41248 [ASSURED] mark=0 use=1";
+        let row = parse_conntrack_line(line).unwrap();
+        assert_eq!(
+            (row.src.as_str(), row.dst.as_str()),
+            ("198.51.100.2:41248", "198.51.100.1:8080")
+        );
+        assert_eq!(row.translated_dst, "172.17.0.2:80");
+        assert_eq!(row.nat, "dnat");
+        assert_eq!(row.expires_in_s, 431999);
+    }
+}

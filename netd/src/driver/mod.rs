@@ -1,0 +1,76 @@
+//! One trait for the firewall drivers (netavark's shape): the daemon does
+//! links and addresses itself and tells the driver what to enforce. One
+//! module per driver.
+
+mod ebpf;
+mod iptables;
+
+pub use ebpf::EbpfDriver;
+pub use iptables::IptablesDriver;
+
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::state::{Attachment, Network, PublishedPort};
+
+/// Whether bridged (same-network) traffic passes through iptables
+/// (br_netfilter). Docker's icc=false needs it; the eBPF datapath does not
+/// want it. A kernel without br_netfilter has no such sysctl: nothing to do.
+fn set_bridge_netfilter(on: bool) -> Result<()> {
+    let path = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    if std::path::Path::new(path).exists() {
+        std::fs::write(path, if on { "1" } else { "0" })?;
+    }
+    Ok(())
+}
+
+/// The host side a driver needs to know at start.
+pub struct HostInfo {
+    pub uplink: String,
+    pub uplink_ifindex: u32,
+    pub uplink_addrs: Vec<Ipv4Addr>,
+    pub netns_cookie: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConntrackRow {
+    pub proto: String,
+    pub src: String,
+    pub dst: String,
+    pub translated_src: String,
+    pub translated_dst: String,
+    pub direction: &'static str,
+    pub nat: String,
+    pub expires_in_s: i64,
+}
+
+pub trait FirewallDriver: Send {
+    fn name(&self) -> &'static str;
+    fn add_network(&mut self, net: &Network, bridge_mac: [u8; 6]) -> Result<()>;
+    fn remove_network(&mut self, net: &Network) -> Result<()>;
+    /// `host_ifindex`/`mac`: host side of the veth, container's MAC.
+    fn add_endpoint(
+        &mut self,
+        net: &Network,
+        att: &Attachment,
+        host_ifindex: u32,
+        mac: [u8; 6],
+    ) -> Result<()>;
+    fn remove_endpoint(&mut self, att: &Attachment) -> Result<()>;
+    fn publish(&mut self, port: &PublishedPort) -> Result<()>;
+    fn unpublish(&mut self, port: &PublishedPort) -> Result<()>;
+    fn conntrack(&self) -> Result<Vec<ConntrackRow>>;
+    /// Removes expired connections; returns how many entries went.
+    fn gc(&mut self) -> Result<usize>;
+    fn status(&self) -> Result<serde_json::Value>;
+    /// Removes everything the driver installed (for `netd down`).
+    fn remove_all(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Where drop events come from, if this driver reports them.
+    fn take_drop_events(&mut self) -> Result<Option<aya::maps::RingBuf<aya::maps::MapData>>> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,191 @@
+//! A host namespace running the real `netd daemon`, an outside client on its
+//! uplink, and helpers to drive the CLI: used by the CLI tests and the
+//! scenario suite (which runs it once per datapath).
+
+use std::{
+    os::unix::net::UnixStream,
+    path::PathBuf,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{Netns, Testbed, topology::Background};
+
+pub const HOST_IP: &str = "198.51.100.1";
+pub const HOST_SECOND_IP: &str = "198.51.100.3";
+pub const OUTSIDE_IP: &str = "198.51.100.2";
+
+/// A host namespace running `netd daemon`, with an outside client on its uplink.
+pub struct DaemonHost {
+    pub daemon: Option<Background>,
+    dir: PathBuf,
+    id: String,
+    netd: String,
+    daemon_args: Vec<String>,
+    pub host: Netns,
+    pub outside: Netns,
+    /// Owns (and on drop deletes) host and outside; dropped last.
+    _bed: Testbed,
+}
+
+impl DaemonHost {
+    /// `netd` is the binary (tests pass `env!("CARGO_BIN_EXE_netd")`);
+    /// `daemon_args` are added to every `netd daemon` start.
+    pub fn start(netd: &str, daemon_args: &[&str]) -> Self {
+        let mut bed = Testbed::new().unwrap();
+        let host = bed.add_netns("host").unwrap();
+        let outside = bed.add_netns("outside").unwrap();
+        let uplink = bed.ifname("up");
+        bed.veth(&host, &uplink, &outside, "eth0").unwrap();
+        host.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", &uplink])
+            .unwrap();
+        host.ip(&[
+            "addr",
+            "add",
+            &format!("{HOST_SECOND_IP}/24"),
+            "dev",
+            &uplink,
+        ])
+        .unwrap();
+        host.ip(&["route", "add", "default", "via", OUTSIDE_IP])
+            .unwrap();
+        outside
+            .ip(&["addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "eth0"])
+            .unwrap();
+        let dir = PathBuf::from(format!("/run/netd-test-{}", bed.id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let id = bed.id().to_owned();
+        let mut me = Self {
+            netd: netd.to_owned(),
+            daemon_args: daemon_args.iter().map(|a| (*a).to_owned()).collect(),
+            daemon: None,
+            dir,
+            id,
+            host,
+            outside,
+            _bed: bed,
+        };
+        me.spawn_daemon();
+        me
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("netd.sock")
+    }
+
+    pub fn bpffs(&self) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/netd-test-{}", self.id))
+    }
+
+    pub fn kill_daemon(&mut self, signal: i32) {
+        let daemon = self.daemon.take().expect("daemon running");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(daemon.id() as i32, signal) };
+        daemon.wait();
+    }
+
+    pub fn spawn_daemon(&mut self) {
+        self.spawn_daemon_with(&[]);
+    }
+
+    pub fn spawn_daemon_with(&mut self, extra: &[&str]) {
+        let socket = self.socket();
+        let state = self.dir.join("state");
+        let bpffs = self.bpffs();
+        let args = [
+            "--socket",
+            socket.to_str().unwrap(),
+            "daemon",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--bpffs",
+            bpffs.to_str().unwrap(),
+        ];
+        let fixed: Vec<&str> = self.daemon_args.iter().map(String::as_str).collect();
+        let args: Vec<&str> = args.iter().chain(&fixed).chain(extra).copied().collect();
+        self.daemon = Some(self.host.spawn(&self.netd, &args).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(&socket).is_err() {
+            assert!(
+                !self.daemon.as_mut().unwrap().exited(),
+                "daemon exited at start (its stderr is above)"
+            );
+            assert!(Instant::now() < deadline, "daemon did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A container name unique to this test (namespaces are global).
+    pub fn name(&self, short: &str) -> String {
+        format!("{}-{short}", self.id)
+    }
+
+    pub fn netd(&self, args: &[&str]) -> Output {
+        Command::new(&self.netd)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.netd(args);
+        assert!(
+            out.status.success(),
+            "netd {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    /// Expects refusal with a message containing `message`, and no change.
+    pub fn refused(&self, args: &[&str], message: &str) {
+        let before = (
+            self.ok(&["network", "ls", "--format", "json"]),
+            self.ok(&["container", "ls", "--format", "json"]),
+        );
+        let out = self.netd(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "netd {args:?} should fail");
+        assert!(
+            stderr.contains(message),
+            "netd {args:?}: {stderr:?} lacks {message:?}"
+        );
+        let after = (
+            self.ok(&["network", "ls", "--format", "json"]),
+            self.ok(&["container", "ls", "--format", "json"]),
+        );
+        assert_eq!(before, after, "state changed after refused netd {args:?}");
+    }
+
+    pub fn ctr(&self, short: &str) -> Netns {
+        Netns::named(&self.name(short))
+    }
+}
+
+impl Drop for DaemonHost {
+    fn drop(&mut self) {
+        if self.daemon.is_some() {
+            let _ = self.netd(&["down"]);
+        }
+        self.daemon.take();
+        // Belt and braces: namespaces of this test's containers.
+        if let Ok(entries) = std::fs::read_dir("/run/netns") {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("{}-", self.id)) {
+                    let _ = Command::new("ip").args(["netns", "del", &name]).output();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(self.bpffs());
+    }
+}
