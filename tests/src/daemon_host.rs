@@ -165,6 +165,27 @@ impl DaemonHost {
         assert_eq!(before, after, "state changed after refused netd {args:?}");
     }
 
+    /// A far server behind the outside router, over a hop with a smaller
+    /// MTU: the router answers big packets with "fragmentation needed".
+    pub fn add_far_host(&mut self, far_ip: &str, hop_mtu: u32) -> Netns {
+        let far = self._bed.add_netns("far").unwrap();
+        self._bed.veth(&self.outside, "eth1", &far, "eth0").unwrap();
+        self.outside
+            .ip(&["addr", "add", "203.0.113.1/24", "dev", "eth1"])
+            .unwrap();
+        self.outside
+            .ip(&["link", "set", "eth1", "mtu", &hop_mtu.to_string()])
+            .unwrap();
+        self.outside.sysctl("net.ipv4.ip_forward", "1").unwrap();
+        // The far end keeps MTU 1500: it advertises a full-size MSS, so only
+        // the router's ICMP can shrink the packets.
+        far.ip(&["addr", "add", &format!("{far_ip}/24"), "dev", "eth0"])
+            .unwrap();
+        far.ip(&["route", "add", "default", "via", "203.0.113.1"])
+            .unwrap();
+        far
+    }
+
     pub fn ctr(&self, short: &str) -> Netns {
         Netns::named(&self.name(short))
     }

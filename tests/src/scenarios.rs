@@ -15,6 +15,8 @@ pub enum Proto {
     Tcp,
     Udp,
     Icmp,
+    /// 1 MiB over TCP: the verdict is the byte count the server received.
+    TcpUpload,
 }
 
 /// Who probes: a container (short name), the host itself, or the outside client.
@@ -52,7 +54,7 @@ const fn probe(
 }
 
 use Client::{Ctr, Host, Outside};
-use Proto::{Icmp, Tcp, Udp};
+use Proto::{Icmp, Tcp, TcpUpload, Udp};
 
 /// The classic story and its variations. Echo servers in every container
 /// answer with the client address they saw.
@@ -285,6 +287,13 @@ pub const PROBES: &[Probe] = &[
         "198.51.100.2:7000",
         Some("10.63.0.2"),
     ),
+    probe(
+        "1 MiB upload over a 1280-MTU hop (PMTU via NAT)",
+        Ctr("c1"),
+        TcpUpload,
+        "203.0.113.2:7002",
+        Some("1048576"),
+    ),
 ];
 
 pub struct Suite {
@@ -308,7 +317,8 @@ fn addr(s: &str) -> SocketAddr {
 
 /// Networks, containers and servers of the classic story, on `datapath`.
 pub fn build(netd: &str, datapath: &str) -> Suite {
-    let h = DaemonHost::start(netd, &["--datapath", datapath]);
+    let mut h = DaemonHost::start(netd, &["--datapath", datapath]);
+    let far = h.add_far_host("203.0.113.2", 1280);
     h.ok(&["network", "create", "second", "--subnet", "10.60.0.0/24"]);
     h.ok(&[
         "network",
@@ -396,6 +406,7 @@ pub fn build(netd: &str, datapath: &str) -> Suite {
         .push(EchoServer::tcp(&h.outside, addr(&format!("{OUTSIDE_IP}:7000")), "{peer}").unwrap());
     servers
         .push(EchoServer::udp(&h.outside, addr(&format!("{OUTSIDE_IP}:7001")), "{peer}").unwrap());
+    servers.push(EchoServer::tcp_sink(&far, addr("203.0.113.2:7002")).unwrap());
     Suite {
         h,
         _servers: servers,
@@ -416,6 +427,10 @@ pub fn verdict(suite: &Suite, p: &Probe) -> String {
         Tcp => match probe::tcp_request(&ns, addr(p.to), b"") {
             Ok(reply) if !reply.is_empty() => String::from_utf8_lossy(&reply).into_owned(),
             _ => "blocked".into(),
+        },
+        TcpUpload => match probe::tcp_upload(&ns, addr(p.to), 1 << 20) {
+            Ok(bytes) => bytes.to_string(),
+            Err(_) => "blocked".into(),
         },
         Udp => match probe::udp_request(&ns, addr(p.to), b"") {
             Ok(reply) => String::from_utf8_lossy(&reply).into_owned(),
