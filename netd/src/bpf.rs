@@ -290,21 +290,37 @@ impl Datapath {
             .context("publishing port")
     }
 
-    /// Unpublishes a port and forgets the connections made through it.
-    pub fn unpublish(&mut self, key: PortKey) -> Result<()> {
-        self.hash_map::<PortKey, Backend>(maps::PUBLISHED_PORTS)?
-            .remove(&key)
-            .context("unpublishing port")?;
+    /// Unpublishes ports and forgets the connections made through them
+    /// (one conntrack walk for all of them).
+    pub fn unpublish_all(&mut self, keys: &[PortKey]) -> Result<()> {
+        let mut published = self.hash_map::<PortKey, Backend>(maps::PUBLISHED_PORTS)?;
+        for key in keys {
+            published.remove(key).context("unpublishing port")?;
+        }
+        let keys: std::collections::HashSet<PortKey> = keys.iter().copied().collect();
         self.conntrack_flush(|k, entry| {
             let through_port = |t: &CtKey| {
-                t.proto == key.proto
-                    && t.dst_port == key.port
-                    && (key.host_ip == [0; 4] || t.dst == key.host_ip)
+                let exact = PortKey {
+                    host_ip: t.dst,
+                    port: t.dst_port,
+                    proto: t.proto,
+                    _pad: 0,
+                };
+                keys.contains(&exact)
+                    || keys.contains(&PortKey {
+                        host_ip: [0; 4],
+                        ..exact
+                    })
             };
             (entry.flags & netd_common::CT_DNAT != 0)
                 && (through_port(k) || through_port(&entry.xlat.reversed()))
         })?;
         Ok(())
+    }
+
+    /// Unpublishes a port and forgets the connections made through it.
+    pub fn unpublish(&mut self, key: PortKey) -> Result<()> {
+        self.unpublish_all(&[key])
     }
 
     /// Every conntrack entry (both directions of each connection).

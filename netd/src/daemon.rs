@@ -668,16 +668,9 @@ impl Daemon {
         let attachment = self
             .wire(name, &inner, &net, address, "eth0", true, rollback)
             .await?;
-        let mut published = Vec::new();
-        for port in &container.ports {
-            if let Err(err) = self.driver.publish(port) {
-                for done in &published {
-                    let _ = self.driver.unpublish(done);
-                }
-                let _ = self.driver.remove_endpoint(&attachment);
-                return Err(err);
-            }
-            published.push(port.clone());
+        if let Err(err) = self.driver.publish(&container.ports) {
+            let _ = self.driver.remove_endpoint(&attachment);
+            return Err(err);
         }
         container.attachments.push(attachment);
         Ok(container)
@@ -809,9 +802,7 @@ impl Daemon {
             .iter()
             .cloned()
             .partition(|p| p.container_ip == att.ip);
-        for port in &gone {
-            self.driver.unpublish(port)?;
-        }
+        self.driver.unpublish(&gone)?;
         self.driver.remove_endpoint(&att)?;
         if let Some(index) = self.nl.link_index(&att.host_veth).await? {
             self.nl.delete_link(index).await?;
@@ -927,9 +918,7 @@ impl Daemon {
 
     async fn container_rm(&mut self, name: &str) -> Result<()> {
         let container = self.container(name)?.clone();
-        for port in &container.ports {
-            self.driver.unpublish(port)?;
-        }
+        self.driver.unpublish(&container.ports)?;
         for att in &container.attachments {
             self.driver.remove_endpoint(att)?;
             if let Some(index) = self.nl.link_index(&att.host_veth).await? {
@@ -965,9 +954,7 @@ impl Daemon {
                 self.driver
                     .add_endpoint(&net, att, index, parse_mac(&att.mac)?)?;
             }
-            for port in &container.ports {
-                self.driver.publish(port)?;
-            }
+            self.driver.publish(&container.ports)?;
         }
         Ok(())
     }

@@ -137,17 +137,24 @@ impl FirewallDriver for EbpfDriver {
         self.datapath.remove_endpoint(att.ip)
     }
 
-    fn publish(&mut self, port: &PublishedPort) -> Result<()> {
-        let backend = Backend {
-            ip: port.container_ip.octets(),
-            port: port.container_port.to_be_bytes(),
-            _pad: [0; 2],
-        };
-        self.datapath.publish(port_key(port), backend)
+    fn publish(&mut self, ports: &[PublishedPort]) -> Result<()> {
+        for (done, port) in ports.iter().enumerate() {
+            let backend = Backend {
+                ip: port.container_ip.octets(),
+                port: port.container_port.to_be_bytes(),
+                _pad: [0; 2],
+            };
+            if let Err(err) = self.datapath.publish(port_key(port), backend) {
+                let _ = self.unpublish(&ports[..done]);
+                return Err(err);
+            }
+        }
+        Ok(())
     }
 
-    fn unpublish(&mut self, port: &PublishedPort) -> Result<()> {
-        self.datapath.unpublish(port_key(port))
+    fn unpublish(&mut self, ports: &[PublishedPort]) -> Result<()> {
+        let keys: Vec<PortKey> = ports.iter().map(port_key).collect();
+        self.datapath.unpublish_all(&keys)
     }
 
     fn conntrack(&self) -> Result<Vec<ConntrackRow>> {

@@ -246,6 +246,16 @@ impl IptablesDriver {
     }
 }
 
+fn port_tuple(p: &PublishedPort) -> (Ipv4Addr, u16, u8, Ipv4Addr, u16) {
+    (
+        p.host_ip,
+        p.host_port,
+        p.proto.number(),
+        p.container_ip,
+        p.container_port,
+    )
+}
+
 fn proto_name(proto: u8) -> &'static str {
     if proto == 17 { "udp" } else { "tcp" }
 }
@@ -292,28 +302,28 @@ impl FirewallDriver for IptablesDriver {
         Ok(())
     }
 
-    fn publish(&mut self, p: &PublishedPort) -> Result<()> {
-        self.ports.insert((
-            p.host_ip,
-            p.host_port,
-            p.proto.number(),
-            p.container_ip,
-            p.container_port,
-        ));
-        self.apply()
+    fn publish(&mut self, ports: &[PublishedPort]) -> Result<()> {
+        let keys: Vec<_> = ports.iter().map(port_tuple).collect();
+        self.ports.extend(keys.iter().copied());
+        if let Err(err) = self.apply() {
+            for key in &keys {
+                self.ports.remove(key);
+            }
+            return Err(err);
+        }
+        Ok(())
     }
 
-    fn unpublish(&mut self, p: &PublishedPort) -> Result<()> {
-        self.ports.remove(&(
-            p.host_ip,
-            p.host_port,
-            p.proto.number(),
-            p.container_ip,
-            p.container_port,
-        ));
+    fn unpublish(&mut self, ports: &[PublishedPort]) -> Result<()> {
+        for p in ports {
+            self.ports.remove(&port_tuple(p));
+        }
         self.apply()?;
-        let port = p.host_port.to_string();
-        Self::flush_conntrack(&["-p", proto_name(p.proto.number()), "--orig-port-dst", &port]);
+        // Connections through these ports are the ones the backends answer.
+        let backends: BTreeSet<String> = ports.iter().map(|p| p.container_ip.to_string()).collect();
+        for ip in &backends {
+            Self::flush_conntrack(&["--reply-src", ip]);
+        }
         Ok(())
     }
 

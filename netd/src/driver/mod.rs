@@ -59,8 +59,11 @@ pub trait FirewallDriver: Send {
         mac: [u8; 6],
     ) -> Result<()>;
     fn remove_endpoint(&mut self, att: &Attachment) -> Result<()>;
-    fn publish(&mut self, port: &PublishedPort) -> Result<()>;
-    fn unpublish(&mut self, port: &PublishedPort) -> Result<()>;
+    /// Publishes all of `ports`, or none of them (a range is one call, so a
+    /// driver can apply it in one go).
+    fn publish(&mut self, ports: &[PublishedPort]) -> Result<()>;
+    /// Unpublishes `ports` and forgets the connections made through them.
+    fn unpublish(&mut self, ports: &[PublishedPort]) -> Result<()>;
     fn conntrack(&self) -> Result<Vec<ConntrackRow>>;
     /// Removes expired connections; returns how many entries went.
     fn gc(&mut self) -> Result<usize>;
