@@ -22,6 +22,7 @@ commands:
   build          build netd (user space and the embedded BPF programs)
   run -- ARGS    build, then run `netd ARGS` as root
   demo           show netd on real traffic between network namespaces
+  bench [--quick] eBPF vs iptables vs plain routing (release build); --quick in under 2 minutes
   test           run every test (BPF unit tests through BPF_PROG_TEST_RUN, namespace
                  integration tests), then rustfmt and clippy checks
   lint           rustfmt and clippy checks only
@@ -58,6 +59,11 @@ fn run(args: Vec<String>) -> Result<()> {
             setup::ensure_all()?;
             cargo(&["build", "-p", "netd"])?;
             cargo(&["run", "-p", "netd-testbed", "--bin", "netd-demo"])
+        }
+        "bench" => {
+            setup::ensure_all()?;
+            cargo(&["build", "--release", "-p", "netd", "-p", "netd-testbed"])?;
+            run_command(Command::new(target_dir().join("release/netd-bench")).args(rest))
         }
         "test" => {
             setup::ensure_all()?;

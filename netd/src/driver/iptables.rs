@@ -47,7 +47,8 @@ pub struct IptablesDriver {
     networks: BTreeMap<String, Network>,
     /// Container address -> network name.
     endpoints: BTreeMap<Ipv4Addr, String>,
-    ports: BTreeSet<(Ipv4Addr, u16, u8, Ipv4Addr, u16)>,
+    /// In publishing order: like Docker, a new port's rules go last.
+    ports: Vec<(Ipv4Addr, u16, u8, Ipv4Addr, u16)>,
 }
 
 impl IptablesDriver {
@@ -303,21 +304,22 @@ impl FirewallDriver for IptablesDriver {
     }
 
     fn publish(&mut self, ports: &[PublishedPort]) -> Result<()> {
-        let keys: Vec<_> = ports.iter().map(port_tuple).collect();
-        self.ports.extend(keys.iter().copied());
-        if let Err(err) = self.apply() {
-            for key in &keys {
-                self.ports.remove(key);
+        let before = self.ports.len();
+        for key in ports.iter().map(port_tuple) {
+            if !self.ports.contains(&key) {
+                self.ports.push(key);
             }
+        }
+        if let Err(err) = self.apply() {
+            self.ports.truncate(before);
             return Err(err);
         }
         Ok(())
     }
 
     fn unpublish(&mut self, ports: &[PublishedPort]) -> Result<()> {
-        for p in ports {
-            self.ports.remove(&port_tuple(p));
-        }
+        let gone: BTreeSet<_> = ports.iter().map(port_tuple).collect();
+        self.ports.retain(|p| !gone.contains(p));
         self.apply()?;
         // Connections through these ports are the ones the backends answer.
         let backends: BTreeSet<String> = ports.iter().map(|p| p.container_ip.to_string()).collect();
