@@ -38,6 +38,7 @@ struct Target {
     datapath: &'static str,
     ports: usize,
     client: Netns,
+    /// The TCP server (TCP_CRR and TCP_RR).
     tcp: SocketAddr,
     udp: SocketAddr,
     _servers: Servers,
@@ -96,9 +97,10 @@ fn main() -> Result<()> {
                 target.datapath,
                 target.ports
             );
-            let crr = tcp_crr(target, config.duration)?;
-            let (rr, p50, p99) = tcp_rr(target, config.duration)?;
-            let udp = udp_flood(target, config.duration)?;
+            let what = |w: &str| format!("{w} on {} with {} ports", target.datapath, target.ports);
+            let crr = tcp_crr(target, config.duration).with_context(|| what("TCP_CRR"))?;
+            let (rr, p50, p99) = tcp_rr(target, config.duration).with_context(|| what("TCP_RR"))?;
+            let udp = udp_flood(target, config.duration).with_context(|| what("UDP"))?;
             for (w, v) in [crr, rr, p50, p99, udp].into_iter().enumerate() {
                 samples[t][w].push(v);
             }
@@ -139,6 +141,7 @@ fn plain_target() -> Result<Target> {
         "172.17.0.1",
     )?;
     let servers = Servers::start(&ctr)?;
+    tune_client(&outside)?;
     Ok(Target {
         datapath: "none",
         ports: 0,
@@ -182,6 +185,7 @@ fn daemon_target(netd: &str, datapath: &'static str, ports: usize) -> Result<Tar
         "5353:53/udp",
     ]);
     let servers = Servers::start(&h.ctr("srv"))?;
+    tune_client(&h.outside)?;
     Ok(Target {
         datapath,
         ports,
@@ -194,6 +198,13 @@ fn daemon_target(netd: &str, datapath: &'static str, ports: usize) -> Result<Tar
             _bed: None,
         },
     })
+}
+
+/// The client opens thousands of connections a second: let it reuse
+/// TIME_WAIT ports, so the benchmark measures the path, not port exhaustion.
+fn tune_client(ns: &Netns) -> Result<()> {
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+    ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")
 }
 
 fn pin_to_cpu(cpu: usize) {
@@ -215,6 +226,10 @@ struct Servers {
 
 impl Servers {
     fn start(ns: &Netns) -> Result<Self> {
+        // One connection at a time, served inline until the client closes:
+        // TCP_CRR (one byte each way, then close) and TCP_RR (one long
+        // connection) without a thread per connection, so the server is not
+        // what is measured.
         let listener = ns.enter(|| TcpListener::bind(format!("{SERVER_IP}:80")))??;
         let udp = ns.enter(|| UdpSocket::bind(format!("{SERVER_IP}:53")))??;
         listener.set_nonblocking(true)?;
@@ -227,11 +242,8 @@ impl Servers {
             pin_to_cpu(SERVER_CPU);
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((conn, _)) => {
-                        let s = s.clone();
-                        thread::spawn(move || serve_connection(conn, &s));
-                    }
-                    Err(_) => thread::sleep(Duration::from_micros(200)),
+                    Ok((conn, _)) => serve_connection(conn, &s),
+                    Err(_) => thread::sleep(Duration::from_micros(100)),
                 }
             }
         }));
@@ -264,7 +276,6 @@ impl Drop for Servers {
 
 /// Answers every byte with one byte until the client closes.
 fn serve_connection(mut conn: TcpStream, stop: &AtomicBool) {
-    pin_to_cpu(SERVER_CPU);
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_nodelay(true);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
@@ -313,7 +324,8 @@ fn tcp_crr(target: &Target, duration: Duration) -> Result<f64> {
 fn tcp_rr(target: &Target, duration: Duration) -> Result<(f64, f64, f64)> {
     target.client.enter(|| -> Result<(f64, f64, f64)> {
         pin_to_cpu(CLIENT_CPU);
-        let mut conn = TcpStream::connect_timeout(&target.tcp, Duration::from_secs(1))?;
+        let mut conn = TcpStream::connect_timeout(&target.tcp, Duration::from_secs(1))
+            .with_context(|| format!("connecting to {}", target.tcp))?;
         conn.set_nodelay(true)?;
         conn.set_read_timeout(Some(Duration::from_secs(1)))?;
         let mut latencies = Vec::new();
