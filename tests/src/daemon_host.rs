@@ -13,9 +13,7 @@ use serde_json::Value;
 
 use crate::{Netns, Testbed, topology::Background};
 
-pub const HOST_IP: &str = "198.51.100.1";
-pub const HOST_SECOND_IP: &str = "198.51.100.3";
-pub const OUTSIDE_IP: &str = "198.51.100.2";
+pub use crate::uplink::{HOST_IP, HOST_SECOND_IP, OUTSIDE_IP};
 
 /// A host namespace running `netd daemon`, with an outside client on its uplink.
 pub struct DaemonHost {
@@ -35,25 +33,7 @@ impl DaemonHost {
     /// `daemon_args` are added to every `netd daemon` start.
     pub fn start(netd: &str, daemon_args: &[&str]) -> Self {
         let mut bed = Testbed::new().unwrap();
-        let host = bed.add_netns("host").unwrap();
-        let outside = bed.add_netns("outside").unwrap();
-        let uplink = bed.ifname("up");
-        bed.veth(&host, &uplink, &outside, "eth0").unwrap();
-        host.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", &uplink])
-            .unwrap();
-        host.ip(&[
-            "addr",
-            "add",
-            &format!("{HOST_SECOND_IP}/24"),
-            "dev",
-            &uplink,
-        ])
-        .unwrap();
-        host.ip(&["route", "add", "default", "via", OUTSIDE_IP])
-            .unwrap();
-        outside
-            .ip(&["addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "eth0"])
-            .unwrap();
+        let (host, outside, _uplink) = bed.add_host_with_outside().unwrap();
         let dir = PathBuf::from(format!("/run/netd-test-{}", bed.id()));
         std::fs::create_dir_all(&dir).unwrap();
         let id = bed.id().to_owned();

@@ -12,9 +12,7 @@ use netd_common::{Backend, Config, Endpoint, NetworkInfo, PortKey};
 use crate::{Netns, Testbed};
 
 /// Addresses of the uplink segment (inside the testbed's namespaces only).
-pub const HOST_UPLINK_IP: &str = "198.51.100.1";
-pub const HOST_SECOND_IP: &str = "198.51.100.3";
-pub const OUTSIDE_IP: &str = "198.51.100.2";
+pub use crate::uplink::{HOST_IP as HOST_UPLINK_IP, HOST_SECOND_IP, OUTSIDE_IP};
 pub const NAT_PORT_MIN: u16 = 32768;
 pub const NAT_PORT_MAX: u16 = 65535;
 
@@ -41,27 +39,8 @@ pub struct Network {
 impl DatapathHost {
     pub fn new() -> Result<Self> {
         let mut bed = Testbed::new()?;
-        let host = bed.add_netns("host")?;
-        let outside = bed.add_netns("outside")?;
-        let uplink = bed.ifname("up");
-        bed.veth(&host, &uplink, &outside, "eth0")?;
-        host.ip(&[
-            "addr",
-            "add",
-            &format!("{HOST_UPLINK_IP}/24"),
-            "dev",
-            &uplink,
-        ])?;
-        host.ip(&[
-            "addr",
-            "add",
-            &format!("{HOST_SECOND_IP}/24"),
-            "dev",
-            &uplink,
-        ])?;
-        host.ip(&["route", "add", "default", "via", OUTSIDE_IP])?;
+        let (host, outside, uplink) = bed.add_host_with_outside()?;
         host.sysctl("net.ipv4.ip_forward", "1")?;
-        outside.ip(&["addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "eth0"])?;
 
         let mut datapath = Datapath::load()?;
         datapath.set_config(Config {

@@ -18,5 +18,6 @@ pub mod probe;
 pub mod scenarios;
 pub mod testrun;
 pub mod topology;
+pub mod uplink;
 
 pub use topology::{Netns, Testbed};

@@ -74,6 +74,24 @@ impl Testbed {
         b.ip(&["link", "set", b_name, "up"])
     }
 
+    /// A "host" namespace and an "outside" client joined by the uplink veth
+    /// (`up<id>` in host, `eth0` outside), with the addresses in
+    /// [`crate::uplink`] and the host's default route via the outside.
+    /// Returns (host, outside, uplink name).
+    pub fn add_host_with_outside(&mut self) -> Result<(Netns, Netns, String)> {
+        use crate::uplink::{HOST_IP, HOST_SECOND_IP, OUTSIDE_IP};
+        let host = self.add_netns("host")?;
+        let outside = self.add_netns("outside")?;
+        let uplink = self.ifname("up");
+        self.veth(&host, &uplink, &outside, "eth0")?;
+        for ip in [HOST_IP, HOST_SECOND_IP] {
+            host.ip(&["addr", "add", &format!("{ip}/24"), "dev", &uplink])?;
+        }
+        host.ip(&["route", "add", "default", "via", OUTSIDE_IP])?;
+        outside.ip(&["addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "eth0"])?;
+        Ok((host, outside, uplink))
+    }
+
     /// Adds a container-like namespace `role` wired to `bridge` in `host`
     /// through veth `host_if` (host side) / `eth0` (container side), with
     /// `addr` (CIDR) on eth0 and a default route via `gateway`.

@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use netd_testbed::{
     Netns, Testbed,
-    daemon_host::{DaemonHost, HOST_IP, OUTSIDE_IP},
+    daemon_host::{DaemonHost, HOST_IP},
 };
 use serde_json::{Value, json};
 
@@ -120,12 +120,7 @@ fn sibling(name: &str) -> Result<String> {
 /// programs; the client talks to the container address directly.
 fn plain_target() -> Result<Target> {
     let mut bed = Testbed::new()?;
-    let host = bed.add_netns("host")?;
-    let outside = bed.add_netns("outside")?;
-    let uplink = bed.ifname("up");
-    bed.veth(&host, &uplink, &outside, "eth0")?;
-    host.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", &uplink])?;
-    outside.ip(&["addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "eth0"])?;
+    let (host, outside, _uplink) = bed.add_host_with_outside()?;
     outside.ip(&["route", "add", "172.17.0.0/16", "via", HOST_IP])?;
     host.sysctl("net.ipv4.ip_forward", "1")?;
     let bridge = bed.ifname("br");
