@@ -417,6 +417,12 @@ impl Datapath {
             .collect()
     }
 
+    /// Dropped packets for one reason, summed over CPUs.
+    pub fn drop_count(&self, reason: DropReason) -> Result<u64> {
+        let map: PerCpuArray<_, u64> = self.per_cpu_array(maps::DROP_COUNTERS)?;
+        Ok(map.get(&(reason as u32), 0)?.iter().sum())
+    }
+
     /// Dropped packets per reason, summed over CPUs.
     pub fn drop_counters(&self) -> Result<Vec<(DropReason, u64)>> {
         let map: PerCpuArray<_, u64> = self.per_cpu_array(maps::DROP_COUNTERS)?;

@@ -41,12 +41,7 @@ fn traffic(dp: &Datapath, class: TrafficClass) -> PacketCounter {
 }
 
 fn drops(dp: &Datapath, reason: DropReason) -> u64 {
-    dp.drop_counters()
-        .unwrap()
-        .into_iter()
-        .find(|(r, _)| *r == reason)
-        .unwrap()
-        .1
+    dp.drop_count(reason).unwrap()
 }
 
 /// Feeds `frame` and checks verdict, unchanged bytes and the counter deltas.

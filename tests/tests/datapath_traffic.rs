@@ -14,13 +14,7 @@ use netd_testbed::{
 const DEFAULT: u32 = NET_ICC | NET_MASQUERADE;
 
 fn drops(host: &DatapathHost, reason: DropReason) -> u64 {
-    host.datapath
-        .drop_counters()
-        .unwrap()
-        .into_iter()
-        .find(|(r, _)| *r == reason)
-        .unwrap()
-        .1
+    host.datapath.drop_count(reason).unwrap()
 }
 
 fn addr(s: &str) -> SocketAddr {

@@ -69,12 +69,7 @@ fn datapath(flags: u32) -> Datapath {
 }
 
 fn drops(dp: &Datapath, reason: DropReason) -> u64 {
-    dp.drop_counters()
-        .unwrap()
-        .into_iter()
-        .find(|(r, _)| *r == reason)
-        .unwrap()
-        .1
+    dp.drop_count(reason).unwrap()
 }
 
 fn run(dp: &mut Datapath, program: &str, frame: &Ipv4Frame) -> (u32, Vec<u8>) {
