@@ -26,6 +26,10 @@ const JUMPS: &[(&str, &str, &str)] = &[
     ("raw", "PREROUTING", "-j NETD-RAW"),
 ];
 
+/// Packet mark bit for connections to published ports that come from a
+/// container (set in nat PREROUTING, read in POSTROUTING).
+const HAIRPIN_MARK: &str = "0x2000000";
+
 /// Chains netd owns and rewrites on every change (NETD-USER is the user's:
 /// created once, never flushed, like DOCKER-USER).
 const CHAINS: &[(&str, &[&str])] = &[
@@ -150,18 +154,24 @@ impl IptablesDriver {
             }
         }
         // What Docker's userland proxy does for hairpin and host-originated
-        // connections: the backend sees its gateway as the source.
+        // connections: the backend sees its gateway as the source. Hairpin
+        // packets were marked on their way in from a bridge (below), so this
+        // is one rule per bridge, not one per (network, bridge) pair.
         for net in &nets {
             line(format!(
                 "-A NETD-POSTROUTING -o {} -m addrtype --src-type LOCAL -m conntrack --ctstate DNAT -j MASQUERADE",
                 net.bridge
             ));
-            for from in &nets {
-                line(format!(
-                    "-A NETD-POSTROUTING -s {} -o {} -m conntrack --ctstate DNAT -j MASQUERADE",
-                    from.subnet, net.bridge
-                ));
-            }
+            line(format!(
+                "-A NETD-POSTROUTING -o {} -m mark --mark {HAIRPIN_MARK}/{HAIRPIN_MARK} -m conntrack --ctstate DNAT -j MASQUERADE",
+                net.bridge
+            ));
+        }
+        for net in &nets {
+            line(format!(
+                "-A NETD -i {} -j MARK --set-xmark {HAIRPIN_MARK}/{HAIRPIN_MARK}",
+                net.bridge
+            ));
         }
         for (host_ip, port, proto, cip, cport) in &self.ports {
             let p = proto_name(*proto);
