@@ -6,6 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::Result;
 use netd_common::{DropReason, NET_ICC, NET_INTERNAL, NET_MASQUERADE};
 use netd_testbed::{
+    Netns,
     datapath_host::{DatapathHost, HOST_SECOND_IP, HOST_UPLINK_IP, OUTSIDE_IP},
     packet::{self, Ipv4Frame, PROTO_TCP, PROTO_UDP, TCP_SYN},
     probe::{self, EchoServer},
@@ -15,6 +16,16 @@ const DEFAULT: u32 = NET_ICC | NET_MASQUERADE;
 
 fn drops(host: &DatapathHost, reason: DropReason) -> u64 {
     host.datapath.drop_count(reason).unwrap()
+}
+
+/// TCP and UDP echo servers on 172.18.0.2 (ports 80 and 53, answering
+/// "c1 saw <client>:"), published on every host address as 8080 and 5353.
+fn serve_and_publish(h: &mut DatapathHost, c1: &Netns) -> Result<[EchoServer; 2]> {
+    let tcp = EchoServer::tcp(c1, addr("172.18.0.2:80"), "c1 saw {peer}:")?;
+    let udp = EchoServer::udp(c1, addr("172.18.0.2:53"), "c1 saw {peer}:")?;
+    h.publish("0.0.0.0", 8080, PROTO_TCP, "172.18.0.2", 80)?;
+    h.publish("0.0.0.0", 5353, PROTO_UDP, "172.18.0.2", 53)?;
+    Ok([tcp, udp])
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -169,10 +180,7 @@ fn published_ports_reach_the_container_with_the_real_client_address() -> Result<
     let mut h = DatapathHost::new()?;
     let net = h.add_network("172.18.0.0/16", DEFAULT)?;
     let c1 = h.add_container(&net, "172.18.0.2", DEFAULT)?;
-    let _tcp = EchoServer::tcp(&c1, addr("172.18.0.2:80"), "c1 saw {peer}:")?;
-    let _udp = EchoServer::udp(&c1, addr("172.18.0.2:53"), "c1 saw {peer}:")?;
-    h.publish("0.0.0.0", 8080, PROTO_TCP, "172.18.0.2", 80)?;
-    h.publish("0.0.0.0", 5353, PROTO_UDP, "172.18.0.2", 53)?;
+    let _servers = serve_and_publish(&mut h, &c1)?;
     let expect = format!("c1 saw {OUTSIDE_IP}:q").into_bytes();
     for host_ip in [HOST_UPLINK_IP, HOST_SECOND_IP] {
         assert_eq!(
@@ -284,10 +292,7 @@ fn hairpin_reaches_published_ports_from_any_network() -> Result<()> {
     let c1 = h.add_container(&a, "172.18.0.2", DEFAULT)?;
     let c2 = h.add_container(&a, "172.18.0.3", DEFAULT)?;
     let c3 = h.add_container(&b, "172.19.0.2", DEFAULT)?;
-    let _tcp = EchoServer::tcp(&c1, addr("172.18.0.2:80"), "c1 saw {peer}:")?;
-    let _udp = EchoServer::udp(&c1, addr("172.18.0.2:53"), "c1 saw {peer}:")?;
-    h.publish("0.0.0.0", 8080, PROTO_TCP, "172.18.0.2", 80)?;
-    h.publish("0.0.0.0", 5353, PROTO_UDP, "172.18.0.2", 53)?;
+    let _servers = serve_and_publish(&mut h, &c1)?;
     // Like Docker's proxy, the server sees its own network's gateway.
     let expect = b"c1 saw 172.18.0.1:q".to_vec();
     for client in [&c2, &c3, &c1] {
@@ -341,10 +346,7 @@ fn the_host_reaches_published_ports_including_on_loopback() -> Result<()> {
     let mut h = DatapathHost::new()?;
     let net = h.add_network("172.18.0.0/16", DEFAULT)?;
     let c1 = h.add_container(&net, "172.18.0.2", DEFAULT)?;
-    let _tcp = EchoServer::tcp(&c1, addr("172.18.0.2:80"), "c1 saw {peer}:")?;
-    let _udp = EchoServer::udp(&c1, addr("172.18.0.2:53"), "c1 saw {peer}:")?;
-    h.publish("0.0.0.0", 8080, PROTO_TCP, "172.18.0.2", 80)?;
-    h.publish("0.0.0.0", 5353, PROTO_UDP, "172.18.0.2", 53)?;
+    let _servers = serve_and_publish(&mut h, &c1)?;
     h.publish("127.0.0.1", 9090, PROTO_TCP, "172.18.0.2", 80)?;
     let expect = b"c1 saw 172.18.0.1:q".to_vec();
     for target in [
