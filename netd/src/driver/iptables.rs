@@ -48,7 +48,10 @@ const CHAINS: &[(&str, &[&str])] = &[
 
 #[derive(Default)]
 pub struct IptablesDriver {
-    networks: BTreeMap<String, Network>,
+    /// In creation order: Docker inserts a new bridge's rules at the top of
+    /// FORWARD, the isolation stages and POSTROUTING, so they are rendered
+    /// newest first and every packet walks the rules of newer bridges first.
+    networks: Vec<Network>,
     /// Container address -> network name.
     endpoints: BTreeMap<Ipv4Addr, String>,
     /// In publishing order: like Docker, a new port's rules go last.
@@ -103,13 +106,17 @@ impl IptablesDriver {
     }
 
     fn bridge_of(&self, ip: Ipv4Addr) -> Option<&Network> {
-        self.endpoints.get(&ip).and_then(|n| self.networks.get(n))
+        self.endpoints.get(&ip).and_then(|n| self.network(n))
+    }
+
+    fn network(&self, name: &str) -> Option<&Network> {
+        self.networks.iter().find(|n| n.name == name)
     }
 
     /// The whole rule set for netd's chains, in iptables-restore syntax.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let nets: Vec<&Network> = self.networks.values().collect();
+        let nets: Vec<&Network> = self.networks.iter().rev().collect();
         let mut line = |s: String| {
             out.push_str(&s);
             out.push('\n');
@@ -119,7 +126,9 @@ impl IptablesDriver {
         line(":NETD-RAW - [0:0]".into());
         // Docker 28: no routed access to container addresses from elsewhere.
         for (ip, net) in &self.endpoints {
-            let net = &self.networks[net];
+            let Some(net) = self.network(net) else {
+                continue;
+            };
             if net.masquerade && !net.internal {
                 line(format!(
                     "-A NETD-RAW -d {ip}/32 ! -i {} -j DROP",
@@ -152,6 +161,14 @@ impl IptablesDriver {
                     net.subnet, net.bridge
                 ));
             }
+        }
+        // Docker's per-port hairpin rule: a container reaching itself
+        // through its own published port.
+        for (_, _, proto, cip, cport) in &self.ports {
+            let p = proto_name(*proto);
+            line(format!(
+                "-A NETD-POSTROUTING -s {cip}/32 -d {cip}/32 -p {p} -m {p} --dport {cport} -j MASQUERADE"
+            ));
         }
         // What Docker's userland proxy does for hairpin and host-originated
         // connections: the backend sees its gateway as the source. Hairpin
@@ -202,10 +219,13 @@ impl IptablesDriver {
             line(format!(
                 "-A NETD-FORWARD -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
             ));
+            // New connections to published ports walk the per-port ACCEPT
+            // rules, as with Docker; what they do not accept (hairpin from
+            // the same bridge, the host) is accepted after them.
+            line(format!("-A NETD-FORWARD -o {br} -j NETD"));
             line(format!(
                 "-A NETD-FORWARD -o {br} -m conntrack --ctstate DNAT -j ACCEPT"
             ));
-            line(format!("-A NETD-FORWARD -o {br} -j NETD"));
             if !net.internal {
                 line(format!("-A NETD-FORWARD -i {br} ! -o {br} -j ACCEPT"));
             }
@@ -283,12 +303,13 @@ impl FirewallDriver for IptablesDriver {
             "1",
         )
         .with_context(|| format!("enabling route_localnet on {}", net.bridge))?;
-        self.networks.insert(net.name.clone(), net.clone());
+        self.networks.retain(|n| n.name != net.name);
+        self.networks.push(net.clone());
         self.apply()
     }
 
     fn remove_network(&mut self, net: &Network) -> Result<()> {
-        self.networks.remove(&net.name);
+        self.networks.retain(|n| n.name != net.name);
         self.apply()
     }
 
