@@ -7,7 +7,7 @@ use std::{
     os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -363,10 +363,14 @@ impl Daemon {
                 ip,
                 publish,
             } => {
-                let container = self
+                let (container, publish_time) = self
                     .container_create(&name, &network, ip.as_deref(), &publish)
                     .await?;
-                Ok(serde_json::to_value(container)?)
+                let mut data = serde_json::to_value(container)?;
+                // How long the datapath took to install this container's
+                // ports (the benchmark's control-plane figure).
+                data["publish_us"] = json!(publish_time.as_secs_f64() * 1e6);
+                Ok(data)
             }
             Request::NetworkConnect {
                 network,
@@ -559,7 +563,7 @@ impl Daemon {
         network: &str,
         ip: Option<&str>,
         publish: &[String],
-    ) -> Result<Container> {
+    ) -> Result<(Container, Duration)> {
         check_name("container", name)?;
         if self.state.containers.contains_key(name) {
             bail!("a container named {name:?} already exists");
@@ -586,12 +590,12 @@ impl Daemon {
             .container_create_inner(name, network, mode, ip, &specs, &mut rollback)
             .await;
         match result {
-            Ok(container) => {
+            Ok((container, publish_time)) => {
                 self.state
                     .containers
                     .insert(name.to_owned(), container.clone());
                 self.save()?;
-                Ok(container)
+                Ok((container, publish_time))
             }
             Err(err) => {
                 for index in rollback.links.iter().rev() {
@@ -613,7 +617,7 @@ impl Daemon {
         ip: Option<&str>,
         specs: &[PortSpec],
         rollback: &mut Rollback,
-    ) -> Result<Container> {
+    ) -> Result<(Container, Duration)> {
         let mut container = Container {
             name: name.to_owned(),
             mode: mode.clone(),
@@ -623,7 +627,7 @@ impl Daemon {
         if mode == NetworkMode::Host {
             netlink::name_current_netns(name)?;
             rollback.netns.push(name.to_owned());
-            return Ok(container);
+            return Ok((container, Duration::ZERO));
         }
         // Validate everything before touching the kernel.
         let net = if mode == NetworkMode::Bridge {
@@ -662,18 +666,20 @@ impl Daemon {
         let inner = Netlink::connect_in(&ns_path)?;
         inner.set_up(inner.require_index("lo").await?).await?;
         let (Some(net), Some(address)) = (net, address) else {
-            return Ok(container);
+            return Ok((container, Duration::ZERO));
         };
 
         let attachment = self
             .wire(name, &inner, &net, address, "eth0", true, rollback)
             .await?;
+        let started = Instant::now();
         if let Err(err) = self.driver.publish(&container.ports) {
             let _ = self.driver.remove_endpoint(&attachment);
             return Err(err);
         }
+        let publish_time = started.elapsed();
         container.attachments.push(attachment);
-        Ok(container)
+        Ok((container, publish_time))
     }
 
     /// A veth from `net`'s bridge into container `name` as `ifname`, with

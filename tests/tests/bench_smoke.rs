@@ -35,9 +35,44 @@ fn quick_bench_runs_and_reports_every_datapath() {
         );
     }
     for row in results["results"].as_array().unwrap() {
-        assert!(
-            row["figures"]["tcp_crr_per_s"]["median"].as_f64().unwrap() > 0.0,
-            "{row}"
-        );
+        for direction in ["dnat", "snat"] {
+            for figure in [
+                "tcp_crr_per_s",
+                "tcp_rr_per_s",
+                "tcp_rr_p99_us",
+                "udp64_pps",
+                "tcp_stream_gbit_s",
+            ] {
+                let median = &row["figures"][format!("{direction}_{figure}")]["median"];
+                assert!(
+                    median.as_f64().unwrap() > 0.0,
+                    "{direction}_{figure}: {row}"
+                );
+            }
+        }
+        if row["datapath"] != "none" {
+            let control = &row["control_plane"];
+            assert!(
+                control["publish_one_port_us"]["median"].as_f64().unwrap() > 0.0,
+                "{control}"
+            );
+            assert!(control["daemon_rss_kib"].as_u64().unwrap() > 0, "{control}");
+        }
+        if row["datapath"] == "ebpf" {
+            let memlock = row["control_plane"]["bpf_map_memlock_bytes"].as_u64();
+            assert!(memlock.unwrap() > 0, "{row}");
+        }
     }
+    // The profile saw the programs run, and the chart has its lines.
+    let profile = &results["ebpf_profile"]["workloads"]["dnat_tcp_crr"];
+    assert!(
+        profile["from_uplink"]["runs"].as_u64().unwrap() > 0,
+        "{profile}"
+    );
+    let chart = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/bench/scaling.svg"
+    ))
+    .unwrap();
+    assert!(chart.matches("<polyline").count() >= 5, "{chart}");
 }

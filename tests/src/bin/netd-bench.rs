@@ -1,13 +1,17 @@
 //! `cargo xtask bench [--quick]`: eBPF vs iptables vs plain routing on the
 //! same topology, in one run. Outside client namespace -> uplink -> host
-//! namespace -> bridge -> server container. Datapaths are measured
-//! interleaved, repeated, and reported as medians with min/max; every figure
-//! goes to target/bench/results.json and a table to target/bench/results.md.
+//! namespace -> bridge -> server container, and back (container -> outside
+//! through SNAT). Datapaths are measured interleaved, repeated, and reported
+//! as medians with min/max; every figure goes to target/bench/results.json,
+//! tables to target/bench/results.md and the scaling curves to
+//! target/bench/scaling.svg.
 
 use std::{
-    io::{Read as _, Write as _},
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    path::PathBuf,
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -16,33 +20,64 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
+use netd::api::Request;
 use netd_testbed::{
     Netns, Testbed,
     daemon_host::{DaemonHost, HOST_IP},
+    uplink::OUTSIDE_IP,
 };
 use serde_json::{Value, json};
 
 const SERVER_CPU: usize = 1;
 const CLIENT_CPU: usize = 0;
 const SERVER_IP: &str = "172.17.0.2";
+/// Published ports the filler container takes (the measured ones come last).
+const FILLER_FIRST_PORT: usize = 20000;
+/// Networks in the "many networks" targets (the measured container is on
+/// the first, oldest one, so the iptables path walks every newer bridge's
+/// rules first, as with Docker).
+const MANY_NETWORKS: usize = 50;
 
 struct Config {
     duration: Duration,
     repeats: usize,
     port_counts: Vec<usize>,
+    /// Publish-one-more-port samples per daemon target.
+    publish_samples: usize,
 }
 
-/// One topology under test: where the client connects for TCP and UDP.
+/// Where a workload's client runs and what it talks to.
+struct Side {
+    client: Netns,
+    tcp: SocketAddr,
+    udp: SocketAddr,
+}
+
+/// One topology under test.
 struct Target {
     datapath: &'static str,
     ports: usize,
-    client: Netns,
-    /// The TCP server (TCP_CRR and TCP_RR).
-    tcp: SocketAddr,
-    udp: SocketAddr,
-    _servers: Servers,
+    networks: usize,
+    /// Outside client -> published port (plain routing: the container).
+    dnat: Side,
+    /// Container -> server in the outside namespace.
+    snat: Side,
+    container_servers: Servers,
+    outside_servers: Servers,
+    daemon_pid: Option<u32>,
+    /// Control-plane figures measured once the target is built.
+    control: Value,
     _keep: Keep,
+}
+
+impl Target {
+    fn label(&self) -> String {
+        format!(
+            "{} with {} ports, {} network(s)",
+            self.datapath, self.ports, self.networks
+        )
+    }
 }
 
 /// Owns the namespaces (and daemon) of a target until the run ends.
@@ -55,58 +90,57 @@ fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let config = if quick {
         Config {
-            duration: Duration::from_millis(1500),
+            duration: Duration::from_millis(500),
             repeats: 1,
             port_counts: vec![1, 1000],
+            publish_samples: 2,
         }
     } else {
         Config {
-            duration: Duration::from_secs(5),
+            duration: Duration::from_secs(3),
             repeats: 3,
             port_counts: vec![1, 1000, 10000],
+            publish_samples: 5,
         }
     };
     let netd = sibling("netd")?;
     let mut targets = Vec::new();
     eprintln!("bench: building topologies");
     targets.push(plain_target()?);
-    for &ports in &config.port_counts {
+    let mut shapes: Vec<(usize, usize)> = config.port_counts.iter().map(|&p| (p, 1)).collect();
+    shapes.push((1, MANY_NETWORKS));
+    for &(ports, networks) in &shapes {
         for datapath in ["ebpf", "iptables"] {
             let started = Instant::now();
-            targets.push(daemon_target(&netd, datapath, ports)?);
+            let target = daemon_target(&netd, datapath, ports, networks, &config)
+                .with_context(|| format!("building {datapath} with {ports} ports"))?;
             eprintln!(
-                "bench: {datapath} with {ports} published ports ready in {:.1}s",
+                "bench: {} ready in {:.1}s",
+                target.label(),
                 started.elapsed().as_secs_f64()
             );
+            targets.push(target);
         }
     }
-    // results[target][workload] = samples
-    let workloads = [
-        "tcp_crr_per_s",
-        "tcp_rr_per_s",
-        "tcp_rr_p50_us",
-        "tcp_rr_p99_us",
-        "udp64_pps",
-    ];
-    let mut samples: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); workloads.len()]; targets.len()];
-    for rep in 0..config.repeats {
+
+    eprintln!("bench: warming up");
+    for target in &targets {
+        measure_all(target, config.duration / 5).with_context(|| target.label())?;
+    }
+    // samples[target][figure] = one value per round
+    let mut samples: Vec<BTreeMap<String, Vec<f64>>> = vec![BTreeMap::new(); targets.len()];
+    for round in 0..config.repeats {
         for (t, target) in targets.iter().enumerate() {
-            eprintln!(
-                "bench: round {} {} ports={}",
-                rep + 1,
-                target.datapath,
-                target.ports
-            );
-            let what = |w: &str| format!("{w} on {} with {} ports", target.datapath, target.ports);
-            let crr = tcp_crr(target, config.duration).with_context(|| what("TCP_CRR"))?;
-            let (rr, p50, p99) = tcp_rr(target, config.duration).with_context(|| what("TCP_RR"))?;
-            let udp = udp_flood(target, config.duration).with_context(|| what("UDP"))?;
-            for (w, v) in [crr, rr, p50, p99, udp].into_iter().enumerate() {
-                samples[t][w].push(v);
+            eprintln!("bench: round {} {}", round + 1, target.label());
+            for (name, value) in
+                measure_all(target, config.duration).with_context(|| target.label())?
+            {
+                samples[t].entry(name).or_default().push(value);
             }
         }
     }
-    report(&targets, &workloads, &samples, &config, quick)
+    let profile = profile_ebpf(&targets, config.duration)?;
+    report(&targets, &samples, &profile, &config, quick)
 }
 
 fn sibling(name: &str) -> Result<String> {
@@ -117,7 +151,8 @@ fn sibling(name: &str) -> Result<String> {
 }
 
 /// Plain routing: the same bridge/veth shape, no NAT, no filtering, no
-/// programs; the client talks to the container address directly.
+/// programs; the client talks to the container address directly and the
+/// container to the outside with its own address.
 fn plain_target() -> Result<Target> {
     let mut bed = Testbed::new()?;
     let (host, outside, _uplink) = bed.add_host_with_outside()?;
@@ -135,28 +170,48 @@ fn plain_target() -> Result<Target> {
         &format!("{SERVER_IP}/16"),
         "172.17.0.1",
     )?;
-    let servers = Servers::start(&ctr)?;
-    tune_client(&outside)?;
-    Ok(Target {
+    let target = Target {
         datapath: "none",
         ports: 0,
-        client: outside,
-        tcp: format!("{SERVER_IP}:80").parse()?,
-        udp: format!("{SERVER_IP}:53").parse()?,
-        _servers: servers,
+        networks: 1,
+        dnat: side(&outside, SERVER_IP, 80, 53)?,
+        snat: side(&ctr, OUTSIDE_IP, 80, 53)?,
+        container_servers: Servers::start(&ctr, SERVER_IP)?,
+        outside_servers: Servers::start(&outside, OUTSIDE_IP)?,
+        daemon_pid: None,
+        control: Value::Null,
         _keep: Keep {
             _daemon: None,
             _bed: Some(Box::new(bed)),
         },
+    };
+    tune_client(&outside)?;
+    tune_client(&ctr)?;
+    Ok(target)
+}
+
+fn side(client: &Netns, ip: &str, tcp_port: u16, udp_port: u16) -> Result<Side> {
+    Ok(Side {
+        client: client.clone(),
+        tcp: format!("{ip}:{tcp_port}").parse()?,
+        udp: format!("{ip}:{udp_port}").parse()?,
     })
 }
 
-/// netd with `ports` published ports; the measured one is the last added.
-fn daemon_target(netd: &str, datapath: &'static str, ports: usize) -> Result<Target> {
+/// netd with `ports` published ports (the measured ones added last) and
+/// `networks` networks (the measured container on the oldest).
+fn daemon_target(
+    netd: &str,
+    datapath: &'static str,
+    ports: usize,
+    networks: usize,
+    config: &Config,
+) -> Result<Target> {
     let h = DaemonHost::start(netd, &["--datapath", datapath]);
     if ports > 1 {
         let fill = h.name("fill");
-        let range = format!("20000-{}:20000-{}", 20000 + ports - 2, 20000 + ports - 2);
+        let last = FILLER_FIRST_PORT + ports - 2;
+        let range = format!("{FILLER_FIRST_PORT}-{last}:{FILLER_FIRST_PORT}-{last}");
         h.ok(&[
             "container",
             "create",
@@ -179,20 +234,130 @@ fn daemon_target(netd: &str, datapath: &'static str, ports: usize) -> Result<Tar
         "-p",
         "5353:53/udp",
     ]);
-    let servers = Servers::start(&h.ctr("srv"))?;
-    tune_client(&h.outside)?;
-    Ok(Target {
+    for n in 1..networks {
+        let subnet = format!("10.{}.{}.0/24", 100 + n / 256, n % 256);
+        h.ok(&["network", "create", &format!("n{n}"), "--subnet", &subnet]);
+    }
+    let daemon_pid = h.daemon.as_ref().map(|d| d.id());
+    let control = control_plane(&h, datapath, config.publish_samples)?;
+    let ctr = h.ctr("srv");
+    let target = Target {
         datapath,
         ports,
-        client: h.outside.clone(),
-        tcp: format!("{HOST_IP}:8080").parse()?,
-        udp: format!("{HOST_IP}:5353").parse()?,
-        _servers: servers,
+        networks,
+        dnat: side(&h.outside, HOST_IP, 8080, 5353)?,
+        snat: side(&ctr, OUTSIDE_IP, 80, 53)?,
+        container_servers: Servers::start(&ctr, SERVER_IP)?,
+        outside_servers: Servers::start(&h.outside, OUTSIDE_IP)?,
+        daemon_pid,
+        control,
         _keep: Keep {
             _daemon: Some(Box::new(h)),
             _bed: None,
         },
-    })
+    };
+    tune_client(&target.dnat.client)?;
+    tune_client(&target.snat.client)?;
+    Ok(target)
+}
+
+/// Time to publish one more port (a new container with one `-p`), the
+/// daemon's memory and the datapath's state size.
+fn control_plane(h: &DaemonHost, datapath: &str, samples: usize) -> Result<Value> {
+    let mut publish_us = Vec::new();
+    let mut request_ms = Vec::new();
+    let already = api(&h.socket(), &Request::Status)?["published_ports"]
+        .as_u64()
+        .unwrap_or(0);
+    for k in 0..samples {
+        let name = h.name(&format!("extra{k}"));
+        let started = Instant::now();
+        let created = api(
+            &h.socket(),
+            &Request::ContainerCreate {
+                name: name.clone(),
+                network: "bridge".into(),
+                ip: None,
+                publish: vec![format!("{}:80", 40000 + k)],
+            },
+        )?;
+        request_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        publish_us.push(created["publish_us"].as_f64().context("no publish_us")?);
+        api(&h.socket(), &Request::ContainerRm { name })?;
+    }
+    let pid = h.daemon.as_ref().context("no daemon")?.id();
+    let rules = h
+        .host
+        .run("iptables-save", &[])
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with("-A "))
+                .count()
+        })
+        .unwrap_or(0);
+    Ok(json!({
+        "datapath": datapath,
+        "ports_already_published": already,
+        "publish_one_port_us": stats(&publish_us),
+        "create_container_request_ms": stats(&request_ms),
+        "daemon_rss_kib": rss_kib(pid)?,
+        "bpf_map_memlock_bytes": map_memlock(pid)?,
+        "iptables_rules": rules,
+    }))
+}
+
+/// One request to the daemon's socket (JSON line in, JSON line out).
+fn api(socket: &Path, request: &Request) -> Result<Value> {
+    let mut stream = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    let reply: Value = serde_json::from_str(&reply)?;
+    if reply["ok"] != json!(true) {
+        bail!("daemon refused {request:?}: {}", reply["error"]);
+    }
+    Ok(reply["data"].clone())
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+/// The `key: value` lines of every fd of `pid` that has `kind` (e.g.
+/// "map_id" or "prog_id"), one map per BPF object, deduplicated by id.
+fn bpf_fdinfo(pid: u32, kind: &str) -> Result<BTreeMap<u64, BTreeMap<String, u64>>> {
+    let mut objects = BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        let fields: BTreeMap<String, u64> = text
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter_map(|(k, v)| Some((k.trim().to_owned(), v.trim().parse().ok()?)))
+            .collect();
+        if let Some(&id) = fields.get(kind) {
+            objects.insert(id, fields);
+        }
+    }
+    Ok(objects)
+}
+
+fn map_memlock(pid: u32) -> Result<u64> {
+    Ok(bpf_fdinfo(pid, "map_id")?
+        .values()
+        .filter_map(|f| f.get("memlock"))
+        .sum())
 }
 
 /// The client opens thousands of connections a second: let it reuse
@@ -211,33 +376,34 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
-/// TCP (1-byte request/response per connection, or per round trip) and UDP
-/// (count datagrams) servers inside the container, pinned to one core.
+/// A TCP server on port 80 (answers a 1-byte read with one byte, counts the
+/// bytes of bigger reads: TCP_CRR, TCP_RR and TCP_STREAM) and a UDP counter
+/// on port 53, pinned to one core.
 struct Servers {
     stop: Arc<AtomicBool>,
     udp_received: Arc<AtomicU64>,
+    tcp_bytes: Arc<AtomicU64>,
     threads: Vec<thread::JoinHandle<()>>,
 }
 
 impl Servers {
-    fn start(ns: &Netns) -> Result<Self> {
+    fn start(ns: &Netns, ip: &str) -> Result<Self> {
         // One connection at a time, served inline until the client closes:
-        // TCP_CRR (one byte each way, then close) and TCP_RR (one long
-        // connection) without a thread per connection, so the server is not
-        // what is measured.
-        let listener = ns.enter(|| TcpListener::bind(format!("{SERVER_IP}:80")))??;
-        let udp = ns.enter(|| UdpSocket::bind(format!("{SERVER_IP}:53")))??;
+        // no thread per connection, so the server is not what is measured.
+        let listener = ns.enter(|| TcpListener::bind(format!("{ip}:80")))??;
+        let udp = ns.enter(|| UdpSocket::bind(format!("{ip}:53")))??;
         listener.set_nonblocking(true)?;
         udp.set_read_timeout(Some(Duration::from_millis(50)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let udp_received = Arc::new(AtomicU64::new(0));
+        let tcp_bytes = Arc::new(AtomicU64::new(0));
         let mut threads = Vec::new();
-        let s = stop.clone();
+        let (s, bytes) = (stop.clone(), tcp_bytes.clone());
         threads.push(thread::spawn(move || {
             pin_to_cpu(SERVER_CPU);
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((conn, _)) => serve_connection(conn, &s),
+                    Ok((conn, _)) => serve_connection(conn, &s, &bytes),
                     Err(_) => thread::sleep(Duration::from_micros(100)),
                 }
             }
@@ -255,6 +421,7 @@ impl Servers {
         Ok(Self {
             stop,
             udp_received,
+            tcp_bytes,
             threads,
         })
     }
@@ -269,40 +436,72 @@ impl Drop for Servers {
     }
 }
 
-/// Answers every byte with one byte until the client closes.
-fn serve_connection(mut conn: TcpStream, stop: &AtomicBool) {
+/// Answers a 1-byte read with one byte and counts everything, until the
+/// client closes.
+fn serve_connection(mut conn: TcpStream, stop: &AtomicBool, bytes: &AtomicU64) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_nodelay(true);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut byte = [0u8; 1];
+    let mut buf = vec![0u8; 256 * 1024];
     while !stop.load(Ordering::Relaxed) {
-        match conn.read(&mut byte) {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
             Ok(1) => {
-                if conn.write_all(&byte).is_err() {
+                bytes.fetch_add(1, Ordering::Relaxed);
+                if conn.write_all(&buf[..1]).is_err() {
                     return;
                 }
             }
-            _ => return,
+            Ok(n) => {
+                bytes.fetch_add(n as u64, Ordering::Relaxed);
+            }
         }
     }
 }
 
+/// Every workload once, in both directions: (figure name, value).
+fn measure_all(target: &Target, duration: Duration) -> Result<Vec<(String, f64)>> {
+    let mut figures = Vec::new();
+    for (dir, side, servers) in [
+        ("dnat", &target.dnat, &target.container_servers),
+        ("snat", &target.snat, &target.outside_servers),
+    ] {
+        let what = |w: &str| format!("{w} ({dir})");
+        let crr = tcp_crr(side, duration).with_context(|| what("TCP_CRR"))?;
+        let (rr, p50, p99) = tcp_rr(side, duration).with_context(|| what("TCP_RR"))?;
+        let udp = udp_flood(side, servers, duration).with_context(|| what("UDP"))?;
+        let stream = tcp_stream(side, servers, duration).with_context(|| what("TCP_STREAM"))?;
+        for (name, value) in [
+            ("tcp_crr_per_s", crr),
+            ("tcp_rr_per_s", rr),
+            ("tcp_rr_p50_us", p50),
+            ("tcp_rr_p99_us", p99),
+            ("udp64_pps", udp),
+            ("tcp_stream_gbit_s", stream),
+        ] {
+            figures.push((format!("{dir}_{name}"), value));
+        }
+    }
+    Ok(figures)
+}
+
 /// New connections per second: connect, one request, one response, close.
-fn tcp_crr(target: &Target, duration: Duration) -> Result<f64> {
+fn tcp_crr(side: &Side, duration: Duration) -> Result<f64> {
     let done = AtomicU64::new(0);
     let deadline = Instant::now() + duration;
     thread::scope(|s| {
         for _ in 0..2 {
             s.spawn(|| {
-                let _ = target.client.enter(|| {
+                let _ = side.client.enter(|| {
                     pin_to_cpu(CLIENT_CPU);
                     while Instant::now() < deadline {
                         let Ok(mut conn) =
-                            TcpStream::connect_timeout(&target.tcp, Duration::from_secs(1))
+                            TcpStream::connect_timeout(&side.tcp, Duration::from_secs(1))
                         else {
                             continue;
                         };
                         let _ = conn.set_nodelay(true);
+                        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
                         let mut byte = [7u8; 1];
                         if conn.write_all(&byte).is_ok() && conn.read_exact(&mut byte).is_ok() {
                             done.fetch_add(1, Ordering::Relaxed);
@@ -316,11 +515,11 @@ fn tcp_crr(target: &Target, duration: Duration) -> Result<f64> {
 }
 
 /// Transactions per second on one connection, with latency p50/p99 (µs).
-fn tcp_rr(target: &Target, duration: Duration) -> Result<(f64, f64, f64)> {
-    target.client.enter(|| -> Result<(f64, f64, f64)> {
+fn tcp_rr(side: &Side, duration: Duration) -> Result<(f64, f64, f64)> {
+    side.client.enter(|| -> Result<(f64, f64, f64)> {
         pin_to_cpu(CLIENT_CPU);
-        let mut conn = TcpStream::connect_timeout(&target.tcp, Duration::from_secs(1))
-            .with_context(|| format!("connecting to {}", target.tcp))?;
+        let mut conn = TcpStream::connect_timeout(&side.tcp, Duration::from_secs(1))
+            .with_context(|| format!("connecting to {}", side.tcp))?;
         conn.set_nodelay(true)?;
         conn.set_read_timeout(Some(Duration::from_secs(1)))?;
         let mut latencies = Vec::new();
@@ -343,12 +542,12 @@ fn tcp_rr(target: &Target, duration: Duration) -> Result<(f64, f64, f64)> {
 }
 
 /// 64-byte UDP datagrams per second that reach the server.
-fn udp_flood(target: &Target, duration: Duration) -> Result<f64> {
-    let before = target._servers.udp_received.load(Ordering::Relaxed);
-    target.client.enter(|| -> Result<()> {
+fn udp_flood(side: &Side, servers: &Servers, duration: Duration) -> Result<f64> {
+    let before = servers.udp_received.load(Ordering::Relaxed);
+    side.client.enter(|| -> Result<()> {
         pin_to_cpu(CLIENT_CPU);
         let socket = UdpSocket::bind("0.0.0.0:0")?;
-        socket.connect(target.udp)?;
+        socket.connect(side.udp)?;
         let payload = [0u8; 64];
         let deadline = Instant::now() + duration;
         while Instant::now() < deadline {
@@ -359,31 +558,168 @@ fn udp_flood(target: &Target, duration: Duration) -> Result<f64> {
         Ok(())
     })??;
     thread::sleep(Duration::from_millis(200)); // let the server drain
-    let received = target._servers.udp_received.load(Ordering::Relaxed) - before;
+    let received = servers.udp_received.load(Ordering::Relaxed) - before;
     Ok(received as f64 / duration.as_secs_f64())
+}
+
+/// Bulk TCP throughput on one connection (Gbit/s received by the server).
+fn tcp_stream(side: &Side, servers: &Servers, duration: Duration) -> Result<f64> {
+    let before = servers.tcp_bytes.load(Ordering::Relaxed);
+    side.client.enter(|| -> Result<()> {
+        pin_to_cpu(CLIENT_CPU);
+        let mut conn = TcpStream::connect_timeout(&side.tcp, Duration::from_secs(1))
+            .with_context(|| format!("connecting to {}", side.tcp))?;
+        conn.set_write_timeout(Some(Duration::from_secs(1)))?;
+        let chunk = vec![0x5au8; 128 * 1024];
+        let deadline = Instant::now() + duration;
+        while Instant::now() < deadline {
+            conn.write_all(&chunk)?;
+        }
+        Ok(())
+    })??;
+    let received = servers.tcp_bytes.load(Ordering::Relaxed) - before;
+    Ok(received as f64 * 8.0 / duration.as_secs_f64() / 1e9)
+}
+
+/// Restores kernel.bpf_stats_enabled on every path.
+struct BpfStats;
+
+impl BpfStats {
+    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> Result<Self> {
+        std::fs::write(Self::SYSCTL, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(Self)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::SYSCTL, "0");
+    }
+}
+
+/// Per-program run time of the eBPF target with the most published ports,
+/// workload by workload, from the kernel's BPF stats (enabled only for this
+/// pass: they add two clock reads per program run).
+fn profile_ebpf(targets: &[Target], duration: Duration) -> Result<Value> {
+    let Some(target) = targets
+        .iter()
+        .filter(|t| t.datapath == "ebpf" && t.networks == 1)
+        .max_by_key(|t| t.ports)
+    else {
+        return Ok(Value::Null);
+    };
+    let pid = target.daemon_pid.context("no daemon")?;
+    let names: BTreeMap<u64, String> = aya::programs::loaded_programs()
+        .flatten()
+        .map(|p| (u64::from(p.id()), p.name_as_str().unwrap_or("?").to_owned()))
+        .collect();
+    let snapshot = || -> Result<BTreeMap<String, (u64, u64)>> {
+        let mut by_name = BTreeMap::new();
+        for (id, fields) in bpf_fdinfo(pid, "prog_id")? {
+            let name = names
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("prog{id}"));
+            let entry: &mut (u64, u64) = by_name.entry(name).or_default();
+            entry.0 += fields.get("run_cnt").copied().unwrap_or(0);
+            entry.1 += fields.get("run_time_ns").copied().unwrap_or(0);
+        }
+        Ok(by_name)
+    };
+    eprintln!("bench: profiling {} with BPF stats", target.label());
+    let _stats = BpfStats::enable()?;
+    let mut workloads = serde_json::Map::new();
+    let run: [(&str, &dyn Fn() -> Result<()>); 4] = [
+        ("dnat_tcp_crr", &|| {
+            tcp_crr(&target.dnat, duration).map(drop)
+        }),
+        ("dnat_udp64", &|| {
+            udp_flood(&target.dnat, &target.container_servers, duration).map(drop)
+        }),
+        ("snat_tcp_crr", &|| {
+            tcp_crr(&target.snat, duration).map(drop)
+        }),
+        ("snat_udp64", &|| {
+            udp_flood(&target.snat, &target.outside_servers, duration).map(drop)
+        }),
+    ];
+    for (name, workload) in run {
+        let before = snapshot()?;
+        workload()?;
+        let after = snapshot()?;
+        let mut programs = serde_json::Map::new();
+        for (prog, (runs, ns)) in &after {
+            let (runs0, ns0) = before.get(prog).copied().unwrap_or_default();
+            let runs = runs - runs0;
+            if runs > 0 {
+                programs.insert(
+                    prog.clone(),
+                    json!({"runs": runs, "ns_per_run": (ns - ns0) as f64 / runs as f64}),
+                );
+            }
+        }
+        workloads.insert(name.to_owned(), Value::Object(programs));
+    }
+    Ok(json!({"target": target.label(), "workloads": workloads}))
 }
 
 fn stats(v: &[f64]) -> Value {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return Value::Null;
+    }
     json!({"median": s[s.len() / 2], "min": s[0], "max": s[s.len() - 1], "samples": v})
 }
 
+fn median(samples: &BTreeMap<String, Vec<f64>>, figure: &str) -> f64 {
+    stats(samples.get(figure).map(Vec::as_slice).unwrap_or(&[]))["median"]
+        .as_f64()
+        .unwrap_or(f64::NAN)
+}
+
+/// Figures per direction: (column title, figure suffix, decimals).
+const COLUMNS: &[(&str, &str, usize)] = &[
+    ("TCP_CRR /s", "tcp_crr_per_s", 0),
+    ("TCP_RR /s", "tcp_rr_per_s", 0),
+    ("RR p50 µs", "tcp_rr_p50_us", 0),
+    ("RR p99 µs", "tcp_rr_p99_us", 0),
+    ("UDP 64 B pps", "udp64_pps", 0),
+    ("TCP_STREAM Gbit/s", "tcp_stream_gbit_s", 1),
+];
+
+/// Figures compared as ratios (higher is better for all of them).
+const RATIOS: &[(&str, &str)] = &[
+    ("CRR", "tcp_crr_per_s"),
+    ("RR", "tcp_rr_per_s"),
+    ("UDP", "udp64_pps"),
+    ("STREAM", "tcp_stream_gbit_s"),
+];
+
 fn report(
     targets: &[Target],
-    workloads: &[&str],
-    samples: &[Vec<Vec<f64>>],
+    samples: &[BTreeMap<String, Vec<f64>>],
+    profile: &Value,
     config: &Config,
     quick: bool,
 ) -> Result<()> {
-    let median = |t: usize, w: usize| stats(&samples[t][w])["median"].as_f64().unwrap_or(0.0);
     let rows: Vec<Value> = targets
         .iter()
-        .enumerate()
-        .map(|(t, target)| {
-            let figures: serde_json::Map<String, Value> =
-                workloads.iter().enumerate().map(|(w, name)| ((*name).to_owned(), stats(&samples[t][w]))).collect();
-            json!({"datapath": target.datapath, "published_ports": target.ports, "figures": figures})
+        .zip(samples)
+        .map(|(target, figures)| {
+            let figures: serde_json::Map<String, Value> = figures
+                .iter()
+                .map(|(name, v)| (name.clone(), stats(v)))
+                .collect();
+            json!({
+                "datapath": target.datapath,
+                "published_ports": target.ports,
+                "networks": target.networks,
+                "figures": figures,
+                "control_plane": target.control,
+            })
         })
         .collect();
     let uname = std::process::Command::new("uname")
@@ -394,9 +730,15 @@ fn report(
         "quick": quick,
         "duration_s": config.duration.as_secs_f64(),
         "repeats": config.repeats,
-        "machine": {"kernel": uname, "cpus": thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
+        "machine": {
+            "kernel": uname,
+            "cpus": thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "client_cpu": CLIENT_CPU,
+            "server_cpu": SERVER_CPU,
+        },
         "netd_version": env!("CARGO_PKG_VERSION"),
         "results": rows,
+        "ebpf_profile": profile,
     });
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -405,45 +747,285 @@ fn report(
         serde_json::to_string_pretty(&results)?,
     )?;
 
-    let none = targets
-        .iter()
-        .position(|t| t.datapath == "none")
-        .unwrap_or(0);
-    let mut md = String::from(
-        "| datapath | ports | TCP_CRR /s | TCP_RR /s | RR p50 µs | RR p99 µs | UDP 64 B pps | CRR vs iptables | CRR vs none | UDP vs iptables | UDP vs none |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
-    );
-    for (t, target) in targets.iter().enumerate() {
-        let peer = targets
-            .iter()
-            .position(|o| o.datapath == "iptables" && o.ports == target.ports);
-        let ratio = |w: usize, other: Option<usize>| match other {
-            Some(o) if target.datapath == "ebpf" => {
-                format!("{:.2}×", median(t, w) / median(o, w).max(1e-9))
-            }
-            _ => "".into(),
-        };
+    let none = targets.iter().position(|t| t.datapath == "none");
+    let mut md = String::new();
+    for (dir_name, title) in [
+        ("dnat", "Outside client → published port (DNAT)"),
+        ("snat", "Container → outside server (SNAT)"),
+    ] {
+        md.push_str(&format!("### {title}\n\n| datapath | ports | networks |"));
+        for (col, _, _) in COLUMNS {
+            md.push_str(&format!(" {col} |"));
+        }
         md.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |\n",
+            "\n|---|---|---|{}\n",
+            "---|".repeat(COLUMNS.len())
+        ));
+        for (t, target) in targets.iter().enumerate() {
+            md.push_str(&format!(
+                "| {} | {} | {} |",
+                target.datapath, target.ports, target.networks
+            ));
+            for (_, figure, decimals) in COLUMNS {
+                let value = median(&samples[t], &format!("{dir_name}_{figure}"));
+                md.push_str(&format!(" {value:.decimals$} |"));
+            }
+            md.push('\n');
+        }
+        md.push('\n');
+    }
+
+    md.push_str(
+        "### eBPF over iptables / eBPF over plain routing (medians)\n\n| ports | networks |",
+    );
+    for dir_name in ["dnat", "snat"] {
+        for (title, _) in RATIOS {
+            md.push_str(&format!(" {dir_name} {title} |"));
+        }
+    }
+    md.push_str(&format!("\n|---|---|{}\n", "---|".repeat(2 * RATIOS.len())));
+    for (t, target) in targets.iter().enumerate() {
+        if target.datapath != "ebpf" {
+            continue;
+        }
+        let peer = targets.iter().position(|o| {
+            o.datapath == "iptables" && o.ports == target.ports && o.networks == target.networks
+        });
+        md.push_str(&format!("| {} | {} |", target.ports, target.networks));
+        for dir_name in ["dnat", "snat"] {
+            for (_, figure) in RATIOS {
+                let figure = format!("{dir_name}_{figure}");
+                let ours = median(&samples[t], &figure);
+                let ratio = |o: Option<usize>| match o {
+                    Some(o) => format!("{:.2}×", ours / median(&samples[o], &figure)),
+                    None => "–".into(),
+                };
+                md.push_str(&format!(" {} / {} |", ratio(peer), ratio(none)));
+            }
+        }
+        md.push('\n');
+    }
+
+    md.push_str("\n### Control plane\n\n| datapath | ports already published | networks | publish one more port µs (median, min–max) | container create request ms | daemon RSS MiB | BPF map memory MiB | iptables rules |\n|---|---|---|---|---|---|---|---|\n");
+    for target in targets.iter().filter(|t| !t.control.is_null()) {
+        let c = &target.control;
+        let p = &c["publish_one_port_us"];
+        md.push_str(&format!(
+            "| {} | {} | {} | {:.0} ({:.0}–{:.0}) | {:.1} | {:.1} | {:.1} | {} |\n",
             target.datapath,
-            target.ports,
-            median(t, 0),
-            median(t, 1),
-            median(t, 2),
-            median(t, 3),
-            median(t, 4),
-            ratio(0, peer),
-            ratio(0, Some(none)),
-            ratio(4, peer),
-            ratio(4, Some(none)),
+            c["ports_already_published"],
+            target.networks,
+            p["median"].as_f64().unwrap_or(f64::NAN),
+            p["min"].as_f64().unwrap_or(f64::NAN),
+            p["max"].as_f64().unwrap_or(f64::NAN),
+            c["create_container_request_ms"]["median"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            c["daemon_rss_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
+            c["bpf_map_memlock_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0,
+            c["iptables_rules"],
         ));
     }
+
+    if let Some(workloads) = profile["workloads"].as_object() {
+        md.push_str(&format!(
+            "\n### eBPF per-program cost ({}, BPF stats)\n\n| workload | program | runs | ns per run |\n|---|---|---|---|\n",
+            profile["target"].as_str().unwrap_or("")
+        ));
+        for (workload, programs) in workloads {
+            for (program, figures) in programs.as_object().into_iter().flatten() {
+                md.push_str(&format!(
+                    "| {workload} | {program} | {} | {:.0} |\n",
+                    figures["runs"],
+                    figures["ns_per_run"].as_f64().unwrap_or(f64::NAN)
+                ));
+            }
+        }
+    }
+
     std::fs::write(dir.join("results.md"), &md)?;
+    std::fs::write(dir.join("scaling.svg"), scaling_chart(targets, samples))?;
     println!("{md}");
     println!(
-        "medians of {} run(s) of {:.1}s each; all figures in {}",
+        "medians of {} run(s) of {:.1}s each; all figures in {}, chart in {}",
         config.repeats,
         config.duration.as_secs_f64(),
-        dir.join("results.json").display()
+        dir.join("results.json").display(),
+        dir.join("scaling.svg").display()
     );
     Ok(())
+}
+
+/// A line chart: x is log10(published ports), one line per datapath.
+struct Panel<'a> {
+    title: &'a str,
+    log_y: bool,
+    series: Vec<Series<'a>>,
+}
+
+/// One datapath's line: (published ports, value) points.
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+const DATAPATH_COLOURS: &[(&str, &str)] = &[
+    ("ebpf", "#1f77b4"),
+    ("iptables", "#d62728"),
+    ("none", "#7f7f7f"),
+];
+
+/// Two panels side by side: new connections per second through the
+/// published port, and the time to publish one more port, against the
+/// number of ports already published.
+fn scaling_chart(targets: &[Target], samples: &[BTreeMap<String, Vec<f64>>]) -> String {
+    let max_ports = targets.iter().map(|t| t.ports).max().unwrap_or(1).max(10) as f64;
+    let series_of = |value: &dyn Fn(usize, &Target) -> Option<f64>| {
+        DATAPATH_COLOURS
+            .iter()
+            .filter_map(|&(datapath, colour)| {
+                let mut points: Vec<(f64, f64)> = targets
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| t.datapath == datapath && t.networks == 1)
+                    .filter_map(|(i, t)| Some((t.ports.max(1) as f64, value(i, t)?)))
+                    .collect();
+                if datapath == "none" && points.len() == 1 {
+                    // Plain routing has no published ports: a flat reference.
+                    points.push((max_ports, points[0].1));
+                }
+                (!points.is_empty()).then_some((datapath, colour, points))
+            })
+            .collect::<Vec<_>>()
+    };
+    let crr = Panel {
+        title: "TCP_CRR /s through the published port",
+        log_y: false,
+        series: series_of(&|i, _| Some(median(&samples[i], "dnat_tcp_crr_per_s"))),
+    };
+    let publish = Panel {
+        title: "µs to publish one more port (log)",
+        log_y: true,
+        series: series_of(&|_, t| t.control["publish_one_port_us"]["median"].as_f64()),
+    };
+    let (w, h) = (440.0, 300.0);
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+"#,
+        2.0 * w
+    );
+    for (k, panel) in [crr, publish].iter().enumerate() {
+        svg.push_str(&draw_panel(panel, k as f64 * w, w, h, max_ports));
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn draw_panel(panel: &Panel, x0: f64, w: f64, h: f64, max_ports: f64) -> String {
+    let (left, right, top, bottom) = (x0 + 70.0, x0 + w - 20.0, 40.0, h - 60.0);
+    let values = panel.series.iter().flat_map(|s| s.2.iter().map(|p| p.1));
+    let (mut lo, mut hi) = values.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    if lo > hi {
+        return String::new();
+    }
+    let scale = |v: f64| if panel.log_y { v.max(1e-3).log10() } else { v };
+    if panel.log_y {
+        (lo, hi) = (
+            scale(lo).floor(),
+            scale(hi).ceil().max(scale(lo).floor() + 1.0),
+        );
+    } else {
+        (lo, hi) = (0.0, hi * 1.15);
+    }
+    let x_of = |ports: f64| left + (right - left) * ports.log10() / max_ports.log10();
+    let y_of = |v: f64| bottom - (bottom - top) * (scale(v) - lo) / (hi - lo).max(1e-9);
+    let mut out = format!(
+        r#"<text x="{}" y="20" text-anchor="middle" font-weight="bold">{}</text>
+<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="black"/>
+<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="black"/>
+"#,
+        (left + right) / 2.0,
+        panel.title
+    );
+    let mut ports = 1.0;
+    while ports <= max_ports * 1.001 {
+        out.push_str(&format!(
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>
+"#,
+            x_of(ports),
+            bottom + 16.0,
+            ports as u64
+        ));
+        ports *= 10.0;
+    }
+    out.push_str(&format!(
+        r#"<text x="{}" y="{}" text-anchor="middle">published ports</text>
+"#,
+        (left + right) / 2.0,
+        bottom + 34.0
+    ));
+    // Ticks at decades (log) or at a round step giving 4-8 lines (linear).
+    let ticks: Vec<f64> = if panel.log_y {
+        (lo as i32..=hi as i32).map(|e| 10f64.powi(e)).collect()
+    } else {
+        let rough = hi / 5.0;
+        let magnitude = 10f64.powf(rough.log10().floor());
+        let step = [1.0, 2.0, 5.0, 10.0]
+            .iter()
+            .map(|m| m * magnitude)
+            .find(|s| *s >= rough)
+            .unwrap_or(rough);
+        (0..)
+            .map(|k| k as f64 * step)
+            .take_while(|v| *v <= hi)
+            .collect()
+    };
+    for v in ticks {
+        let y = y_of(v);
+        let label = if v >= 1000.0 {
+            format!("{}k", v / 1000.0)
+        } else {
+            format!("{v}")
+        };
+        out.push_str(&format!(
+            r##"<line x1="{left}" y1="{y:.1}" x2="{right}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{label}</text>
+"##,
+            left - 6.0,
+            y + 4.0,
+        ));
+    }
+    for (k, (datapath, colour, points)) in panel.series.iter().enumerate() {
+        let path: Vec<String> = points
+            .iter()
+            .map(|&(p, v)| format!("{:.1},{:.1}", x_of(p), y_of(v)))
+            .collect();
+        let dash = if *datapath == "none" {
+            r#" stroke-dasharray="6 4""#
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>
+"#,
+            path.join(" ")
+        ));
+        for &(p, v) in points.iter().filter(|_| *datapath != "none") {
+            out.push_str(&format!(
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"/>
+"#,
+                x_of(p),
+                y_of(v)
+            ));
+        }
+        let label = if *datapath == "none" {
+            "plain routing"
+        } else {
+            datapath
+        };
+        out.push_str(&format!(
+            r#"<text x="{}" y="{}" fill="{colour}">{label}</text>
+"#,
+            left + 10.0 + 110.0 * k as f64,
+            h - 8.0
+        ));
+    }
+    out
 }
