@@ -301,6 +301,12 @@ impl CtKey {
     }
 }
 
+/// skb mark of a packet `from_container` has already translated, counted and
+/// redirected to the uplink: `to_uplink` clears it and lets the packet go
+/// without a second conntrack lookup. A whole-word value (ASCII "netd"), so
+/// a mark set by anyone else never matches.
+pub const FASTPATH_MARK: u32 = 0x6e65_7464;
+
 /// Conntrack entry flags.
 pub const CT_REPLY: u32 = 1 << 0;
 pub const CT_SNAT: u32 = 1 << 1;

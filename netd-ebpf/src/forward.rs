@@ -12,14 +12,14 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
+    bindings::{__sk_buff, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
     helpers::{
         bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh,
         bpf_redirect_peer,
     },
     programs::TcContext,
 };
-use netd_common::Ipv4;
+use netd_common::{FASTPATH_MARK, Ipv4};
 
 use crate::{
     nat,
@@ -100,10 +100,12 @@ pub fn route_to_uplink(
     })
 }
 
-/// Transmits on the uplink along `route` (one hop: TTL minus one).
+/// Transmits on the uplink along `route` (one hop: TTL minus one), marked
+/// so `to_uplink` knows the packet is translated already.
 #[inline(always)]
 pub fn send_to_uplink(ctx: &TcContext, ip: &Ipv4Packet, route: &UplinkRoute) -> Option<i32> {
     decrement_ttl(ctx, ip)?;
+    ctx.set_mark(FASTPATH_MARK);
     match route.macs {
         Some((dmac, smac)) => {
             ctx.store(0, &dmac, 0).ok()?;
@@ -117,6 +119,19 @@ pub fn send_to_uplink(ctx: &TcContext, ip: &Ipv4Packet, route: &UplinkRoute) -> 
             Some(unsafe { bpf_redirect_neigh(route.ifindex, core::ptr::null_mut(), 0, 0) } as i32)
         }
     }
+}
+
+/// True (and the mark cleared, so it goes no further) for a packet
+/// `send_to_uplink` redirected.
+#[inline(always)]
+pub fn take_fastpath_mark(ctx: &TcContext) -> bool {
+    // SAFETY: the context is the program's __sk_buff.
+    let mark = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).mark };
+    if mark != FASTPATH_MARK {
+        return false;
+    }
+    ctx.set_mark(0);
+    true
 }
 
 /// One routing hop: TTL minus one, checksum updated. None when the TTL runs

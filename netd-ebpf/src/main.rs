@@ -46,6 +46,10 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 /// reverse translation of replies from published ports.
 #[classifier]
 pub fn to_uplink(ctx: TcContext) -> i32 {
+    // Translated and counted already by the fast path that sent it here.
+    if forward::take_fastpath_mark(&ctx) {
+        return TC_ACT_OK as i32;
+    }
     verdict(&ctx, to_uplink_inner(&ctx))
 }
 

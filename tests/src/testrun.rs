@@ -23,3 +23,40 @@ pub fn run_classifier(dp: &mut Datapath, program: &str, frame: &[u8]) -> Result<
     out.truncate(result.data_size_out as usize);
     Ok((result.return_value, out))
 }
+
+/// Offset of `mark` in `struct __sk_buff` (after `len` and `pkt_type`).
+const SKB_MARK_OFFSET: usize = 8;
+/// Room for the kernel's whole `struct __sk_buff` on the way out.
+const SKB_CTX_OUT_LEN: usize = 256;
+
+/// As [`run_classifier`], with the skb's mark set to `mark` on the way in;
+/// returns (verdict, output frame, mark on the way out).
+pub fn run_classifier_with_mark(
+    dp: &mut Datapath,
+    program: &str,
+    frame: &[u8],
+    mark: u32,
+) -> Result<(u32, Vec<u8>, u32)> {
+    // The kernel takes a prefix of __sk_buff: len and pkt_type must be zero.
+    let mut ctx_in = [0u8; SKB_MARK_OFFSET + 4];
+    ctx_in[SKB_MARK_OFFSET..].copy_from_slice(&mark.to_ne_bytes());
+    let mut ctx_out = [0u8; SKB_CTX_OUT_LEN];
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = dp
+        .classifier(program)?
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx_in),
+            ctx_out: Some(&mut ctx_out),
+            ..TestRunOptions::new()
+        })
+        .with_context(|| format!("test run of {program} with mark {mark:#x}"))?;
+    out.truncate(result.data_size_out as usize);
+    let mark_out = u32::from_ne_bytes(
+        ctx_out[SKB_MARK_OFFSET..SKB_MARK_OFFSET + 4]
+            .try_into()
+            .expect("4 bytes"),
+    );
+    Ok((result.return_value, out, mark_out))
+}

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Result;
-use netd_common::{DropReason, NET_ICC, NET_INTERNAL, NET_MASQUERADE};
+use netd_common::{DropReason, NET_ICC, NET_INTERNAL, NET_MASQUERADE, TrafficClass};
 use netd_testbed::{
     Netns,
     datapath_host::{DatapathHost, HOST_SECOND_IP, HOST_UPLINK_IP, OUTSIDE_IP},
@@ -124,7 +124,19 @@ fn masquerade_rewrites_tcp_udp_and_icmp_to_the_uplink_address() -> Result<()> {
         probe::udp_request(&c1, addr(&format!("{OUTSIDE_IP}:7001")), b"hi")?,
         expect
     );
+    let icmp_packets = |h: &DatapathHost| -> Result<u64> {
+        let counters = h.datapath.traffic_counters()?;
+        Ok(counters
+            .iter()
+            .find(|(class, _)| *class == TrafficClass::Icmp)
+            .map_or(0, |(_, c)| c.packets))
+    };
+    let before = icmp_packets(&h)?;
     assert!(probe::ping(&c1, OUTSIDE_IP, 2)?);
+    // Each packet is handled, and counted, once: requests by from_container
+    // (the fast path marks them, so to_uplink lets them go), replies by
+    // from_uplink.
+    assert_eq!(icmp_packets(&h)? - before, 4);
     // Both directions of each connection are tracked, translated to the uplink address.
     let entries = h.datapath.conntrack_entries()?;
     let ctr: [u8; 4] = [172, 18, 0, 2];

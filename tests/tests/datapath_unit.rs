@@ -7,12 +7,12 @@ use std::net::Ipv4Addr;
 use netd::bpf::{Datapath, monotonic_ns};
 use netd_common::{
     Backend, CT_CLOSING, CT_DNAT, CT_REPLY, CT_SEEN_REPLY, CT_SNAT, Config, CtEntry, CtKey,
-    DropReason, Endpoint, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NetworkInfo, PortKey, programs,
-    timeouts,
+    DropReason, Endpoint, FASTPATH_MARK, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NetworkInfo,
+    PortKey, programs, timeouts,
 };
 use netd_testbed::{
     packet::{self, Ipv4Frame, L4, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_SYN, ip},
-    testrun::{TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX, run_classifier},
+    testrun::{TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX, run_classifier, run_classifier_with_mark},
 };
 
 const HOST: &str = "198.51.100.1";
@@ -188,6 +188,29 @@ fn masquerade_keeps_a_free_source_port_and_translates_replies() {
     assert_ne!(forward.flags & CT_SEEN_REPLY, 0);
     assert!(forward.expires_ns > monotonic_ns() + timeouts::TCP_SYN);
     assert_ne!(entry(&dp, reply_key).flags & CT_SEEN_REPLY, 0);
+}
+
+#[test]
+fn to_uplink_lets_fast_path_packets_go_untouched_and_clears_the_mark() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    let syn = Ipv4Frame::tcp(C1, 40000, REMOTE, 80, TCP_SYN).build();
+    // Redirected by from_container: translated already, so nothing to do.
+    let (verdict, out, mark) =
+        run_classifier_with_mark(&mut dp, programs::TO_UPLINK, &syn, FASTPATH_MARK).unwrap();
+    assert_eq!((verdict, mark), (TC_ACT_OK, 0));
+    assert_eq!(out, syn);
+    assert!(dp.conntrack_entries().unwrap().is_empty());
+    // Any other mark is someone else's: the packet is masqueraded as usual
+    // and keeps its mark.
+    let (verdict, out, mark) =
+        run_classifier_with_mark(&mut dp, programs::TO_UPLINK, &syn, 0x1).unwrap();
+    assert_eq!((verdict, mark), (TC_ACT_OK, 0x1));
+    let masqueraded = Ipv4Frame::tcp(C1, 40000, REMOTE, 80, TCP_SYN);
+    assert_eq!(
+        out,
+        with_addrs(&masqueraded, (HOST, 40000), (REMOTE, 80)).build()
+    );
+    assert_eq!(dp.conntrack_entries().unwrap().len(), 2);
 }
 
 #[test]
