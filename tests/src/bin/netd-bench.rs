@@ -10,7 +10,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::unix::net::UnixStream,
+    os::{fd::AsRawFd, unix::net::UnixStream},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -402,9 +402,13 @@ impl Servers {
         threads.push(thread::spawn(move || {
             pin_to_cpu(SERVER_CPU);
             while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => serve_connection(conn, &s, &bytes),
-                    Err(_) => thread::sleep(Duration::from_micros(100)),
+                // Sleep in poll(), not in a retry loop: the idle servers of
+                // the other targets must not take CPU from the measured one.
+                if !readable(&listener, Duration::from_millis(50)) {
+                    continue;
+                }
+                if let Ok((conn, _)) = listener.accept() {
+                    serve_connection(conn, &s, &bytes);
                 }
             }
         }));
@@ -434,6 +438,17 @@ impl Drop for Servers {
             let _ = t.join();
         }
     }
+}
+
+/// Waits up to `timeout` for `fd` to become readable.
+fn readable(fd: &impl AsRawFd, timeout: Duration) -> bool {
+    let mut pollfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the stack for the duration of the call.
+    unsafe { libc::poll(&mut pollfd, 1, timeout.as_millis() as libc::c_int) > 0 }
 }
 
 /// Answers a 1-byte read with one byte and counts everything, until the
