@@ -11,17 +11,7 @@ pub const TEST_RUN_IFINDEX: u32 = 1;
 
 /// Runs `program` once on `frame`; returns (verdict, output frame).
 pub fn run_classifier(dp: &mut Datapath, program: &str, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = dp
-        .classifier(program)?
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::new()
-        })
-        .with_context(|| format!("test run of {program} on {} bytes", frame.len()))?;
-    out.truncate(result.data_size_out as usize);
-    Ok((result.return_value, out))
+    test_run(dp, program, frame, None)
 }
 
 /// Offset of `mark` in `struct __sk_buff` (after `len` and `pkt_type`).
@@ -41,22 +31,37 @@ pub fn run_classifier_with_mark(
     let mut ctx_in = [0u8; SKB_MARK_OFFSET + 4];
     ctx_in[SKB_MARK_OFFSET..].copy_from_slice(&mark.to_ne_bytes());
     let mut ctx_out = [0u8; SKB_CTX_OUT_LEN];
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = dp
-        .classifier(program)?
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx_in),
-            ctx_out: Some(&mut ctx_out),
-            ..TestRunOptions::new()
-        })
-        .with_context(|| format!("test run of {program} with mark {mark:#x}"))?;
-    out.truncate(result.data_size_out as usize);
+    let (verdict, out) = test_run(dp, program, frame, Some((&ctx_in, &mut ctx_out)))?;
     let mark_out = u32::from_ne_bytes(
         ctx_out[SKB_MARK_OFFSET..SKB_MARK_OFFSET + 4]
             .try_into()
             .expect("4 bytes"),
     );
-    Ok((result.return_value, out, mark_out))
+    Ok((verdict, out, mark_out))
+}
+
+/// One BPF_PROG_TEST_RUN, with an skb context in and out when given.
+fn test_run(
+    dp: &mut Datapath,
+    program: &str,
+    frame: &[u8],
+    ctx: Option<(&[u8], &mut [u8])>,
+) -> Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let (ctx_in, ctx_out) = match ctx {
+        Some((ctx_in, ctx_out)) => (Some(ctx_in), Some(ctx_out)),
+        None => (None, None),
+    };
+    let result = dp
+        .classifier(program)?
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in,
+            ctx_out,
+            ..TestRunOptions::new()
+        })
+        .with_context(|| format!("test run of {program} on {} bytes", frame.len()))?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out))
 }

@@ -97,8 +97,8 @@ fn main() -> Result<()> {
         }
     } else {
         Config {
-            duration: Duration::from_secs(3),
-            repeats: 3,
+            duration: Duration::from_secs(2),
+            repeats: 5,
             port_counts: vec![1, 1000, 10000],
             publish_samples: 5,
         }
