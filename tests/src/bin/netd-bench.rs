@@ -737,21 +737,39 @@ fn report(
             })
         })
         .collect();
-    let uname = std::process::Command::new("uname")
-        .arg("-r")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())?;
+    // First line of a command's output ("" when it cannot run).
+    let first_line = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .map(|o| {
+                let text = String::from_utf8_lossy(&o.stdout);
+                text.lines().next().unwrap_or("").trim().to_owned()
+            })
+            .unwrap_or_default()
+    };
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
     let results = json!({
         "quick": quick,
         "duration_s": config.duration.as_secs_f64(),
         "repeats": config.repeats,
         "machine": {
-            "kernel": uname,
+            "kernel": first_line("uname", &["-r"]),
+            "cpu_model": cpu_model,
             "cpus": thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "client_cpu": CLIENT_CPU,
             "server_cpu": SERVER_CPU,
         },
-        "netd_version": env!("CARGO_PKG_VERSION"),
+        "versions": {
+            "netd": env!("CARGO_PKG_VERSION"),
+            "git_commit": first_line("git", &["rev-parse", "HEAD"]),
+            "iptables": first_line("iptables", &["-V"]),
+        },
         "results": rows,
         "ebpf_profile": profile,
     });
