@@ -350,10 +350,44 @@ impl Datapath {
     /// Removes connections whose entries have both expired at `now_ns`
     /// (CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns).
     pub fn conntrack_gc(&mut self, now_ns: u64) -> Result<usize> {
+        let expired = self.expired_connections(now_ns)?;
+        self.remove_if_expired(&expired, now_ns)
+    }
+
+    /// The connections (entry key, peer entry key) whose entries have both
+    /// expired at `now_ns`, each once: the first half of a GC pass.
+    pub fn expired_connections(&self, now_ns: u64) -> Result<Vec<(CtKey, CtKey)>> {
         let entries: std::collections::HashMap<CtKey, CtEntry> =
             self.conntrack_entries()?.into_iter().collect();
         let expired = |key: &CtKey| entries.get(key).is_none_or(|e| e.expires_ns <= now_ns);
-        self.conntrack_flush(|key, entry| expired(key) && expired(&entry.xlat.reversed()))
+        let mut seen = std::collections::HashSet::new();
+        Ok(entries
+            .iter()
+            .map(|(key, entry)| (*key, entry.xlat.reversed()))
+            .filter(|(key, peer)| expired(key) && expired(peer))
+            .filter(|(key, peer)| seen.insert(*key) && seen.insert(*peer))
+            .collect())
+    }
+
+    /// The second half of a GC pass: deletes each connection whose entries
+    /// are still expired now. The re-read matters: between the snapshot and
+    /// the delete, a new connection may have reused the tuple (a client
+    /// reusing a port from TIME_WAIT), and its fresh entries must stay.
+    pub fn remove_if_expired(
+        &mut self,
+        connections: &[(CtKey, CtKey)],
+        now_ns: u64,
+    ) -> Result<usize> {
+        let mut map: HashMap<_, CtKey, CtEntry> =
+            HashMap::try_from(self.map_mut(maps::CONNTRACK)?)?;
+        let mut removed = 0;
+        for (key, peer) in connections {
+            let expired = |k: &CtKey| map.get(k, 0).map_or(true, |e| e.expires_ns <= now_ns);
+            if expired(key) && expired(peer) {
+                removed += [key, peer].iter().filter(|k| map.remove(k).is_ok()).count();
+            }
+        }
+        Ok(removed)
     }
 
     /// The drop-event ring buffer, for one reader (the daemon's monitor).

@@ -68,6 +68,23 @@ fn datapath(flags: u32) -> Datapath {
     dp
 }
 
+/// Publishes TCP port 8080 on every host address to `backend`:80.
+fn publish_tcp_8080(dp: &mut Datapath, backend: &str) -> PortKey {
+    let port = PortKey {
+        host_ip: [0; 4],
+        port: 8080u16.to_be_bytes(),
+        proto: PROTO_TCP,
+        _pad: 0,
+    };
+    let backend = Backend {
+        ip: ip(backend).octets(),
+        port: 80u16.to_be_bytes(),
+        _pad: [0; 2],
+    };
+    dp.publish(port, backend).unwrap();
+    port
+}
+
 fn drops(dp: &Datapath, reason: DropReason) -> u64 {
     dp.drop_count(reason).unwrap()
 }
@@ -312,21 +329,7 @@ fn masquerade_translates_icmp_echo_by_identifier() {
 #[test]
 fn published_port_translates_both_ways_and_keeps_the_client_address() {
     let mut dp = datapath(NET_ICC | NET_MASQUERADE);
-    let port = PortKey {
-        host_ip: [0; 4],
-        port: 8080u16.to_be_bytes(),
-        proto: PROTO_TCP,
-        _pad: 0,
-    };
-    dp.publish(
-        port,
-        Backend {
-            ip: ip(C1).octets(),
-            port: 80u16.to_be_bytes(),
-            _pad: [0; 2],
-        },
-    )
-    .unwrap();
+    let port = publish_tcp_8080(&mut dp, C1);
 
     let syn = Ipv4Frame::tcp(CLIENT, 5555, HOST, 8080, TCP_SYN);
     expect_into_container(
@@ -493,6 +496,30 @@ fn garbage_collection_removes_connections_once_both_sides_expired() {
 }
 
 #[test]
+fn garbage_collection_spares_a_tuple_reused_since_its_snapshot() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    publish_tcp_8080(&mut dp, C1);
+    let syn = Ipv4Frame::tcp(CLIENT, 40000, HOST, 8080, TCP_SYN);
+    let fin = Ipv4Frame::tcp(CLIENT, 40000, HOST, 8080, TCP_FIN | TCP_ACK);
+    run(&mut dp, programs::FROM_UPLINK, &syn);
+    run(&mut dp, programs::FROM_UPLINK, &fin);
+    // Closing: expired once TCP_CLOSING has passed, not yet TCP_SYN.
+    let later = monotonic_ns() + timeouts::TCP_CLOSING + 1_000_000_000;
+    let expired = dp.expired_connections(later).unwrap();
+    assert_eq!(expired.len(), 1);
+    // The client reuses the port (as from TIME_WAIT) before the delete.
+    run(&mut dp, programs::FROM_UPLINK, &syn);
+    assert_eq!(dp.remove_if_expired(&expired, later).unwrap(), 0);
+    let forward = entry(&dp, key((CLIENT, 40000), (HOST, 8080), PROTO_TCP));
+    assert_eq!(forward.flags & CT_CLOSING, 0);
+    assert_eq!(dp.conntrack_entries().unwrap().len(), 2);
+    // Left alone, the new connection expires too and goes.
+    let much_later = monotonic_ns() + timeouts::TCP_SYN + 1_000_000_000;
+    assert_eq!(dp.conntrack_gc(much_later).unwrap(), 2);
+    assert!(dp.conntrack_entries().unwrap().is_empty());
+}
+
+#[test]
 fn fragments_of_masqueraded_flows_are_dropped_not_leaked() {
     let mut dp = datapath(NET_ICC | NET_MASQUERADE);
     let mut first = Ipv4Frame::udp(C1, 5000, REMOTE, 53, b"first part");
@@ -520,21 +547,7 @@ fn fragments_of_masqueraded_flows_are_dropped_not_leaked() {
 #[test]
 fn hairpin_translates_both_ends_and_redirects_into_the_backend() {
     let mut dp = datapath(NET_ICC | NET_MASQUERADE);
-    let port = PortKey {
-        host_ip: [0; 4],
-        port: 8080u16.to_be_bytes(),
-        proto: PROTO_TCP,
-        _pad: 0,
-    };
-    dp.publish(
-        port,
-        Backend {
-            ip: ip(C2).octets(),
-            port: 80u16.to_be_bytes(),
-            _pad: [0; 2],
-        },
-    )
-    .unwrap();
+    publish_tcp_8080(&mut dp, C2);
     let gateway = "172.18.0.1";
     let gateway_mac = [2, 0, 0, 0, 0xee, 1];
 
@@ -574,15 +587,7 @@ fn hairpin_translates_both_ends_and_redirects_into_the_backend() {
 
     // Internal networks do not hairpin out to other containers.
     let mut dp = datapath(NET_ICC | NET_INTERNAL);
-    dp.publish(
-        port,
-        Backend {
-            ip: ip(OTHER_NET_CTR).octets(),
-            port: 80u16.to_be_bytes(),
-            _pad: [0; 2],
-        },
-    )
-    .unwrap();
+    publish_tcp_8080(&mut dp, OTHER_NET_CTR);
     expect_drop(
         &mut dp,
         programs::FROM_CONTAINER,
@@ -621,21 +626,7 @@ fn icmp_errors_about_translated_connections_are_translated_inside_and_out() {
     }
     // TCP (the quote ends before the TCP checksum) through a published port:
     // the container's own error about a reply it sent.
-    let port = PortKey {
-        host_ip: [0; 4],
-        port: 8080u16.to_be_bytes(),
-        proto: PROTO_TCP,
-        _pad: 0,
-    };
-    dp.publish(
-        port,
-        Backend {
-            ip: ip(C1).octets(),
-            port: 80u16.to_be_bytes(),
-            _pad: [0; 2],
-        },
-    )
-    .unwrap();
+    publish_tcp_8080(&mut dp, C1);
     let syn = Ipv4Frame::tcp(CLIENT, 5555, HOST, 8080, TCP_SYN);
     run(&mut dp, programs::FROM_UPLINK, &syn);
     let arrived = with_addrs(&syn, (CLIENT, 5555), (C1, 80));

@@ -107,6 +107,7 @@ fn main() -> Result<()> {
     let mut targets = Vec::new();
     eprintln!("bench: building topologies");
     targets.push(plain_target()?);
+    targets.push(direct_target()?);
     let mut shapes: Vec<(usize, usize)> = config.port_counts.iter().map(|&p| (p, 1)).collect();
     shapes.push((1, MANY_NETWORKS));
     for &(ports, networks) in &shapes {
@@ -187,6 +188,37 @@ fn plain_target() -> Result<Target> {
     };
     tune_client(&outside)?;
     tune_client(&ctr)?;
+    Ok(target)
+}
+
+/// The fastest path this machine has: the client and the server namespace
+/// joined by one veth pair, no host in between (the ceiling for the others).
+fn direct_target() -> Result<Target> {
+    let mut bed = Testbed::new()?;
+    let outside = bed.add_netns("out")?;
+    let server = bed.add_netns("srv")?;
+    bed.veth(&outside, "eth0", &server, "eth0")?;
+    outside.ip(&["addr", "add", &format!("{OUTSIDE_IP}/32"), "dev", "eth0"])?;
+    outside.ip(&["route", "add", &format!("{SERVER_IP}/32"), "dev", "eth0"])?;
+    server.ip(&["addr", "add", &format!("{SERVER_IP}/32"), "dev", "eth0"])?;
+    server.ip(&["route", "add", &format!("{OUTSIDE_IP}/32"), "dev", "eth0"])?;
+    let target = Target {
+        datapath: "direct",
+        ports: 0,
+        networks: 1,
+        dnat: side(&outside, SERVER_IP, 80, 53)?,
+        snat: side(&server, OUTSIDE_IP, 80, 53)?,
+        container_servers: Servers::start(&server, SERVER_IP)?,
+        outside_servers: Servers::start(&outside, OUTSIDE_IP)?,
+        daemon_pid: None,
+        control: Value::Null,
+        _keep: Keep {
+            _daemon: None,
+            _bed: Some(Box::new(bed)),
+        },
+    };
+    tune_client(&outside)?;
+    tune_client(&server)?;
     Ok(target)
 }
 
@@ -899,11 +931,18 @@ struct Panel<'a> {
 /// One datapath's line: (published ports, value) points.
 type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
 
-const DATAPATH_COLOURS: &[(&str, &str)] = &[
-    ("ebpf", "#1f77b4"),
-    ("iptables", "#d62728"),
-    ("none", "#7f7f7f"),
+/// (datapath, colour, legend).
+const DATAPATH_STYLES: &[(&str, &str, &str)] = &[
+    ("ebpf", "#1f77b4", "ebpf"),
+    ("iptables", "#d62728", "iptables"),
+    ("none", "#7f7f7f", "plain routing"),
+    ("direct", "#2ca02c", "direct veth"),
 ];
+
+/// Paths without published ports, drawn as flat dashed references.
+fn is_reference(datapath: &str) -> bool {
+    matches!(datapath, "none" | "direct")
+}
 
 /// Two panels side by side: new connections per second through the
 /// published port, and the time to publish one more port, against the
@@ -911,17 +950,16 @@ const DATAPATH_COLOURS: &[(&str, &str)] = &[
 fn scaling_chart(targets: &[Target], samples: &[BTreeMap<String, Vec<f64>>]) -> String {
     let max_ports = targets.iter().map(|t| t.ports).max().unwrap_or(1).max(10) as f64;
     let series_of = |value: &dyn Fn(usize, &Target) -> Option<f64>| {
-        DATAPATH_COLOURS
+        DATAPATH_STYLES
             .iter()
-            .filter_map(|&(datapath, colour)| {
+            .filter_map(|&(datapath, colour, _)| {
                 let mut points: Vec<(f64, f64)> = targets
                     .iter()
                     .enumerate()
                     .filter(|(_, t)| t.datapath == datapath && t.networks == 1)
                     .filter_map(|(i, t)| Some((t.ports.max(1) as f64, value(i, t)?)))
                     .collect();
-                if datapath == "none" && points.len() == 1 {
-                    // Plain routing has no published ports: a flat reference.
+                if is_reference(datapath) && points.len() == 1 {
                     points.push((max_ports, points[0].1));
                 }
                 (!points.is_empty()).then_some((datapath, colour, points))
@@ -1030,7 +1068,7 @@ fn draw_panel(panel: &Panel, x0: f64, w: f64, h: f64, max_ports: f64) -> String 
             .iter()
             .map(|&(p, v)| format!("{:.1},{:.1}", x_of(p), y_of(v)))
             .collect();
-        let dash = if *datapath == "none" {
+        let dash = if is_reference(datapath) {
             r#" stroke-dasharray="6 4""#
         } else {
             ""
@@ -1040,7 +1078,7 @@ fn draw_panel(panel: &Panel, x0: f64, w: f64, h: f64, max_ports: f64) -> String 
 "#,
             path.join(" ")
         ));
-        for &(p, v) in points.iter().filter(|_| *datapath != "none") {
+        for &(p, v) in points.iter().filter(|_| !is_reference(datapath)) {
             out.push_str(&format!(
                 r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"/>
 "#,
@@ -1048,15 +1086,14 @@ fn draw_panel(panel: &Panel, x0: f64, w: f64, h: f64, max_ports: f64) -> String 
                 y_of(v)
             ));
         }
-        let label = if *datapath == "none" {
-            "plain routing"
-        } else {
-            datapath
-        };
+        let label = DATAPATH_STYLES
+            .iter()
+            .find(|style| style.0 == *datapath)
+            .map_or(*datapath, |style| style.2);
         out.push_str(&format!(
             r#"<text x="{}" y="{}" fill="{colour}">{label}</text>
 "#,
-            left + 10.0 + 110.0 * k as f64,
+            left + 10.0 + 95.0 * k as f64,
             h - 8.0
         ));
     }
