@@ -171,24 +171,7 @@ fn plain_target() -> Result<Target> {
         &format!("{SERVER_IP}/16"),
         "172.17.0.1",
     )?;
-    let target = Target {
-        datapath: "none",
-        ports: 0,
-        networks: 1,
-        dnat: side(&outside, SERVER_IP, 80, 53)?,
-        snat: side(&ctr, OUTSIDE_IP, 80, 53)?,
-        container_servers: Servers::start(&ctr, SERVER_IP)?,
-        outside_servers: Servers::start(&outside, OUTSIDE_IP)?,
-        daemon_pid: None,
-        control: Value::Null,
-        _keep: Keep {
-            _daemon: None,
-            _bed: Some(Box::new(bed)),
-        },
-    };
-    tune_client(&outside)?;
-    tune_client(&ctr)?;
-    Ok(target)
+    reference_target("none", bed, &outside, &ctr)
 }
 
 /// The fastest path this machine has: the client and the server namespace
@@ -202,24 +185,34 @@ fn direct_target() -> Result<Target> {
     outside.ip(&["route", "add", &format!("{SERVER_IP}/32"), "dev", "eth0"])?;
     server.ip(&["addr", "add", &format!("{SERVER_IP}/32"), "dev", "eth0"])?;
     server.ip(&["route", "add", &format!("{OUTSIDE_IP}/32"), "dev", "eth0"])?;
-    let target = Target {
-        datapath: "direct",
+    reference_target("direct", bed, &outside, &server)
+}
+
+/// A target without netd: the client talks to the server's own address,
+/// and the server to the client's.
+fn reference_target(
+    datapath: &'static str,
+    bed: Testbed,
+    outside: &Netns,
+    server: &Netns,
+) -> Result<Target> {
+    tune_client(outside)?;
+    tune_client(server)?;
+    Ok(Target {
+        datapath,
         ports: 0,
         networks: 1,
-        dnat: side(&outside, SERVER_IP, 80, 53)?,
-        snat: side(&server, OUTSIDE_IP, 80, 53)?,
-        container_servers: Servers::start(&server, SERVER_IP)?,
-        outside_servers: Servers::start(&outside, OUTSIDE_IP)?,
+        dnat: side(outside, SERVER_IP, 80, 53)?,
+        snat: side(server, OUTSIDE_IP, 80, 53)?,
+        container_servers: Servers::start(server, SERVER_IP)?,
+        outside_servers: Servers::start(outside, OUTSIDE_IP)?,
         daemon_pid: None,
         control: Value::Null,
         _keep: Keep {
             _daemon: None,
             _bed: Some(Box::new(bed)),
         },
-    };
-    tune_client(&outside)?;
-    tune_client(&server)?;
-    Ok(target)
+    })
 }
 
 fn side(client: &Netns, ip: &str, tcp_port: u16, udp_port: u16) -> Result<Side> {
