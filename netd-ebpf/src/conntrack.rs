@@ -32,7 +32,10 @@ pub enum Lookup {
 }
 
 /// Finds the entry for `key` and refreshes it for a packet with `tcp_flags`.
-/// A SYN on a closing connection forgets it, so a reused tuple starts fresh.
+/// A SYN on a closing connection starts it over: in place, keeping the
+/// translation, when it comes from the side that opened the connection (a
+/// client reusing its port from TIME_WAIT); otherwise the old connection is
+/// forgotten and the packet tracked as new.
 #[inline(always)]
 pub fn lookup(key: &CtKey, tcp_flags: u8) -> Lookup {
     let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
@@ -45,8 +48,20 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Lookup {
     let mut flags = entry.flags;
     let is_tcp = key.proto == IPPROTO_TCP;
     if is_tcp && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flags & CT_CLOSING != 0 {
-        forget(key, &entry.xlat);
-        return Lookup::Miss;
+        if flags & CT_REPLY != 0 {
+            forget(key, &entry.xlat);
+            return Lookup::Miss;
+        }
+        // Cheaper than deleting and re-inserting both entries, and just as
+        // right: any change to a port, endpoint or network that could make
+        // the old translation wrong flushes the entries first.
+        let expires = now + timeouts::TCP_SYN;
+        restart(entry, expires);
+        if let Some(peer) = CONNTRACK.get_ptr_mut(&entry.xlat.reversed()) {
+            // SAFETY: as above.
+            restart(unsafe { &mut *peer }, expires);
+        }
+        return Lookup::Hit(entry.xlat);
     }
     if flags & CT_REPLY != 0 && flags & CT_SEEN_REPLY == 0 {
         // First packet of the reply direction: the connection is established.
@@ -69,6 +84,13 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Lookup {
         }
     }
     Lookup::Hit(entry.xlat)
+}
+
+/// Back to the state of a just-opened connection.
+#[inline(always)]
+fn restart(entry: &mut CtEntry, expires_ns: u64) {
+    entry.flags &= !(CT_CLOSING | CT_SEEN_REPLY);
+    entry.expires_ns = expires_ns;
 }
 
 /// The translation for `key` without refreshing anything (ICMP errors

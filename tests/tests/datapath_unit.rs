@@ -466,15 +466,31 @@ fn tcp_close_shortens_lifetime_and_a_new_syn_starts_over() {
         assert_ne!(e.flags & CT_CLOSING, 0);
         assert!(e.expires_ns <= now + timeouts::TCP_CLOSING);
     }
-    // The same tuple reused for a new connection is tracked afresh.
-    run(
+    // The same tuple reused for a new connection is tracked afresh, with
+    // the same translation: both entries back to a just-opened connection.
+    let syn = Ipv4Frame::tcp(C1, 40000, REMOTE, 80, TCP_SYN);
+    expect_rewrite(
         &mut dp,
         programs::TO_UPLINK,
-        &Ipv4Frame::tcp(C1, 40000, REMOTE, 80, TCP_SYN),
+        &syn,
+        &with_addrs(&syn, (HOST, 40000), (REMOTE, 80)),
     );
-    let e = entry(&dp, fwd);
-    assert_eq!(e.flags, CT_SNAT);
+    let now = monotonic_ns();
+    let reply = key((REMOTE, 80), (HOST, 40000), PROTO_TCP);
+    for (k, flags) in [(fwd, CT_SNAT), (reply, CT_SNAT | CT_REPLY)] {
+        let e = entry(&dp, k);
+        assert_eq!(e.flags, flags);
+        assert!(e.expires_ns > now + timeouts::TCP_CLOSING);
+        assert!(e.expires_ns <= now + timeouts::TCP_SYN);
+    }
     assert_eq!(dp.conntrack_entries().unwrap().len(), 2);
+    // ... and the answer establishes it again.
+    run(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &Ipv4Frame::tcp(REMOTE, 80, HOST, 40000, TCP_SYN | TCP_ACK),
+    );
+    assert_ne!(entry(&dp, fwd).flags & CT_SEEN_REPLY, 0);
 }
 
 #[test]
