@@ -438,17 +438,20 @@ impl Datapath {
 
     /// Packets and bytes per traffic class, summed over CPUs.
     pub fn traffic_counters(&self) -> Result<Vec<(TrafficClass, PacketCounter)>> {
-        let map: PerCpuArray<_, PacketCounter> = self.per_cpu_array(maps::TRAFFIC_COUNTERS)?;
         TrafficClass::ALL
             .iter()
-            .map(|&class| {
-                let mut total = PacketCounter::default();
-                for cpu in map.get(&(class as u32), 0)?.iter() {
-                    total.add(cpu);
-                }
-                Ok((class, total))
-            })
+            .map(|&class| Ok((class, self.traffic_count(class)?)))
             .collect()
+    }
+
+    /// Packets and bytes of one traffic class, summed over CPUs.
+    pub fn traffic_count(&self, class: TrafficClass) -> Result<PacketCounter> {
+        let map: PerCpuArray<_, PacketCounter> = self.per_cpu_array(maps::TRAFFIC_COUNTERS)?;
+        let mut total = PacketCounter::default();
+        for cpu in map.get(&(class as u32), 0)?.iter() {
+            total.add(cpu);
+        }
+        Ok(total)
     }
 
     /// Dropped packets for one reason, summed over CPUs.

@@ -32,12 +32,7 @@ fn datapath_with_sender() -> Datapath {
 }
 
 fn traffic(dp: &Datapath, class: TrafficClass) -> PacketCounter {
-    dp.traffic_counters()
-        .unwrap()
-        .into_iter()
-        .find(|(c, _)| *c == class)
-        .unwrap()
-        .1
+    dp.traffic_count(class).unwrap()
 }
 
 fn drops(dp: &Datapath, reason: DropReason) -> u64 {

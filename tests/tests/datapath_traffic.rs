@@ -125,11 +125,7 @@ fn masquerade_rewrites_tcp_udp_and_icmp_to_the_uplink_address() -> Result<()> {
         expect
     );
     let icmp_packets = |h: &DatapathHost| -> Result<u64> {
-        let counters = h.datapath.traffic_counters()?;
-        Ok(counters
-            .iter()
-            .find(|(class, _)| *class == TrafficClass::Icmp)
-            .map_or(0, |(_, c)| c.packets))
+        Ok(h.datapath.traffic_count(TrafficClass::Icmp)?.packets)
     };
     let before = icmp_packets(&h)?;
     assert!(probe::ping(&c1, OUTSIDE_IP, 2)?);
