@@ -199,7 +199,9 @@ pub struct Config {
     pub netns_cookie: u64,
     /// The uplink, for the fast path out (0 = always use the stack).
     pub uplink_ifindex: u32,
-    pub _pad: u32,
+    /// The uplink's MTU, for the fast path's own length check on kernels
+    /// without `bpf_check_mtu` (0 = unknown: such packets take the stack).
+    pub uplink_mtu: u32,
 }
 
 /// Key of `SOCK_REVNAT`: a socket (by cookie) and the backend its traffic was

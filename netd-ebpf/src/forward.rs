@@ -4,8 +4,9 @@
 //! - into a container: `bpf_redirect_peer` from a TC ingress hook moves the
 //!   packet straight into the container's namespace;
 //! - out of the uplink: a FIB lookup picks the next hop, `bpf_check_mtu`
-//!   keeps oversized packets on the slow path (so the kernel sends the
-//!   container "fragmentation needed"), and `bpf_redirect` /
+//!   (or, before Linux 5.12, a length check against the uplink's MTU) keeps
+//!   oversized packets on the slow path (so the kernel sends the container
+//!   "fragmentation needed"), and `bpf_redirect` /
 //!   `bpf_redirect_neigh` transmit on the uplink.
 //!
 //! Each returns None when the packet must take the normal path instead.
@@ -64,7 +65,8 @@ pub fn route_to_uplink(
     ip: &Ipv4Packet,
     ingress_ifindex: u32,
 ) -> Option<UplinkRoute> {
-    let uplink = nat::config_map().get(0)?.uplink_ifindex;
+    let config = nat::config_map().get(0)?;
+    let uplink = config.uplink_ifindex;
     if uplink == 0 || ip.ttl <= 1 {
         return None;
     }
@@ -82,9 +84,7 @@ pub fn route_to_uplink(
     {
         return None;
     }
-    let mut mtu_len = 0u32;
-    // SAFETY: as above; checks GSO packets per segment.
-    if unsafe { bpf_check_mtu(ctx.as_ptr(), uplink, &mut mtu_len, 0, 0) } != 0 {
+    if !fits_uplink_mtu(ctx, uplink, config.uplink_mtu) {
         return None;
     }
     let macs = if rc == BPF_FIB_LKUP_RET_SUCCESS {
@@ -98,6 +98,30 @@ pub fn route_to_uplink(
         ifindex: uplink,
         macs,
     })
+}
+
+/// 1 where the kernel has `bpf_check_mtu` (5.12 and later), set by the
+/// loader before verification. `.rodata` is frozen, so the verifier knows the
+/// value and never visits the call on a kernel that would reject it: one
+/// object loads on 5.10 and on 6.x.
+#[unsafe(no_mangle)]
+static HAS_CHECK_MTU: u8 = 1;
+
+/// Whether a packet may leave by the uplink as it is; otherwise the stack
+/// takes it (and answers "fragmentation needed" or fragments it).
+#[inline(always)]
+fn fits_uplink_mtu(ctx: &TcContext, uplink: u32, uplink_mtu: u32) -> bool {
+    // SAFETY: a read of a constant the loader filled in.
+    if unsafe { core::ptr::read_volatile(&HAS_CHECK_MTU) } != 0 {
+        let mut mtu_len = 0u32;
+        // SAFETY: plain helper call; it checks GSO packets per segment.
+        return unsafe { bpf_check_mtu(ctx.as_ptr(), uplink, &mut mtu_len, 0, 0) } == 0;
+    }
+    // Without the helper: our own length check against the uplink's MTU.
+    // A GSO packet's segment size is not ours to judge, so it takes the stack.
+    // SAFETY: the context is the program's __sk_buff.
+    let gso_size = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).gso_size };
+    gso_size == 0 && ctx.len() <= uplink_mtu.saturating_add(ETH_LEN as u32)
 }
 
 /// Transmits on the uplink along `route` (one hop: TTL minus one), marked

@@ -7,15 +7,16 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::features::{Features, KernelFeatures, TcAttachMode};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
         cgroup_sock_addr::CgroupSockAddrLink,
-        links::{FdLink, PinnedLink},
-        tc::{SchedClassifierLink, SchedClassifierLinkId},
+        links::{FdLink, Link as _, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttach, TcHandle},
     },
 };
 use netd_common::{
@@ -32,9 +33,17 @@ pub struct Datapath {
     /// With pins (the daemon), maps and links live in bpffs and outlive the
     /// process; without (tests), everything goes when `Datapath` drops.
     pin_dir: Option<PathBuf>,
+    /// TCX links, or clsact filters where the kernel has no TCX.
+    tc_mode: TcAttachMode,
     /// Unpinned `from_container` links by interface, for detaching.
     container_links: std::collections::HashMap<String, SchedClassifierLinkId>,
 }
+
+/// Where netd's cls_bpf filters sit in a clsact qdisc (fallback attach):
+/// fixed, so a restarted daemon finds its filters and swaps the program in
+/// place. Priority 1 runs them before filters others may add.
+const CLSACT_PRIORITY: u16 = 1;
+const CLSACT_HANDLE: TcHandle = TcHandle::new(0, 0x4e44); // "ND"
 
 /// Maps pinned under `<bpffs dir>/maps/`: the state that must survive a
 /// daemon restart (connections included) and the counters.
@@ -52,16 +61,24 @@ const PINNED_MAPS: &[&str] = &[
 ];
 
 impl Datapath {
-    /// Loads every program into the kernel (verifier included); attaches nothing.
+    /// Loads every program into the kernel (verifier included) with the best
+    /// mechanisms this kernel has; attaches nothing.
     pub fn load() -> Result<Self> {
-        let ebpf = Ebpf::load(BPF_OBJECT).context("loading netd's BPF object")?;
-        Self::load_programs(ebpf, None)
+        Self::load_with(&Features::probe(KernelFeatures::Auto)?)
+    }
+
+    /// As `load`, with the mechanisms `features` chose.
+    pub fn load_with(features: &Features) -> Result<Self> {
+        let ebpf = loader(features)
+            .load(BPF_OBJECT)
+            .context("loading netd's BPF object")?;
+        Self::load_programs(ebpf, None, features)
     }
 
     /// Loads with maps pinned under `dir/maps` (reusing pins a previous run
     /// left, so conntrack and all state carry over) and links pinned under
     /// `dir/links`. `dir` must be on a bpffs.
-    pub fn load_pinned(dir: &Path) -> Result<Self> {
+    pub fn load_pinned(dir: &Path, features: &Features) -> Result<Self> {
         let map_dir = dir.join("maps");
         std::fs::create_dir_all(&map_dir)
             .with_context(|| format!("creating {} (is bpffs mounted?)", map_dir.display()))?;
@@ -70,7 +87,7 @@ impl Datapath {
             .iter()
             .map(|&name| (name, map_dir.join(name)))
             .collect();
-        let mut loader = EbpfLoader::new();
+        let mut loader = loader(features);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -80,7 +97,7 @@ impl Datapath {
                 map_dir.display()
             )
         })?;
-        Self::load_programs(ebpf, Some(dir.to_owned()))
+        Self::load_programs(ebpf, Some(dir.to_owned()), features)
     }
 
     /// Unpins everything under `dir`: links detach, maps go with the last user.
@@ -93,7 +110,11 @@ impl Datapath {
         }
     }
 
-    fn load_programs(mut ebpf: Ebpf, pin_dir: Option<PathBuf>) -> Result<Self> {
+    fn load_programs(
+        mut ebpf: Ebpf,
+        pin_dir: Option<PathBuf>,
+        features: &Features,
+    ) -> Result<Self> {
         for &name in programs::CLASSIFIERS {
             classifier(&mut ebpf, name)?
                 .load()
@@ -107,6 +128,7 @@ impl Datapath {
         Ok(Self {
             ebpf,
             pin_dir,
+            tc_mode: features.tc_attach.uses,
             container_links: Default::default(),
         })
     }
@@ -116,7 +138,7 @@ impl Datapath {
         classifier(&mut self.ebpf, name)
     }
 
-    /// Attaches `from_container` (TCX ingress) to the host side of a container
+    /// Attaches `from_container` (ingress) to the host side of a container
     /// veth. `iface` is resolved in the calling thread's network namespace.
     pub fn attach_from_container(&mut self, iface: &str) -> Result<()> {
         if let Some(id) = self.attach_tc(
@@ -134,6 +156,8 @@ impl Datapath {
     pub fn detach_from_container(&mut self, iface: &str) -> Result<()> {
         if let Some(id) = self.container_links.remove(iface) {
             let _ = self.classifier(programs::FROM_CONTAINER)?.detach(id);
+        } else if self.pin_dir.is_some() {
+            self.detach_clsact(iface, TcAttachType::Ingress)?;
         }
         if let Some(dir) = &self.pin_dir {
             match std::fs::remove_file(dir.join("links").join(iface)) {
@@ -161,10 +185,26 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attaches `program` through TCX or, without it, a clsact filter.
+    /// Returns the link to detach later when this `Datapath` owns it (no
+    /// pins), else None.
+    fn attach_tc(
+        &mut self,
+        program: &str,
+        iface: &str,
+        direction: TcAttachType,
+        pin_name: &str,
+    ) -> Result<Option<SchedClassifierLinkId>> {
+        match self.tc_mode {
+            TcAttachMode::Tcx => self.attach_tcx(program, iface, direction, pin_name),
+            TcAttachMode::Clsact => self.attach_clsact(program, iface, direction),
+        }
+    }
+
     /// TCX attach. With pins: replaces the program in a link a previous run
     /// pinned (atomically, no gap in traffic), or pins a new link; returns
     /// None. Without: the link stays owned by this `Datapath`.
-    fn attach_tc(
+    fn attach_tcx(
         &mut self,
         program: &str,
         iface: &str,
@@ -176,7 +216,7 @@ impl Datapath {
             .as_ref()
             .map(|d| d.join("links").join(pin_name));
         let prog = self.classifier(program)?;
-        let context = || format!("attaching {program} to {iface}");
+        let context = || format!("attaching {program} to {iface} (tcx)");
         if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
             let link = PinnedLink::from_pin(pin).with_context(context)?;
             let link = SchedClassifierLink::try_from(FdLink::from(link)).with_context(context)?;
@@ -186,12 +226,105 @@ impl Datapath {
         }
         let name = CString::new(iface).context("interface name contains NUL")?;
         let id = prog
-            .attach(name.as_c_str(), direction)
+            .attach(
+                name.as_c_str(),
+                TcAttach::Tcx {
+                    attach_type: direction,
+                    order: LinkOrder::default(),
+                },
+            )
             .with_context(context)?;
         let Some(pin) = pin else { return Ok(Some(id)) };
         let link = FdLink::try_from(prog.take_link(id)?).with_context(context)?;
         link.pin(pin).with_context(context)?;
         Ok(None)
+    }
+
+    /// clsact attach (kernels without TCX). A filter a previous run left at
+    /// netd's priority and handle gets the new program in place (one netlink
+    /// change, no gap in traffic); else a new filter is created. The kernel
+    /// keeps filters without pins, so with a pin directory the link is
+    /// forgotten rather than detached when this `Datapath` goes.
+    fn attach_clsact(
+        &mut self,
+        program: &str,
+        iface: &str,
+        direction: TcAttachType,
+    ) -> Result<Option<SchedClassifierLinkId>> {
+        let context = || format!("attaching {program} to {iface} (clsact)");
+        let name = CString::new(iface).context("interface name contains NUL")?;
+        match tc::qdisc_add_clsact(name.as_c_str()) {
+            Err(tc::TcError::NetlinkError(err)) if err.raw_os_error() == Some(libc::EEXIST) => {}
+            other => other.with_context(|| format!("adding a clsact qdisc to {iface}"))?,
+        }
+        let parent = TcHandle::from(direction);
+        let pinned = self.pin_dir.is_some();
+        let prog = self.classifier(program)?;
+        let existing = SchedClassifierLink::attached(
+            name.as_c_str(),
+            parent,
+            CLSACT_PRIORITY,
+            CLSACT_HANDLE,
+            None,
+        )
+        .with_context(context)?;
+        let id = match prog.attach_to_link(existing) {
+            Ok(id) => id,
+            // No filter of ours there yet.
+            Err(_) => prog
+                .attach(
+                    name.as_c_str(),
+                    TcAttach::Netlink {
+                        parent,
+                        options: NlOptions {
+                            priority: CLSACT_PRIORITY,
+                            handle: CLSACT_HANDLE,
+                            classid: None,
+                        },
+                    },
+                )
+                .with_context(context)?,
+        };
+        if !pinned {
+            return Ok(Some(id));
+        }
+        // Dropping the link would delete the filter; it must outlive us.
+        std::mem::forget(prog.take_link(id)?);
+        Ok(None)
+    }
+
+    /// Deletes netd's clsact filter for `direction` on `iface`, if there is
+    /// one (nothing to do on TCX, where unpinning detaches).
+    fn detach_clsact(&mut self, iface: &str, direction: TcAttachType) -> Result<()> {
+        if self.tc_mode != TcAttachMode::Clsact {
+            return Ok(());
+        }
+        let name = CString::new(iface).context("interface name contains NUL")?;
+        let Ok(link) = SchedClassifierLink::attached(
+            name.as_c_str(),
+            TcHandle::from(direction),
+            CLSACT_PRIORITY,
+            CLSACT_HANDLE,
+            None,
+        ) else {
+            return Ok(()); // the interface is gone, and its filters with it
+        };
+        match link.detach() {
+            Ok(()) => Ok(()),
+            Err(err) if is_gone(&err) => Ok(()),
+            Err(err) => Err(err).with_context(|| format!("detaching netd's filter from {iface}")),
+        }
+    }
+
+    /// Removes the uplink's programs on `netd down` (TCX links go with
+    /// their pins).
+    pub fn detach_uplink(&mut self, iface: &str) -> Result<()> {
+        self.detach_clsact(iface, TcAttachType::Ingress)?;
+        self.detach_clsact(iface, TcAttachType::Egress)
+    }
+
+    pub fn tc_mode(&self) -> TcAttachMode {
+        self.tc_mode
     }
 
     /// Attaches the socket hooks (connect4, sendmsg4, recvmsg4, getpeername4)
@@ -495,6 +628,19 @@ impl Datapath {
     }
 }
 
+/// A loader with the constants the programs read to pick their mechanisms
+/// (dead branches are pruned by the verifier, so absent helpers never load).
+fn loader(features: &Features) -> EbpfLoader<'static> {
+    static FLAG: [u8; 2] = [0, 1];
+    let mut loader = EbpfLoader::new();
+    loader.override_global(
+        "HAS_CHECK_MTU",
+        &FLAG[usize::from(features.has_check_mtu())],
+        true,
+    );
+    loader
+}
+
 fn sock_hook<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr> {
     ebpf.program_mut(name)
         .ok_or_else(|| anyhow!("BPF program {name} missing from the object"))?
@@ -558,4 +704,15 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// ENOENT/ENODEV from netlink: the filter or its device is already gone.
+fn is_gone(err: &aya::programs::ProgramError) -> bool {
+    use aya::programs::ProgramError;
+    let errno = match err {
+        ProgramError::NetlinkError(err) => err.raw_os_error(),
+        ProgramError::TcError(tc::TcError::NetlinkError(err)) => err.raw_os_error(),
+        _ => None,
+    };
+    matches!(errno, Some(libc::ENOENT | libc::ENODEV))
 }

@@ -22,6 +22,7 @@ use crate::{
     api::{MAX_REQUEST_BYTES, NetworkSpec, Request, Response},
     cidr::Cidr,
     driver::{EbpfDriver, FirewallDriver, HostInfo, IptablesDriver},
+    features::{Features, KernelFeatures},
     ipam,
     netlink::{self, Netlink},
     portspec::PortSpec,
@@ -37,6 +38,8 @@ pub struct Options {
     pub cleanup: bool,
     /// bpffs directory for pinned maps and links.
     pub bpffs: PathBuf,
+    /// Which kernel mechanisms the eBPF datapath may use.
+    pub kernel_features: KernelFeatures,
 }
 
 /// Ports `-p 80` picks from (Docker uses the kernel's ephemeral range).
@@ -58,19 +61,24 @@ pub async fn run(opts: Options) -> Result<()> {
         .with_context(|| format!("uplink {uplink}"))?;
     let host = HostInfo {
         uplink_addrs: nl.addresses(uplink_ifindex).await?,
+        uplink_mtu: nl.link_mtu(uplink_ifindex).await?,
         uplink: uplink.clone(),
         uplink_ifindex,
         netns_cookie: crate::bpf::current_netns_cookie()?,
     };
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
     let driver: Box<dyn FirewallDriver> = match opts.datapath.as_str() {
-        "ebpf" => Box::new(EbpfDriver::start(&host, &opts.bpffs)?),
+        "ebpf" => {
+            let features = Features::probe(opts.kernel_features)?;
+            Box::new(EbpfDriver::start(&host, &opts.bpffs, features)?)
+        }
         "iptables" => Box::new(IptablesDriver::start(&host)?),
         other => bail!("unknown datapath {other:?}: use ebpf or iptables"),
     };
     let state = State::load(&opts.state_dir)?;
     let mut daemon = Daemon {
         state,
+        uplink_ifindex,
         state_dir: opts.state_dir.clone(),
         bpffs: opts.bpffs.clone(),
         nl,
@@ -313,6 +321,7 @@ async fn read_drop_events(
 
 struct Daemon {
     state: State,
+    uplink_ifindex: u32,
     state_dir: PathBuf,
     bpffs: PathBuf,
     nl: Netlink,
@@ -975,6 +984,9 @@ impl Daemon {
         }
         let _ = std::fs::remove_file(self.state_dir.join("state.json"));
         self.driver.remove_all()?;
+        if self.driver.uses_clsact() {
+            self.nl.remove_clsact_if_unused(self.uplink_ifindex).await?;
+        }
         // Unpinning detaches the uplink and socket hooks; maps go with us.
         crate::bpf::Datapath::remove_pins(&self.bpffs)
     }

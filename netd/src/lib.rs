@@ -7,6 +7,7 @@ pub mod bpf;
 pub mod cidr;
 pub mod daemon;
 pub mod driver;
+pub mod features;
 pub mod ipam;
 pub mod netlink;
 pub mod portspec;

@@ -10,6 +10,7 @@ use netd::{
     api::{DEFAULT_SOCKET, NetworkSpec, Request, Response},
     bpf::Datapath,
     daemon,
+    features::{Features, KernelFeatures},
 };
 use netd_common::{DropReason, programs, sizes};
 use serde_json::Value;
@@ -47,6 +48,11 @@ enum Command {
         /// datapath running while the daemon is stopped or restarting).
         #[arg(long, default_value = "/sys/fs/bpf/netd")]
         bpffs: PathBuf,
+        /// Kernel mechanisms the eBPF datapath may use: `auto` (the best
+        /// this kernel has) or `legacy` (only Linux 5.10's: clsact filters
+        /// instead of TCX, a length check instead of bpf_check_mtu).
+        #[arg(long, value_enum, default_value = "auto")]
+        kernel_features: KernelFeatures,
     },
     /// Manage networks.
     #[command(subcommand)]
@@ -66,9 +72,13 @@ enum Command {
     },
     /// Remove every container and network netd created, then stop the daemon.
     Down,
-    /// Load every BPF program through this kernel's verifier (attaching
-    /// nothing) and list programs, map sizes and drop reasons.
-    Check,
+    /// Probe the kernel, load every BPF program through its verifier
+    /// (attaching nothing), and list what was chosen, programs, map sizes
+    /// and drop reasons.
+    Check {
+        #[arg(long, value_enum, default_value = "auto")]
+        kernel_features: KernelFeatures,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -157,6 +167,7 @@ fn run(cli: Cli) -> Result<()> {
             socket_group,
             cleanup,
             bpffs,
+            kernel_features,
         } => {
             let opts = daemon::Options {
                 uplink,
@@ -166,13 +177,14 @@ fn run(cli: Cli) -> Result<()> {
                 socket_group,
                 cleanup,
                 bpffs,
+                kernel_features,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
                 .block_on(daemon::run(opts))
         }
-        Command::Check => check(),
+        Command::Check { kernel_features } => check(kernel_features),
         Command::Network(cmd) => match cmd {
             NetworkCommand::Create(spec) => {
                 let data = call(Request::NetworkCreate(spec))?;
@@ -404,8 +416,11 @@ fn print_list(data: &Value, format: Format, columns: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn check() -> Result<()> {
-    Datapath::load()?;
+fn check(wanted: KernelFeatures) -> Result<()> {
+    let features = Features::probe(wanted)?;
+    println!("{features}");
+    features.require_minimum()?;
+    Datapath::load_with(&features)?;
     println!("all BPF programs passed the verifier:");
     for name in programs::CLASSIFIERS {
         println!("  tc       {name}");

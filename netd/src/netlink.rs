@@ -15,6 +15,7 @@ use rtnetlink::{
         address::AddressAttribute,
         link::LinkAttribute,
         route::{RouteAddress, RouteAttribute},
+        tc::TcHandle,
     },
 };
 
@@ -91,6 +92,55 @@ impl Netlink {
                 }
             })
             .ok_or_else(|| anyhow!("link {index} has no name"))
+    }
+
+    /// Deletes the clsact qdisc of link `index` when no filter is left in
+    /// it (netd added it for its own filters; someone else's stay).
+    pub async fn remove_clsact_if_unused(&self, index: u32) -> Result<()> {
+        let index = index as i32;
+        let mut tc = self.handle.traffic_filter(index);
+        for parent in [tc.get().ingress(), tc.get().egress()] {
+            let filters: Vec<_> = match parent.execute().try_collect().await {
+                Ok(filters) => filters,
+                // No clsact (or no link): nothing to remove.
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if [-libc::EINVAL, -libc::ENOENT, -libc::ENODEV].contains(&e.raw_code()) =>
+                {
+                    return Ok(());
+                }
+                Err(err) => return Err(err).context("listing tc filters"),
+            };
+            if !filters.is_empty() {
+                return Ok(());
+            }
+        }
+        let mut del = self.handle.qdisc().del(index);
+        let header = &mut del.message_mut().header;
+        header.parent = TcHandle::from(0xffff_fff1); // TC_H_CLSACT
+        header.handle = TcHandle::from(0xffff_0000);
+        match del.execute().await {
+            Err(rtnetlink::Error::NetlinkError(e))
+                if [-libc::EINVAL, -libc::ENOENT, -libc::ENODEV].contains(&e.raw_code()) =>
+            {
+                Ok(())
+            }
+            other => other.context("deleting the clsact qdisc"),
+        }
+    }
+
+    pub async fn link_mtu(&self, index: u32) -> Result<u32> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let link = links
+            .try_next()
+            .await?
+            .ok_or_else(|| anyhow!("no link {index}"))?;
+        link.attributes
+            .into_iter()
+            .find_map(|a| match a {
+                LinkAttribute::Mtu(mtu) => Some(mtu),
+                _ => None,
+            })
+            .ok_or_else(|| anyhow!("link {index} has no MTU"))
     }
 
     pub async fn link_mac(&self, index: u32) -> Result<[u8; 6]> {

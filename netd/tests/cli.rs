@@ -283,9 +283,34 @@ fn parallel_creates_get_distinct_addresses() {
     assert_eq!(ips.len(), names.len());
 }
 
+/// Daemon flags for each way of attaching programs: TCX (this kernel's
+/// best) and the clsact fallback older kernels use.
+const ATTACH_MODES: [(&str, &[&str]); 2] =
+    [("tcx", &[]), ("clsact", &["--kernel-features", "legacy"])];
+
+/// netd's filters on the uplink in clsact mode: (ingress, egress) lines.
+fn uplink_filters(h: &DaemonHost) -> (Vec<String>, Vec<String>) {
+    let filters = |direction: &str| -> Vec<String> {
+        h.tc(&["filter", "show", "dev", &h.uplink, direction])
+            .lines()
+            .filter(|l| l.contains("direct-action"))
+            .map(str::to_owned)
+            .collect()
+    };
+    (filters("ingress"), filters("egress"))
+}
+
 #[test]
 fn connections_survive_a_kill_9_restart_and_a_stopped_daemon() {
-    let mut h = DaemonHost::start(NETD, &[]);
+    for (mode, flags) in ATTACH_MODES {
+        println!("attach mode {mode}");
+        restart_keeps_connections(mode, flags);
+    }
+}
+
+fn restart_keeps_connections(mode: &str, flags: &[&str]) {
+    let mut h = DaemonHost::start(NETD, flags);
+    assert_eq!(h.json(&["status"])["programs"]["attach"], mode);
     let web = h.name("web");
     h.ok(&[
         "network",
@@ -322,6 +347,18 @@ fn connections_survive_a_kill_9_restart_and_a_stopped_daemon() {
     h.spawn_daemon();
     probe::echo_roundtrip(&mut inbound, b"after restart").unwrap();
     probe::echo_roundtrip(&mut outbound, b"after restart").unwrap();
+    if mode == "clsact" {
+        // The restart swapped the programs inside netd's filters: one each.
+        let (ingress, egress) = uplink_filters(&h);
+        assert!(
+            ingress.len() == 1 && ingress[0].contains("from_uplink"),
+            "{ingress:?}"
+        );
+        assert!(
+            egress.len() == 1 && egress[0].contains("to_uplink"),
+            "{egress:?}"
+        );
+    }
     assert_eq!(h.ok(&["container", "ls", "--format", "json"]), before);
     assert_eq!(h.json(&["network", "inspect", "apps"])["icc"], false);
     // New connections too.
@@ -340,8 +377,22 @@ fn connections_survive_a_kill_9_restart_and_a_stopped_daemon() {
 
 #[test]
 fn down_removes_everything() {
-    let mut h = DaemonHost::start(NETD, &[]);
+    for (mode, flags) in ATTACH_MODES {
+        println!("attach mode {mode}");
+        down_removes_everything_in(mode, flags);
+    }
+}
+
+fn down_removes_everything_in(mode: &str, flags: &[&str]) {
+    let mut h = DaemonHost::start(NETD, flags);
     let c = h.name("c");
+    if mode == "clsact" {
+        assert!(
+            h.tc(&["qdisc", "show", "dev", &h.uplink])
+                .contains("clsact")
+        );
+        assert_eq!(uplink_filters(&h).0.len(), 1);
+    }
     h.ok(&["network", "create", "x"]);
     h.ok(&["container", "create", &c, "--network", "x"]);
     h.ok(&["down"]);
@@ -357,6 +408,8 @@ fn down_removes_everything() {
         !links.contains("veth") && !links.contains("netd0") && !links.contains("br-"),
         "{links}"
     );
+    let qdiscs = h.tc(&["qdisc", "show", "dev", &h.uplink]);
+    assert!(!qdiscs.contains("clsact"), "{qdiscs}");
 }
 
 #[test]

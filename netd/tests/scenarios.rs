@@ -5,8 +5,8 @@ use netd_testbed::scenarios;
 
 const NETD: &str = env!("CARGO_BIN_EXE_netd");
 
-fn check(datapath: &str) {
-    let rows = scenarios::run(NETD, datapath);
+fn check(datapath: &str, daemon_flags: &[&str]) {
+    let rows = scenarios::run(NETD, datapath, daemon_flags);
     let matrix = scenarios::matrix(datapath, &rows);
     println!("{matrix}");
     let bad: Vec<String> = rows
@@ -24,10 +24,17 @@ fn check(datapath: &str) {
 
 #[test]
 fn ebpf_datapath_passes_the_scenarios() {
-    check("ebpf");
+    check("ebpf", &[]);
+}
+
+/// The fallbacks for kernels before 6.6 and 5.12 (clsact filters, the
+/// length-based MTU check), forced on this kernel: the same verdicts.
+#[test]
+fn ebpf_datapath_in_legacy_kernel_mode_passes_the_scenarios() {
+    check("ebpf", &["--kernel-features", "legacy"]);
 }
 
 #[test]
 fn iptables_datapath_passes_the_scenarios() {
-    check("iptables");
+    check("iptables", &[]);
 }

@@ -24,6 +24,8 @@ pub struct DaemonHost {
     daemon_args: Vec<String>,
     pub host: Netns,
     pub outside: Netns,
+    /// The host's uplink (its end of the veth to `outside`).
+    pub uplink: String,
     /// Owns (and on drop deletes) host and outside; dropped last.
     _bed: Testbed,
 }
@@ -33,7 +35,7 @@ impl DaemonHost {
     /// `daemon_args` are added to every `netd daemon` start.
     pub fn start(netd: &str, daemon_args: &[&str]) -> Self {
         let mut bed = Testbed::new().unwrap();
-        let (host, outside, _uplink) = bed.add_host_with_outside().unwrap();
+        let (host, outside, uplink) = bed.add_host_with_outside().unwrap();
         let dir = PathBuf::from(format!("/run/netd-test-{}", bed.id()));
         std::fs::create_dir_all(&dir).unwrap();
         let id = bed.id().to_owned();
@@ -45,6 +47,7 @@ impl DaemonHost {
             id,
             host,
             outside,
+            uplink,
             _bed: bed,
         };
         me.spawn_daemon();
@@ -164,6 +167,17 @@ impl DaemonHost {
         far.ip(&["route", "add", "default", "via", "203.0.113.1"])
             .unwrap();
         far
+    }
+
+    /// `tc ARGS…` in the host namespace: its output.
+    pub fn tc(&self, args: &[&str]) -> String {
+        let out = Command::new("tc")
+            .args(["-n", self.host.name()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tc {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
     }
 
     pub fn ctr(&self, short: &str) -> Netns {

@@ -6,7 +6,10 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result};
-use netd::bpf::Datapath;
+use netd::{
+    bpf::Datapath,
+    features::{Features, KernelFeatures},
+};
 use netd_common::{Backend, Config, Endpoint, NetworkInfo, PortKey};
 
 use crate::{Netns, Testbed};
@@ -38,18 +41,25 @@ pub struct Network {
 
 impl DatapathHost {
     pub fn new() -> Result<Self> {
+        Self::with_kernel_features(KernelFeatures::Auto, 1500)
+    }
+
+    /// A host whose datapath uses the mechanisms `wanted` allows, with an
+    /// uplink of `uplink_mtu` (the outside end stays at 1500).
+    pub fn with_kernel_features(wanted: KernelFeatures, uplink_mtu: u32) -> Result<Self> {
         let mut bed = Testbed::new()?;
         let (host, outside, uplink) = bed.add_host_with_outside()?;
         host.sysctl("net.ipv4.ip_forward", "1")?;
+        host.ip(&["link", "set", &uplink, "mtu", &uplink_mtu.to_string()])?;
 
-        let mut datapath = Datapath::load()?;
+        let mut datapath = Datapath::load_with(&Features::probe(wanted)?)?;
         datapath.set_config(Config {
             masquerade_ip: HOST_UPLINK_IP.parse::<Ipv4Addr>()?.octets(),
             nat_port_min: NAT_PORT_MIN,
             nat_port_max: NAT_PORT_MAX,
             netns_cookie: host.enter(netd::bpf::current_netns_cookie)??,
             uplink_ifindex: host.ifindex(&uplink)?,
-            _pad: 0,
+            uplink_mtu,
         })?;
         for ip in [HOST_UPLINK_IP, HOST_SECOND_IP, "127.0.0.1"] {
             datapath.insert_local_addr(ip.parse()?)?;

@@ -315,9 +315,14 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-/// Networks, containers and servers of the classic story, on `datapath`.
-pub fn build(netd: &str, datapath: &str) -> Suite {
-    let mut h = DaemonHost::start(netd, &["--datapath", datapath]);
+/// Networks, containers and servers of the classic story, on `datapath`
+/// (`daemon_flags` are added to the daemon's command line).
+pub fn build(netd: &str, datapath: &str, daemon_flags: &[&str]) -> Suite {
+    let flags: Vec<&str> = ["--datapath", datapath]
+        .into_iter()
+        .chain(daemon_flags.iter().copied())
+        .collect();
+    let mut h = DaemonHost::start(netd, &flags);
     let far = h.add_far_host("203.0.113.2", 1280);
     h.ok(&["network", "create", "second", "--subnet", "10.60.0.0/24"]);
     h.ok(&[
@@ -449,8 +454,8 @@ pub struct Row {
 }
 
 /// Runs every probe (and disconnect/reconnect) on `datapath`.
-pub fn run(netd: &str, datapath: &str) -> Vec<Row> {
-    let suite = build(netd, datapath);
+pub fn run(netd: &str, datapath: &str, daemon_flags: &[&str]) -> Vec<Row> {
+    let suite = build(netd, datapath, daemon_flags);
     let mut rows: Vec<Row> = PROBES
         .iter()
         .map(|p| Row {

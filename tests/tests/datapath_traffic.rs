@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Result;
+use netd::features::KernelFeatures;
 use netd_common::{DropReason, NET_ICC, NET_INTERNAL, NET_MASQUERADE, TrafficClass};
 use netd_testbed::{
     Netns,
@@ -380,5 +381,45 @@ fn the_host_reaches_published_ports_including_on_loopback() -> Result<()> {
     assert!(probe::tcp_request(&h.outside, addr(&format!("{HOST_UPLINK_IP}:9090")), b"q").is_err());
     // Other namespaces' sockets are not touched by this host's hooks.
     assert!(probe::tcp_request(&h.outside, addr("127.0.0.1:8080"), b"q").is_err());
+    Ok(())
+}
+
+/// The fast path out checks each packet against the uplink's MTU, with
+/// `bpf_check_mtu` or, in legacy kernel mode, its own length check: a
+/// packet that fits leaves by the fast path (counted once), one that does
+/// not takes the kernel's path, which tells the container the MTU. The
+/// uplink is smaller than the container's link, and the outside end is
+/// not, so a wrongly fast-pathed packet would arrive.
+#[test]
+fn the_fast_path_out_keeps_to_the_uplink_mtu_in_both_kernel_modes() -> Result<()> {
+    for wanted in [KernelFeatures::Auto, KernelFeatures::Legacy] {
+        let mut h = DatapathHost::with_kernel_features(wanted, 1400)?;
+        let net = h.add_network("172.18.0.0/16", DEFAULT)?;
+        let c1 = h.add_container(&net, "172.18.0.2", DEFAULT)?;
+        let icmp = |h: &DatapathHost| -> Result<u64> {
+            Ok(h.datapath.traffic_count(TrafficClass::Icmp)?.packets)
+        };
+        let ping = |size: &str| {
+            c1.command("ping")
+                .args(["-n", "-q", "-c", "1", "-W", "1", "-M", "do", "-s", size])
+                .arg(OUTSIDE_IP)
+                .output()
+        };
+        let before = icmp(&h)?;
+        // 1372 + 28 = 1400 bytes: fits.
+        assert!(ping("1372")?.status.success(), "{wanted:?}: 1400 bytes");
+        assert_eq!(icmp(&h)? - before, 2, "{wanted:?}: fast path both ways");
+        // 1401 bytes with DF: the host answers "fragmentation needed".
+        let too_big = ping("1373")?;
+        assert!(
+            !too_big.status.success(),
+            "{wanted:?}: 1401 bytes got through"
+        );
+        let route = c1.run("ip", &["route", "get", OUTSIDE_IP])?;
+        assert!(
+            String::from_utf8_lossy(&route.stdout).contains("mtu 1400"),
+            "{wanted:?}: the container learned the uplink MTU: {route:?}"
+        );
+    }
     Ok(())
 }

@@ -12,20 +12,24 @@ use serde_json::json;
 use super::{ConntrackRow, FirewallDriver, HostInfo};
 use crate::{
     bpf::{Datapath, monotonic_ns},
+    features::{Features, TcAttachMode},
     state::{Attachment, Network, PublishedPort},
 };
 
 pub struct EbpfDriver {
     datapath: Datapath,
+    features: Features,
+    uplink: String,
     /// Host-side veths with `from_container` attached.
     endpoints: HashSet<String>,
 }
 
 impl EbpfDriver {
     /// Loads (or, after a restart, re-adopts) the datapath pinned under `bpffs`.
-    pub fn start(host: &HostInfo, bpffs: &Path) -> Result<Self> {
+    pub fn start(host: &HostInfo, bpffs: &Path, features: Features) -> Result<Self> {
+        features.require_minimum()?;
         super::set_bridge_netfilter(false)?;
-        let mut datapath = Datapath::load_pinned(bpffs)?;
+        let mut datapath = Datapath::load_pinned(bpffs, &features)?;
         let masquerade_ip = host
             .uplink_addrs
             .first()
@@ -37,7 +41,7 @@ impl EbpfDriver {
             nat_port_max: 65535,
             netns_cookie: host.netns_cookie,
             uplink_ifindex: host.uplink_ifindex,
-            _pad: 0,
+            uplink_mtu: host.uplink_mtu,
         })?;
         for ip in host
             .uplink_addrs
@@ -51,6 +55,8 @@ impl EbpfDriver {
         datapath.attach_host_sockets()?;
         Ok(Self {
             datapath,
+            features,
+            uplink: host.uplink.clone(),
             endpoints: HashSet::new(),
         })
     }
@@ -207,6 +213,15 @@ impl FirewallDriver for EbpfDriver {
         self.datapath.conntrack_gc(monotonic_ns())
     }
 
+    fn uses_clsact(&self) -> bool {
+        self.datapath.tc_mode() == TcAttachMode::Clsact
+    }
+
+    fn remove_all(&mut self) -> Result<()> {
+        // TCX links go with their pins; clsact filters must be deleted.
+        self.datapath.detach_uplink(&self.uplink)
+    }
+
     fn take_drop_events(&mut self) -> Result<Option<aya::maps::RingBuf<aya::maps::MapData>>> {
         self.datapath.take_drop_events().map(Some)
     }
@@ -232,7 +247,9 @@ impl FirewallDriver for EbpfDriver {
             .collect();
         Ok(json!({
             "datapath": "ebpf",
+            "kernel": self.features,
             "programs": {
+                "attach": self.datapath.tc_mode(),
                 "tc": programs::CLASSIFIERS,
                 "cgroup": programs::SOCK_HOOKS,
                 "container_links": self.endpoints.len(),

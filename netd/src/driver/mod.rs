@@ -30,6 +30,7 @@ fn set_bridge_netfilter(on: bool) -> Result<()> {
 pub struct HostInfo {
     pub uplink: String,
     pub uplink_ifindex: u32,
+    pub uplink_mtu: u32,
     pub uplink_addrs: Vec<Ipv4Addr>,
     pub netns_cookie: u64,
 }
@@ -71,6 +72,11 @@ pub trait FirewallDriver: Send {
     /// Removes everything the driver installed (for `netd down`).
     fn remove_all(&mut self) -> Result<()> {
         Ok(())
+    }
+    /// Whether programs sit in clsact qdiscs (whose removal on `netd down`
+    /// is the daemon's, through rtnetlink).
+    fn uses_clsact(&self) -> bool {
+        false
     }
     /// Where drop events come from, if this driver reports them.
     fn take_drop_events(&mut self) -> Result<Option<aya::maps::RingBuf<aya::maps::MapData>>> {

@@ -1,0 +1,170 @@
+//! What this kernel offers netd's datapath, probed at start, and what netd
+//! uses for each mechanism: the modern one where the kernel has it, a
+//! fallback where it does not. Verdicts are the same either way; only how
+//! programs attach and how the fast path checks sizes differ.
+//!
+//! | mechanism | modern (kernel) | fallback |
+//! |---|---|---|
+//! | TC attach | TCX links (6.6) | clsact qdisc + cls_bpf filters (netlink) |
+//! | fast-path MTU check | `bpf_check_mtu` (5.12) | own length check against the uplink MTU; GSO packets take the stack |
+//!
+//! Everything else netd needs is in 5.10, the oldest kernel it supports
+//! (ring buffer 5.8, cgroup sock_addr getpeername 5.8, bpf_redirect_peer
+//! and bpf_redirect_neigh 5.10); the probes say clearly when one is missing.
+
+use std::fmt;
+
+use anyhow::{Result, bail};
+use aya::{
+    maps::MapType,
+    programs::ProgramType,
+    sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported},
+    util::KernelVersion,
+};
+use serde::Serialize;
+
+/// Which mechanisms the daemon may use (`netd daemon --kernel-features`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelFeatures {
+    /// The best this kernel offers.
+    #[default]
+    Auto,
+    /// Only what Linux 5.10 has, even on a newer kernel: the fallbacks run
+    /// (and are tested) on any machine.
+    Legacy,
+}
+
+/// How TC programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttachMode {
+    /// bpf_link based, ordered, pinnable (6.6+).
+    Tcx,
+    /// A clsact qdisc with cls_bpf filters in direct-action mode, through
+    /// netlink; the filters outlive the daemon without pins.
+    Clsact,
+}
+
+/// How the fast path keeps oversized packets on the kernel's path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MtuCheck {
+    /// `bpf_check_mtu` (5.12+): exact, GSO packets checked per segment.
+    CheckMtuHelper,
+    /// The packet's length against the uplink's MTU; GSO packets take the
+    /// stack.
+    UplinkMtuLength,
+}
+
+/// One choice and the reason for it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Choice<T> {
+    pub uses: T,
+    pub why: String,
+}
+
+/// The probe results and what netd chose.
+#[derive(Clone, Debug, Serialize)]
+pub struct Features {
+    pub kernel: String,
+    pub tc_attach: Choice<TcAttachMode>,
+    pub mtu_check: Choice<MtuCheck>,
+    /// Probed only to say clearly why a start fails: netd needs them all.
+    pub ring_buffer: bool,
+    pub sock_addr_hooks: bool,
+}
+
+impl Features {
+    /// Probes this kernel; `wanted` may force the fallbacks.
+    pub fn probe(wanted: KernelFeatures) -> Result<Self> {
+        let version = KernelVersion::current().ok();
+        let kernel = version.map_or_else(|| "unknown".to_owned(), |v| v.to_string());
+        // TCX has no cheap side-effect-free probe; aya attaches through it
+        // from 6.6 on, and so do we.
+        let has_tcx = version.is_some_and(|v| v >= KernelVersion::new(6, 6, 0));
+        let has_check_mtu =
+            is_helper_supported(ProgramType::SchedClassifier, BpfHelper::BPF_FUNC_check_mtu)
+                .unwrap_or(false);
+        let legacy = wanted == KernelFeatures::Legacy;
+        let tc_attach = match (has_tcx, legacy) {
+            (true, false) => Choice {
+                uses: TcAttachMode::Tcx,
+                why: format!("kernel {kernel} has TCX (6.6+)"),
+            },
+            (true, true) => Choice {
+                uses: TcAttachMode::Clsact,
+                why: "forced by --kernel-features legacy".to_owned(),
+            },
+            (false, _) => Choice {
+                uses: TcAttachMode::Clsact,
+                why: format!("kernel {kernel} has no TCX (needs 6.6)"),
+            },
+        };
+        let mtu_check = match (has_check_mtu, legacy) {
+            (true, false) => Choice {
+                uses: MtuCheck::CheckMtuHelper,
+                why: "the kernel has bpf_check_mtu (5.12+)".to_owned(),
+            },
+            (true, true) => Choice {
+                uses: MtuCheck::UplinkMtuLength,
+                why: "forced by --kernel-features legacy".to_owned(),
+            },
+            (false, _) => Choice {
+                uses: MtuCheck::UplinkMtuLength,
+                why: format!("kernel {kernel} has no bpf_check_mtu (needs 5.12)"),
+            },
+        };
+        let sock_addr_hooks = is_program_supported(ProgramType::CgroupSockAddr).unwrap_or(false);
+        Ok(Self {
+            kernel,
+            tc_attach,
+            mtu_check,
+            ring_buffer: is_map_supported(MapType::RingBuf).unwrap_or(false),
+            sock_addr_hooks,
+        })
+    }
+
+    /// Fails with what is missing when the kernel lacks something netd has
+    /// no fallback for.
+    pub fn require_minimum(&self) -> Result<()> {
+        let mut missing = Vec::new();
+        if !self.ring_buffer {
+            missing.push("BPF ring buffer maps (5.8)");
+        }
+        if !self.sock_addr_hooks {
+            missing.push("cgroup sock_addr programs (4.17)");
+        }
+        if !missing.is_empty() {
+            bail!(
+                "kernel {} lacks what netd needs (Linux 5.10 or later): {}",
+                self.kernel,
+                missing.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    pub fn has_check_mtu(&self) -> bool {
+        self.mtu_check.uses == MtuCheck::CheckMtuHelper
+    }
+}
+
+impl fmt::Display for Features {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        writeln!(f, "kernel {}:", self.kernel)?;
+        writeln!(
+            f,
+            "  tc attach      {:<18} ({})",
+            format!("{:?}", self.tc_attach.uses).to_lowercase(),
+            self.tc_attach.why
+        )?;
+        let mtu = match self.mtu_check.uses {
+            MtuCheck::CheckMtuHelper => "bpf_check_mtu",
+            MtuCheck::UplinkMtuLength => "uplink MTU length",
+        };
+        writeln!(f, "  mtu check      {mtu:<18} ({})", self.mtu_check.why)?;
+        writeln!(f, "  ring buffer    {}", yes(self.ring_buffer))?;
+        write!(f, "  sock_addr hooks {}", yes(self.sock_addr_hooks))
+    }
+}
