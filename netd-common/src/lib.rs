@@ -15,6 +15,7 @@ pub mod maps {
     pub const PUBLISHED_PORTS: &str = "PUBLISHED_PORTS";
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
+    pub const NETNS_PROBE: &str = "NETNS_PROBE";
     pub const DROP_EVENTS: &str = "DROP_EVENTS";
 }
 
@@ -203,6 +204,14 @@ pub struct Config {
     /// without `bpf_check_mtu` (0 = unknown: such packets take the stack).
     pub uplink_mtu: u32,
 }
+
+/// Where user space sends a UDP connect() to learn its network namespace's
+/// cookie on kernels without SO_NETNS_COOKIE (before 5.14): the connect4 hook
+/// records the cookie in `NETNS_PROBE` under the socket's cookie. A
+/// documentation address (TEST-NET-1) that no real traffic uses; a connect
+/// to it only costs a map write.
+pub const NETNS_PROBE_IP: Ipv4 = [192, 0, 2, 1];
+pub const NETNS_PROBE_PORT: u16 = 0x4e44;
 
 /// Key of `SOCK_REVNAT`: a socket (by cookie) and the backend its traffic was
 /// redirected to, so replies can show the address the program asked for.

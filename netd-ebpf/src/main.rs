@@ -56,6 +56,7 @@ pub fn to_uplink(ctx: TcContext) -> i32 {
 /// connect() from the host: published ports go straight to their backend.
 #[cgroup_sock_addr(connect4)]
 pub fn host_connect4(ctx: SockAddrContext) -> i32 {
+    sock::record_netns_probe(&ctx);
     sock::redirect_to_backend(&ctx);
     1 // never refuse a connect: the hook only rewrites
 }

@@ -10,13 +10,38 @@ use aya_ebpf::{
     maps::{Array, LruHashMap},
     programs::SockAddrContext,
 };
-use netd_common::{Config, SockRevKey, SockRevValue, sizes};
+use netd_common::{Config, NETNS_PROBE_IP, NETNS_PROBE_PORT, SockRevKey, SockRevValue, sizes};
 
 use crate::{nat, policy};
 
 #[map(name = "SOCK_REVNAT")]
 static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
     LruHashMap::with_max_entries(sizes::SOCK_REVNAT, 0);
+
+/// Network namespace cookies by socket cookie, for user space on kernels
+/// without SO_NETNS_COOKIE (see `NETNS_PROBE_IP`).
+#[map(name = "NETNS_PROBE")]
+static NETNS_PROBE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(64, 0);
+
+/// connect4 to the probe address: records the caller's namespace cookie.
+#[inline(always)]
+pub fn record_netns_probe(ctx: &SockAddrContext) {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let sa = unsafe { &*ctx.sock_addr };
+    if sa.user_ip4 != u32::from_ne_bytes(NETNS_PROBE_IP)
+        || sa.user_port != u32::from(NETNS_PROBE_PORT.to_be())
+    {
+        return;
+    }
+    // SAFETY: helpers on the program's own context.
+    let (socket, netns) = unsafe {
+        (
+            bpf_get_socket_cookie(ctx.sock_addr.cast()),
+            bpf_get_netns_cookie(ctx.sock_addr.cast()),
+        )
+    };
+    let _ = NETNS_PROBE.insert(&socket, &netns, 0);
+}
 
 /// The hooks are attached to a cgroup, which spans namespaces: act only on
 /// sockets of the namespace this datapath manages.

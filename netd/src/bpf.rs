@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::features::{Features, KernelFeatures, TcAttachMode};
+use crate::features::{Features, KernelFeatures, NetnsCookieSource, TcAttachMode};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
@@ -20,8 +20,8 @@ use aya::{
     },
 };
 use netd_common::{
-    Backend, Config, CtEntry, CtKey, DropReason, Endpoint, NetworkInfo, PacketCounter, PortKey,
-    TrafficClass, maps, programs, sizes,
+    Backend, Config, CtEntry, CtKey, DropReason, Endpoint, NETNS_PROBE_IP, NETNS_PROBE_PORT,
+    NetworkInfo, PacketCounter, PortKey, TrafficClass, maps, programs, sizes,
 };
 
 /// The object built from `netd-ebpf` by `build.rs`.
@@ -361,6 +361,32 @@ impl Datapath {
         Ok(())
     }
 
+    /// The calling thread's network namespace cookie, by the means
+    /// `features` chose: SO_NETNS_COOKIE (5.14+), or through the connect4
+    /// hook, which must be attached (`attach_host_sockets`): a UDP connect()
+    /// to the probe address makes it record the cookie for our socket.
+    pub fn netns_cookie(&mut self, features: &Features) -> Result<u64> {
+        if features.netns_cookie.uses == NetnsCookieSource::Sockopt {
+            return current_netns_cookie();
+        }
+        let socket =
+            std::net::UdpSocket::bind("0.0.0.0:0").context("socket for the netns probe")?;
+        let socket_cookie =
+            getsockopt_u64(&socket, libc::SO_COOKIE).context("getsockopt(SO_COOKIE)")?;
+        let probe = std::net::SocketAddr::from((NETNS_PROBE_IP, NETNS_PROBE_PORT));
+        // Fails without a route to TEST-NET-1; the hook has run by then.
+        let _ = socket.connect(probe);
+        let mut map = self.hash_map::<u64, u64>(maps::NETNS_PROBE)?;
+        let cookie = map.get(&socket_cookie, 0).with_context(|| {
+            format!(
+                "no network namespace cookie recorded for the probe connect to {probe} \
+                 (is host_connect4 attached?)"
+            )
+        })?;
+        let _ = map.remove(&socket_cookie);
+        Ok(cookie)
+    }
+
     pub fn set_config(&mut self, config: Config) -> Result<()> {
         let mut map: Array<_, Config> = Array::try_from(self.map_mut(maps::CONFIG)?)?;
         map.set(0, &config, 0).context("writing CONFIG")
@@ -667,25 +693,29 @@ pub fn cgroup2_root() -> Result<String> {
         })
 }
 
-/// The calling thread's network namespace cookie (SO_NETNS_COOKIE).
+/// The calling thread's network namespace cookie (SO_NETNS_COOKIE, 5.14+).
 pub fn current_netns_cookie() -> Result<u64> {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("socket for SO_NETNS_COOKIE")?;
-    let mut cookie: u64 = 0;
+    getsockopt_u64(&socket, libc::SO_NETNS_COOKIE).context("getsockopt(SO_NETNS_COOKIE)")
+}
+
+fn getsockopt_u64(socket: &impl std::os::fd::AsRawFd, option: libc::c_int) -> std::io::Result<u64> {
+    let mut value: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid socket and buffer of the advertised length.
     let rc = unsafe {
         libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
+            option,
+            (&raw mut value).cast(),
             &mut len,
         )
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("getsockopt(SO_NETNS_COOKIE)");
+        return Err(std::io::Error::last_os_error());
     }
-    Ok(cookie)
+    Ok(value)
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {

@@ -64,7 +64,6 @@ pub async fn run(opts: Options) -> Result<()> {
         uplink_mtu: nl.link_mtu(uplink_ifindex).await?,
         uplink: uplink.clone(),
         uplink_ifindex,
-        netns_cookie: crate::bpf::current_netns_cookie()?,
     };
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
     let driver: Box<dyn FirewallDriver> = match opts.datapath.as_str() {

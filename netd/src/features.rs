@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | TC attach | TCX links (6.6) | clsact qdisc + cls_bpf filters (netlink) |
 //! | fast-path MTU check | `bpf_check_mtu` (5.12) | own length check against the uplink MTU; GSO packets take the stack |
+//! | the namespace's cookie | `SO_NETNS_COOKIE` (5.14) | a UDP connect() the connect4 hook records |
 //!
 //! Everything else netd needs is in 5.10, the oldest kernel it supports
 //! (ring buffer 5.8, cgroup sock_addr getpeername 5.8, bpf_redirect_peer
@@ -56,6 +57,17 @@ pub enum MtuCheck {
     UplinkMtuLength,
 }
 
+/// How the daemon learns its network namespace's cookie (the socket hooks
+/// act only on sockets of that namespace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetnsCookieSource {
+    /// getsockopt(SO_NETNS_COOKIE) (5.14+).
+    Sockopt,
+    /// A UDP connect() the connect4 hook records (see `NETNS_PROBE_IP`).
+    ConnectProbe,
+}
+
 /// One choice and the reason for it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Choice<T> {
@@ -69,6 +81,7 @@ pub struct Features {
     pub kernel: String,
     pub tc_attach: Choice<TcAttachMode>,
     pub mtu_check: Choice<MtuCheck>,
+    pub netns_cookie: Choice<NetnsCookieSource>,
     /// Probed only to say clearly why a start fails: netd needs them all.
     pub ring_buffer: bool,
     pub sock_addr_hooks: bool,
@@ -114,11 +127,27 @@ impl Features {
                 why: format!("kernel {kernel} has no bpf_check_mtu (needs 5.12)"),
             },
         };
+        let has_sockopt = crate::bpf::current_netns_cookie().is_ok();
+        let netns_cookie = match (has_sockopt, legacy) {
+            (true, false) => Choice {
+                uses: NetnsCookieSource::Sockopt,
+                why: "the kernel has SO_NETNS_COOKIE (5.14+)".to_owned(),
+            },
+            (true, true) => Choice {
+                uses: NetnsCookieSource::ConnectProbe,
+                why: "forced by --kernel-features legacy".to_owned(),
+            },
+            (false, _) => Choice {
+                uses: NetnsCookieSource::ConnectProbe,
+                why: format!("kernel {kernel} has no SO_NETNS_COOKIE (needs 5.14)"),
+            },
+        };
         let sock_addr_hooks = is_program_supported(ProgramType::CgroupSockAddr).unwrap_or(false);
         Ok(Self {
             kernel,
             tc_attach,
             mtu_check,
+            netns_cookie,
             ring_buffer: is_map_supported(MapType::RingBuf).unwrap_or(false),
             sock_addr_hooks,
         })
@@ -164,7 +193,16 @@ impl fmt::Display for Features {
             MtuCheck::UplinkMtuLength => "uplink MTU length",
         };
         writeln!(f, "  mtu check      {mtu:<18} ({})", self.mtu_check.why)?;
+        let cookie = match self.netns_cookie.uses {
+            NetnsCookieSource::Sockopt => "SO_NETNS_COOKIE",
+            NetnsCookieSource::ConnectProbe => "connect4 probe",
+        };
+        writeln!(
+            f,
+            "  netns cookie   {cookie:<18} ({})",
+            self.netns_cookie.why
+        )?;
         writeln!(f, "  ring buffer    {}", yes(self.ring_buffer))?;
-        write!(f, "  sock_addr hooks {}", yes(self.sock_addr_hooks))
+        write!(f, "  sock hooks     {}", yes(self.sock_addr_hooks))
     }
 }

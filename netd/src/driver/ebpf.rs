@@ -30,6 +30,10 @@ impl EbpfDriver {
         features.require_minimum()?;
         super::set_bridge_netfilter(false)?;
         let mut datapath = Datapath::load_pinned(bpffs, &features)?;
+        // First the socket hooks: before 5.14 they tell us our namespace's
+        // cookie (until the config has it, they leave every socket alone).
+        datapath.attach_host_sockets()?;
+        let netns_cookie = datapath.netns_cookie(&features)?;
         let masquerade_ip = host
             .uplink_addrs
             .first()
@@ -39,7 +43,7 @@ impl EbpfDriver {
             masquerade_ip: masquerade_ip.octets(),
             nat_port_min: 32768,
             nat_port_max: 65535,
-            netns_cookie: host.netns_cookie,
+            netns_cookie,
             uplink_ifindex: host.uplink_ifindex,
             uplink_mtu: host.uplink_mtu,
         })?;
@@ -52,7 +56,6 @@ impl EbpfDriver {
             datapath.insert_local_addr(ip)?;
         }
         datapath.attach_uplink(&host.uplink)?;
-        datapath.attach_host_sockets()?;
         Ok(Self {
             datapath,
             features,

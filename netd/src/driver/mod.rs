@@ -32,7 +32,6 @@ pub struct HostInfo {
     pub uplink_ifindex: u32,
     pub uplink_mtu: u32,
     pub uplink_addrs: Vec<Ipv4Addr>,
-    pub netns_cookie: u64,
 }
 
 #[derive(Debug, Serialize)]

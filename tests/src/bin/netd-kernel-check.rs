@@ -1,0 +1,174 @@
+//! `netd-kernel-check [--netd PATH] [--kernel-features auto|legacy]`: what
+//! `cargo xtask kernels` runs on each kernel (natively, and as the program
+//! of a QEMU guest's initramfs). Each check prints one line, `ok NAME` or
+//! `FAIL NAME: why`, and the last line counts them; it exits non-zero when
+//! one failed. Everything runs in namespaces it creates and removes.
+
+use std::{
+    net::SocketAddr,
+    panic::{AssertUnwindSafe, catch_unwind},
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use netd_testbed::{
+    daemon_host::{DaemonHost, HOST_IP, OUTSIDE_IP},
+    probe::{self, EchoServer},
+};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let netd = value("--netd").unwrap_or_else(|| sibling("netd"));
+    let mode = value("--kernel-features").unwrap_or_else(|| "auto".to_owned());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("netd-kernel-check: kernel {}, {mode} mode", kernel.trim());
+
+    let mut passed = 0;
+    let mut failed = 0;
+    let mut report = |name: &str, result: Result<()>| match result {
+        Ok(()) => {
+            passed += 1;
+            println!("netd-kernel-check: ok {name}");
+        }
+        Err(err) => {
+            failed += 1;
+            println!("netd-kernel-check: FAIL {name}: {err:#}");
+        }
+    };
+    report("netd check", netd_check(&netd, &mode));
+    // The daemon checks share one host; a panic inside the harness is a
+    // failure of the check that was running, not a crash of the program.
+    let host = catch(|| DaemonHost::start(&netd, &["--kernel-features", &mode]));
+    match host {
+        Ok(mut h) => {
+            report("daemon starts on a veth uplink", attach_mode(&h));
+            let checks = catch(|| traffic_and_restart(&mut h)).and_then(|r| r);
+            match checks {
+                Ok(steps) => {
+                    for step in steps {
+                        report(step, Ok(()));
+                    }
+                }
+                Err(err) => report("traffic and restart", Err(err)),
+            }
+        }
+        Err(err) => report("daemon starts on a veth uplink", Err(err)),
+    }
+    println!("netd-kernel-check: {passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `netd check`: the probes and every program through this verifier.
+fn netd_check(netd: &str, mode: &str) -> Result<()> {
+    let out = Command::new(netd)
+        .args(["check", "--kernel-features", mode])
+        .output()
+        .with_context(|| format!("running {netd}"))?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    ensure!(
+        out.status.success(),
+        "netd check failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// What the daemon chose, as `netd status` reports it.
+fn attach_mode(h: &DaemonHost) -> Result<()> {
+    let status = h.json(&["status"]);
+    let kernel = &status["kernel"];
+    println!(
+        "netd-kernel-check: attach {}, mtu check {}",
+        status["programs"]["attach"], kernel["mtu_check"]["uses"]
+    );
+    ensure!(
+        status["programs"]["attach"].is_string(),
+        "status shows no attach mode: {status}"
+    );
+    Ok(())
+}
+
+/// A published port answering an outside client and the host itself, masquerade to the
+/// outside, and a kill -9 restart that keeps a connection through the
+/// published port. Returns the names of the steps that passed (a failing
+/// step ends it with its error).
+fn traffic_and_restart(h: &mut DaemonHost) -> Result<Vec<&'static str>> {
+    let mut done = Vec::new();
+    let web = h.name("web");
+    h.ok(&["network", "create", "apps", "--subnet", "10.40.0.0/24"]);
+    h.ok(&[
+        "container",
+        "create",
+        &web,
+        "--network",
+        "apps",
+        "-p",
+        "8080:80",
+    ]);
+    let _server = EchoServer::tcp_stream_echo(&h.ctr("web"), addr("10.40.0.2:80"))?;
+    let mut kept = probe::tcp_connect(&h.outside, addr(&format!("{HOST_IP}:8080")))?;
+    probe::echo_roundtrip(&mut kept, b"hello").context("through the published port")?;
+    done.push("published port answers an outside client");
+    // The host's own sockets go through the cgroup hooks, which act only in
+    // netd's namespace: its cookie had to be right.
+    let mut local = probe::tcp_connect(&h.host, addr("127.0.0.1:8080"))?;
+    probe::echo_roundtrip(&mut local, b"local").context("from the host to 127.0.0.1:8080")?;
+    done.push("published port answers the host on 127.0.0.1");
+
+    let _outside = EchoServer::tcp(
+        &h.outside,
+        addr(&format!("{OUTSIDE_IP}:7000")),
+        "saw {peer}:",
+    )?;
+    let reply = probe::tcp_request(&h.ctr("web"), addr(&format!("{OUTSIDE_IP}:7000")), b"hi")?;
+    let want = format!("saw {HOST_IP}:hi");
+    if reply != want.as_bytes() {
+        bail!(
+            "masquerade: the outside saw {:?}, not {want:?}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    done.push("masquerade to the outside");
+
+    h.kill_daemon(libc::SIGKILL);
+    probe::echo_roundtrip(&mut kept, b"daemon dead").context("while the daemon is dead")?;
+    h.spawn_daemon();
+    probe::echo_roundtrip(&mut kept, b"after restart").context("after the restart")?;
+    let mut fresh = probe::tcp_connect(&h.outside, addr(&format!("{HOST_IP}:8080")))?;
+    probe::echo_roundtrip(&mut fresh, b"new").context("a new connection after restart")?;
+    done.push("kill -9 restart keeps a connection");
+    Ok(done)
+}
+
+fn catch<T>(f: impl FnOnce() -> T) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
+        let text = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "panicked".to_owned());
+        anyhow::anyhow!(text)
+    })
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("a socket address")
+}
+
+/// A binary next to this one (xtask builds them together).
+fn sibling(name: &str) -> String {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let path: PathBuf = exe.parent().map(|d| d.join(name)).unwrap_or_default();
+    path.to_string_lossy().into_owned()
+}
