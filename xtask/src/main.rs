@@ -4,6 +4,7 @@
 //! what it needs is installed (see `setup.rs`), then drives cargo with the
 //! pinned toolchain.
 
+mod kernels;
 mod setup;
 
 use std::{
@@ -23,8 +24,10 @@ commands:
   run -- ARGS    build, then run `netd ARGS` as root
   demo           show netd on real traffic between network namespaces
   bench [--quick] eBPF vs iptables vs plain routing (release build); --quick in under 2 minutes
+  kernels        netd on this kernel (both attach modes) and on Debian's 5.10, 6.1 and
+                 6.12 kernels booted under QEMU: check, daemon, ports, masquerade, restart
   test           run every test (BPF unit tests through BPF_PROG_TEST_RUN, namespace
-                 integration tests), then rustfmt and clippy checks
+                 integration tests), the kernel matrix, then rustfmt and clippy checks
   lint           rustfmt and clippy checks only
 ";
 
@@ -65,9 +68,14 @@ fn run(args: Vec<String>) -> Result<()> {
             cargo(&["build", "--release", "-p", "netd", "-p", "netd-testbed"])?;
             run_command(Command::new(target_dir().join("release/netd-bench")).args(rest))
         }
+        "kernels" => {
+            setup::ensure_all()?;
+            kernel_matrix()
+        }
         "test" => {
             setup::ensure_all()?;
             cargo(&["test", "--workspace", "--exclude", "netd-ebpf"])?;
+            kernel_matrix()?;
             lint()
         }
         "lint" => {
@@ -80,6 +88,21 @@ fn run(args: Vec<String>) -> Result<()> {
         }
         other => bail!("unknown command {other:?}\n\n{USAGE}"),
     }
+}
+
+fn kernel_matrix() -> Result<()> {
+    cargo(&[
+        "build",
+        "-p",
+        "netd",
+        "-p",
+        "netd-testbed",
+        "--bin",
+        "netd",
+        "--bin",
+        "netd-kernel-check",
+    ])?;
+    kernels::run(&target_dir().join("debug"), &target_dir().join("kernels"))
 }
 
 fn lint() -> Result<()> {

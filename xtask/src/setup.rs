@@ -31,6 +31,11 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     "nftables",
     "conntrack",
+    // The kernel matrix: Debian kernels booted under QEMU with an initramfs.
+    "qemu-system-x86",
+    "cpio",
+    "xz-utils",
+    "binutils",
 ];
 
 pub fn ensure_all() -> Result<()> {
