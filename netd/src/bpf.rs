@@ -195,9 +195,26 @@ impl Datapath {
         direction: TcAttachType,
         pin_name: &str,
     ) -> Result<Option<SchedClassifierLinkId>> {
+        // A daemon restarted in the other mode (--kernel-features changed)
+        // first removes that mode's attachment: both would run otherwise.
+        let pin = self
+            .pin_dir
+            .as_ref()
+            .map(|d| d.join("links").join(pin_name));
         match self.tc_mode {
-            TcAttachMode::Tcx => self.attach_tcx(program, iface, direction, pin_name),
-            TcAttachMode::Clsact => self.attach_clsact(program, iface, direction),
+            TcAttachMode::Tcx => {
+                if pin.as_ref().is_some_and(|p| !p.exists()) {
+                    delete_clsact_filter(iface, direction)?;
+                }
+                self.attach_tcx(program, iface, direction, pin_name)
+            }
+            TcAttachMode::Clsact => {
+                if let Some(pin) = pin.filter(|p| p.exists()) {
+                    std::fs::remove_file(&pin)
+                        .with_context(|| format!("removing {}", pin.display()))?;
+                }
+                self.attach_clsact(program, iface, direction)
+            }
         }
     }
 
@@ -299,21 +316,7 @@ impl Datapath {
         if self.tc_mode != TcAttachMode::Clsact {
             return Ok(());
         }
-        let name = CString::new(iface).context("interface name contains NUL")?;
-        let Ok(link) = SchedClassifierLink::attached(
-            name.as_c_str(),
-            TcHandle::from(direction),
-            CLSACT_PRIORITY,
-            CLSACT_HANDLE,
-            None,
-        ) else {
-            return Ok(()); // the interface is gone, and its filters with it
-        };
-        match link.detach() {
-            Ok(()) => Ok(()),
-            Err(err) if is_gone(&err) => Ok(()),
-            Err(err) => Err(err).with_context(|| format!("detaching netd's filter from {iface}")),
-        }
+        delete_clsact_filter(iface, direction)
     }
 
     /// Removes the uplink's programs on `netd down` (TCX links go with
@@ -736,7 +739,28 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// ENOENT/ENODEV from netlink: the filter or its device is already gone.
+/// Deletes netd's cls_bpf filter for `direction` on `iface`; done already
+/// when the filter, its clsact qdisc or the device is gone.
+fn delete_clsact_filter(iface: &str, direction: TcAttachType) -> Result<()> {
+    let name = CString::new(iface).context("interface name contains NUL")?;
+    let Ok(link) = SchedClassifierLink::attached(
+        name.as_c_str(),
+        TcHandle::from(direction),
+        CLSACT_PRIORITY,
+        CLSACT_HANDLE,
+        None,
+    ) else {
+        return Ok(()); // the interface is gone, and its filters with it
+    };
+    match link.detach() {
+        Ok(()) => Ok(()),
+        Err(err) if is_gone(&err) => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("detaching netd's filter from {iface}")),
+    }
+}
+
+/// ENOENT/ENODEV from netlink: the filter or its device is already gone
+/// (EINVAL: there is no clsact qdisc to hold it).
 fn is_gone(err: &aya::programs::ProgramError) -> bool {
     use aya::programs::ProgramError;
     let errno = match err {
@@ -744,5 +768,5 @@ fn is_gone(err: &aya::programs::ProgramError) -> bool {
         ProgramError::TcError(tc::TcError::NetlinkError(err)) => err.raw_os_error(),
         _ => None,
     };
-    matches!(errno, Some(libc::ENOENT | libc::ENODEV))
+    matches!(errno, Some(libc::ENOENT | libc::ENODEV | libc::EINVAL))
 }

@@ -375,6 +375,53 @@ fn restart_keeps_connections(mode: &str, flags: &[&str]) {
     drop((inbound, outbound, fresh, while_stopped));
 }
 
+/// Restarting in the other mode moves every program (uplink and container
+/// veth) to the other mechanism, leaving none behind in the old one (both
+/// would run), and keeps the connection.
+#[test]
+fn switching_kernel_modes_across_restarts_moves_every_program() {
+    let mut h = DaemonHost::start(NETD, &[]);
+    let web = h.name("web");
+    h.ok(&["container", "create", &web, "-p", "8080:80"]);
+    let veth = h.json(&["container", "inspect", &web])["attachments"][0]["host_veth"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _server = EchoServer::tcp_stream_echo(&h.ctr("web"), addr("172.17.0.2:80")).unwrap();
+    let mut conn = probe::tcp_connect(&h.outside, addr(&format!("{HOST_IP}:8080"))).unwrap();
+    probe::echo_roundtrip(&mut conn, b"tcx").unwrap();
+    let links = h.bpffs().join("links");
+    let tcx_pins = || {
+        ["uplink-ingress", "uplink-egress", veth.as_str()]
+            .iter()
+            .filter(|p| links.join(p).exists())
+            .count()
+    };
+    let veth_filters = |h: &DaemonHost| {
+        h.tc(&["filter", "show", "dev", &veth, "ingress"])
+            .lines()
+            .filter(|l| l.contains("direct-action"))
+            .count()
+    };
+    assert_eq!(tcx_pins(), 3);
+
+    h.kill_daemon(libc::SIGTERM);
+    h.spawn_daemon_with(&["--kernel-features", "legacy"]);
+    assert_eq!(h.json(&["status"])["programs"]["attach"], "clsact");
+    assert_eq!(tcx_pins(), 0, "TCX links left beside the clsact filters");
+    let (ingress, egress) = uplink_filters(&h);
+    assert_eq!((ingress.len(), egress.len(), veth_filters(&h)), (1, 1, 1));
+    probe::echo_roundtrip(&mut conn, b"clsact").unwrap();
+
+    h.kill_daemon(libc::SIGTERM);
+    h.spawn_daemon();
+    assert_eq!(h.json(&["status"])["programs"]["attach"], "tcx");
+    assert_eq!(tcx_pins(), 3);
+    let (ingress, egress) = uplink_filters(&h);
+    assert_eq!((ingress.len(), egress.len(), veth_filters(&h)), (0, 0, 0));
+    probe::echo_roundtrip(&mut conn, b"tcx again").unwrap();
+}
+
 #[test]
 fn down_removes_everything() {
     for (mode, flags) in ATTACH_MODES {
