@@ -68,6 +68,8 @@ pub enum Request {
     },
     Status,
     ConntrackLs,
+    /// Compare the state with the kernel and repair what differs.
+    Repair,
     /// Remove everything netd created, then stop.
     Down,
     /// Stream drop events (one JSON object per line) until the client goes.

@@ -411,7 +411,7 @@ impl Datapath {
     pub fn remove_network(&mut self, subnet: Ipv4Addr, prefix_len: u8) -> Result<()> {
         let mut map: LpmTrie<_, [u8; 4], NetworkInfo> =
             LpmTrie::try_from(self.map_mut(maps::NETWORKS)?)?;
-        map.remove(&Key::new(u32::from(prefix_len), subnet.octets()))
+        done_if_missing(map.remove(&Key::new(u32::from(prefix_len), subnet.octets())))
             .with_context(|| format!("removing network {subnet}/{prefix_len}"))
     }
 
@@ -424,9 +424,11 @@ impl Datapath {
     /// Removes an endpoint and every connection it took part in, so a
     /// container re-created on the same address starts clean.
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
-        self.hash_map::<[u8; 4], Endpoint>(maps::ENDPOINTS)?
-            .remove(&ip.octets())
-            .with_context(|| format!("removing endpoint {ip}"))?;
+        done_if_missing(
+            self.hash_map::<[u8; 4], Endpoint>(maps::ENDPOINTS)?
+                .remove(&ip.octets()),
+        )
+        .with_context(|| format!("removing endpoint {ip}"))?;
         let ip = ip.octets();
         self.conntrack_flush(|key, entry| {
             [key.src, key.dst, entry.xlat.src, entry.xlat.dst].contains(&ip)
@@ -441,9 +443,11 @@ impl Datapath {
     }
 
     pub fn remove_local_addr(&mut self, ip: Ipv4Addr) -> Result<()> {
-        self.hash_map::<[u8; 4], u32>(maps::LOCAL_ADDRS)?
-            .remove(&ip.octets())
-            .with_context(|| format!("removing local address {ip}"))
+        done_if_missing(
+            self.hash_map::<[u8; 4], u32>(maps::LOCAL_ADDRS)?
+                .remove(&ip.octets()),
+        )
+        .with_context(|| format!("removing local address {ip}"))
     }
 
     pub fn publish(&mut self, key: PortKey, backend: Backend) -> Result<()> {
@@ -457,7 +461,7 @@ impl Datapath {
     pub fn unpublish_all(&mut self, keys: &[PortKey]) -> Result<()> {
         let mut published = self.hash_map::<PortKey, Backend>(maps::PUBLISHED_PORTS)?;
         for key in keys {
-            published.remove(key).context("unpublishing port")?;
+            done_if_missing(published.remove(key)).context("unpublishing port")?;
         }
         let keys: std::collections::HashSet<PortKey> = keys.iter().copied().collect();
         self.conntrack_flush(|k, entry| {
@@ -483,6 +487,43 @@ impl Datapath {
     /// Unpublishes a port and forgets the connections made through it.
     pub fn unpublish(&mut self, key: PortKey) -> Result<()> {
         self.unpublish_all(&[key])
+    }
+
+    /// Keys of the user-filled maps, for reconciling them with the state.
+    pub fn networks(&self) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let map = self
+            .ebpf
+            .map(maps::NETWORKS)
+            .ok_or_else(|| anyhow!("NETWORKS missing"))?;
+        let map: LpmTrie<_, [u8; 4], NetworkInfo> = LpmTrie::try_from(map)?;
+        Ok(map
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| (Ipv4Addr::from(k.data()), k.prefix_len() as u8))
+            .collect())
+    }
+
+    pub fn endpoint_addrs(&self) -> Result<Vec<Ipv4Addr>> {
+        self.keys::<[u8; 4], Endpoint>(maps::ENDPOINTS)
+            .map(|keys| keys.into_iter().map(Ipv4Addr::from).collect())
+    }
+
+    pub fn local_addrs(&self) -> Result<Vec<Ipv4Addr>> {
+        self.keys::<[u8; 4], u32>(maps::LOCAL_ADDRS)
+            .map(|keys| keys.into_iter().map(Ipv4Addr::from).collect())
+    }
+
+    pub fn published_ports(&self) -> Result<Vec<PortKey>> {
+        self.keys::<PortKey, Backend>(maps::PUBLISHED_PORTS)
+    }
+
+    fn keys<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<Vec<K>> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("BPF map {name} missing"))?;
+        let map: HashMap<_, K, V> = HashMap::try_from(map)?;
+        Ok(map.keys().filter_map(Result::ok).collect())
     }
 
     /// Every conntrack entry (both directions of each connection).
@@ -737,6 +778,20 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A map delete that finds the key gone has nothing left to do: removals
+/// must be repeatable after a crash or a partial failure.
+fn done_if_missing(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(err))
+            if err.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Deletes netd's cls_bpf filter for `direction` on `iface`; done already

@@ -26,12 +26,19 @@ use crate::{
     ipam,
     netlink::{self, Netlink},
     portspec::PortSpec,
-    state::{Attachment, Container, Network, NetworkMode, PublishedPort, State},
+    state::{Attachment, Container, Network, NetworkMode, Pending, PublishedPort, State},
 };
+
+/// Which firewall driver makes the packet decisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatapathKind {
+    Ebpf,
+    Iptables,
+}
 
 pub struct Options {
     pub uplink: Option<String>,
-    pub datapath: String,
+    pub datapath: DatapathKind,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub socket_group: Option<u32>,
@@ -50,6 +57,14 @@ const CONNTRACK_GC_INTERVAL: Duration = Duration::from_secs(10);
 
 pub async fn run(opts: Options) -> Result<()> {
     check_privileges()?;
+    // Before anything is touched: a state file netd cannot read stops it
+    // here, and both datapaths keep forwarding what they forwarded.
+    let state = State::load(&opts.state_dir).map_err(|err| {
+        anyhow!(
+            "{err:#}\nnetd did not start and changed nothing (the datapath keeps forwarding); \
+             repair or move that file away to start from an empty state"
+        )
+    })?;
     let nl = Netlink::connect()?;
     let uplink = match &opts.uplink {
         Some(name) => name.clone(),
@@ -66,15 +81,13 @@ pub async fn run(opts: Options) -> Result<()> {
         uplink_ifindex,
     };
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
-    let driver: Box<dyn FirewallDriver> = match opts.datapath.as_str() {
-        "ebpf" => {
+    let driver: Box<dyn FirewallDriver> = match opts.datapath {
+        DatapathKind::Ebpf => {
             let features = Features::probe(opts.kernel_features)?;
             Box::new(EbpfDriver::start(&host, &opts.bpffs, features)?)
         }
-        "iptables" => Box::new(IptablesDriver::start(&host)?),
-        other => bail!("unknown datapath {other:?}: use ebpf or iptables"),
+        DatapathKind::Iptables => Box::new(IptablesDriver::start(&host)?),
     };
-    let state = State::load(&opts.state_dir)?;
     let mut daemon = Daemon {
         state,
         uplink_ifindex,
@@ -82,11 +95,15 @@ pub async fn run(opts: Options) -> Result<()> {
         bpffs: opts.bpffs.clone(),
         nl,
         driver,
+        repairs: Vec::new(),
     };
-    daemon
-        .readopt()
+    let repairs = daemon
+        .reconcile()
         .await
-        .context("re-adopting saved networks and containers")?;
+        .context("reconciling saved networks and containers with the kernel")?;
+    for repair in &repairs {
+        eprintln!("netd: repaired: {repair}");
+    }
     if !daemon.state.networks.contains_key(DEFAULT_NETWORK) {
         daemon
             .create_default_network()
@@ -325,13 +342,8 @@ struct Daemon {
     bpffs: PathBuf,
     nl: Netlink,
     driver: Box<dyn FirewallDriver>,
-}
-
-/// Undo steps collected while an operation runs; run in reverse on failure.
-#[derive(Default)]
-struct Rollback {
-    links: Vec<u32>,
-    netns: Vec<String>,
+    /// What the last reconciliation (start or `netd repair`) changed.
+    repairs: Vec<String>,
 }
 
 impl Daemon {
@@ -342,7 +354,7 @@ impl Daemon {
                 Ok(serde_json::to_value(net)?)
             }
             Request::NetworkLs => Ok(serde_json::to_value(
-                self.state.networks.values().collect::<Vec<_>>(),
+                self.state.live_networks().collect::<Vec<_>>(),
             )?),
             Request::NetworkInspect { name } => {
                 let net = self.network(&name)?;
@@ -397,7 +409,7 @@ impl Daemon {
                 .await
                 .map(|()| json!({"removed": name})),
             Request::ContainerLs => Ok(serde_json::to_value(
-                self.state.containers.values().collect::<Vec<_>>(),
+                self.state.live_containers().collect::<Vec<_>>(),
             )?),
             Request::ContainerInspect { name } => Ok(serde_json::to_value(self.container(&name)?)?),
             Request::Status => {
@@ -405,7 +417,12 @@ impl Daemon {
                 status["networks"] = json!(self.state.networks.len());
                 status["containers"] = json!(self.state.containers.len());
                 status["published_ports"] = json!(self.state.published().count());
+                status["repairs"] = json!(self.repairs);
                 Ok(status)
+            }
+            Request::Repair => {
+                let repairs = self.reconcile().await?;
+                Ok(json!({"repairs": repairs}))
             }
             Request::ConntrackLs => Ok(serde_json::to_value(self.driver.conntrack()?)?),
             Request::Down => self.teardown().await.map(|()| json!({"down": true})),
@@ -521,10 +538,20 @@ impl Daemon {
             masquerade: spec.masquerade,
             host_ip,
             mtu,
+            pending: None,
         };
 
-        let index = self.nl.create_bridge(&net.bridge, mtu).await?;
+        // Intent first: a crash from here on is rolled back at start.
+        self.state.networks.insert(
+            net.name.clone(),
+            Network {
+                pending: Some(Pending::Creating),
+                ..net.clone()
+            },
+        );
+        self.save()?;
         let result = async {
+            let index = self.nl.create_bridge(&net.bridge, mtu).await?;
             self.nl
                 .add_address(index, gateway, subnet.prefix_len)
                 .await?;
@@ -533,13 +560,28 @@ impl Daemon {
         }
         .await;
         if let Err(err) = result {
-            let _ = self.nl.delete_link(index).await;
+            self.remove_network_objects(&net).await;
+            self.state.networks.remove(&net.name);
+            self.save()?;
             return Err(err);
         }
         self.state.next_network_id = id + 1;
         self.state.networks.insert(net.name.clone(), net.clone());
         self.save()?;
         Ok(net)
+    }
+
+    /// Undoes a network in the kernel and the driver, whatever is left of
+    /// it (every step is done already when its object is gone).
+    async fn remove_network_objects(&mut self, net: &Network) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Err(err) = self.driver.remove_network(net) {
+            errors.push(format!("{err:#}"));
+        }
+        if let Err(err) = self.nl.delete_link_named(&net.bridge).await {
+            errors.push(format!("{err:#}"));
+        }
+        errors
     }
 
     async fn network_rm(&mut self, name: &str) -> Result<()> {
@@ -557,11 +599,20 @@ impl Daemon {
                 users.join(", ")
             );
         }
-        self.driver.remove_network(&net)?;
-        if let Some(index) = self.nl.link_index(&net.bridge).await? {
-            self.nl.delete_link(index).await?;
+        self.mark_network(name, Pending::Removing)?;
+        let errors = self.remove_network_objects(&net).await;
+        if !errors.is_empty() {
+            // Still marked: the next `rm`, `netd repair`, start or `down` finishes it.
+            bail!("removing network {name:?}: {}", errors.join("; "));
         }
         self.state.networks.remove(name);
+        self.save()
+    }
+
+    fn mark_network(&mut self, name: &str, pending: Pending) -> Result<()> {
+        if let Some(net) = self.state.networks.get_mut(name) {
+            net.pending = Some(pending);
+        }
         self.save()
     }
 
@@ -593,9 +644,23 @@ impl Daemon {
                 "--network {network} takes neither -p nor --ip (the container has no address of its own)"
             );
         }
-        let mut rollback = Rollback::default();
+        // Intent first: the name, the namespace and every veth are recorded
+        // before they exist, so a crash from here on is rolled back at start.
+        let host_veth = new_veth_name();
+        self.state.containers.insert(
+            name.to_owned(),
+            Container {
+                name: name.to_owned(),
+                mode: mode.clone(),
+                attachments: Vec::new(),
+                ports: Vec::new(),
+                pending: Some(Pending::Creating),
+                pending_links: vec![host_veth.clone()],
+            },
+        );
+        self.save()?;
         let result = self
-            .container_create_inner(name, network, mode, ip, &specs, &mut rollback)
+            .container_create_inner(name, network, mode, ip, &specs, &host_veth)
             .await;
         match result {
             Ok((container, publish_time)) => {
@@ -606,15 +671,53 @@ impl Daemon {
                 Ok((container, publish_time))
             }
             Err(err) => {
-                for index in rollback.links.iter().rev() {
-                    let _ = self.nl.delete_link(*index).await;
+                let partial = self.state.containers.get(name).cloned();
+                if let Some(partial) = partial {
+                    self.remove_container_objects(&partial).await;
                 }
-                for ns in rollback.netns.iter().rev() {
-                    let _ = netlink::delete_netns(ns);
-                }
+                self.state.containers.remove(name);
+                self.save()?;
                 Err(err)
             }
         }
+    }
+
+    /// Undoes a container in the driver and the kernel, whatever is left of
+    /// it: ports, endpoints, veths (made or only planned), the namespace.
+    /// Each step is done already when its object is gone; the errors of the
+    /// others are returned, after every step was tried.
+    async fn remove_container_objects(&mut self, container: &Container) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Err(err) = self.driver.unpublish(&container.ports) {
+            errors.push(format!("{err:#}"));
+        }
+        for att in &container.attachments {
+            if let Err(err) = self.driver.remove_endpoint(att) {
+                errors.push(format!("{err:#}"));
+            }
+        }
+        let links = container
+            .attachments
+            .iter()
+            .map(|a| &a.host_veth)
+            .chain(&container.pending_links);
+        for link in links {
+            if let Err(err) = self.nl.delete_link_named(link).await {
+                errors.push(format!("{err:#}"));
+            }
+        }
+        if let Err(err) = netlink::delete_netns(&container.name) {
+            errors.push(format!("{err:#}"));
+        }
+        errors
+    }
+
+    /// Records in the container's intent a veth about to be created.
+    fn plan_link(&mut self, name: &str, link: &str) -> Result<()> {
+        if let Some(c) = self.state.containers.get_mut(name) {
+            c.pending_links.push(link.to_owned());
+        }
+        self.save()
     }
 
     async fn container_create_inner(
@@ -624,17 +727,18 @@ impl Daemon {
         mode: NetworkMode,
         ip: Option<&str>,
         specs: &[PortSpec],
-        rollback: &mut Rollback,
+        host_veth: &str,
     ) -> Result<(Container, Duration)> {
         let mut container = Container {
             name: name.to_owned(),
             mode: mode.clone(),
             attachments: Vec::new(),
             ports: Vec::new(),
+            pending: None,
+            pending_links: Vec::new(),
         };
         if mode == NetworkMode::Host {
             netlink::name_current_netns(name)?;
-            rollback.netns.push(name.to_owned());
             return Ok((container, Duration::ZERO));
         }
         // Validate everything before touching the kernel.
@@ -658,7 +762,6 @@ impl Daemon {
         }
 
         netlink::create_netns(name)?;
-        rollback.netns.push(name.to_owned());
         let ns_path = netlink::netns_path(name);
         // As Docker does for IPv4-only networks: no IPv6 chatter from containers.
         for scope in ["all", "default"] {
@@ -678,20 +781,24 @@ impl Daemon {
         };
 
         let attachment = self
-            .wire(name, &inner, &net, address, "eth0", true, rollback)
+            .wire(name, &inner, &net, address, "eth0", host_veth, true)
             .await?;
-        let started = Instant::now();
-        if let Err(err) = self.driver.publish(&container.ports) {
-            let _ = self.driver.remove_endpoint(&attachment);
-            return Err(err);
+        // From here the rollback must also undo the endpoint and the ports.
+        if let Some(c) = self.state.containers.get_mut(name) {
+            c.attachments.push(attachment.clone());
+            c.ports = container.ports.clone();
         }
+        let started = Instant::now();
+        self.driver.publish(&container.ports)?;
         let publish_time = started.elapsed();
         container.attachments.push(attachment);
         Ok((container, publish_time))
     }
 
-    /// A veth from `net`'s bridge into container `name` as `ifname`, with
-    /// `address`, registered with the driver.
+    /// A veth `host_veth` from `net`'s bridge into container `name` as
+    /// `ifname`, with `address`, registered with the driver. The caller has
+    /// recorded `host_veth` in the container's intent; on failure, deleting
+    /// it removes the peer too.
     #[allow(clippy::too_many_arguments)]
     async fn wire(
         &mut self,
@@ -700,14 +807,11 @@ impl Daemon {
         net: &Network,
         address: Ipv4Addr,
         ifname: &str,
+        host_veth: &str,
         default_route: bool,
-        rollback: &mut Rollback,
     ) -> Result<Attachment> {
-        let suffix = format!("{:07x}", random_u64() & 0xfff_ffff);
-        let host_veth = format!("veth{suffix}");
-        let peer = format!("tmp{suffix}");
-        let (host_index, peer_index) = self.nl.create_veth(&host_veth, &peer, net.mtu).await?;
-        rollback.links.push(host_index);
+        let peer = format!("tmp{}", host_veth.trim_start_matches("veth"));
+        let (host_index, peer_index) = self.nl.create_veth(host_veth, &peer, net.mtu).await?;
         let ns_file = std::fs::File::open(netlink::netns_path(name))?;
         self.nl
             .move_to_netns(peer_index, ns_file.as_raw_fd())
@@ -732,7 +836,7 @@ impl Daemon {
             ip: address,
             mac: format_mac(mac),
             ifname: ifname.to_owned(),
-            host_veth,
+            host_veth: host_veth.to_owned(),
         };
         self.driver
             .add_endpoint(net, &attachment, host_index, mac)?;
@@ -769,30 +873,39 @@ impl Daemon {
             .find(|n| !container.attachments.iter().any(|a| &a.ifname == n))
             .expect("an unused ethN exists");
         let inner = Netlink::connect_in(&netlink::netns_path(name))?;
-        let mut rollback = Rollback::default();
         let default_route = container.attachments.is_empty();
-        match self
+        let host_veth = new_veth_name();
+        self.plan_link(name, &host_veth)?;
+        let result = self
             .wire(
                 name,
                 &inner,
                 &net,
                 address,
                 &ifname,
+                &host_veth,
                 default_route,
-                &mut rollback,
             )
-            .await
-        {
+            .await;
+        let entry = self.state.containers.get_mut(name).expect("checked above");
+        entry.pending_links.retain(|l| l != &host_veth);
+        match result {
             Ok(attachment) => {
-                let entry = self.state.containers.get_mut(name).expect("checked above");
                 entry.attachments.push(attachment.clone());
                 self.save()?;
                 Ok(attachment)
             }
             Err(err) => {
-                for index in rollback.links.iter().rev() {
-                    let _ = self.nl.delete_link(*index).await;
-                }
+                let partial = Attachment {
+                    network: net.name.clone(),
+                    ip: address,
+                    mac: String::new(),
+                    ifname,
+                    host_veth: host_veth.clone(),
+                };
+                let _ = self.driver.remove_endpoint(&partial);
+                let _ = self.nl.delete_link_named(&host_veth).await;
+                self.save()?;
                 Err(err)
             }
         }
@@ -818,9 +931,7 @@ impl Daemon {
             .partition(|p| p.container_ip == att.ip);
         self.driver.unpublish(&gone)?;
         self.driver.remove_endpoint(&att)?;
-        if let Some(index) = self.nl.link_index(&att.host_veth).await? {
-            self.nl.delete_link(index).await?;
-        }
+        self.nl.delete_link_named(&att.host_veth).await?;
         let remaining: Vec<Attachment> = container
             .attachments
             .iter()
@@ -932,43 +1043,190 @@ impl Daemon {
 
     async fn container_rm(&mut self, name: &str) -> Result<()> {
         let container = self.container(name)?.clone();
-        self.driver.unpublish(&container.ports)?;
-        for att in &container.attachments {
-            self.driver.remove_endpoint(att)?;
-            if let Some(index) = self.nl.link_index(&att.host_veth).await? {
-                self.nl.delete_link(index).await?;
-            }
+        // Marked first: whatever fails below, the next `rm`, `netd repair`,
+        // start or `down` finishes the job.
+        if let Some(c) = self.state.containers.get_mut(name) {
+            c.pending = Some(Pending::Removing);
         }
-        netlink::delete_netns(name)?;
+        self.save()?;
+        let errors = self.remove_container_objects(&container).await;
+        if !errors.is_empty() {
+            bail!("removing container {name:?}: {}", errors.join("; "));
+        }
         self.state.containers.remove(name);
         self.save()
     }
 
-    /// After a restart: the kernel still has bridges, veths and namespaces;
-    /// a new datapath gets every network, endpoint and port again.
-    async fn readopt(&mut self) -> Result<()> {
-        for net in self.state.networks.clone().values() {
+    /// Compares the state with the kernel and repairs what differs, at start
+    /// and on `netd repair`. Never gives up on the first missing object:
+    /// - operations a crash interrupted are rolled back (creates) or
+    ///   finished (removes), with every veth they had planned;
+    /// - a missing bridge is made again (with its gateway), and veths are
+    ///   put back on it;
+    /// - a container whose namespace is gone is removed, its addresses and
+    ///   ports freed; one whose veth is gone gets it again;
+    /// - the driver is told everything and drops what nobody declared.
+    ///
+    /// Returns what it changed, one line each (kept for `netd status`).
+    async fn reconcile(&mut self) -> Result<Vec<String>> {
+        let mut report = Vec::new();
+        for container in self.state.containers.clone().into_values() {
+            let what = match container.pending {
+                Some(Pending::Creating) => "an interrupted create was rolled back",
+                Some(Pending::Removing) => "an interrupted remove was finished",
+                None if !container.pending_links.is_empty() => {
+                    let c = self
+                        .state
+                        .containers
+                        .get_mut(&container.name)
+                        .expect("listed");
+                    let links = std::mem::take(&mut c.pending_links);
+                    for link in &links {
+                        self.nl.delete_link_named(link).await?;
+                    }
+                    report.push(format!(
+                        "container {}: removed the veth of an interrupted connect ({})",
+                        container.name,
+                        links.join(", ")
+                    ));
+                    continue;
+                }
+                None => continue,
+            };
+            let errors = self.remove_container_objects(&container).await;
+            self.state.containers.remove(&container.name);
+            report.push(format!("container {}: {what}", container.name));
+            report.extend(
+                errors
+                    .into_iter()
+                    .map(|e| format!("container {}: {e}", container.name)),
+            );
+        }
+        for net in self.state.networks.clone().into_values() {
+            if net.pending.is_some() {
+                let errors = self.remove_network_objects(&net).await;
+                self.state.networks.remove(&net.name);
+                report.push(format!(
+                    "network {}: an interrupted operation was settled (removed)",
+                    net.name
+                ));
+                report.extend(
+                    errors
+                        .into_iter()
+                        .map(|e| format!("network {}: {e}", net.name)),
+                );
+                continue;
+            }
             let index = match self.nl.link_index(&net.bridge).await? {
                 Some(index) => index,
                 None => {
-                    let index = self.nl.create_bridge(&net.bridge, net.mtu).await?;
-                    self.nl
-                        .add_address(index, net.gateway, net.subnet.prefix_len)
-                        .await?;
-                    index
+                    report.push(format!(
+                        "network {}: bridge {} was gone; made again",
+                        net.name, net.bridge
+                    ));
+                    self.nl.create_bridge(&net.bridge, net.mtu).await?
                 }
             };
-            let mac = self.nl.link_mac(index).await?;
-            self.driver.add_network(net, mac)?;
-        }
-        for container in self.state.containers.clone().values() {
-            for att in &container.attachments {
-                let net = self.network(&att.network)?.clone();
-                let index = self.nl.require_index(&att.host_veth).await?;
-                self.driver
-                    .add_endpoint(&net, att, index, parse_mac(&att.mac)?)?;
+            if !self.nl.addresses(index).await?.contains(&net.gateway) {
+                self.nl
+                    .add_address(index, net.gateway, net.subnet.prefix_len)
+                    .await?;
             }
-            self.driver.publish(&container.ports)?;
+            self.nl.set_up(index).await?;
+            let mac = self.nl.link_mac(index).await?;
+            self.driver.add_network(&net, mac)?;
+        }
+        for container in self.state.containers.clone().into_values() {
+            if let Err(err) = self.readopt_container(&container, &mut report).await {
+                // Not repairable: free its name, addresses and ports rather
+                // than refuse to start.
+                let errors = self.remove_container_objects(&container).await;
+                self.state.containers.remove(&container.name);
+                report.push(format!(
+                    "container {}: could not be repaired ({err:#}); removed",
+                    container.name
+                ));
+                report.extend(
+                    errors
+                        .into_iter()
+                        .map(|e| format!("container {}: {e}", container.name)),
+                );
+            }
+        }
+        report.extend(self.driver.reconciled()?);
+        self.save()?;
+        self.repairs = report.clone();
+        Ok(report)
+    }
+
+    /// One container after a restart or on `netd repair`: its namespace,
+    /// every attachment's veth on its bridge, endpoints and ports in the
+    /// driver. A vanished namespace removes it (reported).
+    async fn readopt_container(
+        &mut self,
+        container: &Container,
+        report: &mut Vec<String>,
+    ) -> Result<()> {
+        let name = &container.name;
+        if !netlink::netns_path(name).exists() {
+            let errors = self.remove_container_objects(container).await;
+            self.state.containers.remove(name);
+            let ports: Vec<String> = container
+                .ports
+                .iter()
+                .map(|p| format!("{}:{}/{}", p.host_ip, p.host_port, p.proto))
+                .collect();
+            let addrs: Vec<String> = container
+                .attachments
+                .iter()
+                .map(|a| a.ip.to_string())
+                .collect();
+            report.push(format!(
+                "container {name}: its namespace is gone; removed (addresses [{}] and ports [{}] freed)",
+                addrs.join(", "),
+                ports.join(", ")
+            ));
+            report.extend(errors.into_iter().map(|e| format!("container {name}: {e}")));
+            return Ok(());
+        }
+        let mut attachments = Vec::new();
+        for (i, att) in container.attachments.iter().enumerate() {
+            let net = self.network(&att.network)?.clone();
+            let bridge = self.nl.require_index(&net.bridge).await?;
+            let att = match self.nl.link_index(&att.host_veth).await? {
+                Some(index) => {
+                    // A bridge made again has no ports: put the veth back.
+                    self.nl.set_master(index, bridge).await?;
+                    self.nl.set_hairpin(index).await?;
+                    self.nl.set_up(index).await?;
+                    self.driver
+                        .add_endpoint(&net, att, index, parse_mac(&att.mac)?)?;
+                    att.clone()
+                }
+                None => {
+                    // Deleted behind our back: the same address on a new veth.
+                    let inner = Netlink::connect_in(&netlink::netns_path(name))?;
+                    if let Some(stale) = inner.link_index(&att.ifname).await? {
+                        inner.delete_link(stale).await?;
+                    }
+                    let host_veth = new_veth_name();
+                    self.plan_link(name, &host_veth)?;
+                    let new = self
+                        .wire(name, &inner, &net, att.ip, &att.ifname, &host_veth, i == 0)
+                        .await?;
+                    report.push(format!(
+                        "container {name}: its interface {} on network {} was gone; made again",
+                        att.ifname, net.name
+                    ));
+                    new
+                }
+            };
+            attachments.push(att);
+        }
+        self.driver.publish(&container.ports)?;
+        if let Some(c) = self.state.containers.get_mut(name) {
+            c.attachments = attachments;
+            c.pending_links.clear();
         }
         Ok(())
     }
@@ -1007,6 +1265,11 @@ fn check_name(what: &str, name: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A fresh name for a container veth's host side (Docker's scheme).
+fn new_veth_name() -> String {
+    format!("veth{:07x}", random_u64() & 0xfff_ffff)
 }
 
 fn random_u64() -> u64 {

@@ -34,8 +34,9 @@ enum Command {
         /// Interface to the outside (default: the default route's).
         #[arg(long)]
         uplink: Option<String>,
-        #[arg(long, default_value = "ebpf")]
-        datapath: String,
+        /// Which datapath makes the packet decisions.
+        #[arg(long, value_enum, default_value = "ebpf")]
+        datapath: daemon::DatapathKind,
         #[arg(long, default_value = "/var/lib/netd")]
         state_dir: PathBuf,
         /// Group (numeric gid) allowed to use the socket besides root.
@@ -62,6 +63,9 @@ enum Command {
     Container(ContainerCommand),
     /// Datapath, attached programs and map fill levels.
     Status,
+    /// Compare the saved state with the kernel and repair what differs
+    /// (as at every start); prints what was repaired.
+    Repair,
     /// Tracked connections.
     #[command(subcommand)]
     Conntrack(ConntrackCommand),
@@ -277,6 +281,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Status => print_json(&call(Request::Status)?),
+        Command::Repair => print_json(&call(Request::Repair)?),
         Command::Conntrack(ConntrackCommand::Ls { format }) => {
             let data = call(Request::ConntrackLs)?;
             print_list(

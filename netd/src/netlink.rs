@@ -255,13 +255,42 @@ impl Netlink {
             .with_context(|| format!("{what} link {index}"))
     }
 
+    /// Deletes a link; done already if it is gone (ENODEV), as when its
+    /// namespace or its veth peer went first.
     pub async fn delete_link(&self, index: u32) -> Result<()> {
-        self.handle
-            .link()
-            .del(index)
-            .execute()
-            .await
-            .with_context(|| format!("deleting link {index}"))
+        match self.handle.link().del(index).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
+            other => other.with_context(|| format!("deleting link {index}")),
+        }
+    }
+
+    /// Deletes the link named `name` if there is one.
+    pub async fn delete_link_named(&self, name: &str) -> Result<()> {
+        match self.link_index(name).await? {
+            Some(index) => self.delete_link(index).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Every link in this namespace: (index, name, master index).
+    pub async fn links(&self) -> Result<Vec<(u32, String, Option<u32>)>> {
+        let mut links = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(link) = links.try_next().await.context("listing links")? {
+            let mut name = None;
+            let mut master = None;
+            for attr in link.attributes {
+                match attr {
+                    LinkAttribute::IfName(n) => name = Some(n),
+                    LinkAttribute::Controller(m) => master = Some(m),
+                    _ => {}
+                }
+            }
+            if let Some(name) = name {
+                out.push((link.header.index, name, master));
+            }
+        }
+        Ok(out)
     }
 
     pub async fn add_address(&self, index: u32, ip: Ipv4Addr, prefix_len: u8) -> Result<()> {

@@ -32,6 +32,19 @@ pub struct Network {
     pub masquerade: bool,
     pub host_ip: Option<Ipv4Addr>,
     pub mtu: u32,
+    /// Set while a create or remove is under way (see [`Pending`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+}
+
+/// An intent record: written before the kernel is touched, cleared when the
+/// operation is done. A daemon killed in between finds it at start and rolls
+/// the create back or finishes the remove, so no name stays half-made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pending {
+    Creating,
+    Removing,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +61,12 @@ pub struct Container {
     pub mode: NetworkMode,
     pub attachments: Vec<Attachment>,
     pub ports: Vec<PublishedPort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+    /// Host-side veths an operation under way is creating (named before
+    /// they exist): a daemon killed meanwhile deletes them at start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_links: Vec<String>,
 }
 
 /// A container's interface on one network.
@@ -98,6 +117,17 @@ impl State {
     pub fn published(&self) -> impl Iterator<Item = &PublishedPort> {
         self.containers.values().flat_map(|c| c.ports.iter())
     }
+
+    /// Networks and containers as users see them: without operations under
+    /// way (those exist only inside one request, or after a crash until the
+    /// next start has settled them).
+    pub fn live_networks(&self) -> impl Iterator<Item = &Network> {
+        self.networks.values().filter(|n| n.pending.is_none())
+    }
+
+    pub fn live_containers(&self) -> impl Iterator<Item = &Container> {
+        self.containers.values().filter(|c| c.pending.is_none())
+    }
 }
 
 fn state_file(dir: &Path) -> PathBuf {
@@ -126,6 +156,7 @@ mod tests {
                 masquerade: true,
                 host_ip: None,
                 mtu: 1500,
+                pending: None,
             },
         );
         state.save(&dir).unwrap();

@@ -18,6 +18,9 @@ use crate::{
 
 pub struct EbpfDriver {
     datapath: Datapath,
+    /// What the daemon declared since start: after re-adoption, map entries
+    /// beyond these are leftovers of state that no longer exists.
+    declared: Declared,
     features: Features,
     uplink: String,
     /// Host-side veths with `from_container` attached.
@@ -47,6 +50,7 @@ impl EbpfDriver {
             uplink_ifindex: host.uplink_ifindex,
             uplink_mtu: host.uplink_mtu,
         })?;
+        let mut declared = Declared::default();
         for ip in host
             .uplink_addrs
             .iter()
@@ -54,15 +58,25 @@ impl EbpfDriver {
             .chain([Ipv4Addr::LOCALHOST])
         {
             datapath.insert_local_addr(ip)?;
+            declared.local_addrs.insert(ip);
         }
         datapath.attach_uplink(&host.uplink)?;
         Ok(Self {
             datapath,
+            declared,
             features,
             uplink: host.uplink.clone(),
             endpoints: HashSet::new(),
         })
     }
+}
+
+#[derive(Default)]
+struct Declared {
+    networks: HashSet<(Ipv4Addr, u8)>,
+    endpoints: HashSet<Ipv4Addr>,
+    local_addrs: HashSet<Ipv4Addr>,
+    ports: HashSet<PortKey>,
 }
 
 fn port_key(p: &PublishedPort) -> PortKey {
@@ -104,13 +118,23 @@ impl FirewallDriver for EbpfDriver {
         };
         self.datapath
             .insert_network(net.subnet.addr, net.subnet.prefix_len, info)?;
-        self.datapath.insert_local_addr(net.gateway)
+        self.declared
+            .networks
+            .insert((net.subnet.addr, net.subnet.prefix_len));
+        self.datapath.insert_local_addr(net.gateway)?;
+        self.declared.local_addrs.insert(net.gateway);
+        Ok(())
     }
 
     fn remove_network(&mut self, net: &Network) -> Result<()> {
         self.datapath
             .remove_network(net.subnet.addr, net.subnet.prefix_len)?;
-        self.datapath.remove_local_addr(net.gateway)
+        self.declared
+            .networks
+            .remove(&(net.subnet.addr, net.subnet.prefix_len));
+        self.datapath.remove_local_addr(net.gateway)?;
+        self.declared.local_addrs.remove(&net.gateway);
+        Ok(())
     }
 
     fn add_endpoint(
@@ -131,6 +155,7 @@ impl FirewallDriver for EbpfDriver {
         match self.datapath.attach_from_container(&att.host_veth) {
             Ok(()) => {
                 self.endpoints.insert(att.host_veth.clone());
+                self.declared.endpoints.insert(att.ip);
                 Ok(())
             }
             Err(err) => {
@@ -142,6 +167,7 @@ impl FirewallDriver for EbpfDriver {
 
     fn remove_endpoint(&mut self, att: &Attachment) -> Result<()> {
         self.endpoints.remove(&att.host_veth);
+        self.declared.endpoints.remove(&att.ip);
         self.datapath.detach_from_container(&att.host_veth)?;
         self.datapath.remove_endpoint(att.ip)
     }
@@ -157,13 +183,53 @@ impl FirewallDriver for EbpfDriver {
                 let _ = self.unpublish(&ports[..done]);
                 return Err(err);
             }
+            self.declared.ports.insert(port_key(port));
         }
         Ok(())
     }
 
     fn unpublish(&mut self, ports: &[PublishedPort]) -> Result<()> {
         let keys: Vec<PortKey> = ports.iter().map(port_key).collect();
+        for key in &keys {
+            self.declared.ports.remove(key);
+        }
         self.datapath.unpublish_all(&keys)
+    }
+
+    /// Removes map entries nobody declared since start: networks, endpoints
+    /// (with their connections) and ports of state that is gone, e.g. a
+    /// container dropped because its namespace vanished while netd was down.
+    fn reconciled(&mut self) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        let ports: Vec<PortKey> = self
+            .datapath
+            .published_ports()?
+            .into_iter()
+            .filter(|k| !self.declared.ports.contains(k))
+            .collect();
+        if !ports.is_empty() {
+            removed.push(format!("{} stale published ports", ports.len()));
+            self.datapath.unpublish_all(&ports)?;
+        }
+        for ip in self.datapath.endpoint_addrs()? {
+            if !self.declared.endpoints.contains(&ip) {
+                removed.push(format!("stale endpoint {ip}"));
+                self.datapath.remove_endpoint(ip)?;
+            }
+        }
+        for (addr, prefix_len) in self.datapath.networks()? {
+            if !self.declared.networks.contains(&(addr, prefix_len)) {
+                removed.push(format!("stale network {addr}/{prefix_len}"));
+                self.datapath.remove_network(addr, prefix_len)?;
+            }
+        }
+        for ip in self.datapath.local_addrs()? {
+            if !self.declared.local_addrs.contains(&ip) {
+                removed.push(format!("stale local address {ip}"));
+                self.datapath.remove_local_addr(ip)?;
+            }
+        }
+        Ok(removed)
     }
 
     fn conntrack(&self) -> Result<Vec<ConntrackRow>> {

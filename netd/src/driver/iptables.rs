@@ -56,6 +56,10 @@ pub struct IptablesDriver {
     endpoints: BTreeMap<Ipv4Addr, String>,
     /// In publishing order: like Docker, a new port's rules go last.
     ports: Vec<(Ipv4Addr, u16, u8, Ipv4Addr, u16)>,
+    /// True from start until the daemon has re-declared everything: the
+    /// rules of the previous run keep forwarding until the whole new set
+    /// replaces them in one transaction per table (no gap on restart).
+    deferred: bool,
 }
 
 impl IptablesDriver {
@@ -64,8 +68,14 @@ impl IptablesDriver {
         if !run_ok(Command::new("iptables").args(["-t", "filter", "-n", "-L", "NETD-USER"]))? {
             run(Command::new("iptables").args(["-t", "filter", "-N", "NETD-USER"]))?;
         }
-        let driver = Self::default();
-        driver.apply()?;
+        Ok(Self {
+            deferred: true,
+            ..Self::default()
+        })
+    }
+
+    /// The jumps from the built-in chains, each once (the chains exist by now).
+    fn ensure_jumps() -> Result<()> {
         for (table, chain, rule) in JUMPS {
             let rule: Vec<&str> = rule.split(' ').collect();
             let present = run_ok(
@@ -79,10 +89,13 @@ impl IptablesDriver {
                     .args(&rule))?;
             }
         }
-        Ok(driver)
+        Ok(())
     }
 
     fn apply(&self) -> Result<()> {
+        if self.deferred {
+            return Ok(());
+        }
         let rules = self.render();
         let mut child = Command::new("iptables-restore")
             .arg("--noflush")
@@ -358,6 +371,16 @@ impl FirewallDriver for IptablesDriver {
             Self::flush_conntrack(&["--reply-src", ip]);
         }
         Ok(())
+    }
+
+    /// Replaces every netd chain with the declared set: `iptables-restore
+    /// --noflush` declares each chain (which empties it) and fills it again
+    /// in one commit per table, so packets see the old rules or the new.
+    fn reconciled(&mut self) -> Result<Vec<String>> {
+        self.deferred = false;
+        self.apply()?;
+        Self::ensure_jumps()?;
+        Ok(Vec::new())
     }
 
     fn conntrack(&self) -> Result<Vec<ConntrackRow>> {

@@ -64,6 +64,12 @@ pub trait FirewallDriver: Send {
     fn publish(&mut self, ports: &[PublishedPort]) -> Result<()>;
     /// Unpublishes `ports` and forgets the connections made through them.
     fn unpublish(&mut self, ports: &[PublishedPort]) -> Result<()>;
+    /// Called when the daemon has declared everything it owns (after start
+    /// or a repair): the driver applies what it deferred and removes what it
+    /// holds that nobody declared. Returns what it removed, for the report.
+    fn reconciled(&mut self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
     fn conntrack(&self) -> Result<Vec<ConntrackRow>>;
     /// Removes expired connections; returns how many entries went.
     fn gc(&mut self) -> Result<usize>;
