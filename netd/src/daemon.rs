@@ -550,13 +550,17 @@ impl Daemon {
             },
         );
         self.save()?;
+        fault_point("network-create:intent");
         let result = async {
             let index = self.nl.create_bridge(&net.bridge, mtu).await?;
+            fault_point("network-create:bridge");
             self.nl
                 .add_address(index, gateway, subnet.prefix_len)
                 .await?;
             let mac = self.nl.link_mac(index).await?;
-            self.driver.add_network(&net, mac)
+            self.driver.add_network(&net, mac)?;
+            fault_point("network-create:driver");
+            Ok(())
         }
         .await;
         if let Err(err) = result {
@@ -600,6 +604,7 @@ impl Daemon {
             );
         }
         self.mark_network(name, Pending::Removing)?;
+        fault_point("network-rm:marked");
         let errors = self.remove_network_objects(&net).await;
         if !errors.is_empty() {
             // Still marked: the next `rm`, `netd repair`, start or `down` finishes it.
@@ -659,6 +664,7 @@ impl Daemon {
             },
         );
         self.save()?;
+        fault_point("container-create:intent");
         let result = self
             .container_create_inner(name, network, mode, ip, &specs, &host_veth)
             .await;
@@ -691,6 +697,7 @@ impl Daemon {
         if let Err(err) = self.driver.unpublish(&container.ports) {
             errors.push(format!("{err:#}"));
         }
+        fault_point("container-rm:unpublished");
         for att in &container.attachments {
             if let Err(err) = self.driver.remove_endpoint(att) {
                 errors.push(format!("{err:#}"));
@@ -762,6 +769,7 @@ impl Daemon {
         }
 
         netlink::create_netns(name)?;
+        fault_point("container-create:netns");
         let ns_path = netlink::netns_path(name);
         // As Docker does for IPv4-only networks: no IPv6 chatter from containers.
         for scope in ["all", "default"] {
@@ -791,6 +799,7 @@ impl Daemon {
         let started = Instant::now();
         self.driver.publish(&container.ports)?;
         let publish_time = started.elapsed();
+        fault_point("container-create:published");
         container.attachments.push(attachment);
         Ok((container, publish_time))
     }
@@ -812,6 +821,7 @@ impl Daemon {
     ) -> Result<Attachment> {
         let peer = format!("tmp{}", host_veth.trim_start_matches("veth"));
         let (host_index, peer_index) = self.nl.create_veth(host_veth, &peer, net.mtu).await?;
+        fault_point("container-create:veth");
         let ns_file = std::fs::File::open(netlink::netns_path(name))?;
         self.nl
             .move_to_netns(peer_index, ns_file.as_raw_fd())
@@ -840,6 +850,7 @@ impl Daemon {
         };
         self.driver
             .add_endpoint(net, &attachment, host_index, mac)?;
+        fault_point("container-create:endpoint");
         // Up last: its gratuitous ARP (arp_notify) must find the host side
         // bridged and the datapath ready, or neighbours keep a stale MAC.
         inner.set_up(eth).await?;
@@ -876,6 +887,7 @@ impl Daemon {
         let default_route = container.attachments.is_empty();
         let host_veth = new_veth_name();
         self.plan_link(name, &host_veth)?;
+        fault_point("network-connect:planned");
         let result = self
             .wire(
                 name,
@@ -891,6 +903,7 @@ impl Daemon {
         entry.pending_links.retain(|l| l != &host_veth);
         match result {
             Ok(attachment) => {
+                fault_point("network-connect:wired");
                 entry.attachments.push(attachment.clone());
                 self.save()?;
                 Ok(attachment)
@@ -1049,6 +1062,7 @@ impl Daemon {
             c.pending = Some(Pending::Removing);
         }
         self.save()?;
+        fault_point("container-rm:marked");
         let errors = self.remove_container_objects(&container).await;
         if !errors.is_empty() {
             bail!("removing container {name:?}: {}", errors.join("; "));
@@ -1265,6 +1279,34 @@ fn check_name(what: &str, name: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Named points inside mutating requests where the fault tests stop the
+/// daemon dead (`NETD_FAULT_POINT=name`): abort() leaves everything exactly
+/// as kill -9 would at that step. Unset, this is one comparison.
+pub const FAULT_POINTS: &[&str] = &[
+    "network-create:intent",
+    "network-create:bridge",
+    "network-create:driver",
+    "network-rm:marked",
+    "container-create:intent",
+    "container-create:netns",
+    "container-create:veth",
+    "container-create:endpoint",
+    "container-create:published",
+    "container-rm:marked",
+    "container-rm:unpublished",
+    "network-connect:planned",
+    "network-connect:wired",
+];
+
+fn fault_point(name: &str) {
+    static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let wanted = WANTED.get_or_init(|| std::env::var("NETD_FAULT_POINT").ok());
+    if wanted.as_deref() == Some(name) {
+        eprintln!("netd: stopping dead at fault point {name}");
+        std::process::abort();
+    }
 }
 
 /// A fresh name for a container veth's host side (Docker's scheme).

@@ -62,6 +62,63 @@ impl DaemonHost {
         PathBuf::from(format!("/sys/fs/bpf/netd-test-{}", self.id))
     }
 
+    /// Runs `netd daemon` expecting it to refuse to start: its exit status
+    /// (None if it was still running after 20 s, then killed) and stderr.
+    pub fn daemon_refusal(&self) -> (Option<std::process::ExitStatus>, String) {
+        use std::io::Read as _;
+        let socket = self.socket();
+        let state = self.dir.join("state");
+        let bpffs = self.bpffs();
+        let args = [
+            "--socket",
+            socket.to_str().unwrap(),
+            "daemon",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--bpffs",
+            bpffs.to_str().unwrap(),
+        ];
+        let mut child = self
+            .host
+            .command(&self.netd)
+            .args(args)
+            .args(&self.daemon_args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (status, stderr)
+    }
+
+    /// Waits for a daemon that stops by itself (a fault point, a refusal).
+    pub fn wait_daemon_exit(&mut self) {
+        let mut daemon = self.daemon.take().expect("daemon running");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !daemon.exited() {
+            assert!(Instant::now() < deadline, "daemon did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn kill_daemon(&mut self, signal: i32) {
         let daemon = self.daemon.take().expect("daemon running");
         // SAFETY: signalling our own child.
@@ -74,6 +131,17 @@ impl DaemonHost {
     }
 
     pub fn spawn_daemon_with(&mut self, extra: &[&str]) {
+        self.spawn_daemon_with_env(extra, &[]);
+    }
+
+    /// The state file the daemon keeps.
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state").join("state.json")
+    }
+
+    /// Starts the daemon and waits for its socket; `env` is added to its
+    /// environment (e.g. `NETD_FAULT_POINT`).
+    pub fn spawn_daemon_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         let socket = self.socket();
         let state = self.dir.join("state");
         let bpffs = self.bpffs();
@@ -88,7 +156,7 @@ impl DaemonHost {
         ];
         let fixed: Vec<&str> = self.daemon_args.iter().map(String::as_str).collect();
         let args: Vec<&str> = args.iter().chain(&fixed).chain(extra).copied().collect();
-        self.daemon = Some(self.host.spawn(&self.netd, &args).unwrap());
+        self.daemon = Some(self.host.spawn_with_env(&self.netd, &args, env).unwrap());
         let deadline = Instant::now() + Duration::from_secs(20);
         while UnixStream::connect(&socket).is_err() {
             assert!(

@@ -268,6 +268,23 @@ impl Netns {
         Ok(Background { child })
     }
 
+    /// As `spawn`, with extra environment variables.
+    pub fn spawn_with_env(
+        &self,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Background> {
+        let child = self
+            .command(program)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {program} in {}", self.name))?;
+        Ok(Background { child })
+    }
+
     /// Runs `f` on a thread that has entered this namespace. Sockets and
     /// links `f` creates belong to the namespace; interface names resolve there.
     pub fn enter<R: Send, F: FnOnce() -> R + Send>(&self, f: F) -> Result<R> {

@@ -1,0 +1,533 @@
+//! Faults a real host produces, through the real daemon and CLI, on every
+//! datapath (and the eBPF one in both kernel modes): objects deleted behind
+//! netd's back, kill -9 at every step of every mutating request and in the
+//! middle of parallel requests, a reboot-like loss of kernel state, an
+//! unreadable state file, restarts under connection load. After each the
+//! daemon works, the state matches the kernel, and `netd down` leaves
+//! nothing.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use netd::daemon::FAULT_POINTS;
+use netd_testbed::{
+    daemon_host::{DaemonHost, HOST_IP, OUTSIDE_IP},
+    probe::{self, EchoServer},
+};
+use serde_json::Value;
+
+const NETD: &str = env!("CARGO_BIN_EXE_netd");
+
+/// Every datapath, and the eBPF one with the older kernels' mechanisms.
+const VARIANTS: [(&str, &[&str]); 3] = [
+    ("ebpf", &["--datapath", "ebpf"]),
+    (
+        "ebpf-legacy",
+        &["--datapath", "ebpf", "--kernel-features", "legacy"],
+    ),
+    ("iptables", &["--datapath", "iptables"]),
+];
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn names(list: &Value) -> BTreeSet<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The state matches the kernel: every listed container has its namespace
+/// and addresses, no namespace of this test is unlisted, and the host has
+/// no link that no listed network or container owns.
+fn assert_consistent(h: &DaemonHost, context: &str) {
+    let containers = h.json(&["container", "ls", "--format", "json"]);
+    let networks = h.json(&["network", "ls", "--format", "json"]);
+    let mut owned: BTreeSet<String> = ["lo".to_owned(), h.uplink.clone()].into();
+    for net in networks.as_array().unwrap() {
+        owned.insert(net["bridge"].as_str().unwrap().to_owned());
+    }
+    let listed = names(&containers);
+    for c in containers.as_array().unwrap() {
+        let name = c["name"].as_str().unwrap();
+        assert!(
+            std::path::Path::new(&format!("/run/netns/{name}")).exists(),
+            "{context}: {name} is listed but has no namespace"
+        );
+        for att in c["attachments"].as_array().unwrap() {
+            owned.insert(att["host_veth"].as_str().unwrap().to_owned());
+            let inside = ip(&["-n", name, "-o", "-4", "addr", "show"]);
+            let want = att["ip"].as_str().unwrap();
+            assert!(
+                inside.contains(&format!("{want}/")),
+                "{context}: {name} lacks {want}: {inside}"
+            );
+        }
+    }
+    for entry in std::fs::read_dir("/run/netns").unwrap().flatten() {
+        let ns = entry.file_name().to_string_lossy().into_owned();
+        if ns.starts_with(&h.name("")) {
+            assert!(
+                listed.contains(&ns),
+                "{context}: namespace {ns} is left but not listed"
+            );
+        }
+    }
+    for line in ip(&["-n", h.host.name(), "-o", "link"]).lines() {
+        let name = line.split(": ").nth(1).unwrap().split('@').next().unwrap();
+        assert!(
+            owned.contains(name),
+            "{context}: link {name} is owned by nothing netd lists"
+        );
+    }
+}
+
+/// A new container with a published port answers from outside, and
+/// reaches the outside masqueraded; then it goes again.
+fn assert_works(h: &DaemonHost, tag: &str, port: u16) {
+    let name = h.name(tag);
+    h.ok(&["container", "create", &name, "-p", &format!("{port}:80")]);
+    let created = h.json(&["container", "inspect", &name]);
+    let ip = created["attachments"][0]["ip"].as_str().unwrap().to_owned();
+    let _server = EchoServer::tcp_stream_echo(&h.ctr(tag), addr(&format!("{ip}:80"))).unwrap();
+    let mut conn = probe::tcp_connect(&h.outside, addr(&format!("{HOST_IP}:{port}"))).unwrap();
+    probe::echo_roundtrip(&mut conn, b"works").unwrap();
+    let outside_port = port - 1000;
+    let _outside = EchoServer::tcp(
+        &h.outside,
+        addr(&format!("{OUTSIDE_IP}:{outside_port}")),
+        "saw {peer}:",
+    )
+    .unwrap();
+    let reply = probe::tcp_request(
+        &h.ctr(tag),
+        addr(&format!("{OUTSIDE_IP}:{outside_port}")),
+        b"hi",
+    )
+    .unwrap();
+    assert_eq!(reply, format!("saw {HOST_IP}:hi").into_bytes());
+    drop(conn);
+    h.ok(&["container", "rm", &name]);
+}
+
+/// `netd down` leaves no namespace, link, pin or rule behind.
+fn assert_down_leaves_nothing(mut h: DaemonHost) {
+    h.ok(&["down"]);
+    h.wait_daemon_exit();
+    assert_consistent_empty(&h);
+}
+
+fn assert_consistent_empty(h: &DaemonHost) {
+    let prefix = h.name("");
+    for entry in std::fs::read_dir("/run/netns").unwrap().flatten() {
+        let ns = entry.file_name().to_string_lossy().into_owned();
+        assert!(!ns.starts_with(&prefix), "namespace {ns} left after down");
+    }
+    let links: Vec<String> = ip(&["-n", h.host.name(), "-o", "link"])
+        .lines()
+        .map(|l| {
+            l.split(": ")
+                .nth(1)
+                .unwrap()
+                .split('@')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(links.len(), 2, "links left after down: {links:?}");
+    assert!(!h.bpffs().exists(), "pins left after down");
+    let rules = h
+        .host
+        .run("iptables-save", &[])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert!(!rules.contains("NETD"), "rules left after down: {rules}");
+    let qdiscs = h.tc(&["qdisc", "show", "dev", &h.uplink]);
+    assert!(
+        !qdiscs.contains("clsact"),
+        "clsact left after down: {qdiscs}"
+    );
+}
+
+#[test]
+fn objects_deleted_behind_netds_back_are_repaired_or_released() {
+    for (variant, flags) in VARIANTS {
+        println!("== {variant}");
+        let mut h = DaemonHost::start(NETD, flags);
+        let web = h.name("web");
+        // The runtime deletes the namespace first, then asks netd.
+        h.ok(&["container", "create", &web, "-p", "8080:80"]);
+        h.host.run("ip", &["netns", "del", &web]).unwrap();
+        h.ok(&["container", "rm", &web]);
+        assert_works(&h, "web", 8080);
+
+        // The namespace goes while netd is down: the restart releases the
+        // container (reported), its name and its port.
+        h.ok(&["container", "create", &web, "-p", "8080:80"]);
+        h.kill_daemon(libc::SIGKILL);
+        h.host.run("ip", &["netns", "del", &web]).unwrap();
+        h.spawn_daemon();
+        let status = h.json(&["status"]);
+        let repairs = status["repairs"].to_string();
+        assert!(
+            repairs.contains(&web) && repairs.contains("namespace is gone"),
+            "{variant}: {repairs}"
+        );
+        assert!(!names(&h.json(&["container", "ls", "--format", "json"])).contains(&web));
+        assert_works(&h, "web", 8080);
+
+        // A container's veth and a network's bridge deleted while netd runs:
+        // `netd repair` makes them again, and traffic flows.
+        h.ok(&["network", "create", "apps", "--subnet", "10.44.0.0/24"]);
+        let db = h.name("db");
+        h.ok(&[
+            "container",
+            "create",
+            &db,
+            "--network",
+            "apps",
+            "-p",
+            "8081:80",
+        ]);
+        let bridge = h.json(&["network", "inspect", "apps"])["bridge"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let veth = h.json(&["container", "inspect", &db])["attachments"][0]["host_veth"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        h.host.run("ip", &["link", "del", &veth]).unwrap();
+        h.host.run("ip", &["link", "del", &bridge]).unwrap();
+        let repaired = h.json(&["repair"])["repairs"].to_string();
+        assert!(
+            repaired.contains("was gone; made again") && repaired.contains(&db),
+            "{variant}: {repaired}"
+        );
+        assert_consistent(&h, variant);
+        let _server = EchoServer::tcp_stream_echo(&h.ctr("db"), addr("10.44.0.2:80")).unwrap();
+        let mut conn = probe::tcp_connect(&h.outside, addr(&format!("{HOST_IP}:8081"))).unwrap();
+        probe::echo_roundtrip(&mut conn, b"repaired").unwrap();
+        drop(conn);
+        h.ok(&["container", "rm", &db]);
+        assert_down_leaves_nothing(h);
+    }
+}
+
+/// The request that dies at `point`, and what must hold after the restart.
+fn interrupted_request(h: &DaemonHost, point: &str, i: usize) -> Vec<String> {
+    let c = h.name(&format!("c{i}"));
+    let net = format!("n{i}");
+    let subnet = format!("10.50.{i}.0/24");
+    match point.split(':').next().unwrap() {
+        "network-create" => vec![
+            "network".into(),
+            "create".into(),
+            net,
+            "--subnet".into(),
+            subnet,
+        ],
+        "network-rm" => vec!["network".into(), "rm".into(), net],
+        "container-create" => vec![
+            "container".into(),
+            "create".into(),
+            c,
+            "-p".into(),
+            format!("{}:80", 9000 + i),
+        ],
+        "container-rm" => vec!["container".into(), "rm".into(), c],
+        "network-connect" => vec!["network".into(), "connect".into(), net, c],
+        other => panic!("no request for {other}"),
+    }
+}
+
+#[test]
+fn kill_9_at_every_step_of_every_mutating_request_leaves_nothing_half_made() {
+    for (variant, flags) in VARIANTS {
+        println!("== {variant}");
+        let mut h = DaemonHost::start(NETD, flags);
+        for (i, point) in FAULT_POINTS.iter().enumerate() {
+            let c = h.name(&format!("c{i}"));
+            let net = format!("n{i}");
+            let subnet = format!("10.50.{i}.0/24");
+            // What the request needs to exist first.
+            if point.starts_with("network-rm") || point.starts_with("network-connect") {
+                h.ok(&["network", "create", &net, "--subnet", &subnet]);
+            }
+            if point.starts_with("container-rm") || point.starts_with("network-connect") {
+                h.ok(&["container", "create", &c, "-p", &format!("{}:80", 9000 + i)]);
+            }
+            h.kill_daemon(libc::SIGTERM);
+            h.spawn_daemon_with_env(&[], &[("NETD_FAULT_POINT", point)]);
+            let request = interrupted_request(&h, point, i);
+            let args: Vec<&str> = request.iter().map(String::as_str).collect();
+            let out = h.netd(&args);
+            assert!(
+                !out.status.success(),
+                "{variant} {point}: request succeeded"
+            );
+            h.wait_daemon_exit();
+            h.spawn_daemon();
+            let context = format!("{variant} after a crash at {point}");
+            assert_consistent(&h, &context);
+            // Creates are rolled back (the name is free again), removes are
+            // finished, a connect is undone: each request can be made again.
+            let containers = names(&h.json(&["container", "ls", "--format", "json"]));
+            let networks = h.json(&["network", "ls", "--format", "json"]).to_string();
+            match point.split(':').next().unwrap() {
+                "network-create" => assert!(!networks.contains(&format!("\"{net}\"")), "{context}"),
+                "network-rm" => assert!(!networks.contains(&format!("\"{net}\"")), "{context}"),
+                "container-create" => assert!(!containers.contains(&c), "{context}"),
+                "container-rm" => assert!(!containers.contains(&c), "{context}"),
+                _ => {
+                    let inspect = h.json(&["container", "inspect", &c]);
+                    assert_eq!(
+                        inspect["attachments"].as_array().unwrap().len(),
+                        1,
+                        "{context}"
+                    );
+                }
+            }
+            if !point.starts_with("network-rm") && !point.starts_with("container-rm") {
+                h.ok(&args);
+            }
+        }
+        assert_consistent(&h, variant);
+        assert_works(&h, "last", 8090);
+        assert_down_leaves_nothing(h);
+    }
+}
+
+#[test]
+fn kill_9_during_parallel_creates_leaves_every_name_working_or_free() {
+    for (variant, flags) in VARIANTS {
+        println!("== {variant}");
+        let mut h = DaemonHost::start(NETD, flags);
+        let all: Vec<String> = (0..20).map(|i| h.name(&format!("p{i}"))).collect();
+        let socket = h.socket();
+        let clients: Vec<_> = all
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let (name, socket) = (name.clone(), socket.clone());
+                std::thread::spawn(move || {
+                    Command::new(NETD)
+                        .arg("--socket")
+                        .arg(&socket)
+                        .args(["container", "create", &name, "-p"])
+                        .arg(format!("{}:80", 9100 + i))
+                        .output()
+                })
+            })
+            .collect();
+        // Some done, some under way: then kill -9.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while h
+            .json(&["container", "ls", "--format", "json"])
+            .as_array()
+            .unwrap()
+            .len()
+            < 2
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{variant}: creates do not progress"
+            );
+        }
+        h.kill_daemon(libc::SIGKILL);
+        for client in clients {
+            let _ = client.join();
+        }
+        h.spawn_daemon();
+        assert_consistent(&h, variant);
+        let listed = names(&h.json(&["container", "ls", "--format", "json"]));
+        println!(
+            "{variant}: {} of 20 creates had finished at the kill",
+            listed.len()
+        );
+        assert!(listed.len() >= 2, "{variant}: {listed:?}");
+        for (i, name) in all.iter().enumerate() {
+            if !listed.contains(name) {
+                h.ok(&[
+                    "container",
+                    "create",
+                    name,
+                    "-p",
+                    &format!("{}:80", 9100 + i),
+                ]);
+            }
+        }
+        assert_consistent(&h, variant);
+        assert_works(&h, "after", 8091);
+        assert_down_leaves_nothing(h);
+    }
+}
+
+#[test]
+fn a_reboot_that_loses_all_kernel_state_keeps_the_networks() {
+    for (variant, flags) in VARIANTS {
+        println!("== {variant}");
+        let mut h = DaemonHost::start(NETD, flags);
+        h.ok(&["network", "create", "apps", "--subnet", "10.45.0.0/24"]);
+        let web = h.name("web");
+        h.ok(&[
+            "container",
+            "create",
+            &web,
+            "--network",
+            "apps",
+            "-p",
+            "8080:80",
+        ]);
+        h.kill_daemon(libc::SIGKILL);
+        // What a reboot takes: namespaces, links, pins, rules, qdiscs.
+        h.host.run("ip", &["netns", "del", &web]).unwrap();
+        for line in ip(&["-n", h.host.name(), "-o", "link"]).lines() {
+            let name = line.split(": ").nth(1).unwrap().split('@').next().unwrap();
+            if name != "lo" && name != h.uplink {
+                h.host.run("ip", &["link", "del", name]).unwrap();
+            }
+        }
+        if h.bpffs().exists() {
+            std::fs::remove_dir_all(h.bpffs()).unwrap();
+        }
+        let _ = h
+            .host
+            .run("tc", &["qdisc", "del", "dev", &h.uplink, "clsact"]);
+        for table in ["filter", "nat", "raw"] {
+            h.host.run("iptables", &["-t", table, "-F"]).unwrap();
+            h.host.run("iptables", &["-t", table, "-X"]).unwrap();
+        }
+        h.spawn_daemon();
+        let repairs = h.json(&["status"])["repairs"].to_string();
+        assert!(repairs.contains(&web), "{variant}: {repairs}");
+        assert_consistent(&h, variant);
+        assert_eq!(
+            h.json(&["network", "inspect", "apps"])["subnet"],
+            "10.45.0.0/24"
+        );
+        // The same container again, on the kept network, with its port.
+        h.ok(&[
+            "container",
+            "create",
+            &web,
+            "--network",
+            "apps",
+            "-p",
+            "8080:80",
+        ]);
+        let _server = EchoServer::tcp_stream_echo(&h.ctr("web"), addr("10.45.0.2:80")).unwrap();
+        let mut conn = probe::tcp_connect(&h.outside, addr(&format!("{HOST_IP}:8080"))).unwrap();
+        probe::echo_roundtrip(&mut conn, b"after reboot").unwrap();
+        drop(conn);
+        assert_works(&h, "more", 8082);
+        assert_down_leaves_nothing(h);
+    }
+}
+
+#[test]
+fn an_unreadable_state_file_stops_the_daemon_and_changes_nothing() {
+    for (variant, flags) in VARIANTS {
+        println!("== {variant}");
+        let mut h = DaemonHost::start(NETD, flags);
+        let web = h.name("web");
+        h.ok(&["container", "create", &web, "-p", "8080:80"]);
+        let _server = EchoServer::tcp_stream_echo(&h.ctr("web"), addr("172.17.0.2:80")).unwrap();
+        let mut kept = probe::tcp_connect(&h.outside, addr(&format!("{HOST_IP}:8080"))).unwrap();
+        probe::echo_roundtrip(&mut kept, b"before").unwrap();
+        h.kill_daemon(libc::SIGTERM);
+        let good = std::fs::read(h.state_file()).unwrap();
+        std::fs::write(h.state_file(), b"{\"networks\": [truncated").unwrap();
+        let (status, stderr) = h.daemon_refusal();
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "{variant}: the daemon started on a corrupt state file"
+        );
+        assert!(
+            stderr.contains(&h.state_file().display().to_string())
+                && stderr.contains("changed nothing"),
+            "{variant}: {stderr}"
+        );
+        // Forwarding goes on: the kept connection and a new one.
+        probe::echo_roundtrip(&mut kept, b"refused start").unwrap();
+        let mut fresh = probe::tcp_connect(&h.outside, addr(&format!("{HOST_IP}:8080"))).unwrap();
+        probe::echo_roundtrip(&mut fresh, b"new").unwrap();
+        std::fs::write(h.state_file(), good).unwrap();
+        h.spawn_daemon();
+        probe::echo_roundtrip(&mut kept, b"after").unwrap();
+        drop((kept, fresh));
+        assert_down_leaves_nothing(h);
+    }
+}
+
+#[test]
+fn restarts_under_connection_load_refuse_no_connection() {
+    for (variant, flags) in VARIANTS {
+        println!("== {variant}");
+        let mut h = DaemonHost::start(NETD, flags);
+        let web = h.name("web");
+        h.ok(&["container", "create", &web, "-p", "8080:80"]);
+        let _server = EchoServer::tcp_stream_echo(&h.ctr("web"), addr("172.17.0.2:80")).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                let outside = h.outside.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let result = probe::tcp_connect(&outside, addr(&format!("{HOST_IP}:8080")))
+                            .and_then(|mut c| probe::echo_roundtrip(&mut c, b"load"));
+                        match result {
+                            Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                })
+            })
+            .collect();
+        let wait_for = |n: u64| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while ok.load(Ordering::Relaxed) < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "{variant}: the load does not progress"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        wait_for(200);
+        h.kill_daemon(libc::SIGKILL);
+        h.spawn_daemon();
+        wait_for(ok.load(Ordering::Relaxed) + 200);
+        h.kill_daemon(libc::SIGTERM);
+        h.spawn_daemon();
+        wait_for(ok.load(Ordering::Relaxed) + 200);
+        stop.store(true, Ordering::Relaxed);
+        for client in clients {
+            client.join().unwrap();
+        }
+        let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        println!("{variant}: {ok} connections, {failed} failed across two restarts");
+        assert_eq!(failed, 0, "{variant}: connections failed during restarts");
+        assert_down_leaves_nothing(h);
+    }
+}
