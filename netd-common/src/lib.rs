@@ -16,6 +16,7 @@ pub mod maps {
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
     pub const NETNS_PROBE: &str = "NETNS_PROBE";
+    pub const UPLINKS: &str = "UPLINKS";
     pub const DROP_EVENTS: &str = "DROP_EVENTS";
 }
 
@@ -31,6 +32,8 @@ pub mod sizes {
     pub const PUBLISHED_PORTS: u32 = 65536;
     /// Conntrack entries: two per connection (original and reply direction).
     pub const CONNTRACK: u32 = 262144;
+    /// Interfaces to the outside (every non-bridge interface by default).
+    pub const UPLINKS: u32 = 256;
     /// Host sockets redirected to a published port's backend (LRU).
     pub const SOCK_REVNAT: u32 = 65536;
     /// Bytes of the drop-event ring buffer (`netd monitor`); when it is full,
@@ -189,7 +192,9 @@ pub type Port = [u8; 2];
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// Address masquerade uses when a network names no host IP of its own.
+    /// Address masquerade uses when a network names no host IP of its own
+    /// and the egress interface is not in `UPLINKS` (a fallback: the first
+    /// uplink's).
     pub masquerade_ip: Ipv4,
     /// Source ports masquerade may allocate when the original one is taken
     /// (host byte order, inclusive).
@@ -198,11 +203,23 @@ pub struct Config {
     /// Network namespace netd manages (SO_NETNS_COOKIE). The socket hooks
     /// run for every process in the cgroup; they act only on this namespace.
     pub netns_cookie: u64,
-    /// The uplink, for the fast path out (0 = always use the stack).
-    pub uplink_ifindex: u32,
-    /// The uplink's MTU, for the fast path's own length check on kernels
-    /// without `bpf_check_mtu` (0 = unknown: such packets take the stack).
-    pub uplink_mtu: u32,
+    /// 1: container packets leave by the fast path where they can; 0: the
+    /// stack always routes them (the BPF_PROG_TEST_RUN tests).
+    pub fast_path: u32,
+    pub _pad: u32,
+}
+
+/// Value of `UPLINKS` (key: ifindex): an interface to the outside, kept
+/// current by the daemon from rtnetlink events.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UplinkInfo {
+    /// Its primary IPv4 address: what masquerade makes the source of
+    /// container packets leaving by it (as iptables' MASQUERADE does).
+    pub masquerade_ip: Ipv4,
+    /// Its MTU, for the fast path's own length check on kernels without
+    /// `bpf_check_mtu` (0 = unknown: such packets take the stack).
+    pub mtu: u32,
 }
 
 /// Where user space sends a UDP connect() to learn its network namespace's
@@ -362,4 +379,5 @@ mod pod {
     unsafe impl aya::Pod for super::SockRevKey {}
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::SockRevValue {}
+    unsafe impl aya::Pod for super::UplinkInfo {}
 }

@@ -52,22 +52,21 @@ pub fn to_container(ctx: &TcContext, ip: &Ipv4Packet, dst: Ipv4, routed: bool) -
 /// Where the uplink fast path would send a packet: decided before any NAT,
 /// so a packet that must take the slow path is still untranslated.
 pub struct UplinkRoute {
-    ifindex: u32,
+    /// The uplink it leaves by.
+    pub ifindex: u32,
     /// (destination MAC, source MAC) when the neighbour is known.
     macs: Option<([u8; 6], [u8; 6])>,
 }
 
 /// The uplink route for a container's packet, if the FIB sends it out of
-/// the uplink, it fits the uplink's MTU and its TTL allows another hop.
+/// an uplink, it fits that uplink's MTU and its TTL allows another hop.
 #[inline(always)]
 pub fn route_to_uplink(
     ctx: &TcContext,
     ip: &Ipv4Packet,
     ingress_ifindex: u32,
 ) -> Option<UplinkRoute> {
-    let config = nat::config_map().get(0)?;
-    let uplink = config.uplink_ifindex;
-    if uplink == 0 || ip.ttl <= 1 {
+    if nat::config_map().get(0)?.fast_path == 0 || ip.ttl <= 1 {
         return None;
     }
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
@@ -79,12 +78,12 @@ pub fn route_to_uplink(
     let size = core::mem::size_of::<bpf_fib_lookup>() as i32;
     // SAFETY: params lives on the stack for the call.
     let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut params, size, 0) } as u32;
-    if params.ifindex != uplink
-        || (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
-    {
+    if rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH {
         return None;
     }
-    if !fits_uplink_mtu(ctx, uplink, config.uplink_mtu) {
+    // Only out of an interface to the outside (not into another bridge).
+    let uplink = params.ifindex;
+    if !fits_uplink_mtu(ctx, uplink, nat::uplink(uplink)?.mtu) {
         return None;
     }
     let macs = if rc == BPF_FIB_LKUP_RET_SUCCESS {

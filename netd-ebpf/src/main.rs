@@ -133,7 +133,7 @@ fn from_container_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
             policy::check_from_container(endpoint, ip.dst)?;
             if policy::network_of(ip.dst).is_none() {
                 if let Some(route) = forward::route_to_uplink(ctx, &ip, ifindex) {
-                    egress_nat(ctx, &ip)?;
+                    egress_nat(ctx, &ip, route.ifindex)?;
                     if let Some(action) = forward::send_to_uplink(ctx, &ip, &route) {
                         return Ok(Forward::Redirect(class, action));
                     }
@@ -237,7 +237,9 @@ fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
 fn to_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
     match parse::parse_frame(ctx) {
         Ok(Packet::Ipv4(ip)) => {
-            egress_nat(ctx, &ip)?;
+            // SAFETY: the context is the program's __sk_buff.
+            let egress = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
+            egress_nat(ctx, &ip, egress)?;
             Ok(Forward::Pass(traffic_class(&ip)))
         }
         Ok(Packet::Arp { .. }) | Err(DropReason::UnsupportedEthertype) => {
@@ -247,11 +249,11 @@ fn to_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
     }
 }
 
-/// NAT for a packet about to leave through the uplink (from `to_uplink`, or
-/// from the fast path before it redirects there): established connections
+/// NAT for a packet about to leave through uplink `egress` (from
+/// `to_uplink`, or from the fast path before it redirects there): established connections
 /// and ICMP errors are translated, new container connections masqueraded.
 #[inline(always)]
-fn egress_nat(ctx: &TcContext, ip: &Ipv4Packet) -> Result<(), DropReason> {
+fn egress_nat(ctx: &TcContext, ip: &Ipv4Packet, egress: u32) -> Result<(), DropReason> {
     let Some(key) = ip.tuple() else {
         if nat::translate_icmp_error(ctx, ip)? {
             return Ok(());
@@ -275,7 +277,7 @@ fn egress_nat(ctx: &TcContext, ip: &Ipv4Packet) -> Result<(), DropReason> {
     if ip.fragment && net.flags & NET_MASQUERADE != 0 {
         return Err(DropReason::FragmentNeedsNat);
     }
-    let xlat = nat::snat_create(&key, net)?;
+    let xlat = nat::snat_create(&key, net, egress)?;
     nat::rewrite(ctx, ip, &key, &xlat)
 }
 

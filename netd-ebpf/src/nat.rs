@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use netd_common::{
     Backend, CT_DNAT, CT_SNAT, Config, CtKey, DropReason, Ipv4, NET_MASQUERADE, NetworkInfo,
-    PortKey, sizes,
+    PortKey, UplinkInfo, sizes,
 };
 
 use crate::{
@@ -21,6 +21,25 @@ use crate::{
 
 #[map(name = "CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "UPLINKS")]
+static UPLINKS: HashMap<u32, UplinkInfo> = HashMap::with_max_entries(sizes::UPLINKS, 0);
+
+/// The interface to the outside with this ifindex, if it is one.
+#[inline(always)]
+pub fn uplink(ifindex: u32) -> Option<&'static UplinkInfo> {
+    // SAFETY: read-only use of a map value.
+    unsafe { UPLINKS.get(&ifindex) }
+}
+
+/// The source address masquerade gives packets leaving by `ifindex`.
+#[inline(always)]
+pub fn masquerade_ip(ifindex: u32) -> Ipv4 {
+    match uplink(ifindex) {
+        Some(uplink) => uplink.masquerade_ip,
+        None => CONFIG.get(0).map_or([0; 4], |c| c.masquerade_ip),
+    }
+}
 
 #[map(name = "PUBLISHED_PORTS")]
 static PUBLISHED_PORTS: HashMap<PortKey, Backend> =
@@ -78,18 +97,19 @@ pub fn dnat_create(orig: &CtKey, backend: &Backend) -> Result<CtKey, DropReason>
 /// masquerade the source becomes the host address and, only if the original
 /// source port is taken, a port from the configured range.
 #[inline(always)]
-pub fn snat_create(orig: &CtKey, net: &NetworkInfo) -> Result<CtKey, DropReason> {
+/// Tracks a new container connection leaving by the interface `egress`,
+/// masqueraded behind its address (or the network's own host IP).
+pub fn snat_create(orig: &CtKey, net: &NetworkInfo, egress: u32) -> Result<CtKey, DropReason> {
     if net.flags & NET_MASQUERADE == 0 {
         return match conntrack::create(orig, orig, 0) {
             Ok(()) => Ok(*orig),
             Err(reason) => Err(reason.unwrap_or(DropReason::ConntrackFull)),
         };
     }
-    let config = CONFIG.get(0).copied().unwrap_or_default();
     let snat_ip = if net.host_ip != [0; 4] {
         net.host_ip
     } else {
-        config.masquerade_ip
+        masquerade_ip(egress)
     };
     create_with_free_port(
         orig,

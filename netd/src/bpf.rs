@@ -21,7 +21,7 @@ use aya::{
 };
 use netd_common::{
     Backend, Config, CtEntry, CtKey, DropReason, Endpoint, NETNS_PROBE_IP, NETNS_PROBE_PORT,
-    NetworkInfo, PacketCounter, PortKey, TrafficClass, maps, programs, sizes,
+    NetworkInfo, PacketCounter, PortKey, TrafficClass, UplinkInfo, maps, programs, sizes,
 };
 
 /// The object built from `netd-ebpf` by `build.rs`.
@@ -55,6 +55,7 @@ const PINNED_MAPS: &[&str] = &[
     maps::PUBLISHED_PORTS,
     maps::CONNTRACK,
     maps::SOCK_REVNAT,
+    maps::UPLINKS,
     maps::DROP_EVENTS,
     maps::TRAFFIC_COUNTERS,
     maps::DROP_COUNTERS,
@@ -168,21 +169,94 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches `from_uplink` (ingress) and `to_uplink` (egress) to the uplink.
+    /// Attaches `from_uplink` (ingress) and `to_uplink` (egress) to an
+    /// interface to the outside.
     pub fn attach_uplink(&mut self, iface: &str) -> Result<()> {
         self.attach_tc(
             programs::FROM_UPLINK,
             iface,
             TcAttachType::Ingress,
-            "uplink-ingress",
+            &format!("uplink-in-{iface}"),
         )?;
         self.attach_tc(
             programs::TO_UPLINK,
             iface,
             TcAttachType::Egress,
-            "uplink-egress",
+            &format!("uplink-out-{iface}"),
         )?;
         Ok(())
+    }
+
+    /// Takes the programs off an interface that is no longer an uplink (or
+    /// is gone): its pins (TCX) or its filters (clsact).
+    pub fn detach_uplink(&mut self, iface: &str) -> Result<()> {
+        if let Some(dir) = &self.pin_dir {
+            for pin in [format!("uplink-in-{iface}"), format!("uplink-out-{iface}")] {
+                match std::fs::remove_file(dir.join("links").join(pin)) {
+                    Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(err.into());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.detach_clsact(iface, TcAttachType::Ingress)?;
+        self.detach_clsact(iface, TcAttachType::Egress)
+    }
+
+    /// Interfaces with pinned uplink links (TCX), from this run or before.
+    pub fn pinned_uplinks(&self) -> Vec<String> {
+        let Some(dir) = &self.pin_dir else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(dir.join("links")) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix("uplink-in-")
+                    .or_else(|| name.strip_prefix("uplink-out-"))
+                    .map(str::to_owned)
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Removes pins of an older layout (`uplink-ingress`, `uplink-egress`).
+    pub fn remove_legacy_uplink_pins(&mut self) -> Result<()> {
+        if let Some(dir) = &self.pin_dir {
+            for pin in ["uplink-ingress", "uplink-egress"] {
+                match std::fs::remove_file(dir.join("links").join(pin)) {
+                    Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(err.into());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn set_uplink(&mut self, ifindex: u32, info: UplinkInfo) -> Result<()> {
+        self.hash_map::<u32, UplinkInfo>(maps::UPLINKS)?
+            .insert(&ifindex, &info, 0)
+            .with_context(|| format!("adding uplink {ifindex}"))
+    }
+
+    pub fn remove_uplink(&mut self, ifindex: u32) -> Result<()> {
+        done_if_missing(
+            self.hash_map::<u32, UplinkInfo>(maps::UPLINKS)?
+                .remove(&ifindex),
+        )
+        .with_context(|| format!("removing uplink {ifindex}"))
+    }
+
+    pub fn uplinks(&self) -> Result<Vec<u32>> {
+        self.keys::<u32, UplinkInfo>(maps::UPLINKS)
     }
 
     /// Attaches `program` through TCX or, without it, a clsact filter.
@@ -317,13 +391,6 @@ impl Datapath {
             return Ok(());
         }
         delete_clsact_filter(iface, direction)
-    }
-
-    /// Removes the uplink's programs on `netd down` (TCX links go with
-    /// their pins).
-    pub fn detach_uplink(&mut self, iface: &str) -> Result<()> {
-        self.detach_clsact(iface, TcAttachType::Ingress)?;
-        self.detach_clsact(iface, TcAttachType::Egress)
     }
 
     pub fn tc_mode(&self) -> TcAttachMode {

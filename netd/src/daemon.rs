@@ -21,7 +21,7 @@ use tokio::{
 use crate::{
     api::{MAX_REQUEST_BYTES, NetworkSpec, Request, Response},
     cidr::Cidr,
-    driver::{EbpfDriver, FirewallDriver, HostInfo, IptablesDriver},
+    driver::{EbpfDriver, FirewallDriver, HostInfo, IptablesDriver, Uplink},
     features::{Features, KernelFeatures},
     ipam,
     netlink::{self, Netlink},
@@ -37,7 +37,8 @@ pub enum DatapathKind {
 }
 
 pub struct Options {
-    pub uplink: Option<String>,
+    /// Interfaces to the outside; empty: every eligible interface.
+    pub uplinks: Vec<String>,
     pub datapath: DatapathKind,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
@@ -66,20 +67,7 @@ pub async fn run(opts: Options) -> Result<()> {
         )
     })?;
     let nl = Netlink::connect()?;
-    let uplink = match &opts.uplink {
-        Some(name) => name.clone(),
-        None => default_route_interface(&nl).await?,
-    };
-    let uplink_ifindex = nl
-        .require_index(&uplink)
-        .await
-        .with_context(|| format!("uplink {uplink}"))?;
-    let host = HostInfo {
-        uplink_addrs: nl.addresses(uplink_ifindex).await?,
-        uplink_mtu: nl.link_mtu(uplink_ifindex).await?,
-        uplink: uplink.clone(),
-        uplink_ifindex,
-    };
+    let host = host_info(&nl, &state, &opts.uplinks, true).await?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
     let driver: Box<dyn FirewallDriver> = match opts.datapath {
         DatapathKind::Ebpf => {
@@ -90,7 +78,8 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     let mut daemon = Daemon {
         state,
-        uplink_ifindex,
+        uplink_names: opts.uplinks.clone(),
+        host,
         state_dir: opts.state_dir.clone(),
         bpffs: opts.bpffs.clone(),
         nl,
@@ -112,8 +101,9 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let listener = bind_socket(&opts.socket, opts.socket_group)?;
     eprintln!(
-        "netd: {} datapath on uplink {uplink}, listening on {}",
+        "netd: {} datapath on uplinks [{}], listening on {}",
         daemon.driver.name(),
+        uplink_list(&daemon.host),
         opts.socket.display()
     );
 
@@ -127,6 +117,7 @@ pub async fn run(opts: Options) -> Result<()> {
         None => None,
     };
     let daemon = Arc::new(Mutex::new(daemon));
+    let watcher = tokio::spawn(follow_host(daemon.clone()));
     let shutdown = Arc::new(Notify::new());
     let gc = {
         let daemon = daemon.clone();
@@ -151,6 +142,7 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     };
     gc.abort();
+    watcher.abort();
     if let Some(reader) = drop_reader {
         reader.abort();
     }
@@ -171,13 +163,97 @@ fn check_privileges() -> Result<()> {
     Ok(())
 }
 
-async fn default_route_interface(nl: &Netlink) -> Result<String> {
-    let routes = nl.routes().await?;
-    let oif = routes
+/// The host as the drivers need it: the uplinks (the `--uplink` names, or
+/// every interface that is not loopback, a bridge, a bridge port or one of
+/// netd's own veths, as Docker masquerades out of every non-bridge
+/// interface) and every local address.
+async fn host_info(
+    nl: &Netlink,
+    state: &State,
+    configured: &[String],
+    at_start: bool,
+) -> Result<HostInfo> {
+    let owned: BTreeSet<&str> = state
+        .containers
+        .values()
+        .flat_map(|c| {
+            c.attachments
+                .iter()
+                .map(|a| a.host_veth.as_str())
+                .chain(c.pending_links.iter().map(String::as_str))
+        })
+        .chain(state.networks.values().map(|n| n.bridge.as_str()))
+        .collect();
+    let addrs = nl.all_addresses().await?;
+    let mut uplinks = Vec::new();
+    for link in nl.link_details().await? {
+        let eligible = if configured.is_empty() {
+            link.name != "lo"
+                && !link.bridge
+                && !link.enslaved
+                && !owned.contains(link.name.as_str())
+        } else {
+            configured.contains(&link.name)
+        };
+        if eligible {
+            uplinks.push(Uplink {
+                addrs: addrs
+                    .iter()
+                    .filter(|(i, _)| *i == link.index)
+                    .map(|(_, a)| *a)
+                    .collect(),
+                name: link.name,
+                ifindex: link.index,
+                mtu: link.mtu,
+            });
+        }
+    }
+    for name in configured.iter().filter(|_| at_start) {
+        if !uplinks.iter().any(|u| &u.name == name) {
+            bail!("--uplink {name}: no such interface in this network namespace");
+        }
+    }
+    Ok(HostInfo {
+        uplinks,
+        local_addrs: addrs.into_iter().map(|(_, a)| a).collect(),
+    })
+}
+
+fn uplink_list(host: &HostInfo) -> String {
+    host.uplinks
         .iter()
-        .find_map(|(cidr, oif)| (cidr.prefix_len == 0).then_some(*oif).flatten())
-        .ok_or_else(|| anyhow!("no default route in this namespace: pass --uplink IFACE"))?;
-    nl.link_name(oif).await
+        .map(|u| u.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Follows the host: rtnetlink link and IPv4 address events make the
+/// daemon re-read the host and update the datapath, without a restart.
+async fn follow_host(daemon: Arc<Mutex<Daemon>>) {
+    use futures::StreamExt as _;
+    use rtnetlink::{
+        constants::{RTMGRP_IPV4_IFADDR, RTMGRP_LINK},
+        sys::{AsyncSocket as _, SocketAddr},
+    };
+    let Ok((mut connection, _handle, mut events)) = rtnetlink::new_connection() else {
+        eprintln!("netd: cannot follow the host: no rtnetlink connection");
+        return;
+    };
+    let groups = SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR);
+    if let Err(err) = connection.socket_mut().socket_mut().bind(&groups) {
+        eprintln!("netd: cannot follow the host: {err}");
+        return;
+    }
+    tokio::spawn(connection);
+    while events.next().await.is_some() {
+        // One pass for a burst (a veth pair, an address flush and re-add).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while events.try_recv().is_ok() {}
+        let mut daemon = daemon.lock().await;
+        if let Err(err) = daemon.sync_host().await {
+            eprintln!("netd: following the host: {err:#}");
+        }
+    }
 }
 
 /// Root-owned socket, mode 0660 (group configurable), in a directory that is
@@ -337,7 +413,11 @@ async fn read_drop_events(
 
 struct Daemon {
     state: State,
-    uplink_ifindex: u32,
+    /// `--uplink` names; empty: every interface that is not a bridge, a
+    /// bridge port, loopback or netd's own.
+    uplink_names: Vec<String>,
+    /// The host as the drivers were last told it.
+    host: HostInfo,
     state_dir: PathBuf,
     bpffs: PathBuf,
     nl: Netlink,
@@ -1071,6 +1151,18 @@ impl Daemon {
         self.save()
     }
 
+    /// Re-reads the host's links and addresses and tells the driver when
+    /// they changed (an address added or renumbered, an uplink new or gone).
+    async fn sync_host(&mut self) -> Result<()> {
+        let host = host_info(&self.nl, &self.state, &self.uplink_names, false).await?;
+        if host != self.host {
+            let result = self.driver.host_changed(&host);
+            self.host = host;
+            result?;
+        }
+        Ok(())
+    }
+
     /// Compares the state with the kernel and repairs what differs, at start
     /// and on `netd repair`. Never gives up on the first missing object:
     /// - operations a crash interrupted are rolled back (creates) or
@@ -1254,9 +1346,10 @@ impl Daemon {
             self.network_rm(&name).await?;
         }
         let _ = std::fs::remove_file(self.state_dir.join("state.json"));
+        let clsact = self.driver.clsact_interfaces();
         self.driver.remove_all()?;
-        if self.driver.uses_clsact() {
-            self.nl.remove_clsact_if_unused(self.uplink_ifindex).await?;
+        for ifindex in clsact {
+            self.nl.remove_clsact_if_unused(ifindex).await?;
         }
         // Unpinning detaches the uplink and socket hooks; maps go with us.
         crate::bpf::Datapath::remove_pins(&self.bpffs)

@@ -31,9 +31,11 @@ enum Command {
     /// Run the daemon in the foreground, managing the network namespace it
     /// is started in.
     Daemon {
-        /// Interface to the outside (default: the default route's).
-        #[arg(long)]
-        uplink: Option<String>,
+        /// An interface to the outside (repeat for several). Default: every
+        /// interface that is not loopback, a bridge or a bridge port, kept
+        /// current as interfaces come and go.
+        #[arg(long = "uplink")]
+        uplinks: Vec<String>,
         /// Which datapath makes the packet decisions.
         #[arg(long, value_enum, default_value = "ebpf")]
         datapath: daemon::DatapathKind,
@@ -165,7 +167,7 @@ fn run(cli: Cli) -> Result<()> {
     let call = |request: Request| request_daemon(&socket, &request);
     match cli.command {
         Command::Daemon {
-            uplink,
+            uplinks,
             datapath,
             state_dir,
             socket_group,
@@ -174,7 +176,7 @@ fn run(cli: Cli) -> Result<()> {
             kernel_features,
         } => {
             let opts = daemon::Options {
-                uplink,
+                uplinks,
                 datapath,
                 state_dir,
                 socket: socket.clone(),

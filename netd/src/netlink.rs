@@ -13,7 +13,7 @@ use rtnetlink::{
     Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         address::AddressAttribute,
-        link::LinkAttribute,
+        link::{InfoKind, LinkAttribute, LinkInfo},
         route::{RouteAddress, RouteAttribute},
         tc::TcHandle,
     },
@@ -22,6 +22,17 @@ use rtnetlink::{
 use crate::cidr::Cidr;
 
 pub const NETNS_DIR: &str = "/run/netns";
+
+/// A link as `link_details` reports it.
+#[derive(Clone, Debug, Default)]
+pub struct LinkDetails {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub bridge: bool,
+    /// A port of some bridge (or bond, …).
+    pub enslaved: bool,
+}
 
 /// An rtnetlink connection bound to one network namespace.
 #[derive(Clone)]
@@ -319,6 +330,48 @@ impl Netlink {
         }
         out.sort();
         out.dedup();
+        Ok(out)
+    }
+
+    /// Every IPv4 address of the namespace as (link index, address), in the
+    /// kernel's order (a link's primary address before its secondaries).
+    pub async fn all_addresses(&self) -> Result<Vec<(u32, Ipv4Addr)>> {
+        let mut stream = self.handle.address().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.try_next().await.context("listing addresses")? {
+            for attr in msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                    out.push((msg.header.index, ip));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every link with what deciding "is it an uplink" needs.
+    pub async fn link_details(&self) -> Result<Vec<LinkDetails>> {
+        let mut links = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(link) = links.try_next().await.context("listing links")? {
+            let mut details = LinkDetails {
+                index: link.header.index,
+                ..LinkDetails::default()
+            };
+            for attr in link.attributes {
+                match attr {
+                    LinkAttribute::IfName(name) => details.name = name,
+                    LinkAttribute::Controller(_) => details.enslaved = true,
+                    LinkAttribute::Mtu(mtu) => details.mtu = mtu,
+                    LinkAttribute::LinkInfo(infos) => {
+                        details.bridge = infos
+                            .iter()
+                            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
+                    }
+                    _ => {}
+                }
+            }
+            out.push(details);
+        }
         Ok(out)
     }
 

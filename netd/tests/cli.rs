@@ -391,12 +391,12 @@ fn switching_kernel_modes_across_restarts_moves_every_program() {
     let mut conn = probe::tcp_connect(&h.outside, addr(&format!("{HOST_IP}:8080"))).unwrap();
     probe::echo_roundtrip(&mut conn, b"tcx").unwrap();
     let links = h.bpffs().join("links");
-    let tcx_pins = || {
-        ["uplink-ingress", "uplink-egress", veth.as_str()]
-            .iter()
-            .filter(|p| links.join(p).exists())
-            .count()
-    };
+    let pins = [
+        format!("uplink-in-{}", h.uplink),
+        format!("uplink-out-{}", h.uplink),
+        veth.clone(),
+    ];
+    let tcx_pins = || pins.iter().filter(|p| links.join(p).exists()).count();
     let veth_filters = |h: &DaemonHost| {
         h.tc(&["filter", "show", "dev", &veth, "ingress"])
             .lines()

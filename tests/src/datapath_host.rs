@@ -10,7 +10,7 @@ use netd::{
     bpf::Datapath,
     features::{Features, KernelFeatures},
 };
-use netd_common::{Backend, Config, Endpoint, NetworkInfo, PortKey};
+use netd_common::{Backend, Config, Endpoint, NetworkInfo, PortKey, UplinkInfo};
 
 use crate::{Netns, Testbed};
 
@@ -58,9 +58,16 @@ impl DatapathHost {
             nat_port_min: NAT_PORT_MIN,
             nat_port_max: NAT_PORT_MAX,
             netns_cookie: host.enter(netd::bpf::current_netns_cookie)??,
-            uplink_ifindex: host.ifindex(&uplink)?,
-            uplink_mtu,
+            fast_path: 1,
+            _pad: 0,
         })?;
+        datapath.set_uplink(
+            host.ifindex(&uplink)?,
+            UplinkInfo {
+                masquerade_ip: HOST_UPLINK_IP.parse::<Ipv4Addr>()?.octets(),
+                mtu: uplink_mtu,
+            },
+        )?;
         for ip in [HOST_UPLINK_IP, HOST_SECOND_IP, "127.0.0.1"] {
             datapath.insert_local_addr(ip.parse()?)?;
         }

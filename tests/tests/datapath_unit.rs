@@ -48,8 +48,8 @@ fn datapath(flags: u32) -> Datapath {
         nat_port_min: 32768,
         nat_port_max: 65535,
         netns_cookie: 0,
-        uplink_ifindex: 0, // no fast path out: test runs must never route
-        uplink_mtu: 0,
+        fast_path: 0, // test runs must never route
+        _pad: 0,
     })
     .unwrap();
     dp.insert_local_addr(ip(HOST)).unwrap();

@@ -1,11 +1,15 @@
 //! The eBPF datapath: every decision made by netd's BPF programs from maps.
 
-use std::{collections::HashSet, net::Ipv4Addr, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+    path::Path,
+};
 
 use anyhow::{Context as _, Result};
 use netd_common::{
     Backend, Config, CtKey, Endpoint, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NetworkInfo, PortKey,
-    programs,
+    UplinkInfo, programs,
 };
 use serde_json::json;
 
@@ -22,7 +26,9 @@ pub struct EbpfDriver {
     /// beyond these are leftovers of state that no longer exists.
     declared: Declared,
     features: Features,
-    uplink: String,
+    /// Interfaces with the uplink programs attached in this run, by name.
+    uplinks: HashMap<String, u32>,
+    netns_cookie: u64,
     /// Host-side veths with `from_container` attached.
     endpoints: HashSet<String>,
 }
@@ -37,37 +43,108 @@ impl EbpfDriver {
         // cookie (until the config has it, they leave every socket alone).
         datapath.attach_host_sockets()?;
         let netns_cookie = datapath.netns_cookie(&features)?;
+        datapath.remove_legacy_uplink_pins()?;
+        // Interfaces an earlier run attached to that are no uplinks now.
+        for name in datapath.pinned_uplinks() {
+            if !host.uplinks.iter().any(|u| u.name == name) {
+                datapath.detach_uplink(&name)?;
+            }
+        }
+        let mut driver = Self {
+            datapath,
+            declared: Declared::default(),
+            features,
+            uplinks: HashMap::new(),
+            netns_cookie,
+            endpoints: HashSet::new(),
+        };
+        // One uplink that cannot be attached is reported, not fatal.
+        if let Err(err) = driver.host_changed(host) {
+            eprintln!("netd: {err:#}");
+        }
+        Ok(driver)
+    }
+
+    fn write_config(&mut self, host: &HostInfo) -> Result<()> {
         let masquerade_ip = host
-            .uplink_addrs
-            .first()
+            .uplinks
+            .iter()
+            .find_map(|u| u.addrs.first())
             .copied()
             .unwrap_or(Ipv4Addr::UNSPECIFIED);
-        datapath.set_config(Config {
+        self.datapath.set_config(Config {
             masquerade_ip: masquerade_ip.octets(),
             nat_port_min: 32768,
             nat_port_max: 65535,
-            netns_cookie,
-            uplink_ifindex: host.uplink_ifindex,
-            uplink_mtu: host.uplink_mtu,
-        })?;
-        let mut declared = Declared::default();
-        for ip in host
-            .uplink_addrs
-            .iter()
-            .copied()
-            .chain([Ipv4Addr::LOCALHOST])
-        {
-            datapath.insert_local_addr(ip)?;
-            declared.local_addrs.insert(ip);
-        }
-        datapath.attach_uplink(&host.uplink)?;
-        Ok(Self {
-            datapath,
-            declared,
-            features,
-            uplink: host.uplink.clone(),
-            endpoints: HashSet::new(),
+            netns_cookie: self.netns_cookie,
+            fast_path: 1,
+            _pad: 0,
         })
+    }
+
+    /// The uplink programs on every uplink and no other interface, and
+    /// `UPLINKS` with each one's current address and MTU.
+    fn sync_uplinks(&mut self, host: &HostInfo) -> Result<()> {
+        let mut errors = Vec::new();
+        for (name, ifindex) in self.uplinks.clone() {
+            if !host
+                .uplinks
+                .iter()
+                .any(|u| u.name == name && u.ifindex == ifindex)
+            {
+                if let Err(err) = self.datapath.detach_uplink(&name) {
+                    errors.push(format!("{name}: {err:#}"));
+                }
+                self.uplinks.remove(&name);
+            }
+        }
+        for uplink in &host.uplinks {
+            if !self.uplinks.contains_key(&uplink.name) {
+                match self.datapath.attach_uplink(&uplink.name) {
+                    Ok(()) => {
+                        self.uplinks.insert(uplink.name.clone(), uplink.ifindex);
+                    }
+                    Err(err) => {
+                        errors.push(format!("{}: {err:#}", uplink.name));
+                        continue;
+                    }
+                }
+            }
+            let info = UplinkInfo {
+                masquerade_ip: uplink
+                    .addrs
+                    .first()
+                    .copied()
+                    .unwrap_or(Ipv4Addr::UNSPECIFIED)
+                    .octets(),
+                mtu: uplink.mtu,
+            };
+            self.datapath.set_uplink(uplink.ifindex, info)?;
+        }
+        for ifindex in self.datapath.uplinks()? {
+            if !self.uplinks.values().any(|&i| i == ifindex) {
+                self.datapath.remove_uplink(ifindex)?;
+            }
+        }
+        if !errors.is_empty() {
+            anyhow::bail!("attaching to uplinks: {}", errors.join("; "));
+        }
+        Ok(())
+    }
+
+    /// `LOCAL_ADDRS`: every address of the host, the gateways, 127.0.0.1.
+    fn sync_local_addrs(&mut self, host: &HostInfo) -> Result<()> {
+        let wanted: HashSet<Ipv4Addr> = host.local_addrs.iter().copied().collect();
+        let before = self.declared.local_addrs();
+        self.declared.host_addrs = wanted;
+        let after = self.declared.local_addrs();
+        for ip in &after {
+            self.datapath.insert_local_addr(*ip)?;
+        }
+        for ip in before.difference(&after) {
+            self.datapath.remove_local_addr(*ip)?;
+        }
+        Ok(())
     }
 }
 
@@ -75,8 +152,22 @@ impl EbpfDriver {
 struct Declared {
     networks: HashSet<(Ipv4Addr, u8)>,
     endpoints: HashSet<Ipv4Addr>,
-    local_addrs: HashSet<Ipv4Addr>,
+    /// The host's addresses (all interfaces) and the networks' gateways.
+    host_addrs: HashSet<Ipv4Addr>,
+    gateways: HashSet<Ipv4Addr>,
     ports: HashSet<PortKey>,
+}
+
+impl Declared {
+    /// What `LOCAL_ADDRS` must hold.
+    fn local_addrs(&self) -> HashSet<Ipv4Addr> {
+        self.host_addrs
+            .iter()
+            .chain(&self.gateways)
+            .copied()
+            .chain([Ipv4Addr::LOCALHOST])
+            .collect()
+    }
 }
 
 fn port_key(p: &PublishedPort) -> PortKey {
@@ -122,7 +213,7 @@ impl FirewallDriver for EbpfDriver {
             .networks
             .insert((net.subnet.addr, net.subnet.prefix_len));
         self.datapath.insert_local_addr(net.gateway)?;
-        self.declared.local_addrs.insert(net.gateway);
+        self.declared.gateways.insert(net.gateway);
         Ok(())
     }
 
@@ -132,8 +223,10 @@ impl FirewallDriver for EbpfDriver {
         self.declared
             .networks
             .remove(&(net.subnet.addr, net.subnet.prefix_len));
-        self.datapath.remove_local_addr(net.gateway)?;
-        self.declared.local_addrs.remove(&net.gateway);
+        self.declared.gateways.remove(&net.gateway);
+        if !self.declared.local_addrs().contains(&net.gateway) {
+            self.datapath.remove_local_addr(net.gateway)?;
+        }
         Ok(())
     }
 
@@ -223,8 +316,12 @@ impl FirewallDriver for EbpfDriver {
                 self.datapath.remove_network(addr, prefix_len)?;
             }
         }
+        let local = self.declared.local_addrs();
+        for ip in local.iter().copied() {
+            self.datapath.insert_local_addr(ip)?;
+        }
         for ip in self.datapath.local_addrs()? {
-            if !self.declared.local_addrs.contains(&ip) {
+            if !local.contains(&ip) {
                 removed.push(format!("stale local address {ip}"));
                 self.datapath.remove_local_addr(ip)?;
             }
@@ -282,13 +379,27 @@ impl FirewallDriver for EbpfDriver {
         self.datapath.conntrack_gc(monotonic_ns())
     }
 
-    fn uses_clsact(&self) -> bool {
-        self.datapath.tc_mode() == TcAttachMode::Clsact
+    fn clsact_interfaces(&self) -> Vec<u32> {
+        match self.datapath.tc_mode() {
+            TcAttachMode::Clsact => self.uplinks.values().copied().collect(),
+            TcAttachMode::Tcx => Vec::new(),
+        }
+    }
+
+    fn host_changed(&mut self, host: &HostInfo) -> Result<()> {
+        // Both halves run whatever the other's outcome.
+        let uplinks = self.sync_uplinks(host);
+        let addrs = self.sync_local_addrs(host);
+        let config = self.write_config(host);
+        uplinks.and(addrs).and(config)
     }
 
     fn remove_all(&mut self) -> Result<()> {
         // TCX links go with their pins; clsact filters must be deleted.
-        self.datapath.detach_uplink(&self.uplink)
+        for name in self.uplinks.keys().cloned().collect::<Vec<_>>() {
+            self.datapath.detach_uplink(&name)?;
+        }
+        Ok(())
     }
 
     fn take_drop_events(&mut self) -> Result<Option<aya::maps::RingBuf<aya::maps::MapData>>> {
@@ -317,6 +428,7 @@ impl FirewallDriver for EbpfDriver {
         Ok(json!({
             "datapath": "ebpf",
             "kernel": self.features,
+            "uplinks": self.uplinks.keys().collect::<std::collections::BTreeSet<_>>(),
             "programs": {
                 "attach": self.datapath.tc_mode(),
                 "tc": programs::CLASSIFIERS,

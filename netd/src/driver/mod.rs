@@ -26,12 +26,25 @@ fn set_bridge_netfilter(on: bool) -> Result<()> {
     Ok(())
 }
 
-/// The host side a driver needs to know at start.
+/// An interface to the outside: container traffic leaving by it is
+/// masqueraded behind its address, and published ports answer on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    pub name: String,
+    pub ifindex: u32,
+    pub mtu: u32,
+    /// Its IPv4 addresses, primary first.
+    pub addrs: Vec<Ipv4Addr>,
+}
+
+/// What the drivers need to know of the host, kept current from rtnetlink
+/// events (addresses added, removed, renumbered; links up, down, new).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostInfo {
-    pub uplink: String,
-    pub uplink_ifindex: u32,
-    pub uplink_mtu: u32,
-    pub uplink_addrs: Vec<Ipv4Addr>,
+    pub uplinks: Vec<Uplink>,
+    /// Every IPv4 address of the namespace: published ports answer on all
+    /// of them (Docker's `-m addrtype --dst-type LOCAL`).
+    pub local_addrs: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,6 +77,10 @@ pub trait FirewallDriver: Send {
     fn publish(&mut self, ports: &[PublishedPort]) -> Result<()>;
     /// Unpublishes `ports` and forgets the connections made through them.
     fn unpublish(&mut self, ports: &[PublishedPort]) -> Result<()>;
+    /// The host's interfaces or addresses changed (and once at start).
+    fn host_changed(&mut self, _host: &HostInfo) -> Result<()> {
+        Ok(())
+    }
     /// Called when the daemon has declared everything it owns (after start
     /// or a repair): the driver applies what it deferred and removes what it
     /// holds that nobody declared. Returns what it removed, for the report.
@@ -78,10 +95,10 @@ pub trait FirewallDriver: Send {
     fn remove_all(&mut self) -> Result<()> {
         Ok(())
     }
-    /// Whether programs sit in clsact qdiscs (whose removal on `netd down`
-    /// is the daemon's, through rtnetlink).
-    fn uses_clsact(&self) -> bool {
-        false
+    /// Interfaces whose clsact qdisc holds this driver's filters (their
+    /// removal on `netd down` is the daemon's, through rtnetlink).
+    fn clsact_interfaces(&self) -> Vec<u32> {
+        Vec::new()
     }
     /// Where drop events come from, if this driver reports them.
     fn take_drop_events(&mut self) -> Result<Option<aya::maps::RingBuf<aya::maps::MapData>>> {
