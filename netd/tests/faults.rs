@@ -531,3 +531,107 @@ fn restarts_under_connection_load_refuse_no_connection() {
         assert_down_leaves_nothing(h);
     }
 }
+
+/// Retries `probe` until it returns true (the daemon applies host changes
+/// from rtnetlink events, asynchronously); fails after 10 s.
+fn eventually(what: &str, mut probe: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !probe() {
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What the outside at `server` saw as the container's source address.
+fn source_seen(h: &DaemonHost, server: &str) -> Option<String> {
+    let reply = probe::tcp_request(&h.ctr("web"), addr(server), b"hi").ok()?;
+    let text = String::from_utf8(reply).ok()?;
+    Some(text.strip_prefix("saw ")?.split(':').next()?.to_owned())
+}
+
+fn answers(ns: &netd_testbed::Netns, target: &str) -> bool {
+    probe::tcp_connect(ns, addr(target))
+        .and_then(|mut c| probe::echo_roundtrip(&mut c, b"ping"))
+        .is_ok()
+}
+
+#[test]
+fn the_host_changing_under_netd_is_followed_without_a_restart() {
+    for (variant, flags) in VARIANTS {
+        println!("== {variant}");
+        let mut h = DaemonHost::start(NETD, flags);
+        let web = h.name("web");
+        h.ok(&["container", "create", &web, "-p", "8080:80"]);
+        let _server = EchoServer::tcp_stream_echo(&h.ctr("web"), addr("172.17.0.2:80")).unwrap();
+        let _echo = EchoServer::tcp(
+            &h.outside,
+            addr(&format!("{OUTSIDE_IP}:7000")),
+            "saw {peer}:",
+        )
+        .unwrap();
+        let outside_server = format!("{OUTSIDE_IP}:7000");
+        assert_eq!(source_seen(&h, &outside_server).as_deref(), Some(HOST_IP));
+
+        // An address added after start: published ports answer on it.
+        h.host
+            .ip(&["addr", "add", "198.51.100.77/24", "dev", &h.uplink])
+            .unwrap();
+        eventually("a published port on an added address", || {
+            answers(&h.outside, "198.51.100.77:8080")
+        });
+
+        // Renumbered: the old addresses flushed, a new one added.
+        h.host.ip(&["addr", "flush", "dev", &h.uplink]).unwrap();
+        h.host
+            .ip(&["addr", "add", "198.51.100.9/24", "dev", &h.uplink])
+            .unwrap();
+        h.host
+            .ip(&["route", "add", "default", "via", OUTSIDE_IP])
+            .unwrap();
+        eventually("a published port on the new address", || {
+            answers(&h.outside, "198.51.100.9:8080")
+        });
+        eventually("masquerade behind the new address", || {
+            source_seen(&h, &outside_server).as_deref() == Some("198.51.100.9")
+        });
+        assert!(
+            !answers(&h.outside, &format!("{HOST_IP}:8080")),
+            "{variant}: old address"
+        );
+
+        // A second uplink: masquerade behind its own address, ports on it.
+        let (outside2, second) = h.add_second_uplink();
+        let _echo2 = EchoServer::tcp(&outside2, addr("100.64.0.2:7000"), "saw {peer}:").unwrap();
+        eventually("masquerade out of the second uplink", || {
+            source_seen(&h, "100.64.0.2:7000").as_deref() == Some("100.64.0.1")
+        });
+        eventually("a published port on the second uplink", || {
+            answers(&outside2, "100.64.0.1:8080")
+        });
+        assert_eq!(
+            source_seen(&h, &outside_server).as_deref(),
+            Some("198.51.100.9")
+        );
+
+        // The uplink down and up again: forwarding resumes.
+        h.host.ip(&["link", "set", &h.uplink, "down"]).unwrap();
+        h.host.ip(&["link", "set", &h.uplink, "up"]).unwrap();
+        h.host
+            .ip(&["route", "replace", "default", "via", OUTSIDE_IP])
+            .unwrap();
+        eventually("the published port after link down/up", || {
+            answers(&h.outside, "198.51.100.9:8080")
+        });
+        eventually("masquerade after link down/up", || {
+            source_seen(&h, &outside_server).as_deref() == Some("198.51.100.9")
+        });
+
+        // The second uplink goes: its programs go with it.
+        h.host.ip(&["link", "del", &second]).unwrap();
+        eventually("the second uplink forgotten", || {
+            !h.json(&["status"]).to_string().contains(&second)
+        });
+        h.ok(&["container", "rm", &web]);
+        assert_down_leaves_nothing(h);
+    }
+}

@@ -216,6 +216,25 @@ impl DaemonHost {
         assert_eq!(before, after, "state changed after refused netd {args:?}");
     }
 
+    /// A second interface to the outside: a veth `up2<id>` with 100.64.0.1/24
+    /// to a second outside namespace at 100.64.0.2. Returns (namespace,
+    /// host-side interface name).
+    pub fn add_second_uplink(&mut self) -> (Netns, String) {
+        let outside2 = self._bed.add_netns("out2").unwrap();
+        let ifname = self._bed.ifname("up2");
+        self._bed
+            .veth(&self.host, &ifname, &outside2, "eth0")
+            .unwrap();
+        self.host
+            .ip(&["addr", "add", "100.64.0.1/24", "dev", &ifname])
+            .unwrap();
+        self.host.ip(&["link", "set", &ifname, "up"]).unwrap();
+        outside2
+            .ip(&["addr", "add", "100.64.0.2/24", "dev", "eth0"])
+            .unwrap();
+        (outside2, ifname)
+    }
+
     /// A far server behind the outside router, over a hop with a smaller
     /// MTU: the router answers big packets with "fragmentation needed".
     pub fn add_far_host(&mut self, far_ip: &str, hop_mtu: u32) -> Netns {
