@@ -232,7 +232,7 @@ fn daemon_target(
     networks: usize,
     config: &Config,
 ) -> Result<Target> {
-    let h = DaemonHost::start(netd, &["--datapath", datapath]);
+    let mut h = DaemonHost::start(netd, &["--datapath", datapath]);
     if ports > 1 {
         let fill = h.name("fill");
         let last = FILLER_FIRST_PORT + ports - 2;
@@ -263,8 +263,8 @@ fn daemon_target(
         let subnet = format!("10.{}.{}.0/24", 100 + n / 256, n % 256);
         h.ok(&["network", "create", &format!("n{n}"), "--subnet", &subnet]);
     }
+    let control = control_plane(&mut h, datapath, config.publish_samples)?;
     let daemon_pid = h.daemon.as_ref().map(|d| d.id());
-    let control = control_plane(&h, datapath, config.publish_samples)?;
     let ctr = h.ctr("srv");
     let target = Target {
         datapath,
@@ -287,8 +287,9 @@ fn daemon_target(
 }
 
 /// Time to publish one more port (a new container with one `-p`), the
-/// daemon's memory and the datapath's state size.
-fn control_plane(h: &DaemonHost, datapath: &str, samples: usize) -> Result<Value> {
+/// daemon's memory and the datapath's state size, and the time a kill -9
+/// restart takes until the daemon answers again (re-adoption included).
+fn control_plane(h: &mut DaemonHost, datapath: &str, samples: usize) -> Result<Value> {
     let mut publish_us = Vec::new();
     let mut request_ms = Vec::new();
     let already = api(&h.socket(), &Request::Status)?["published_ports"]
@@ -310,6 +311,13 @@ fn control_plane(h: &DaemonHost, datapath: &str, samples: usize) -> Result<Value
         publish_us.push(created["publish_us"].as_f64().context("no publish_us")?);
         api(&h.socket(), &Request::ContainerRm { name })?;
     }
+    let mut restart_ms = Vec::new();
+    for _ in 0..samples.min(3) {
+        h.kill_daemon(libc::SIGKILL);
+        let started = Instant::now();
+        h.spawn_daemon(); // returns once the socket answers
+        restart_ms.push(started.elapsed().as_secs_f64() * 1e3);
+    }
     let pid = h.daemon.as_ref().context("no daemon")?.id();
     let rules = h
         .host
@@ -326,6 +334,7 @@ fn control_plane(h: &DaemonHost, datapath: &str, samples: usize) -> Result<Value
         "ports_already_published": already,
         "publish_one_port_us": stats(&publish_us),
         "create_container_request_ms": stats(&request_ms),
+        "kill_9_restart_ms": stats(&restart_ms),
         "daemon_rss_kib": rss_kib(pid)?,
         "bpf_map_memlock_bytes": map_memlock(pid)?,
         "iptables_rules": rules,
@@ -864,12 +873,12 @@ fn report(
         md.push('\n');
     }
 
-    md.push_str("\n### Control plane\n\n| datapath | ports already published | networks | publish one more port µs (median, min–max) | container create request ms | daemon RSS MiB | BPF map memory MiB | iptables rules |\n|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\n### Control plane\n\n| datapath | ports already published | networks | publish one more port µs (median, min–max) | container create request ms | kill -9 restart ms | daemon RSS MiB | BPF map memory MiB | iptables rules |\n|---|---|---|---|---|---|---|---|---|\n");
     for target in targets.iter().filter(|t| !t.control.is_null()) {
         let c = &target.control;
         let p = &c["publish_one_port_us"];
         md.push_str(&format!(
-            "| {} | {} | {} | {:.0} ({:.0}–{:.0}) | {:.1} | {:.1} | {:.1} | {} |\n",
+            "| {} | {} | {} | {:.0} ({:.0}–{:.0}) | {:.1} | {:.0} | {:.1} | {:.1} | {} |\n",
             target.datapath,
             c["ports_already_published"],
             target.networks,
@@ -877,6 +886,9 @@ fn report(
             p["min"].as_f64().unwrap_or(f64::NAN),
             p["max"].as_f64().unwrap_or(f64::NAN),
             c["create_container_request_ms"]["median"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            c["kill_9_restart_ms"]["median"]
                 .as_f64()
                 .unwrap_or(f64::NAN),
             c["daemon_rss_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
