@@ -397,6 +397,46 @@ impl Datapath {
         self.tc_mode
     }
 
+    /// Puts back pins someone removed while the daemon runs (a removed link
+    /// pin detaches its program): maps are pinned again, links attached
+    /// again. `uplinks` are the interfaces that should carry the uplink
+    /// programs (a container veth gets its program back from
+    /// `attach_from_container`, which attaches where the pin is missing).
+    /// Returns what it restored; nothing to do without pins.
+    pub fn repair_pins(&mut self, uplinks: &[String]) -> Result<Vec<String>> {
+        let Some(dir) = self.pin_dir.clone() else {
+            return Ok(Vec::new());
+        };
+        let mut restored = Vec::new();
+        std::fs::create_dir_all(dir.join("maps"))?;
+        std::fs::create_dir_all(dir.join("links"))?;
+        for &name in PINNED_MAPS {
+            let path = dir.join("maps").join(name);
+            // The drop-event ring is the monitor's now; it has no Map here.
+            if let (false, Some(map)) = (path.exists(), self.ebpf.map(name)) {
+                map.pin(&path)
+                    .with_context(|| format!("pinning {}", path.display()))?;
+                restored.push(format!("map pin {name}"));
+            }
+        }
+        let links = dir.join("links");
+        if programs::SOCK_HOOKS.iter().any(|h| !links.join(h).exists()) {
+            self.attach_host_sockets()?;
+            restored.push("socket hooks".to_owned());
+        }
+        if self.tc_mode == TcAttachMode::Tcx {
+            for iface in uplinks {
+                if !links.join(format!("uplink-in-{iface}")).exists()
+                    || !links.join(format!("uplink-out-{iface}")).exists()
+                {
+                    self.attach_uplink(iface)?;
+                    restored.push(format!("uplink programs on {iface}"));
+                }
+            }
+        }
+        Ok(restored)
+    }
+
     /// Attaches the socket hooks (connect4, sendmsg4, recvmsg4, getpeername4)
     /// to the root of the cgroup v2 hierarchy, so they see every process.
     /// They act only on sockets of the namespace in `Config::netns_cookie`.

@@ -1175,7 +1175,9 @@ impl Daemon {
     ///
     /// Returns what it changed, one line each (kept for `netd status`).
     async fn reconcile(&mut self) -> Result<Vec<String>> {
-        let mut report = Vec::new();
+        // The driver's own objects first (e.g. pins removed behind its back),
+        // so re-adoption below finds them in place.
+        let mut report = self.driver.repair()?;
         for container in self.state.containers.clone().into_values() {
             let what = match container.pending {
                 Some(Pending::Creating) => "an interrupted create was rolled back",
@@ -1244,19 +1246,13 @@ impl Daemon {
         }
         for container in self.state.containers.clone().into_values() {
             if let Err(err) = self.readopt_container(&container, &mut report).await {
-                // Not repairable: free its name, addresses and ports rather
-                // than refuse to start.
-                let errors = self.remove_container_objects(&container).await;
-                self.state.containers.remove(&container.name);
+                // Reported and kept (the user's container is not ours to
+                // delete over one failure); `netd repair` tries again and
+                // `container rm` always works.
                 report.push(format!(
-                    "container {}: could not be repaired ({err:#}); removed",
+                    "container {}: could not be repaired ({err:#}); kept, retry with `netd repair`",
                     container.name
                 ));
-                report.extend(
-                    errors
-                        .into_iter()
-                        .map(|e| format!("container {}: {e}", container.name)),
-                );
             }
         }
         report.extend(self.driver.reconciled()?);

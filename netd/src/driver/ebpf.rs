@@ -289,6 +289,19 @@ impl FirewallDriver for EbpfDriver {
         self.datapath.unpublish_all(&keys)
     }
 
+    /// Pins removed behind netd's back: maps pinned again, uplink and socket
+    /// programs attached again (container veths get theirs back when the
+    /// daemon re-declares its endpoints).
+    fn repair(&mut self) -> Result<Vec<String>> {
+        let uplinks: Vec<String> = self.uplinks.keys().cloned().collect();
+        Ok(self
+            .datapath
+            .repair_pins(&uplinks)?
+            .into_iter()
+            .map(|what| format!("restored {what}"))
+            .collect())
+    }
+
     /// Removes map entries nobody declared since start: networks, endpoints
     /// (with their connections) and ports of state that is gone, e.g. a
     /// container dropped because its namespace vanished while netd was down.

@@ -81,6 +81,11 @@ pub trait FirewallDriver: Send {
     fn host_changed(&mut self, _host: &HostInfo) -> Result<()> {
         Ok(())
     }
+    /// Restores the driver's own objects that vanished behind its back
+    /// (before the daemon re-declares its networks and endpoints).
+    fn repair(&mut self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
     /// Called when the daemon has declared everything it owns (after start
     /// or a repair): the driver applies what it deferred and removes what it
     /// holds that nobody declared. Returns what it removed, for the report.
