@@ -76,6 +76,44 @@ pub enum Request {
     Monitor,
 }
 
+impl Request {
+    /// The request's kind, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NetworkCreate(_) => "network_create",
+            Self::NetworkLs => "network_ls",
+            Self::NetworkInspect { .. } => "network_inspect",
+            Self::NetworkConnect { .. } => "network_connect",
+            Self::NetworkDisconnect { .. } => "network_disconnect",
+            Self::NetworkRm { .. } => "network_rm",
+            Self::ContainerCreate { .. } => "container_create",
+            Self::ContainerRm { .. } => "container_rm",
+            Self::ContainerLs => "container_ls",
+            Self::ContainerInspect { .. } => "container_inspect",
+            Self::Status => "status",
+            Self::ConntrackLs => "conntrack_ls",
+            Self::Repair => "repair",
+            Self::Down => "down",
+            Self::Monitor => "monitor",
+        }
+    }
+
+    /// Whether it changes anything (logged at info; reads at debug).
+    pub fn mutates(&self) -> bool {
+        matches!(
+            self,
+            Self::NetworkCreate(_)
+                | Self::NetworkConnect { .. }
+                | Self::NetworkDisconnect { .. }
+                | Self::NetworkRm { .. }
+                | Self::ContainerCreate { .. }
+                | Self::ContainerRm { .. }
+                | Self::Repair
+                | Self::Down
+        )
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,

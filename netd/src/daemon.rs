@@ -17,6 +17,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
     sync::{Mutex, Notify},
 };
+use tracing::Instrument as _;
 
 use crate::{
     api::{MAX_REQUEST_BYTES, NetworkSpec, Request, Response},
@@ -91,7 +92,7 @@ pub async fn run(opts: Options) -> Result<()> {
         .await
         .context("reconciling saved networks and containers with the kernel")?;
     for repair in &repairs {
-        eprintln!("netd: repaired: {repair}");
+        tracing::warn!(%repair, "repaired at start");
     }
     if !daemon.state.networks.contains_key(DEFAULT_NETWORK) {
         daemon
@@ -100,11 +101,11 @@ pub async fn run(opts: Options) -> Result<()> {
             .context("creating the default network")?;
     }
     let listener = bind_socket(&opts.socket, opts.socket_group)?;
-    eprintln!(
-        "netd: {} datapath on uplinks [{}], listening on {}",
-        daemon.driver.name(),
-        uplink_list(&daemon.host),
-        opts.socket.display()
+    tracing::info!(
+        datapath = daemon.driver.name(),
+        uplinks = %uplink_list(&daemon.host),
+        socket = %opts.socket.display(),
+        "netd is ready"
     );
 
     let events = tokio::sync::broadcast::channel::<String>(1024).0;
@@ -236,12 +237,12 @@ async fn follow_host(daemon: Arc<Mutex<Daemon>>) {
         sys::{AsyncSocket as _, SocketAddr},
     };
     let Ok((mut connection, _handle, mut events)) = rtnetlink::new_connection() else {
-        eprintln!("netd: cannot follow the host: no rtnetlink connection");
+        tracing::error!("cannot follow the host: no rtnetlink connection");
         return;
     };
     let groups = SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR);
     if let Err(err) = connection.socket_mut().socket_mut().bind(&groups) {
-        eprintln!("netd: cannot follow the host: {err}");
+        tracing::error!(%err, "cannot follow the host");
         return;
     }
     tokio::spawn(connection);
@@ -251,7 +252,7 @@ async fn follow_host(daemon: Arc<Mutex<Daemon>>) {
         while events.try_recv().is_ok() {}
         let mut daemon = daemon.lock().await;
         if let Err(err) = daemon.sync_host().await {
-            eprintln!("netd: following the host: {err:#}");
+            tracing::warn!(err = format!("{err:#}"), "following the host");
         }
     }
 }
@@ -311,10 +312,31 @@ async fn serve(
             }
             Ok(request) => {
                 let down = matches!(request, Request::Down);
-                let mut daemon = daemon.lock().await;
-                match daemon.handle(request).await {
-                    Ok(data) => (Response::ok(data), down),
-                    Err(err) => (Response::error(format!("{err:#}")), false),
+                let (kind, mutates) = (request.kind(), request.mutates());
+                let span = tracing::info_span!("request", kind);
+                let started = Instant::now();
+                let result = async {
+                    let mut daemon = daemon.lock().await;
+                    daemon.handle(request).await
+                }
+                .instrument(span.clone())
+                .await;
+                let micros = started.elapsed().as_micros() as u64;
+                let _entered = span.enter();
+                match result {
+                    Ok(data) => {
+                        if mutates {
+                            tracing::info!(micros, "done");
+                        } else {
+                            tracing::debug!(micros, "done");
+                        }
+                        (Response::ok(data), down)
+                    }
+                    Err(err) => {
+                        let err = format!("{err:#}");
+                        tracing::info!(micros, %err, "refused");
+                        (Response::error(err), false)
+                    }
                 }
             }
         },
@@ -1393,7 +1415,7 @@ fn fault_point(name: &str) {
     static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     let wanted = WANTED.get_or_init(|| std::env::var("NETD_FAULT_POINT").ok());
     if wanted.as_deref() == Some(name) {
-        eprintln!("netd: stopping dead at fault point {name}");
+        tracing::error!(point = name, "stopping dead at a fault point");
         std::process::abort();
     }
 }

@@ -56,6 +56,12 @@ enum Command {
         /// instead of TCX, a length check instead of bpf_check_mtu).
         #[arg(long, value_enum, default_value = "auto")]
         kernel_features: KernelFeatures,
+        /// More log detail: -v debug, -vv trace (RUST_LOG overrides).
+        #[arg(short, long, action = clap::ArgAction::Count)]
+        verbose: u8,
+        /// Log lines as text or as JSON objects (for log shippers).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
     },
     /// Manage networks.
     #[command(subcommand)]
@@ -85,6 +91,30 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         kernel_features: KernelFeatures,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Structured logs on stderr: level from RUST_LOG, else from -v.
+fn init_logging(verbose: u8, format: LogFormat) {
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("netd={level}")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -174,7 +204,10 @@ fn run(cli: Cli) -> Result<()> {
             cleanup,
             bpffs,
             kernel_features,
+            verbose,
+            log_format,
         } => {
+            init_logging(verbose, log_format);
             let opts = daemon::Options {
                 uplinks,
                 datapath,

@@ -649,3 +649,42 @@ fn readme_documents_every_command() {
         }
     }
 }
+
+/// `--log-format json`: one JSON object per line, a span per request with
+/// its kind and duration; `-v` adds the reads.
+#[test]
+fn the_daemon_logs_json_lines_with_one_span_per_request() {
+    let mut h = DaemonHost::start(NETD, &[]);
+    h.kill_daemon(libc::SIGTERM);
+    let log = PathBuf::from(format!("/run/netd-log-{}.json", h.name("log")));
+    h.daemon_log = Some(log.clone());
+    h.spawn_daemon_with(&["--log-format", "json", "-v"]);
+    h.ok(&["network", "create", "logged", "--subnet", "10.47.0.0/24"]);
+    h.netd(&["network", "rm", "nosuch"]);
+    h.ok(&["status"]);
+    h.kill_daemon(libc::SIGTERM);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let of_kind = |kind: &str| {
+        lines
+            .iter()
+            .find(|l| l["span"]["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} line in {text}"))
+    };
+    let created = of_kind("network_create");
+    assert_eq!(created["level"], "INFO");
+    assert!(created["micros"].as_u64().is_some(), "{created}");
+    let refused = of_kind("network_rm");
+    assert_eq!(refused["message"], "refused");
+    assert!(
+        refused["err"].as_str().unwrap().contains("nosuch"),
+        "{refused}"
+    );
+    assert_eq!(of_kind("status")["level"], "DEBUG");
+    assert!(lines.iter().any(|l| l["message"] == "netd is ready"));
+    h.spawn_daemon();
+}

@@ -26,6 +26,8 @@ pub struct DaemonHost {
     pub outside: Netns,
     /// The host's uplink (its end of the veth to `outside`).
     pub uplink: String,
+    /// When set, daemons started from now on append their stderr here.
+    pub daemon_log: Option<PathBuf>,
     /// Owns (and on drop deletes) host and outside; dropped last.
     _bed: Testbed,
 }
@@ -48,6 +50,7 @@ impl DaemonHost {
             host,
             outside,
             uplink,
+            daemon_log: None,
             _bed: bed,
         };
         me.spawn_daemon();
@@ -156,7 +159,18 @@ impl DaemonHost {
         ];
         let fixed: Vec<&str> = self.daemon_args.iter().map(String::as_str).collect();
         let args: Vec<&str> = args.iter().chain(&fixed).chain(extra).copied().collect();
-        self.daemon = Some(self.host.spawn_with_env(&self.netd, &args, env).unwrap());
+        let log = self.daemon_log.as_ref().map(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap()
+        });
+        self.daemon = Some(
+            self.host
+                .spawn_with_env(&self.netd, &args, env, log)
+                .unwrap(),
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         while UnixStream::connect(&socket).is_err() {
             assert!(

@@ -268,18 +268,24 @@ impl Netns {
         Ok(Background { child })
     }
 
-    /// As `spawn`, with extra environment variables.
+    /// As `spawn`, with extra environment variables, and stderr to `log`
+    /// when given.
     pub fn spawn_with_env(
         &self,
         program: &str,
         args: &[&str],
         env: &[(&str, &str)],
+        log: Option<File>,
     ) -> Result<Background> {
-        let child = self
-            .command(program)
+        let mut command = self.command(program);
+        command
             .args(args)
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        if let Some(log) = log {
+            command.stderr(log);
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("starting {program} in {}", self.name))?;
         Ok(Background { child })

@@ -60,7 +60,7 @@ impl EbpfDriver {
         };
         // One uplink that cannot be attached is reported, not fatal.
         if let Err(err) = driver.host_changed(host) {
-            eprintln!("netd: {err:#}");
+            tracing::warn!(err = format!("{err:#}"), "uplinks");
         }
         Ok(driver)
     }
