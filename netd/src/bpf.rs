@@ -27,6 +27,14 @@ use netd_common::{
 /// The object built from `netd-ebpf` by `build.rs`.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netd"));
 
+/// How full one map is.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MapFill {
+    pub name: &'static str,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
 /// A loaded copy of netd's BPF programs and maps.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -710,7 +718,7 @@ impl Datapath {
     }
 
     /// Entries in use / capacity for each user-filled map and conntrack.
-    pub fn fill_levels(&self) -> Result<serde_json::Value> {
+    pub fn fill_levels(&self) -> Result<Vec<MapFill>> {
         let count = |name: &str| -> Result<usize> {
             let map = self
                 .ebpf
@@ -730,20 +738,22 @@ impl Datapath {
                 _ => HashMap::<_, CtKey, CtEntry>::try_from(map)?.keys().count(),
             })
         };
-        let mut out = serde_json::Map::new();
-        for (name, capacity) in [
+        [
             (maps::NETWORKS, sizes::NETWORKS),
             (maps::ENDPOINTS, sizes::ENDPOINTS),
             (maps::LOCAL_ADDRS, sizes::LOCAL_ADDRS),
             (maps::PUBLISHED_PORTS, sizes::PUBLISHED_PORTS),
             (maps::CONNTRACK, sizes::CONNTRACK),
-        ] {
-            out.insert(
-                name.to_owned(),
-                serde_json::json!({"entries": count(name)?, "capacity": capacity}),
-            );
-        }
-        Ok(serde_json::Value::Object(out))
+        ]
+        .into_iter()
+        .map(|(name, capacity)| {
+            Ok(MapFill {
+                name,
+                entries: count(name)?,
+                capacity,
+            })
+        })
+        .collect()
     }
 
     /// Packets and bytes per traffic class, summed over CPUs.

@@ -25,6 +25,7 @@ use crate::{
     driver::{EbpfDriver, FirewallDriver, HostInfo, IptablesDriver, Uplink},
     features::{Features, KernelFeatures},
     ipam,
+    metrics::Metrics,
     netlink::{self, Netlink},
     portspec::PortSpec,
     state::{Attachment, Container, Network, NetworkMode, Pending, PublishedPort, State},
@@ -49,6 +50,8 @@ pub struct Options {
     pub bpffs: PathBuf,
     /// Which kernel mechanisms the eBPF datapath may use.
     pub kernel_features: KernelFeatures,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Ports `-p 80` picks from (Docker uses the kernel's ephemeral range).
@@ -77,8 +80,10 @@ pub async fn run(opts: Options) -> Result<()> {
         }
         DatapathKind::Iptables => Box::new(IptablesDriver::start(&host)?),
     };
+    let metrics = Metrics::shared();
     let mut daemon = Daemon {
         state,
+        metrics: metrics.clone(),
         uplink_names: opts.uplinks.clone(),
         host,
         state_dir: opts.state_dir.clone(),
@@ -119,13 +124,21 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     let daemon = Arc::new(Mutex::new(daemon));
     let watcher = tokio::spawn(follow_host(daemon.clone()));
+    let metrics_server = match opts.metrics {
+        Some(addr) => Some(serve_metrics(addr, daemon.clone()).await?),
+        None => None,
+    };
     let shutdown = Arc::new(Notify::new());
     let gc = {
         let daemon = daemon.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(CONNTRACK_GC_INTERVAL).await;
-                let _ = daemon.lock().await.driver.gc();
+                let mut daemon = daemon.lock().await;
+                match daemon.driver.gc() {
+                    Ok(removed) => daemon.metrics.gc_run(removed),
+                    Err(err) => tracing::warn!(err = format!("{err:#}"), "conntrack GC"),
+                }
             }
         })
     };
@@ -135,7 +148,8 @@ pub async fn run(opts: Options) -> Result<()> {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let (daemon, shutdown, events) = (daemon.clone(), shutdown.clone(), events.clone());
-                tokio::spawn(async move { serve(stream, daemon, shutdown, events).await });
+                let metrics = metrics.clone();
+                tokio::spawn(async move { serve(stream, daemon, shutdown, events, metrics).await });
             }
             _ = shutdown.notified() => break true,
             _ = tokio::signal::ctrl_c() => break false,
@@ -144,6 +158,9 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     gc.abort();
     watcher.abort();
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     if let Some(reader) = drop_reader {
         reader.abort();
     }
@@ -228,6 +245,46 @@ fn uplink_list(host: &HostInfo) -> String {
         .join(", ")
 }
 
+/// `GET /metrics` on `addr`: the Prometheus text format, the datapath's
+/// figures read at scrape time.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    daemon: Arc<Mutex<Daemon>>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    use axum::{extract::State as Shared, http::header, routing::get};
+    async fn scrape(
+        Shared(daemon): Shared<Arc<Mutex<Daemon>>>,
+    ) -> impl axum::response::IntoResponse {
+        let daemon = daemon.lock().await;
+        let datapath = daemon.driver.metrics().unwrap_or_else(|err| {
+            tracing::warn!(err = format!("{err:#}"), "reading datapath metrics");
+            Default::default()
+        });
+        let body = daemon
+            .metrics
+            .render(&datapath, daemon.state.published().count());
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics {addr}: binding"))?;
+    let app = axum::Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(daemon);
+    tracing::info!(%addr, "serving metrics");
+    Ok(tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!(%err, "metrics server");
+        }
+    }))
+}
+
 /// Follows the host: rtnetlink link and IPv4 address events make the
 /// daemon re-read the host and update the datapath, without a restart.
 async fn follow_host(daemon: Arc<Mutex<Daemon>>) {
@@ -291,6 +348,7 @@ async fn serve(
     daemon: Arc<Mutex<Daemon>>,
     shutdown: Arc<Notify>,
     events: tokio::sync::broadcast::Sender<String>,
+    metrics: Arc<Metrics>,
 ) {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
@@ -321,7 +379,9 @@ async fn serve(
                 }
                 .instrument(span.clone())
                 .await;
-                let micros = started.elapsed().as_micros() as u64;
+                let elapsed = started.elapsed();
+                let micros = elapsed.as_micros() as u64;
+                metrics.request(kind, elapsed.as_secs_f64());
                 let _entered = span.enter();
                 match result {
                     Ok(data) => {
@@ -435,6 +495,7 @@ async fn read_drop_events(
 
 struct Daemon {
     state: State,
+    metrics: Arc<Metrics>,
     /// `--uplink` names; empty: every interface that is not a bridge, a
     /// bridge port, loopback or netd's own.
     uplink_names: Vec<String>,
@@ -1278,6 +1339,7 @@ impl Daemon {
             }
         }
         report.extend(self.driver.reconciled()?);
+        self.metrics.repaired(report.len());
         self.save()?;
         self.repairs = report.clone();
         Ok(report)

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod driver;
 pub mod features;
 pub mod ipam;
+pub mod metrics;
 pub mod netlink;
 pub mod portspec;
 pub mod state;

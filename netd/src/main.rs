@@ -59,6 +59,9 @@ enum Command {
         /// More log detail: -v debug, -vv trace (RUST_LOG overrides).
         #[arg(short, long, action = clap::ArgAction::Count)]
         verbose: u8,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
         /// Log lines as text or as JSON objects (for log shippers).
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
@@ -206,6 +209,7 @@ fn run(cli: Cli) -> Result<()> {
             kernel_features,
             verbose,
             log_format,
+            metrics,
         } => {
             init_logging(verbose, log_format);
             let opts = daemon::Options {
@@ -217,6 +221,7 @@ fn run(cli: Cli) -> Result<()> {
                 cleanup,
                 bpffs,
                 kernel_features,
+                metrics,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

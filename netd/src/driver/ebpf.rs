@@ -1,7 +1,7 @@
 //! The eBPF datapath: every decision made by netd's BPF programs from maps.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::Ipv4Addr,
     path::Path,
 };
@@ -13,7 +13,7 @@ use netd_common::{
 };
 use serde_json::json;
 
-use super::{ConntrackRow, FirewallDriver, HostInfo};
+use super::{ConntrackRow, DatapathMetrics, FirewallDriver, HostInfo};
 use crate::{
     bpf::{Datapath, monotonic_ns},
     features::{Features, TcAttachMode},
@@ -415,6 +415,29 @@ impl FirewallDriver for EbpfDriver {
         Ok(())
     }
 
+    fn metrics(&self) -> Result<DatapathMetrics> {
+        let mut conntrack: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+        for row in self.conntrack()? {
+            *conntrack.entry((row.proto, row.direction)).or_default() += 1;
+        }
+        Ok(DatapathMetrics {
+            traffic: self
+                .datapath
+                .traffic_counters()?
+                .into_iter()
+                .map(|(class, c)| (class.label(), c.packets, c.bytes))
+                .collect(),
+            drops: self
+                .datapath
+                .drop_counters()?
+                .into_iter()
+                .map(|(reason, n)| (reason.label(), n))
+                .collect(),
+            maps: self.datapath.fill_levels()?,
+            conntrack: conntrack.into_iter().map(|((p, d), n)| (p, d, n)).collect(),
+        })
+    }
+
     fn take_drop_events(&mut self) -> Result<Option<aya::maps::RingBuf<aya::maps::MapData>>> {
         self.datapath.take_drop_events().map(Some)
     }
@@ -448,7 +471,13 @@ impl FirewallDriver for EbpfDriver {
                 "cgroup": programs::SOCK_HOOKS,
                 "container_links": self.endpoints.len(),
             },
-            "maps": self.datapath.fill_levels().context("reading map fill levels")?,
+            "maps": self
+                .datapath
+                .fill_levels()
+                .context("reading map fill levels")?
+                .into_iter()
+                .map(|m| (m.name.to_owned(), json!({"entries": m.entries, "capacity": m.capacity})))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
             "traffic": traffic,
             "drops": drops,
         }))

@@ -47,6 +47,18 @@ pub struct HostInfo {
     pub local_addrs: Vec<Ipv4Addr>,
 }
 
+/// The datapath's counters and sizes, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct DatapathMetrics {
+    /// (class, packets, bytes)
+    pub traffic: Vec<(&'static str, u64, u64)>,
+    /// (reason, packets)
+    pub drops: Vec<(&'static str, u64)>,
+    pub maps: Vec<crate::bpf::MapFill>,
+    /// (protocol, direction, entries)
+    pub conntrack: Vec<(String, &'static str, u64)>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ConntrackRow {
     pub proto: String,
@@ -96,6 +108,10 @@ pub trait FirewallDriver: Send {
     /// Removes expired connections; returns how many entries went.
     fn gc(&mut self) -> Result<usize>;
     fn status(&self) -> Result<serde_json::Value>;
+    /// Counters and sizes for `/metrics` (none where the kernel keeps them).
+    fn metrics(&self) -> Result<DatapathMetrics> {
+        Ok(DatapathMetrics::default())
+    }
     /// Removes everything the driver installed (for `netd down`).
     fn remove_all(&mut self) -> Result<()> {
         Ok(())
