@@ -36,8 +36,9 @@ pub fn uplink(ifindex: u32) -> Option<&'static UplinkInfo> {
 #[inline(always)]
 pub fn masquerade_ip(ifindex: u32) -> Ipv4 {
     match uplink(ifindex) {
-        Some(uplink) => uplink.masquerade_ip,
-        None => CONFIG.get(0).map_or([0; 4], |c| c.masquerade_ip),
+        // An uplink without an address yet (DHCP pending) has none to give.
+        Some(uplink) if uplink.masquerade_ip != [0; 4] => uplink.masquerade_ip,
+        _ => CONFIG.get(0).map_or([0; 4], |c| c.masquerade_ip),
     }
 }
 

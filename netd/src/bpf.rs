@@ -234,6 +234,21 @@ impl Datapath {
         names
     }
 
+    /// Container veths with a pinned `from_container` link (TCX).
+    pub fn pinned_container_links(&self) -> Vec<String> {
+        let Some(dir) = &self.pin_dir else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(dir.join("links")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("uplink-") && !programs::SOCK_HOOKS.contains(&n.as_str()))
+            .collect()
+    }
+
     /// Removes pins of an older layout (`uplink-ingress`, `uplink-egress`).
     pub fn remove_legacy_uplink_pins(&mut self) -> Result<()> {
         if let Some(dir) = &self.pin_dir {
@@ -319,9 +334,18 @@ impl Datapath {
         if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
             let link = PinnedLink::from_pin(pin).with_context(context)?;
             let link = SchedClassifierLink::try_from(FdLink::from(link)).with_context(context)?;
-            let id = prog.attach_to_link(link).with_context(context)?;
-            drop(prog.take_link(id)?); // closes our fd; the pin keeps the link
-            return Ok(None);
+            match prog.attach_to_link(link) {
+                Ok(id) => {
+                    drop(prog.take_link(id)?); // closes our fd; the pin keeps the link
+                    return Ok(None);
+                }
+                // The link's device is gone (an interface of the same name
+                // was made again while netd was down): a fresh link below.
+                Err(_) => std::fs::remove_file(pin).with_context(context)?,
+            }
+        }
+        if let Some(dir) = pin.as_ref().and_then(|p| p.parent()) {
+            std::fs::create_dir_all(dir).with_context(context)?;
         }
         let name = CString::new(iface).context("interface name contains NUL")?;
         let id = prog

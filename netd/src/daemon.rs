@@ -71,6 +71,7 @@ pub async fn run(opts: Options) -> Result<()> {
         )
     })?;
     let nl = Netlink::connect()?;
+    let host_events = subscribe_host_events()?;
     let host = host_info(&nl, &state, &opts.uplinks, true).await?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
     let driver: Box<dyn FirewallDriver> = match opts.datapath {
@@ -123,7 +124,7 @@ pub async fn run(opts: Options) -> Result<()> {
         None => None,
     };
     let daemon = Arc::new(Mutex::new(daemon));
-    let watcher = tokio::spawn(follow_host(daemon.clone()));
+    let watcher = tokio::spawn(follow_host(daemon.clone(), host_events));
     let metrics_server = match opts.metrics {
         Some(addr) => Some(serve_metrics(addr, daemon.clone()).await?),
         None => None,
@@ -202,14 +203,23 @@ async fn host_info(
         })
         .chain(state.networks.values().map(|n| n.bridge.as_str()))
         .collect();
+    // A veth's peer before it moves into the container (a crash can leave it).
+    let peers: BTreeSet<String> = owned
+        .iter()
+        .filter_map(|n| n.strip_prefix("veth"))
+        .map(|suffix| format!("tmp{suffix}"))
+        .collect();
     let addrs = nl.all_addresses().await?;
     let mut uplinks = Vec::new();
     for link in nl.link_details().await? {
         let eligible = if configured.is_empty() {
+            // With an IPv4 address: one waiting for DHCP joins when it gets one.
             link.name != "lo"
                 && !link.bridge
                 && !link.enslaved
                 && !owned.contains(link.name.as_str())
+                && !peers.contains(&link.name)
+                && addrs.iter().any(|(i, _)| *i == link.index)
         } else {
             configured.contains(&link.name)
         };
@@ -287,22 +297,36 @@ async fn serve_metrics(
 
 /// Follows the host: rtnetlink link and IPv4 address events make the
 /// daemon re-read the host and update the datapath, without a restart.
-async fn follow_host(daemon: Arc<Mutex<Daemon>>) {
-    use futures::StreamExt as _;
+/// rtnetlink link and IPv4 address events, subscribed before the host is
+/// first read so no change falls between the two.
+type HostEvents = futures::channel::mpsc::UnboundedReceiver<(
+    rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+    rtnetlink::sys::SocketAddr,
+)>;
+
+fn subscribe_host_events() -> Result<HostEvents> {
     use rtnetlink::{
         constants::{RTMGRP_IPV4_IFADDR, RTMGRP_LINK},
         sys::{AsyncSocket as _, SocketAddr},
     };
-    let Ok((mut connection, _handle, mut events)) = rtnetlink::new_connection() else {
-        tracing::error!("cannot follow the host: no rtnetlink connection");
-        return;
-    };
+    let (mut connection, _handle, events) =
+        rtnetlink::new_connection().context("opening rtnetlink for host events")?;
     let groups = SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR);
-    if let Err(err) = connection.socket_mut().socket_mut().bind(&groups) {
-        tracing::error!(%err, "cannot follow the host");
-        return;
-    }
+    connection
+        .socket_mut()
+        .socket_mut()
+        .bind(&groups)
+        .context("subscribing to link and address events")?;
     tokio::spawn(connection);
+    Ok(events)
+}
+
+async fn follow_host(daemon: Arc<Mutex<Daemon>>, mut events: HostEvents) {
+    use futures::StreamExt as _;
+    // Whatever changed since the host was first read.
+    if let Err(err) = daemon.lock().await.sync_host().await {
+        tracing::warn!(err = format!("{err:#}"), "following the host");
+    }
     while events.next().await.is_some() {
         // One pass for a burst (a veth pair, an address flush and re-add).
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -312,6 +336,7 @@ async fn follow_host(daemon: Arc<Mutex<Daemon>>) {
             tracing::warn!(err = format!("{err:#}"), "following the host");
         }
     }
+    tracing::error!("host events stopped: interface and address changes are no longer followed");
 }
 
 /// Root-owned socket, mode 0660 (group configurable), in a directory that is
@@ -593,10 +618,12 @@ impl Daemon {
         }
     }
 
+    /// A network to use (never one being created or removed).
     fn network(&self, name: &str) -> Result<&Network> {
         self.state
             .networks
             .get(name)
+            .filter(|n| n.pending.is_none())
             .ok_or_else(|| anyhow!("no network named {name:?} (see `netd network ls`)"))
     }
 
@@ -752,7 +779,13 @@ impl Daemon {
     }
 
     async fn network_rm(&mut self, name: &str) -> Result<()> {
-        let net = self.network(name)?.clone();
+        // A remove that failed half-way may be retried: pending ones count.
+        let net = self
+            .state
+            .networks
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow!("no network named {name:?} (see `netd network ls`)"))?;
         let users: Vec<&str> = self
             .state
             .containers
@@ -1016,9 +1049,18 @@ impl Daemon {
         fault_point("container-create:endpoint");
         // Up last: its gratuitous ARP (arp_notify) must find the host side
         // bridged and the datapath ready, or neighbours keep a stale MAC.
-        inner.set_up(eth).await?;
-        if default_route {
-            inner.add_default_route(net.gateway).await?;
+        let finish = async {
+            inner.set_up(eth).await?;
+            if default_route {
+                inner.add_default_route(net.gateway).await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(err) = finish {
+            // The caller deletes the veth; the endpoint is ours to undo.
+            let _ = self.driver.remove_endpoint(&attachment);
+            return Err(err);
         }
         Ok(attachment)
     }
@@ -1239,9 +1281,9 @@ impl Daemon {
     async fn sync_host(&mut self) -> Result<()> {
         let host = host_info(&self.nl, &self.state, &self.uplink_names, false).await?;
         if host != self.host {
-            let result = self.driver.host_changed(&host);
+            // Remembered only once applied: a failure is retried next time.
+            self.driver.host_changed(&host)?;
             self.host = host;
-            result?;
         }
         Ok(())
     }
@@ -1273,7 +1315,9 @@ impl Daemon {
                         .expect("listed");
                     let links = std::mem::take(&mut c.pending_links);
                     for link in &links {
-                        self.nl.delete_link_named(link).await?;
+                        if let Err(err) = self.nl.delete_link_named(link).await {
+                            report.push(format!("container {}: {err:#}", container.name));
+                        }
                     }
                     report.push(format!(
                         "container {}: removed the veth of an interrupted connect ({})",
@@ -1308,24 +1352,12 @@ impl Daemon {
                 );
                 continue;
             }
-            let index = match self.nl.link_index(&net.bridge).await? {
-                Some(index) => index,
-                None => {
-                    report.push(format!(
-                        "network {}: bridge {} was gone; made again",
-                        net.name, net.bridge
-                    ));
-                    self.nl.create_bridge(&net.bridge, net.mtu).await?
-                }
-            };
-            if !self.nl.addresses(index).await?.contains(&net.gateway) {
-                self.nl
-                    .add_address(index, net.gateway, net.subnet.prefix_len)
-                    .await?;
+            if let Err(err) = self.readopt_network(&net, &mut report).await {
+                report.push(format!(
+                    "network {}: could not be repaired ({err:#}); kept, retry with `netd repair`",
+                    net.name
+                ));
             }
-            self.nl.set_up(index).await?;
-            let mac = self.nl.link_mac(index).await?;
-            self.driver.add_network(&net, mac)?;
         }
         for container in self.state.containers.clone().into_values() {
             if let Err(err) = self.readopt_container(&container, &mut report).await {
@@ -1343,6 +1375,29 @@ impl Daemon {
         self.save()?;
         self.repairs = report.clone();
         Ok(report)
+    }
+
+    /// One network after a restart or on `netd repair`: its bridge (made
+    /// again if it is gone), gateway address, and the driver's entry.
+    async fn readopt_network(&mut self, net: &Network, report: &mut Vec<String>) -> Result<()> {
+        let index = match self.nl.link_index(&net.bridge).await? {
+            Some(index) => index,
+            None => {
+                report.push(format!(
+                    "network {}: bridge {} was gone; made again",
+                    net.name, net.bridge
+                ));
+                self.nl.create_bridge(&net.bridge, net.mtu).await?
+            }
+        };
+        if !self.nl.addresses(index).await?.contains(&net.gateway) {
+            self.nl
+                .add_address(index, net.gateway, net.subnet.prefix_len)
+                .await?;
+        }
+        self.nl.set_up(index).await?;
+        let mac = self.nl.link_mac(index).await?;
+        self.driver.add_network(net, mac)
     }
 
     /// One container after a restart or on `netd repair`: its namespace,
@@ -1390,7 +1445,9 @@ impl Daemon {
                     att.clone()
                 }
                 None => {
-                    // Deleted behind our back: the same address on a new veth.
+                    // Deleted behind our back: the same address on a new veth
+                    // (the old one's endpoint and program link go first).
+                    self.driver.remove_endpoint(att)?;
                     let inner = Netlink::connect_in(&netlink::netns_path(name))?;
                     if let Some(stale) = inner.link_index(&att.ifname).await? {
                         inner.delete_link(stale).await?;

@@ -339,10 +339,18 @@ impl Netlink {
         let mut stream = self.handle.address().get().execute();
         let mut out = Vec::new();
         while let Some(msg) = stream.try_next().await.context("listing addresses")? {
+            // IFA_LOCAL is the address itself; IFA_ADDRESS is the peer's on
+            // point-to-point links (and the same as IFA_LOCAL elsewhere).
+            let (mut local, mut address) = (None, None);
             for attr in msg.attributes {
-                if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
-                    out.push((msg.header.index, ip));
+                match attr {
+                    AddressAttribute::Local(IpAddr::V4(ip)) => local = Some(ip),
+                    AddressAttribute::Address(IpAddr::V4(ip)) => address = Some(ip),
+                    _ => {}
                 }
+            }
+            if let Some(ip) = local.or(address) {
+                out.push((msg.header.index, ip));
             }
         }
         Ok(out)

@@ -96,6 +96,18 @@ fn assert_consistent(h: &DaemonHost, context: &str) {
             "{context}: link {name} is owned by nothing netd lists"
         );
     }
+    // TCX: a pinned program link for every listed veth, and no other.
+    if let Ok(pins) = std::fs::read_dir(h.bpffs().join("links")) {
+        for pin in pins.flatten() {
+            let pin = pin.file_name().to_string_lossy().into_owned();
+            if !pin.starts_with("uplink-") && !pin.starts_with("host_") {
+                assert!(
+                    owned.contains(&pin),
+                    "{context}: pin {pin} for no listed veth"
+                );
+            }
+        }
+    }
 }
 
 /// A new container with a published port answers from outside, and

@@ -134,25 +134,28 @@ pub fn run(bin_dir: &Path, work_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One outcome per mode, from the check's summary lines in `text` (a mode
-/// whose summary is missing counts as failed: the check crashed or hung).
+/// One outcome per mode, from the check's summary line for that mode in
+/// `text` (`netd-kernel-check: MODE: N passed, M failed`); a mode without
+/// one counts as failed: the check crashed or hung.
 fn outcomes_of(kernel: &str, modes: &[&str], text: &str, seconds: f64) -> Vec<Outcome> {
-    let summaries: Vec<(u32, u32)> = text
-        .lines()
-        .filter_map(|line| {
-            let rest = line.trim().strip_prefix("netd-kernel-check: ")?;
+    let summary = |mode: &str| -> Option<(u32, u32)> {
+        text.lines().find_map(|line| {
+            let at = line.find("netd-kernel-check: ")?;
+            let rest = line[at..]
+                .strip_prefix("netd-kernel-check: ")?
+                .strip_prefix(mode)?
+                .strip_prefix(": ")?;
             let (passed, failed) = rest.split_once(" passed, ")?;
             Some((
                 passed.parse().ok()?,
-                failed.strip_suffix(" failed")?.parse().ok()?,
+                failed.trim().strip_suffix(" failed")?.parse().ok()?,
             ))
         })
-        .collect();
+    };
     modes
         .iter()
-        .enumerate()
-        .map(|(i, mode)| {
-            let (passed, failed) = summaries.get(i).copied().unwrap_or((0, 1));
+        .map(|mode| {
+            let (passed, failed) = summary(mode).unwrap_or((0, 1));
             Outcome {
                 kernel: kernel.to_owned(),
                 mode: (*mode).to_owned(),

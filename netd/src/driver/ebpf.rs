@@ -307,6 +307,14 @@ impl FirewallDriver for EbpfDriver {
     /// container dropped because its namespace vanished while netd was down.
     fn reconciled(&mut self) -> Result<Vec<String>> {
         let mut removed = Vec::new();
+        // A veth's link left by a crash or a failed create (its veth is
+        // gone or no longer netd's): the pin goes, the link with it.
+        for veth in self.datapath.pinned_container_links() {
+            if !self.endpoints.contains(&veth) {
+                removed.push(format!("stale program link on {veth}"));
+                self.datapath.detach_from_container(&veth)?;
+            }
+        }
         let ports: Vec<PortKey> = self
             .datapath
             .published_ports()?

@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     let host = catch(|| DaemonHost::start(&netd, &["--kernel-features", &mode]));
     match host {
         Ok(mut h) => {
-            report("daemon starts on a veth uplink", attach_mode(&h));
+            report("daemon starts on a veth uplink", attach_mode(&h, &mode));
             let checks = catch(|| traffic_and_restart(&mut h)).and_then(|r| r);
             match checks {
                 Ok(steps) => {
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
         }
         Err(err) => report("daemon starts on a veth uplink", Err(err)),
     }
-    println!("netd-kernel-check: {passed} passed, {failed} failed");
+    println!("netd-kernel-check: {mode}: {passed} passed, {failed} failed");
     if failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -84,17 +84,34 @@ fn netd_check(netd: &str, mode: &str) -> Result<()> {
     Ok(())
 }
 
-/// What the daemon chose, as `netd status` reports it.
-fn attach_mode(h: &DaemonHost) -> Result<()> {
+/// What the daemon chose, as `netd status` reports it, against what this
+/// kernel and mode call for.
+fn attach_mode(h: &DaemonHost, mode: &str) -> Result<()> {
     let status = h.json(&["status"]);
-    let kernel = &status["kernel"];
-    println!(
-        "netd-kernel-check: attach {}, mtu check {}",
-        status["programs"]["attach"], kernel["mtu_check"]["uses"]
-    );
+    let attach = status["programs"]["attach"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mtu_check = status["kernel"]["mtu_check"]["uses"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    println!("netd-kernel-check: attach {attach}, mtu check {mtu_check}");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    let (want_attach, want_mtu) = match mode {
+        "legacy" => ("clsact", "uplink_mtu_length"),
+        _ if version >= (6, 6) => ("tcx", "check_mtu_helper"),
+        _ if version >= (5, 12) => ("clsact", "check_mtu_helper"),
+        _ => ("clsact", "uplink_mtu_length"),
+    };
     ensure!(
-        status["programs"]["attach"].is_string(),
-        "status shows no attach mode: {status}"
+        attach == want_attach && mtu_check == want_mtu,
+        "kernel {} in {mode} mode chose {attach} and {mtu_check}, not {want_attach} and {want_mtu}",
+        release.trim()
     );
     Ok(())
 }
