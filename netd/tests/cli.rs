@@ -663,6 +663,7 @@ fn the_daemon_logs_json_lines_with_one_span_per_request() {
     h.netd(&["network", "rm", "nosuch"]);
     h.ok(&["status"]);
     h.kill_daemon(libc::SIGTERM);
+    h.daemon_log = None;
     let text = std::fs::read_to_string(&log).unwrap();
     let _ = std::fs::remove_file(&log);
     let lines: Vec<Value> = text
