@@ -212,18 +212,26 @@ impl Datapath {
         self.detach_clsact(iface, TcAttachType::Egress)
     }
 
-    /// Interfaces with pinned uplink links (TCX), from this run or before.
-    pub fn pinned_uplinks(&self) -> Vec<String> {
+    /// Names of the pinned links (TCX), from this run or before.
+    fn link_pins(&self) -> Vec<String> {
         let Some(dir) = &self.pin_dir else {
             return Vec::new();
         };
         let Ok(entries) = std::fs::read_dir(dir.join("links")) else {
             return Vec::new();
         };
-        let mut names: Vec<String> = entries
+        entries
             .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Interfaces with pinned uplink links.
+    pub fn pinned_uplinks(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .link_pins()
+            .iter()
+            .filter_map(|name| {
                 name.strip_prefix("uplink-in-")
                     .or_else(|| name.strip_prefix("uplink-out-"))
                     .map(str::to_owned)
@@ -234,17 +242,10 @@ impl Datapath {
         names
     }
 
-    /// Container veths with a pinned `from_container` link (TCX).
+    /// Container veths with a pinned `from_container` link.
     pub fn pinned_container_links(&self) -> Vec<String> {
-        let Some(dir) = &self.pin_dir else {
-            return Vec::new();
-        };
-        let Ok(entries) = std::fs::read_dir(dir.join("links")) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
+        self.link_pins()
+            .into_iter()
             .filter(|n| !n.starts_with("uplink-") && !programs::SOCK_HOOKS.contains(&n.as_str()))
             .collect()
     }

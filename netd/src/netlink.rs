@@ -87,20 +87,23 @@ impl Netlink {
             .ok_or_else(|| anyhow!("no interface named {name}"))
     }
 
-    pub async fn link_name(&self, index: u32) -> Result<String> {
+    /// The attributes of link `index`.
+    async fn link_attributes(&self, index: u32) -> Result<Vec<LinkAttribute>> {
         let mut links = self.handle.link().get().match_index(index).execute();
         let link = links
             .try_next()
             .await?
             .ok_or_else(|| anyhow!("no link {index}"))?;
-        link.attributes
+        Ok(link.attributes)
+    }
+
+    pub async fn link_name(&self, index: u32) -> Result<String> {
+        self.link_attributes(index)
+            .await?
             .into_iter()
-            .find_map(|a| {
-                if let LinkAttribute::IfName(name) = a {
-                    Some(name)
-                } else {
-                    None
-                }
+            .find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name),
+                _ => None,
             })
             .ok_or_else(|| anyhow!("link {index} has no name"))
     }
@@ -139,28 +142,8 @@ impl Netlink {
         }
     }
 
-    pub async fn link_mtu(&self, index: u32) -> Result<u32> {
-        let mut links = self.handle.link().get().match_index(index).execute();
-        let link = links
-            .try_next()
-            .await?
-            .ok_or_else(|| anyhow!("no link {index}"))?;
-        link.attributes
-            .into_iter()
-            .find_map(|a| match a {
-                LinkAttribute::Mtu(mtu) => Some(mtu),
-                _ => None,
-            })
-            .ok_or_else(|| anyhow!("link {index} has no MTU"))
-    }
-
     pub async fn link_mac(&self, index: u32) -> Result<[u8; 6]> {
-        let mut links = self.handle.link().get().match_index(index).execute();
-        let link = links
-            .try_next()
-            .await?
-            .ok_or_else(|| anyhow!("no link {index}"))?;
-        for attr in link.attributes {
+        for attr in self.link_attributes(index).await? {
             if let LinkAttribute::Address(mac) = attr {
                 return mac
                     .try_into()

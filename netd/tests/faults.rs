@@ -243,6 +243,17 @@ fn objects_deleted_behind_netds_back_are_repaired_or_released() {
     }
 }
 
+/// Container `web` on the default network with port 8080 published to an
+/// echo server, and a connection through it that answered once.
+fn published_web(h: &DaemonHost) -> (EchoServer, std::net::TcpStream) {
+    let web = h.name("web");
+    h.ok(&["container", "create", &web, "-p", "8080:80"]);
+    let server = EchoServer::tcp_stream_echo(&h.ctr("web"), addr("172.17.0.2:80")).unwrap();
+    let mut conn = probe::tcp_connect(&h.outside, addr(&format!("{HOST_IP}:8080"))).unwrap();
+    probe::echo_roundtrip(&mut conn, b"before").unwrap();
+    (server, conn)
+}
+
 /// The request that dies at `point`, and what must hold after the restart.
 fn interrupted_request(h: &DaemonHost, point: &str, i: usize) -> Vec<String> {
     let c = h.name(&format!("c{i}"));
@@ -460,11 +471,7 @@ fn an_unreadable_state_file_stops_the_daemon_and_changes_nothing() {
     for (variant, flags) in VARIANTS {
         println!("== {variant}");
         let mut h = DaemonHost::start(NETD, flags);
-        let web = h.name("web");
-        h.ok(&["container", "create", &web, "-p", "8080:80"]);
-        let _server = EchoServer::tcp_stream_echo(&h.ctr("web"), addr("172.17.0.2:80")).unwrap();
-        let mut kept = probe::tcp_connect(&h.outside, addr(&format!("{HOST_IP}:8080"))).unwrap();
-        probe::echo_roundtrip(&mut kept, b"before").unwrap();
+        let (_server, mut kept) = published_web(&h);
         h.kill_daemon(libc::SIGTERM);
         let good = std::fs::read(h.state_file()).unwrap();
         std::fs::write(h.state_file(), b"{\"networks\": [truncated").unwrap();
@@ -657,11 +664,7 @@ fn pins_removed_behind_netds_back_are_restored_by_repair() {
     for (variant, flags) in &VARIANTS[..2] {
         println!("== {variant}");
         let h = DaemonHost::start(NETD, flags);
-        let web = h.name("web");
-        h.ok(&["container", "create", &web, "-p", "8080:80"]);
-        let _server = EchoServer::tcp_stream_echo(&h.ctr("web"), addr("172.17.0.2:80")).unwrap();
-        let mut kept = probe::tcp_connect(&h.outside, addr(&format!("{HOST_IP}:8080"))).unwrap();
-        probe::echo_roundtrip(&mut kept, b"before").unwrap();
+        let (_server, mut kept) = published_web(&h);
         std::fs::remove_dir_all(h.bpffs()).unwrap();
         let repairs = h.json(&["repair"])["repairs"].to_string();
         assert!(

@@ -65,27 +65,32 @@ impl DaemonHost {
         PathBuf::from(format!("/sys/fs/bpf/netd-test-{}", self.id))
     }
 
+    /// `netd … daemon …` arguments: this host's socket, state and pins, the
+    /// flags given at start, then `extra`.
+    fn daemon_command(&self, extra: &[&str]) -> Vec<String> {
+        let path = |p: PathBuf| p.to_string_lossy().into_owned();
+        let mut args = vec![
+            "--socket".to_owned(),
+            path(self.socket()),
+            "daemon".to_owned(),
+            "--state-dir".to_owned(),
+            path(self.dir.join("state")),
+            "--bpffs".to_owned(),
+            path(self.bpffs()),
+        ];
+        args.extend(self.daemon_args.iter().cloned());
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args
+    }
+
     /// Runs `netd daemon` expecting it to refuse to start: its exit status
     /// (None if it was still running after 20 s, then killed) and stderr.
     pub fn daemon_refusal(&self) -> (Option<std::process::ExitStatus>, String) {
         use std::io::Read as _;
-        let socket = self.socket();
-        let state = self.dir.join("state");
-        let bpffs = self.bpffs();
-        let args = [
-            "--socket",
-            socket.to_str().unwrap(),
-            "daemon",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--bpffs",
-            bpffs.to_str().unwrap(),
-        ];
         let mut child = self
             .host
             .command(&self.netd)
-            .args(args)
-            .args(&self.daemon_args)
+            .args(self.daemon_command(&[]))
             .stdin(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -146,19 +151,8 @@ impl DaemonHost {
     /// environment (e.g. `NETD_FAULT_POINT`).
     pub fn spawn_daemon_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         let socket = self.socket();
-        let state = self.dir.join("state");
-        let bpffs = self.bpffs();
-        let args = [
-            "--socket",
-            socket.to_str().unwrap(),
-            "daemon",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--bpffs",
-            bpffs.to_str().unwrap(),
-        ];
-        let fixed: Vec<&str> = self.daemon_args.iter().map(String::as_str).collect();
-        let args: Vec<&str> = args.iter().chain(&fixed).chain(extra).copied().collect();
+        let args = self.daemon_command(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let log = self.daemon_log.as_ref().map(|path| {
             std::fs::OpenOptions::new()
                 .create(true)
