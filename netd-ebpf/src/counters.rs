@@ -52,15 +52,15 @@ fn report_drop(ctx: &TcContext, reason: DropReason) {
         ifindex,
         ..DropEvent::default()
     };
-    if let Ok(ip) = ctx.load::<[u8; 20]>(14) {
-        if ip[0] >> 4 == 4 {
-            event.proto = ip[9];
-            event.src = [ip[12], ip[13], ip[14], ip[15]];
-            event.dst = [ip[16], ip[17], ip[18], ip[19]];
-            if let Ok(ports) = ctx.load::<[u8; 4]>(14 + usize::from(ip[0] & 0x0f) * 4) {
-                event.src_port = [ports[0], ports[1]];
-                event.dst_port = [ports[2], ports[3]];
-            }
+    if let Ok(ip) = ctx.load::<[u8; 20]>(14)
+        && ip[0] >> 4 == 4
+    {
+        event.proto = ip[9];
+        event.src = [ip[12], ip[13], ip[14], ip[15]];
+        event.dst = [ip[16], ip[17], ip[18], ip[19]];
+        if let Ok(ports) = ctx.load::<[u8; 4]>(14 + usize::from(ip[0] & 0x0f) * 4) {
+            event.src_port = [ports[0], ports[1]];
+            event.dst_port = [ports[2], ports[3]];
         }
     }
     let _ = DROP_EVENTS.output(&event, 0);

@@ -3,6 +3,9 @@
 //! between hooks. See docs/datapath.md for the packet walk of every path.
 #![no_std]
 #![no_main]
+// aya's #[classifier] and #[cgroup_sock_addr] generate the exported
+// `extern "C"` entry points that take the context pointer; they are not ours.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 mod checksum;
 mod conntrack;
@@ -48,7 +51,7 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 pub fn to_uplink(ctx: TcContext) -> i32 {
     // Translated and counted already by the fast path that sent it here.
     if forward::take_fastpath_mark(&ctx) {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     verdict(&ctx, to_uplink_inner(&ctx))
 }
@@ -96,7 +99,7 @@ fn verdict(ctx: &TcContext, result: Result<Forward, DropReason>) -> i32 {
     match result {
         Ok(Forward::Pass(class)) => {
             counters::count_traffic(class, ctx.len());
-            TC_ACT_OK as i32
+            TC_ACT_OK
         }
         Ok(Forward::Redirect(class, action)) => {
             counters::count_traffic(class, ctx.len());
@@ -104,7 +107,7 @@ fn verdict(ctx: &TcContext, result: Result<Forward, DropReason>) -> i32 {
         }
         Err(reason) => {
             counters::count_drop(ctx, reason);
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
 }
@@ -125,22 +128,22 @@ fn from_container_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
         Packet::Ipv4(ip) => {
             let endpoint = policy::check_source(ip.src, src_mac, ifindex)?;
             let class = traffic_class(&ip);
-            if policy::is_local(ip.dst) {
-                if let Some(key) = ip.tuple() {
-                    return hairpin(ctx, &ip, &key, endpoint.network_flags, class);
-                }
+            if policy::is_local(ip.dst)
+                && let Some(key) = ip.tuple()
+            {
+                return hairpin(ctx, &ip, &key, endpoint.network_flags, class);
             }
             policy::check_from_container(endpoint, ip.dst)?;
-            if policy::network_of(ip.dst).is_none() {
-                if let Some(route) = forward::route_to_uplink(ctx, &ip, ifindex) {
-                    egress_nat(ctx, &ip, route.ifindex)?;
-                    if let Some(action) = forward::send_to_uplink(ctx, &ip, &route) {
-                        return Ok(Forward::Redirect(class, action));
-                    }
-                    // Translated already: the slow path would see a local
-                    // source address and drop it, so do it here, counted.
-                    return Err(DropReason::RewriteFailed);
+            if policy::network_of(ip.dst).is_none()
+                && let Some(route) = forward::route_to_uplink(ctx, &ip, ifindex)
+            {
+                egress_nat(ctx, &ip, route.ifindex)?;
+                if let Some(action) = forward::send_to_uplink(ctx, &ip, &route) {
+                    return Ok(Forward::Redirect(class, action));
                 }
+                // Translated already: the slow path would see a local
+                // source address and drop it, so do it here, counted.
+                return Err(DropReason::RewriteFailed);
             }
             Ok(Forward::Pass(class))
         }
@@ -214,15 +217,16 @@ fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
             translate(ctx, &ip, &key, &xlat)?;
             return Ok(into_container(ctx, &ip, xlat.dst, class));
         }
-        if policy::is_local(ip.dst) && opens_connection(&key, ip.tcp_flags()) {
-            if let Some(backend) = nat::published_backend(ip.dst, key.dst_port, key.proto) {
-                if ip.fragment {
-                    return Err(DropReason::FragmentNeedsNat);
-                }
-                let xlat = nat::dnat_create(&key, &backend)?;
-                nat::rewrite(ctx, &ip, &key, &xlat)?;
-                return Ok(into_container(ctx, &ip, xlat.dst, class));
+        if policy::is_local(ip.dst)
+            && opens_connection(&key, ip.tcp_flags())
+            && let Some(backend) = nat::published_backend(ip.dst, key.dst_port, key.proto)
+        {
+            if ip.fragment {
+                return Err(DropReason::FragmentNeedsNat);
             }
+            let xlat = nat::dnat_create(&key, &backend)?;
+            nat::rewrite(ctx, &ip, &key, &xlat)?;
+            return Ok(into_container(ctx, &ip, xlat.dst, class));
         }
     } else if nat::translate_icmp_error(ctx, &ip)? {
         return Ok(pass);

@@ -28,7 +28,7 @@ commands:
                  6.12 kernels booted under QEMU: check, daemon, ports, masquerade, restart
   test           run every test (BPF unit tests through BPF_PROG_TEST_RUN, namespace
                  integration tests), the kernel matrix, then rustfmt and clippy checks
-  lint           rustfmt and clippy checks only
+  lint           rustfmt and clippy checks only (netd-ebpf included)
 ";
 
 fn main() -> ExitCode {
@@ -107,6 +107,17 @@ fn kernel_matrix() -> Result<()> {
 
 fn lint() -> Result<()> {
     cargo(&["fmt", "--all", "--check"])?;
+    // The BPF crate builds only for its own target, with core from source.
+    let mut bpf = Command::new("cargo");
+    bpf.arg(format!("+{}", setup::PINNED_TOOLCHAIN))
+        .args(["clippy", "--release", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+        .current_dir(workspace_root().join("netd-ebpf"))
+        .env("RUSTC_BOOTSTRAP", "1");
+    for var in ["RUSTUP_TOOLCHAIN", "CARGO", "RUSTC", "RUSTDOC"] {
+        bpf.env_remove(var);
+    }
+    run_command(&mut bpf)?;
     cargo(&[
         "clippy",
         "--workspace",
