@@ -4,6 +4,8 @@
 //! because the same bytes are read on both sides of a BPF map.
 #![no_std]
 
+use bytemuck::{Pod, Zeroable};
+
 /// Names of the maps, as declared in `netd-ebpf` and looked up by user space.
 pub mod maps {
     pub const TRAFFIC_COUNTERS: &str = "TRAFFIC_COUNTERS";
@@ -156,7 +158,7 @@ counted_enum! {
 
 /// Packets and bytes seen (one slot per CPU in a per-CPU array).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct PacketCounter {
     pub packets: u64,
     pub bytes: u64,
@@ -172,7 +174,7 @@ impl PacketCounter {
 /// One dropped packet, for `netd monitor`. The tuple is read best-effort
 /// (zero where the packet had no such header).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct DropEvent {
     pub reason: u32,
     pub ifindex: u32,
@@ -190,7 +192,7 @@ pub type Port = [u8; 2];
 
 /// Process-wide settings (one-slot array).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Config {
     /// Address masquerade uses when a network names no host IP of its own
     /// and the egress interface is not in `UPLINKS` (a fallback: the first
@@ -212,7 +214,7 @@ pub struct Config {
 /// Value of `UPLINKS` (key: ifindex): an interface to the outside, kept
 /// current by the daemon from rtnetlink events.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct UplinkInfo {
     /// Its primary IPv4 address: what masquerade makes the source of
     /// container packets leaving by it (as iptables' MASQUERADE does).
@@ -233,7 +235,7 @@ pub const NETNS_PROBE_PORT: u16 = 0x4e44;
 /// Key of `SOCK_REVNAT`: a socket (by cookie) and the backend its traffic was
 /// redirected to, so replies can show the address the program asked for.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct SockRevKey {
     pub cookie: u64,
     pub ip: Ipv4,
@@ -243,7 +245,7 @@ pub struct SockRevKey {
 
 /// The address a socket originally asked for.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct SockRevValue {
     pub ip: Ipv4,
     pub port: Port,
@@ -257,7 +259,7 @@ pub const NET_MASQUERADE: u32 = 1 << 2;
 
 /// Key of the `NETWORKS` LPM trie: the network's subnet.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct NetworkInfo {
     pub id: u32,
     pub flags: u32,
@@ -272,7 +274,7 @@ pub struct NetworkInfo {
 
 /// A container's interface on one network, keyed by its address.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Endpoint {
     /// Host side of the container's veth.
     pub ifindex: u32,
@@ -286,7 +288,7 @@ pub struct Endpoint {
 
 /// Key of `PUBLISHED_PORTS`. `host_ip` all zero = published on every address.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct PortKey {
     pub host_ip: Ipv4,
     pub port: Port,
@@ -295,7 +297,7 @@ pub struct PortKey {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Backend {
     pub ip: Ipv4,
     pub port: Port,
@@ -305,7 +307,7 @@ pub struct Backend {
 /// A packet's 5-tuple as it appears on the wire. ICMP echo uses the
 /// identifier as both ports.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct CtKey {
     pub src: Ipv4,
     pub dst: Ipv4,
@@ -357,7 +359,7 @@ pub mod timeouts {
 /// its packets are rewritten to (`xlat`; equal to the key when no NAT).
 /// The other entry's key is always `xlat.reversed()`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct CtEntry {
     pub xlat: CtKey,
     pub expires_ns: u64,
@@ -365,19 +367,52 @@ pub struct CtEntry {
     pub _pad: u32,
 }
 
+/// Every map type's exact size: the BPF programs and user space must agree
+/// byte for byte (bytemuck's derive above has already refused padding).
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<PacketCounter>() == 16);
+    assert!(size_of::<DropEvent>() == 24);
+    assert!(size_of::<Config>() == 24);
+    assert!(size_of::<UplinkInfo>() == 8);
+    assert!(size_of::<SockRevKey>() == 16);
+    assert!(size_of::<SockRevValue>() == 8);
+    assert!(size_of::<NetworkInfo>() == 24);
+    assert!(size_of::<Endpoint>() == 20);
+    assert!(size_of::<PortKey>() == 8);
+    assert!(size_of::<Backend>() == 8);
+    assert!(size_of::<CtKey>() == 16);
+    assert!(size_of::<CtEntry>() == 32);
+};
+
+/// aya's own `Pod` marker for the map types, granted only to types that
+/// are `bytemuck::Pod` (no padding, any bit pattern valid).
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: #[repr(C)] integers and byte arrays, padding explicit.
-    unsafe impl aya::Pod for super::PacketCounter {}
-    unsafe impl aya::Pod for super::Config {}
-    unsafe impl aya::Pod for super::NetworkInfo {}
-    unsafe impl aya::Pod for super::Endpoint {}
-    unsafe impl aya::Pod for super::PortKey {}
-    unsafe impl aya::Pod for super::Backend {}
-    unsafe impl aya::Pod for super::CtKey {}
-    unsafe impl aya::Pod for super::CtEntry {}
-    unsafe impl aya::Pod for super::SockRevKey {}
-    unsafe impl aya::Pod for super::DropEvent {}
-    unsafe impl aya::Pod for super::SockRevValue {}
-    unsafe impl aya::Pod for super::UplinkInfo {}
+    macro_rules! aya_pod {
+        ($($t:ty),* $(,)?) => {$(
+            const _: () = {
+                const fn is_bytemuck_pod<T: bytemuck::Pod>() {}
+                is_bytemuck_pod::<$t>()
+            };
+            // SAFETY: bytemuck::Pod (checked just above) is a stronger
+            // promise than aya::Pod asks for.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+    use super::*;
+    aya_pod!(
+        PacketCounter,
+        Config,
+        NetworkInfo,
+        Endpoint,
+        PortKey,
+        Backend,
+        CtKey,
+        CtEntry,
+        SockRevKey,
+        DropEvent,
+        SockRevValue,
+        UplinkInfo,
+    );
 }
