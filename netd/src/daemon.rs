@@ -174,7 +174,7 @@ pub async fn run(opts: Options) -> Result<()> {
 
 fn check_privileges() -> Result<()> {
     // SAFETY: plain syscall.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         bail!(
             "netd daemon needs root: CAP_NET_ADMIN (links, addresses), CAP_BPF and CAP_SYS_ADMIN (BPF programs, cgroup hooks, namespaces)"
         );
@@ -1545,10 +1545,16 @@ fn new_veth_name() -> String {
 }
 
 fn random_u64() -> u64 {
+    // The kernel's random source; names only need to differ, not be secret.
     let mut buf = [0u8; 8];
-    // SAFETY: valid buffer; getrandom never fails for 8 bytes on Linux.
-    unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    u64::from_ne_bytes(buf)
+    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut urandom, &mut buf);
+    }
+    u64::from_ne_bytes(buf) ^ u64::from(std::process::id()) ^ monotonic_nanos()
+}
+
+fn monotonic_nanos() -> u64 {
+    crate::bpf::monotonic_ns()
 }
 
 fn format_mac(mac: [u8; 6]) -> String {

@@ -3,7 +3,7 @@
 use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr},
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsFd as _, RawFd},
     path::{Path, PathBuf},
 };
 
@@ -57,7 +57,7 @@ impl Netlink {
             s.spawn(|| {
                 // The socket registers with the runtime's reactor.
                 let _runtime = runtime.enter();
-                setns(file.as_raw_fd())?;
+                setns(file.as_fd())?;
                 rtnetlink::new_connection().context("opening rtnetlink")
             })
             .join()
@@ -407,12 +407,8 @@ impl Netlink {
     }
 }
 
-fn setns(fd: RawFd) -> Result<()> {
-    // SAFETY: plain syscall on the calling thread.
-    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("setns");
-    }
-    Ok(())
+fn setns(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")
 }
 
 pub fn netns_path(name: &str) -> PathBuf {
@@ -427,10 +423,9 @@ pub fn create_netns(name: &str) -> Result<()> {
     }
     std::thread::scope(|s| {
         s.spawn(|| -> Result<()> {
-            // SAFETY: only this short-lived thread changes namespace.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
-            }
+            // Only this short-lived thread changes namespace.
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .context("unshare(CLONE_NEWNET)")?;
             bind_netns(name, "/proc/thread-self/ns/net")
         })
         .join()
@@ -459,20 +454,14 @@ fn bind_netns(name: &str, source: &str) -> Result<()> {
                 path.display()
             )
         })?;
-    let src = std::ffi::CString::new(source)?;
-    let dst = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: valid C strings; a bind mount of a namespace file.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
+    let mounted = nix::mount::mount(
+        Some(source),
+        &path,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    );
+    if let Err(err) = mounted {
         let _ = std::fs::remove_file(&path);
         return Err(err).context("bind-mounting the namespace");
     }
@@ -486,7 +475,7 @@ pub fn sysctl_in(path: &Path, key: &str, value: &str) -> Result<()> {
     let proc_path = Path::new("/proc/sys").join(key.replace('.', "/"));
     std::thread::scope(|s| {
         s.spawn(|| -> Result<()> {
-            setns(file.as_raw_fd())?;
+            setns(file.as_fd())?;
             std::fs::write(&proc_path, value).with_context(|| format!("setting {key}"))
         })
         .join()
@@ -496,9 +485,8 @@ pub fn sysctl_in(path: &Path, key: &str, value: &str) -> Result<()> {
 
 pub fn delete_netns(name: &str) -> Result<()> {
     let path = netns_path(name);
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: valid C string.
-    unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) };
+    // Not mounted (or gone) is fine: the file goes either way.
+    let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
     match std::fs::remove_file(&path) {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
             Err(err).context("removing netns file")
