@@ -304,7 +304,7 @@ impl Datapath {
                 if pin.as_ref().is_some_and(|p| !p.exists()) {
                     delete_clsact_filter(iface, direction)?;
                 }
-                self.attach_tcx(program, iface, direction, pin_name)
+                self.attach_tcx(program, iface, direction, pin)
             }
             TcAttachMode::Clsact => {
                 if let Some(pin) = pin.filter(|p| p.exists()) {
@@ -324,12 +324,8 @@ impl Datapath {
         program: &str,
         iface: &str,
         direction: TcAttachType,
-        pin_name: &str,
+        pin: Option<PathBuf>,
     ) -> Result<Option<SchedClassifierLinkId>> {
-        let pin = self
-            .pin_dir
-            .as_ref()
-            .map(|d| d.join("links").join(pin_name));
         let prog = self.classifier(program)?;
         let context = || format!("attaching {program} to {iface} (tcx)");
         if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
