@@ -1,39 +1,78 @@
-//! The CLI ↔ daemon protocol: one JSON request per line, one JSON reply.
+//! The typed API of netd's engine, and its socket protocol: one JSON
+//! [`Request`] per line, one JSON [`Response`] back. Every front-end (the
+//! CLI socket, the Docker and CNI plugins) speaks these types; no untyped
+//! JSON crosses the engine's boundary.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::state::{Attachment, Container, Network, NetworkMode, PublishedPort};
 
 /// Requests larger than this are refused (and the connection closed).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub const DEFAULT_SOCKET: &str = "/run/netd/netd.sock";
 
-/// `netd network create` options (also its command line); unset ones take
-/// Docker's defaults.
-#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
+/// `netd network create` options; unset ones take Docker's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetworkSpec {
     pub name: String,
     /// Subnet in CIDR form (default: next free Docker pool).
-    #[arg(long)]
+    #[serde(default)]
     pub subnet: Option<String>,
     /// Gateway address (default: the subnet's first address).
-    #[arg(long)]
+    #[serde(default)]
     pub gateway: Option<String>,
     /// No traffic to or from outside the network.
-    #[arg(long)]
+    #[serde(default)]
     pub internal: bool,
     /// Inter-container communication on this network.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[serde(default = "yes")]
     pub icc: bool,
     /// Masquerade outbound traffic behind the host's address.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[serde(default = "yes")]
     pub masquerade: bool,
     /// Source address for this network's masquerade.
-    #[arg(long)]
+    #[serde(default)]
     pub host_ip: Option<String>,
-    #[arg(long)]
+    #[serde(default)]
     pub mtu: Option<u32>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+fn yes() -> bool {
+    true
+}
+
+impl NetworkSpec {
+    /// A network with Docker's defaults.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            subnet: None,
+            gateway: None,
+            internal: false,
+            icc: true,
+            masquerade: true,
+            host_ip: None,
+            mtu: None,
+        }
+    }
+}
+
+/// `netd container create` options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub name: String,
+    /// A network name, `host` or `none`.
+    pub network: String,
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// `-p` specs: `[HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/PROTO]`.
+    #[serde(default)]
+    pub publish: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
     NetworkCreate(NetworkSpec),
@@ -53,12 +92,7 @@ pub enum Request {
     NetworkRm {
         name: String,
     },
-    ContainerCreate {
-        name: String,
-        network: String,
-        ip: Option<String>,
-        publish: Vec<String>,
-    },
+    ContainerCreate(ContainerSpec),
     ContainerRm {
         name: String,
     },
@@ -86,7 +120,7 @@ impl Request {
             Self::NetworkConnect { .. } => "network_connect",
             Self::NetworkDisconnect { .. } => "network_disconnect",
             Self::NetworkRm { .. } => "network_rm",
-            Self::ContainerCreate { .. } => "container_create",
+            Self::ContainerCreate(_) => "container_create",
             Self::ContainerRm { .. } => "container_rm",
             Self::ContainerLs => "container_ls",
             Self::ContainerInspect { .. } => "container_inspect",
@@ -106,7 +140,7 @@ impl Request {
                 | Self::NetworkConnect { .. }
                 | Self::NetworkDisconnect { .. }
                 | Self::NetworkRm { .. }
-                | Self::ContainerCreate { .. }
+                | Self::ContainerCreate(_)
                 | Self::ContainerRm { .. }
                 | Self::Repair
                 | Self::Down
@@ -114,21 +148,180 @@ impl Request {
     }
 }
 
+/// A container on a network, as `network inspect` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkMember {
+    pub name: String,
+    pub ip: std::net::Ipv4Addr,
+    pub mac: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkDetails {
+    #[serde(flatten)]
+    pub network: Network,
+    pub containers: Vec<NetworkMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerCreated {
+    #[serde(flatten)]
+    pub container: Container,
+    /// How long the datapath took to install this container's ports (the
+    /// benchmark's control-plane figure).
+    pub publish_us: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    pub removed: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disconnected {
+    pub disconnected: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairReport {
+    pub repairs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopped {
+    pub down: bool,
+}
+
+/// `netd status`: the datapath's own view, then the engine's counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    #[serde(flatten)]
+    pub datapath: DatapathStatus,
+    pub networks: usize,
+    pub containers: usize,
+    pub published_ports: usize,
+    /// What the last reconciliation (start or `netd repair`) changed.
+    pub repairs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "datapath", rename_all = "lowercase")]
+pub enum DatapathStatus {
+    Ebpf(Box<EbpfStatus>),
+    Iptables(IptablesStatus),
+    /// The engine's test driver: enforces nothing.
+    Noop {},
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EbpfStatus {
+    /// What the kernel offers and what netd chose.
+    pub kernel: crate::features::Features,
+    pub uplinks: Vec<String>,
+    pub programs: Programs,
+    pub maps: BTreeMap<String, MapUse>,
+    /// Packets and bytes per traffic class.
+    pub traffic: BTreeMap<String, Traffic>,
+    /// Drops per reason (reasons with none left out).
+    pub drops: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Programs {
+    /// `tcx` or `clsact`.
+    pub attach: crate::features::TcAttachMode,
+    pub tc: Vec<String>,
+    pub cgroup: Vec<String>,
+    pub container_links: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapUse {
+    pub entries: usize,
+    pub capacity: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IptablesStatus {
+    /// netd's rules per table.
+    pub rules: BTreeMap<String, usize>,
+    pub ports: usize,
+}
+
+/// One direction of a tracked connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackRow {
+    pub proto: String,
+    pub src: String,
+    pub dst: String,
+    pub translated_src: String,
+    pub translated_dst: String,
+    pub direction: String,
+    pub nat: String,
+    pub expires_in_s: i64,
+}
+
+/// One line of `netd monitor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MonitorEvent {
+    Drop(DropRecord),
+    /// The monitor fell behind and skipped this many events.
+    Lost {
+        lost_events: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropRecord {
+    pub reason: String,
+    pub interface: String,
+    pub proto: u8,
+    pub src: String,
+    pub dst: String,
+}
+
+/// What the engine answers, one variant per request kind.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Network(Network),
+    Networks(Vec<Network>),
+    NetworkDetails(NetworkDetails),
+    Attachment(Attachment),
+    Disconnected(Disconnected),
+    ContainerCreated(ContainerCreated),
+    Container(Container),
+    Containers(Vec<Container>),
+    Removed(Removed),
+    Status(Box<Status>),
+    Repair(RepairReport),
+    Conntrack(Vec<ConntrackRow>),
+    Stopped(Stopped),
+}
+
+/// The wire envelope: `{"ok":true,"data":…}` or `{"ok":false,"error":…}`.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Response {
+pub struct Response<T> {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(default)]
-    pub data: serde_json::Value,
+    #[serde(default = "Option::default")]
+    pub data: Option<T>,
 }
 
-impl Response {
-    pub fn ok(data: serde_json::Value) -> Self {
+impl<T> Response<T> {
+    pub fn ok(data: T) -> Self {
         Self {
             ok: true,
             error: None,
-            data,
+            data: Some(data),
         }
     }
 
@@ -136,7 +329,10 @@ impl Response {
         Self {
             ok: false,
             error: Some(message.into()),
-            data: serde_json::Value::Null,
+            data: None,
         }
     }
 }
+
+/// The monitor's first line, before any event: the stream is live.
+pub const MONITOR_HELLO: &str = "monitoring drops";

@@ -35,6 +35,27 @@ pub struct MapFill {
     pub capacity: u32,
 }
 
+/// The datapath's drop events as they are written (one reader).
+pub struct DropEvents {
+    ring: tokio::io::unix::AsyncFd<RingBuf<MapData>>,
+}
+
+impl DropEvents {
+    /// Waits for events, then returns every one waiting; `None` once the
+    /// ring can no longer be polled.
+    pub async fn next_batch(&mut self) -> Option<Vec<netd_common::DropEvent>> {
+        let mut guard = self.ring.readable_mut().await.ok()?;
+        let mut batch = Vec::new();
+        while let Some(item) = guard.get_inner_mut().next() {
+            if let Some(bytes) = item.get(..std::mem::size_of::<netd_common::DropEvent>()) {
+                batch.push(bytemuck::pod_read_unaligned(bytes));
+            }
+        }
+        guard.clear_ready();
+        Some(batch)
+    }
+}
+
 /// A loaded copy of netd's BPF programs and maps.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -730,12 +751,16 @@ impl Datapath {
     }
 
     /// The drop-event ring buffer, for one reader (the daemon's monitor).
-    pub fn take_drop_events(&mut self) -> Result<RingBuf<MapData>> {
+    pub fn take_drop_events(&mut self) -> Result<DropEvents> {
         let map = self
             .ebpf
             .take_map(maps::DROP_EVENTS)
             .ok_or_else(|| anyhow!("DROP_EVENTS already taken"))?;
-        RingBuf::try_from(map).context("DROP_EVENTS is not a ring buffer")
+        let ring = RingBuf::try_from(map).context("DROP_EVENTS is not a ring buffer")?;
+        // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd lives.
+        let ring =
+            unsafe { tokio::io::unix::AsyncFd::register(ring) }.context("polling DROP_EVENTS")?;
+        Ok(DropEvents { ring })
     }
 
     /// Entries in use / capacity for each user-filled map and conntrack.

@@ -22,7 +22,7 @@ use aya::{
     sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported},
     util::KernelVersion,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Which mechanisms the daemon may use (`netd daemon --kernel-features`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -36,7 +36,7 @@ pub enum KernelFeatures {
 }
 
 /// How TC programs are attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TcAttachMode {
     /// bpf_link based, ordered, pinnable (6.6+).
@@ -47,7 +47,7 @@ pub enum TcAttachMode {
 }
 
 /// How the fast path keeps oversized packets on the kernel's path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MtuCheck {
     /// `bpf_check_mtu` (5.12+): exact, GSO packets checked per segment.
@@ -59,7 +59,7 @@ pub enum MtuCheck {
 
 /// How the daemon learns its network namespace's cookie (the socket hooks
 /// act only on sockets of that namespace).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NetnsCookieSource {
     /// getsockopt(SO_NETNS_COOKIE) (5.14+).
@@ -69,14 +69,14 @@ pub enum NetnsCookieSource {
 }
 
 /// One choice and the reason for it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Choice<T> {
     pub uses: T,
     pub why: String,
 }
 
 /// The probe results and what netd chose.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Features {
     pub kernel: String,
     pub tc_attach: Choice<TcAttachMode>,

@@ -5,9 +5,13 @@
 pub mod api;
 pub mod bpf;
 pub mod cidr;
+pub mod client;
 pub mod daemon;
 pub mod driver;
+pub mod engine;
 pub mod features;
+pub mod frontend;
+pub mod host;
 pub mod ipam;
 pub mod metrics;
 pub mod netlink;

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netd::daemon::FAULT_POINTS;
+use netd::engine::FAULT_POINTS;
 use netd_testbed::{
     daemon_host::{DaemonHost, HOST_IP, OUTSIDE_IP},
     probe::{self, EchoServer},

@@ -3,7 +3,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::Ipv4Addr,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result};
@@ -11,11 +11,11 @@ use netd_common::{
     Backend, Config, CtKey, Endpoint, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NetworkInfo, PortKey,
     UplinkInfo, programs,
 };
-use serde_json::json;
 
 use super::{ConntrackRow, DatapathMetrics, FirewallDriver, HostInfo};
 use crate::{
-    bpf::{Datapath, monotonic_ns},
+    api::{DatapathStatus, EbpfStatus, MapUse, Programs, Traffic},
+    bpf::{Datapath, DropEvents, monotonic_ns},
     features::{Features, TcAttachMode},
     state::{Attachment, Network, PublishedPort},
 };
@@ -31,6 +31,8 @@ pub struct EbpfDriver {
     netns_cookie: u64,
     /// Host-side veths with `from_container` attached.
     endpoints: HashSet<String>,
+    /// Where the maps and links are pinned.
+    bpffs: PathBuf,
 }
 
 impl EbpfDriver {
@@ -57,6 +59,7 @@ impl EbpfDriver {
             uplinks: HashMap::new(),
             netns_cookie,
             endpoints: HashSet::new(),
+            bpffs: bpffs.to_owned(),
         };
         // One uplink that cannot be attached is reported, not fatal.
         if let Err(err) = driver.host_changed(host) {
@@ -385,9 +388,9 @@ impl FirewallDriver for EbpfDriver {
                     translated_src,
                     translated_dst,
                     direction: if entry.flags & netd_common::CT_REPLY != 0 {
-                        "reply"
+                        "reply".into()
                     } else {
-                        "original"
+                        "original".into()
                     },
                     nat: nat.join("+"),
                     expires_in_s: (entry.expires_ns as i64 - now) / 1_000_000_000,
@@ -420,11 +423,12 @@ impl FirewallDriver for EbpfDriver {
         for name in self.uplinks.keys().cloned().collect::<Vec<_>>() {
             self.datapath.detach_uplink(&name)?;
         }
-        Ok(())
+        // Unpinning detaches the uplink and socket hooks; maps go with the daemon.
+        Datapath::remove_pins(&self.bpffs)
     }
 
     fn metrics(&self) -> Result<DatapathMetrics> {
-        let mut conntrack: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+        let mut conntrack: BTreeMap<(String, String), u64> = BTreeMap::new();
         for row in self.conntrack()? {
             *conntrack.entry((row.proto, row.direction)).or_default() += 1;
         }
@@ -446,48 +450,60 @@ impl FirewallDriver for EbpfDriver {
         })
     }
 
-    fn take_drop_events(&mut self) -> Result<Option<aya::maps::RingBuf<aya::maps::MapData>>> {
+    fn take_drop_events(&mut self) -> Result<Option<DropEvents>> {
         self.datapath.take_drop_events().map(Some)
     }
 
-    fn status(&self) -> Result<serde_json::Value> {
-        let traffic: serde_json::Map<String, serde_json::Value> = self
+    fn status(&self) -> Result<DatapathStatus> {
+        let traffic = self
             .datapath
             .traffic_counters()?
             .into_iter()
             .map(|(class, c)| {
-                (
-                    class.label().to_owned(),
-                    json!({"packets": c.packets, "bytes": c.bytes}),
-                )
+                let traffic = Traffic {
+                    packets: c.packets,
+                    bytes: c.bytes,
+                };
+                (class.label().to_owned(), traffic)
             })
             .collect();
-        let drops: serde_json::Map<String, serde_json::Value> = self
+        let drops = self
             .datapath
             .drop_counters()?
             .into_iter()
             .filter(|(_, n)| *n > 0)
-            .map(|(reason, n)| (reason.label().to_owned(), json!(n)))
+            .map(|(reason, n)| (reason.label().to_owned(), n))
             .collect();
-        Ok(json!({
-            "datapath": "ebpf",
-            "kernel": self.features,
-            "uplinks": self.uplinks.keys().collect::<std::collections::BTreeSet<_>>(),
-            "programs": {
-                "attach": self.datapath.tc_mode(),
-                "tc": programs::CLASSIFIERS,
-                "cgroup": programs::SOCK_HOOKS,
-                "container_links": self.endpoints.len(),
+        let maps = self
+            .datapath
+            .fill_levels()
+            .context("reading map fill levels")?
+            .into_iter()
+            .map(|m| {
+                let used = MapUse {
+                    entries: m.entries,
+                    capacity: m.capacity,
+                };
+                (m.name.to_owned(), used)
+            })
+            .collect();
+        let mut uplinks: Vec<String> = self.uplinks.keys().cloned().collect();
+        uplinks.sort();
+        Ok(DatapathStatus::Ebpf(Box::new(EbpfStatus {
+            kernel: self.features.clone(),
+            uplinks,
+            programs: Programs {
+                attach: self.datapath.tc_mode(),
+                tc: programs::CLASSIFIERS
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect(),
+                cgroup: programs::SOCK_HOOKS.iter().map(|p| p.to_string()).collect(),
+                container_links: self.endpoints.len(),
             },
-            "maps": self
-                .datapath
-                .fill_levels()
-                .context("reading map fill levels")?
-                .into_iter()
-                .map(|m| (m.name.to_owned(), json!({"entries": m.entries, "capacity": m.capacity})))
-                .collect::<serde_json::Map<String, serde_json::Value>>(),
-            "traffic": traffic,
-            "drops": drops,
-        }))
+            maps,
+            traffic,
+            drops,
+        })))
     }
 }

@@ -12,10 +12,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::json;
 
 use super::{ConntrackRow, FirewallDriver, HostInfo};
-use crate::state::{Attachment, Network, PublishedPort};
+use crate::{
+    api::{DatapathStatus, IptablesStatus},
+    state::{Attachment, Network, PublishedPort},
+};
 
 /// Jumps from the built-in chains into netd's: (table, chain, rule).
 const JUMPS: &[(&str, &str, &str)] = &[
@@ -398,18 +400,23 @@ impl FirewallDriver for IptablesDriver {
         Ok(0) // the kernel's conntrack expires its own entries
     }
 
-    fn status(&self) -> Result<serde_json::Value> {
-        let mut rules = serde_json::Map::new();
-        for (table, chains) in CHAINS {
-            let out = Command::new("iptables-save").args(["-t", table]).output()?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let count = text
-                .lines()
-                .filter(|l| chains.iter().any(|c| l.starts_with(&format!("-A {c} "))))
-                .count();
-            rules.insert((*table).to_owned(), json!(count));
+    fn status(&self) -> Result<DatapathStatus> {
+        // The rule set applied last, counted per table (reconciliation puts
+        // back any that were removed behind netd's back).
+        let mut rules: BTreeMap<String, usize> = BTreeMap::new();
+        let mut table = String::new();
+        for line in self.render().lines() {
+            if let Some(name) = line.strip_prefix('*') {
+                table = name.to_owned();
+                rules.entry(table.clone()).or_default();
+            } else if line.starts_with("-A ") {
+                *rules.entry(table.clone()).or_default() += 1;
+            }
         }
-        Ok(json!({"datapath": "iptables", "rules": rules, "ports": self.ports.len()}))
+        Ok(DatapathStatus::Iptables(IptablesStatus {
+            rules,
+            ports: self.ports.len(),
+        }))
     }
 
     fn remove_all(&mut self) -> Result<()> {
@@ -494,7 +501,7 @@ fn parse_conntrack_line(line: &str) -> Option<ConntrackRow> {
         dst,
         translated_src: reply_dst,
         translated_dst: reply_src,
-        direction: "original",
+        direction: "original".into(),
         nat: nat.join("+"),
         expires_in_s: expires,
     })

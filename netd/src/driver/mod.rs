@@ -4,16 +4,21 @@
 
 mod ebpf;
 mod iptables;
+mod noop;
 
 pub use ebpf::EbpfDriver;
 pub use iptables::IptablesDriver;
+pub use noop::NoopDriver;
 
 use std::net::Ipv4Addr;
 
+pub use crate::api::ConntrackRow;
+use crate::{
+    api::DatapathStatus,
+    bpf::DropEvents,
+    state::{Attachment, Network, PublishedPort},
+};
 use anyhow::Result;
-use serde::Serialize;
-
-use crate::state::{Attachment, Network, PublishedPort};
 
 /// Whether bridged (same-network) traffic passes through iptables
 /// (br_netfilter). Docker's icc=false needs it; the eBPF datapath does not
@@ -56,22 +61,10 @@ pub struct DatapathMetrics {
     pub drops: Vec<(&'static str, u64)>,
     pub maps: Vec<crate::bpf::MapFill>,
     /// (protocol, direction, entries)
-    pub conntrack: Vec<(String, &'static str, u64)>,
+    pub conntrack: Vec<(String, String, u64)>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct ConntrackRow {
-    pub proto: String,
-    pub src: String,
-    pub dst: String,
-    pub translated_src: String,
-    pub translated_dst: String,
-    pub direction: &'static str,
-    pub nat: String,
-    pub expires_in_s: i64,
-}
-
-pub trait FirewallDriver: Send {
+pub trait FirewallDriver: Send + Sync {
     fn name(&self) -> &'static str;
     fn add_network(&mut self, net: &Network, bridge_mac: [u8; 6]) -> Result<()>;
     fn remove_network(&mut self, net: &Network) -> Result<()>;
@@ -107,7 +100,7 @@ pub trait FirewallDriver: Send {
     fn conntrack(&self) -> Result<Vec<ConntrackRow>>;
     /// Removes expired connections; returns how many entries went.
     fn gc(&mut self) -> Result<usize>;
-    fn status(&self) -> Result<serde_json::Value>;
+    fn status(&self) -> Result<DatapathStatus>;
     /// Counters and sizes for `/metrics` (none where the kernel keeps them).
     fn metrics(&self) -> Result<DatapathMetrics> {
         Ok(DatapathMetrics::default())
@@ -122,7 +115,7 @@ pub trait FirewallDriver: Send {
         Vec::new()
     }
     /// Where drop events come from, if this driver reports them.
-    fn take_drop_events(&mut self) -> Result<Option<aya::maps::RingBuf<aya::maps::MapData>>> {
+    fn take_drop_events(&mut self) -> Result<Option<DropEvents>> {
         Ok(None)
     }
 }

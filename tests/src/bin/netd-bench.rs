@@ -8,10 +8,10 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::{fd::AsRawFd, unix::net::UnixStream},
-    path::{Path, PathBuf},
+    os::fd::AsRawFd,
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -20,8 +20,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
-use netd::api::Request;
+use anyhow::{Context as _, Result};
+use netd::{api::ContainerSpec, client::Client};
 use netd_testbed::{
     Netns, Testbed,
     daemon_host::{DaemonHost, HOST_IP},
@@ -292,24 +292,20 @@ fn daemon_target(
 fn control_plane(h: &mut DaemonHost, datapath: &str, samples: usize) -> Result<Value> {
     let mut publish_us = Vec::new();
     let mut request_ms = Vec::new();
-    let already = api(&h.socket(), &Request::Status)?["published_ports"]
-        .as_u64()
-        .unwrap_or(0);
+    let client = Client::new(h.socket()).with_timeout(Duration::from_secs(120));
+    let already = client.status()?.published_ports;
     for k in 0..samples {
         let name = h.name(&format!("extra{k}"));
         let started = Instant::now();
-        let created = api(
-            &h.socket(),
-            &Request::ContainerCreate {
-                name: name.clone(),
-                network: "bridge".into(),
-                ip: None,
-                publish: vec![format!("{}:80", 40000 + k)],
-            },
-        )?;
+        let created = client.container_create(ContainerSpec {
+            name: name.clone(),
+            network: "bridge".into(),
+            ip: None,
+            publish: vec![format!("{}:80", 40000 + k)],
+        })?;
         request_ms.push(started.elapsed().as_secs_f64() * 1e3);
-        publish_us.push(created["publish_us"].as_f64().context("no publish_us")?);
-        api(&h.socket(), &Request::ContainerRm { name })?;
+        publish_us.push(created.publish_us);
+        client.container_rm(&name)?;
     }
     let mut restart_ms = Vec::new();
     for _ in 0..samples.min(3) {
@@ -339,23 +335,6 @@ fn control_plane(h: &mut DaemonHost, datapath: &str, samples: usize) -> Result<V
         "bpf_map_memlock_bytes": map_memlock(pid)?,
         "iptables_rules": rules,
     }))
-}
-
-/// One request to the daemon's socket (JSON line in, JSON line out).
-fn api(socket: &Path, request: &Request) -> Result<Value> {
-    let mut stream = UnixStream::connect(socket)
-        .with_context(|| format!("connecting to {}", socket.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    stream.write_all(line.as_bytes())?;
-    let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply)?;
-    let reply: Value = serde_json::from_str(&reply)?;
-    if reply["ok"] != json!(true) {
-        bail!("daemon refused {request:?}: {}", reply["error"]);
-    }
-    Ok(reply["data"].clone())
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {

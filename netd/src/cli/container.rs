@@ -1,0 +1,81 @@
+//! `netd container …`
+
+use anyhow::Result;
+use clap::Subcommand;
+use netd::{api::ContainerSpec, client::Client};
+
+use super::output::{Format, print_json, print_rows};
+
+#[derive(Subcommand)]
+pub enum ContainerCommand {
+    /// Create a container namespace NAME (enter it with `ip netns exec NAME`).
+    Create {
+        name: String,
+        /// A network name, `host` or `none`.
+        #[arg(long, default_value = "bridge")]
+        network: String,
+        #[arg(long)]
+        ip: Option<String>,
+        /// Publish: [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|/udp]
+        #[arg(short = 'p', long = "publish")]
+        publish: Vec<String>,
+    },
+    /// Remove a container and its namespace.
+    Rm { name: String },
+    /// List containers.
+    Ls {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Show one container (JSON: addresses, MACs, networks, published ports).
+    Inspect { name: String },
+}
+
+pub fn run(client: &Client, command: ContainerCommand) -> Result<()> {
+    match command {
+        ContainerCommand::Create {
+            name,
+            network,
+            ip,
+            publish,
+        } => {
+            let created = client.container_create(ContainerSpec {
+                name,
+                network,
+                ip,
+                publish,
+            })?;
+            println!("{}", created.container.name);
+        }
+        ContainerCommand::Rm { name } => println!("{}", client.container_rm(&name)?.removed),
+        ContainerCommand::Ls { format } => {
+            let containers = client.container_ls()?;
+            let headers = ["name", "mode", "addresses", "ports"];
+            print_rows(format, &containers, &headers, |c| {
+                let addresses: Vec<String> = c
+                    .attachments
+                    .iter()
+                    .map(|a| format!("{}={}", a.network, a.ip))
+                    .collect();
+                let ports: Vec<String> = c
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}:{}->{}/{}",
+                            p.host_ip, p.host_port, p.container_port, p.proto
+                        )
+                    })
+                    .collect();
+                vec![
+                    c.name.clone(),
+                    c.mode.to_string(),
+                    addresses.join(","),
+                    ports.join(","),
+                ]
+            })?;
+        }
+        ContainerCommand::Inspect { name } => print_json(&client.container_inspect(&name)?)?,
+    }
+    Ok(())
+}

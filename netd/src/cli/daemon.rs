@@ -1,0 +1,88 @@
+//! `netd daemon`: its flags and its logging.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::ValueEnum;
+use netd::{daemon, features::KernelFeatures};
+
+#[derive(clap::Args)]
+pub struct DaemonArgs {
+    /// An interface to the outside (repeat for several). Default: every
+    /// interface that is not loopback, a bridge or a bridge port, kept
+    /// current as interfaces come and go.
+    #[arg(long = "uplink")]
+    uplinks: Vec<String>,
+    /// Which datapath makes the packet decisions.
+    #[arg(long, value_enum, default_value = "ebpf")]
+    datapath: daemon::DatapathKind,
+    #[arg(long, default_value = "/var/lib/netd")]
+    state_dir: PathBuf,
+    /// Group (numeric gid) allowed to use the socket besides root.
+    #[arg(long)]
+    socket_group: Option<u32>,
+    /// Remove everything netd created when the daemon stops.
+    #[arg(long)]
+    cleanup: bool,
+    /// bpffs directory where maps and links are pinned (they keep the
+    /// datapath running while the daemon is stopped or restarting).
+    #[arg(long, default_value = "/sys/fs/bpf/netd")]
+    bpffs: PathBuf,
+    /// Kernel mechanisms the eBPF datapath may use: `auto` (the best
+    /// this kernel has) or `legacy` (only Linux 5.10's: clsact filters
+    /// instead of TCX, a length check instead of bpf_check_mtu).
+    #[arg(long, value_enum, default_value = "auto")]
+    kernel_features: KernelFeatures,
+    /// More log detail: -v debug, -vv trace (RUST_LOG overrides).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Log lines as text or as JSON objects (for log shippers).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<()> {
+    init_logging(args.verbose, args.log_format);
+    let opts = daemon::Options {
+        uplinks: args.uplinks,
+        datapath: args.datapath,
+        state_dir: args.state_dir,
+        socket,
+        socket_group: args.socket_group,
+        cleanup: args.cleanup,
+        bpffs: args.bpffs,
+        kernel_features: args.kernel_features,
+        metrics: args.metrics,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(daemon::run(opts))
+}
+
+/// Structured logs on stderr: level from RUST_LOG, else from -v.
+fn init_logging(verbose: u8, format: LogFormat) {
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("netd={level}")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

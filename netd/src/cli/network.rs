@@ -1,0 +1,118 @@
+//! `netd network …`
+
+use anyhow::Result;
+use clap::Subcommand;
+use netd::{api::NetworkSpec, client::Client};
+
+use super::output::{Format, print_json, print_rows};
+
+#[derive(Subcommand)]
+pub enum NetworkCommand {
+    /// Create a bridge network.
+    Create(CreateArgs),
+    /// List networks.
+    Ls {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Show one network (JSON).
+    Inspect { name: String },
+    /// Remove a network (refused while containers are attached).
+    Rm { name: String },
+    /// Connect a container to one more network (a new ethN inside it).
+    Connect {
+        network: String,
+        container: String,
+        #[arg(long)]
+        ip: Option<String>,
+    },
+    /// Disconnect a container from a network (ports published to that
+    /// address go with it).
+    Disconnect { network: String, container: String },
+}
+
+/// `netd network create` options; unset ones take Docker's defaults.
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    name: String,
+    /// Subnet in CIDR form (default: next free Docker pool).
+    #[arg(long)]
+    subnet: Option<String>,
+    /// Gateway address (default: the subnet's first address).
+    #[arg(long)]
+    gateway: Option<String>,
+    /// No traffic to or from outside the network.
+    #[arg(long)]
+    internal: bool,
+    /// Inter-container communication on this network.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    icc: bool,
+    /// Masquerade outbound traffic behind the host's address.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    masquerade: bool,
+    /// Source address for this network's masquerade.
+    #[arg(long)]
+    host_ip: Option<String>,
+    #[arg(long)]
+    mtu: Option<u32>,
+}
+
+impl From<CreateArgs> for NetworkSpec {
+    fn from(args: CreateArgs) -> Self {
+        Self {
+            name: args.name,
+            subnet: args.subnet,
+            gateway: args.gateway,
+            internal: args.internal,
+            icc: args.icc,
+            masquerade: args.masquerade,
+            host_ip: args.host_ip,
+            mtu: args.mtu,
+        }
+    }
+}
+
+pub fn run(client: &Client, command: NetworkCommand) -> Result<()> {
+    match command {
+        NetworkCommand::Create(args) => {
+            println!("{}", client.network_create(args.into())?.name);
+        }
+        NetworkCommand::Ls { format } => {
+            let networks = client.network_ls()?;
+            let headers = [
+                "name",
+                "subnet",
+                "gateway",
+                "bridge",
+                "internal",
+                "icc",
+                "masquerade",
+            ];
+            print_rows(format, &networks, &headers, |n| {
+                vec![
+                    n.name.clone(),
+                    n.subnet.to_string(),
+                    n.gateway.to_string(),
+                    n.bridge.clone(),
+                    n.internal.to_string(),
+                    n.icc.to_string(),
+                    n.masquerade.to_string(),
+                ]
+            })?;
+        }
+        NetworkCommand::Inspect { name } => print_json(&client.network_inspect(&name)?)?,
+        NetworkCommand::Rm { name } => println!("{}", client.network_rm(&name)?.removed),
+        NetworkCommand::Connect {
+            network,
+            container,
+            ip,
+        } => println!("{}", client.network_connect(&network, &container, ip)?.ip),
+        NetworkCommand::Disconnect { network, container } => println!(
+            "{}",
+            client
+                .network_disconnect(&network, &container)?
+                .disconnected
+        ),
+    }
+    Ok(())
+}

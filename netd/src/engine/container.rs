@@ -1,0 +1,351 @@
+//! Containers: create (namespace, veths, endpoints, ports), connect to and
+//! disconnect from networks, remove. Every create records its intent first
+//! and rolls back on failure.
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+
+use super::{Engine, check_name, fault_point, format_mac, new_veth_name};
+use crate::{
+    api::{ContainerCreated, ContainerSpec},
+    host::{Host, VethPlan},
+    portspec::PortSpec,
+    state::{Attachment, Container, Network, NetworkMode, Pending, PublishedPort},
+};
+
+impl<H: Host> Engine<H> {
+    pub async fn container_create(&mut self, spec: &ContainerSpec) -> Result<ContainerCreated> {
+        let name = spec.name.as_str();
+        check_name("container", name)?;
+        if self.state.containers.contains_key(name) {
+            bail!("a container named {name:?} already exists");
+        }
+        if self.host.netns_exists(name) {
+            bail!("a network namespace named {name:?} already exists on this host");
+        }
+        let specs = spec
+            .publish
+            .iter()
+            .map(|p| PortSpec::parse(p))
+            .collect::<Result<Vec<_>>>()?;
+        let mode = match spec.network.as_str() {
+            "host" => NetworkMode::Host,
+            "none" => NetworkMode::None,
+            _ => NetworkMode::Bridge,
+        };
+        if mode != NetworkMode::Bridge && (!specs.is_empty() || spec.ip.is_some()) {
+            bail!(
+                "--network {} takes neither -p nor --ip (the container has no address of its own)",
+                spec.network
+            );
+        }
+        // Intent first: the name, the namespace and every veth are recorded
+        // before they exist, so a crash from here on is rolled back at start.
+        let host_veth = new_veth_name();
+        self.state.containers.insert(
+            name.to_owned(),
+            Container {
+                name: name.to_owned(),
+                mode: mode.clone(),
+                attachments: Vec::new(),
+                ports: Vec::new(),
+                pending: Some(Pending::Creating),
+                pending_links: vec![host_veth.clone()],
+            },
+        );
+        self.save()?;
+        fault_point("container-create:intent");
+        let result = self
+            .container_create_inner(spec, mode, &specs, &host_veth)
+            .await;
+        match result {
+            Ok((container, publish_time)) => {
+                self.state
+                    .containers
+                    .insert(name.to_owned(), container.clone());
+                self.save()?;
+                Ok(ContainerCreated {
+                    container,
+                    publish_us: publish_time.as_secs_f64() * 1e6,
+                })
+            }
+            Err(err) => {
+                let partial = self.state.containers.get(name).cloned();
+                if let Some(partial) = partial {
+                    self.remove_container_objects(&partial).await;
+                }
+                self.state.containers.remove(name);
+                self.save()?;
+                Err(err)
+            }
+        }
+    }
+
+    async fn container_create_inner(
+        &mut self,
+        spec: &ContainerSpec,
+        mode: NetworkMode,
+        specs: &[PortSpec],
+        host_veth: &str,
+    ) -> Result<(Container, Duration)> {
+        let name = spec.name.as_str();
+        let mut container = Container {
+            name: name.to_owned(),
+            mode: mode.clone(),
+            attachments: Vec::new(),
+            ports: Vec::new(),
+            pending: None,
+            pending_links: Vec::new(),
+        };
+        if mode == NetworkMode::Host {
+            self.host.name_current_netns(name)?;
+            return Ok((container, Duration::ZERO));
+        }
+        // Validate everything before touching the kernel.
+        let net = if mode == NetworkMode::Bridge {
+            Some(self.network(&spec.network)?.clone())
+        } else {
+            None
+        };
+        let address = match &net {
+            Some(net) => Some(self.pick_address(net, spec.ip.as_deref())?),
+            None => None,
+        };
+        if let (Some(net), Some(address)) = (&net, address) {
+            if net.internal && !specs.is_empty() {
+                bail!(
+                    "network {:?} is internal: its containers cannot publish ports",
+                    net.name
+                );
+            }
+            container.ports = self.resolve_ports(specs, address)?;
+        }
+
+        self.host.create_netns(name).await?;
+        let (Some(net), Some(address)) = (net, address) else {
+            return Ok((container, Duration::ZERO));
+        };
+
+        let attachment = self
+            .wire(name, &net, address, "eth0", host_veth, true)
+            .await?;
+        // From here the rollback must also undo the endpoint and the ports.
+        if let Some(c) = self.state.containers.get_mut(name) {
+            c.attachments.push(attachment.clone());
+            c.ports = container.ports.clone();
+        }
+        let started = Instant::now();
+        self.driver.publish(&container.ports)?;
+        let publish_time = started.elapsed();
+        fault_point("container-create:published");
+        container.attachments.push(attachment);
+        Ok((container, publish_time))
+    }
+
+    /// Undoes a container in the driver and the kernel, whatever is left of
+    /// it: ports, endpoints, veths (made or only planned), the namespace.
+    /// Each step is done already when its object is gone; the errors of the
+    /// others are returned, after every step was tried.
+    pub(super) async fn remove_container_objects(&mut self, container: &Container) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Err(err) = self.driver.unpublish(&container.ports) {
+            errors.push(format!("{err:#}"));
+        }
+        fault_point("container-rm:unpublished");
+        for att in &container.attachments {
+            if let Err(err) = self.driver.remove_endpoint(att) {
+                errors.push(format!("{err:#}"));
+            }
+        }
+        let links = container
+            .attachments
+            .iter()
+            .map(|a| &a.host_veth)
+            .chain(&container.pending_links);
+        for link in links {
+            if let Err(err) = self.host.delete_link(link).await {
+                errors.push(format!("{err:#}"));
+            }
+        }
+        if let Err(err) = self.host.delete_netns(&container.name) {
+            errors.push(format!("{err:#}"));
+        }
+        errors
+    }
+
+    /// Records in the container's intent a veth about to be created.
+    pub(super) fn plan_link(&mut self, name: &str, link: &str) -> Result<()> {
+        if let Some(c) = self.state.containers.get_mut(name) {
+            c.pending_links.push(link.to_owned());
+        }
+        self.save()
+    }
+
+    /// A veth `host_veth` from `net`'s bridge into container `name` as
+    /// `ifname`, with `address`, registered with the driver. The caller has
+    /// recorded `host_veth` in the container's intent; on failure, deleting
+    /// it removes the peer too.
+    pub(super) async fn wire(
+        &mut self,
+        name: &str,
+        net: &Network,
+        address: Ipv4Addr,
+        ifname: &str,
+        host_veth: &str,
+        default_route: bool,
+    ) -> Result<Attachment> {
+        let netns = self.host.netns_path(name);
+        // Docker's scheme: the MAC follows from the address, so a container
+        // that comes back on the same IP has the same MAC and no neighbour
+        // holds a stale one.
+        let [a, b, c, d] = address.octets();
+        let mac = [0x02, 0x42, a, b, c, d];
+        let host_index = self
+            .host
+            .create_veth(&VethPlan {
+                netns: &netns,
+                bridge: &net.bridge,
+                host_veth,
+                ifname,
+                address,
+                prefix_len: net.subnet.prefix_len,
+                mac,
+                mtu: net.mtu,
+            })
+            .await?;
+        let attachment = Attachment {
+            network: net.name.clone(),
+            ip: address,
+            mac: format_mac(mac),
+            ifname: ifname.to_owned(),
+            host_veth: host_veth.to_owned(),
+        };
+        self.driver
+            .add_endpoint(net, &attachment, host_index, mac)?;
+        fault_point("container-create:endpoint");
+        // Up last: its gratuitous ARP (arp_notify) must find the host side
+        // bridged and the datapath ready, or neighbours keep a stale MAC.
+        let gateway = default_route.then_some(net.gateway);
+        if let Err(err) = self.host.finish_veth(&netns, ifname, gateway).await {
+            // The caller deletes the veth; the endpoint is ours to undo.
+            let _ = self.driver.remove_endpoint(&attachment);
+            return Err(err);
+        }
+        Ok(attachment)
+    }
+
+    /// `netd network connect NET CONTAINER`: one more interface (ethN).
+    pub async fn network_connect(
+        &mut self,
+        network: &str,
+        name: &str,
+        ip: Option<&str>,
+    ) -> Result<Attachment> {
+        let container = self.container(name)?.clone();
+        if container.mode != NetworkMode::Bridge {
+            bail!(
+                "container {name:?} uses --network {:?}: it cannot join other networks",
+                container.mode
+            );
+        }
+        if container.attachments.iter().any(|a| a.network == network) {
+            bail!("container {name:?} is already connected to network {network:?}");
+        }
+        let net = self.network(network)?.clone();
+        let address = self.pick_address(&net, ip)?;
+        let ifname = (0..)
+            .map(|i| format!("eth{i}"))
+            .find(|n| !container.attachments.iter().any(|a| &a.ifname == n))
+            .expect("an unused ethN exists");
+        let default_route = container.attachments.is_empty();
+        let host_veth = new_veth_name();
+        self.plan_link(name, &host_veth)?;
+        fault_point("network-connect:planned");
+        let result = self
+            .wire(name, &net, address, &ifname, &host_veth, default_route)
+            .await;
+        let entry = self.state.containers.get_mut(name).expect("checked above");
+        entry.pending_links.retain(|l| l != &host_veth);
+        match result {
+            Ok(attachment) => {
+                fault_point("network-connect:wired");
+                entry.attachments.push(attachment.clone());
+                self.save()?;
+                Ok(attachment)
+            }
+            Err(err) => {
+                // A driver that failed half-way in add_endpoint keeps nothing.
+                let partial = Attachment {
+                    network: net.name.clone(),
+                    ip: address,
+                    mac: String::new(),
+                    ifname,
+                    host_veth: host_veth.clone(),
+                };
+                let _ = self.driver.remove_endpoint(&partial);
+                let _ = self.host.delete_link(&host_veth).await;
+                self.save()?;
+                Err(err)
+            }
+        }
+    }
+
+    /// `netd network disconnect NET CONTAINER`: the interface goes, and with
+    /// it the ports published to that address.
+    pub async fn network_disconnect(&mut self, network: &str, name: &str) -> Result<()> {
+        let container = self.container(name)?.clone();
+        let Some(att) = container
+            .attachments
+            .iter()
+            .find(|a| a.network == network)
+            .cloned()
+        else {
+            bail!("container {name:?} is not connected to network {network:?}");
+        };
+        let (gone, kept): (Vec<PublishedPort>, Vec<PublishedPort>) = container
+            .ports
+            .iter()
+            .cloned()
+            .partition(|p| p.container_ip == att.ip);
+        self.driver.unpublish(&gone)?;
+        self.driver.remove_endpoint(&att)?;
+        self.host.delete_link(&att.host_veth).await?;
+        let remaining: Vec<Attachment> = container
+            .attachments
+            .iter()
+            .filter(|a| a.network != network)
+            .cloned()
+            .collect();
+        // The default route went with the interface: move it to the next network.
+        if let Some(next) = remaining.first() {
+            let gateway = self.network(&next.network)?.gateway;
+            let netns = self.host.netns_path(name);
+            let _ = self.host.set_default_route(&netns, gateway).await;
+        }
+        let entry = self.state.containers.get_mut(name).expect("checked above");
+        entry.attachments = remaining;
+        entry.ports = kept;
+        self.save()
+    }
+
+    pub async fn container_rm(&mut self, name: &str) -> Result<()> {
+        let container = self.container(name)?.clone();
+        // Marked first: whatever fails below, the next `rm`, `netd repair`,
+        // start or `down` finishes the job.
+        if let Some(c) = self.state.containers.get_mut(name) {
+            c.pending = Some(Pending::Removing);
+        }
+        self.save()?;
+        fault_point("container-rm:marked");
+        let errors = self.remove_container_objects(&container).await;
+        if !errors.is_empty() {
+            bail!("removing container {name:?}: {}", errors.join("; "));
+        }
+        self.state.containers.remove(name);
+        self.save()
+    }
+}

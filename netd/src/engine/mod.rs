@@ -1,0 +1,296 @@
+//! The engine: networks, containers, addresses and ports, with rollback on
+//! failure and reconciliation at start. It owns the [`State`], calls the
+//! firewall driver and the host layer, and answers typed requests; the
+//! front-ends (the CLI socket, the Docker and CNI plugins) translate into
+//! its calls. One request at a time (the daemon holds it behind a lock),
+//! so address and port allocation is consistent.
+
+mod container;
+mod network;
+mod ports;
+mod reconcile;
+#[cfg(test)]
+mod tests;
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::{Result, anyhow, bail};
+
+use crate::{
+    api::{NetworkDetails, NetworkMember, Reply, Request, Status},
+    driver::{FirewallDriver, HostInfo},
+    host::Host,
+    metrics::Metrics,
+    state::{Container, Network, State},
+};
+
+pub const DEFAULT_NETWORK: &str = "bridge";
+const DEFAULT_BRIDGE: &str = "netd0";
+
+pub struct Engine<H: Host> {
+    state: State,
+    state_dir: PathBuf,
+    host: H,
+    driver: Box<dyn FirewallDriver>,
+    metrics: Arc<Metrics>,
+    /// `--uplink` names; empty: every interface that is not a bridge, a
+    /// bridge port, loopback or netd's own.
+    uplink_names: Vec<String>,
+    /// The host as the driver was last told it.
+    host_info: HostInfo,
+    /// What the last reconciliation (start or `netd repair`) changed.
+    repairs: Vec<String>,
+}
+
+impl<H: Host> Engine<H> {
+    /// An engine over `state` (saved in `state_dir`), not yet reconciled:
+    /// call [`Engine::start`] before serving requests.
+    pub fn new(
+        state: State,
+        state_dir: PathBuf,
+        host: H,
+        driver: Box<dyn FirewallDriver>,
+        metrics: Arc<Metrics>,
+        uplink_names: Vec<String>,
+        host_info: HostInfo,
+    ) -> Self {
+        Self {
+            state,
+            state_dir,
+            host,
+            driver,
+            metrics,
+            uplink_names,
+            host_info,
+            repairs: Vec::new(),
+        }
+    }
+
+    /// Reconciles the saved state with the kernel and makes the default
+    /// network if there is none; returns what was repaired.
+    pub async fn start(&mut self) -> Result<Vec<String>> {
+        let repairs = self.reconcile().await.map_err(|err| {
+            err.context("reconciling saved networks and containers with the kernel")
+        })?;
+        if !self.state.networks.contains_key(DEFAULT_NETWORK) {
+            self.network_create(crate::api::NetworkSpec::named(DEFAULT_NETWORK))
+                .await
+                .map_err(|err| err.context("creating the default network"))?;
+        }
+        Ok(repairs)
+    }
+
+    pub fn driver_name(&self) -> &'static str {
+        self.driver.name()
+    }
+
+    pub fn host_info(&self) -> &HostInfo {
+        &self.host_info
+    }
+
+    pub fn driver_mut(&mut self) -> &mut dyn FirewallDriver {
+        self.driver.as_mut()
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// One socket request (every request but `monitor`, which streams).
+    pub async fn handle(&mut self, request: Request) -> Result<Reply> {
+        Ok(match request {
+            Request::NetworkCreate(spec) => Reply::Network(self.network_create(spec).await?),
+            Request::NetworkLs => Reply::Networks(self.state.live_networks().cloned().collect()),
+            Request::NetworkInspect { name } => Reply::NetworkDetails(self.network_inspect(&name)?),
+            Request::NetworkRm { name } => {
+                self.network_rm(&name).await?;
+                Reply::Removed(crate::api::Removed { removed: name })
+            }
+            Request::ContainerCreate(spec) => {
+                Reply::ContainerCreated(self.container_create(&spec).await?)
+            }
+            Request::NetworkConnect {
+                network,
+                container,
+                ip,
+            } => Reply::Attachment(
+                self.network_connect(&network, &container, ip.as_deref())
+                    .await?,
+            ),
+            Request::NetworkDisconnect { network, container } => {
+                self.network_disconnect(&network, &container).await?;
+                Reply::Disconnected(crate::api::Disconnected {
+                    disconnected: container,
+                })
+            }
+            Request::ContainerRm { name } => {
+                self.container_rm(&name).await?;
+                Reply::Removed(crate::api::Removed { removed: name })
+            }
+            Request::ContainerLs => {
+                Reply::Containers(self.state.live_containers().cloned().collect())
+            }
+            Request::ContainerInspect { name } => Reply::Container(self.container(&name)?.clone()),
+            Request::Status => Reply::Status(Box::new(self.status()?)),
+            Request::Repair => Reply::Repair(crate::api::RepairReport {
+                repairs: self.reconcile().await?,
+            }),
+            Request::ConntrackLs => Reply::Conntrack(self.driver.conntrack()?),
+            Request::Down => {
+                self.teardown().await?;
+                Reply::Stopped(crate::api::Stopped { down: true })
+            }
+            Request::Monitor => bail!("monitor streams; it is served by the connection handler"),
+        })
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        Ok(Status {
+            datapath: self.driver.status()?,
+            networks: self.state.networks.len(),
+            containers: self.state.containers.len(),
+            published_ports: self.state.published().count(),
+            repairs: self.repairs.clone(),
+        })
+    }
+
+    pub fn network_inspect(&self, name: &str) -> Result<NetworkDetails> {
+        let network = self.network(name)?.clone();
+        let containers = self
+            .state
+            .containers
+            .values()
+            .flat_map(|c| {
+                c.attachments
+                    .iter()
+                    .filter(|a| a.network == name)
+                    .map(move |a| NetworkMember {
+                        name: c.name.clone(),
+                        ip: a.ip,
+                        mac: a.mac.clone(),
+                    })
+            })
+            .collect();
+        Ok(NetworkDetails {
+            network,
+            containers,
+        })
+    }
+
+    /// Removes connections that expired; counted in the metrics.
+    pub fn gc(&mut self) {
+        match self.driver.gc() {
+            Ok(removed) => self.metrics.gc_run(removed),
+            Err(err) => tracing::warn!(err = format!("{err:#}"), "conntrack GC"),
+        }
+    }
+
+    /// The Prometheus text for `/metrics`, the datapath read now.
+    pub fn render_metrics(&self) -> String {
+        let datapath = self.driver.metrics().unwrap_or_else(|err| {
+            tracing::warn!(err = format!("{err:#}"), "reading datapath metrics");
+            Default::default()
+        });
+        self.metrics
+            .render(&datapath, self.state.published().count())
+    }
+
+    /// A network to use (never one being created or removed).
+    fn network(&self, name: &str) -> Result<&Network> {
+        self.state
+            .networks
+            .get(name)
+            .filter(|n| n.pending.is_none())
+            .ok_or_else(|| anyhow!("no network named {name:?} (see `netd network ls`)"))
+    }
+
+    fn container(&self, name: &str) -> Result<&Container> {
+        self.state
+            .containers
+            .get(name)
+            .ok_or_else(|| anyhow!("no container named {name:?} (see `netd container ls`)"))
+    }
+
+    fn save(&self) -> Result<()> {
+        self.state.save(&self.state_dir)
+    }
+}
+
+fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    if !ok {
+        bail!(
+            "invalid {what} name {name:?}: use 1-64 letters, digits, '_', '.', '-', starting with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
+/// Named points inside mutating requests where the fault tests stop the
+/// daemon dead (`NETD_FAULT_POINT=name`): abort() leaves everything exactly
+/// as kill -9 would at that step. Unset, this is one comparison.
+pub const FAULT_POINTS: &[&str] = &[
+    "network-create:intent",
+    "network-create:bridge",
+    "network-create:driver",
+    "network-rm:marked",
+    "container-create:intent",
+    "container-create:netns",
+    "container-create:veth",
+    "container-create:endpoint",
+    "container-create:published",
+    "container-rm:marked",
+    "container-rm:unpublished",
+    "network-connect:planned",
+    "network-connect:wired",
+];
+
+pub(crate) fn fault_point(name: &str) {
+    static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let wanted = WANTED.get_or_init(|| std::env::var("NETD_FAULT_POINT").ok());
+    if wanted.as_deref() == Some(name) {
+        tracing::error!(point = name, "stopping dead at a fault point");
+        std::process::abort();
+    }
+}
+
+fn random_u64() -> u64 {
+    // The kernel's random source; names only need to differ, not be secret.
+    let mut buf = [0u8; 8];
+    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut urandom, &mut buf);
+    }
+    u64::from_ne_bytes(buf) ^ u64::from(std::process::id()) ^ crate::bpf::monotonic_ns()
+}
+
+/// A fresh name for a container veth's host side (Docker's scheme).
+fn new_veth_name() -> String {
+    format!("veth{:07x}", random_u64() & 0xfff_ffff)
+}
+
+fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        bail!("bad MAC {s}");
+    }
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        *byte = u8::from_str_radix(part, 16)?;
+    }
+    Ok(mac)
+}

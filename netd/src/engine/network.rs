@@ -1,0 +1,171 @@
+//! Networks: create (subnet and gateway chosen or checked), remove.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Result, anyhow, bail};
+
+use super::{DEFAULT_BRIDGE, DEFAULT_NETWORK, Engine, check_name, fault_point, random_u64};
+use crate::{
+    api::NetworkSpec,
+    cidr::Cidr,
+    host::Host,
+    ipam,
+    state::{Network, Pending},
+};
+
+impl<H: Host> Engine<H> {
+    pub async fn network_create(&mut self, spec: NetworkSpec) -> Result<Network> {
+        let net = self.plan_network(&spec).await?;
+        // Intent first: a crash from here on is rolled back at start.
+        self.state.networks.insert(
+            net.name.clone(),
+            Network {
+                pending: Some(Pending::Creating),
+                ..net.clone()
+            },
+        );
+        self.save()?;
+        fault_point("network-create:intent");
+        let result = async {
+            let mac = self
+                .host
+                .create_bridge(&net.bridge, net.mtu, net.gateway, net.subnet.prefix_len)
+                .await?;
+            self.driver.add_network(&net, mac)?;
+            fault_point("network-create:driver");
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(err) = result {
+            self.remove_network_objects(&net).await;
+            self.state.networks.remove(&net.name);
+            self.save()?;
+            return Err(err);
+        }
+        self.state.next_network_id = net.id + 1;
+        self.state.networks.insert(net.name.clone(), net.clone());
+        self.save()?;
+        Ok(net)
+    }
+
+    /// Checks `spec` and fills in what it leaves to netd; touches nothing.
+    async fn plan_network(&self, spec: &NetworkSpec) -> Result<Network> {
+        check_name("network", &spec.name)?;
+        if self.state.networks.contains_key(&spec.name) {
+            bail!("a network named {:?} already exists", spec.name);
+        }
+        if matches!(spec.name.as_str(), "host" | "none") {
+            bail!(
+                "{:?} is a reserved network mode, not a network name",
+                spec.name
+            );
+        }
+        let named: Vec<(String, Cidr)> = self
+            .state
+            .networks
+            .values()
+            .map(|n| (n.name.clone(), n.subnet))
+            .collect();
+        let subnet = match &spec.subnet {
+            Some(s) => {
+                let subnet: Cidr = s.parse()?;
+                ipam::check_subnet_free(&subnet, &named)?;
+                subnet
+            }
+            None => {
+                let mut taken: Vec<Cidr> = named.iter().map(|(_, c)| *c).collect();
+                taken.extend(self.host.routed_subnets().await?);
+                ipam::allocate_subnet(&taken)?
+            }
+        };
+        let gateway = match &spec.gateway {
+            Some(g) => {
+                let gateway: Ipv4Addr = g
+                    .parse()
+                    .map_err(|_| anyhow!("--gateway {g:?} is not an IPv4 address"))?;
+                ipam::check_in_subnet("gateway", gateway, &subnet)?;
+                gateway
+            }
+            None => subnet
+                .first_host()
+                .ok_or_else(|| anyhow!("subnet {subnet} has no host addresses"))?,
+        };
+        let host_ip = match &spec.host_ip {
+            Some(ip) => Some(
+                ip.parse::<Ipv4Addr>()
+                    .map_err(|_| anyhow!("--host-ip {ip:?} is not an IPv4 address"))?,
+            ),
+            None => None,
+        };
+        let mtu = spec.mtu.unwrap_or(1500);
+        if !(576..=65535).contains(&mtu) {
+            bail!("--mtu {mtu} is outside 576..65535");
+        }
+        let bridge = if spec.name == DEFAULT_NETWORK {
+            DEFAULT_BRIDGE.to_owned()
+        } else {
+            format!("br-{:012x}", random_u64() & 0xffff_ffff_ffff)
+        };
+        Ok(Network {
+            name: spec.name.clone(),
+            id: self.state.next_network_id.max(1),
+            subnet,
+            gateway,
+            bridge,
+            internal: spec.internal,
+            icc: spec.icc,
+            masquerade: spec.masquerade,
+            host_ip,
+            mtu,
+            pending: None,
+        })
+    }
+
+    /// Undoes a network in the kernel and the driver, whatever is left of
+    /// it (every step is done already when its object is gone).
+    pub(super) async fn remove_network_objects(&mut self, net: &Network) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Err(err) = self.driver.remove_network(net) {
+            errors.push(format!("{err:#}"));
+        }
+        if let Err(err) = self.host.delete_link(&net.bridge).await {
+            errors.push(format!("{err:#}"));
+        }
+        errors
+    }
+
+    pub async fn network_rm(&mut self, name: &str) -> Result<()> {
+        // A remove that failed half-way may be retried: pending ones count.
+        let net = self
+            .state
+            .networks
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow!("no network named {name:?} (see `netd network ls`)"))?;
+        let users: Vec<&str> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.attachments.iter().any(|a| a.network == name))
+            .map(|c| c.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            bail!(
+                "network {name:?} has containers attached ({}); remove them first",
+                users.join(", ")
+            );
+        }
+        if let Some(net) = self.state.networks.get_mut(name) {
+            net.pending = Some(Pending::Removing);
+        }
+        self.save()?;
+        fault_point("network-rm:marked");
+        let errors = self.remove_network_objects(&net).await;
+        if !errors.is_empty() {
+            // Still marked: the next `rm`, `netd repair`, start or `down` finishes it.
+            bail!("removing network {name:?}: {}", errors.join("; "));
+        }
+        self.state.networks.remove(name);
+        self.save()
+    }
+}

@@ -1,0 +1,110 @@
+//! Addresses and published ports: picked or checked against the state,
+//! never two containers on one address or two publishers of one port.
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use anyhow::{Result, anyhow, bail};
+
+use super::Engine;
+use crate::{
+    host::Host,
+    ipam,
+    portspec::{PortSpec, Proto},
+    state::{Network, PublishedPort},
+};
+
+/// Ports `-p 80` picks from (Docker uses the kernel's ephemeral range).
+const AUTO_PORTS: std::ops::RangeInclusive<u16> = 49153..=60999;
+
+impl<H: Host> Engine<H> {
+    fn used_addresses(&self, net: &Network) -> BTreeSet<Ipv4Addr> {
+        let mut used: BTreeSet<Ipv4Addr> = self
+            .state
+            .containers
+            .values()
+            .flat_map(|c| c.attachments.iter())
+            .filter(|a| a.network == net.name)
+            .map(|a| a.ip)
+            .collect();
+        used.insert(net.gateway);
+        used
+    }
+
+    /// `ip` if it is free on `net`, else the first free address.
+    pub(super) fn pick_address(&self, net: &Network, ip: Option<&str>) -> Result<Ipv4Addr> {
+        let used = self.used_addresses(net);
+        match ip {
+            Some(ip) => {
+                let ip: Ipv4Addr = ip
+                    .parse()
+                    .map_err(|_| anyhow!("--ip {ip:?} is not an IPv4 address"))?;
+                ipam::check_in_subnet("--ip", ip, &net.subnet)?;
+                if used.contains(&ip) {
+                    bail!("address {ip} is already in use on network {:?}", net.name);
+                }
+                Ok(ip)
+            }
+            None => ipam::allocate_ip(&net.subnet, &used),
+        }
+    }
+
+    /// Expands `-p` specs into single ports, picking free host ports where
+    /// none was given, and refuses ports already published.
+    pub(super) fn resolve_ports(
+        &self,
+        specs: &[PortSpec],
+        container_ip: Ipv4Addr,
+    ) -> Result<Vec<PublishedPort>> {
+        let mut out: Vec<PublishedPort> = Vec::new();
+        for spec in specs {
+            let count = spec.container_ports.1 - spec.container_ports.0;
+            for offset in 0..=count {
+                let container_port = spec.container_ports.0 + offset;
+                let host_port = match spec.host_ports {
+                    Some((start, _)) => start + offset,
+                    None => AUTO_PORTS
+                        .clone()
+                        .find(|&p| self.port_free(&out, spec.host_ip, p, spec.proto).is_ok())
+                        .ok_or_else(|| anyhow!("no free host port left for -p {container_port}"))?,
+                };
+                self.port_free(&out, spec.host_ip, host_port, spec.proto)?;
+                out.push(PublishedPort {
+                    host_ip: spec.host_ip,
+                    host_port,
+                    container_ip,
+                    container_port,
+                    proto: spec.proto,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn port_free(
+        &self,
+        pending: &[PublishedPort],
+        host_ip: Ipv4Addr,
+        port: u16,
+        proto: Proto,
+    ) -> Result<()> {
+        let clash = |p: &PublishedPort| {
+            p.host_port == port
+                && p.proto == proto
+                && (p.host_ip == host_ip || p.host_ip.is_unspecified() || host_ip.is_unspecified())
+        };
+        if let Some(p) = self
+            .state
+            .published()
+            .chain(pending.iter())
+            .find(|p| clash(p))
+        {
+            bail!(
+                "host port {}:{port}/{proto} is already published (by {}:{}); pick another host port",
+                p.host_ip,
+                p.container_ip,
+                p.container_port
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,217 @@
+//! Reconciliation with the kernel (at start and on `netd repair`), host
+//! changes, and `netd down`.
+
+use anyhow::Result;
+
+use super::{Engine, new_veth_name, parse_mac};
+use crate::{
+    host::Host,
+    state::{Container, Network, Pending},
+};
+
+impl<H: Host> Engine<H> {
+    /// Re-reads the host's links and addresses and tells the driver when
+    /// they changed (an address added or renumbered, an uplink new or gone).
+    pub async fn sync_host(&mut self) -> Result<()> {
+        let host = self
+            .host
+            .host_info(&self.state, &self.uplink_names, false)
+            .await?;
+        if host != self.host_info {
+            // Remembered only once applied: a failure is retried next time.
+            self.driver.host_changed(&host)?;
+            self.host_info = host;
+        }
+        Ok(())
+    }
+
+    /// Compares the state with the kernel and repairs what differs, at start
+    /// and on `netd repair`. Never gives up on the first missing object:
+    /// - operations a crash interrupted are rolled back (creates) or
+    ///   finished (removes), with every veth they had planned;
+    /// - a missing bridge is made again (with its gateway), and veths are
+    ///   put back on it;
+    /// - a container whose namespace is gone is removed, its addresses and
+    ///   ports freed; one whose veth is gone gets it again;
+    /// - the driver is told everything and drops what nobody declared.
+    ///
+    /// Returns what it changed, one line each (kept for `netd status`).
+    pub async fn reconcile(&mut self) -> Result<Vec<String>> {
+        // The driver's own objects first (e.g. pins removed behind its back),
+        // so re-adoption below finds them in place.
+        let mut report = self.driver.repair()?;
+        for container in self.state.containers.clone().into_values() {
+            let what = match container.pending {
+                Some(Pending::Creating) => "an interrupted create was rolled back",
+                Some(Pending::Removing) => "an interrupted remove was finished",
+                None if !container.pending_links.is_empty() => {
+                    let c = self
+                        .state
+                        .containers
+                        .get_mut(&container.name)
+                        .expect("listed");
+                    let links = std::mem::take(&mut c.pending_links);
+                    for link in &links {
+                        if let Err(err) = self.host.delete_link(link).await {
+                            report.push(format!("container {}: {err:#}", container.name));
+                        }
+                    }
+                    report.push(format!(
+                        "container {}: removed the veth of an interrupted connect ({})",
+                        container.name,
+                        links.join(", ")
+                    ));
+                    continue;
+                }
+                None => continue,
+            };
+            let errors = self.remove_container_objects(&container).await;
+            self.state.containers.remove(&container.name);
+            report.push(format!("container {}: {what}", container.name));
+            report.extend(
+                errors
+                    .into_iter()
+                    .map(|e| format!("container {}: {e}", container.name)),
+            );
+        }
+        for net in self.state.networks.clone().into_values() {
+            if net.pending.is_some() {
+                let errors = self.remove_network_objects(&net).await;
+                self.state.networks.remove(&net.name);
+                report.push(format!(
+                    "network {}: an interrupted operation was settled (removed)",
+                    net.name
+                ));
+                report.extend(
+                    errors
+                        .into_iter()
+                        .map(|e| format!("network {}: {e}", net.name)),
+                );
+                continue;
+            }
+            if let Err(err) = self.readopt_network(&net, &mut report).await {
+                report.push(format!(
+                    "network {}: could not be repaired ({err:#}); kept, retry with `netd repair`",
+                    net.name
+                ));
+            }
+        }
+        for container in self.state.containers.clone().into_values() {
+            if let Err(err) = self.readopt_container(&container, &mut report).await {
+                // Reported and kept (the user's container is not ours to
+                // delete over one failure); `netd repair` tries again and
+                // `container rm` always works.
+                report.push(format!(
+                    "container {}: could not be repaired ({err:#}); kept, retry with `netd repair`",
+                    container.name
+                ));
+            }
+        }
+        report.extend(self.driver.reconciled()?);
+        self.metrics.repaired(report.len());
+        self.save()?;
+        self.repairs = report.clone();
+        Ok(report)
+    }
+
+    /// One network after a restart or on `netd repair`: its bridge (made
+    /// again if it is gone), gateway address, and the driver's entry.
+    async fn readopt_network(&mut self, net: &Network, report: &mut Vec<String>) -> Result<()> {
+        let (mac, remade) = self
+            .host
+            .ensure_bridge(&net.bridge, net.mtu, net.gateway, net.subnet.prefix_len)
+            .await?;
+        if remade {
+            report.push(format!(
+                "network {}: bridge {} was gone; made again",
+                net.name, net.bridge
+            ));
+        }
+        self.driver.add_network(net, mac)
+    }
+
+    /// One container after a restart or on `netd repair`: its namespace,
+    /// every attachment's veth on its bridge, endpoints and ports in the
+    /// driver. A vanished namespace removes it (reported).
+    async fn readopt_container(
+        &mut self,
+        container: &Container,
+        report: &mut Vec<String>,
+    ) -> Result<()> {
+        let name = &container.name;
+        if !self.host.netns_exists(name) {
+            let errors = self.remove_container_objects(container).await;
+            self.state.containers.remove(name);
+            let ports: Vec<String> = container
+                .ports
+                .iter()
+                .map(|p| format!("{}:{}/{}", p.host_ip, p.host_port, p.proto))
+                .collect();
+            let addrs: Vec<String> = container
+                .attachments
+                .iter()
+                .map(|a| a.ip.to_string())
+                .collect();
+            report.push(format!(
+                "container {name}: its namespace is gone; removed (addresses [{}] and ports [{}] freed)",
+                addrs.join(", "),
+                ports.join(", ")
+            ));
+            report.extend(errors.into_iter().map(|e| format!("container {name}: {e}")));
+            return Ok(());
+        }
+        let mut attachments = Vec::new();
+        for (i, att) in container.attachments.iter().enumerate() {
+            let net = self.network(&att.network)?.clone();
+            let att = match self.host.reattach_veth(&att.host_veth, &net.bridge).await? {
+                Some(index) => {
+                    self.driver
+                        .add_endpoint(&net, att, index, parse_mac(&att.mac)?)?;
+                    att.clone()
+                }
+                None => {
+                    // Deleted behind our back: the same address on a new veth
+                    // (the old one's endpoint and program link go first).
+                    self.driver.remove_endpoint(att)?;
+                    let netns = self.host.netns_path(name);
+                    self.host.delete_container_link(&netns, &att.ifname).await?;
+                    let host_veth = new_veth_name();
+                    self.plan_link(name, &host_veth)?;
+                    let new = self
+                        .wire(name, &net, att.ip, &att.ifname, &host_veth, i == 0)
+                        .await?;
+                    report.push(format!(
+                        "container {name}: its interface {} on network {} was gone; made again",
+                        att.ifname, net.name
+                    ));
+                    new
+                }
+            };
+            attachments.push(att);
+        }
+        self.driver.publish(&container.ports)?;
+        if let Some(c) = self.state.containers.get_mut(name) {
+            c.attachments = attachments;
+            c.pending_links.clear();
+        }
+        Ok(())
+    }
+
+    /// `netd down`: every container, every network, the state file, and
+    /// the driver's own objects.
+    pub async fn teardown(&mut self) -> Result<()> {
+        for name in self.state.containers.keys().cloned().collect::<Vec<_>>() {
+            self.container_rm(&name).await?;
+        }
+        for name in self.state.networks.keys().cloned().collect::<Vec<_>>() {
+            self.network_rm(&name).await?;
+        }
+        let _ = std::fs::remove_file(self.state_dir.join("state.json"));
+        let clsact = self.driver.clsact_interfaces();
+        self.driver.remove_all()?;
+        for ifindex in clsact {
+            self.host.remove_clsact_if_unused(ifindex).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,3 @@
+//! Front-ends: each translates one protocol into the engine's typed calls.
+
+pub mod socket;

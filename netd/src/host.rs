@@ -1,0 +1,349 @@
+//! The host layer: what the engine asks of the kernel besides the datapath
+//! (bridges, veths, addresses, routes, namespaces), as one trait. The
+//! daemon uses [`NetlinkHost`]; the engine's unit tests use an in-memory
+//! host, so allocation, rollback and persistence are tested without root.
+
+use std::{
+    collections::BTreeSet,
+    future::Future,
+    net::Ipv4Addr,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Result, bail};
+
+use crate::{
+    cidr::Cidr,
+    driver::{HostInfo, Uplink},
+    netlink::{self, Netlink},
+    state::State,
+};
+
+/// One container interface to create: the host side `host_veth` on
+/// `bridge`, the other side moved into the namespace at `netns` and named
+/// `ifname`, with `address` and `mac`.
+#[derive(Clone, Debug)]
+pub struct VethPlan<'a> {
+    pub netns: &'a Path,
+    pub bridge: &'a str,
+    pub host_veth: &'a str,
+    pub ifname: &'a str,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+/// Everything here is idempotent where it removes: an object already gone
+/// counts as removed (a crash or a user may have gone first).
+pub trait Host: Send + Sync {
+    /// Destinations of the main table's routes other than the default route
+    /// (a new network's subnet must not shadow them).
+    fn routed_subnets(&self) -> impl Future<Output = Result<Vec<Cidr>>> + Send;
+    /// The uplinks and local addresses (see [`NetlinkHost::host_info`]).
+    fn host_info(
+        &self,
+        state: &State,
+        configured: &[String],
+        at_start: bool,
+    ) -> impl Future<Output = Result<HostInfo>> + Send;
+    /// A bridge, up, with `gateway` on it; returns its MAC.
+    fn create_bridge(
+        &self,
+        name: &str,
+        mtu: u32,
+        gateway: Ipv4Addr,
+        prefix_len: u8,
+    ) -> impl Future<Output = Result<[u8; 6]>> + Send;
+    /// The bridge as `create_bridge` leaves it, made again (`true`) if it is
+    /// gone, its gateway put back if missing; returns its MAC.
+    fn ensure_bridge(
+        &self,
+        name: &str,
+        mtu: u32,
+        gateway: Ipv4Addr,
+        prefix_len: u8,
+    ) -> impl Future<Output = Result<([u8; 6], bool)>> + Send;
+    fn delete_link(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+    /// A link's index, if it exists.
+    fn link_index(&self, name: &str) -> impl Future<Output = Result<Option<u32>>> + Send;
+
+    fn netns_path(&self, name: &str) -> PathBuf;
+    fn netns_exists(&self, name: &str) -> bool {
+        self.netns_path(name).exists()
+    }
+    /// A new named namespace with loopback up (IPv6 off, gratuitous ARP on,
+    /// as Docker sets them).
+    fn create_netns(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Names the daemon's own namespace (`--network host`).
+    fn name_current_netns(&self, name: &str) -> Result<()>;
+    fn delete_netns(&self, name: &str) -> Result<()>;
+
+    /// Creates the veth of `plan`, configured but down inside the
+    /// container, its host side up on the bridge; returns the host side's
+    /// index. On failure deleting `host_veth` removes whatever was made.
+    fn create_veth(&self, plan: &VethPlan<'_>) -> impl Future<Output = Result<u32>> + Send;
+    /// Brings the container side up (its gratuitous ARP goes out now) and
+    /// adds the default route via `gateway` if given.
+    fn finish_veth(
+        &self,
+        netns: &Path,
+        ifname: &str,
+        gateway: Option<Ipv4Addr>,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Puts an existing host-side veth back on `bridge` (a bridge made again
+    /// has no ports); `None` when the veth is gone.
+    fn reattach_veth(
+        &self,
+        host_veth: &str,
+        bridge: &str,
+    ) -> impl Future<Output = Result<Option<u32>>> + Send;
+    /// Deletes interface `ifname` inside the namespace, if it is there.
+    fn delete_container_link(
+        &self,
+        netns: &Path,
+        ifname: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn set_default_route(
+        &self,
+        netns: &Path,
+        gateway: Ipv4Addr,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Removes the clsact qdisc of `ifindex` when no filter is left in it.
+    fn remove_clsact_if_unused(&self, ifindex: u32) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The real host, through rtnetlink and namespace syscalls.
+#[derive(Clone)]
+pub struct NetlinkHost {
+    nl: Netlink,
+}
+
+impl NetlinkHost {
+    pub fn connect() -> Result<Self> {
+        Ok(Self {
+            nl: Netlink::connect()?,
+        })
+    }
+
+    pub fn netlink(&self) -> &Netlink {
+        &self.nl
+    }
+}
+
+/// The veth's other side keeps this name until it is moved and renamed (a
+/// crash can leave it in the host namespace).
+pub fn peer_name(host_veth: &str) -> String {
+    format!("tmp{}", host_veth.trim_start_matches("veth"))
+}
+
+impl Host for NetlinkHost {
+    async fn routed_subnets(&self) -> Result<Vec<Cidr>> {
+        Ok(self
+            .nl
+            .routes()
+            .await?
+            .into_iter()
+            .map(|(c, _)| c)
+            .filter(|c| c.prefix_len > 0)
+            .collect())
+    }
+
+    /// The uplinks (the `--uplink` names, or every interface that is not
+    /// loopback, a bridge, a bridge port or one of netd's own veths, as
+    /// Docker masquerades out of every non-bridge interface) and every
+    /// local address.
+    async fn host_info(
+        &self,
+        state: &State,
+        configured: &[String],
+        at_start: bool,
+    ) -> Result<HostInfo> {
+        let owned: BTreeSet<&str> = state
+            .containers
+            .values()
+            .flat_map(|c| {
+                c.attachments
+                    .iter()
+                    .map(|a| a.host_veth.as_str())
+                    .chain(c.pending_links.iter().map(String::as_str))
+            })
+            .chain(state.networks.values().map(|n| n.bridge.as_str()))
+            .collect();
+        let peers: BTreeSet<String> = owned
+            .iter()
+            .filter(|n| n.starts_with("veth"))
+            .map(|n| peer_name(n))
+            .collect();
+        let addrs = self.nl.all_addresses().await?;
+        let mut uplinks = Vec::new();
+        for link in self.nl.link_details().await? {
+            let eligible = if configured.is_empty() {
+                // With an IPv4 address: one waiting for DHCP joins when it gets one.
+                link.name != "lo"
+                    && !link.bridge
+                    && !link.enslaved
+                    && !owned.contains(link.name.as_str())
+                    && !peers.contains(&link.name)
+                    && addrs.iter().any(|(i, _)| *i == link.index)
+            } else {
+                configured.contains(&link.name)
+            };
+            if eligible {
+                uplinks.push(Uplink {
+                    addrs: addrs
+                        .iter()
+                        .filter(|(i, _)| *i == link.index)
+                        .map(|(_, a)| *a)
+                        .collect(),
+                    name: link.name,
+                    ifindex: link.index,
+                    mtu: link.mtu,
+                });
+            }
+        }
+        for name in configured.iter().filter(|_| at_start) {
+            if !uplinks.iter().any(|u| &u.name == name) {
+                bail!("--uplink {name}: no such interface in this network namespace");
+            }
+        }
+        Ok(HostInfo {
+            uplinks,
+            local_addrs: addrs.into_iter().map(|(_, a)| a).collect(),
+        })
+    }
+
+    async fn create_bridge(
+        &self,
+        name: &str,
+        mtu: u32,
+        gateway: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<[u8; 6]> {
+        let index = self.nl.create_bridge(name, mtu).await?;
+        crate::engine::fault_point("network-create:bridge");
+        self.nl.add_address(index, gateway, prefix_len).await?;
+        self.nl.link_mac(index).await
+    }
+
+    async fn ensure_bridge(
+        &self,
+        name: &str,
+        mtu: u32,
+        gateway: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<([u8; 6], bool)> {
+        let (index, remade) = match self.nl.link_index(name).await? {
+            Some(index) => (index, false),
+            None => (self.nl.create_bridge(name, mtu).await?, true),
+        };
+        if !self.nl.addresses(index).await?.contains(&gateway) {
+            self.nl.add_address(index, gateway, prefix_len).await?;
+        }
+        self.nl.set_up(index).await?;
+        Ok((self.nl.link_mac(index).await?, remade))
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<()> {
+        self.nl.delete_link_named(name).await
+    }
+
+    async fn link_index(&self, name: &str) -> Result<Option<u32>> {
+        self.nl.link_index(name).await
+    }
+
+    fn netns_path(&self, name: &str) -> PathBuf {
+        netlink::netns_path(name)
+    }
+
+    async fn create_netns(&self, name: &str) -> Result<()> {
+        netlink::create_netns(name)?;
+        crate::engine::fault_point("container-create:netns");
+        let ns_path = netlink::netns_path(name);
+        // As Docker does for IPv4-only networks: no IPv6 chatter from containers.
+        for scope in ["all", "default"] {
+            netlink::sysctl_in(
+                &ns_path,
+                &format!("net.ipv6.conf.{scope}.disable_ipv6"),
+                "1",
+            )?;
+            // Gratuitous ARP when an address comes up, so neighbours drop a
+            // stale MAC at once when a container reconnects on the same IP.
+            netlink::sysctl_in(&ns_path, &format!("net.ipv4.conf.{scope}.arp_notify"), "1")?;
+        }
+        let inner = Netlink::connect_in(&ns_path)?;
+        inner.set_up(inner.require_index("lo").await?).await
+    }
+
+    fn name_current_netns(&self, name: &str) -> Result<()> {
+        netlink::name_current_netns(name)
+    }
+
+    fn delete_netns(&self, name: &str) -> Result<()> {
+        netlink::delete_netns(name)
+    }
+
+    async fn create_veth(&self, plan: &VethPlan<'_>) -> Result<u32> {
+        let peer = peer_name(plan.host_veth);
+        let (host_index, peer_index) = self.nl.create_veth(plan.host_veth, &peer, plan.mtu).await?;
+        crate::engine::fault_point("container-create:veth");
+        let ns_file = std::fs::File::open(plan.netns)?;
+        self.nl
+            .move_to_netns(peer_index, ns_file.as_raw_fd())
+            .await?;
+        let inner = Netlink::connect_in(plan.netns)?;
+        let eth = inner.require_index(&peer).await?;
+        inner.rename(eth, plan.ifname).await?;
+        inner
+            .add_address(eth, plan.address, plan.prefix_len)
+            .await?;
+        inner.set_mac(eth, plan.mac).await?;
+        let bridge = self.nl.require_index(plan.bridge).await?;
+        self.nl.set_master(host_index, bridge).await?;
+        self.nl.set_hairpin(host_index).await?;
+        self.nl.set_up(host_index).await?;
+        Ok(host_index)
+    }
+
+    async fn finish_veth(
+        &self,
+        netns: &Path,
+        ifname: &str,
+        gateway: Option<Ipv4Addr>,
+    ) -> Result<()> {
+        let inner = Netlink::connect_in(netns)?;
+        inner.set_up(inner.require_index(ifname).await?).await?;
+        if let Some(gateway) = gateway {
+            inner.add_default_route(gateway).await?;
+        }
+        Ok(())
+    }
+
+    async fn reattach_veth(&self, host_veth: &str, bridge: &str) -> Result<Option<u32>> {
+        let Some(index) = self.nl.link_index(host_veth).await? else {
+            return Ok(None);
+        };
+        let bridge = self.nl.require_index(bridge).await?;
+        self.nl.set_master(index, bridge).await?;
+        self.nl.set_hairpin(index).await?;
+        self.nl.set_up(index).await?;
+        Ok(Some(index))
+    }
+
+    async fn delete_container_link(&self, netns: &Path, ifname: &str) -> Result<()> {
+        let inner = Netlink::connect_in(netns)?;
+        if let Some(stale) = inner.link_index(ifname).await? {
+            inner.delete_link(stale).await?;
+        }
+        Ok(())
+    }
+
+    async fn set_default_route(&self, netns: &Path, gateway: Ipv4Addr) -> Result<()> {
+        Netlink::connect_in(netns)?.add_default_route(gateway).await
+    }
+
+    async fn remove_clsact_if_unused(&self, ifindex: u32) -> Result<()> {
+        self.nl.remove_clsact_if_unused(ifindex).await
+    }
+}
