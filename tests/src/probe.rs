@@ -25,6 +25,12 @@ pub const BULK_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// `count` ICMP echo requests from `ns` to `dst`; true if any reply came back.
 pub fn ping(ns: &Netns, dst: &str, count: u32) -> Result<bool> {
+    Ok(ping_status(ns, dst, count)? == 0)
+}
+
+/// ping's exit status: 0 a reply came back, 1 none did, 2 it could not
+/// send (e.g. the network is unreachable).
+pub fn ping_status(ns: &Netns, dst: &str, count: u32) -> Result<i32> {
     let out = ns
         .command("ping")
         .args([
@@ -40,7 +46,7 @@ pub fn ping(ns: &Netns, dst: &str, count: u32) -> Result<bool> {
         ])
         .output()
         .context("running ping (package iputils-ping)")?;
-    Ok(out.status.success())
+    out.status.code().context("ping was killed by a signal")
 }
 
 /// An echo server (TCP or UDP) bound inside a namespace. It answers every

@@ -32,17 +32,52 @@ pub struct Probe {
     pub from: Client,
     pub proto: Proto,
     pub to: &'static str,
-    /// None = must not get through; Some(addr) = must, and the server must
-    /// see `addr` as the client ("-" for ICMP, where nothing reports it).
-    pub expect: Option<&'static str>,
+    pub expect: Expect,
 }
+
+/// What a probe must observe. A negative names how the traffic is stopped,
+/// and the harness checks that very thing, so a broken harness (a server
+/// that never started, a probe that cannot send) fails instead of passing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Gets through, and the server sees this client address ("-" for
+    /// ICMP, where nothing reports it).
+    Reach(&'static str),
+    /// No answer, and the datapath counted the drop: on ebpf under this
+    /// drop reason, on iptables in a DROP rule of this chain of netd's
+    /// (Docker's raw-table rule stops some traffic before its isolation
+    /// chains would).
+    Dropped(&'static str, &'static str),
+    /// The host itself answers "connection refused": nothing is published
+    /// there, and netd passed the packet to the host's stack.
+    Refused,
+    /// The sender has no route ("network is unreachable").
+    Unreachable,
+    /// No reply, and no container has the address (netd lists none).
+    NoHost,
+}
+
+impl Expect {
+    /// The verdict text a probe meeting this expectation gets.
+    pub fn verdict(self) -> String {
+        match self {
+            Reach(seen) => seen.to_owned(),
+            Dropped(reason, _) => format!("dropped ({reason})"),
+            Refused => "refused".into(),
+            Unreachable => "unreachable".into(),
+            NoHost => "no host".into(),
+        }
+    }
+}
+
+use Expect::{Dropped, NoHost, Reach, Refused, Unreachable};
 
 const fn probe(
     what: &'static str,
     from: Client,
     proto: Proto,
     to: &'static str,
-    expect: Option<&'static str>,
+    expect: Expect,
 ) -> Probe {
     Probe {
         what,
@@ -64,240 +99,260 @@ pub const PROBES: &[Probe] = &[
         Ctr("c1"),
         Tcp,
         "172.17.0.3:80",
-        Some("172.17.0.2"),
+        Reach("172.17.0.2"),
     ),
     probe(
         "same network, ping",
         Ctr("c1"),
         Icmp,
         "172.17.0.3",
-        Some("-"),
+        Reach("-"),
     ),
-    probe("other network", Ctr("c1"), Tcp, "10.60.0.2:80", None),
+    probe(
+        "other network",
+        Ctr("c1"),
+        Tcp,
+        "10.60.0.2:80",
+        Dropped("network-isolation", "NETD-RAW"),
+    ),
     probe(
         "other network, other way",
         Ctr("c3"),
         Tcp,
         "172.17.0.2:80",
-        None,
+        Dropped("network-isolation", "NETD-RAW"),
     ),
-    probe("other network, ping", Ctr("c3"), Icmp, "172.17.0.2", None),
+    probe(
+        "other network, ping",
+        Ctr("c3"),
+        Icmp,
+        "172.17.0.2",
+        Dropped("network-isolation", "NETD-RAW"),
+    ),
     probe(
         "to the outside (masquerade)",
         Ctr("c1"),
         Tcp,
         "198.51.100.2:7000",
-        Some(HOST_IP),
+        Reach(HOST_IP),
     ),
     probe(
         "to the outside, UDP",
         Ctr("c2"),
         Udp,
         "198.51.100.2:7001",
-        Some(HOST_IP),
+        Reach(HOST_IP),
     ),
     probe(
         "to the outside, ping",
         Ctr("c3"),
         Icmp,
         OUTSIDE_IP,
-        Some("-"),
+        Reach("-"),
     ),
-    probe("to the gateway", Ctr("c1"), Icmp, "172.17.0.1", Some("-")),
+    probe("to the gateway", Ctr("c1"), Icmp, "172.17.0.1", Reach("-")),
     probe(
         "published port from outside",
         Outside,
         Tcp,
         "198.51.100.1:8080",
-        Some(OUTSIDE_IP),
+        Reach(OUTSIDE_IP),
     ),
     probe(
         "published UDP port from outside",
         Outside,
         Udp,
         "198.51.100.1:5353",
-        Some(OUTSIDE_IP),
+        Reach(OUTSIDE_IP),
     ),
     probe(
         "published on all addresses, second address",
         Outside,
         Tcp,
         "198.51.100.3:8080",
-        Some(OUTSIDE_IP),
+        Reach(OUTSIDE_IP),
     ),
     probe(
         "published on one host IP, that IP",
         Outside,
         Tcp,
         "198.51.100.3:7070",
-        Some(OUTSIDE_IP),
+        Reach(OUTSIDE_IP),
     ),
     probe(
         "published on one host IP, another IP",
         Outside,
         Tcp,
         "198.51.100.1:7070",
-        None,
+        Refused,
     ),
     probe(
         "port range, second port",
         Outside,
         Tcp,
         "198.51.100.1:9101",
-        Some(OUTSIDE_IP),
+        Reach(OUTSIDE_IP),
     ),
     probe(
         "published on 127.0.0.1, from outside",
         Outside,
         Tcp,
         "198.51.100.1:9090",
-        None,
+        Refused,
     ),
     probe(
         "unpublished port of a container",
         Outside,
         Tcp,
         "198.51.100.1:8081",
-        None,
+        Refused,
     ),
     probe(
         "container address directly from outside",
         Outside,
         Tcp,
         "172.17.0.2:80",
-        None,
+        Dropped("unsolicited-inbound", "NETD-RAW"),
     ),
     probe(
         "container address directly, ping",
         Outside,
         Icmp,
         "172.17.0.2",
-        None,
+        Dropped("unsolicited-inbound", "NETD-RAW"),
     ),
     probe(
         "hairpin, same network",
         Ctr("c2"),
         Tcp,
         "198.51.100.1:8080",
-        Some("172.17.0.1"),
+        Reach("172.17.0.1"),
     ),
     probe(
         "hairpin, another network",
         Ctr("c3"),
         Tcp,
         "198.51.100.1:8080",
-        Some("172.17.0.1"),
+        Reach("172.17.0.1"),
     ),
     probe(
         "hairpin, the backend itself",
         Ctr("c1"),
         Tcp,
         "198.51.100.1:8080",
-        Some("172.17.0.1"),
+        Reach("172.17.0.1"),
     ),
     probe(
         "hairpin via the gateway address",
         Ctr("c2"),
         Tcp,
         "172.17.0.1:8080",
-        Some("172.17.0.1"),
+        Reach("172.17.0.1"),
     ),
     probe(
         "host to a published port",
         Host,
         Tcp,
         "198.51.100.1:8080",
-        Some("172.17.0.1"),
+        Reach("172.17.0.1"),
     ),
     probe(
         "host to 127.0.0.1, published on all",
         Host,
         Tcp,
         "127.0.0.1:8080",
-        Some("172.17.0.1"),
+        Reach("172.17.0.1"),
     ),
     probe(
         "host to 127.0.0.1, published on 127.0.0.1",
         Host,
         Tcp,
         "127.0.0.1:9090",
-        Some("172.17.0.1"),
+        Reach("172.17.0.1"),
     ),
     probe(
         "host to a container address",
         Host,
         Tcp,
         "172.17.0.2:80",
-        Some("172.17.0.1"),
+        Reach("172.17.0.1"),
     ),
     probe(
         "host-mode container to a container",
         Ctr("hostc"),
         Tcp,
         "10.60.0.2:80",
-        Some("10.60.0.1"),
+        Reach("10.60.0.1"),
     ),
     probe(
         "none-mode container to anything",
         Ctr("nonec"),
         Tcp,
         "172.17.0.2:80",
-        None,
+        Unreachable,
     ),
     probe(
         "internal network, inside",
         Ctr("i1"),
         Tcp,
         "10.61.0.3:80",
-        Some("10.61.0.2"),
+        Reach("10.61.0.2"),
     ),
     probe(
         "internal network, out",
         Ctr("i1"),
         Tcp,
         "198.51.100.2:7000",
-        None,
+        Dropped("internal-network", "NETD-ISOLATION-STAGE-1"),
     ),
     probe(
         "internal network, in from outside",
         Outside,
         Icmp,
         "10.61.0.2",
-        None,
+        Dropped("unsolicited-inbound", "NETD-ISOLATION-STAGE-1"),
     ),
-    probe("icc=false, neighbour", Ctr("n1"), Tcp, "10.62.0.3:80", None),
+    probe(
+        "icc=false, neighbour",
+        Ctr("n1"),
+        Tcp,
+        "10.62.0.3:80",
+        Dropped("icc-disabled", "NETD-FORWARD"),
+    ),
     probe(
         "icc=false, neighbour ping",
         Ctr("n1"),
         Icmp,
         "10.62.0.3",
-        None,
+        Dropped("icc-disabled", "NETD-FORWARD"),
     ),
     probe(
         "icc=false, out",
         Ctr("n1"),
         Tcp,
         "198.51.100.2:7000",
-        Some(HOST_IP),
+        Reach(HOST_IP),
     ),
     probe(
         "masquerade off: the outside sees the container",
         Ctr("m1"),
         Tcp,
         "198.51.100.2:7000",
-        Some("10.63.0.2"),
+        Reach("10.63.0.2"),
     ),
     probe(
         "1 MiB upload over a 1280-MTU hop (PMTU via NAT)",
         Ctr("c1"),
         TcpUpload,
         "203.0.113.2:7002",
-        Some("1048576"),
+        Reach("1048576"),
     ),
 ];
 
 pub struct Suite {
     pub h: DaemonHost,
+    /// `ebpf` or `iptables`: where drops are counted.
+    pub datapath: String,
     _servers: Vec<EchoServer>,
 }
 
@@ -414,32 +469,140 @@ pub fn build(netd: &str, datapath: &str, daemon_flags: &[&str]) -> Suite {
     servers.push(EchoServer::tcp_sink(&far, addr("203.0.113.2:7002")).unwrap());
     Suite {
         h,
+        datapath: datapath.to_owned(),
         _servers: servers,
     }
 }
 
-/// What actually happened: "blocked", or the client address the server saw.
-pub fn verdict(suite: &Suite, p: &Probe) -> String {
-    let ns = suite.ns(p.from);
+/// How a probe ended, before any evidence is looked at.
+enum Outcome {
+    /// The server answered (what it saw, or "-" for ICMP).
+    Answer(String),
+    NoReply,
+    Refused,
+    /// No route to the network, or (EHOSTUNREACH) to the host.
+    Unreachable,
+    Other(String),
+}
+
+fn classify(err: &anyhow::Error) -> Outcome {
+    let Some(io) = err.chain().find_map(|e| e.downcast_ref::<std::io::Error>()) else {
+        return Outcome::Other(format!("{err:#}"));
+    };
+    match (io.kind(), io.raw_os_error()) {
+        (std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock, _) => Outcome::NoReply,
+        (std::io::ErrorKind::ConnectionRefused, _) => Outcome::Refused,
+        (_, Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => Outcome::Unreachable,
+        _ => Outcome::Other(format!("{err:#}")),
+    }
+}
+
+fn outcome(ns: &Netns, p: &Probe) -> Outcome {
     match p.proto {
-        Icmp => {
-            if probe::ping(&ns, p.to, 1).unwrap() {
-                "-".into()
-            } else {
-                "blocked".into()
+        Icmp => match probe::ping_status(ns, p.to, 1) {
+            Ok(0) => Outcome::Answer("-".into()),
+            Ok(1) => Outcome::NoReply,
+            Ok(_) => Outcome::Unreachable,
+            Err(err) => Outcome::Other(format!("{err:#}")),
+        },
+        Tcp => match probe::tcp_request(ns, addr(p.to), b"") {
+            Ok(reply) if !reply.is_empty() => {
+                Outcome::Answer(String::from_utf8_lossy(&reply).into_owned())
+            }
+            Ok(_) => Outcome::Other("connected, but an empty reply".into()),
+            Err(err) => classify(&err),
+        },
+        TcpUpload => match probe::tcp_upload(ns, addr(p.to), 1 << 20) {
+            Ok(bytes) => Outcome::Answer(bytes.to_string()),
+            Err(err) => classify(&err),
+        },
+        Udp => match probe::udp_request(ns, addr(p.to), b"") {
+            Ok(reply) => Outcome::Answer(String::from_utf8_lossy(&reply).into_owned()),
+            Err(err) => classify(&err),
+        },
+    }
+}
+
+/// The datapath's drop counts: per drop reason on ebpf, per chain of netd's
+/// DROP rules on iptables.
+fn drop_counts(suite: &Suite) -> std::collections::BTreeMap<String, u64> {
+    if suite.datapath == "iptables" {
+        let out = suite.h.host.run("iptables-save", &["-c"]).unwrap();
+        let mut counts = std::collections::BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some((counters, rule)) = line.strip_prefix('[').and_then(|l| l.split_once("] "))
+            else {
+                continue;
+            };
+            let Some(chain) = rule
+                .strip_prefix("-A ")
+                .and_then(|r| r.split_whitespace().next())
+            else {
+                continue;
+            };
+            if chain.starts_with("NETD") && rule.ends_with("-j DROP") {
+                let packets: u64 = counters.split(':').next().unwrap().parse().unwrap();
+                *counts.entry(chain.to_owned()).or_default() += packets;
             }
         }
-        Tcp => match probe::tcp_request(&ns, addr(p.to), b"") {
-            Ok(reply) if !reply.is_empty() => String::from_utf8_lossy(&reply).into_owned(),
-            _ => "blocked".into(),
-        },
-        TcpUpload => match probe::tcp_upload(&ns, addr(p.to), 1 << 20) {
-            Ok(bytes) => bytes.to_string(),
-            Err(_) => "blocked".into(),
-        },
-        Udp => match probe::udp_request(&ns, addr(p.to), b"") {
-            Ok(reply) => String::from_utf8_lossy(&reply).into_owned(),
-            Err(_) => "blocked".into(),
+        counts
+    } else {
+        let status = suite.h.json(&["status"]);
+        status["drops"]
+            .as_object()
+            .expect("status has drops")
+            .iter()
+            .map(|(reason, n)| (reason.clone(), n.as_u64().unwrap()))
+            .collect()
+    }
+}
+
+/// What actually happened, in the words of [`Expect::verdict`] when it is
+/// what the probe expects. A probe that got no answer is "dropped" only if
+/// the datapath counted the drop where the expectation says.
+pub fn verdict(suite: &Suite, p: &Probe) -> String {
+    let ns = suite.ns(p.from);
+    let before = matches!(p.expect, Dropped(..)).then(|| drop_counts(suite));
+    match outcome(&ns, p) {
+        Outcome::Answer(seen) => seen,
+        Outcome::Refused => "refused".into(),
+        Outcome::Unreachable => "unreachable".into(),
+        Outcome::Other(what) => what,
+        Outcome::NoReply => match (p.expect, before) {
+            (Dropped(reason, chain), Some(before)) => {
+                let after = drop_counts(suite);
+                let grew: Vec<&String> = after
+                    .iter()
+                    .filter(|(k, n)| before.get(*k).copied().unwrap_or(0) < **n)
+                    .map(|(k, _)| k)
+                    .collect();
+                let key = if suite.datapath == "iptables" {
+                    chain
+                } else {
+                    reason
+                };
+                if grew.iter().any(|k| *k == key) {
+                    format!("dropped ({reason})")
+                } else {
+                    format!("no reply, and the drops counted were {grew:?}, not {key}")
+                }
+            }
+            (NoHost, _) => {
+                let ip = p.to.split(':').next().unwrap();
+                let containers = suite.h.json(&["container", "ls", "--format", "json"]);
+                let holder = containers.as_array().unwrap().iter().find(|c| {
+                    c["attachments"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|a| a["ip"] == ip)
+                });
+                match holder {
+                    None => "no host".into(),
+                    Some(c) => format!("no reply, but {} has {ip}", c["name"]),
+                }
+            }
+            _ => "no reply".into(),
         },
     }
 }
@@ -462,13 +625,13 @@ pub fn run(netd: &str, datapath: &str, daemon_flags: &[&str]) -> Vec<Row> {
             what: p.what.to_owned(),
             from: describe(p.from),
             to: p.to.to_owned(),
-            want: p.expect.unwrap_or("blocked").to_owned(),
+            want: p.expect.verdict(),
             got: verdict(&suite, p),
         })
         .collect();
     // Disconnect and reconnect: gone while disconnected, back at once after.
     let c2 = suite.h.name("c2");
-    let c2_port = probe("", Ctr("c1"), Tcp, "172.17.0.3:80", None);
+    let c2_port = probe("", Ctr("c1"), Tcp, "172.17.0.3:80", NoHost);
     suite.h.ok(&["network", "disconnect", "bridge", &c2]);
     let gone = verdict(&suite, &c2_port);
     suite
@@ -477,7 +640,7 @@ pub fn run(netd: &str, datapath: &str, daemon_flags: &[&str]) -> Vec<Row> {
     // c2's echo server stayed bound to 172.17.0.3 and answers again.
     let back = verdict(&suite, &c2_port);
     for (what, want, got) in [
-        ("c2 disconnected", "blocked", gone),
+        ("c2 disconnected", "no host", gone),
         ("c2 reconnected", "172.17.0.2", back),
     ] {
         rows.push(Row {
