@@ -3,61 +3,57 @@
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
 use anyhow::{Context as _, bail};
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+/// A subnet as netd accepts it: the network address itself (no host bits),
+/// its arithmetic done by ipnet. Saved and shown as `172.18.0.0/16`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix_len: u8,
-}
+pub struct Cidr(Ipv4Net);
 
 impl Cidr {
     /// A subnet; `addr` must be its network address (Docker refuses
     /// 172.18.0.5/16 too, to avoid guessing what was meant).
     pub fn new(addr: Ipv4Addr, prefix_len: u8) -> anyhow::Result<Self> {
-        if prefix_len > 32 {
-            bail!("prefix length {prefix_len} is larger than 32");
-        }
-        let cidr = Self { addr, prefix_len };
-        if cidr.network() != addr {
+        let net = Ipv4Net::new(addr, prefix_len)
+            .map_err(|_| anyhow::anyhow!("prefix length {prefix_len} is larger than 32"))?;
+        if net.network() != addr {
             bail!(
                 "{addr}/{prefix_len} is not a network address; did you mean {}/{prefix_len}?",
-                cidr.network()
+                net.network()
             );
         }
-        Ok(cidr)
+        Ok(Self(net))
     }
 
-    pub fn mask(&self) -> u32 {
-        if self.prefix_len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - self.prefix_len)
-        }
+    pub fn addr(&self) -> Ipv4Addr {
+        self.0.network()
+    }
+
+    pub fn prefix_len(&self) -> u8 {
+        self.0.prefix_len()
     }
 
     pub fn network(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+        self.0.network()
     }
 
     pub fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network()) | !self.mask())
+        self.0.broadcast()
     }
 
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & self.mask() == u32::from(self.network())
+        self.0.contains(&ip)
     }
 
     pub fn overlaps(&self, other: &Cidr) -> bool {
-        self.contains(other.network()) || other.contains(self.network())
+        self.0.contains(&other.0) || other.0.contains(&self.0)
     }
 
     /// Addresses usable by hosts (network and broadcast excluded).
     pub fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> {
-        let first = u32::from(self.network()) + 1;
-        let last = u32::from(self.broadcast()).saturating_sub(1);
-        (first..=last).map(Ipv4Addr::from)
+        self.0.hosts()
     }
 
     pub fn first_host(&self) -> Option<Ipv4Addr> {
@@ -67,7 +63,7 @@ impl Cidr {
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 

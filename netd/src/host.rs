@@ -146,7 +146,7 @@ impl Host for NetlinkHost {
             .await?
             .into_iter()
             .map(|(c, _)| c)
-            .filter(|c| c.prefix_len > 0)
+            .filter(|c| c.prefix_len() > 0)
             .collect())
     }
 

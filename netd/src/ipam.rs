@@ -11,14 +11,9 @@ use crate::cidr::Cidr;
 
 /// Docker's default address pools, in the order Docker uses them.
 pub fn default_pools() -> impl Iterator<Item = Cidr> {
-    let big = (17..=31u8).map(|b| Cidr {
-        addr: Ipv4Addr::new(172, b, 0, 0),
-        prefix_len: 16,
-    });
-    let small = (0..16u8).map(|i| Cidr {
-        addr: Ipv4Addr::new(192, 168, i * 16, 0),
-        prefix_len: 20,
-    });
+    let pool = |addr, prefix_len| Cidr::new(addr, prefix_len).expect("a network address");
+    let big = (17..=31u8).map(move |b| pool(Ipv4Addr::new(172, b, 0, 0), 16));
+    let small = (0..16u8).map(move |i| pool(Ipv4Addr::new(192, 168, i * 16, 0), 20));
     big.chain(small)
 }
 

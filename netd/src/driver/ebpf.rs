@@ -211,10 +211,10 @@ impl FirewallDriver for EbpfDriver {
             _pad: [0; 2],
         };
         self.datapath
-            .insert_network(net.subnet.addr, net.subnet.prefix_len, info)?;
+            .insert_network(net.subnet.addr(), net.subnet.prefix_len(), info)?;
         self.declared
             .networks
-            .insert((net.subnet.addr, net.subnet.prefix_len));
+            .insert((net.subnet.addr(), net.subnet.prefix_len()));
         self.datapath.insert_local_addr(net.gateway)?;
         self.declared.gateways.insert(net.gateway);
         Ok(())
@@ -222,10 +222,10 @@ impl FirewallDriver for EbpfDriver {
 
     fn remove_network(&mut self, net: &Network) -> Result<()> {
         self.datapath
-            .remove_network(net.subnet.addr, net.subnet.prefix_len)?;
+            .remove_network(net.subnet.addr(), net.subnet.prefix_len())?;
         self.declared
             .networks
-            .remove(&(net.subnet.addr, net.subnet.prefix_len));
+            .remove(&(net.subnet.addr(), net.subnet.prefix_len()));
         self.declared.gateways.remove(&net.gateway);
         if !self.declared.local_addrs().contains(&net.gateway) {
             self.datapath.remove_local_addr(net.gateway)?;

@@ -212,7 +212,7 @@ impl<H: Host> Engine<H> {
                 host_veth,
                 ifname,
                 address,
-                prefix_len: net.subnet.prefix_len,
+                prefix_len: net.subnet.prefix_len(),
                 mac,
                 mtu: net.mtu,
             })

@@ -29,7 +29,7 @@ impl<H: Host> Engine<H> {
         let result = async {
             let mac = self
                 .host
-                .create_bridge(&net.bridge, net.mtu, net.gateway, net.subnet.prefix_len)
+                .create_bridge(&net.bridge, net.mtu, net.gateway, net.subnet.prefix_len())
                 .await?;
             self.driver.add_network(&net, mac)?;
             fault_point("network-create:driver");
