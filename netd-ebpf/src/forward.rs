@@ -24,13 +24,12 @@ use netd_common::{FASTPATH_MARK, Ipv4};
 
 use crate::{
     nat,
-    parse::{ETH_LEN, Ipv4Packet},
+    offsets::{ETH_LEN, IP_CHECK, IP_TTL},
+    parse::Ipv4Packet,
     policy,
 };
 
 const AF_INET: u8 = 2;
-const IP_TTL_OFFSET: usize = ETH_LEN + 8;
-const IP_CSUM_OFFSET: usize = ETH_LEN + 10;
 
 /// Redirects a packet already addressed to container `dst` into that
 /// container's namespace (TC ingress only), with the L2 header the gateway
@@ -166,12 +165,7 @@ fn decrement_ttl(ctx: &TcContext, ip: &Ipv4Packet) -> Option<()> {
     }
     let old = u16::from_be_bytes([ip.ttl, ip.proto]);
     let new = u16::from_be_bytes([ip.ttl - 1, ip.proto]);
-    ctx.l3_csum_replace(
-        IP_CSUM_OFFSET,
-        u64::from(old.to_be()),
-        u64::from(new.to_be()),
-        2,
-    )
-    .ok()?;
-    ctx.store(IP_TTL_OFFSET, &(ip.ttl - 1), 0).ok()
+    ctx.l3_csum_replace(IP_CHECK, u64::from(old.to_be()), u64::from(new.to_be()), 2)
+        .ok()?;
+    ctx.store(IP_TTL, &(ip.ttl - 1), 0).ok()
 }

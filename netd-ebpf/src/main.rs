@@ -12,6 +12,7 @@ mod conntrack;
 mod counters;
 mod forward;
 mod nat;
+mod offsets;
 mod parse;
 mod policy;
 mod sock;

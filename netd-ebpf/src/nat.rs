@@ -16,7 +16,11 @@ use netd_common::{
 
 use crate::{
     checksum, conntrack,
-    parse::{ETH_LEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Packet, L4, header_at},
+    offsets::{
+        ICMP_CHECK, ICMP_ECHO_ID, ICMP_LEN, IP_CHECK, IP_DST, IP_SRC, IPV4_CHECK, IPV4_DST,
+        IPV4_LEN, IPV4_PROTO, IPV4_SRC, L4_DST_PORT, L4_SRC_PORT, TCP_CHECK, UDP_CHECK,
+    },
+    parse::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Packet, L4, header_at},
 };
 
 #[map(name = "CONFIG")]
@@ -53,10 +57,6 @@ pub fn config_map() -> &'static Array<Config> {
 /// Source ports tried for masquerade after the original one (bounded for
 /// the verifier; Cilium uses 32 on older kernels).
 const SNAT_PORT_RETRIES: u32 = 32;
-
-const IP_CSUM_OFFSET: usize = ETH_LEN + 10;
-const IP_SRC_OFFSET: usize = ETH_LEN + 12;
-const IP_DST_OFFSET: usize = ETH_LEN + 16;
 
 /// The backend for a packet to `dst:port` on the host: published on exactly
 /// this address, or on all addresses.
@@ -167,16 +167,16 @@ pub fn rewrite(
     to: &CtKey,
 ) -> Result<(), DropReason> {
     let (csum_offset, csum_flags) = match from.proto {
-        IPPROTO_TCP => (ip.l4_offset + 16, 0),
-        IPPROTO_UDP => (ip.l4_offset + 6, BPF_F_MARK_MANGLED_0 as u64),
-        _ => (ip.l4_offset + 2, 0),
+        IPPROTO_TCP => (ip.l4_offset + TCP_CHECK, 0),
+        IPPROTO_UDP => (ip.l4_offset + UDP_CHECK, BPF_F_MARK_MANGLED_0 as u64),
+        _ => (ip.l4_offset + ICMP_CHECK, 0),
     };
     // ICMP has no pseudo-header: address changes leave its checksum alone.
     let pseudo = from.proto != IPPROTO_ICMP;
     if from.src != to.src {
         rewrite_addr(
             ctx,
-            IP_SRC_OFFSET,
+            IP_SRC,
             from.src,
             to.src,
             pseudo,
@@ -187,7 +187,7 @@ pub fn rewrite(
     if from.dst != to.dst {
         rewrite_addr(
             ctx,
-            IP_DST_OFFSET,
+            IP_DST,
             from.dst,
             to.dst,
             pseudo,
@@ -203,14 +203,15 @@ pub fn rewrite(
             } else {
                 to.dst_port
             };
-            rewrite_port(ctx, ip.l4_offset + 4, from.src_port, new_id, csum_offset, 0)?;
+            let id_offset = ip.l4_offset + ICMP_ECHO_ID;
+            rewrite_port(ctx, id_offset, from.src_port, new_id, csum_offset, 0)?;
         }
         return Ok(());
     }
     if from.src_port != to.src_port {
         rewrite_port(
             ctx,
-            ip.l4_offset,
+            ip.l4_offset + L4_SRC_PORT,
             from.src_port,
             to.src_port,
             csum_offset,
@@ -220,7 +221,7 @@ pub fn rewrite(
     if from.dst_port != to.dst_port {
         rewrite_port(
             ctx,
-            ip.l4_offset + 2,
+            ip.l4_offset + L4_DST_PORT,
             from.dst_port,
             to.dst_port,
             csum_offset,
@@ -253,7 +254,7 @@ fn rewrite_addr(
         )
         .map_err(|_| DropReason::RewriteFailed)?;
     }
-    ctx.l3_csum_replace(IP_CSUM_OFFSET, old_v, new_v, 4)
+    ctx.l3_csum_replace(IP_CHECK, old_v, new_v, 4)
         .map_err(|_| DropReason::RewriteFailed)?;
     ctx.store(offset, &new, 0)
         .map_err(|_| DropReason::RewriteFailed)
@@ -282,7 +283,9 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 /// Inner IPv4 header (without options) + the 8 bytes of L4 header every
 /// ICMP error quotes.
-const ICMP_ERROR_QUOTE: usize = 28;
+const ICMP_ERROR_QUOTE: usize = IPV4_LEN + 8;
+/// A quoted IPv4 header without options starts with this byte.
+const IPV4_NO_OPTIONS: u8 = 0x45;
 
 /// Translates an ICMP error (destination unreachable, including
 /// fragmentation needed, or time exceeded) about a tracked connection: the
@@ -297,24 +300,33 @@ pub fn translate_icmp_error(ctx: &TcContext, ip: &Ipv4Packet) -> Result<bool, Dr
     if icmp_type != ICMP_DEST_UNREACH && icmp_type != ICMP_TIME_EXCEEDED {
         return Ok(false);
     }
-    let inner_off = ip.l4_offset + 8;
+    let inner_off = ip.l4_offset + ICMP_LEN;
     let Some(quote) = header_at::<[u8; ICMP_ERROR_QUOTE]>(ctx, inner_off) else {
         return Ok(false);
     };
     // SAFETY: bounds checked by header_at.
     let quote = unsafe { *quote };
-    if quote[0] != 0x45 {
+    if quote[0] != IPV4_NO_OPTIONS {
         return Ok(false); // quoted header with options: not translated
     }
-    let proto = quote[9];
+    let proto = quote[IPV4_PROTO];
+    let two = |at: usize| [quote[at], quote[at + 1]];
+    let four = |at: usize| [quote[at], quote[at + 1], quote[at + 2], quote[at + 3]];
     let (ports_off, src_port, dst_port) = match proto {
-        IPPROTO_TCP | IPPROTO_UDP => (20, [quote[20], quote[21]], [quote[22], quote[23]]),
-        IPPROTO_ICMP => (24, [quote[24], quote[25]], [quote[24], quote[25]]),
+        IPPROTO_TCP | IPPROTO_UDP => (
+            IPV4_LEN + L4_SRC_PORT,
+            two(IPV4_LEN + L4_SRC_PORT),
+            two(IPV4_LEN + L4_DST_PORT),
+        ),
+        IPPROTO_ICMP => {
+            let id = two(IPV4_LEN + ICMP_ECHO_ID);
+            (IPV4_LEN + ICMP_ECHO_ID, id, id)
+        }
         _ => return Ok(false),
     };
     let inner = CtKey {
-        src: [quote[12], quote[13], quote[14], quote[15]],
-        dst: [quote[16], quote[17], quote[18], quote[19]],
+        src: four(IPV4_SRC),
+        dst: four(IPV4_DST),
         src_port,
         dst_port,
         proto,
@@ -327,24 +339,26 @@ pub fn translate_icmp_error(ctx: &TcContext, ip: &Ipv4Packet) -> Result<bool, Dr
     if new_inner == inner {
         return Ok(false);
     }
-    let icmp_csum = ip.l4_offset + 2;
+    let icmp_csum = ip.l4_offset + ICMP_CHECK;
     let fail = |_| DropReason::RewriteFailed;
 
     // Outer header: whichever address pointed at the translated side.
     if ip.dst == inner.src && inner.src != new_inner.src {
-        rewrite_addr(ctx, IP_DST_OFFSET, ip.dst, new_inner.src, false, 0, 0)?;
+        rewrite_addr(ctx, IP_DST, ip.dst, new_inner.src, false, 0, 0)?;
     } else if ip.src == inner.dst && inner.dst != new_inner.dst {
-        rewrite_addr(ctx, IP_SRC_OFFSET, ip.src, new_inner.dst, false, 0, 0)?;
+        rewrite_addr(ctx, IP_SRC, ip.src, new_inner.dst, false, 0, 0)?;
     }
 
     // Quoted IPv4 header: addresses and its own checksum, each change also
     // folded into the ICMP checksum, which covers the quote.
-    let mut inner_ip_csum = [quote[10], quote[11]];
-    let mut l4_csum = [quote[26], quote[27]];
+    let mut inner_ip_csum = two(IPV4_CHECK);
+    // Only a UDP checksum is quoted whole (TCP's lies past the 8 bytes).
+    let udp_check = IPV4_LEN + UDP_CHECK;
+    let mut l4_csum = two(udp_check);
     let udp_csum = proto == IPPROTO_UDP && l4_csum != [0, 0];
     for (field, old, new) in [
-        (12, inner.src, new_inner.src),
-        (16, inner.dst, new_inner.dst),
+        (IPV4_SRC, inner.src, new_inner.src),
+        (IPV4_DST, inner.dst, new_inner.dst),
     ] {
         if old == new {
             continue;
@@ -364,12 +378,13 @@ pub fn translate_icmp_error(ctx: &TcContext, ip: &Ipv4Packet) -> Result<bool, Dr
             l4_csum = checksum::update(l4_csum, &old, &new, 4);
         }
     }
-    ctx.store(inner_off + 10, &inner_ip_csum, 0).map_err(fail)?;
+    ctx.store(inner_off + IPV4_CHECK, &inner_ip_csum, 0)
+        .map_err(fail)?;
 
     // Quoted ports (or echo identifier).
     for (offset, old, new) in [
         (ports_off, inner.src_port, new_inner.src_port),
-        (ports_off + 2, inner.dst_port, new_inner.dst_port),
+        (ports_off + L4_DST_PORT, inner.dst_port, new_inner.dst_port),
     ] {
         if old == new || (proto == IPPROTO_ICMP && offset != ports_off) {
             continue;
@@ -381,9 +396,10 @@ pub fn translate_icmp_error(ctx: &TcContext, ip: &Ipv4Packet) -> Result<bool, Dr
             l4_csum = checksum::update(l4_csum, &old4, &new4, 2);
         }
     }
-    if udp_csum && l4_csum != [quote[26], quote[27]] {
-        let old = [quote[26], quote[27], 0, 0];
-        ctx.store(inner_off + 26, &l4_csum, 0).map_err(fail)?;
+    if udp_csum && l4_csum != two(udp_check) {
+        let old = [quote[udp_check], quote[udp_check + 1], 0, 0];
+        ctx.store(inner_off + udp_check, &l4_csum, 0)
+            .map_err(fail)?;
         csum_fold(ctx, icmp_csum, &old, &[l4_csum[0], l4_csum[1], 0, 0], 2)?;
     }
     Ok(true)

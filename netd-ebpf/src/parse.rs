@@ -6,11 +6,16 @@
 use aya_ebpf::programs::TcContext;
 use netd_common::{CtKey, DropReason};
 use network_types::{
+    arp::ArpHdr,
     eth::{EthHdr, EtherType},
+    icmp::Icmpv4Hdr,
     ip::Ipv4Hdr,
+    tcp::TcpHdr,
+    udp::UdpHdr,
 };
 
-pub const ETH_LEN: usize = EthHdr::LEN;
+pub use crate::offsets::ETH_LEN;
+use crate::offsets::{IPV4_LEN, TCP_LEN};
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -20,9 +25,6 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
-const TCP_MIN_LEN: usize = 20;
-const UDP_LEN: usize = 8;
-const ICMP_MIN_LEN: usize = 8;
 /// More-fragments flag and fragment offset bits of `frag_off`.
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET_MASK: u16 = 0x1fff;
@@ -106,13 +108,10 @@ pub fn parse_frame(ctx: &TcContext) -> Result<Packet, DropReason> {
     // SAFETY: bounds checked by ptr_at/header_at.
     let ether_type = unsafe { (*eth).ether_type };
     if ether_type == EtherType::Arp as u16 {
-        // Ethernet/IPv4 ARP: sender protocol address at bytes 14..18 of the payload.
-        let arp: *const [u8; 18] = header_at(ctx, ETH_LEN).ok_or(DropReason::TruncatedL4)?;
+        let arp: *const ArpHdr = header_at(ctx, ETH_LEN).ok_or(DropReason::TruncatedL4)?;
         // SAFETY: bounds checked by header_at.
         let arp = unsafe { &*arp };
-        return Ok(Packet::Arp {
-            sender_ip: [arp[14], arp[15], arp[16], arp[17]],
-        });
+        return Ok(Packet::Arp { sender_ip: arp.spa });
     }
     if ether_type != EtherType::Ipv4 as u16 {
         return Err(DropReason::UnsupportedEthertype);
@@ -130,7 +129,7 @@ fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4Packet, DropReason> {
     // skb->len, not data_end - data: payload may sit in paged fragments.
     let frame_len = ctx.len() as usize;
     if ip.vihl >> 4 != 4
-        || header_len < Ipv4Hdr::LEN
+        || header_len < IPV4_LEN
         || total_len < header_len
         || ETH_LEN + total_len > frame_len
     {
@@ -164,48 +163,52 @@ fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4Packet, DropReason> {
 fn parse_l4(ctx: &TcContext, proto: u8, offset: usize, room: usize) -> Result<L4, DropReason> {
     match proto {
         IPPROTO_TCP => {
-            let hdr: *const [u8; TCP_MIN_LEN] =
-                header_at(ctx, offset).ok_or(DropReason::TruncatedL4)?;
+            let hdr: *const TcpHdr = header_at(ctx, offset).ok_or(DropReason::TruncatedL4)?;
             // SAFETY: bounds checked by ptr_at/header_at.
             let hdr = unsafe { &*hdr };
-            let data_offset = usize::from(hdr[12] >> 4) * 4;
-            if data_offset < TCP_MIN_LEN || data_offset > room {
+            let data_offset = usize::from(hdr.doff()) * 4;
+            if data_offset < TCP_LEN || data_offset > room {
                 return Err(DropReason::TruncatedL4);
             }
             Ok(L4::Tcp {
-                src_port: [hdr[0], hdr[1]],
-                dst_port: [hdr[2], hdr[3]],
-                flags: hdr[13],
+                src_port: hdr.source,
+                dst_port: hdr.dest,
+                flags: tcp_flags(hdr),
             })
         }
         IPPROTO_UDP => {
-            let hdr: *const [u8; UDP_LEN] =
-                header_at(ctx, offset).ok_or(DropReason::TruncatedL4)?;
-            if room < UDP_LEN {
+            let hdr: *const UdpHdr = header_at(ctx, offset).ok_or(DropReason::TruncatedL4)?;
+            if room < UdpHdr::LEN {
                 return Err(DropReason::TruncatedL4);
             }
             // SAFETY: bounds checked by ptr_at/header_at.
             let hdr = unsafe { &*hdr };
             Ok(L4::Udp {
-                src_port: [hdr[0], hdr[1]],
-                dst_port: [hdr[2], hdr[3]],
+                src_port: hdr.src,
+                dst_port: hdr.dst,
             })
         }
         IPPROTO_ICMP => {
-            let hdr: *const [u8; ICMP_MIN_LEN] =
-                header_at(ctx, offset).ok_or(DropReason::TruncatedL4)?;
-            if room < ICMP_MIN_LEN {
+            let hdr: *const Icmpv4Hdr = header_at(ctx, offset).ok_or(DropReason::TruncatedL4)?;
+            if room < Icmpv4Hdr::LEN {
                 return Err(DropReason::TruncatedL4);
             }
             // SAFETY: bounds checked by ptr_at/header_at.
             let hdr = unsafe { &*hdr };
             Ok(L4::Icmp {
-                icmp_type: hdr[0],
-                ident: [hdr[4], hdr[5]],
+                icmp_type: hdr.type_,
+                ident: [hdr.data[0], hdr.data[1]],
             })
         }
         _ => Ok(L4::Other),
     }
+}
+
+/// The FIN, SYN, RST and ACK bits, at their places in the flags byte
+/// (the only ones netd decides on).
+#[inline(always)]
+fn tcp_flags(hdr: &TcpHdr) -> u8 {
+    (hdr.fin() | hdr.syn() << 1 | hdr.rst() << 2 | hdr.ack() << 4) as u8
 }
 
 impl Ipv4Packet {
