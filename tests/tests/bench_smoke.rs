@@ -49,6 +49,14 @@ fn quick_bench_runs_and_reports_every_datapath() {
                     "{direction}_{figure}: {row}"
                 );
             }
+            // Failures are counted and reported, every run.
+            let failed = &row["figures"][format!("{direction}_tcp_crr_failed")]["median"];
+            assert!(failed.as_f64().is_some(), "{direction}: {row}");
+            let loss = &row["figures"][format!("{direction}_udp64_loss_pct")]["median"];
+            assert!(
+                (0.0..=100.0).contains(&loss.as_f64().unwrap()),
+                "{direction}: {row}"
+            );
         }
         if row["datapath"] == "ebpf" || row["datapath"] == "iptables" {
             let control = &row["control_plane"];

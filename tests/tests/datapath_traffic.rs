@@ -241,7 +241,13 @@ fn unsolicited_inbound_to_containers_is_dropped() -> Result<()> {
     frame.src_mac = h.outside.mac("eth0")?;
     let before = drops(&h, DropReason::LoopbackFromOutside);
     probe::send_raw_frame(&h.outside, "eth0", &frame.build())?;
-    std::thread::sleep(Duration::from_millis(200));
+    // The counter moves when the frame has been processed; then exactly one.
+    let deadline = std::time::Instant::now() + probe::PROBE_TIMEOUT;
+    while drops(&h, DropReason::LoopbackFromOutside) == before
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(drops(&h, DropReason::LoopbackFromOutside), before + 1);
     Ok(())
 }

@@ -495,16 +495,18 @@ fn measure_all(target: &Target, duration: Duration) -> Result<Vec<(String, f64)>
         ("snat", &target.snat, &target.outside_servers),
     ] {
         let what = |w: &str| format!("{w} ({dir})");
-        let crr = tcp_crr(side, duration).with_context(|| what("TCP_CRR"))?;
+        let (crr, crr_failed) = tcp_crr(side, duration).with_context(|| what("TCP_CRR"))?;
         let (rr, p50, p99) = tcp_rr(side, duration).with_context(|| what("TCP_RR"))?;
-        let udp = udp_flood(side, servers, duration).with_context(|| what("UDP"))?;
+        let (udp, udp_loss) = udp_flood(side, servers, duration).with_context(|| what("UDP"))?;
         let stream = tcp_stream(side, servers, duration).with_context(|| what("TCP_STREAM"))?;
         for (name, value) in [
             ("tcp_crr_per_s", crr),
+            ("tcp_crr_failed", crr_failed as f64),
             ("tcp_rr_per_s", rr),
             ("tcp_rr_p50_us", p50),
             ("tcp_rr_p99_us", p99),
             ("udp64_pps", udp),
+            ("udp64_loss_pct", udp_loss),
             ("tcp_stream_gbit_s", stream),
         ] {
             figures.push((format!("{dir}_{name}"), value));
@@ -514,8 +516,11 @@ fn measure_all(target: &Target, duration: Duration) -> Result<Vec<(String, f64)>
 }
 
 /// New connections per second: connect, one request, one response, close.
-fn tcp_crr(side: &Side, duration: Duration) -> Result<f64> {
+/// Returns the rate and how many connections failed (refused, timed out,
+/// or cut before the response); past a small share the run fails.
+fn tcp_crr(side: &Side, duration: Duration) -> Result<(f64, u64)> {
     let done = AtomicU64::new(0);
+    let failed = AtomicU64::new(0);
     let deadline = Instant::now() + duration;
     thread::scope(|s| {
         for _ in 0..2 {
@@ -526,6 +531,7 @@ fn tcp_crr(side: &Side, duration: Duration) -> Result<f64> {
                         let Ok(mut conn) =
                             TcpStream::connect_timeout(&side.tcp, Duration::from_secs(1))
                         else {
+                            failed.fetch_add(1, Ordering::Relaxed);
                             continue;
                         };
                         let _ = conn.set_nodelay(true);
@@ -533,13 +539,26 @@ fn tcp_crr(side: &Side, duration: Duration) -> Result<f64> {
                         let mut byte = [7u8; 1];
                         if conn.write_all(&byte).is_ok() && conn.read_exact(&mut byte).is_ok() {
                             done.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 });
             });
         }
     });
-    Ok(done.load(Ordering::Relaxed) as f64 / duration.as_secs_f64())
+    let (done, failed) = (done.into_inner(), failed.into_inner());
+    check_failures("TCP_CRR connections", done, failed)?;
+    Ok((done as f64 / duration.as_secs_f64(), failed))
+}
+
+/// Fails the run when more than 0.5 % of the operations (and more than a
+/// handful) failed: such a figure measures a fault, not a datapath.
+fn check_failures(what: &str, done: u64, failed: u64) -> Result<()> {
+    if failed > 10 && failed * 200 > done + failed {
+        anyhow::bail!("{failed} of {} {what} failed", done + failed);
+    }
+    Ok(())
 }
 
 /// Transactions per second on one connection, with latency p50/p99 (µs).
@@ -569,25 +588,38 @@ fn tcp_rr(side: &Side, duration: Duration) -> Result<(f64, f64, f64)> {
     })?
 }
 
-/// 64-byte UDP datagrams per second that reach the server.
-fn udp_flood(side: &Side, servers: &Servers, duration: Duration) -> Result<f64> {
+/// 64-byte UDP datagrams per second that reach the server, and the share
+/// of those sent that did not (a flood overruns a receiver by design: the
+/// loss is reported, not failed on).
+fn udp_flood(side: &Side, servers: &Servers, duration: Duration) -> Result<(f64, f64)> {
     let before = servers.udp_received.load(Ordering::Relaxed);
-    side.client.enter(|| -> Result<()> {
+    let sent = side.client.enter(|| -> Result<u64> {
         pin_to_cpu(CLIENT_CPU);
         let socket = UdpSocket::bind("0.0.0.0:0")?;
         socket.connect(side.udp)?;
         let payload = [0u8; 64];
         let deadline = Instant::now() + duration;
+        let mut sent = 0u64;
         while Instant::now() < deadline {
             for _ in 0..64 {
-                let _ = socket.send(&payload);
+                sent += u64::from(socket.send(&payload).is_ok());
             }
         }
-        Ok(())
+        Ok(sent)
     })??;
-    thread::sleep(Duration::from_millis(200)); // let the server drain
-    let received = servers.udp_received.load(Ordering::Relaxed) - before;
-    Ok(received as f64 / duration.as_secs_f64())
+    // The server has drained its socket when its count stops moving.
+    let mut last = servers.udp_received.load(Ordering::Relaxed);
+    for _ in 0..50 {
+        thread::sleep(Duration::from_millis(20));
+        let now = servers.udp_received.load(Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let received = last - before;
+    let loss = 100.0 * sent.saturating_sub(received) as f64 / sent.max(1) as f64;
+    Ok((received as f64 / duration.as_secs_f64(), loss))
 }
 
 /// Bulk TCP throughput on one connection (Gbit/s received by the server).
@@ -711,10 +743,12 @@ fn median(samples: &BTreeMap<String, Vec<f64>>, figure: &str) -> f64 {
 /// Figures per direction: (column title, figure suffix, decimals).
 const COLUMNS: &[(&str, &str, usize)] = &[
     ("TCP_CRR /s", "tcp_crr_per_s", 0),
+    ("CRR failed", "tcp_crr_failed", 0),
     ("TCP_RR /s", "tcp_rr_per_s", 0),
     ("RR p50 µs", "tcp_rr_p50_us", 0),
     ("RR p99 µs", "tcp_rr_p99_us", 0),
     ("UDP 64 B pps", "udp64_pps", 0),
+    ("UDP loss %", "udp64_loss_pct", 1),
     ("TCP_STREAM Gbit/s", "tcp_stream_gbit_s", 1),
 ];
 
