@@ -9,6 +9,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netd_common::{DropEvent, DropReason, PacketCounter, TrafficClass, sizes};
+use network_types::ip::Ipv4Hdr;
+
+use crate::offsets::{ETH_LEN, L4_SRC_PORT};
 
 #[map(name = "TRAFFIC_COUNTERS")]
 static TRAFFIC_COUNTERS: PerCpuArray<PacketCounter> =
@@ -33,18 +36,33 @@ pub fn count_traffic(class: TrafficClass, bytes: u32) {
 static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(sizes::DROP_EVENTS_BYTES, 0);
 
 #[inline(always)]
-pub fn count_drop(ctx: &TcContext, reason: DropReason) {
+pub fn count_drop(ctx: &TcContext, reason: DropReason) -> DropEvent {
     if let Some(slot) = DROP_COUNTERS.get_ptr_mut(reason as u32) {
         // SAFETY: as above.
         unsafe { *slot += 1 };
     }
-    report_drop(ctx, reason);
+    report_drop(ctx, reason)
+}
+
+/// One log line per drop. Pruned by the verifier unless `netd daemon
+/// --bpf-log debug` (or trace).
+#[inline(always)]
+pub fn log_drop(ctx: &TcContext, event: &DropEvent) {
+    aya_log_ebpf::debug!(
+        ctx,
+        "drop reason {} on if{}: proto {} {:i} -> {:i}",
+        event.reason,
+        event.ifindex,
+        event.proto,
+        u32::from_be_bytes(event.src),
+        u32::from_be_bytes(event.dst)
+    );
 }
 
 /// Best-effort 5-tuple of a dropped frame (IPv4 without options assumed;
 /// fields stay zero where the frame is too short).
 #[inline(always)]
-fn report_drop(ctx: &TcContext, reason: DropReason) {
+fn report_drop(ctx: &TcContext, reason: DropReason) -> DropEvent {
     // SAFETY: the context is the program's __sk_buff.
     let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
     let mut event = DropEvent {
@@ -52,16 +70,18 @@ fn report_drop(ctx: &TcContext, reason: DropReason) {
         ifindex,
         ..DropEvent::default()
     };
-    if let Ok(ip) = ctx.load::<[u8; 20]>(14)
-        && ip[0] >> 4 == 4
+    if let Ok(ip) = ctx.load::<Ipv4Hdr>(ETH_LEN)
+        && ip.vihl >> 4 == 4
     {
-        event.proto = ip[9];
-        event.src = [ip[12], ip[13], ip[14], ip[15]];
-        event.dst = [ip[16], ip[17], ip[18], ip[19]];
-        if let Ok(ports) = ctx.load::<[u8; 4]>(14 + usize::from(ip[0] & 0x0f) * 4) {
-            event.src_port = [ports[0], ports[1]];
-            event.dst_port = [ports[2], ports[3]];
+        event.proto = ip.proto;
+        event.src = ip.src_addr;
+        event.dst = ip.dst_addr;
+        let l4 = ETH_LEN + usize::from(ip.vihl & 0x0f) * 4;
+        if let Ok(ports) = ctx.load::<[[u8; 2]; 2]>(l4 + L4_SRC_PORT) {
+            event.src_port = ports[0];
+            event.dst_port = ports[1];
         }
     }
     let _ = DROP_EVENTS.output(&event, 0);
+    event
 }

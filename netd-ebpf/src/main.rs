@@ -36,14 +36,17 @@ use crate::{
 /// Anti-spoofing and Docker's forwarding policy; NAT happens on the uplink.
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
-    verdict(&ctx, from_container_inner(&ctx))
+    // No drop log lines here: this program's own stack (~430 of the 512
+    // bytes) leaves no room for a log record; its drops still reach the
+    // counters and `netd monitor`.
+    verdict(&ctx, from_container_inner(&ctx), false)
 }
 
 /// Uplink ingress: replies to masqueraded connections, published ports,
 /// and the guard against unsolicited traffic to container addresses.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
-    verdict(&ctx, from_uplink_inner(&ctx))
+    verdict(&ctx, from_uplink_inner(&ctx), true)
 }
 
 /// Uplink egress: masquerade for new container connections, and the
@@ -52,9 +55,11 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 pub fn to_uplink(ctx: TcContext) -> i32 {
     // Translated and counted already by the fast path that sent it here.
     if forward::take_fastpath_mark(&ctx) {
+        // Pruned by the verifier unless `netd daemon --bpf-log trace`.
+        aya_log_ebpf::trace!(&ctx, "fast path: {} bytes out", ctx.len());
         return TC_ACT_OK;
     }
-    verdict(&ctx, to_uplink_inner(&ctx))
+    verdict(&ctx, to_uplink_inner(&ctx), true)
 }
 
 /// connect() from the host: published ports go straight to their backend.
@@ -96,7 +101,7 @@ enum Forward {
 
 /// Pass, redirect or drop, counting either way.
 #[inline(always)]
-fn verdict(ctx: &TcContext, result: Result<Forward, DropReason>) -> i32 {
+fn verdict(ctx: &TcContext, result: Result<Forward, DropReason>, log_drops: bool) -> i32 {
     match result {
         Ok(Forward::Pass(class)) => {
             counters::count_traffic(class, ctx.len());
@@ -107,7 +112,10 @@ fn verdict(ctx: &TcContext, result: Result<Forward, DropReason>) -> i32 {
             action
         }
         Err(reason) => {
-            counters::count_drop(ctx, reason);
+            let event = counters::count_drop(ctx, reason);
+            if log_drops {
+                counters::log_drop(ctx, &event);
+            }
             TC_ACT_SHOT
         }
     }

@@ -66,6 +66,8 @@ pub struct Datapath {
     tc_mode: TcAttachMode,
     /// Unpinned `from_container` links by interface, for detaching.
     container_links: std::collections::HashMap<String, SchedClassifierLinkId>,
+    /// The BPF programs' log records, when `--bpf-log` enabled them.
+    logger: Option<BpfLogs>,
 }
 
 /// Where netd's cls_bpf filters sit in a clsact qdisc (fallback attach):
@@ -99,16 +101,21 @@ impl Datapath {
 
     /// As `load`, with the mechanisms `features` chose.
     pub fn load_with(features: &Features) -> Result<Self> {
-        let ebpf = loader(features)
+        Self::load_with_log(features, BpfLog::Off)
+    }
+
+    /// As `load_with`, with the BPF log statements up to `log` enabled.
+    pub fn load_with_log(features: &Features, log: BpfLog) -> Result<Self> {
+        let ebpf = loader(features, log)
             .load(BPF_OBJECT)
             .context("loading netd's BPF object")?;
-        Self::load_programs(ebpf, None, features)
+        Self::load_programs(ebpf, None, features, log)
     }
 
     /// Loads with maps pinned under `dir/maps` (reusing pins a previous run
     /// left, so conntrack and all state carry over) and links pinned under
     /// `dir/links`. `dir` must be on a bpffs.
-    pub fn load_pinned(dir: &Path, features: &Features) -> Result<Self> {
+    pub fn load_pinned(dir: &Path, features: &Features, log: BpfLog) -> Result<Self> {
         let map_dir = dir.join("maps");
         std::fs::create_dir_all(&map_dir)
             .with_context(|| format!("creating {} (is bpffs mounted?)", map_dir.display()))?;
@@ -117,7 +124,7 @@ impl Datapath {
             .iter()
             .map(|&name| (name, map_dir.join(name)))
             .collect();
-        let mut loader = loader(features);
+        let mut loader = loader(features, log);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -127,7 +134,7 @@ impl Datapath {
                 map_dir.display()
             )
         })?;
-        Self::load_programs(ebpf, Some(dir.to_owned()), features)
+        Self::load_programs(ebpf, Some(dir.to_owned()), features, log)
     }
 
     /// Unpins everything under `dir`: links detach, maps go with the last user.
@@ -144,6 +151,7 @@ impl Datapath {
         mut ebpf: Ebpf,
         pin_dir: Option<PathBuf>,
         features: &Features,
+        log: BpfLog,
     ) -> Result<Self> {
         for &name in programs::CLASSIFIERS {
             classifier(&mut ebpf, name)?
@@ -155,12 +163,25 @@ impl Datapath {
                 .load()
                 .with_context(|| format!("verifier rejected BPF program {name}"))?;
         }
+        let logger = match log {
+            BpfLog::Off => None,
+            _ => Some(BpfLogs(
+                aya_log::EbpfLogger::init_with_logger(&mut ebpf, ToTracing)
+                    .context("reading the BPF programs' logs")?,
+            )),
+        };
         Ok(Self {
             ebpf,
             pin_dir,
             tc_mode: features.tc_attach.uses,
             container_links: Default::default(),
+            logger,
         })
+    }
+
+    /// The BPF programs' log records, if `--bpf-log` enabled them (once).
+    pub fn take_logs(&mut self) -> Option<BpfLogs> {
+        self.logger.take()
     }
 
     /// A loaded TC program, e.g. to run it through `BPF_PROG_TEST_RUN`.
@@ -863,15 +884,76 @@ impl Datapath {
 
 /// A loader with the constants the programs read to pick their mechanisms
 /// (dead branches are pruned by the verifier, so absent helpers never load).
-fn loader(features: &Features) -> EbpfLoader<'static> {
+fn loader(features: &Features, log: BpfLog) -> EbpfLoader<'static> {
     static FLAG: [u8; 2] = [0, 1];
+    static LEVELS: [u8; 6] = [0, 1, 2, 3, 4, 5];
     let mut loader = EbpfLoader::new();
     loader.override_global(
         "HAS_CHECK_MTU",
         &FLAG[usize::from(features.has_check_mtu())],
         true,
     );
+    // Frozen in .rodata: log statements above the level are pruned by the
+    // verifier, so with logging off they cost nothing at all.
+    loader.override_global(aya_log::LEVEL, &LEVELS[log as usize], true);
     loader
+}
+
+/// Which of the BPF programs' log statements run (`netd daemon --bpf-log`);
+/// each level includes those before it. Off by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum BpfLog {
+    #[default]
+    Off = 0,
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    /// One line per dropped packet.
+    Debug = 4,
+    /// And one per packet sent by the fast path.
+    Trace = 5,
+}
+
+/// The BPF programs' log records as they come, for the daemon to forward.
+pub struct BpfLogs(aya_log::EbpfLogger<ToTracing>);
+
+impl BpfLogs {
+    /// Forwards every record to the daemon's log until the task is dropped.
+    pub async fn forward(self) {
+        // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd lives.
+        let Ok(mut fd) = (unsafe { tokio::io::unix::AsyncFd::register(self.0) }) else {
+            return;
+        };
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }
+}
+
+/// aya-log's records as tracing events under `netd::bpf`, at the daemon's
+/// info level: the BPF side already filtered them by `--bpf-log`.
+pub struct ToTracing;
+
+impl log::Log for ToTracing {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        tracing::info!(
+            target: "netd::bpf",
+            bpf_level = %record.level(),
+            program = record.module_path().unwrap_or(""),
+            "{}",
+            record.args()
+        );
+    }
+
+    fn flush(&self) {}
 }
 
 fn sock_hook<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr> {

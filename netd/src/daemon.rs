@@ -41,6 +41,8 @@ pub struct Options {
     pub kernel_features: KernelFeatures,
     /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Which BPF-side log statements run (off: none, at no cost).
+    pub bpf_log: crate::bpf::BpfLog,
 }
 
 const CONNTRACK_GC_INTERVAL: Duration = Duration::from_secs(10);
@@ -64,7 +66,12 @@ pub async fn run(opts: Options) -> Result<()> {
     let driver: Box<dyn FirewallDriver> = match opts.datapath {
         DatapathKind::Ebpf => {
             let features = Features::probe(opts.kernel_features)?;
-            Box::new(EbpfDriver::start(&host_info, &opts.bpffs, features)?)
+            Box::new(EbpfDriver::start(
+                &host_info,
+                &opts.bpffs,
+                features,
+                opts.bpf_log,
+            )?)
         }
         DatapathKind::Iptables => Box::new(IptablesDriver::start(&host_info)?),
     };

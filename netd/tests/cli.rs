@@ -543,25 +543,16 @@ fn monitor_streams_drops_with_reason_interface_and_tuple() {
     let h = DaemonHost::start(NETD, &[]);
     let web = h.name("web");
     h.ok(&["container", "create", &web]);
-    let mut monitor = Command::new(NETD)
-        .arg("--socket")
-        .arg(h.socket())
-        .args(["monitor", "--format", "json"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = monitor.stdout.take().unwrap();
+    // Returns once the daemon's hello line says the stream is live.
+    let monitor = netd::client::Client::new(h.socket()).monitor().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
+        for event in monitor.map_while(Result::ok) {
+            if tx.send(event).is_err() {
+                return;
+            }
         }
     });
-    std::thread::sleep(Duration::from_millis(300)); // let the monitor subscribe
     // An L2 neighbour goes straight for the container's address.
     h.outside
         .ip(&["route", "add", "172.17.0.0/16", "via", HOST_IP])
@@ -569,16 +560,15 @@ fn monitor_streams_drops_with_reason_interface_and_tuple() {
     assert!(probe::tcp_request(&h.outside, addr("172.17.0.2:80"), b"x").is_err());
     let deadline = Instant::now() + Duration::from_secs(5);
     let event = loop {
-        let line = rx
+        let event = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("a drop event");
-        let event: Value = serde_json::from_str(&line).unwrap();
-        if event["reason"] == "unsolicited-inbound" {
-            break event;
+        if let netd::api::MonitorEvent::Drop(drop) = event
+            && drop.reason == "unsolicited-inbound"
+        {
+            break serde_json::to_value(drop).unwrap();
         }
     };
-    let _ = monitor.kill();
-    let _ = monitor.wait();
     assert_eq!(event["dst"], "172.17.0.2:80");
     assert!(event["src"].as_str().unwrap().starts_with(OUTSIDE_IP));
     assert!(
@@ -586,6 +576,46 @@ fn monitor_streams_drops_with_reason_interface_and_tuple() {
         "{event}"
     );
     assert_eq!(event["proto"], 6);
+}
+
+/// `--bpf-log debug`: the BPF programs' log lines reach the daemon's log
+/// (one per dropped packet, with its reason and addresses).
+#[test]
+fn bpf_log_lines_reach_the_daemon_log_when_enabled() {
+    let mut h = DaemonHost::start(NETD, &[]);
+    h.kill_daemon(libc::SIGTERM);
+    let log = PathBuf::from(format!("/run/netd-log-{}.json", h.name("bpflog")));
+    h.daemon_log = Some(log.clone());
+    h.spawn_daemon_with(&["--log-format", "json", "--bpf-log", "debug"]);
+    let web = h.name("web");
+    h.ok(&["container", "create", &web]);
+    h.outside
+        .ip(&["route", "add", "172.17.0.0/16", "via", HOST_IP])
+        .unwrap();
+    assert!(probe::tcp_request(&h.outside, addr("172.17.0.2:80"), b"x").is_err());
+    // unsolicited-inbound is drop reason 9.
+    let wanted = "drop reason 9 on if";
+    let tuple = format!("proto 6 {OUTSIDE_IP} -> 172.17.0.2");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let found = text.lines().find_map(|l| {
+            let line: Value = serde_json::from_str(l).ok()?;
+            let message = line["message"].as_str()?;
+            (line["target"] == "netd::bpf" && message.contains(wanted) && message.contains(&tuple))
+                .then_some(line)
+        });
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "no BPF drop line in:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(line["bpf_level"], "DEBUG", "{line}");
+    h.kill_daemon(libc::SIGTERM);
+    h.daemon_log = None;
+    let _ = std::fs::remove_file(&log);
+    h.spawn_daemon();
 }
 
 #[test]

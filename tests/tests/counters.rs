@@ -285,3 +285,34 @@ fn counts_real_traffic_between_namespaces() -> Result<()> {
     drop((tcp_server, udp_server));
     Ok(())
 }
+
+/// BPF log statements cost nothing when off: the loader freezes the log
+/// level in .rodata and the verifier removes every statement above it, so
+/// the programs netd runs by default are shorter than with `--bpf-log trace`.
+#[test]
+fn bpf_logs_are_removed_by_the_verifier_when_off() -> Result<()> {
+    use netd::{
+        bpf::BpfLog,
+        features::{Features, KernelFeatures},
+    };
+    let features = Features::probe(KernelFeatures::Auto)?;
+    let size = |log: BpfLog, program: &str| -> Result<u32> {
+        let mut dp = Datapath::load_with_log(&features, log)?;
+        let info = dp.classifier(program)?.info()?;
+        Ok(info.size_translated().expect("a loaded program has a size"))
+    };
+    // The uplink programs log their drops at debug; to_uplink also logs
+    // each fast-path packet at trace (from_container has no stack to spare).
+    for program in [programs::FROM_UPLINK, programs::TO_UPLINK] {
+        let (off, debug, trace) = (
+            size(BpfLog::Off, program)?,
+            size(BpfLog::Debug, program)?,
+            size(BpfLog::Trace, program)?,
+        );
+        assert!(off < debug, "{program}: off {off} B, debug {debug} B");
+        if program == programs::TO_UPLINK {
+            assert!(debug < trace, "{program}: debug {debug} B, trace {trace} B");
+        }
+    }
+    Ok(())
+}

@@ -39,6 +39,11 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Log statements of the BPF programs to run and forward to the log
+    /// (`debug`: each dropped packet; `trace`: also each fast-path packet).
+    /// Off by default, and then free: the verifier removes them.
+    #[arg(long, value_enum, default_value = "off")]
+    bpf_log: netd::bpf::BpfLog,
     /// Log lines as text or as JSON objects (for log shippers).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -62,6 +67,7 @@ pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<()> {
         bpffs: args.bpffs,
         kernel_features: args.kernel_features,
         metrics: args.metrics,
+        bpf_log: args.bpf_log,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

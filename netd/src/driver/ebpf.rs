@@ -37,10 +37,18 @@ pub struct EbpfDriver {
 
 impl EbpfDriver {
     /// Loads (or, after a restart, re-adopts) the datapath pinned under `bpffs`.
-    pub fn start(host: &HostInfo, bpffs: &Path, features: Features) -> Result<Self> {
+    pub fn start(
+        host: &HostInfo,
+        bpffs: &Path,
+        features: Features,
+        log: crate::bpf::BpfLog,
+    ) -> Result<Self> {
         features.require_minimum()?;
         super::set_bridge_netfilter(false)?;
-        let mut datapath = Datapath::load_pinned(bpffs, &features)?;
+        let mut datapath = Datapath::load_pinned(bpffs, &features, log)?;
+        if let Some(logs) = datapath.take_logs() {
+            tokio::spawn(logs.forward());
+        }
         // First the socket hooks: before 5.14 they tell us our namespace's
         // cookie (until the config has it, they leave every socket alone).
         datapath.attach_host_sockets()?;
