@@ -20,6 +20,7 @@ pub mod maps {
     pub const NETNS_PROBE: &str = "NETNS_PROBE";
     pub const UPLINKS: &str = "UPLINKS";
     pub const DROP_EVENTS: &str = "DROP_EVENTS";
+    pub const DROPS_BY_INTERFACE: &str = "DROPS_BY_INTERFACE";
 }
 
 /// Map sizes (entries). Kernel memory is charged per entry; see docs/datapath.md.
@@ -41,6 +42,9 @@ pub mod sizes {
     /// Bytes of the drop-event ring buffer (`netd monitor`); when it is full,
     /// events are lost, the drop counters still count.
     pub const DROP_EVENTS_BYTES: u32 = 256 * 1024;
+    /// (interface, drop reason) pairs counted (LRU: interfaces that are
+    /// gone make room for new ones).
+    pub const DROPS_BY_INTERFACE: u32 = 8192;
 }
 
 /// Names of the BPF programs in the object file.
@@ -184,6 +188,14 @@ pub struct DropEvent {
     pub dst_port: [u8; 2],
     pub proto: u8,
     pub _pad: [u8; 3],
+}
+
+/// Key of `DROPS_BY_INTERFACE`: drops of one reason on one interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct DropKey {
+    pub ifindex: u32,
+    pub reason: u32,
 }
 
 /// Addresses and ports are kept in network byte order, as in the packet.
@@ -373,6 +385,7 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<PacketCounter>() == 16);
     assert!(size_of::<DropEvent>() == 24);
+    assert!(size_of::<DropKey>() == 8);
     assert!(size_of::<Config>() == 24);
     assert!(size_of::<UplinkInfo>() == 8);
     assert!(size_of::<SockRevKey>() == 16);
@@ -412,6 +425,7 @@ mod pod {
         CtEntry,
         SockRevKey,
         DropEvent,
+        DropKey,
         SockRevValue,
         UplinkInfo,
     );

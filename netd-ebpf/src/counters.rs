@@ -5,10 +5,10 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::__sk_buff,
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
-use netd_common::{DropEvent, DropReason, PacketCounter, TrafficClass, sizes};
+use netd_common::{DropEvent, DropKey, DropReason, PacketCounter, TrafficClass, sizes};
 use network_types::ip::Ipv4Hdr;
 
 use crate::offsets::{ETH_LEN, L4_SRC_PORT};
@@ -35,13 +35,31 @@ pub fn count_traffic(class: TrafficClass, bytes: u32) {
 #[map(name = "DROP_EVENTS")]
 static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(sizes::DROP_EVENTS_BYTES, 0);
 
+#[map(name = "DROPS_BY_INTERFACE")]
+static DROPS_BY_INTERFACE: LruPerCpuHashMap<DropKey, u64> =
+    LruPerCpuHashMap::with_max_entries(sizes::DROPS_BY_INTERFACE, 0);
+
+/// Counts a drop by reason and by (interface, reason), and reports it.
+/// Dropped packets only: the forwarding path never pays for this.
 #[inline(always)]
 pub fn count_drop(ctx: &TcContext, reason: DropReason) -> DropEvent {
     if let Some(slot) = DROP_COUNTERS.get_ptr_mut(reason as u32) {
         // SAFETY: as above.
         unsafe { *slot += 1 };
     }
-    report_drop(ctx, reason)
+    let event = report_drop(ctx, reason);
+    let key = DropKey {
+        ifindex: event.ifindex,
+        reason: event.reason,
+    };
+    match DROPS_BY_INTERFACE.get_ptr_mut(&key) {
+        // SAFETY: a per-CPU value, only this CPU writes it now.
+        Some(slot) => unsafe { *slot += 1 },
+        None => {
+            let _ = DROPS_BY_INTERFACE.insert(&key, &1, 0);
+        }
+    }
+    event
 }
 
 /// One log line per drop. Pruned by the verifier unless `netd daemon

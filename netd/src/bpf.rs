@@ -90,6 +90,7 @@ const PINNED_MAPS: &[&str] = &[
     maps::DROP_EVENTS,
     maps::TRAFFIC_COUNTERS,
     maps::DROP_COUNTERS,
+    maps::DROPS_BY_INTERFACE,
 ];
 
 impl Datapath {
@@ -854,6 +855,24 @@ impl Datapath {
             .iter()
             .map(|&reason| Ok((reason, map.get(&(reason as u32), 0)?.iter().sum())))
             .collect()
+    }
+
+    /// Drops by (interface index, reason), summed over the CPUs.
+    pub fn drops_by_interface(&self) -> Result<Vec<(u32, DropReason, u64)>> {
+        let map = self
+            .ebpf
+            .map(maps::DROPS_BY_INTERFACE)
+            .ok_or_else(|| anyhow!("BPF map {} missing", maps::DROPS_BY_INTERFACE))?;
+        let map: aya::maps::PerCpuHashMap<_, netd_common::DropKey, u64> =
+            aya::maps::PerCpuHashMap::try_from(map)?;
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (key, values) = entry?;
+            if let Some(reason) = DropReason::from_u32(key.reason) {
+                out.push((key.ifindex, reason, values.iter().sum()));
+            }
+        }
+        Ok(out)
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {

@@ -33,6 +33,12 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InterfaceReasonLabel {
+    interface: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MapLabel {
     map: String,
 }
@@ -140,6 +146,20 @@ impl Metrics {
             "dropped_packets",
             "Packets the datapath dropped, by reason",
             drops,
+        );
+        let by_interface = Family::<InterfaceReasonLabel, Counter>::default();
+        for (interface, reason, n) in &datapath.drops_by_interface {
+            by_interface
+                .get_or_create(&InterfaceReasonLabel {
+                    interface: interface.clone(),
+                    reason: (*reason).to_owned(),
+                })
+                .inc_by(*n);
+        }
+        registry.register(
+            "dropped_packets_by_interface",
+            "Packets the datapath dropped, by the interface they came in on and reason",
+            by_interface,
         );
         let entries = Family::<MapLabel, Gauge<i64>>::default();
         let capacity = Family::<MapLabel, Gauge<i64>>::default();

@@ -91,6 +91,12 @@ fn metrics_are_scraped_and_move_with_real_traffic() {
     assert!(value(&after, tcp) - value(&before, tcp) >= 10.0, "{after}");
     let unsolicited = r#"netd_dropped_packets_total{reason="unsolicited-inbound"}"#;
     assert!(value(&after, unsolicited) >= 1.0, "{after}");
+    // ... and counted on the uplink it came in by.
+    let on_uplink = format!(
+        r#"netd_dropped_packets_by_interface_total{{interface="{}",reason="unsolicited-inbound"}}"#,
+        h.uplink
+    );
+    assert!(value(&after, &on_uplink) >= 1.0, "{after}");
     assert!(
         value(
             &after,

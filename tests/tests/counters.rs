@@ -49,6 +49,7 @@ fn expect(
 ) {
     let before_traffic = dp.traffic_counters().unwrap();
     let before_drops = dp.drop_counters().unwrap();
+    let before_by_interface = dp.drops_by_interface().unwrap();
     let (got, out) = run_classifier(dp, programs::FROM_CONTAINER, frame)
         .unwrap_or_else(|e| panic!("test run of {} bytes: {e:#}", frame.len()));
     assert_eq!(got, verdict, "verdict for frame {frame:02x?}");
@@ -69,6 +70,25 @@ fn expect(
         let after = dp.drop_counters().unwrap()[i].1;
         let want = before + u64::from(Some(*r) == drop);
         assert_eq!(after, want, "drop counter {}", r.label());
+    }
+    // The same drop, counted once more on the interface it came in by.
+    let on_interface = |counts: &[(u32, DropReason, u64)], reason| {
+        counts
+            .iter()
+            .filter(|(ifindex, r, _)| *ifindex == TEST_RUN_IFINDEX && *r == reason)
+            .map(|(_, _, n)| n)
+            .sum::<u64>()
+    };
+    let after_by_interface = dp.drops_by_interface().unwrap();
+    for reason in DropReason::ALL {
+        let before = on_interface(&before_by_interface, *reason);
+        let want = before + u64::from(Some(*reason) == drop);
+        assert_eq!(
+            on_interface(&after_by_interface, *reason),
+            want,
+            "drops on if{TEST_RUN_IFINDEX}, {}",
+            reason.label()
+        );
     }
 }
 

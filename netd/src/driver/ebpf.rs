@@ -453,6 +453,12 @@ impl FirewallDriver for EbpfDriver {
                 .into_iter()
                 .map(|(reason, n)| (reason.label(), n))
                 .collect(),
+            drops_by_interface: self
+                .datapath
+                .drops_by_interface()?
+                .into_iter()
+                .map(|(ifindex, reason, n)| (interface_name(ifindex), reason.label(), n))
+                .collect(),
             maps: self.datapath.fill_levels()?,
             conntrack: conntrack.into_iter().map(|((p, d), n)| (p, d, n)).collect(),
         })
@@ -514,4 +520,12 @@ impl FirewallDriver for EbpfDriver {
             drops,
         })))
     }
+}
+
+/// An interface's name, or `if<index>` once it is gone.
+fn interface_name(ifindex: u32) -> String {
+    nix::net::if_::if_indextoname(ifindex)
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_else(|| format!("if{ifindex}"))
 }

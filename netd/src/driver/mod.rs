@@ -59,6 +59,8 @@ pub struct DatapathMetrics {
     pub traffic: Vec<(&'static str, u64, u64)>,
     /// (reason, packets)
     pub drops: Vec<(&'static str, u64)>,
+    /// (interface, reason, packets)
+    pub drops_by_interface: Vec<(String, &'static str, u64)>,
     pub maps: Vec<crate::bpf::MapFill>,
     /// (protocol, direction, entries)
     pub conntrack: Vec<(String, String, u64)>,
