@@ -37,6 +37,15 @@ pub struct NetworkSpec {
     pub host_ip: Option<String>,
     #[serde(default)]
     pub mtu: Option<u32>,
+    /// The bridge's name (default: `br-` and 12 hex digits).
+    #[serde(default)]
+    pub bridge: Option<String>,
+    /// Host address `-p` publishes on when it names none (default: all).
+    #[serde(default)]
+    pub binding_ip: Option<String>,
+    /// Set by the Docker plugin: the network's Docker ID.
+    #[serde(default)]
+    pub docker_id: Option<String>,
 }
 
 fn yes() -> bool {
@@ -55,6 +64,9 @@ impl NetworkSpec {
             masquerade: true,
             host_ip: None,
             mtu: None,
+            bridge: None,
+            binding_ip: None,
+            docker_id: None,
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::{
     driver::{EbpfDriver, FirewallDriver, IptablesDriver},
     engine::Engine,
     features::{Features, KernelFeatures},
-    frontend::socket,
+    frontend::{self, socket},
     host::{Host as _, NetlinkHost},
     metrics::Metrics,
     netlink::Netlink,
@@ -43,6 +43,8 @@ pub struct Options {
     pub metrics: Option<std::net::SocketAddr>,
     /// Which BPF-side log statements run (off: none, at no cost).
     pub bpf_log: crate::bpf::BpfLog,
+    /// Where to serve Docker's remote network-driver protocol, if at all.
+    pub docker_plugin: Option<PathBuf>,
 }
 
 const CONNTRACK_GC_INTERVAL: Duration = Duration::from_secs(10);
@@ -122,6 +124,13 @@ pub async fn run(opts: Options) -> Result<()> {
     if let Some(addr) = opts.metrics {
         tasks.push(serve_metrics(addr, engine.clone()).await?);
     }
+    if let Some(path) = &opts.docker_plugin {
+        tasks.push(frontend::docker::serve(
+            path,
+            engine.clone(),
+            shared.metrics.clone(),
+        )?);
+    }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let down = loop {
         tokio::select! {
@@ -138,6 +147,9 @@ pub async fn run(opts: Options) -> Result<()> {
         task.abort();
     }
     let _ = std::fs::remove_file(&opts.socket);
+    if let Some(path) = &opts.docker_plugin {
+        let _ = std::fs::remove_file(path);
+    }
     if !down && opts.cleanup {
         engine.lock().await.teardown().await?;
     }

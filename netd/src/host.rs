@@ -84,6 +84,17 @@ pub trait Host: Send + Sync {
     /// container, its host side up on the bridge; returns the host side's
     /// index. On failure deleting `host_veth` removes whatever was made.
     fn create_veth(&self, plan: &VethPlan<'_>) -> impl Future<Output = Result<u32>> + Send;
+    /// A veth for a runtime's sandbox: the host side `host_veth` up on
+    /// `bridge`, the other side ([`peer_name`]) left down in this namespace
+    /// with `mac`, for the runtime to move and configure. Returns the host
+    /// side's index.
+    fn create_runtime_veth(
+        &self,
+        bridge: &str,
+        host_veth: &str,
+        mtu: u32,
+        mac: [u8; 6],
+    ) -> impl Future<Output = Result<u32>> + Send;
     /// Brings the container side up (its gratuitous ARP goes out now) and
     /// adds the default route via `gateway` if given.
     fn finish_veth(
@@ -300,6 +311,23 @@ impl Host for NetlinkHost {
             .await?;
         inner.set_mac(eth, plan.mac).await?;
         let bridge = self.nl.require_index(plan.bridge).await?;
+        self.nl.set_master(host_index, bridge).await?;
+        self.nl.set_hairpin(host_index).await?;
+        self.nl.set_up(host_index).await?;
+        Ok(host_index)
+    }
+
+    async fn create_runtime_veth(
+        &self,
+        bridge: &str,
+        host_veth: &str,
+        mtu: u32,
+        mac: [u8; 6],
+    ) -> Result<u32> {
+        let peer = peer_name(host_veth);
+        let (host_index, peer_index) = self.nl.create_veth(host_veth, &peer, mtu).await?;
+        self.nl.set_mac(peer_index, mac).await?;
+        let bridge = self.nl.require_index(bridge).await?;
         self.nl.set_master(host_index, bridge).await?;
         self.nl.set_hairpin(host_index).await?;
         self.nl.set_up(host_index).await?;

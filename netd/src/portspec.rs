@@ -69,7 +69,8 @@ impl PortSpec {
         };
         if let Some((start, end)) = host_ports {
             let (cs, ce) = container_ports;
-            if end - start != ce - cs {
+            // One container port and a host range: any one port of the range.
+            if end - start != ce - cs && cs != ce {
                 bail!(
                     "-p {spec}: host range {start}-{end} and container range {cs}-{ce} differ in size"
                 );
@@ -124,12 +125,18 @@ mod tests {
             (p.host_ports, p.container_ports),
             (Some((9000, 9002)), (7000, 7002))
         );
+        // Docker's "any one port of the host range" for one container port.
+        let p = PortSpec::parse("9000-9010:80").unwrap();
+        assert_eq!(
+            (p.host_ports, p.container_ports),
+            (Some((9000, 9010)), (80, 80))
+        );
         for bad in [
             "",
             "abc",
             "80/sctp",
             "1:2:3:4",
-            "9000-9001:80",
+            "9000-9002:80-81",
             "0:80",
             "70000:80",
             "x.y:80:80",

@@ -32,6 +32,13 @@ pub struct Network {
     pub masquerade: bool,
     pub host_ip: Option<Ipv4Addr>,
     pub mtu: u32,
+    /// Host address ports are published on when `-p` names none (Docker's
+    /// `com.docker.network.bridge.host_binding_ipv4`); unset: every address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding_ip: Option<Ipv4Addr>,
+    /// Docker's network ID, for networks made through the Docker plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_id: Option<String>,
     /// Set while a create or remove is under way (see [`Pending`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Pending>,
@@ -77,6 +84,32 @@ pub struct Container {
     /// they exist): a daemon killed meanwhile deletes them at start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_links: Vec<String>,
+    /// Whose network namespace this is: netd's own, or a runtime's.
+    #[serde(default, skip_serializing_if = "Sandbox::is_netd")]
+    pub sandbox: Sandbox,
+}
+
+/// Who made a container's network namespace and moves its interface in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Sandbox {
+    /// netd: `/run/netns/NAME`, made and removed with the container.
+    #[default]
+    Netd,
+    /// Docker: one endpoint of a container on one network. netd makes the
+    /// veth; Docker moves its container end into the sandbox at Join.
+    Docker {
+        endpoint_id: String,
+        /// The sandbox's namespace path, once joined.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sandbox_key: Option<String>,
+    },
+}
+
+impl Sandbox {
+    pub fn is_netd(&self) -> bool {
+        *self == Self::Netd
+    }
 }
 
 /// A container's interface on one network.
@@ -166,6 +199,8 @@ mod tests {
                 masquerade: true,
                 host_ip: None,
                 mtu: 1500,
+                binding_ip: None,
+                docker_id: None,
                 pending: None,
             },
         );

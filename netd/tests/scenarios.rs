@@ -1,13 +1,17 @@
 //! The scenario suite on every datapath: identical verdicts, as written in
 //! `netd_testbed::scenarios`. Adding a datapath is one more `#[test]`.
 
-use netd_testbed::scenarios;
+use netd_testbed::scenarios::{self, Frontend};
 
 const NETD: &str = env!("CARGO_BIN_EXE_netd");
 
 fn check(datapath: &str, daemon_flags: &[&str]) {
-    let rows = scenarios::run(NETD, datapath, daemon_flags);
-    let matrix = scenarios::matrix(datapath, &rows);
+    check_through(Frontend::Cli, datapath, daemon_flags);
+}
+
+fn check_through(frontend: Frontend, datapath: &str, daemon_flags: &[&str]) {
+    let rows = scenarios::run(NETD, datapath, daemon_flags, frontend);
+    let matrix = scenarios::matrix(&format!("{datapath} ({frontend:?})"), &rows);
     println!("{matrix}");
     let bad: Vec<String> = rows
         .iter()
@@ -37,4 +41,16 @@ fn ebpf_datapath_in_legacy_kernel_mode_passes_the_scenarios() {
 #[test]
 fn iptables_datapath_passes_the_scenarios() {
     check("iptables", &[]);
+}
+
+/// The same story made by a real dockerd with netd as its network driver:
+/// the same verdicts, on both datapaths.
+#[test]
+fn ebpf_datapath_passes_the_scenarios_through_docker() {
+    check_through(Frontend::Docker, "ebpf", &[]);
+}
+
+#[test]
+fn iptables_datapath_passes_the_scenarios_through_docker() {
+    check_through(Frontend::Docker, "iptables", &[]);
 }

@@ -57,6 +57,12 @@ impl DaemonHost {
         me
     }
 
+    /// Flags every later `netd daemon` start gets too.
+    pub fn add_daemon_args(&mut self, args: &[&str]) {
+        self.daemon_args
+            .extend(args.iter().map(|a| (*a).to_owned()));
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.join("netd.sock")
     }

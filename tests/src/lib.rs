@@ -6,6 +6,7 @@
 //!   inside those namespaces;
 //! - [`daemon_host`]: a host namespace running the real `netd daemon`;
 //! - [`datapath_host`]: a host namespace driven through `netd::bpf::Datapath`;
+//! - [`docker`]: a real dockerd using netd as its network driver;
 //! - [`scenarios`]: the verdict suite both datapaths must pass;
 //! - [`testrun`]: one crafted frame through BPF_PROG_TEST_RUN;
 //! - [`packet`]: crafted frames and an independent checksum routine for
@@ -13,6 +14,7 @@
 
 pub mod daemon_host;
 pub mod datapath_host;
+pub mod docker;
 pub mod packet;
 pub mod probe;
 pub mod scenarios;

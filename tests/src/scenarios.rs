@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 
 use crate::{
     Netns,
-    daemon_host::{DaemonHost, HOST_IP, HOST_SECOND_IP, OUTSIDE_IP},
+    daemon_host::{DaemonHost, HOST_IP, OUTSIDE_IP},
+    docker::DockerHost,
     probe::{self, EchoServer},
 };
 
@@ -298,9 +299,18 @@ pub const PROBES: &[Probe] = &[
         "10.61.0.3:80",
         Reach("10.61.0.2"),
     ),
+    // As Docker: no default route on an internal network.
     probe(
         "internal network, out",
         Ctr("i1"),
+        Tcp,
+        "198.51.100.2:7000",
+        Unreachable,
+    ),
+    // i2 added a default route via the gateway itself: the datapath stops it.
+    probe(
+        "internal network, out by its own route",
+        Ctr("i2"),
         Tcp,
         "198.51.100.2:7000",
         Dropped("internal-network", "NETD-ISOLATION-STAGE-1"),
@@ -349,19 +359,59 @@ pub const PROBES: &[Probe] = &[
     ),
 ];
 
+/// How the suite's networks and containers are made: through netd's own
+/// CLI, or by a real dockerd using netd as its network driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frontend {
+    Cli,
+    Docker,
+}
+
+enum Hosts {
+    Cli(Box<DaemonHost>),
+    Docker(Box<DockerHost>),
+}
+
 pub struct Suite {
-    pub h: DaemonHost,
+    hosts: Hosts,
     /// `ebpf` or `iptables`: where drops are counted.
     pub datapath: String,
     _servers: Vec<EchoServer>,
 }
 
 impl Suite {
+    /// The netd host (under Docker too: dockerd runs in its namespace).
+    pub fn h(&self) -> &DaemonHost {
+        match &self.hosts {
+            Hosts::Cli(h) => h,
+            Hosts::Docker(d) => &d.h,
+        }
+    }
+
     fn ns(&self, from: Client) -> Netns {
         match from {
-            Ctr(name) => self.h.ctr(name),
-            Host => self.h.host.clone(),
-            Outside => self.h.outside.clone(),
+            Ctr(name) => self.h().ctr(name),
+            Host => self.h().host.clone(),
+            Outside => self.h().outside.clone(),
+        }
+    }
+
+    /// Takes container `short` off the default network, then puts it back
+    /// on `ip`: `netd network disconnect/connect`, or Docker's.
+    fn disconnect_and_reconnect(&self, short: &str, ip: &str, between: impl FnOnce()) {
+        let name = self.h().name(short);
+        match &self.hosts {
+            Hosts::Cli(h) => {
+                h.ok(&["network", "disconnect", "bridge", &name]);
+                between();
+                h.ok(&["network", "connect", "bridge", &name, "--ip", ip]);
+            }
+            Hosts::Docker(d) => {
+                let bridge = d.h.name("bridge");
+                d.docker_ok(&["network", "disconnect", &bridge, &name]);
+                between();
+                d.docker_ok(&["network", "connect", "--ip", ip, &bridge, &name]);
+            }
         }
     }
 }
@@ -370,70 +420,123 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-/// Networks, containers and servers of the classic story, on `datapath`
-/// (`daemon_flags` are added to the daemon's command line).
-pub fn build(netd: &str, datapath: &str, daemon_flags: &[&str]) -> Suite {
+/// The networks of the classic story besides the default one: (name,
+/// subnet, netd flags, Docker flags).
+const NETWORKS: &[(&str, &str, &str, &str)] = &[
+    ("second", "10.60.0.0/24", "", ""),
+    ("intern", "10.61.0.0/24", "--internal", "--internal"),
+    (
+        "noicc",
+        "10.62.0.0/24",
+        "--icc=false",
+        "-o=com.docker.network.bridge.enable_icc=false",
+    ),
+    (
+        "nomasq",
+        "10.63.0.0/24",
+        "--masquerade=false",
+        "-o=com.docker.network.bridge.enable_ip_masquerade=false",
+    ),
+];
+
+/// The containers: (short name, network, address, published ports).
+const CONTAINERS: &[(&str, &str, &str, &[&str])] = &[
+    (
+        "c1",
+        "bridge",
+        "172.17.0.2",
+        &[
+            "8080:80",
+            "5353:53/udp",
+            "127.0.0.1:9090:80",
+            "198.51.100.3:7070:80",
+            "9100-9101:80-81",
+        ],
+    ),
+    ("c2", "bridge", "172.17.0.3", &[]),
+    ("c3", "second", "10.60.0.2", &[]),
+    ("i1", "intern", "10.61.0.2", &[]),
+    ("i2", "intern", "10.61.0.3", &[]),
+    ("n1", "noicc", "10.62.0.2", &[]),
+    ("n2", "noicc", "10.62.0.3", &[]),
+    ("m1", "nomasq", "10.63.0.2", &[]),
+    ("hostc", "host", "", &[]),
+    ("nonec", "none", "", &[]),
+];
+
+/// Networks and containers of the classic story, made through `frontend`,
+/// with the echo servers, on `datapath` (`daemon_flags` are added to the
+/// daemon's command line).
+pub fn build(netd: &str, datapath: &str, daemon_flags: &[&str], frontend: Frontend) -> Suite {
     let flags: Vec<&str> = ["--datapath", datapath]
         .into_iter()
         .chain(daemon_flags.iter().copied())
         .collect();
-    let mut h = DaemonHost::start(netd, &flags);
-    let far = h.add_far_host("203.0.113.2", 1280);
-    h.ok(&["network", "create", "second", "--subnet", "10.60.0.0/24"]);
-    h.ok(&[
-        "network",
-        "create",
-        "intern",
-        "--subnet",
-        "10.61.0.0/24",
-        "--internal",
-    ]);
-    h.ok(&[
-        "network",
-        "create",
-        "noicc",
-        "--subnet",
-        "10.62.0.0/24",
-        "--icc=false",
-    ]);
-    h.ok(&[
-        "network",
-        "create",
-        "nomasq",
-        "--subnet",
-        "10.63.0.0/24",
-        "--masquerade=false",
-    ]);
-    let create = |short: &str, args: &[&str]| {
-        let name = h.name(short);
-        let mut all = vec!["container", "create", name.as_str()];
-        all.extend_from_slice(args);
-        h.ok(&all);
+    let (mut hosts, far) = match frontend {
+        Frontend::Cli => {
+            let mut h = DaemonHost::start(netd, &flags);
+            let far = h.add_far_host("203.0.113.2", 1280);
+            for (name, subnet, netd_flag, _) in NETWORKS {
+                let mut args = vec!["network", "create", name, "--subnet", subnet];
+                args.extend(Some(*netd_flag).filter(|f| !f.is_empty()));
+                h.ok(&args);
+            }
+            for (short, network, ip, ports) in CONTAINERS {
+                let name = h.name(short);
+                let mut args = vec!["container", "create", name.as_str(), "--network", network];
+                if !ip.is_empty() {
+                    args.extend(["--ip", ip]);
+                }
+                for port in *ports {
+                    args.extend(["-p", port]);
+                }
+                h.ok(&args);
+            }
+            (Hosts::Cli(Box::new(h)), far)
+        }
+        Frontend::Docker => {
+            let mut d = DockerHost::start(netd, &flags);
+            let far = d.h.add_far_host("203.0.113.2", 1280);
+            // Docker's own default network plays netd's `bridge`, on the
+            // same subnet.
+            d.h.ok(&["network", "rm", "bridge"]);
+            let bridge = d.h.name("bridge");
+            d.network(
+                &bridge,
+                &["--subnet", "172.17.0.0/16", "--gateway", "172.17.0.1"],
+            );
+            let named = |n: &str| match n {
+                "bridge" => bridge.clone(),
+                "host" | "none" => n.to_owned(),
+                other => d.h.name(other),
+            };
+            for (name, subnet, _, docker_flag) in NETWORKS {
+                let mut args = vec!["--subnet", subnet];
+                args.extend(Some(*docker_flag).filter(|f| !f.is_empty()));
+                d.network(&named(name), &args);
+            }
+            for (short, network, ip, ports) in CONTAINERS {
+                let network = named(network);
+                let mut args = vec!["--network", network.as_str()];
+                if !ip.is_empty() {
+                    args.extend(["--ip", ip]);
+                }
+                for port in *ports {
+                    args.extend(["-p", port]);
+                }
+                d.run(short, &args);
+            }
+            (Hosts::Docker(Box::new(d)), far)
+        }
     };
-    create(
-        "c1",
-        &[
-            "-p",
-            "8080:80",
-            "-p",
-            "5353:53/udp",
-            "-p",
-            "127.0.0.1:9090:80",
-            "-p",
-            &format!("{HOST_SECOND_IP}:7070:80"),
-            "-p",
-            "9100-9101:80-81",
-        ],
-    );
-    create("c2", &[]);
-    create("c3", &["--network", "second"]);
-    create("i1", &["--network", "intern"]);
-    create("i2", &["--network", "intern"]);
-    create("n1", &["--network", "noicc"]);
-    create("n2", &["--network", "noicc"]);
-    create("m1", &["--network", "nomasq"]);
-    create("hostc", &["--network", "host"]);
-    create("nonec", &["--network", "none"]);
+    let h: &mut DaemonHost = match &mut hosts {
+        Hosts::Cli(h) => h,
+        Hosts::Docker(d) => &mut d.h,
+    };
+    // A container on the internal network routes out by itself.
+    h.ctr("i2")
+        .ip(&["route", "add", "default", "via", "10.61.0.1"])
+        .unwrap();
     // The outside can route to every container subnet through the host, as an
     // L2 neighbour could: only netd's rules stand in the way.
     for subnet in [
@@ -448,16 +551,7 @@ pub fn build(netd: &str, datapath: &str, daemon_flags: &[&str]) -> Suite {
             .unwrap();
     }
     let mut servers = Vec::new();
-    for (short, ip) in [
-        ("c1", "172.17.0.2"),
-        ("c2", "172.17.0.3"),
-        ("c3", "10.60.0.2"),
-        ("i1", "10.61.0.2"),
-        ("i2", "10.61.0.3"),
-        ("n1", "10.62.0.2"),
-        ("n2", "10.62.0.3"),
-        ("m1", "10.63.0.2"),
-    ] {
+    for (short, _, ip, _) in CONTAINERS.iter().filter(|c| !c.2.is_empty()) {
         servers.push(EchoServer::tcp(&h.ctr(short), addr(&format!("{ip}:80")), "{peer}").unwrap());
     }
     servers.push(EchoServer::tcp(&h.ctr("c1"), addr("172.17.0.2:81"), "{peer}").unwrap());
@@ -468,7 +562,7 @@ pub fn build(netd: &str, datapath: &str, daemon_flags: &[&str]) -> Suite {
         .push(EchoServer::udp(&h.outside, addr(&format!("{OUTSIDE_IP}:7001")), "{peer}").unwrap());
     servers.push(EchoServer::tcp_sink(&far, addr("203.0.113.2:7002")).unwrap());
     Suite {
-        h,
+        hosts,
         datapath: datapath.to_owned(),
         _servers: servers,
     }
@@ -527,7 +621,7 @@ fn outcome(ns: &Netns, p: &Probe) -> Outcome {
 /// DROP rules on iptables.
 fn drop_counts(suite: &Suite) -> std::collections::BTreeMap<String, u64> {
     if suite.datapath == "iptables" {
-        let out = suite.h.host.run("iptables-save", &["-c"]).unwrap();
+        let out = suite.h().host.run("iptables-save", &["-c"]).unwrap();
         let mut counts = std::collections::BTreeMap::new();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let Some((counters, rule)) = line.strip_prefix('[').and_then(|l| l.split_once("] "))
@@ -547,7 +641,7 @@ fn drop_counts(suite: &Suite) -> std::collections::BTreeMap<String, u64> {
         }
         counts
     } else {
-        let status = suite.h.json(&["status"]);
+        let status = suite.h().json(&["status"]);
         status["drops"]
             .as_object()
             .expect("status has drops")
@@ -589,7 +683,7 @@ pub fn verdict(suite: &Suite, p: &Probe) -> String {
             }
             (NoHost, _) => {
                 let ip = p.to.split(':').next().unwrap();
-                let containers = suite.h.json(&["container", "ls", "--format", "json"]);
+                let containers = suite.h().json(&["container", "ls", "--format", "json"]);
                 let holder = containers.as_array().unwrap().iter().find(|c| {
                     c["attachments"]
                         .as_array()
@@ -616,9 +710,10 @@ pub struct Row {
     pub got: String,
 }
 
-/// Runs every probe (and disconnect/reconnect) on `datapath`.
-pub fn run(netd: &str, datapath: &str, daemon_flags: &[&str]) -> Vec<Row> {
-    let suite = build(netd, datapath, daemon_flags);
+/// Runs every probe (and disconnect/reconnect) on `datapath`, with the
+/// networks and containers made through `frontend`.
+pub fn run(netd: &str, datapath: &str, daemon_flags: &[&str], frontend: Frontend) -> Vec<Row> {
+    let suite = build(netd, datapath, daemon_flags, frontend);
     let mut rows: Vec<Row> = PROBES
         .iter()
         .map(|p| Row {
@@ -630,13 +725,9 @@ pub fn run(netd: &str, datapath: &str, daemon_flags: &[&str]) -> Vec<Row> {
         })
         .collect();
     // Disconnect and reconnect: gone while disconnected, back at once after.
-    let c2 = suite.h.name("c2");
     let c2_port = probe("", Ctr("c1"), Tcp, "172.17.0.3:80", NoHost);
-    suite.h.ok(&["network", "disconnect", "bridge", &c2]);
-    let gone = verdict(&suite, &c2_port);
-    suite
-        .h
-        .ok(&["network", "connect", "bridge", &c2, "--ip", "172.17.0.3"]);
+    let mut gone = String::new();
+    suite.disconnect_and_reconnect("c2", "172.17.0.3", || gone = verdict(&suite, &c2_port));
     // c2's echo server stayed bound to 172.17.0.3 and answers again.
     let back = verdict(&suite, &c2_port);
     for (what, want, got) in [

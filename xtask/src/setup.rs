@@ -31,6 +31,9 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     "nftables",
     "conntrack",
+    // Real runtimes for the plugin tests (started only by the tests, each
+    // with its own sockets and directories).
+    "docker.io",
     // The kernel matrix: Debian kernels booted under QEMU with an initramfs.
     "qemu-system-x86",
     "cpio",
@@ -71,10 +74,22 @@ fn ensure_apt_packages() -> Result<()> {
         missing.join(" ")
     ));
     run(Command::new("apt-get").args(["update", "-q"]))?;
-    run(Command::new("apt-get")
+    // No service may start on installation (dockerd would take over the
+    // host's firewall): the tests start their own daemons.
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n")?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let installed = run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+        .env("DEBIAN_FRONTEND", "noninteractive"));
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    installed
 }
 
 fn dpkg_installed(package: &str) -> bool {

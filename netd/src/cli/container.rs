@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use netd::{api::ContainerSpec, client::Client};
+use netd::{api::ContainerSpec, client::Client, state::Sandbox};
 
 use super::output::{Format, print_json, print_rows};
 
@@ -50,7 +50,7 @@ pub fn run(client: &Client, command: ContainerCommand) -> Result<()> {
         ContainerCommand::Rm { name } => println!("{}", client.container_rm(&name)?.removed),
         ContainerCommand::Ls { format } => {
             let containers = client.container_ls()?;
-            let headers = ["name", "mode", "addresses", "ports"];
+            let headers = ["name", "runtime", "mode", "addresses", "ports"];
             print_rows(format, &containers, &headers, |c| {
                 let addresses: Vec<String> = c
                     .attachments
@@ -67,8 +67,18 @@ pub fn run(client: &Client, command: ContainerCommand) -> Result<()> {
                         )
                     })
                     .collect();
+                let runtime = match &c.sandbox {
+                    Sandbox::Netd => "netd".to_owned(),
+                    Sandbox::Docker { endpoint_id, .. } => {
+                        format!(
+                            "docker (endpoint {})",
+                            endpoint_id.get(..12).unwrap_or(endpoint_id)
+                        )
+                    }
+                };
                 vec![
                     c.name.clone(),
+                    runtime,
                     c.mode.to_string(),
                     addresses.join(","),
                     ports.join(","),

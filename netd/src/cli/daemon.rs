@@ -44,6 +44,14 @@ pub struct DaemonArgs {
     /// Off by default, and then free: the verifier removes them.
     #[arg(long, value_enum, default_value = "off")]
     bpf_log: netd::bpf::BpfLog,
+    /// Serve Docker's network-driver protocol, so that `docker network
+    /// create -d netd` makes netd networks.
+    #[arg(long)]
+    docker_plugin: bool,
+    /// The plugin's socket; dockerd finds plugins in /run/docker/plugins,
+    /// and the driver is named after the file (netd.sock: `-d netd`).
+    #[arg(long, value_name = "PATH", default_value = netd::frontend::docker::DEFAULT_SOCKET)]
+    docker_plugin_socket: PathBuf,
     /// Log lines as text or as JSON objects (for log shippers).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -68,6 +76,7 @@ pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<()> {
         kernel_features: args.kernel_features,
         metrics: args.metrics,
         bpf_log: args.bpf_log,
+        docker_plugin: args.docker_plugin.then_some(args.docker_plugin_socket),
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -55,6 +55,12 @@ pub struct CreateArgs {
     host_ip: Option<String>,
     #[arg(long)]
     mtu: Option<u32>,
+    /// The bridge's name (default: br- and 12 hex digits).
+    #[arg(long)]
+    bridge: Option<String>,
+    /// Host address ports are published on when -p names none (default: all).
+    #[arg(long)]
+    binding_ip: Option<String>,
 }
 
 impl From<CreateArgs> for NetworkSpec {
@@ -68,6 +74,9 @@ impl From<CreateArgs> for NetworkSpec {
             masquerade: args.masquerade,
             host_ip: args.host_ip,
             mtu: args.mtu,
+            bridge: args.bridge,
+            binding_ip: args.binding_ip,
+            docker_id: None,
         }
     }
 }

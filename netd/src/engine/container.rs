@@ -14,7 +14,7 @@ use crate::{
     api::{ContainerCreated, ContainerSpec},
     host::{Host, VethPlan},
     portspec::PortSpec,
-    state::{Attachment, Container, Network, NetworkMode, Pending, PublishedPort},
+    state::{Attachment, Container, Network, NetworkMode, Pending, PublishedPort, Sandbox},
 };
 
 impl<H: Host> Engine<H> {
@@ -55,6 +55,7 @@ impl<H: Host> Engine<H> {
                 ports: Vec::new(),
                 pending: Some(Pending::Creating),
                 pending_links: vec![host_veth.clone()],
+                sandbox: Sandbox::Netd,
             },
         );
         self.save()?;
@@ -100,6 +101,7 @@ impl<H: Host> Engine<H> {
             ports: Vec::new(),
             pending: None,
             pending_links: Vec::new(),
+            sandbox: Sandbox::Netd,
         };
         if mode == NetworkMode::Host {
             self.host.name_current_netns(name)?;
@@ -122,7 +124,7 @@ impl<H: Host> Engine<H> {
                     net.name
                 );
             }
-            container.ports = self.resolve_ports(specs, address)?;
+            container.ports = self.resolve_ports(net, specs, address)?;
         }
 
         self.host.create_netns(name).await?;
@@ -171,7 +173,10 @@ impl<H: Host> Engine<H> {
                 errors.push(format!("{err:#}"));
             }
         }
-        if let Err(err) = self.host.delete_netns(&container.name) {
+        // A runtime's sandbox is the runtime's to remove.
+        if container.sandbox.is_netd()
+            && let Err(err) = self.host.delete_netns(&container.name)
+        {
             errors.push(format!("{err:#}"));
         }
         errors
@@ -229,7 +234,8 @@ impl<H: Host> Engine<H> {
         fault_point("container-create:endpoint");
         // Up last: its gratuitous ARP (arp_notify) must find the host side
         // bridged and the datapath ready, or neighbours keep a stale MAC.
-        let gateway = default_route.then_some(net.gateway);
+        // As Docker: no default route on an internal network.
+        let gateway = (default_route && !net.internal).then_some(net.gateway);
         if let Err(err) = self.host.finish_veth(&netns, ifname, gateway).await {
             // The caller deletes the veth; the endpoint is ours to undo.
             let _ = self.driver.remove_endpoint(&attachment);
@@ -261,7 +267,11 @@ impl<H: Host> Engine<H> {
             .map(|i| format!("eth{i}"))
             .find(|n| !container.attachments.iter().any(|a| &a.ifname == n))
             .expect("an unused ethN exists");
-        let default_route = container.attachments.is_empty();
+        // The first network that has a gateway gives the default route.
+        let default_route = !container
+            .attachments
+            .iter()
+            .any(|a| self.network(&a.network).is_ok_and(|n| !n.internal));
         let host_veth = new_veth_name();
         self.plan_link(name, &host_veth)?;
         fault_point("network-connect:planned");
@@ -321,7 +331,10 @@ impl<H: Host> Engine<H> {
             .cloned()
             .collect();
         // The default route went with the interface: move it to the next network.
-        if let Some(next) = remaining.first() {
+        let next = remaining
+            .iter()
+            .find(|a| self.network(&a.network).is_ok_and(|n| !n.internal));
+        if let Some(next) = next {
             let gateway = self.network(&next.network)?.gateway;
             let netns = self.host.netns_path(name);
             let _ = self.host.set_default_route(&netns, gateway).await;

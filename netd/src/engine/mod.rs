@@ -6,6 +6,7 @@
 //! so address and port allocation is consistent.
 
 mod container;
+mod endpoint;
 mod network;
 mod ports;
 mod reconcile;
@@ -23,6 +24,8 @@ use crate::{
     metrics::Metrics,
     state::{Container, Network, State},
 };
+
+pub use endpoint::{EndpointInterface, EndpointSpec};
 
 pub const DEFAULT_NETWORK: &str = "bridge";
 const DEFAULT_BRIDGE: &str = "netd0";
@@ -251,6 +254,7 @@ pub const FAULT_POINTS: &[&str] = &[
     "container-rm:unpublished",
     "network-connect:planned",
     "network-connect:wired",
+    "endpoint-create:endpoint",
 ];
 
 pub(crate) fn fault_point(name: &str) {
@@ -276,14 +280,14 @@ fn new_veth_name() -> String {
     format!("veth{:07x}", random_u64() & 0xfff_ffff)
 }
 
-fn format_mac(mac: [u8; 6]) -> String {
+pub(crate) fn format_mac(mac: [u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
 }
 
-fn parse_mac(s: &str) -> Result<[u8; 6]> {
+pub(crate) fn parse_mac(s: &str) -> Result<[u8; 6]> {
     let mut mac = [0u8; 6];
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() != 6 {

@@ -101,10 +101,26 @@ impl<H: Host> Engine<H> {
         if !(576..=65535).contains(&mtu) {
             bail!("--mtu {mtu} is outside 576..65535");
         }
-        let bridge = if spec.name == DEFAULT_NETWORK {
-            DEFAULT_BRIDGE.to_owned()
-        } else {
-            format!("br-{:012x}", random_u64() & 0xffff_ffff_ffff)
+        let bridge = match &spec.bridge {
+            Some(name) => {
+                check_interface_name(name)?;
+                if let Some(net) = self.state.networks.values().find(|n| &n.bridge == name) {
+                    bail!("bridge {name} is network {:?}'s already", net.name);
+                }
+                if self.host.link_index(name).await?.is_some() {
+                    bail!("an interface named {name} already exists on this host");
+                }
+                name.clone()
+            }
+            None if spec.name == DEFAULT_NETWORK => DEFAULT_BRIDGE.to_owned(),
+            None => format!("br-{:012x}", random_u64() & 0xffff_ffff_ffff),
+        };
+        let binding_ip = match &spec.binding_ip {
+            Some(ip) => Some(
+                ip.parse::<Ipv4Addr>()
+                    .map_err(|_| anyhow!("host binding address {ip:?} is not an IPv4 address"))?,
+            ),
+            None => None,
         };
         Ok(Network {
             name: spec.name.clone(),
@@ -117,8 +133,19 @@ impl<H: Host> Engine<H> {
             masquerade: spec.masquerade,
             host_ip,
             mtu,
+            binding_ip,
+            docker_id: spec.docker_id.clone(),
             pending: None,
         })
+    }
+
+    /// The network Docker knows by `docker_id`.
+    pub fn docker_network(&self, docker_id: &str) -> Result<&Network> {
+        self.state
+            .networks
+            .values()
+            .find(|n| n.pending.is_none() && n.docker_id.as_deref() == Some(docker_id))
+            .ok_or_else(|| anyhow!("netd has no network for Docker network {docker_id}"))
     }
 
     /// Undoes a network in the kernel and the driver, whatever is left of
@@ -168,4 +195,19 @@ impl<H: Host> Engine<H> {
         self.state.networks.remove(name);
         self.save()
     }
+}
+
+/// A Linux interface name: 1 to 15 bytes, no '/', ':' or whitespace.
+fn check_interface_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        bail!("{name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)");
+    }
+    Ok(())
 }

@@ -49,27 +49,48 @@ impl<H: Host> Engine<H> {
     }
 
     /// Expands `-p` specs into single ports, picking free host ports where
-    /// none was given, and refuses ports already published.
+    /// none was given (or one of a host range for a single container port,
+    /// as Docker does), and refuses ports already published. A spec naming
+    /// no host address takes the network's binding address, if it has one.
     pub(super) fn resolve_ports(
         &self,
+        net: &Network,
         specs: &[PortSpec],
         container_ip: Ipv4Addr,
     ) -> Result<Vec<PublishedPort>> {
         let mut out: Vec<PublishedPort> = Vec::new();
         for spec in specs {
+            let host_ip = match (spec.host_ip.is_unspecified(), net.binding_ip) {
+                (true, Some(ip)) => ip,
+                _ => spec.host_ip,
+            };
             let count = spec.container_ports.1 - spec.container_ports.0;
+            // `-p 8000-8010:80`: any one free port of the host range.
+            let pick_from = match spec.host_ports {
+                Some((start, end)) if count == 0 && end > start => Some(start..=end),
+                Some(_) => None,
+                None => Some(AUTO_PORTS),
+            };
             for offset in 0..=count {
                 let container_port = spec.container_ports.0 + offset;
-                let host_port = match spec.host_ports {
-                    Some((start, _)) => start + offset,
-                    None => AUTO_PORTS
+                let host_port = match (&pick_from, spec.host_ports) {
+                    (Some(range), _) => range
                         .clone()
-                        .find(|&p| self.port_free(&out, spec.host_ip, p, spec.proto).is_ok())
-                        .ok_or_else(|| anyhow!("no free host port left for -p {container_port}"))?,
+                        .find(|&p| self.port_free(&out, host_ip, p, spec.proto).is_ok())
+                        .ok_or_else(|| {
+                            anyhow!(
+                                "no free host port left in {}-{} for container port {container_port}/{}",
+                                range.start(),
+                                range.end(),
+                                spec.proto
+                            )
+                        })?,
+                    (None, Some((start, _))) => start + offset,
+                    (None, None) => unreachable!("no host port means pick one"),
                 };
-                self.port_free(&out, spec.host_ip, host_port, spec.proto)?;
+                self.port_free(&out, host_ip, host_port, spec.proto)?;
                 out.push(PublishedPort {
-                    host_ip: spec.host_ip,
+                    host_ip,
                     host_port,
                     container_ip,
                     container_port,

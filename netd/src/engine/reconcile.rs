@@ -139,6 +139,9 @@ impl<H: Host> Engine<H> {
         report: &mut Vec<String>,
     ) -> Result<()> {
         let name = &container.name;
+        if !container.sandbox.is_netd() {
+            return self.readopt_endpoint(container, report).await;
+        }
         if !self.host.netns_exists(name) {
             let errors = self.remove_container_objects(container).await;
             self.state.containers.remove(name);
@@ -193,6 +196,39 @@ impl<H: Host> Engine<H> {
         if let Some(c) = self.state.containers.get_mut(name) {
             c.attachments = attachments;
             c.pending_links.clear();
+        }
+        Ok(())
+    }
+
+    /// A runtime's endpoint after a restart or on `netd repair`: its veth
+    /// back on the bridge, endpoint and ports in the driver. The container
+    /// end lives in the runtime's sandbox, so a vanished veth cannot be made
+    /// again by netd: it is reported, and the record kept for the runtime
+    /// to delete.
+    async fn readopt_endpoint(
+        &mut self,
+        container: &Container,
+        report: &mut Vec<String>,
+    ) -> Result<()> {
+        let name = &container.name;
+        for att in &container.attachments {
+            let net = self.network(&att.network)?.clone();
+            match self.host.reattach_veth(&att.host_veth, &net.bridge).await? {
+                Some(index) => {
+                    self.driver
+                        .add_endpoint(&net, att, index, parse_mac(&att.mac)?)?;
+                    self.driver.publish(&container.ports)?;
+                }
+                None => {
+                    self.driver.unpublish(&container.ports)?;
+                    self.driver.remove_endpoint(att)?;
+                    report.push(format!(
+                        "endpoint {name}: its veth {} is gone, and the container's interface \
+                         with it; reconnect the container to network {} in its runtime",
+                        att.host_veth, net.name
+                    ));
+                }
+            }
         }
         Ok(())
     }

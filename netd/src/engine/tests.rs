@@ -136,6 +136,20 @@ impl Host for FakeHost {
         Ok(9)
     }
 
+    async fn create_runtime_veth(
+        &self,
+        bridge: &str,
+        host_veth: &str,
+        _: u32,
+        _: [u8; 6],
+    ) -> Result<u32> {
+        self.check("create_runtime_veth")?;
+        self.kernel()
+            .veths
+            .insert(host_veth.to_owned(), bridge.to_owned());
+        Ok(9)
+    }
+
     async fn finish_veth(&self, _: &Path, _: &str, _: Option<Ipv4Addr>) -> Result<()> {
         self.check("finish_veth")
     }
@@ -541,4 +555,76 @@ async fn bad_requests_change_nothing() {
         assert_eq!(f.saved(), before_with_user, "{request:?} changed the state");
     }
     assert_ne!(before, before_with_user);
+}
+
+/// A runtime's endpoint (Docker): netd makes the veth and registers it;
+/// the runtime's sandbox is never netd's to check or remove, so a restart
+/// keeps the endpoint and its ports.
+#[tokio::test]
+async fn runtime_endpoints_publish_and_survive_a_restart() {
+    use crate::{engine::EndpointSpec, portspec::PortSpec, state::Sandbox};
+    let f = Fixture::new("endpoint");
+    {
+        let mut engine = f.engine().await;
+        engine
+            .network_create(NetworkSpec {
+                subnet: Some("10.80.0.0/24".into()),
+                binding_ip: Some("198.51.100.1".into()),
+                docker_id: Some("d0c".into()),
+                ..NetworkSpec::named("docker-d0c")
+            })
+            .await
+            .unwrap();
+        let interface = engine
+            .endpoint_create(EndpointSpec {
+                name: "docker-ep-e1".into(),
+                network: "docker-d0c".into(),
+                ip: ip("10.80.0.2"),
+                mac: None,
+                sandbox: Sandbox::Docker {
+                    endpoint_id: "e1".into(),
+                    sandbox_key: None,
+                },
+            })
+            .await
+            .unwrap();
+        assert_eq!(interface.mac, [0x02, 0x42, 10, 80, 0, 2]);
+        assert_eq!(interface.gateway, Some(ip("10.80.0.1")));
+        assert!(interface.peer.starts_with("tmp"), "{interface:?}");
+        // The address Docker's IPAM gave is taken now.
+        let err = engine
+            .endpoint_create(EndpointSpec {
+                name: "docker-ep-e2".into(),
+                network: "docker-d0c".into(),
+                ip: ip("10.80.0.2"),
+                mac: None,
+                sandbox: Sandbox::Docker {
+                    endpoint_id: "e2".into(),
+                    sandbox_key: None,
+                },
+            })
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("already in use"), "{err:#}");
+        // `-p 8000-8010:80`: one port of the range, on the binding address.
+        let spec = PortSpec::parse("8000-8010:80").unwrap();
+        let ports = engine.endpoint_publish("docker-ep-e1", &[spec]).unwrap();
+        assert_eq!(ports.len(), 1);
+        assert_eq!(
+            (ports[0].host_ip, ports[0].host_port),
+            (ip("198.51.100.1"), 8000)
+        );
+        engine
+            .endpoint_join("docker-ep-e1", "/var/run/docker/netns/x")
+            .unwrap();
+    }
+    // A new daemon: the endpoint (no netns of netd's) is kept, ports included.
+    let mut engine = f.engine().await;
+    assert_eq!(engine.state().containers["docker-ep-e1"].ports.len(), 1);
+    assert_eq!(f.driver.record.lock().unwrap().ports.len(), 1);
+    engine.endpoint_unpublish("docker-ep-e1").unwrap();
+    assert!(f.driver.record.lock().unwrap().ports.is_empty());
+    engine.container_rm("docker-ep-e1").await.unwrap();
+    assert!(f.host.kernel().veths.is_empty());
+    assert!(f.driver.record.lock().unwrap().endpoints.is_empty());
 }

@@ -114,8 +114,8 @@ fn side_by_side(netd: &str) {
         "\nthe scenario suite on both datapaths (real ICMP/TCP/UDP; what the server saw, or blocked):"
     );
     let (ebpf, iptables) = std::thread::scope(|s| {
-        let ebpf = s.spawn(|| scenarios::run(netd, "ebpf", &[]));
-        let iptables = s.spawn(|| scenarios::run(netd, "iptables", &[]));
+        let ebpf = s.spawn(|| scenarios::run(netd, "ebpf", &[], scenarios::Frontend::Cli));
+        let iptables = s.spawn(|| scenarios::run(netd, "iptables", &[], scenarios::Frontend::Cli));
         (
             ebpf.join().expect("ebpf suite"),
             iptables.join().expect("iptables suite"),

@@ -1,0 +1,259 @@
+//! A real dockerd (Debian's docker.io) using netd as its network driver,
+//! inside a test host namespace: netd serves the plugin socket
+//! `/run/docker/plugins/netd-<id>.sock` (driver `netd-<id>`, unique per
+//! test), dockerd runs with its own socket, data root and exec root, and a
+//! busybox image is imported from busybox-static (no registry here).
+//! Everything goes on drop: containers, networks, the image, dockerd and
+//! its directories.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use crate::{Netns, daemon_host::DaemonHost, topology::Background};
+
+/// Debian's docker CLI (another `docker` may come first in PATH).
+const DOCKER: &str = "/usr/bin/docker";
+pub const IMAGE: &str = "netd-busybox:test";
+
+pub struct DockerHost {
+    pub h: DaemonHost,
+    /// The driver name: `docker network create -d <driver>`.
+    pub driver: String,
+    dockerd: Option<Background>,
+    dir: PathBuf,
+    plugin_socket: PathBuf,
+}
+
+impl DockerHost {
+    /// netd (with `daemon_args`) serving the plugin, then dockerd.
+    pub fn start(netd: &str, daemon_args: &[&str]) -> Self {
+        let mut h = DaemonHost::start(netd, daemon_args);
+        // Now that the test has its id: the plugin socket named after it.
+        let driver = format!("netd-{}", h.name("docker"));
+        let plugin = format!("/run/docker/plugins/{driver}.sock");
+        h.kill_daemon(libc::SIGTERM);
+        h.add_daemon_args(&["--docker-plugin", "--docker-plugin-socket", &plugin]);
+        h.spawn_daemon();
+        let dir = PathBuf::from(format!("/var/tmp/netd-docker-{}", h.name("d")));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut me = Self {
+            driver,
+            h,
+            dockerd: None,
+            dir,
+            plugin_socket: PathBuf::from(plugin),
+        };
+        me.start_dockerd();
+        me.import_image();
+        me
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("docker.sock")
+    }
+
+    /// Starts dockerd in the host namespace and waits until it answers.
+    pub fn start_dockerd(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("dockerd.log"))
+            .unwrap();
+        let host = format!("unix://{}", self.socket().display());
+        let data = self.dir.join("data");
+        let exec = self.dir.join("exec");
+        let pidfile = self.dir.join("dockerd.pid");
+        let args: Vec<String> = [
+            "--iptables=false",
+            "--ip-masq=false",
+            "--bridge=none",
+            "--host",
+            &host,
+            "--data-root",
+            &data.display().to_string(),
+            "--exec-root",
+            &exec.display().to_string(),
+            "--pidfile",
+            &pidfile.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.dockerd = Some(
+            self.h
+                .host
+                .spawn_with_env("dockerd", &args, &[], Some(log))
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.docker(&["version"]).status.success() {
+            assert!(
+                !self.dockerd.as_mut().unwrap().exited(),
+                "dockerd exited at start: {}",
+                self.dockerd_log()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not come up: {}",
+                self.dockerd_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops dockerd (SIGTERM) and waits for it; containers stay as they are
+    /// (`--live-restore` is not used: Docker stops them, as on a host).
+    pub fn stop_dockerd(&mut self) {
+        if let Some(dockerd) = self.dockerd.take() {
+            // SAFETY: a signal to our own child.
+            unsafe { libc::kill(dockerd.id() as i32, libc::SIGTERM) };
+            dockerd.wait();
+        }
+    }
+
+    pub fn dockerd_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new(DOCKER)
+            .arg("--host")
+            .arg(format!("unix://{}", self.socket().display()))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `docker ARGS…`, which must succeed: its stdout, trimmed.
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.dockerd_log()
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// `docker ARGS…`, which must fail: its stderr.
+    pub fn docker_refused(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(!out.status.success(), "docker {args:?} should fail");
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// The busybox image: busybox-static and its applets, imported.
+    fn import_image(&self) {
+        let root = self.dir.join("rootfs");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        let out = Command::new("/bin/busybox").arg("--list").output().unwrap();
+        for applet in String::from_utf8_lossy(&out.stdout).lines() {
+            if applet != "busybox" {
+                let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+            }
+        }
+        let tar = self.dir.join("rootfs.tar");
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(status.success(), "tar of the busybox root");
+        self.docker_ok(&["import", &tar.display().to_string(), IMAGE]);
+    }
+
+    /// A Docker network on netd (`extra` are `docker network create` flags).
+    pub fn network(&self, name: &str, extra: &[&str]) -> String {
+        let mut args = vec!["network", "create", "-d", &self.driver];
+        args.extend_from_slice(extra);
+        args.push(name);
+        self.docker_ok(&args)
+    }
+
+    /// `docker run -d --name <id>-<short> ARGS… IMAGE sleep 3600`, its
+    /// namespace named like the container's in /run/netns (so the harness
+    /// can enter it). Returns the namespace.
+    pub fn run(&self, short: &str, args: &[&str]) -> Netns {
+        let name = self.h.name(short);
+        let mut all = vec!["run", "-d", "--name", &name];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[IMAGE, "sleep", "3600"]);
+        self.docker_ok(&all);
+        self.attach_netns(short)
+    }
+
+    /// Names the running container's namespace `<id>-<short>` (again after
+    /// a restart: the old name goes first).
+    pub fn attach_netns(&self, short: &str) -> Netns {
+        let name = self.h.name(short);
+        let pid = self.docker_ok(&["inspect", "-f", "{{.State.Pid}}", &name]);
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let out = Command::new("ip")
+            .args(["netns", "attach", &name, &pid])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip netns attach {name} {pid}: {out:?}"
+        );
+        Netns::named(&name)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Mount points at or below `dir`, deepest first.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<PathBuf> = table
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|mount| mount.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    mounts
+}
+
+impl Drop for DockerHost {
+    fn drop(&mut self) {
+        if self.dockerd.is_some() {
+            let ids = self.docker(&["ps", "-aq"]);
+            for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+                let _ = self.docker(&["rm", "-f", id]);
+            }
+            let nets = self.docker(&[
+                "network",
+                "ls",
+                "-q",
+                "--filter",
+                &format!("driver={}", self.driver),
+            ]);
+            for id in String::from_utf8_lossy(&nets.stdout).split_whitespace() {
+                let _ = self.docker(&["network", "rm", id]);
+            }
+            let _ = self.docker(&["image", "rm", "-f", IMAGE]);
+            self.stop_dockerd();
+        }
+        // dockerd leaves mounts under its directories (the host namespace
+        // bound at exec/netns/default, which would keep it alive): every
+        // one goes, deepest first, then the directories.
+        for mount in mounts_under(&self.dir) {
+            let _ = Command::new("umount").arg("-l").arg(&mount).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(&self.plugin_socket);
+    }
+}
