@@ -50,3 +50,170 @@ fn docker_runs_containers_on_netd_networks() {
             .contains("10.80.0.0/24")
     );
 }
+
+/// Bad input through Docker: Docker shows netd's reason, and netd's state
+/// does not change.
+#[test]
+fn docker_shows_netds_refusals_and_nothing_changes() {
+    let d = DockerHost::start(NETD, &[]);
+    d.network("one", &["--subnet", "10.81.0.0/24"]);
+    d.run("web", &["--network", "one", "-p", "8080:80"]);
+    let state = || {
+        (
+            d.h.ok(&["network", "ls", "--format", "json"]),
+            d.h.ok(&["container", "ls", "--format", "json"]),
+        )
+    };
+    let before = state();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "network",
+                "create",
+                "-d",
+                &d.driver,
+                "--subnet",
+                // netd's own default network, which Docker's IPAM does not know.
+                "172.17.5.0/24",
+                "two",
+            ],
+            "subnet 172.17.5.0/24 overlaps network \"bridge\" (172.17.0.0/16)",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "-d",
+                &d.driver,
+                "-o",
+                "com.example.color=blue",
+                "three",
+            ],
+            "unknown option -o com.example.color",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "-d",
+                &d.driver,
+                "-o",
+                "com.docker.network.driver.mtu=12",
+                "four",
+            ],
+            "--mtu 12 is outside 576..65535",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "-d",
+                &d.driver,
+                "--ipv6",
+                "--subnet",
+                "fd00::/64",
+                "five",
+            ],
+            "IPv4-only",
+        ),
+    ];
+    for (args, message) in cases {
+        let stderr = d.docker_refused(args);
+        assert!(stderr.contains(message), "docker {args:?}: {stderr}");
+        assert_eq!(state(), before, "docker {args:?} changed netd's state");
+    }
+    // A host port netd has published already: the container does not start.
+    let taken = d.h.name("taken");
+    let stderr = d.docker_refused(&[
+        "run",
+        "-d",
+        "--name",
+        &taken,
+        "--network",
+        "one",
+        "-p",
+        "8080:80",
+        netd_testbed::docker::IMAGE,
+        "sleep",
+        "60",
+    ]);
+    assert!(
+        stderr.contains("host port 0.0.0.0:8080/tcp is already published"),
+        "{stderr}"
+    );
+    let _ = d.docker(&["rm", "-f", &taken]);
+    assert_eq!(state(), before, "the refused run changed netd's state");
+}
+
+/// How many Docker endpoints netd has.
+fn endpoints(d: &DockerHost) -> usize {
+    d.h.json(&["container", "ls", "--format", "json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["sandbox"]["kind"] == "docker")
+        .count()
+}
+
+/// The whole lifecycle with connections kept where they can be: stop and
+/// start, several networks, a netd kill -9 with a connection open through
+/// a published port, a dockerd restart, and Docker's embedded DNS.
+#[test]
+fn docker_lifecycle_with_restarts_of_both_daemons() {
+    let mut d = DockerHost::start(NETD, &[]);
+    d.network("front", &["--subnet", "10.82.0.0/24"]);
+    d.network("back", &["--subnet", "10.83.0.0/24"]);
+    let web = d.run("web", &["--network", "front", "-p", "8080:80"]);
+    let _server = EchoServer::tcp_stream_echo(&web, addr("10.82.0.2:80")).unwrap();
+    let published = addr(&format!("{HOST_IP}:8080"));
+    let mut conn = probe::tcp_connect(&d.h.outside, published).unwrap();
+    probe::echo_roundtrip(&mut conn, b"before").unwrap();
+
+    // netd dies mid-flight and comes back: the connection carries on.
+    d.h.kill_daemon(libc::SIGKILL);
+    probe::echo_roundtrip(&mut conn, b"netd is down").unwrap();
+    d.h.spawn_daemon();
+    probe::echo_roundtrip(&mut conn, b"netd is back").unwrap();
+    drop(conn);
+
+    // A second network, and Docker's DNS between the containers on it.
+    let web_name = d.h.name("web");
+    d.docker_ok(&["network", "connect", "back", &web_name]);
+    let db = d.run("db", &["--network", "back"]);
+    let resolved = d.docker_ok(&["exec", &d.h.name("db"), "nslookup", &web_name]);
+    assert!(resolved.contains("10.83.0.2"), "{resolved}");
+    let _db_server = EchoServer::tcp(&db, addr("10.83.0.3:5432"), "db saw {peer}:").unwrap();
+    let reply = probe::tcp_request(&web, addr("10.83.0.3:5432"), b"q").unwrap();
+    assert_eq!(String::from_utf8(reply).unwrap(), "db saw 10.83.0.2:q");
+    d.docker_ok(&["network", "disconnect", "back", &web_name]);
+    assert!(probe::tcp_request(&web, addr("10.83.0.3:5432"), b"q").is_err());
+
+    // Stop and start: the endpoint goes with the stop, comes back with the
+    // start (a new namespace), and the port answers again.
+    d.docker_ok(&["stop", "-t", "1", &web_name]);
+    assert!(probe::tcp_request(&d.h.outside, published, b"x").is_err());
+    assert_eq!(endpoints(&d), 1, "only db's endpoint while web is stopped");
+    d.docker_ok(&["start", &web_name]);
+    let web = d.attach_netns("web");
+    let _server = EchoServer::tcp(&web, addr("10.82.0.2:80"), "web saw {peer}:").unwrap();
+    let reply = probe::tcp_request(&d.h.outside, published, b"again").unwrap();
+    assert_eq!(
+        String::from_utf8(reply).unwrap(),
+        format!("web saw {OUTSIDE_IP}:again")
+    );
+
+    // dockerd restarts: Docker stops the containers, deletes their stale
+    // endpoints when it comes back, its networks stay, and a started
+    // container gets its address and port again.
+    d.stop_dockerd();
+    d.start_dockerd();
+    d.docker_ok(&["start", &web_name]);
+    assert_eq!(endpoints(&d), 1, "only web's new endpoint");
+    let web = d.attach_netns("web");
+    let _server = EchoServer::tcp(&web, addr("10.82.0.2:80"), "web saw {peer}:").unwrap();
+    let reply = probe::tcp_request(&d.h.outside, published, b"third").unwrap();
+    assert_eq!(
+        String::from_utf8(reply).unwrap(),
+        format!("web saw {OUTSIDE_IP}:third")
+    );
+}

@@ -114,6 +114,39 @@ impl DockerHost {
             unsafe { libc::kill(dockerd.id() as i32, libc::SIGTERM) };
             dockerd.wait();
         }
+        // Its containerd and shims stop after it: wait for them (a new
+        // dockerd would start a second containerd on the same socket),
+        // killing what is left after a while.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = self.processes();
+            if left.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                for pid in left {
+                    // SAFETY: processes of this test's dockerd.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Processes whose command line names this dockerd's directory.
+    fn processes(&self) -> Vec<i32> {
+        let dir = self.dir.display().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&dir))
+            })
+            .collect()
     }
 
     pub fn dockerd_log(&self) -> String {

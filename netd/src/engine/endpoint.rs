@@ -39,6 +39,11 @@ pub struct EndpointInterface {
 impl<H: Host> Engine<H> {
     pub async fn endpoint_create(&mut self, spec: EndpointSpec) -> Result<EndpointInterface> {
         check_name("endpoint", &spec.name)?;
+        // Endpoints whose sandbox is gone hold addresses and ports nobody
+        // uses (dockerd restarted without deleting them): they go first.
+        for removed in self.prune_stale_endpoints().await {
+            tracing::warn!(%removed, "stale endpoint removed");
+        }
         if self.state.containers.contains_key(&spec.name) {
             bail!("an endpoint named {:?} already exists", spec.name);
         }
@@ -168,6 +173,50 @@ impl<H: Host> Engine<H> {
         self.save()
     }
 
+    /// Removes the runtime endpoints whose sandbox (the namespace path the
+    /// runtime gave at Join) no longer exists; returns what it removed.
+    pub async fn prune_stale_endpoints(&mut self) -> Vec<String> {
+        let stale: Vec<Container> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| match &c.sandbox {
+                Sandbox::Docker {
+                    sandbox_key: Some(key),
+                    ..
+                } => !is_live_netns(key),
+                _ => false,
+            })
+            .cloned()
+            .collect();
+        let mut removed = Vec::new();
+        for container in stale {
+            let errors = self.remove_container_objects(&container).await;
+            self.state.containers.remove(&container.name);
+            removed.push(format!(
+                "endpoint {}: its sandbox is gone; removed ({} freed{})",
+                container.name,
+                container
+                    .attachments
+                    .iter()
+                    .map(|a| a.ip.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", errors.join("; "))
+                }
+            ));
+        }
+        if !removed.is_empty()
+            && let Err(err) = self.save()
+        {
+            removed.push(format!("saving the state: {err:#}"));
+        }
+        removed
+    }
+
     /// A runtime's endpoint (not one of netd's own containers).
     pub fn endpoint(&self, name: &str) -> Result<&Container> {
         self.state
@@ -176,4 +225,11 @@ impl<H: Host> Engine<H> {
             .filter(|c| c.pending.is_none() && !c.sandbox.is_netd())
             .ok_or_else(|| anyhow!("netd has no endpoint {name:?}"))
     }
+}
+
+/// Whether `path` still holds a network namespace: a runtime bind-mounts
+/// its sandboxes and may leave the empty file behind once it is gone.
+fn is_live_netns(path: &str) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }

@@ -96,6 +96,7 @@ impl<H: Host> Engine<H> {
                 ));
             }
         }
+        report.extend(self.prune_stale_endpoints().await);
         for container in self.state.containers.clone().into_values() {
             if let Err(err) = self.readopt_container(&container, &mut report).await {
                 // Reported and kept (the user's container is not ours to

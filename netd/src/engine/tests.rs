@@ -614,8 +614,9 @@ async fn runtime_endpoints_publish_and_survive_a_restart() {
             (ports[0].host_ip, ports[0].host_port),
             (ip("198.51.100.1"), 8000)
         );
+        // A live namespace (the test's own).
         engine
-            .endpoint_join("docker-ep-e1", "/var/run/docker/netns/x")
+            .endpoint_join("docker-ep-e1", "/proc/self/ns/net")
             .unwrap();
     }
     // A new daemon: the endpoint (no netns of netd's) is kept, ports included.
@@ -627,4 +628,32 @@ async fn runtime_endpoints_publish_and_survive_a_restart() {
     engine.container_rm("docker-ep-e1").await.unwrap();
     assert!(f.host.kernel().veths.is_empty());
     assert!(f.driver.record.lock().unwrap().endpoints.is_empty());
+}
+
+/// An endpoint whose sandbox is gone (dockerd restarted and never deleted
+/// it) releases its address and ports when the next endpoint comes.
+#[tokio::test]
+async fn endpoints_of_vanished_sandboxes_are_pruned() {
+    use crate::{engine::EndpointSpec, state::Sandbox};
+    let f = Fixture::new("stale");
+    let mut engine = f.engine().await;
+    let endpoint = |name: &str| EndpointSpec {
+        name: name.into(),
+        network: "bridge".into(),
+        ip: ip("172.17.0.2"),
+        mac: None,
+        sandbox: Sandbox::Docker {
+            endpoint_id: name.into(),
+            sandbox_key: None,
+        },
+    };
+    engine.endpoint_create(endpoint("old")).await.unwrap();
+    // Not a namespace (any more): a plain file.
+    let gone = f.dir.join("gone-sandbox");
+    std::fs::create_dir_all(&f.dir).unwrap();
+    std::fs::write(&gone, "").unwrap();
+    engine.endpoint_join("old", gone.to_str().unwrap()).unwrap();
+    engine.endpoint_create(endpoint("new")).await.unwrap();
+    assert!(!engine.state().containers.contains_key("old"));
+    assert_eq!(f.host.kernel().veths.len(), 1);
 }
