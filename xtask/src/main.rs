@@ -22,6 +22,10 @@ commands:
   setup          install what is missing (apt packages, Rust toolchain, bpf-linker, bpffs)
   build          build netd (user space and the embedded BPF programs)
   run -- ARGS    build, then run `netd ARGS` as root
+  run --docker [-- DAEMON-ARGS]
+                 build, then run `netd daemon --docker-plugin DAEMON-ARGS` and a dockerd
+                 using it (own socket and directories under /run/netd-dev and
+                 /var/lib/netd-dev); Ctrl-C stops both
   demo           show netd on real traffic between network namespaces
   bench [--quick] eBPF vs iptables vs plain routing (release build); --quick in under 2 minutes
   kernels        netd on this kernel (both attach modes) and on Debian's 5.10, 6.1 and
@@ -55,6 +59,10 @@ fn run(args: Vec<String>) -> Result<()> {
         "run" => {
             setup::ensure_all()?;
             cargo(&["build", "-p", "netd"])?;
+            if let Some(rest) = rest.strip_prefix(&["--docker".to_owned()]) {
+                let args = rest.strip_prefix(&["--".to_owned()]).unwrap_or(rest);
+                return run_with_docker(args);
+            }
             let args = rest.strip_prefix(&["--".to_owned()]).unwrap_or(rest);
             run_command(Command::new(target_dir().join("debug/netd")).args(args))
         }
@@ -88,6 +96,43 @@ fn run(args: Vec<String>) -> Result<()> {
         }
         other => bail!("unknown command {other:?}\n\n{USAGE}"),
     }
+}
+
+/// netd serving the Docker plugin, and a dockerd of its own using it, in
+/// this network namespace, until Ctrl-C (which both get).
+fn run_with_docker(daemon_args: &[String]) -> Result<()> {
+    const PLUGIN: &str = "/run/docker/plugins/netd-dev.sock";
+    const RUN: &str = "/run/netd-dev";
+    const DATA: &str = "/var/lib/netd-dev";
+    std::fs::create_dir_all(RUN)?;
+    std::fs::create_dir_all(DATA)?;
+    let mut netd = Command::new(target_dir().join("debug/netd"))
+        .args(["--socket", &format!("{RUN}/netd.sock"), "daemon"])
+        .args(["--state-dir", &format!("{DATA}/netd")])
+        .args(["--docker-plugin", "--docker-plugin-socket", PLUGIN])
+        .args(daemon_args)
+        .spawn()
+        .context("starting netd")?;
+    let mut dockerd = Command::new("dockerd")
+        .args(["--iptables=false", "--ip-masq=false", "--bridge=none"])
+        .args(["--host", &format!("unix://{RUN}/docker.sock")])
+        .args(["--data-root", &format!("{DATA}/docker")])
+        .args(["--exec-root", &format!("{RUN}/docker")])
+        .args(["--pidfile", &format!("{RUN}/docker.pid")])
+        .spawn()
+        .context("starting dockerd (package docker.io)")?;
+    eprintln!(
+        "xtask: netd and dockerd are running; in another shell:\n\
+         \x20 export DOCKER_HOST=unix://{RUN}/docker.sock NETD_SOCKET={RUN}/netd.sock\n\
+         \x20 docker network create -d netd-dev --subnet 10.1.0.0/24 web\n\
+         Ctrl-C stops both (`netd down` first removes netd's networks)."
+    );
+    let netd_status = netd.wait()?;
+    let _ = dockerd.wait();
+    if !netd_status.success() {
+        bail!("netd exited with {netd_status}");
+    }
+    Ok(())
 }
 
 fn kernel_matrix() -> Result<()> {

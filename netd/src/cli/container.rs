@@ -69,11 +69,17 @@ pub fn run(client: &Client, command: ContainerCommand) -> Result<()> {
                     .collect();
                 let runtime = match &c.sandbox {
                     Sandbox::Netd => "netd".to_owned(),
-                    Sandbox::Docker { endpoint_id, .. } => {
-                        format!(
-                            "docker (endpoint {})",
-                            endpoint_id.get(..12).unwrap_or(endpoint_id)
-                        )
+                    Sandbox::Docker {
+                        endpoint_id,
+                        sandbox_key,
+                    } => {
+                        let short = |id: &str| id.get(..12).unwrap_or(id).to_owned();
+                        let sandbox = sandbox_key
+                            .as_deref()
+                            .and_then(|k| k.rsplit('/').next())
+                            .map(|id| format!(", sandbox {}", short(id)))
+                            .unwrap_or_default();
+                        format!("docker (endpoint {}{sandbox})", short(endpoint_id))
                     }
                 };
                 vec![
