@@ -19,8 +19,19 @@ use crate::{Netns, daemon_host::DaemonHost, topology::Background};
 const DOCKER: &str = "/usr/bin/docker";
 pub const IMAGE: &str = "netd-busybox:test";
 
+/// Which network driver the Docker networks use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Networking {
+    /// netd's plugin; dockerd keeps out of the firewall.
+    Netd,
+    /// Docker's own bridge driver with its iptables rules (no netd running),
+    /// the reference netd is measured against.
+    DockerBridge,
+}
+
 pub struct DockerHost {
     pub h: DaemonHost,
+    networking: Networking,
     /// The driver name: `docker network create -d <driver>`.
     pub driver: String,
     dockerd: Option<Background>,
@@ -31,16 +42,35 @@ pub struct DockerHost {
 impl DockerHost {
     /// netd (with `daemon_args`) serving the plugin, then dockerd.
     pub fn start(netd: &str, daemon_args: &[&str]) -> Self {
+        Self::start_with(netd, daemon_args, Networking::Netd)
+    }
+
+    /// As `start`; with `DockerBridge`, netd is taken down again and dockerd
+    /// runs its own bridge driver and iptables rules.
+    pub fn start_with(netd: &str, daemon_args: &[&str], networking: Networking) -> Self {
         let mut h = DaemonHost::start(netd, daemon_args);
         // Now that the test has its id: the plugin socket named after it.
         let driver = format!("netd-{}", h.name("docker"));
         let plugin = format!("/run/docker/plugins/{driver}.sock");
-        h.kill_daemon(libc::SIGTERM);
-        h.add_daemon_args(&["--docker-plugin", "--docker-plugin-socket", &plugin]);
-        h.spawn_daemon();
+        match networking {
+            Networking::Netd => {
+                h.kill_daemon(libc::SIGTERM);
+                h.add_daemon_args(&["--docker-plugin", "--docker-plugin-socket", &plugin]);
+                h.spawn_daemon();
+            }
+            Networking::DockerBridge => {
+                h.ok(&["down"]);
+                h.wait_daemon_exit();
+            }
+        }
         let dir = PathBuf::from(format!("/var/tmp/netd-docker-{}", h.name("d")));
         std::fs::create_dir_all(&dir).unwrap();
+        let driver = match networking {
+            Networking::Netd => driver,
+            Networking::DockerBridge => "bridge".to_owned(),
+        };
         let mut me = Self {
+            networking,
             driver,
             h,
             dockerd: None,
@@ -64,26 +94,24 @@ impl DockerHost {
             .open(self.dir.join("dockerd.log"))
             .unwrap();
         let host = format!("unix://{}", self.socket().display());
-        let data = self.dir.join("data");
-        let exec = self.dir.join("exec");
-        let pidfile = self.dir.join("dockerd.pid");
-        let args: Vec<String> = [
-            "--iptables=false",
-            "--ip-masq=false",
-            "--bridge=none",
+        let data = self.dir.join("data").display().to_string();
+        let exec = self.dir.join("exec").display().to_string();
+        let pidfile = self.dir.join("dockerd.pid").display().to_string();
+        let mut args: Vec<&str> = match self.networking {
+            Networking::Netd => vec!["--iptables=false", "--ip-masq=false", "--bridge=none"],
+            // Docker's defaults, without a docker-proxy per published port.
+            Networking::DockerBridge => vec!["--userland-proxy=false"],
+        };
+        args.extend([
             "--host",
             &host,
             "--data-root",
-            &data.display().to_string(),
+            &data,
             "--exec-root",
-            &exec.display().to_string(),
+            &exec,
             "--pidfile",
-            &pidfile.display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            &pidfile,
+        ]);
         self.dockerd = Some(
             self.h
                 .host
@@ -263,6 +291,7 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 impl Drop for DockerHost {
     fn drop(&mut self) {
         if self.dockerd.is_some() {
+            // -f: also containers a bench left running.
             let ids = self.docker(&["ps", "-aq"]);
             for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
                 let _ = self.docker(&["rm", "-f", id]);

@@ -21,6 +21,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+
+#[path = "netd-bench/docker_bench.rs"]
+mod docker_bench;
 use netd::{api::ContainerSpec, client::Client};
 use netd_testbed::{
     Netns, Testbed,
@@ -84,6 +87,7 @@ impl Target {
 struct Keep {
     _daemon: Option<Box<DaemonHost>>,
     _bed: Option<Box<Testbed>>,
+    docker: Option<Box<netd_testbed::docker::DockerHost>>,
 }
 
 fn main() -> Result<()> {
@@ -104,6 +108,9 @@ fn main() -> Result<()> {
         }
     };
     let netd = sibling("netd")?;
+    if std::env::args().any(|a| a == "--docker") {
+        return docker_bench::run(&netd, &config, quick);
+    }
     let mut targets = Vec::new();
     eprintln!("bench: building topologies");
     targets.push(plain_target()?);
@@ -211,6 +218,7 @@ fn reference_target(
         _keep: Keep {
             _daemon: None,
             _bed: Some(Box::new(bed)),
+            docker: None,
         },
     })
 }
@@ -279,6 +287,7 @@ fn daemon_target(
         _keep: Keep {
             _daemon: Some(Box::new(h)),
             _bed: None,
+            docker: None,
         },
     };
     tune_client(&target.dnat.client)?;
