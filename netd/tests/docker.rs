@@ -38,6 +38,39 @@ fn docker_runs_containers_on_netd_networks() {
         .unwrap_or_else(|| panic!("no Docker endpoint in {containers}"));
     assert_eq!(endpoint["attachments"][0]["ip"], "10.80.0.2");
     assert_eq!(endpoint["ports"][0]["host_port"], 8080);
+    // `-p 80` and `-P`: netd picks free host ports (Docker's ephemeral range).
+    let eph = d.run(
+        "eph",
+        &["--network", "web", "-p", "80", "--expose", "81", "-P"],
+    );
+    let _eph80 = EchoServer::tcp(&eph, addr("10.80.0.3:80"), "eph80:").unwrap();
+    let _eph81 = EchoServer::tcp(&eph, addr("10.80.0.3:81"), "eph81:").unwrap();
+    let containers = d.h.json(&["container", "ls", "--format", "json"]);
+    let eph_ports: Vec<(u64, u64)> = containers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["attachments"][0]["ip"] == "10.80.0.3")
+        .flat_map(|c| c["ports"].as_array().unwrap().clone())
+        .map(|p| {
+            (
+                p["container_port"].as_u64().unwrap(),
+                p["host_port"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(eph_ports.len(), 2, "{containers}");
+    for (container_port, host_port) in eph_ports {
+        assert!((49153..=60999).contains(&host_port), "{host_port}");
+        let reply = probe::tcp_request(&d.h.outside, addr(&format!("{HOST_IP}:{host_port}")), b"x")
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(reply).unwrap(),
+            format!("eph{container_port}:x")
+        );
+    }
+    d.docker_ok(&["rm", "-f", &d.h.name("eph")]);
+
     // Removing the container unpublishes the port and frees the endpoint.
     d.docker_ok(&["rm", "-f", &d.h.name("web")]);
     assert!(probe::tcp_request(&d.h.outside, addr(&format!("{HOST_IP}:8080")), b"hi").is_err());

@@ -1,10 +1,14 @@
 //! `netd-bench --quick` runs end to end and writes its results (a smoke
 //! test: no speed is asserted here; see `cargo xtask bench`).
 
-use std::process::Command;
+use std::{process::Command, sync::Mutex};
+
+/// One bench at a time: two would measure each other.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 #[test]
 fn quick_bench_runs_and_reports_every_datapath() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(env!("CARGO_BIN_EXE_netd-bench"))
         .arg("--quick")
         .output()
@@ -84,4 +88,48 @@ fn quick_bench_runs_and_reports_every_datapath() {
     .unwrap();
     // CRR: ebpf, iptables, plain routing, direct veth; publish time: ebpf, iptables.
     assert!(chart.matches("<polyline").count() >= 6, "{chart}");
+}
+
+/// `netd-bench --docker --quick`: every Docker setup built, measured and
+/// reported, failures counted.
+#[test]
+fn quick_docker_bench_compares_every_setup() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(env!("CARGO_BIN_EXE_netd-bench"))
+        .args(["--docker", "--quick"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/bench/docker.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let rows = results["results"].as_array().unwrap();
+    for setup in ["docker+netd ebpf", "docker+netd iptables", "docker bridge"] {
+        for ports in [1, 1000] {
+            let row = rows
+                .iter()
+                .find(|r| r["setup"] == setup && r["published_ports"] == ports)
+                .unwrap_or_else(|| panic!("{setup} with {ports} ports missing: {results}"));
+            for figure in ["tcp_crr_per_s", "udp64_pps"] {
+                let median = row["figures"][figure]["median"].as_f64().unwrap();
+                assert!(median > 0.0, "{setup} {ports} {figure}: {row}");
+            }
+            assert!(
+                row["figures"]["tcp_crr_failed"]["median"]
+                    .as_f64()
+                    .is_some()
+            );
+        }
+        let start = &results["docker_run_to_answer_ms"][setup]["median"];
+        assert!(start.as_f64().unwrap() > 0.0, "{setup}: {results}");
+    }
 }
