@@ -6,11 +6,12 @@ use std::{process::Command, sync::Mutex};
 /// One bench at a time: two would measure each other.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-#[test]
-fn quick_bench_runs_and_reports_every_datapath() {
+/// Runs `netd-bench ARGS…`, which must succeed, and reads the JSON results
+/// it wrote to target/bench/`file`.
+fn bench(args: &[&str], file: &str) -> serde_json::Value {
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(env!("CARGO_BIN_EXE_netd-bench"))
-        .arg("--quick")
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -18,14 +19,13 @@ fn quick_bench_runs_and_reports_every_datapath() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let results: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../target/bench/results.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let path = format!("{}/../target/bench/{file}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn quick_bench_runs_and_reports_every_datapath() {
+    let results = bench(&["--quick"], "results.json");
     let datapaths: Vec<&str> = results["results"]
         .as_array()
         .unwrap()
@@ -94,24 +94,7 @@ fn quick_bench_runs_and_reports_every_datapath() {
 /// reported, failures counted.
 #[test]
 fn quick_docker_bench_compares_every_setup() {
-    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let out = Command::new(env!("CARGO_BIN_EXE_netd-bench"))
-        .args(["--docker", "--quick"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let results: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../target/bench/docker.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let results = bench(&["--docker", "--quick"], "docker.json");
     let rows = results["results"].as_array().unwrap();
     for setup in ["docker+netd ebpf", "docker+netd iptables", "docker bridge"] {
         for ports in [1, 1000] {

@@ -119,36 +119,51 @@ fn main() -> Result<()> {
     shapes.push((1, MANY_NETWORKS));
     for &(ports, networks) in &shapes {
         for datapath in ["ebpf", "iptables"] {
-            let started = Instant::now();
-            let target = daemon_target(&netd, datapath, ports, networks, &config)
-                .with_context(|| format!("building {datapath} with {ports} ports"))?;
-            eprintln!(
-                "bench: {} ready in {:.1}s",
-                target.label(),
-                started.elapsed().as_secs_f64()
-            );
-            targets.push(target);
+            targets.push(timed_build(|| {
+                daemon_target(&netd, datapath, ports, networks, &config)
+                    .with_context(|| format!("building {datapath} with {ports} ports"))
+            })?);
         }
     }
+    let samples = run_rounds(&targets, &config, measure_all)?;
+    let profile = profile_ebpf(&targets, config.duration)?;
+    report(&targets, &samples, &profile, &config, quick)
+}
 
+/// Builds one target, saying how long it took.
+fn timed_build(build: impl FnOnce() -> Result<Target>) -> Result<Target> {
+    let started = Instant::now();
+    let target = build()?;
+    eprintln!(
+        "bench: {} ready in {:.1}s",
+        target.label(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(target)
+}
+
+/// A short warm-up of every target, then `config.repeats` rounds, each
+/// measuring every target in turn: samples[target][figure], one value per
+/// round.
+fn run_rounds(
+    targets: &[Target],
+    config: &Config,
+    measure: impl Fn(&Target, Duration) -> Result<Vec<(String, f64)>>,
+) -> Result<Vec<BTreeMap<String, Vec<f64>>>> {
     eprintln!("bench: warming up");
-    for target in &targets {
-        measure_all(target, config.duration / 5).with_context(|| target.label())?;
+    for target in targets {
+        measure(target, config.duration / 5).with_context(|| target.label())?;
     }
-    // samples[target][figure] = one value per round
     let mut samples: Vec<BTreeMap<String, Vec<f64>>> = vec![BTreeMap::new(); targets.len()];
     for round in 0..config.repeats {
         for (t, target) in targets.iter().enumerate() {
             eprintln!("bench: round {} {}", round + 1, target.label());
-            for (name, value) in
-                measure_all(target, config.duration).with_context(|| target.label())?
-            {
+            for (name, value) in measure(target, config.duration).with_context(|| target.label())? {
                 samples[t].entry(name).or_default().push(value);
             }
         }
     }
-    let profile = profile_ebpf(&targets, config.duration)?;
-    report(&targets, &samples, &profile, &config, quick)
+    Ok(samples)
 }
 
 fn sibling(name: &str) -> Result<String> {

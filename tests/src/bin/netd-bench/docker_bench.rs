@@ -19,8 +19,8 @@ use netd_testbed::{
 use serde_json::{Value, json};
 
 use super::{
-    Config, FILLER_FIRST_PORT, Keep, Servers, Target, median, side, stats, tcp_crr, tune_client,
-    udp_flood,
+    Config, FILLER_FIRST_PORT, Keep, Servers, Target, median, run_rounds, side, stats, tcp_crr,
+    timed_build, tune_client, udp_flood,
 };
 
 const SUBNET: &str = "10.90.0.0/16";
@@ -38,30 +38,13 @@ pub fn run(netd: &str, config: &Config, quick: bool) -> Result<()> {
     let mut targets = Vec::new();
     for ports in [1, 1000] {
         for &(label, networking, datapath) in SETUPS {
-            let started = Instant::now();
-            let target = docker_target(netd, label, networking, datapath, ports)
-                .with_context(|| format!("building {label} with {ports} ports"))?;
-            eprintln!(
-                "bench: {} ready in {:.1}s",
-                target.label(),
-                started.elapsed().as_secs_f64()
-            );
-            targets.push(target);
+            targets.push(timed_build(|| {
+                docker_target(netd, label, networking, datapath, ports)
+                    .with_context(|| format!("building {label} with {ports} ports"))
+            })?);
         }
     }
-    eprintln!("bench: warming up");
-    for target in &targets {
-        measure(target, config.duration / 5).with_context(|| target.label())?;
-    }
-    let mut samples: Vec<BTreeMap<String, Vec<f64>>> = vec![BTreeMap::new(); targets.len()];
-    for round in 0..config.repeats {
-        for (t, target) in targets.iter().enumerate() {
-            eprintln!("bench: round {} {}", round + 1, target.label());
-            for (name, value) in measure(target, config.duration).with_context(|| target.label())? {
-                samples[t].entry(name).or_default().push(value);
-            }
-        }
-    }
+    let samples = run_rounds(&targets, config, measure)?;
     // docker run -p -> the port answers, interleaved between the setups.
     let mut start_ms: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let runs = if quick { 2 } else { 7 };
