@@ -250,3 +250,42 @@ fn docker_lifecycle_with_restarts_of_both_daemons() {
         format!("web saw {OUTSIDE_IP}:third")
     );
 }
+
+/// dockerd up first, netd after: Docker's plugin lookup retries until
+/// netd's socket answers, and the network is made then.
+#[test]
+fn docker_waits_for_a_netd_that_starts_after_it() {
+    let mut d = DockerHost::start(NETD, &[]);
+    d.h.kill_daemon(libc::SIGTERM);
+    let create = {
+        let docker = d.docker_command(&[
+            "network",
+            "create",
+            "-d",
+            &d.driver,
+            "--subnet",
+            "10.84.0.0/24",
+            "late",
+        ]);
+        std::thread::spawn(move || docker.output().unwrap())
+    };
+    // dockerd says it is retrying the plugin: only then does netd start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !d.dockerd_log().contains("retrying in") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dockerd never looked for the plugin: {}",
+            d.dockerd_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    d.h.spawn_daemon();
+    let out = create.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nets = d.h.json(&["network", "ls", "--format", "json"]).to_string();
+    assert!(nets.contains("10.84.0.0/24"), "{nets}");
+}

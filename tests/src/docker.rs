@@ -182,12 +182,17 @@ impl DockerHost {
     }
 
     pub fn docker(&self, args: &[&str]) -> Output {
-        Command::new(DOCKER)
+        self.docker_command(args).output().unwrap()
+    }
+
+    /// `docker ARGS…` against this dockerd, to run as the caller likes.
+    pub fn docker_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(DOCKER);
+        command
             .arg("--host")
             .arg(format!("unix://{}", self.socket().display()))
-            .args(args)
-            .output()
-            .unwrap()
+            .args(args);
+        command
     }
 
     /// `docker ARGS…`, which must succeed: its stdout, trimmed.
