@@ -267,7 +267,10 @@ fn docker_waits_for_a_netd_that_starts_after_it() {
             "10.84.0.0/24",
             "late",
         ]);
-        std::thread::spawn(move || docker.output().unwrap())
+        std::thread::spawn(move || {
+            let mut docker = docker;
+            docker.output().unwrap()
+        })
     };
     // dockerd says it is retrying the plugin: only then does netd start.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
