@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Result, anyhow, bail};
 
-use super::{Engine, check_name, fault_point, format_mac, new_veth_name};
+use super::{Engine, check_name, format_mac, new_veth_name};
 use crate::{
     host::{Host, peer_name},
     portspec::PortSpec,
@@ -80,7 +80,6 @@ impl<H: Host> Engine<H> {
                 .create_runtime_veth(&net.bridge, &host_veth, net.mtu, mac)
                 .await?;
             self.driver.add_endpoint(&net, &attachment, index, mac)?;
-            fault_point("endpoint-create:endpoint");
             anyhow::Ok(())
         }
         .await;

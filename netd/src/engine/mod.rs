@@ -254,7 +254,6 @@ pub const FAULT_POINTS: &[&str] = &[
     "container-rm:unpublished",
     "network-connect:planned",
     "network-connect:wired",
-    "endpoint-create:endpoint",
 ];
 
 pub(crate) fn fault_point(name: &str) {
