@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Result, bail};
 
-use super::{Engine, check_name, fault_point, format_mac, new_veth_name};
+use super::{Engine, check_name, fault_point, format_mac, mac_for, new_veth_name};
 use crate::{
     api::{ContainerCreated, ContainerSpec},
     host::{Host, VethPlan},
@@ -204,11 +204,7 @@ impl<H: Host> Engine<H> {
         default_route: bool,
     ) -> Result<Attachment> {
         let netns = self.host.netns_path(name);
-        // Docker's scheme: the MAC follows from the address, so a container
-        // that comes back on the same IP has the same MAC and no neighbour
-        // holds a stale one.
-        let [a, b, c, d] = address.octets();
-        let mac = [0x02, 0x42, a, b, c, d];
+        let mac = mac_for(address);
         let host_index = self
             .host
             .create_veth(&VethPlan {

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Result, anyhow, bail};
 
-use super::{Engine, check_name, format_mac, new_veth_name};
+use super::{Engine, check_name, format_mac, mac_for, new_veth_name};
 use crate::{
     host::{Host, peer_name},
     portspec::PortSpec,
@@ -50,8 +50,7 @@ impl<H: Host> Engine<H> {
         let net = self.network(&spec.network)?.clone();
         let ip = spec.ip.to_string();
         let address = self.pick_address(&net, Some(&ip))?;
-        let [a, b, c, d] = address.octets();
-        let mac = spec.mac.unwrap_or([0x02, 0x42, a, b, c, d]);
+        let mac = spec.mac.unwrap_or_else(|| mac_for(address));
         let host_veth = new_veth_name();
         // Intent first, as for containers: a crash from here is rolled back.
         self.state.containers.insert(
