@@ -21,6 +21,7 @@ pub mod maps {
     pub const UPLINKS: &str = "UPLINKS";
     pub const DROP_EVENTS: &str = "DROP_EVENTS";
     pub const DROPS_BY_INTERFACE: &str = "DROPS_BY_INTERFACE";
+    pub const ROUTED_CIDRS: &str = "ROUTED_CIDRS";
 }
 
 /// Map sizes (entries). Kernel memory is charged per entry; see docs/datapath.md.
@@ -45,6 +46,8 @@ pub mod sizes {
     /// (interface, drop reason) pairs counted (LRU: interfaces that are
     /// gone make room for new ones).
     pub const DROPS_BY_INTERFACE: u32 = 8192;
+    /// (network, CIDR) pairs routed without NAT (a cluster's pod range).
+    pub const ROUTED_CIDRS: u32 = 4096;
 }
 
 /// Names of the BPF programs in the object file.
@@ -268,6 +271,20 @@ pub struct SockRevValue {
 pub const NET_ICC: u32 = 1 << 0;
 pub const NET_INTERNAL: u32 = 1 << 1;
 pub const NET_MASQUERADE: u32 = 1 << 2;
+/// The network has routed CIDRs (`ROUTED_CIDRS`): only then is that map read.
+pub const NET_ROUTED: u32 = 1 << 3;
+
+/// Data of a `ROUTED_CIDRS` key: the network's ID (big-endian, always
+/// matched whole) then the address, so one trie serves every network. The
+/// key's prefix length is 32 + the CIDR's.
+pub type RoutedKey = [u8; 8];
+
+pub const fn routed_key(network_id: u32, addr: Ipv4) -> RoutedKey {
+    let id = network_id.to_be_bytes();
+    [
+        id[0], id[1], id[2], id[3], addr[0], addr[1], addr[2], addr[3],
+    ]
+}
 
 /// Key of the `NETWORKS` LPM trie: the network's subnet.
 #[repr(C)]

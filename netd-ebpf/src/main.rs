@@ -240,7 +240,11 @@ fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
     } else if nat::translate_icmp_error(ctx, &ip)? {
         return Ok(pass);
     }
-    if policy::network_of(ip.dst).is_some() {
+    if let Some(net) = policy::network_of(ip.dst) {
+        // A pod of another node, routed here: the kernel forwards it.
+        if policy::is_routed(net, ip.src) {
+            return Ok(pass);
+        }
         return Err(DropReason::UnsolicitedInbound);
     }
     Ok(pass)
@@ -286,6 +290,10 @@ fn egress_nat(ctx: &TcContext, ip: &Ipv4Packet, egress: u32) -> Result<(), DropR
     };
     if net.flags & NET_INTERNAL != 0 {
         return Err(DropReason::InternalNetwork);
+    }
+    // To a routed CIDR (another node's pods): the source stays as it is.
+    if policy::is_routed(net, ip.dst) {
+        return Ok(());
     }
     if ip.fragment && net.flags & NET_MASQUERADE != 0 {
         return Err(DropReason::FragmentNeedsNat);

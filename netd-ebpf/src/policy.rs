@@ -6,7 +6,10 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LpmTrie, lpm_trie::Key},
 };
-use netd_common::{DropReason, Endpoint, Ipv4, NET_ICC, NET_INTERNAL, NetworkInfo, sizes};
+use netd_common::{
+    DropReason, Endpoint, Ipv4, NET_ICC, NET_INTERNAL, NET_ROUTED, NetworkInfo, RoutedKey,
+    routed_key, sizes,
+};
 
 /// Subnet -> network. Subnets never overlap (user space refuses that).
 #[map(name = "NETWORKS")]
@@ -19,6 +22,12 @@ static ENDPOINTS: HashMap<Ipv4, Endpoint> = HashMap::with_max_entries(sizes::END
 /// The host's own addresses (Docker's `addrtype LOCAL`).
 #[map(name = "LOCAL_ADDRS")]
 static LOCAL_ADDRS: HashMap<Ipv4, u32> = HashMap::with_max_entries(sizes::LOCAL_ADDRS, 0);
+
+/// (network, CIDR) -> 1: destinations a network reaches without masquerade,
+/// and sources that may reach its containers unsolicited (the pods of a
+/// cluster's other nodes, routed to this node's pod CIDR).
+#[map(name = "ROUTED_CIDRS")]
+static ROUTED_CIDRS: LpmTrie<RoutedKey, u8> = LpmTrie::with_max_entries(sizes::ROUTED_CIDRS, 0);
 
 #[inline(always)]
 pub fn network_of(addr: Ipv4) -> Option<&'static NetworkInfo> {
@@ -71,4 +80,13 @@ pub fn check_from_container(ep: &Endpoint, dst: Ipv4) -> Result<(), DropReason> 
 #[inline(always)]
 fn is_broadcast_or_multicast(addr: Ipv4) -> bool {
     addr == [255; 4] || addr[0] & 0xf0 == 0xe0
+}
+
+/// Whether `addr` is in one of `net`'s routed CIDRs.
+#[inline(always)]
+pub fn is_routed(net: &NetworkInfo, addr: Ipv4) -> bool {
+    net.flags & NET_ROUTED != 0
+        && ROUTED_CIDRS
+            .get(&Key::new(64, routed_key(net.id, addr)))
+            .is_some()
 }

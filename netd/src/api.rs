@@ -46,6 +46,11 @@ pub struct NetworkSpec {
     /// Set by the Docker plugin: the network's Docker ID.
     #[serde(default)]
     pub docker_id: Option<String>,
+    /// CIDRs routed without NAT both ways (a cluster's pod range): traffic
+    /// to them keeps its source address, traffic from them may reach the
+    /// containers as if it came from inside.
+    #[serde(default)]
+    pub routed_cidrs: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -67,6 +72,7 @@ impl NetworkSpec {
             bridge: None,
             binding_ip: None,
             docker_id: None,
+            routed_cidrs: Vec::new(),
         }
     }
 }
@@ -120,6 +126,19 @@ pub enum Request {
     Down,
     /// Stream drop events (one JSON object per line) until the client goes.
     Monitor,
+    /// CNI ADD, forwarded by netd's CNI plugin.
+    CniAdd(CniAttach),
+    /// CNI CHECK: the attachment is as ADD left it.
+    CniCheck(CniAttach),
+    /// CNI DEL: done when the attachment is gone (also when it never was).
+    CniDel(CniDetach),
+    /// CNI GC: removes this network's attachments not in `valid`.
+    CniGc {
+        network: String,
+        valid: Vec<CniDetach>,
+    },
+    /// CNI STATUS: whether ADD can work on this network now.
+    CniStatus(CniNetwork),
 }
 
 impl Request {
@@ -141,6 +160,11 @@ impl Request {
             Self::Repair => "repair",
             Self::Down => "down",
             Self::Monitor => "monitor",
+            Self::CniAdd(_) => "cni_add",
+            Self::CniCheck(_) => "cni_check",
+            Self::CniDel(_) => "cni_del",
+            Self::CniGc { .. } => "cni_gc",
+            Self::CniStatus(_) => "cni_status",
         }
     }
 
@@ -156,9 +180,106 @@ impl Request {
                 | Self::ContainerRm { .. }
                 | Self::Repair
                 | Self::Down
+                | Self::CniAdd(_)
+                | Self::CniDel(_)
+                | Self::CniGc { .. }
         )
     }
 }
+
+/// The network a CNI request is for, as the conflist describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CniNetwork {
+    /// The netd network (the conflist's `network`, else its `name`).
+    pub network: String,
+    /// Made with these options on first use if netd has no such network
+    /// (a conflist with a host-local-style `ipam.subnet`); else it must
+    /// exist, and a subnet given must be its subnet.
+    #[serde(default)]
+    pub create: Option<NetworkSpec>,
+}
+
+/// CNI ADD or CHECK: one interface of one container on one network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CniAttach {
+    #[serde(flatten)]
+    pub network: CniNetwork,
+    pub container_id: String,
+    pub ifname: String,
+    /// The container's network namespace (a path).
+    pub netns: String,
+    /// The address asked for (`CNI_ARGS` `IP=`, or the `ips` capability).
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// From the `portMappings` capability.
+    #[serde(default)]
+    pub ports: Vec<crate::portspec::PortSpec>,
+    /// CHECK: the address the runtime holds from ADD's result, if it sent one.
+    #[serde(default)]
+    pub expect_ip: Option<std::net::Ipv4Addr>,
+}
+
+/// Which attachment a CNI DEL or GC names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniDetach {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// What ADD made (and CHECK found): the plugin shapes the CNI result from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CniAttachment {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+    pub bridge: String,
+    pub host_veth: String,
+    pub mac: String,
+    pub ip: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    /// None on internal networks (no default route).
+    pub gateway: Option<std::net::Ipv4Addr>,
+    pub mtu: u32,
+    pub ports: Vec<PublishedPort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniCollected {
+    /// The attachments GC removed, as `CONTAINERID/IFNAME`.
+    pub removed: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniReady {
+    pub network: String,
+}
+
+/// A refusal with a CNI error code (the plugin passes it on); refusals
+/// without one are netd's own (code 100).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: u32,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: u32, message: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(Self {
+            code,
+            message: message.into(),
+        })
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Refusal {}
 
 /// A container on a network, as `network inspect` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -316,6 +437,9 @@ pub enum Reply {
     Repair(RepairReport),
     Conntrack(Vec<ConntrackRow>),
     Stopped(Stopped),
+    CniAttachment(Box<CniAttachment>),
+    CniCollected(CniCollected),
+    CniReady(CniReady),
 }
 
 /// The wire envelope: `{"ok":true,"data":…}` or `{"ok":false,"error":…}`.
@@ -324,6 +448,9 @@ pub struct Response<T> {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A CNI error code for the refusal, when the engine gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u32>,
     #[serde(default = "Option::default")]
     pub data: Option<T>,
 }
@@ -333,6 +460,7 @@ impl<T> Response<T> {
         Self {
             ok: true,
             error: None,
+            code: None,
             data: Some(data),
         }
     }
@@ -341,7 +469,16 @@ impl<T> Response<T> {
         Self {
             ok: false,
             error: Some(message.into()),
+            code: None,
             data: None,
+        }
+    }
+
+    /// A refusal; its code is kept when the error is a [`Refusal`].
+    pub fn refusal(err: &anyhow::Error) -> Self {
+        Self {
+            code: err.downcast_ref::<Refusal>().map(|r| r.code),
+            ..Self::error(format!("{err:#}"))
         }
     }
 }

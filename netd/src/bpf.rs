@@ -21,7 +21,8 @@ use aya::{
 };
 use netd_common::{
     Backend, Config, CtEntry, CtKey, DropReason, Endpoint, NETNS_PROBE_IP, NETNS_PROBE_PORT,
-    NetworkInfo, PacketCounter, PortKey, TrafficClass, UplinkInfo, maps, programs, sizes,
+    NetworkInfo, PacketCounter, PortKey, RoutedKey, TrafficClass, UplinkInfo, maps, programs,
+    routed_key, sizes,
 };
 
 /// The object built from `netd-ebpf` by `build.rs`.
@@ -91,6 +92,7 @@ const PINNED_MAPS: &[&str] = &[
     maps::TRAFFIC_COUNTERS,
     maps::DROP_COUNTERS,
     maps::DROPS_BY_INTERFACE,
+    maps::ROUTED_CIDRS,
 ];
 
 impl Datapath {
@@ -680,6 +682,60 @@ impl Datapath {
             .filter_map(Result::ok)
             .map(|k| (Ipv4Addr::from(k.data()), k.prefix_len() as u8))
             .collect())
+    }
+
+    /// `(network ID, CIDR)` of every routed CIDR in the map.
+    pub fn routed_cidrs(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
+        let map = self
+            .ebpf
+            .map(maps::ROUTED_CIDRS)
+            .ok_or_else(|| anyhow!("ROUTED_CIDRS missing"))?;
+        let map: LpmTrie<_, RoutedKey, u8> = LpmTrie::try_from(map)?;
+        Ok(map
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| {
+                let d = k.data();
+                (
+                    u32::from_be_bytes([d[0], d[1], d[2], d[3]]),
+                    Ipv4Addr::new(d[4], d[5], d[6], d[7]),
+                    (k.prefix_len() - 32) as u8,
+                )
+            })
+            .collect())
+    }
+
+    /// Routes `cidr` without NAT for network `network_id` (both ways).
+    pub fn insert_routed_cidr(
+        &mut self,
+        network_id: u32,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<()> {
+        let mut map: LpmTrie<_, RoutedKey, u8> =
+            LpmTrie::try_from(self.map_mut(maps::ROUTED_CIDRS)?)?;
+        let key = Key::new(
+            32 + u32::from(prefix_len),
+            routed_key(network_id, addr.octets()),
+        );
+        map.insert(&key, &1, 0)
+            .with_context(|| format!("adding routed CIDR {addr}/{prefix_len}"))
+    }
+
+    pub fn remove_routed_cidr(
+        &mut self,
+        network_id: u32,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<()> {
+        let mut map: LpmTrie<_, RoutedKey, u8> =
+            LpmTrie::try_from(self.map_mut(maps::ROUTED_CIDRS)?)?;
+        let key = Key::new(
+            32 + u32::from(prefix_len),
+            routed_key(network_id, addr.octets()),
+        );
+        done_if_missing(map.remove(&key))
+            .with_context(|| format!("removing routed CIDR {addr}/{prefix_len}"))
     }
 
     pub fn endpoint_addrs(&self) -> Result<Vec<Ipv4Addr>> {

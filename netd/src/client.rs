@@ -8,13 +8,14 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    Attachment, ConntrackRow, Container, ContainerCreated, ContainerSpec, Disconnected,
-    MonitorEvent, Network, NetworkDetails, NetworkSpec, Removed, RepairReport, Request, Response,
-    Status, Stopped,
+    Attachment, CniAttach, CniAttachment, CniCollected, CniDetach, CniNetwork, CniReady,
+    ConntrackRow, Container, ContainerCreated, ContainerSpec, Disconnected, MonitorEvent, Network,
+    NetworkDetails, NetworkSpec, Refusal, Removed, RepairReport, Request, Response, Status,
+    Stopped,
 };
 
 #[derive(Clone, Debug)]
@@ -143,6 +144,29 @@ impl Client {
         self.call(&Request::Down)
     }
 
+    pub fn cni_add(&self, attach: CniAttach) -> Result<CniAttachment> {
+        self.call(&Request::CniAdd(attach))
+    }
+
+    pub fn cni_check(&self, attach: CniAttach) -> Result<CniAttachment> {
+        self.call(&Request::CniCheck(attach))
+    }
+
+    pub fn cni_del(&self, detach: CniDetach) -> Result<Removed> {
+        self.call(&Request::CniDel(detach))
+    }
+
+    pub fn cni_gc(&self, network: &str, valid: Vec<CniDetach>) -> Result<CniCollected> {
+        self.call(&Request::CniGc {
+            network: network.to_owned(),
+            valid,
+        })
+    }
+
+    pub fn cni_status(&self, network: CniNetwork) -> Result<CniReady> {
+        self.call(&Request::CniStatus(network))
+    }
+
     /// Drop events as they happen; returns once the daemon confirmed the
     /// stream is live (its hello line), so nothing sent after is missed.
     pub fn monitor(&self) -> Result<Monitor> {
@@ -163,10 +187,11 @@ impl Client {
 
 fn decode<T>(response: Response<T>) -> Result<T> {
     if !response.ok {
-        bail!(
-            "{}",
-            response.error.unwrap_or_else(|| "request failed".into())
-        );
+        let message = response.error.unwrap_or_else(|| "request failed".into());
+        return Err(match response.code {
+            Some(code) => Refusal::new(code, message),
+            None => anyhow::anyhow!(message),
+        });
     }
     response.data.context("the daemon's reply has no data")
 }

@@ -91,6 +91,9 @@ pub async fn run(opts: Options) -> Result<()> {
     for repair in engine.start().await? {
         tracing::warn!(%repair, "repaired at start");
     }
+    for done in frontend::cni::drain_del_queue(&mut engine, &opts.socket).await {
+        tracing::warn!(%done, "CNI");
+    }
     let listener = socket::bind(&opts.socket, opts.socket_group)?;
     tracing::info!(
         datapath = engine.driver_name(),
@@ -116,7 +119,7 @@ pub async fn run(opts: Options) -> Result<()> {
     });
     let mut tasks = vec![
         tokio::spawn(follow_host(engine.clone(), host_events)),
-        tokio::spawn(collect_garbage(engine.clone())),
+        tokio::spawn(collect_garbage(engine.clone(), opts.socket.clone())),
     ];
     if let Some(ring) = drop_events {
         tasks.push(tokio::spawn(read_drop_events(ring, nl, events)));
@@ -165,10 +168,16 @@ fn check_privileges() -> Result<()> {
     Ok(())
 }
 
-async fn collect_garbage(engine: SharedEngine) {
+/// Expired connections, and DELs a CNI plugin queued meanwhile (it found
+/// no daemon while this one was starting).
+async fn collect_garbage(engine: SharedEngine, socket: std::path::PathBuf) {
     loop {
         tokio::time::sleep(CONNTRACK_GC_INTERVAL).await;
-        engine.lock().await.gc();
+        let mut engine = engine.lock().await;
+        engine.gc();
+        for done in frontend::cni::drain_del_queue(&mut engine, &socket).await {
+            tracing::warn!(%done, "CNI");
+        }
     }
 }
 

@@ -70,6 +70,13 @@ pub trait Host: Send + Sync {
     fn link_index(&self, name: &str) -> impl Future<Output = Result<Option<u32>>> + Send;
 
     fn netns_path(&self, name: &str) -> PathBuf;
+    /// Whether `path` still holds a network namespace: a runtime
+    /// bind-mounts its sandboxes and may leave the empty file behind once
+    /// it is gone.
+    fn is_live_netns(&self, path: &Path) -> bool {
+        nix::sys::statfs::statfs(path)
+            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+    }
     fn netns_exists(&self, name: &str) -> bool {
         self.netns_path(name).exists()
     }
@@ -110,6 +117,13 @@ pub trait Host: Send + Sync {
         host_veth: &str,
         bridge: &str,
     ) -> impl Future<Output = Result<Option<u32>>> + Send;
+    /// The IPv4 addresses of interface `ifname` inside the namespace;
+    /// `None` when there is no such interface.
+    fn container_addresses(
+        &self,
+        netns: &Path,
+        ifname: &str,
+    ) -> impl Future<Output = Result<Option<Vec<Ipv4Addr>>>> + Send;
     /// Deletes interface `ifname` inside the namespace, if it is there.
     fn delete_container_link(
         &self,
@@ -357,6 +371,18 @@ impl Host for NetlinkHost {
         self.nl.set_hairpin(index).await?;
         self.nl.set_up(index).await?;
         Ok(Some(index))
+    }
+
+    async fn container_addresses(
+        &self,
+        netns: &Path,
+        ifname: &str,
+    ) -> Result<Option<Vec<Ipv4Addr>>> {
+        let inner = Netlink::connect_in(netns)?;
+        match inner.link_index(ifname).await? {
+            Some(index) => Ok(Some(inner.addresses(index).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn delete_container_link(&self, netns: &Path, ifname: &str) -> Result<()> {

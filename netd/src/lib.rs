@@ -6,6 +6,7 @@ pub mod api;
 pub mod bpf;
 pub mod cidr;
 pub mod client;
+pub mod cni;
 pub mod daemon;
 pub mod driver;
 pub mod engine;

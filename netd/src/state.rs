@@ -39,6 +39,9 @@ pub struct Network {
     /// Docker's network ID, for networks made through the Docker plugin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker_id: Option<String>,
+    /// Routed without NAT both ways (see `NetworkSpec::routed_cidrs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routed_cidrs: Vec<Cidr>,
     /// Set while a create or remove is under way (see [`Pending`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Pending>,
@@ -104,11 +107,29 @@ pub enum Sandbox {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sandbox_key: Option<String>,
     },
+    /// A CNI runtime (Podman, containerd, a kubelet): one interface of one
+    /// container on one network. netd makes the veth and moves and
+    /// configures its container end in the runtime's namespace.
+    Cni {
+        container_id: String,
+        ifname: String,
+        /// The namespace path the runtime gave (`CNI_NETNS`).
+        netns: String,
+    },
 }
 
 impl Sandbox {
     pub fn is_netd(&self) -> bool {
         *self == Self::Netd
+    }
+
+    /// The runtime's namespace path, when netd knows it.
+    pub fn runtime_netns(&self) -> Option<&str> {
+        match self {
+            Self::Netd => None,
+            Self::Docker { sandbox_key, .. } => sandbox_key.as_deref(),
+            Self::Cni { netns, .. } => Some(netns),
+        }
     }
 }
 
@@ -201,6 +222,7 @@ mod tests {
                 mtu: 1500,
                 binding_ip: None,
                 docker_id: None,
+                routed_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
                 pending: None,
             },
         );

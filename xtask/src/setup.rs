@@ -34,6 +34,11 @@ const APT_PACKAGES: &[&str] = &[
     // Real runtimes for the plugin tests (started only by the tests, each
     // with its own sockets and directories).
     "docker.io",
+    "podman",
+    "containerd",
+    // The reference CNI plugins (bridge, host-local, portmap): the
+    // comparison point for netd's CNI plugin.
+    "containernetworking-plugins",
     // The kernel matrix: Debian kernels booted under QEMU with an initramfs.
     "qemu-system-x86",
     "cpio",

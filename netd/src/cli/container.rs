@@ -81,6 +81,11 @@ pub fn run(client: &Client, command: ContainerCommand) -> Result<()> {
                             .unwrap_or_default();
                         format!("docker (endpoint {}{sandbox})", short(endpoint_id))
                     }
+                    Sandbox::Cni {
+                        container_id,
+                        ifname,
+                        netns,
+                    } => format!("cni (container {container_id}, {ifname} in {netns})"),
                 };
                 vec![
                     c.name.clone(),

@@ -2,6 +2,7 @@
 //! into typed client calls and prints the typed replies.
 
 mod check;
+mod cni;
 mod container;
 mod daemon;
 mod network;
@@ -51,6 +52,9 @@ enum Command {
     },
     /// Remove every container and network netd created, then stop the daemon.
     Down,
+    /// Use a netd network from Podman, containerd or a Kubernetes node (CNI).
+    #[command(subcommand)]
+    Cni(cni::CniCommand),
     /// Probe the kernel, load every BPF program through its verifier
     /// (attaching nothing), and list what was chosen, programs, map sizes
     /// and drop reasons.
@@ -72,5 +76,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Conntrack(command) => status::conntrack(&client, command),
         Command::Monitor { format } => status::monitor(&client, format),
         Command::Down => status::down(&client),
+        Command::Cni(command) => cni::run(&client, command),
     }
 }

@@ -61,6 +61,11 @@ pub struct CreateArgs {
     /// Host address ports are published on when -p names none (default: all).
     #[arg(long)]
     binding_ip: Option<String>,
+    /// A CIDR routed without NAT both ways, e.g. a cluster's pod range:
+    /// containers keep their address towards it, and it may reach them
+    /// (repeatable).
+    #[arg(long = "routed-cidr", value_name = "CIDR")]
+    routed_cidrs: Vec<String>,
 }
 
 impl From<CreateArgs> for NetworkSpec {
@@ -77,6 +82,7 @@ impl From<CreateArgs> for NetworkSpec {
             bridge: args.bridge,
             binding_ip: args.binding_ip,
             docker_id: None,
+            routed_cidrs: args.routed_cidrs,
         }
     }
 }

@@ -8,8 +8,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use netd_common::{
-    Backend, Config, CtKey, Endpoint, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NetworkInfo, PortKey,
-    UplinkInfo, programs,
+    Backend, Config, CtKey, Endpoint, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NET_ROUTED,
+    NetworkInfo, PortKey, UplinkInfo, programs,
 };
 
 use super::{ConntrackRow, DatapathMetrics, FirewallDriver, HostInfo};
@@ -167,6 +167,8 @@ struct Declared {
     host_addrs: HashSet<Ipv4Addr>,
     gateways: HashSet<Ipv4Addr>,
     ports: HashSet<PortKey>,
+    /// (network ID, address, prefix length) of each routed CIDR.
+    routed: HashSet<(u32, Ipv4Addr, u8)>,
 }
 
 impl Declared {
@@ -201,6 +203,9 @@ fn network_flags(net: &Network) -> u32 {
     if net.masquerade && !net.internal {
         flags |= NET_MASQUERADE;
     }
+    if !net.routed_cidrs.is_empty() {
+        flags |= NET_ROUTED;
+    }
     flags
 }
 
@@ -225,6 +230,13 @@ impl FirewallDriver for EbpfDriver {
             .insert((net.subnet.addr(), net.subnet.prefix_len()));
         self.datapath.insert_local_addr(net.gateway)?;
         self.declared.gateways.insert(net.gateway);
+        for cidr in &net.routed_cidrs {
+            self.datapath
+                .insert_routed_cidr(net.id, cidr.addr(), cidr.prefix_len())?;
+            self.declared
+                .routed
+                .insert((net.id, cidr.addr(), cidr.prefix_len()));
+        }
         Ok(())
     }
 
@@ -235,6 +247,13 @@ impl FirewallDriver for EbpfDriver {
             .networks
             .remove(&(net.subnet.addr(), net.subnet.prefix_len()));
         self.declared.gateways.remove(&net.gateway);
+        for cidr in &net.routed_cidrs {
+            self.datapath
+                .remove_routed_cidr(net.id, cidr.addr(), cidr.prefix_len())?;
+            self.declared
+                .routed
+                .remove(&(net.id, cidr.addr(), cidr.prefix_len()));
+        }
         if !self.declared.local_addrs().contains(&net.gateway) {
             self.datapath.remove_local_addr(net.gateway)?;
         }
@@ -340,6 +359,14 @@ impl FirewallDriver for EbpfDriver {
             if !self.declared.endpoints.contains(&ip) {
                 removed.push(format!("stale endpoint {ip}"));
                 self.datapath.remove_endpoint(ip)?;
+            }
+        }
+        for (id, addr, prefix_len) in self.datapath.routed_cidrs()? {
+            if !self.declared.routed.contains(&(id, addr, prefix_len)) {
+                removed.push(format!(
+                    "stale routed CIDR {addr}/{prefix_len} of network {id}"
+                ));
+                self.datapath.remove_routed_cidr(id, addr, prefix_len)?;
             }
         }
         for (addr, prefix_len) in self.datapath.networks()? {

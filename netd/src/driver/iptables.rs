@@ -139,6 +139,12 @@ impl IptablesDriver {
 
         line("*raw".into());
         line(":NETD-RAW - [0:0]".into());
+        // A cluster's pods on other nodes do reach this node's pods.
+        for net in &nets {
+            for cidr in &net.routed_cidrs {
+                line(format!("-A NETD-RAW -s {cidr} -d {} -j RETURN", net.subnet));
+            }
+        }
         // Docker 28: no routed access to container addresses from elsewhere.
         for (ip, net) in &self.endpoints {
             let Some(net) = self.network(net) else {
@@ -166,6 +172,13 @@ impl IptablesDriver {
         line(":NETD - [0:0]".into());
         line(":NETD-POSTROUTING - [0:0]".into());
         for net in &nets {
+            // A cluster's pod range keeps the pod's address.
+            for cidr in &net.routed_cidrs {
+                line(format!(
+                    "-A NETD-POSTROUTING -s {} -d {cidr} -j RETURN",
+                    net.subnet
+                ));
+            }
             if net.masquerade && !net.internal {
                 let target = match net.host_ip {
                     Some(ip) => format!("SNAT --to-source {ip}"),
@@ -241,6 +254,10 @@ impl IptablesDriver {
             line(format!(
                 "-A NETD-FORWARD -o {br} -m conntrack --ctstate DNAT -j ACCEPT"
             ));
+            // Pods of the cluster's other nodes, routed to this one.
+            for cidr in &net.routed_cidrs {
+                line(format!("-A NETD-FORWARD -s {cidr} -o {br} -j ACCEPT"));
+            }
             if !net.internal {
                 line(format!("-A NETD-FORWARD -i {br} ! -o {br} -j ACCEPT"));
             }

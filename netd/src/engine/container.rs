@@ -4,6 +4,7 @@
 
 use std::{
     net::Ipv4Addr,
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -132,8 +133,9 @@ impl<H: Host> Engine<H> {
             return Ok((container, Duration::ZERO));
         };
 
+        let netns = self.host.netns_path(name);
         let attachment = self
-            .wire(name, &net, address, "eth0", host_veth, true)
+            .wire(&netns, &net, address, "eth0", host_veth, true)
             .await?;
         // From here the rollback must also undo the endpoint and the ports.
         if let Some(c) = self.state.containers.get_mut(name) {
@@ -196,19 +198,18 @@ impl<H: Host> Engine<H> {
     /// it removes the peer too.
     pub(super) async fn wire(
         &mut self,
-        name: &str,
+        netns: &Path,
         net: &Network,
         address: Ipv4Addr,
         ifname: &str,
         host_veth: &str,
         default_route: bool,
     ) -> Result<Attachment> {
-        let netns = self.host.netns_path(name);
         let mac = mac_for(address);
         let host_index = self
             .host
             .create_veth(&VethPlan {
-                netns: &netns,
+                netns,
                 bridge: &net.bridge,
                 host_veth,
                 ifname,
@@ -232,7 +233,7 @@ impl<H: Host> Engine<H> {
         // bridged and the datapath ready, or neighbours keep a stale MAC.
         // As Docker: no default route on an internal network.
         let gateway = (default_route && !net.internal).then_some(net.gateway);
-        if let Err(err) = self.host.finish_veth(&netns, ifname, gateway).await {
+        if let Err(err) = self.host.finish_veth(netns, ifname, gateway).await {
             // The caller deletes the veth; the endpoint is ours to undo.
             let _ = self.driver.remove_endpoint(&attachment);
             return Err(err);
@@ -271,8 +272,9 @@ impl<H: Host> Engine<H> {
         let host_veth = new_veth_name();
         self.plan_link(name, &host_veth)?;
         fault_point("network-connect:planned");
+        let netns = self.host.netns_path(name);
         let result = self
-            .wire(name, &net, address, &ifname, &host_veth, default_route)
+            .wire(&netns, &net, address, &ifname, &host_veth, default_route)
             .await;
         let entry = self.state.containers.get_mut(name).expect("checked above");
         entry.pending_links.retain(|l| l != &host_veth);

@@ -178,12 +178,10 @@ impl<H: Host> Engine<H> {
             .state
             .containers
             .values()
-            .filter(|c| match &c.sandbox {
-                Sandbox::Docker {
-                    sandbox_key: Some(key),
-                    ..
-                } => !is_live_netns(key),
-                _ => false,
+            .filter(|c| {
+                c.sandbox
+                    .runtime_netns()
+                    .is_some_and(|ns| !self.host.is_live_netns(std::path::Path::new(ns)))
             })
             .cloned()
             .collect();
@@ -223,11 +221,4 @@ impl<H: Host> Engine<H> {
             .filter(|c| c.pending.is_none() && !c.sandbox.is_netd())
             .ok_or_else(|| anyhow!("netd has no endpoint {name:?}"))
     }
-}
-
-/// Whether `path` still holds a network namespace: a runtime bind-mounts
-/// its sandboxes and may leave the empty file behind once it is gone.
-fn is_live_netns(path: &str) -> bool {
-    nix::sys::statfs::statfs(path)
-        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }

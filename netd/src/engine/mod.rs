@@ -5,6 +5,7 @@
 //! its calls. One request at a time (the daemon holds it behind a lock),
 //! so address and port allocation is consistent.
 
+mod cni;
 mod container;
 mod endpoint;
 mod network;
@@ -144,6 +145,20 @@ impl<H: Host> Engine<H> {
                 Reply::Stopped(crate::api::Stopped { down: true })
             }
             Request::Monitor => bail!("monitor streams; it is served by the connection handler"),
+            Request::CniAdd(attach) => Reply::CniAttachment(Box::new(self.cni_add(&attach).await?)),
+            Request::CniCheck(attach) => {
+                Reply::CniAttachment(Box::new(self.cni_check(&attach).await?))
+            }
+            Request::CniDel(detach) => {
+                self.cni_del(&detach).await?;
+                Reply::Removed(crate::api::Removed {
+                    removed: format!("{}/{}", detach.container_id, detach.ifname),
+                })
+            }
+            Request::CniGc { network, valid } => Reply::CniCollected(crate::api::CniCollected {
+                removed: self.cni_gc(&network, &valid).await?,
+            }),
+            Request::CniStatus(network) => Reply::CniReady(self.cni_status(&network).await?),
         })
     }
 

@@ -122,6 +122,19 @@ impl<H: Host> Engine<H> {
             ),
             None => None,
         };
+        let mut routed_cidrs = Vec::new();
+        for text in &spec.routed_cidrs {
+            let cidr: Cidr = text
+                .parse()
+                .map_err(|err| anyhow!("routed CIDR {text:?}: {err:#}"))?;
+            if spec.internal {
+                bail!("an internal network has no routed CIDRs (it reaches nothing outside)");
+            }
+            if routed_cidrs.contains(&cidr) {
+                bail!("routed CIDR {cidr} is given twice");
+            }
+            routed_cidrs.push(cidr);
+        }
         Ok(Network {
             name: spec.name.clone(),
             id: self.state.next_network_id.max(1),
@@ -135,6 +148,7 @@ impl<H: Host> Engine<H> {
             mtu,
             binding_ip,
             docker_id: spec.docker_id.clone(),
+            routed_cidrs,
             pending: None,
         })
     }
@@ -198,7 +212,7 @@ impl<H: Host> Engine<H> {
 }
 
 /// A Linux interface name: 1 to 15 bytes, no '/', ':' or whitespace.
-fn check_interface_name(name: &str) -> Result<()> {
+pub(super) fn check_interface_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > 15
         || name == "."

@@ -1,12 +1,14 @@
 //! Reconciliation with the kernel (at start and on `netd repair`), host
 //! changes, and `netd down`.
 
+use std::path::Path;
+
 use anyhow::Result;
 
 use super::{Engine, new_veth_name, parse_mac};
 use crate::{
     host::Host,
-    state::{Container, Network, Pending},
+    state::{Container, Network, Pending, Sandbox},
 };
 
 impl<H: Host> Engine<H> {
@@ -140,6 +142,9 @@ impl<H: Host> Engine<H> {
         report: &mut Vec<String>,
     ) -> Result<()> {
         let name = &container.name;
+        if let Sandbox::Cni { netns, .. } = &container.sandbox {
+            return self.readopt_cni(container, Path::new(netns), report).await;
+        }
         if !container.sandbox.is_netd() {
             return self.readopt_endpoint(container, report).await;
         }
@@ -182,7 +187,7 @@ impl<H: Host> Engine<H> {
                     let host_veth = new_veth_name();
                     self.plan_link(name, &host_veth)?;
                     let new = self
-                        .wire(name, &net, att.ip, &att.ifname, &host_veth, i == 0)
+                        .wire(&netns, &net, att.ip, &att.ifname, &host_veth, i == 0)
                         .await?;
                     report.push(format!(
                         "container {name}: its interface {} on network {} was gone; made again",
@@ -196,6 +201,50 @@ impl<H: Host> Engine<H> {
         self.driver.publish(&container.ports)?;
         if let Some(c) = self.state.containers.get_mut(name) {
             c.attachments = attachments;
+            c.pending_links.clear();
+        }
+        Ok(())
+    }
+
+    /// A CNI attachment after a restart or on `netd repair` (its namespace
+    /// is alive: dead ones were pruned): netd configured the container end
+    /// itself, so a veth deleted behind its back is made again, with the
+    /// same address and ports.
+    async fn readopt_cni(
+        &mut self,
+        container: &Container,
+        netns: &Path,
+        report: &mut Vec<String>,
+    ) -> Result<()> {
+        let name = &container.name;
+        let Some(att) = container.attachments.first() else {
+            return Ok(());
+        };
+        let net = self.network(&att.network)?.clone();
+        let att = match self.host.reattach_veth(&att.host_veth, &net.bridge).await? {
+            Some(index) => {
+                self.driver
+                    .add_endpoint(&net, att, index, parse_mac(&att.mac)?)?;
+                att.clone()
+            }
+            None => {
+                self.driver.remove_endpoint(att)?;
+                self.host.delete_container_link(netns, &att.ifname).await?;
+                let host_veth = new_veth_name();
+                self.plan_link(name, &host_veth)?;
+                let new = self
+                    .wire(netns, &net, att.ip, &att.ifname, &host_veth, true)
+                    .await?;
+                report.push(format!(
+                    "CNI attachment {name}: its interface {} on network {} was gone; made again",
+                    att.ifname, net.name
+                ));
+                new
+            }
+        };
+        self.driver.publish(&container.ports)?;
+        if let Some(c) = self.state.containers.get_mut(name) {
+            c.attachments = vec![att];
             c.pending_links.clear();
         }
         Ok(())

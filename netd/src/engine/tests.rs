@@ -163,6 +163,23 @@ impl Host for FakeHost {
             .map(|()| 9))
     }
 
+    fn is_live_netns(&self, path: &Path) -> bool {
+        self.kernel().namespaces.contains_key(&ns_name(path))
+    }
+
+    async fn container_addresses(
+        &self,
+        netns: &Path,
+        ifname: &str,
+    ) -> Result<Option<Vec<Ipv4Addr>>> {
+        Ok(self
+            .kernel()
+            .namespaces
+            .get(&ns_name(netns))
+            .filter(|inside| inside.contains(ifname))
+            .map(|_| Vec::new()))
+    }
+
     async fn delete_container_link(&self, netns: &Path, ifname: &str) -> Result<()> {
         if let Some(inside) = self.kernel().namespaces.get_mut(&ns_name(netns)) {
             inside.remove(ifname);

@@ -112,9 +112,8 @@ pub async fn serve<H: Host + 'static>(stream: UnixStream, shared: Arc<Shared<H>>
             }
         }
         Err(err) => {
-            let err = format!("{err:#}");
-            tracing::info!(micros, %err, "refused");
-            reply(&mut write, &Response::<()>::error(err)).await;
+            tracing::info!(micros, err = format!("{err:#}"), "refused");
+            reply(&mut write, &Response::<()>::refusal(&err)).await;
         }
     }
 }

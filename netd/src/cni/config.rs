@@ -1,0 +1,283 @@
+//! What a runtime hands netd's CNI plugin: the environment (`CNI_*`) and
+//! the network configuration on stdin, typed. Unknown keys are ignored (as
+//! every CNI plugin does: conflists carry other plugins' options).
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use serde::Deserialize;
+
+use super::{Failure, code};
+use crate::{
+    api::{CniNetwork, NetworkSpec},
+    portspec::{PortSpec, Proto},
+};
+
+/// The spec versions netd speaks; results are shaped for the one asked for.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// The plugin's entry of the conflist, with what the runtime adds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    #[serde(default)]
+    pub cni_version: String,
+    #[serde(default)]
+    pub name: String,
+    /// The netd network (default: the conflist's `name`).
+    #[serde(default)]
+    pub network: Option<String>,
+    /// The daemon's socket (default: /run/netd/netd.sock).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// A host-local-style subnet: the network is made with it on first use.
+    #[serde(default)]
+    pub ipam: Option<Ipam>,
+    /// Options for the network made on first use (as `netd network create`).
+    #[serde(default)]
+    pub routed_cidrs: Vec<String>,
+    #[serde(default)]
+    pub internal: bool,
+    #[serde(default)]
+    pub icc: Option<bool>,
+    #[serde(default)]
+    pub masquerade: Option<bool>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub bridge: Option<String>,
+    #[serde(default)]
+    pub runtime_config: RuntimeConfig,
+    /// CHECK (and DEL): the result ADD returned.
+    #[serde(default)]
+    pub prev_result: Option<PrevResult>,
+    /// GC: every attachment the runtime still uses.
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<ValidAttachment>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Ipam {
+    #[serde(default)]
+    pub subnet: Option<String>,
+    #[serde(default)]
+    pub gateway: Option<String>,
+    /// host-local's form: `[[{"subnet": …, "gateway": …}]]`; netd takes one.
+    #[serde(default)]
+    pub ranges: Vec<Vec<Range>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Range {
+    pub subnet: String,
+    #[serde(default)]
+    pub gateway: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeConfig {
+    #[serde(default)]
+    pub port_mappings: Vec<PortMapping>,
+    /// The `ips` capability: addresses asked for (`10.88.0.5/24` or bare).
+    #[serde(default)]
+    pub ips: Vec<String>,
+}
+
+/// One port mapping. Podman sends the documented camelCase keys; containerd
+/// and nerdctl send go-cni's Go field names (`HostPort`…), untagged.
+#[derive(Debug, Default, Deserialize)]
+pub struct PortMapping {
+    #[serde(rename = "hostPort", alias = "HostPort", default)]
+    pub host_port: i64,
+    #[serde(rename = "containerPort", alias = "ContainerPort", default)]
+    pub container_port: i64,
+    #[serde(rename = "protocol", alias = "Protocol", default)]
+    pub protocol: String,
+    #[serde(rename = "hostIP", alias = "HostIP", alias = "hostIp", default)]
+    pub host_ip: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PrevResult {
+    #[serde(default)]
+    pub ips: Vec<PrevIp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PrevIp {
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ValidAttachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl NetConf {
+    pub fn parse(stdin: &[u8]) -> Result<Self, Failure> {
+        let conf: NetConf = serde_json::from_slice(stdin).map_err(|err| {
+            Failure::new(
+                code::DECODING,
+                format!("the network configuration is not valid JSON: {err}"),
+            )
+        })?;
+        if conf.cni_version.is_empty() {
+            return Err(Failure::new(
+                code::INVALID_NETWORK_CONFIG,
+                "the network configuration has no cniVersion",
+            ));
+        }
+        if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
+            return Err(Failure::new(
+                code::INCOMPATIBLE_VERSION,
+                format!(
+                    "CNI version {} is not supported (netd speaks {})",
+                    conf.cni_version,
+                    SUPPORTED_VERSIONS.join(", ")
+                ),
+            ));
+        }
+        if conf.name.is_empty() {
+            return Err(Failure::new(
+                code::INVALID_NETWORK_CONFIG,
+                "the network configuration has no name",
+            ));
+        }
+        Ok(conf)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| crate::api::DEFAULT_SOCKET.into())
+    }
+
+    pub fn network_name(&self) -> String {
+        self.network.clone().unwrap_or_else(|| self.name.clone())
+    }
+
+    /// The network the request is for, with the options to make it if the
+    /// conflist gives a subnet.
+    pub fn network(&self) -> Result<CniNetwork, Failure> {
+        let network = self.network_name();
+        let (subnet, gateway) = match &self.ipam {
+            Some(ipam) => match (&ipam.subnet, ipam.ranges.first().and_then(|r| r.first())) {
+                (Some(subnet), _) => (Some(subnet.clone()), ipam.gateway.clone()),
+                (None, Some(range)) => (Some(range.subnet.clone()), range.gateway.clone()),
+                (None, None) => (None, None),
+            },
+            None => (None, None),
+        };
+        if subnet.is_none()
+            && (!self.routed_cidrs.is_empty()
+                || self.internal
+                || self.icc.is_some()
+                || self.masquerade.is_some()
+                || self.mtu.is_some()
+                || self.bridge.is_some())
+        {
+            return Err(Failure::new(
+                code::INVALID_NETWORK_CONFIG,
+                "network options (routedCidrs, internal, icc, masquerade, mtu, bridge) need \
+                 ipam.subnet: they apply when netd makes the network on first use",
+            ));
+        }
+        let create = subnet.map(|subnet| NetworkSpec {
+            subnet: Some(subnet),
+            gateway,
+            internal: self.internal,
+            icc: self.icc.unwrap_or(true),
+            masquerade: self.masquerade.unwrap_or(true),
+            mtu: self.mtu,
+            bridge: self.bridge.clone(),
+            routed_cidrs: self.routed_cidrs.clone(),
+            ..NetworkSpec::named(network.clone())
+        });
+        Ok(CniNetwork { network, create })
+    }
+
+    /// The port mappings as netd's port specs; a bad one refuses the ADD.
+    pub fn ports(&self) -> Result<Vec<PortSpec>, Failure> {
+        self.runtime_config
+            .port_mappings
+            .iter()
+            .map(PortMapping::to_spec)
+            .collect()
+    }
+
+    /// The address asked for through the `ips` capability, if any.
+    pub fn requested_ip(&self) -> Result<Option<String>, Failure> {
+        match self.runtime_config.ips.as_slice() {
+            [] => Ok(None),
+            [ip] => {
+                let bare = ip.split('/').next().unwrap_or(ip);
+                bare.parse::<Ipv4Addr>().map_err(|_| {
+                    Failure::new(
+                        code::INVALID_NETWORK_CONFIG,
+                        format!("runtimeConfig.ips: {ip:?} is not an IPv4 address"),
+                    )
+                })?;
+                Ok(Some(bare.to_owned()))
+            }
+            more => Err(Failure::new(
+                code::INVALID_NETWORK_CONFIG,
+                format!(
+                    "runtimeConfig.ips asks for {} addresses; a netd network gives one per interface",
+                    more.len()
+                ),
+            )),
+        }
+    }
+
+    /// CHECK: the address ADD's result gave, if the runtime sent it.
+    pub fn prev_ip(&self) -> Option<Ipv4Addr> {
+        let prev = self.prev_result.as_ref()?.ips.first()?;
+        prev.address.split('/').next()?.parse().ok()
+    }
+}
+
+impl PortMapping {
+    fn to_spec(&self) -> Result<PortSpec, Failure> {
+        let bad = |what: String| {
+            Failure::new(
+                code::INVALID_NETWORK_CONFIG,
+                format!("port mapping: {what}"),
+            )
+        };
+        let container_port = u16::try_from(self.container_port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| {
+                bad(format!(
+                    "container port {} is not in 1-65535",
+                    self.container_port
+                ))
+            })?;
+        let host_port = u16::try_from(self.host_port)
+            .map_err(|_| bad(format!("host port {} is not in 0-65535", self.host_port)))?;
+        let proto = match self.protocol.to_ascii_lowercase().as_str() {
+            "" | "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            other => {
+                return Err(bad(format!(
+                    "protocol {other:?}: netd publishes tcp and udp"
+                )));
+            }
+        };
+        let host_ip = match self.host_ip.as_str() {
+            "" => Ipv4Addr::UNSPECIFIED,
+            ip => ip
+                .parse()
+                .map_err(|_| bad(format!("host IP {ip:?} is not an IPv4 address")))?,
+        };
+        Ok(PortSpec {
+            host_ip,
+            // 0: netd picks a free one, as for `-p 80`.
+            host_ports: (host_port > 0).then_some((host_port, host_port)),
+            container_ports: (container_port, container_port),
+            proto,
+        })
+    }
+}

@@ -1,0 +1,292 @@
+//! CNI attachments (Podman, containerd, a kubelet): one interface of one
+//! container on one network, in a namespace the runtime owns. netd makes
+//! the veth, moves and configures its container end, and publishes the
+//! runtime's port mappings; ADD, CHECK, DEL and GC are the CNI verbs.
+
+use std::{collections::BTreeSet, path::Path};
+
+use anyhow::{Result, bail};
+
+use super::{Engine, check_name, network::check_interface_name, new_veth_name};
+use crate::{
+    api::{CniAttach, CniAttachment, CniDetach, CniNetwork, CniReady, Refusal},
+    cni::code,
+    host::Host,
+    state::{Container, Network, NetworkMode, Pending, Sandbox},
+};
+
+impl<H: Host> Engine<H> {
+    /// ADD: the interface, its address, default route and ports. An ADD
+    /// repeated for an attachment that exists in the same namespace answers
+    /// what the first made.
+    pub async fn cni_add(&mut self, req: &CniAttach) -> Result<CniAttachment> {
+        check_name("CNI container ID", &req.container_id)?;
+        check_interface_name(&req.ifname)?;
+        let net = self.cni_network(&req.network, true).await?;
+        for removed in self.prune_stale_endpoints().await {
+            tracing::warn!(%removed, "stale endpoint removed");
+        }
+        if let Some(existing) = self.cni_record(&net.name, &req.container_id, &req.ifname) {
+            if existing.sandbox.runtime_netns() == Some(req.netns.as_str()) {
+                return self.cni_attachment(existing);
+            }
+            bail!(
+                "container {} already has interface {} on network {} (in another namespace)",
+                req.container_id,
+                req.ifname,
+                net.name
+            );
+        }
+        if !self.host.is_live_netns(Path::new(&req.netns)) {
+            bail!("{} is not a network namespace", req.netns);
+        }
+        let name = record_name(&req.container_id, &req.ifname);
+        if self.state.containers.contains_key(&name) {
+            bail!(
+                "netd already has a container named {name:?} (another container ID with the same first 12 characters)"
+            );
+        }
+        let address = self.pick_address(&net, req.ip.as_deref())?;
+        if net.internal && !req.ports.is_empty() {
+            bail!(
+                "network {:?} is internal: its containers cannot publish ports",
+                net.name
+            );
+        }
+        let ports = self.resolve_ports(&net, &req.ports, address)?;
+        let host_veth = new_veth_name();
+        // Intent first, as for containers: a crash from here is rolled back.
+        self.state.containers.insert(
+            name.clone(),
+            Container {
+                name: name.clone(),
+                mode: NetworkMode::Bridge,
+                attachments: Vec::new(),
+                ports: Vec::new(),
+                pending: Some(Pending::Creating),
+                pending_links: vec![host_veth.clone()],
+                sandbox: Sandbox::Cni {
+                    container_id: req.container_id.clone(),
+                    ifname: req.ifname.clone(),
+                    netns: req.netns.clone(),
+                },
+            },
+        );
+        self.save()?;
+        let netns = Path::new(&req.netns);
+        let result = async {
+            // Whatever a crashed ADD left under this name goes first.
+            self.host.delete_container_link(netns, &req.ifname).await?;
+            let attachment = self
+                .wire(netns, &net, address, &req.ifname, &host_veth, true)
+                .await?;
+            let entry = self.state.containers.get_mut(&name).expect("inserted");
+            entry.attachments.push(attachment);
+            entry.ports = ports.clone();
+            self.driver.publish(&ports)
+        }
+        .await;
+        if let Err(err) = result {
+            let partial = self.state.containers.get(&name).cloned();
+            if let Some(partial) = partial {
+                self.remove_container_objects(&partial).await;
+            }
+            self.state.containers.remove(&name);
+            self.save()?;
+            return Err(err);
+        }
+        let entry = self.state.containers.get_mut(&name).expect("inserted");
+        entry.pending = None;
+        entry.pending_links.clear();
+        let entry = entry.clone();
+        self.save()?;
+        self.cni_attachment(&entry)
+    }
+
+    /// CHECK: the record, the host's veth on its bridge, the interface in
+    /// the namespace with its address; an error names what differs.
+    pub async fn cni_check(&mut self, req: &CniAttach) -> Result<CniAttachment> {
+        let net = self.cni_network(&req.network, false).await?;
+        let Some(record) = self
+            .cni_record(&net.name, &req.container_id, &req.ifname)
+            .cloned()
+        else {
+            return Err(Refusal::new(
+                code::UNKNOWN_CONTAINER,
+                format!(
+                    "netd has no interface {} of container {} on network {}",
+                    req.ifname, req.container_id, net.name
+                ),
+            ));
+        };
+        let found = self.cni_attachment(&record)?;
+        if found.netns != req.netns {
+            bail!(
+                "the interface is in namespace {}, not {}",
+                found.netns,
+                req.netns
+            );
+        }
+        if let Some(expected) = req.expect_ip
+            && expected != found.ip
+        {
+            bail!(
+                "the runtime holds address {expected}, netd gave {}",
+                found.ip
+            );
+        }
+        if self.host.link_index(&found.host_veth).await?.is_none() {
+            bail!(
+                "the host side of the interface ({}) is gone; `netd repair` makes it again",
+                found.host_veth
+            );
+        }
+        match self
+            .host
+            .container_addresses(Path::new(&found.netns), &found.ifname)
+            .await?
+        {
+            None => bail!(
+                "interface {} is missing in namespace {}",
+                found.ifname,
+                found.netns
+            ),
+            Some(addrs) if !addrs.contains(&found.ip) => bail!(
+                "interface {} has lost its address {}",
+                found.ifname,
+                found.ip
+            ),
+            Some(_) => Ok(found),
+        }
+    }
+
+    /// DEL: removes the attachment if netd has it; nothing to do is done.
+    pub async fn cni_del(&mut self, req: &CniDetach) -> Result<()> {
+        let Some(record) = self
+            .cni_record(&req.network, &req.container_id, &req.ifname)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        self.container_rm(&record.name).await
+    }
+
+    /// GC: every attachment of `network` not in `valid` goes.
+    pub async fn cni_gc(&mut self, network: &str, valid: &[CniDetach]) -> Result<Vec<String>> {
+        let keep: BTreeSet<(&str, &str)> = valid
+            .iter()
+            .map(|v| (v.container_id.as_str(), v.ifname.as_str()))
+            .collect();
+        let stale: Vec<(String, String)> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.attachments.iter().any(|a| a.network == network))
+            .filter_map(|c| match &c.sandbox {
+                Sandbox::Cni {
+                    container_id,
+                    ifname,
+                    ..
+                } if !keep.contains(&(container_id.as_str(), ifname.as_str())) => {
+                    Some((c.name.clone(), format!("{container_id}/{ifname}")))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut removed = Vec::new();
+        for (name, label) in stale {
+            self.container_rm(&name).await?;
+            removed.push(label);
+        }
+        Ok(removed)
+    }
+
+    /// STATUS: ADD can work when the network exists or may be made.
+    pub async fn cni_status(&mut self, req: &CniNetwork) -> Result<CniReady> {
+        let net = self.cni_network(req, false).await;
+        match (net, &req.create) {
+            (Ok(net), _) => Ok(CniReady { network: net.name }),
+            (Err(_), Some(_)) => Ok(CniReady {
+                network: req.network.clone(),
+            }),
+            (Err(err), None) => Err(err),
+        }
+    }
+
+    /// The network a CNI request names: made from the conflist's options on
+    /// first use when `create` is allowed and the conflist has them; if it
+    /// exists, a subnet the conflist names must be its subnet.
+    async fn cni_network(&mut self, req: &CniNetwork, create: bool) -> Result<Network> {
+        match (self.network(&req.network), &req.create) {
+            (Ok(net), Some(spec)) => {
+                if let Some(subnet) = &spec.subnet
+                    && subnet.parse::<crate::cidr::Cidr>().ok() != Some(net.subnet)
+                {
+                    return Err(Refusal::new(
+                        code::INVALID_NETWORK_CONFIG,
+                        format!(
+                            "the conflist gives network {} subnet {subnet}, netd has it as {}",
+                            net.name, net.subnet
+                        ),
+                    ));
+                }
+                Ok(net.clone())
+            }
+            (Ok(net), None) => Ok(net.clone()),
+            (Err(_), Some(spec)) if create => self.network_create(spec.clone()).await,
+            (Err(err), _) => Err(Refusal::new(
+                code::INVALID_NETWORK_CONFIG,
+                format!(
+                    "{err:#}; create it with `netd network create {}`, or give a subnet in the conflist's ipam",
+                    req.network
+                ),
+            )),
+        }
+    }
+
+    fn cni_record(&self, network: &str, container_id: &str, ifname: &str) -> Option<&Container> {
+        self.state.containers.values().find(|c| {
+            c.pending.is_none()
+                && c.attachments.iter().any(|a| a.network == network)
+                && matches!(&c.sandbox, Sandbox::Cni { container_id: id, ifname: i, .. }
+                    if id == container_id && i == ifname)
+        })
+    }
+
+    fn cni_attachment(&self, record: &Container) -> Result<CniAttachment> {
+        let Sandbox::Cni {
+            container_id,
+            ifname,
+            netns,
+        } = &record.sandbox
+        else {
+            bail!("{} is not a CNI attachment", record.name);
+        };
+        let att = record
+            .attachments
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("{} has no interface", record.name))?;
+        let net = self.network(&att.network)?;
+        Ok(CniAttachment {
+            network: net.name.clone(),
+            container_id: container_id.clone(),
+            ifname: ifname.clone(),
+            netns: netns.clone(),
+            bridge: net.bridge.clone(),
+            host_veth: att.host_veth.clone(),
+            mac: att.mac.clone(),
+            ip: att.ip,
+            prefix_len: net.subnet.prefix_len(),
+            gateway: (!net.internal).then_some(net.gateway),
+            mtu: net.mtu,
+            ports: record.ports.clone(),
+        })
+    }
+}
+
+/// netd's record of a CNI attachment: `cni-` + the container ID's first 12
+/// characters (as Docker shortens IDs) + the interface name.
+fn record_name(container_id: &str, ifname: &str) -> String {
+    let short: String = container_id.chars().take(12).collect();
+    format!("cni-{short}-{ifname}")
+}
