@@ -4,6 +4,7 @@
 //!   down in `Drop` even when a test panics;
 //! - [`probe`]: bounded TCP/UDP/ICMP probes and small echo servers that run
 //!   inside those namespaces;
+//! - [`cni`]: runs a CNI plugin as a runtime does (cnitool-like);
 //! - [`daemon_host`]: a host namespace running the real `netd daemon`;
 //! - [`datapath_host`]: a host namespace driven through `netd::bpf::Datapath`;
 //! - [`docker`]: a real dockerd using netd as its network driver;
@@ -12,6 +13,7 @@
 //! - [`packet`]: crafted frames and an independent checksum routine for
 //!   `BPF_PROG_TEST_RUN` tests.
 
+pub mod cni;
 pub mod daemon_host;
 pub mod datapath_host;
 pub mod docker;
