@@ -479,7 +479,10 @@ fn install_writes_conflist_and_plugin() {
     assert_eq!(conflist["name"], "bridge");
     assert_eq!(conflist["cniVersion"], "1.0.0");
     assert_eq!(conflist["plugins"][0]["type"], "netd-cni");
-    assert_eq!(conflist["plugins"][0]["capabilities"]["portMappings"], true);
+    assert_eq!(
+        conflist["plugins"][0]["capabilities"],
+        json!({"portMappings": true, "ips": true})
+    );
     assert_eq!(
         conflist["plugins"][0]["socket"],
         h.socket().to_string_lossy().as_ref()

@@ -54,3 +54,14 @@ fn ebpf_datapath_passes_the_scenarios_through_docker() {
 fn iptables_datapath_passes_the_scenarios_through_docker() {
     check_through(Frontend::Docker, "iptables", &[]);
 }
+
+/// And made by a real Podman through netd's CNI plugin: the same verdicts.
+#[test]
+fn ebpf_datapath_passes_the_scenarios_through_podman() {
+    check_through(Frontend::Podman, "ebpf", &[]);
+}
+
+#[test]
+fn iptables_datapath_passes_the_scenarios_through_podman() {
+    check_through(Frontend::Podman, "iptables", &[]);
+}

@@ -214,27 +214,9 @@ impl DockerHost {
         String::from_utf8(out.stderr).unwrap()
     }
 
-    /// The busybox image: busybox-static and its applets, imported.
+    /// The busybox image, imported.
     fn import_image(&self) {
-        let root = self.dir.join("rootfs");
-        std::fs::create_dir_all(root.join("bin")).unwrap();
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        let out = Command::new("/bin/busybox").arg("--list").output().unwrap();
-        for applet in String::from_utf8_lossy(&out.stdout).lines() {
-            if applet != "busybox" {
-                let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
-            }
-        }
-        let tar = self.dir.join("rootfs.tar");
-        let status = Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(status.success(), "tar of the busybox root");
+        let tar = busybox_rootfs_tar(&self.dir);
         self.docker_ok(&["import", &tar.display().to_string(), IMAGE]);
     }
 
@@ -280,8 +262,33 @@ impl DockerHost {
     }
 }
 
+/// A root filesystem of busybox-static and its applets, as a tar in `dir`
+/// (for `docker import` / `podman import`: no registry is reachable).
+pub fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let out = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+    let tar = dir.join("rootfs.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success(), "tar of the busybox root");
+    tar
+}
+
 /// Mount points at or below `dir`, deepest first.
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut mounts: Vec<PathBuf> = table
         .lines()

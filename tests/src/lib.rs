@@ -8,6 +8,7 @@
 //! - [`daemon_host`]: a host namespace running the real `netd daemon`;
 //! - [`datapath_host`]: a host namespace driven through `netd::bpf::Datapath`;
 //! - [`docker`]: a real dockerd using netd as its network driver;
+//! - [`podman`]: a real Podman using netd through its CNI plugin;
 //! - [`scenarios`]: the verdict suite both datapaths must pass;
 //! - [`testrun`]: one crafted frame through BPF_PROG_TEST_RUN;
 //! - [`packet`]: crafted frames and an independent checksum routine for
@@ -18,6 +19,7 @@ pub mod daemon_host;
 pub mod datapath_host;
 pub mod docker;
 pub mod packet;
+pub mod podman;
 pub mod probe;
 pub mod scenarios;
 pub mod testrun;

@@ -8,6 +8,7 @@ use crate::{
     Netns,
     daemon_host::{DaemonHost, HOST_IP, OUTSIDE_IP},
     docker::DockerHost,
+    podman::PodmanHost,
     probe::{self, EchoServer},
 };
 
@@ -360,16 +361,19 @@ pub const PROBES: &[Probe] = &[
 ];
 
 /// How the suite's networks and containers are made: through netd's own
-/// CLI, or by a real dockerd using netd as its network driver.
+/// CLI, by a real dockerd using netd as its network driver, or by a real
+/// Podman using netd's CNI plugin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Frontend {
     Cli,
     Docker,
+    Podman,
 }
 
 enum Hosts {
     Cli(Box<DaemonHost>),
     Docker(Box<DockerHost>),
+    Podman(Box<PodmanHost>),
 }
 
 pub struct Suite {
@@ -385,6 +389,7 @@ impl Suite {
         match &self.hosts {
             Hosts::Cli(h) => h,
             Hosts::Docker(d) => &d.h,
+            Hosts::Podman(p) => &p.h,
         }
     }
 
@@ -411,6 +416,12 @@ impl Suite {
                 d.docker_ok(&["network", "disconnect", &bridge, &name]);
                 between();
                 d.docker_ok(&["network", "connect", "--ip", ip, &bridge, &name]);
+            }
+            Hosts::Podman(p) => {
+                let bridge = p.h.name("bridge");
+                p.podman_ok(&["network", "disconnect", &bridge, &name]);
+                between();
+                p.podman_ok(&["network", "connect", "--ip", ip, &bridge, &name]);
             }
         }
     }
@@ -528,10 +539,46 @@ pub fn build(netd: &str, datapath: &str, daemon_flags: &[&str], frontend: Fronte
             }
             (Hosts::Docker(Box::new(d)), far)
         }
+        Frontend::Podman => {
+            let plugin = std::path::Path::new(netd).with_file_name("netd-cni");
+            let mut p = PodmanHost::start(netd, &plugin.display().to_string(), &flags);
+            let far = p.h.add_far_host("203.0.113.2", 1280);
+            // Podman's `bridge` means its own default network: netd's
+            // plays under the test's name, on the same subnet.
+            p.h.ok(&["network", "rm", "bridge"]);
+            let bridge = p.h.name("bridge");
+            p.network(
+                &bridge,
+                &["--subnet", "172.17.0.0/16", "--gateway", "172.17.0.1"],
+            );
+            let named = |n: &str| match n {
+                "bridge" => bridge.clone(),
+                "host" | "none" => n.to_owned(),
+                other => p.h.name(other),
+            };
+            for (name, subnet, netd_flag, _) in NETWORKS {
+                let mut args = vec!["--subnet", subnet];
+                args.extend(Some(*netd_flag).filter(|f| !f.is_empty()));
+                p.network(&named(name), &args);
+            }
+            for (short, network, ip, ports) in CONTAINERS {
+                let network = named(network);
+                let mut args = vec!["--network", network.as_str()];
+                if !ip.is_empty() {
+                    args.extend(["--ip", ip]);
+                }
+                for port in *ports {
+                    args.extend(["-p", port]);
+                }
+                p.run(short, &args);
+            }
+            (Hosts::Podman(Box::new(p)), far)
+        }
     };
     let h: &mut DaemonHost = match &mut hosts {
         Hosts::Cli(h) => h,
         Hosts::Docker(d) => &mut d.h,
+        Hosts::Podman(p) => &mut p.h,
     };
     // A container on the internal network routes out by itself.
     h.ctr("i2")

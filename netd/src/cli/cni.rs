@@ -74,10 +74,15 @@ struct Ipam {
     subnet: String,
 }
 
+/// Both declared: the runtime passes port mappings and requested addresses
+/// in `runtimeConfig`. (Declaring `ips` also keeps Podman 4 from replacing
+/// the capabilities with `{"ips": true}` when a container asks for an
+/// address, which loses its port mappings.)
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Capabilities {
     port_mappings: bool,
+    ips: bool,
 }
 
 pub const PLUGIN_NAME: &str = "netd-cni";
@@ -142,6 +147,7 @@ fn install(client: &Client, args: InstallArgs) -> Result<()> {
             routed_cidrs: args.routed_cidrs,
             capabilities: Capabilities {
                 port_mappings: true,
+                ips: true,
             },
         }],
     };
