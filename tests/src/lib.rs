@@ -9,12 +9,14 @@
 //! - [`datapath_host`]: a host namespace driven through `netd::bpf::Datapath`;
 //! - [`docker`]: a real dockerd using netd as its network driver;
 //! - [`podman`]: a real Podman using netd through its CNI plugin;
+//! - [`containerd`]: a real containerd attaching containers with `ctr run --cni`;
 //! - [`scenarios`]: the verdict suite both datapaths must pass;
 //! - [`testrun`]: one crafted frame through BPF_PROG_TEST_RUN;
 //! - [`packet`]: crafted frames and an independent checksum routine for
 //!   `BPF_PROG_TEST_RUN` tests.
 
 pub mod cni;
+pub mod containerd;
 pub mod daemon_host;
 pub mod datapath_host;
 pub mod docker;

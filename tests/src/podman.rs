@@ -143,7 +143,10 @@ impl PodmanHost {
             .args(["netns", "attach", &name, &pid])
             .output()
             .unwrap();
-        assert!(out.status.success(), "ip netns attach {name} {pid}: {out:?}");
+        assert!(
+            out.status.success(),
+            "ip netns attach {name} {pid}: {out:?}"
+        );
         Netns::named(&name)
     }
 

@@ -1,0 +1,124 @@
+//! A real Podman 4.3 (CNI backend) on netd networks through netd's CNI
+//! plugin: ports, stop/start, netd restarts, `podman rm -f`, and netd's
+//! refusals shown by Podman. The scenario suite through Podman is in
+//! `scenarios.rs`.
+
+use std::net::SocketAddr;
+
+use netd_testbed::{
+    daemon_host::HOST_IP,
+    podman::PodmanHost,
+    probe::{self, EchoServer},
+};
+
+const NETD: &str = env!("CARGO_BIN_EXE_netd");
+const PLUGIN: &str = env!("CARGO_BIN_EXE_netd-cni");
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn records(p: &PodmanHost) -> Vec<serde_json::Value> {
+    p.h.json(&["container", "ls", "--format", "json"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn podman_containers_live_and_go_on_netd_networks() {
+    let p = PodmanHost::start(NETD, PLUGIN, &[]);
+    p.network("web", &["--subnet", "10.70.0.0/24"]);
+    let published = addr(&format!("{HOST_IP}:8080"));
+
+    let ns = p.run("a", &["--network", "web", "-p", "8080:80"]);
+    let server = EchoServer::tcp(&ns, addr("0.0.0.0:80"), "a:").unwrap();
+    assert_eq!(
+        probe::tcp_request(&p.h.outside, published, b"x").unwrap(),
+        b"a:x"
+    );
+    // Podman reports the address netd gave.
+    let name = p.h.name("a");
+    let podman_ip = p.podman_ok(&[
+        "inspect",
+        "-f",
+        "{{(index .NetworkSettings.Networks \"web\").IPAddress}}",
+        &name,
+    ]);
+    let recs = records(&p);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["attachments"][0]["ip"], podman_ip.as_str());
+    assert_eq!(recs[0]["sandbox"]["kind"], "cni");
+
+    // A connection open across a netd kill -9 and restart keeps working.
+    drop(server);
+    let server = EchoServer::tcp_stream_echo(&ns, addr("0.0.0.0:80")).unwrap();
+    let mut conn = probe::tcp_connect(&p.h.outside, published).unwrap();
+    probe::echo_roundtrip(&mut conn, b"before").unwrap();
+    let mut p = p;
+    p.h.kill_daemon(libc::SIGKILL);
+    p.h.spawn_daemon();
+    probe::echo_roundtrip(&mut conn, b"after").unwrap();
+    drop((conn, server));
+
+    // stop: DEL frees the address and the port; start: ADD again.
+    p.podman_ok(&["stop", "-t", "0", &name]);
+    assert!(records(&p).is_empty(), "stop left {:?}", records(&p));
+    let err = probe::tcp_request(&p.h.outside, published, b"x").unwrap_err();
+    assert!(format!("{err:#}").contains("refused"), "{err:#}");
+    p.podman_ok(&["start", &name]);
+    let ns = p.attach_netns("a");
+    let _server = EchoServer::tcp(&ns, addr("0.0.0.0:80"), "again:").unwrap();
+    assert_eq!(
+        probe::tcp_request(&p.h.outside, published, b"x").unwrap(),
+        b"again:x"
+    );
+
+    // A second container cannot take the port: Podman shows netd's refusal.
+    let err = p.podman_refused(&[
+        "run",
+        "-d",
+        "--name",
+        &p.h.name("b"),
+        "--network",
+        "web",
+        "-p",
+        "8080:80",
+        netd_testbed::docker::IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    assert!(
+        err.contains("host port 0.0.0.0:8080/tcp is already published"),
+        "{err}"
+    );
+    let _ = p.podman(&["rm", "-f", "-t", "0", &p.h.name("b")]);
+    assert_eq!(records(&p).len(), 1, "the refused container left a record");
+
+    // rm -f frees everything: the record, the veth, the port.
+    let veth = records(&p)[0]["attachments"][0]["host_veth"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    p.rm("a");
+    assert!(records(&p).is_empty());
+    assert!(
+        p.h.host.ip(&["link", "show", &veth]).is_err(),
+        "{veth} left after podman rm -f"
+    );
+    p.run("b", &["--network", "web", "-p", "8080:80"]);
+    p.rm("b");
+
+    // A conflist whose netd network is gone: Podman shows why.
+    p.h.ok(&["network", "rm", "web"]);
+    let err = p.podman_refused(&[
+        "run",
+        "--rm",
+        "--network",
+        "web",
+        netd_testbed::docker::IMAGE,
+        "true",
+    ]);
+    assert!(err.contains("no network named \"web\""), "{err}");
+    assert!(records(&p).is_empty());
+}
