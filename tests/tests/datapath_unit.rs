@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 use netd::bpf::{Datapath, monotonic_ns};
 use netd_common::{
     Backend, CT_CLOSING, CT_DNAT, CT_REPLY, CT_SEEN_REPLY, CT_SNAT, Config, CtEntry, CtKey,
-    DropReason, Endpoint, FASTPATH_MARK, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NetworkInfo,
-    PortKey, programs, timeouts,
+    DropReason, Endpoint, FASTPATH_MARK, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NET_ROUTED,
+    NetworkInfo, PortKey, programs, timeouts,
 };
 use netd_testbed::{
     packet::{self, Ipv4Frame, L4, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_SYN, ip},
@@ -676,5 +676,62 @@ fn masquerade_uses_the_networks_own_host_ip_when_it_has_one() {
         programs::TO_UPLINK,
         &syn,
         &with_addrs(&syn, (own_ip, 40000), (REMOTE, 80)),
+    );
+}
+
+/// A network with a routed CIDR (a cluster's pod range, 10.244.0.0/16):
+/// to it, no masquerade and no conntrack entry; from it, the container is
+/// reached as sent. Anything else keeps the normal verdicts.
+#[test]
+fn routed_cidrs_skip_masquerade_and_admit_their_sources() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE | NET_ROUTED);
+    dp.insert_routed_cidr(1, ip("10.244.0.0"), 16).unwrap();
+    // Another network's routed CIDR says nothing about network 1.
+    dp.insert_routed_cidr(2, ip("10.245.0.0"), 16).unwrap();
+
+    let to_pod = Ipv4Frame::tcp(C1, 40000, "10.244.2.7", 80, TCP_SYN);
+    let (verdict, out) = run(&mut dp, programs::TO_UPLINK, &to_pod);
+    assert_eq!(
+        (verdict, out),
+        (TC_ACT_OK, to_pod.build()),
+        "kept its source"
+    );
+    assert!(
+        dp.conntrack_entries().unwrap().is_empty(),
+        "nothing to track"
+    );
+
+    let from_pod = Ipv4Frame::tcp("10.244.2.7", 80, C1, 40000, TCP_SYN | TCP_ACK);
+    let (verdict, out) = run(&mut dp, programs::FROM_UPLINK, &from_pod);
+    assert_eq!(
+        (verdict, out),
+        (TC_ACT_OK, from_pod.build()),
+        "a routed pod reaches C1"
+    );
+
+    // Outside the routed CIDR: masqueraded out, unsolicited in.
+    let out_of_range = Ipv4Frame::tcp(C1, 40001, "10.245.0.9", 80, TCP_SYN);
+    expect_rewrite(
+        &mut dp,
+        programs::TO_UPLINK,
+        &out_of_range,
+        &with_addrs(&out_of_range, (HOST, 40001), ("10.245.0.9", 80)),
+    );
+    let stranger = Ipv4Frame::tcp("10.245.0.9", 5555, C1, 80, TCP_SYN);
+    expect_drop(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &stranger,
+        DropReason::UnsolicitedInbound,
+    );
+
+    // Without the flag the map is not consulted: network 2's containers
+    // stay unreachable from its own routed CIDR's addresses too.
+    let to_other = Ipv4Frame::tcp("10.245.0.9", 5555, OTHER_NET_CTR, 80, TCP_SYN);
+    expect_drop(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &to_other,
+        DropReason::UnsolicitedInbound,
     );
 }

@@ -11,11 +11,12 @@ use anyhow::{Result, bail};
 
 use super::Engine;
 use crate::{
-    api::{ContainerSpec, NetworkSpec, Reply, Request},
+    api::{CniAttach, CniDetach, CniNetwork, ContainerSpec, NetworkSpec, Refusal, Reply, Request},
     cidr::Cidr,
     driver::{HostInfo, NoopDriver},
     host::{Host, VethPlan},
     metrics::Metrics,
+    portspec::PortSpec,
     state::{Pending, State},
 };
 
@@ -27,6 +28,8 @@ struct Kernel {
     /// host-side veth -> bridge
     veths: BTreeMap<String, String>,
     namespaces: BTreeMap<String, BTreeSet<String>>,
+    /// (namespace, interface) -> its address.
+    addresses: BTreeMap<(String, String), Ipv4Addr>,
     routes: Vec<Cidr>,
     /// The next call of this name fails, once.
     fail_next: Option<&'static str>,
@@ -131,6 +134,9 @@ impl Host for FakeHost {
         };
         inside.insert(plan.ifname.to_owned());
         kernel
+            .addresses
+            .insert((ns, plan.ifname.to_owned()), plan.address);
+        kernel
             .veths
             .insert(plan.host_veth.to_owned(), plan.bridge.to_owned());
         Ok(9)
@@ -163,8 +169,14 @@ impl Host for FakeHost {
             .map(|()| 9))
     }
 
+    /// The fake namespaces by their fake paths; any other path (a Docker
+    /// sandbox key in a test) as the real host sees it.
     fn is_live_netns(&self, path: &Path) -> bool {
-        self.kernel().namespaces.contains_key(&ns_name(path))
+        if path.starts_with(self.netns_path("")) {
+            return self.kernel().namespaces.contains_key(&ns_name(path));
+        }
+        nix::sys::statfs::statfs(path)
+            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
     }
 
     async fn container_addresses(
@@ -172,12 +184,20 @@ impl Host for FakeHost {
         netns: &Path,
         ifname: &str,
     ) -> Result<Option<Vec<Ipv4Addr>>> {
-        Ok(self
-            .kernel()
+        let kernel = self.kernel();
+        let ns = ns_name(netns);
+        Ok(kernel
             .namespaces
-            .get(&ns_name(netns))
+            .get(&ns)
             .filter(|inside| inside.contains(ifname))
-            .map(|_| Vec::new()))
+            .map(|_| {
+                kernel
+                    .addresses
+                    .get(&(ns.clone(), ifname.to_owned()))
+                    .into_iter()
+                    .copied()
+                    .collect()
+            }))
     }
 
     async fn delete_container_link(&self, netns: &Path, ifname: &str) -> Result<()> {
@@ -673,4 +693,155 @@ async fn endpoints_of_vanished_sandboxes_are_pruned() {
     engine.endpoint_create(endpoint("new")).await.unwrap();
     assert!(!engine.state().containers.contains_key("old"));
     assert_eq!(f.host.kernel().veths.len(), 1);
+}
+
+fn cni_attach(id: &str, netns: &str, network: CniNetwork, publish: &[&str]) -> CniAttach {
+    CniAttach {
+        network,
+        container_id: id.into(),
+        ifname: "eth0".into(),
+        netns: format!("/fake/netns/{netns}"),
+        ip: None,
+        ports: publish
+            .iter()
+            .map(|p| PortSpec::parse(p).unwrap())
+            .collect(),
+        expect_ip: None,
+    }
+}
+
+/// A conflist that gives the node's pod CIDR: the network is made on
+/// first use, then must keep that subnet.
+fn pod_network(subnet: &str) -> CniNetwork {
+    CniNetwork {
+        network: "pods".into(),
+        create: Some(NetworkSpec {
+            subnet: Some(subnet.into()),
+            routed_cidrs: vec!["10.244.0.0/16".into()],
+            ..NetworkSpec::named("pods")
+        }),
+    }
+}
+
+#[tokio::test]
+async fn cni_attachments_add_check_del_gc_and_roll_back() {
+    let f = Fixture::new("cni");
+    for ns in ["p1", "p2", "p3"] {
+        f.host.create_netns(ns).await.unwrap();
+    }
+    let mut engine = f.engine().await;
+    let a = engine
+        .cni_add(&cni_attach(
+            "ctr-a",
+            "p1",
+            pod_network("10.244.1.0/24"),
+            &["8080:80"],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.ip, a.prefix_len, a.gateway),
+        (ip("10.244.1.2"), 24, Some(ip("10.244.1.1")))
+    );
+    assert_eq!(
+        engine.state().networks["pods"].routed_cidrs[0].to_string(),
+        "10.244.0.0/16"
+    );
+    // The same ADD again answers the same; CHECK finds it as made.
+    let again = engine
+        .cni_add(&cni_attach(
+            "ctr-a",
+            "p1",
+            pod_network("10.244.1.0/24"),
+            &["8080:80"],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(again, a);
+    engine
+        .cni_check(&cni_attach(
+            "ctr-a",
+            "p1",
+            pod_network("10.244.1.0/24"),
+            &[],
+        ))
+        .await
+        .unwrap();
+
+    // Another subnet for the same network: refused with CNI code 7.
+    let err = engine
+        .cni_add(&cni_attach(
+            "ctr-b",
+            "p2",
+            pod_network("10.244.9.0/24"),
+            &[],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<Refusal>().map(|r| r.code),
+        Some(7),
+        "{err:#}"
+    );
+
+    // A failure half-way leaves nothing: no record, no veth, port free.
+    let saved = f.saved();
+    f.host.kernel().fail_next = Some("create_veth");
+    engine
+        .cni_add(&cni_attach(
+            "ctr-b",
+            "p2",
+            pod_network("10.244.1.0/24"),
+            &["9090:80"],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(f.saved(), saved);
+    assert_eq!(f.host.kernel().veths.len(), 1);
+
+    engine
+        .cni_add(&cni_attach(
+            "ctr-b",
+            "p2",
+            pod_network("10.244.1.0/24"),
+            &[],
+        ))
+        .await
+        .unwrap();
+    engine
+        .cni_add(&cni_attach(
+            "ctr-c",
+            "p3",
+            pod_network("10.244.1.0/24"),
+            &[],
+        ))
+        .await
+        .unwrap();
+    // GC keeps what the runtime lists; DEL is done when nothing is there.
+    let keep = |id: &str| CniDetach {
+        network: "pods".into(),
+        container_id: id.into(),
+        ifname: "eth0".into(),
+    };
+    let removed = engine.cni_gc("pods", &[keep("ctr-a")]).await.unwrap();
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    engine.cni_del(&keep("ctr-a")).await.unwrap();
+    engine.cni_del(&keep("ctr-a")).await.unwrap();
+    assert!(engine.state().containers.is_empty());
+    assert!(f.host.kernel().veths.is_empty());
+    assert!(engine.state().published().next().is_none());
+    let err = engine
+        .cni_check(&cni_attach(
+            "ctr-a",
+            "p1",
+            pod_network("10.244.1.0/24"),
+            &[],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<Refusal>().map(|r| r.code),
+        Some(3),
+        "{err:#}"
+    );
 }
