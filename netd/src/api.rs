@@ -265,7 +265,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    pub fn new(code: u32, message: impl Into<String>) -> anyhow::Error {
+    pub fn error(code: u32, message: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(Self {
             code,
             message: message.into(),

@@ -189,7 +189,7 @@ fn decode<T>(response: Response<T>) -> Result<T> {
     if !response.ok {
         let message = response.error.unwrap_or_else(|| "request failed".into());
         return Err(match response.code {
-            Some(code) => Refusal::new(code, message),
+            Some(code) => Refusal::error(code, message),
             None => anyhow::anyhow!(message),
         });
     }

@@ -430,15 +430,15 @@ fn del_while_daemon_down_status_gc_and_restarts() {
     );
 
     // A namespace the runtime deleted without DEL frees its address.
-    let record = format!("cni-pod3-eth0");
-    assert!(h.ok(&["container", "ls"]).contains(&record));
+    let record = "cni-pod3-eth0";
+    assert!(h.ok(&["container", "ls"]).contains(record));
     Command::new("ip")
         .args(["netns", "del", ns3.name()])
         .output()
         .unwrap();
     let ip = cni.ok("ADD", Some(&att1), &conf)["ips"][0]["address"].clone();
     assert!(
-        !h.ok(&["container", "ls"]).contains(&record),
+        !h.ok(&["container", "ls"]).contains(record),
         "pod3 kept after its namespace went"
     );
     assert_eq!(ip, "10.244.1.2/24");

@@ -111,7 +111,7 @@ impl<H: Host> Engine<H> {
             .cni_record(&net.name, &req.container_id, &req.ifname)
             .cloned()
         else {
-            return Err(Refusal::new(
+            return Err(Refusal::error(
                 code::UNKNOWN_CONTAINER,
                 format!(
                     "netd has no interface {} of container {} on network {}",
@@ -222,7 +222,7 @@ impl<H: Host> Engine<H> {
                 if let Some(subnet) = &spec.subnet
                     && subnet.parse::<crate::cidr::Cidr>().ok() != Some(net.subnet)
                 {
-                    return Err(Refusal::new(
+                    return Err(Refusal::error(
                         code::INVALID_NETWORK_CONFIG,
                         format!(
                             "the conflist gives network {} subnet {subnet}, netd has it as {}",
@@ -234,7 +234,7 @@ impl<H: Host> Engine<H> {
             }
             (Ok(net), None) => Ok(net.clone()),
             (Err(_), Some(spec)) if create => self.network_create(spec.clone()).await,
-            (Err(err), _) => Err(Refusal::new(
+            (Err(err), _) => Err(Refusal::error(
                 code::INVALID_NETWORK_CONFIG,
                 format!(
                     "{err:#}; create it with `netd network create {}`, or give a subnet in the conflist's ipam",
