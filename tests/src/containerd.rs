@@ -108,7 +108,8 @@ impl ContainerdHost {
 
     /// `ctr ARGS…` in the host namespace, in a private mount namespace
     /// whose /etc/cni/net.d and /opt/cni/bin hold this test's conflist and
-    /// plugin (what `ctr run --cni` reads).
+    /// plugin (what `ctr run --cni` reads), and whose /var/lib/cni (libcni's
+    /// result cache) is this test's.
     pub fn ctr_with_cni(&self, args: &[&str]) -> Output {
         let cni = self.dir.join("cni");
         let script = format!(
@@ -119,8 +120,11 @@ impl ContainerdHost {
              mount -t tmpfs netd-test /opt\n\
              mkdir -p /opt/cni/bin\n\
              cp {cni}/bin/* /opt/cni/bin/\n\
+             mkdir -p {cache}\n\
+             mount --bind {cache} /var/lib/cni\n\
              exec ctr --address {socket} \"$@\"\n",
             cni = cni.display(),
+            cache = self.dir.join("cni-cache").display(),
             socket = self.dir.join("containerd.sock").display(),
         );
         self.h

@@ -19,14 +19,16 @@ use crate::{Netns, daemon_host::DaemonHost, topology::Background};
 const DOCKER: &str = "/usr/bin/docker";
 pub const IMAGE: &str = "netd-busybox:test";
 
-/// Which network driver the Docker networks use.
+/// Who networks a runtime's containers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Networking {
-    /// netd's plugin; dockerd keeps out of the firewall.
+    /// netd, through the runtime's plugin interface (Docker's remote
+    /// driver, CNI); the runtime keeps out of the firewall.
     Netd,
-    /// Docker's own bridge driver with its iptables rules (no netd running),
-    /// the reference netd is measured against.
-    DockerBridge,
+    /// The runtime's own bridge networking with its iptables rules (Docker's
+    /// bridge driver; Podman's CNI bridge and portmap plugins), no netd
+    /// running: the reference netd is measured against.
+    RuntimeBridge,
 }
 
 pub struct DockerHost {
@@ -45,7 +47,7 @@ impl DockerHost {
         Self::start_with(netd, daemon_args, Networking::Netd)
     }
 
-    /// As `start`; with `DockerBridge`, netd is taken down again and dockerd
+    /// As `start`; with `RuntimeBridge`, netd is taken down again and dockerd
     /// runs its own bridge driver and iptables rules.
     pub fn start_with(netd: &str, daemon_args: &[&str], networking: Networking) -> Self {
         let mut h = DaemonHost::start(netd, daemon_args);
@@ -58,7 +60,7 @@ impl DockerHost {
                 h.add_daemon_args(&["--docker-plugin", "--docker-plugin-socket", &plugin]);
                 h.spawn_daemon();
             }
-            Networking::DockerBridge => {
+            Networking::RuntimeBridge => {
                 h.ok(&["down"]);
                 h.wait_daemon_exit();
             }
@@ -67,7 +69,7 @@ impl DockerHost {
         std::fs::create_dir_all(&dir).unwrap();
         let driver = match networking {
             Networking::Netd => driver,
-            Networking::DockerBridge => "bridge".to_owned(),
+            Networking::RuntimeBridge => "bridge".to_owned(),
         };
         let mut me = Self {
             networking,
@@ -100,7 +102,7 @@ impl DockerHost {
         let mut args: Vec<&str> = match self.networking {
             Networking::Netd => vec!["--iptables=false", "--ip-masq=false", "--bridge=none"],
             // Docker's defaults, without a docker-proxy per published port.
-            Networking::DockerBridge => vec!["--userland-proxy=false"],
+            Networking::RuntimeBridge => vec!["--userland-proxy=false"],
         };
         args.extend([
             "--host",

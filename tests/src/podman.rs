@@ -12,7 +12,7 @@ use std::{
 use crate::{
     Netns,
     daemon_host::DaemonHost,
-    docker::{IMAGE, busybox_rootfs_tar, mounts_under},
+    docker::{IMAGE, Networking, busybox_rootfs_tar, mounts_under},
 };
 
 pub struct PodmanHost {
@@ -26,7 +26,23 @@ impl PodmanHost {
     /// netd (with `daemon_args`) in a test host, Podman configured to use
     /// CNI from this test's directories, the busybox image imported.
     pub fn start(netd: &str, plugin: &str, daemon_args: &[&str]) -> Self {
-        let h = DaemonHost::start(netd, daemon_args);
+        Self::start_with(netd, plugin, daemon_args, Networking::Netd)
+    }
+
+    /// As `start`; with `RuntimeBridge`, netd is taken down again and the
+    /// networks are Podman's own (`podman network create`: the reference
+    /// bridge, portmap, firewall and tuning plugins from /usr/lib/cni).
+    pub fn start_with(
+        netd: &str,
+        plugin: &str,
+        daemon_args: &[&str],
+        networking: Networking,
+    ) -> Self {
+        let mut h = DaemonHost::start(netd, daemon_args);
+        if networking == Networking::RuntimeBridge {
+            h.ok(&["down"]);
+            h.wait_daemon_exit();
+        }
         let dir = PathBuf::from(format!("/var/tmp/netd-podman-{}", h.name("p")));
         for sub in ["bin", "net.d", "root", "runroot", "tmp"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
@@ -38,7 +54,7 @@ impl PodmanHost {
              default_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
              [network]\n\
              network_backend = \"cni\"\n\
-             cni_plugin_dirs = [\"{bin}\"]\n\
+             cni_plugin_dirs = [\"{bin}\", \"/usr/lib/cni\"]\n\
              network_config_dir = \"{netd}\"\n\
              [engine]\n\
              cgroup_manager = \"cgroupfs\"\n\
@@ -164,6 +180,16 @@ impl Drop for PodmanHost {
         let _ = self.podman(&["rmi", "-a", "-f"]);
         // Storage mounts (overlay, shm) under the test's root go too.
         let _ = self.podman(&["system", "reset", "-f"]);
+        // host-local (Podman's own networks) keeps its leases by network
+        // name; this test's networks carry its id.
+        if let Ok(entries) = std::fs::read_dir("/var/lib/cni/networks") {
+            let prefix = self.h.name("");
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
         for mount in mounts_under(&self.dir) {
             let _ = Command::new("umount").arg("-l").arg(&mount).output();
         }

@@ -90,13 +90,15 @@ fn quick_bench_runs_and_reports_every_datapath() {
     assert!(chart.matches("<polyline").count() >= 6, "{chart}");
 }
 
-/// `netd-bench --docker --quick`: every Docker setup built, measured and
-/// reported, failures counted.
-#[test]
-fn quick_docker_bench_compares_every_setup() {
-    let results = bench(&["--docker", "--quick"], "docker.json");
+/// `netd-bench --docker --quick` and `--podman --quick`: every setup of
+/// the runtime built, measured and reported, failures counted.
+fn quick_runtime_bench_compares_every_setup(runtime: &str, setups: [&str; 3]) {
+    let results = bench(
+        &[&format!("--{runtime}"), "--quick"],
+        &format!("{runtime}.json"),
+    );
     let rows = results["results"].as_array().unwrap();
-    for setup in ["docker+netd ebpf", "docker+netd iptables", "docker bridge"] {
+    for setup in setups {
         for ports in [1, 1000] {
             let row = rows
                 .iter()
@@ -112,7 +114,27 @@ fn quick_docker_bench_compares_every_setup() {
                     .is_some()
             );
         }
-        let start = &results["docker_run_to_answer_ms"][setup]["median"];
+        let start = &results["run_to_answer_ms"][setup]["median"];
         assert!(start.as_f64().unwrap() > 0.0, "{setup}: {results}");
     }
+}
+
+#[test]
+fn quick_docker_bench_compares_every_setup() {
+    quick_runtime_bench_compares_every_setup(
+        "docker",
+        ["docker+netd ebpf", "docker+netd iptables", "docker bridge"],
+    );
+}
+
+#[test]
+fn quick_podman_bench_compares_every_setup() {
+    quick_runtime_bench_compares_every_setup(
+        "podman",
+        [
+            "podman+netd ebpf",
+            "podman+netd iptables",
+            "podman cni bridge+portmap",
+        ],
+    );
 }

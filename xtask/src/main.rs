@@ -28,6 +28,8 @@ commands:
                  /var/lib/netd-dev); Ctrl-C stops both
   demo           show netd on real traffic between network namespaces
   bench [--quick] eBPF vs iptables vs plain routing (release build); --quick in under 2 minutes
+  bench --docker | --podman [--quick]
+                 the runtime with netd (ebpf, iptables) vs its own networking, side by side
   kernels        netd on this kernel (both attach modes) and on Debian's 5.10, 6.1 and
                  6.12 kernels booted under QEMU: check, daemon, ports, masquerade, restart
   test           run every test (BPF unit tests through BPF_PROG_TEST_RUN, namespace

@@ -199,12 +199,23 @@ impl NetConf {
     }
 
     /// The port mappings as netd's port specs; a bad one refuses the ADD.
+    /// Runtimes list a range (`-p 8000-8999:8000-8999`) one port at a
+    /// time: consecutive ones become one range again, so the request to
+    /// the daemon stays small.
     pub fn ports(&self) -> Result<Vec<PortSpec>, Failure> {
-        self.runtime_config
-            .port_mappings
-            .iter()
-            .map(PortMapping::to_spec)
-            .collect()
+        let mut specs: Vec<PortSpec> = Vec::new();
+        for mapping in &self.runtime_config.port_mappings {
+            let spec = mapping.to_spec()?;
+            match specs.last_mut() {
+                Some(last) if extends(last, &spec) => {
+                    let (host, container) = (spec.host_ports.unwrap(), spec.container_ports);
+                    last.host_ports = last.host_ports.map(|(start, _)| (start, host.1));
+                    last.container_ports.1 = container.1;
+                }
+                _ => specs.push(spec),
+            }
+        }
+        Ok(specs)
     }
 
     /// The address asked for through the `ips` capability, if any.
@@ -236,6 +247,17 @@ impl NetConf {
         let prev = self.prev_result.as_ref()?.ips.first()?;
         prev.address.split('/').next()?.parse().ok()
     }
+}
+
+/// Whether `next` maps the ports right after `last`'s, one to one.
+fn extends(last: &PortSpec, next: &PortSpec) -> bool {
+    let (Some(last_host), Some(next_host)) = (last.host_ports, next.host_ports) else {
+        return false;
+    };
+    last.proto == next.proto
+        && last.host_ip == next.host_ip
+        && last_host.1.checked_add(1) == Some(next_host.0)
+        && last.container_ports.1.checked_add(1) == Some(next.container_ports.0)
 }
 
 impl PortMapping {
@@ -279,5 +301,45 @@ impl PortMapping {
             container_ports: (container_port, container_port),
             proto,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_key_spellings_and_consecutive_ports_become_ranges() {
+        let conf = NetConf::parse(
+            br#"{"cniVersion": "1.0.0", "name": "n", "runtimeConfig": {"portMappings": [
+                {"hostPort": 8000, "containerPort": 80, "protocol": "tcp"},
+                {"HostPort": 8001, "ContainerPort": 81, "Protocol": "TCP", "HostIP": ""},
+                {"hostPort": 8002, "containerPort": 82, "protocol": "udp"},
+                {"hostPort": 9000, "containerPort": 90, "protocol": "tcp", "hostIP": "127.0.0.1"},
+                {"hostPort": 0, "containerPort": 53, "protocol": "UDP"}
+            ]}}"#,
+        )
+        .unwrap();
+        let specs = conf.ports().unwrap();
+        let shown: Vec<(Option<(u16, u16)>, (u16, u16), Proto, String)> = specs
+            .iter()
+            .map(|s| {
+                (
+                    s.host_ports,
+                    s.container_ports,
+                    s.proto,
+                    s.host_ip.to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                (Some((8000, 8001)), (80, 81), Proto::Tcp, "0.0.0.0".into()),
+                (Some((8002, 8002)), (82, 82), Proto::Udp, "0.0.0.0".into()),
+                (Some((9000, 9000)), (90, 90), Proto::Tcp, "127.0.0.1".into()),
+                (None, (53, 53), Proto::Udp, "0.0.0.0".into()),
+            ]
+        );
     }
 }

@@ -22,8 +22,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-#[path = "netd-bench/docker_bench.rs"]
-mod docker_bench;
+#[path = "netd-bench/runtime_bench.rs"]
+mod runtime_bench;
 use netd::{api::ContainerSpec, client::Client};
 use netd_testbed::{
     Netns, Testbed,
@@ -87,7 +87,7 @@ impl Target {
 struct Keep {
     _daemon: Option<Box<DaemonHost>>,
     _bed: Option<Box<Testbed>>,
-    docker: Option<Box<netd_testbed::docker::DockerHost>>,
+    runtime: Option<Box<runtime_bench::RuntimeHost>>,
 }
 
 fn main() -> Result<()> {
@@ -109,7 +109,10 @@ fn main() -> Result<()> {
     };
     let netd = sibling("netd")?;
     if std::env::args().any(|a| a == "--docker") {
-        return docker_bench::run(&netd, &config, quick);
+        return runtime_bench::run(runtime_bench::Runtime::Docker, &netd, &config, quick);
+    }
+    if std::env::args().any(|a| a == "--podman") {
+        return runtime_bench::run(runtime_bench::Runtime::Podman, &netd, &config, quick);
     }
     let mut targets = Vec::new();
     eprintln!("bench: building topologies");
@@ -233,7 +236,7 @@ fn reference_target(
         _keep: Keep {
             _daemon: None,
             _bed: Some(Box::new(bed)),
-            docker: None,
+            runtime: None,
         },
     })
 }
@@ -302,7 +305,7 @@ fn daemon_target(
         _keep: Keep {
             _daemon: Some(Box::new(h)),
             _bed: None,
-            docker: None,
+            runtime: None,
         },
     };
     tune_client(&target.dnat.client)?;
