@@ -63,6 +63,15 @@ impl Client {
         stream.write_all(&line)?;
         let mut reply = String::new();
         BufReader::new(stream).read_line(&mut reply)?;
+        if reply.is_empty() {
+            // The daemon went away mid-request (killed, restarting): for the
+            // caller as for a refused connection, try again.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "the daemon closed the connection without a reply",
+            )
+            .into());
+        }
         let response: Response<T> = serde_json::from_str(&reply)
             .with_context(|| format!("malformed reply from the daemon: {}", reply.trim_end()))?;
         decode(response)

@@ -45,6 +45,9 @@ pub struct Options {
     pub bpf_log: crate::bpf::BpfLog,
     /// Where to serve Docker's remote network-driver protocol, if at all.
     pub docker_plugin: Option<PathBuf>,
+    /// eBPF: redirect containers' outbound packets to the uplink (past the
+    /// host's netfilter), or let them take the stack.
+    pub fast_path: bool,
 }
 
 const CONNTRACK_GC_INTERVAL: Duration = Duration::from_secs(10);
@@ -73,6 +76,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 &opts.bpffs,
                 features,
                 opts.bpf_log,
+                opts.fast_path,
             )?)
         }
         DatapathKind::Iptables => Box::new(IptablesDriver::start(&host_info)?),

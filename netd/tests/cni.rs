@@ -280,6 +280,15 @@ fn bad_requests_get_cni_errors_and_change_nothing() {
         3,
         "netd has no interface eth0 of container aaaa",
     );
+    CniTool::expect_error(
+        &cni.exec(
+            "STATUS",
+            None,
+            &net_conf("1.1.0", "nope", &h.socket(), json!({})),
+        ),
+        50,
+        "no network named \"nope\"",
+    );
     let no_daemon = net_conf(
         "1.0.0",
         "tiny",
@@ -530,4 +539,52 @@ fn install_writes_conflist_and_plugin() {
     );
     installed.ok("DEL", Some(&att), &plugin_conf);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A daemon killed in the middle of an ADD: the plugin reports "try again"
+/// (11), the next start rolls the half-made attachment back (no record, no
+/// veth, nothing in the namespace), and the retried ADD gets the address.
+#[test]
+fn kill_mid_add_rolls_back_and_the_retry_works() {
+    let mut h = DaemonHost::start(NETD, &[]);
+    let cni = CniTool::new(PLUGIN);
+    let conf = net_conf(
+        "1.0.0",
+        "bridge",
+        &h.socket(),
+        json!({
+            "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}]},
+        }),
+    );
+    let ns = runtime_netns(&h, "k");
+    let att = Attachment {
+        container_id: "killed",
+        netns: &ns.path(),
+        ifname: "eth0",
+    };
+    for point in ["container-create:veth", "container-create:endpoint"] {
+        h.kill_daemon(libc::SIGTERM);
+        h.spawn_daemon_with_env(&[], &[("NETD_FAULT_POINT", point)]);
+        CniTool::expect_error(
+            &cni.exec("ADD", Some(&att), &conf),
+            11,
+            "netd is not reachable",
+        );
+        h.wait_daemon_exit();
+        h.spawn_daemon();
+        let status: Value = h.json(&["status"]);
+        let repairs = status["repairs"].to_string();
+        assert!(
+            repairs.contains("cni-killed-eth0: an interrupted create was rolled back"),
+            "{point}: {repairs}"
+        );
+        assert_eq!(container_count(&h), 0, "{point}");
+        assert!(
+            addresses(&ns, "eth0").is_empty(),
+            "{point}: eth0 left in the namespace"
+        );
+        let result = cni.ok("ADD", Some(&att), &conf);
+        assert_eq!(result["ips"][0]["address"], "172.17.0.2/16", "{point}");
+        cni.ok("DEL", Some(&att), &conf);
+    }
 }

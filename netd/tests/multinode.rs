@@ -38,7 +38,7 @@ struct Node {
 }
 
 impl Node {
-    fn start(ns: Netns, ip: &str, id: &str, datapath: &str) -> Self {
+    fn start(ns: Netns, ip: &str, id: &str, datapath: &str, flags: &[&str]) -> Self {
         let dir = PathBuf::from(format!("/run/netd-test-{id}"));
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/netd-test-{id}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -52,7 +52,7 @@ impl Node {
         let socket = node.socket().display().to_string();
         let state = node.dir.join("state").display().to_string();
         let bpffs = node.bpffs.display().to_string();
-        let args = [
+        let mut args = vec![
             "--socket",
             &socket,
             "daemon",
@@ -63,6 +63,7 @@ impl Node {
             "--datapath",
             datapath,
         ];
+        args.extend_from_slice(flags);
         node.daemon = Some(node.ns.spawn_with_env(NETD, &args, &[], None).unwrap());
         let deadline = Instant::now() + Duration::from_secs(20);
         while UnixStream::connect(node.socket()).is_err() {
@@ -139,8 +140,10 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 /// Node N at 10.0.N.2 behind router 10.0.N.1, pod CIDR 10.244.N.0/24; the
-/// outside at 198.51.100.2 behind the router's 198.51.100.1.
-fn two_nodes(datapath: &str) {
+/// outside at 198.51.100.2 behind the router's 198.51.100.1. With
+/// `kube_proxy`, node 1 also has a Service rule as kube-proxy writes it
+/// (DNAT of a ClusterIP to pod 2), which pods must pass through.
+fn two_nodes(datapath: &str, flags: &[&str], kube_proxy: bool) {
     let mut bed = Testbed::new().unwrap();
     let router = bed.add_netns("router").unwrap();
     let outside = bed.add_netns("outside").unwrap();
@@ -185,7 +188,13 @@ fn two_nodes(datapath: &str) {
             ])
             .unwrap();
         let id = format!("{}-node{n}", bed.id());
-        nodes.push(Node::start(ns, &format!("10.0.{n}.2"), &id, datapath));
+        nodes.push(Node::start(
+            ns,
+            &format!("10.0.{n}.2"),
+            &id,
+            datapath,
+            flags,
+        ));
     }
     let cni = CniTool::new(PLUGIN);
 
@@ -249,6 +258,38 @@ fn two_nodes(datapath: &str) {
         nodes[0].ip,
         "hostPort from another node's pod"
     );
+
+    // A Service: kube-proxy's DNAT of a ClusterIP in node 1's netfilter;
+    // the pod's source is kept (the target is a pod of the cluster).
+    if kube_proxy {
+        nodes[0]
+            .ns
+            .run(
+                "iptables",
+                &[
+                    "-t",
+                    "nat",
+                    "-A",
+                    "PREROUTING",
+                    "-d",
+                    "10.96.0.10/32",
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    "80",
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    "10.244.2.2:80",
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            seen(&pods[0], "10.96.0.10:80"),
+            "10.244.1.2",
+            "through the Service"
+        );
+    }
 
     // The outside is not a pod: it cannot reach pods directly, though the
     // router would carry it.
@@ -317,10 +358,17 @@ fn two_nodes(datapath: &str) {
 
 #[test]
 fn two_nodes_on_ebpf() {
-    two_nodes("ebpf");
+    two_nodes("ebpf", &[], false);
+}
+
+/// With the fast path off, pods' packets take the node's stack, where
+/// kube-proxy's Service rules apply.
+#[test]
+fn two_nodes_on_ebpf_with_kube_proxy_rules() {
+    two_nodes("ebpf", &["--fast-path=false"], true);
 }
 
 #[test]
-fn two_nodes_on_iptables() {
-    two_nodes("iptables");
+fn two_nodes_on_iptables_with_kube_proxy_rules() {
+    two_nodes("iptables", &[], true);
 }

@@ -52,6 +52,12 @@ pub struct DaemonArgs {
     /// and the driver is named after the file (netd.sock: `-d netd`).
     #[arg(long, value_name = "PATH", default_value = netd::frontend::docker::DEFAULT_SOCKET)]
     docker_plugin_socket: PathBuf,
+    /// eBPF: forward containers' packets to the outside straight to the
+    /// uplink, past the host's netfilter. `false` sends them through the
+    /// stack, where the host's own iptables rules see them (kube-proxy's
+    /// Service DNAT on a Kubernetes node).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    fast_path: bool,
     /// Log lines as text or as JSON objects (for log shippers).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -77,6 +83,7 @@ pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<()> {
         metrics: args.metrics,
         bpf_log: args.bpf_log,
         docker_plugin: args.docker_plugin.then_some(args.docker_plugin_socket),
+        fast_path: args.fast_path,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

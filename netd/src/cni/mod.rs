@@ -64,14 +64,20 @@ impl Failure {
     }
 }
 
-/// Whether the daemon is not there at all (no socket, or nobody listening),
-/// as opposed to a request it refused or did not finish.
+/// Whether the daemon is not there (no socket, nobody listening) or went
+/// away before answering, as opposed to a request it refused. Either way
+/// it did not finish the request: ADD may be retried, DEL is queued (a DEL
+/// done twice is still done).
 fn is_unreachable(err: &anyhow::Error) -> bool {
+    use std::io::ErrorKind;
     err.chain().any(|cause| {
         cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
             matches!(
                 io.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ErrorKind::NotFound
+                    | ErrorKind::ConnectionRefused
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::BrokenPipe
             )
         })
     })
@@ -272,9 +278,12 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Output, Failure> {
         }
         "STATUS" => {
             needs("1.1.0")?;
-            client
-                .cni_status(conf.network()?)
-                .map_err(|err| Failure::from_daemon(&err, code::PLUGIN_NOT_AVAILABLE))?;
+            // Whatever stops ADD (no daemon, no such network) is "not
+            // available": STATUS has no other codes for it.
+            client.cni_status(conf.network()?).map_err(|err| {
+                let failure = Failure::from_daemon(&err, code::PLUGIN_NOT_AVAILABLE);
+                Failure::new(code::PLUGIN_NOT_AVAILABLE, failure.msg)
+            })?;
             Ok(Output::Nothing)
         }
         _ => unreachable!("checked above"),

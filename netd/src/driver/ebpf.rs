@@ -33,6 +33,9 @@ pub struct EbpfDriver {
     endpoints: HashSet<String>,
     /// Where the maps and links are pinned.
     bpffs: PathBuf,
+    /// Whether containers' packets to the outside are redirected to the
+    /// uplink by the programs (else they take the host's stack).
+    fast_path: bool,
 }
 
 impl EbpfDriver {
@@ -42,6 +45,7 @@ impl EbpfDriver {
         bpffs: &Path,
         features: Features,
         log: crate::bpf::BpfLog,
+        fast_path: bool,
     ) -> Result<Self> {
         features.require_minimum()?;
         super::set_bridge_netfilter(false)?;
@@ -68,6 +72,7 @@ impl EbpfDriver {
             netns_cookie,
             endpoints: HashSet::new(),
             bpffs: bpffs.to_owned(),
+            fast_path,
         };
         // One uplink that cannot be attached is reported, not fatal.
         if let Err(err) = driver.host_changed(host) {
@@ -88,7 +93,7 @@ impl EbpfDriver {
             nat_port_min: 32768,
             nat_port_max: 65535,
             netns_cookie: self.netns_cookie,
-            fast_path: 1,
+            fast_path: u8::from(self.fast_path).into(),
             _pad: 0,
         })
     }
