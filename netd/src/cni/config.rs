@@ -320,25 +320,19 @@ mod tests {
             ]}}"#,
         )
         .unwrap();
-        let specs = conf.ports().unwrap();
-        let shown: Vec<(Option<(u16, u16)>, (u16, u16), Proto, String)> = specs
-            .iter()
-            .map(|s| {
-                (
-                    s.host_ports,
-                    s.container_ports,
-                    s.proto,
-                    s.host_ip.to_string(),
-                )
-            })
-            .collect();
+        let spec = |host: Option<(u16, u16)>, container: (u16, u16), proto, ip: &str| PortSpec {
+            host_ip: ip.parse().unwrap(),
+            host_ports: host,
+            container_ports: container,
+            proto,
+        };
         assert_eq!(
-            shown,
+            conf.ports().unwrap(),
             vec![
-                (Some((8000, 8001)), (80, 81), Proto::Tcp, "0.0.0.0".into()),
-                (Some((8002, 8002)), (82, 82), Proto::Udp, "0.0.0.0".into()),
-                (Some((9000, 9000)), (90, 90), Proto::Tcp, "127.0.0.1".into()),
-                (None, (53, 53), Proto::Udp, "0.0.0.0".into()),
+                spec(Some((8000, 8001)), (80, 81), Proto::Tcp, "0.0.0.0"),
+                spec(Some((8002, 8002)), (82, 82), Proto::Udp, "0.0.0.0"),
+                spec(Some((9000, 9000)), (90, 90), Proto::Tcp, "127.0.0.1"),
+                spec(None, (53, 53), Proto::Udp, "0.0.0.0"),
             ]
         );
     }
