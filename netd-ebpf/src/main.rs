@@ -137,13 +137,13 @@ fn from_container_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
         Packet::Ipv4(ip) => {
             let endpoint = policy::check_source(ip.src, src_mac, ifindex)?;
             let class = traffic_class(&ip);
-            if policy::is_local(ip.dst)
-                && let Some(key) = ip.tuple()
-            {
+            let local = policy::is_local(ip.dst);
+            if local && let Some(key) = ip.tuple() {
                 return hairpin(ctx, &ip, &key, endpoint.network_flags, class);
             }
-            policy::check_from_container(endpoint, ip.dst)?;
-            if policy::network_of(ip.dst).is_none()
+            // One lookup of each of the destination's maps per packet.
+            let dst_net = policy::check_from_container(endpoint, ip.dst, local)?;
+            if dst_net.is_none()
                 && let Some(route) = forward::route_to_uplink(ctx, &ip, ifindex)
             {
                 egress_nat(ctx, &ip, route.ifindex)?;

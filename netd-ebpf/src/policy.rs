@@ -60,20 +60,26 @@ pub fn check_source(
     }
 }
 
-/// Docker's FORWARD-chain decisions for a packet a container sends to `dst`.
-/// Traffic to the host itself (any local address) is allowed, as Docker
-/// leaves INPUT alone.
+/// Docker's FORWARD-chain decisions for a packet a container sends to `dst`
+/// (`local`: a host address, as the caller found). Traffic to the host
+/// itself is allowed, as Docker leaves INPUT alone. Returns `dst`'s network,
+/// looked up once for the caller too.
 #[inline(always)]
-pub fn check_from_container(ep: &Endpoint, dst: Ipv4) -> Result<(), DropReason> {
-    if is_local(dst) || is_broadcast_or_multicast(dst) {
-        return Ok(());
+pub fn check_from_container(
+    ep: &Endpoint,
+    dst: Ipv4,
+    local: bool,
+) -> Result<Option<&'static NetworkInfo>, DropReason> {
+    let net = network_of(dst);
+    if local || is_broadcast_or_multicast(dst) {
+        return Ok(net);
     }
-    match network_of(dst) {
-        Some(net) if net.id != ep.network_id => Err(DropReason::NetworkIsolation),
-        Some(net) if net.flags & NET_ICC == 0 => Err(DropReason::IccDisabled),
-        Some(_) => Ok(()),
+    match net {
+        Some(n) if n.id != ep.network_id => Err(DropReason::NetworkIsolation),
+        Some(n) if n.flags & NET_ICC == 0 => Err(DropReason::IccDisabled),
+        Some(_) => Ok(net),
         None if ep.network_flags & NET_INTERNAL != 0 => Err(DropReason::InternalNetwork),
-        None => Ok(()),
+        None => Ok(None),
     }
 }
 
