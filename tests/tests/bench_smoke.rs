@@ -75,6 +75,32 @@ fn quick_bench_runs_and_reports_every_datapath() {
             assert!(memlock.unwrap() > 0, "{row}");
         }
     }
+    // Paired A/B: every comparison has its pairs, a median inside its
+    // interval; the typical host is compared in both directions, UDP
+    // request/response included; the noise floor and sanity are reported.
+    let paired = &results["paired"];
+    let comparisons = paired["comparisons"].as_array().unwrap();
+    for c in comparisons {
+        let (median, low, high) = (
+            c["median_ratio"].as_f64().unwrap(),
+            c["ci95"][0].as_f64().unwrap(),
+            c["ci95"][1].as_f64().unwrap(),
+        );
+        assert!(low <= median && median <= high && low > 0.0, "{c}");
+        assert_eq!(c["pair_ratios"].as_array().unwrap().len(), 3, "{c}");
+    }
+    for (workload, direction) in [("UDP_RR", "dnat"), ("UDP_RR", "snat"), ("TCP_RR", "snat")] {
+        assert!(
+            comparisons
+                .iter()
+                .any(|c| c["what"] == "typical host: ebpf / iptables"
+                    && c["workload"] == workload
+                    && c["direction"] == direction),
+            "typical host {workload} {direction} missing: {paired}"
+        );
+    }
+    assert!(paired["noise_floor"]["median_ratio"].as_f64().unwrap() > 0.0);
+    assert!(paired["unreliable"].is_boolean());
     // The profile saw the programs run, and the chart has its lines.
     let profile = &results["ebpf_profile"]["workloads"]["dnat_tcp_crr"];
     assert!(

@@ -22,6 +22,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+#[path = "netd-bench/paired.rs"]
+mod paired;
 #[path = "netd-bench/runtime_bench.rs"]
 mod runtime_bench;
 use netd::{api::ContainerSpec, client::Client};
@@ -48,6 +50,9 @@ struct Config {
     port_counts: Vec<usize>,
     /// Publish-one-more-port samples per daemon target.
     publish_samples: usize,
+    /// Paired A/B: pairs per comparison, and each half's length.
+    pairs: usize,
+    slice: Duration,
 }
 
 /// Where a workload's client runs and what it talks to.
@@ -55,6 +60,9 @@ struct Side {
     client: Netns,
     tcp: SocketAddr,
     udp: SocketAddr,
+    /// A UDP server that answers each datagram (UDP request/response),
+    /// where one is reachable.
+    udp_echo: Option<SocketAddr>,
 }
 
 /// One topology under test.
@@ -98,6 +106,8 @@ fn main() -> Result<()> {
             repeats: 1,
             port_counts: vec![1, 1000],
             publish_samples: 2,
+            pairs: 3,
+            slice: Duration::from_millis(200),
         }
     } else {
         Config {
@@ -105,6 +115,8 @@ fn main() -> Result<()> {
             repeats: 5,
             port_counts: vec![1, 1000, 10000],
             publish_samples: 5,
+            pairs: 15,
+            slice: Duration::from_millis(500),
         }
     };
     let netd = sibling("netd")?;
@@ -130,7 +142,107 @@ fn main() -> Result<()> {
     }
     let samples = run_rounds(&targets, &config, measure_all)?;
     let profile = profile_ebpf(&targets, config.duration)?;
-    report(&targets, &samples, &profile, &config, quick)
+    let typical: Vec<Target> = ["ebpf", "iptables"]
+        .into_iter()
+        .map(|datapath| {
+            timed_build(|| {
+                typical_target(&netd, datapath)
+                    .with_context(|| format!("building the typical host on {datapath}"))
+            })
+        })
+        .collect::<Result<_>>()?;
+    let paired = paired_comparisons(&targets, &typical, &config)?;
+    report(&targets, &samples, &profile, &paired, &config, quick)
+}
+
+/// The paired A/B comparisons: the noise floor, the sanity ordering, eBPF
+/// over iptables at every shape, 10,000 ports over 1, and the typical host
+/// over iptables and over plain routing in both directions.
+fn paired_comparisons(
+    targets: &[Target],
+    typical: &[Target],
+    config: &Config,
+) -> Result<(String, Value)> {
+    use paired::{Comparison, Direction::*, Workload::*};
+    let find = |datapath: &str, ports: usize, networks: usize| {
+        targets
+            .iter()
+            .find(|t| t.datapath == datapath && t.ports == ports && t.networks == networks)
+    };
+    let run = |c: Comparison<'_>| -> Result<paired::PairedRatio> {
+        eprintln!(
+            "bench: paired {} {:?} {:?}",
+            c.what, c.workload, c.direction
+        );
+        paired::compare(&c, config.pairs, config.slice)
+    };
+    let (Some(ebpf1), Some(plain), Some(direct)) =
+        (find("ebpf", 1, 1), find("none", 0, 1), find("direct", 0, 1))
+    else {
+        anyhow::bail!("the paired comparisons need the 1-port, plain and direct targets");
+    };
+    let noise = run(Comparison {
+        what: "ebpf 1 port / itself".into(),
+        a: ebpf1,
+        b: ebpf1,
+        workload: TcpCrr,
+        direction: Dnat,
+    })?;
+    let sanity = run(Comparison {
+        what: "direct veth / plain routing".into(),
+        a: direct,
+        b: plain,
+        workload: TcpCrr,
+        direction: Dnat,
+    })?;
+    let mut results = Vec::new();
+    for ebpf in targets.iter().filter(|t| t.datapath == "ebpf") {
+        let Some(iptables) = find("iptables", ebpf.ports, ebpf.networks) else {
+            continue;
+        };
+        let what = format!(
+            "ebpf / iptables, {} ports, {} network(s)",
+            ebpf.ports, ebpf.networks
+        );
+        for (workload, direction) in [(TcpCrr, Dnat), (TcpRr, Dnat), (TcpCrr, Snat)] {
+            results.push(run(Comparison {
+                what: what.clone(),
+                a: ebpf,
+                b: iptables,
+                workload,
+                direction,
+            })?);
+        }
+    }
+    let most = targets
+        .iter()
+        .filter(|t| t.datapath == "ebpf" && t.networks == 1)
+        .max_by_key(|t| t.ports);
+    if let Some(most) = most.filter(|t| t.ports > 1) {
+        results.push(run(Comparison {
+            what: format!("ebpf {} ports / ebpf 1 port", most.ports),
+            a: most,
+            b: ebpf1,
+            workload: TcpCrr,
+            direction: Dnat,
+        })?);
+    }
+    if let [ebpf, iptables] = typical {
+        for (b, name) in [(iptables, "iptables"), (plain, "plain routing")] {
+            for direction in [Dnat, Snat] {
+                for workload in [TcpCrr, TcpRr, UdpRr] {
+                    results.push(run(Comparison {
+                        what: format!("typical host: ebpf / {name}"),
+                        a: ebpf,
+                        b,
+                        workload,
+                        direction,
+                    })?);
+                }
+            }
+        }
+    }
+    Ok(paired::report(&results, Some(&sanity), Some(&noise)))
 }
 
 /// Builds one target, saying how long it took.
@@ -227,8 +339,8 @@ fn reference_target(
         datapath,
         ports: 0,
         networks: 1,
-        dnat: side(outside, SERVER_IP, 80, 53)?,
-        snat: side(server, OUTSIDE_IP, 80, 53)?,
+        dnat: side(outside, SERVER_IP, 80, 53)?.with_echo(54),
+        snat: side(server, OUTSIDE_IP, 80, 53)?.with_echo(54),
         container_servers: Servers::start(server, SERVER_IP)?,
         outside_servers: Servers::start(outside, OUTSIDE_IP)?,
         daemon_pid: None,
@@ -246,7 +358,85 @@ fn side(client: &Netns, ip: &str, tcp_port: u16, udp_port: u16) -> Result<Side> 
         client: client.clone(),
         tcp: format!("{ip}:{tcp_port}").parse()?,
         udp: format!("{ip}:{udp_port}").parse()?,
+        udp_echo: None,
     })
+}
+
+impl Side {
+    /// The side with UDP request/response to `port` of the same address.
+    fn with_echo(mut self, port: u16) -> Self {
+        self.udp_echo = Some(SocketAddr::new(self.udp.ip(), port));
+        self
+    }
+}
+
+/// Published ports of the typical host (one TCP and one UDP per container).
+const TYPICAL_FIRST_PORT: u16 = 10000;
+const TYPICAL_CONTAINERS: u16 = 20;
+const TYPICAL_NETWORKS: u16 = 5;
+
+/// A typical host: 5 networks, 20 containers (4 on each), 40 published
+/// ports (each container one TCP port to 80 and one UDP port to 54, the
+/// echo); traffic goes to the container in the middle of the set.
+fn typical_target(netd: &str, datapath: &'static str) -> Result<Target> {
+    let h = DaemonHost::start(netd, &["--datapath", datapath]);
+    let mut networks = vec![("bridge".to_owned(), "172.17.0".to_owned())];
+    for n in 1..TYPICAL_NETWORKS {
+        let name = format!("n{n}");
+        h.ok(&[
+            "network",
+            "create",
+            &name,
+            "--subnet",
+            &format!("10.100.{n}.0/24"),
+        ]);
+        networks.push((name, format!("10.100.{n}")));
+    }
+    let measured = TYPICAL_CONTAINERS / 2;
+    let mut server = None;
+    for k in 0..TYPICAL_CONTAINERS {
+        let (network, prefix) = &networks[usize::from(k / 4)];
+        let ip = format!("{prefix}.{}", 10 + k);
+        let port = TYPICAL_FIRST_PORT + k;
+        let name = h.name(&format!("t{k}"));
+        h.ok(&[
+            "container",
+            "create",
+            &name,
+            "--network",
+            network,
+            "--ip",
+            &ip,
+            "-p",
+            &format!("{port}:80"),
+            "-p",
+            &format!("{port}:54/udp"),
+        ]);
+        if k == measured {
+            server = Some((h.ctr(&format!("t{k}")), ip));
+        }
+    }
+    let (ctr, ip) = server.context("the measured container")?;
+    let port = TYPICAL_FIRST_PORT + measured;
+    let target = Target {
+        datapath,
+        ports: usize::from(2 * TYPICAL_CONTAINERS),
+        networks: usize::from(TYPICAL_NETWORKS),
+        dnat: side(&h.outside, HOST_IP, port, port)?.with_echo(port),
+        snat: side(&ctr, OUTSIDE_IP, 80, 53)?.with_echo(54),
+        container_servers: Servers::start(&ctr, &ip)?,
+        outside_servers: Servers::start(&h.outside, OUTSIDE_IP)?,
+        daemon_pid: h.daemon.as_ref().map(|d| d.id()),
+        control: Value::Null,
+        _keep: Keep {
+            _daemon: Some(Box::new(h)),
+            _bed: None,
+            runtime: None,
+        },
+    };
+    tune_client(&target.dnat.client)?;
+    tune_client(&target.snat.client)?;
+    Ok(target)
 }
 
 /// netd with `ports` published ports (the measured ones added last) and
@@ -297,7 +487,7 @@ fn daemon_target(
         ports,
         networks,
         dnat: side(&h.outside, HOST_IP, 8080, 5353)?,
-        snat: side(&ctr, OUTSIDE_IP, 80, 53)?,
+        snat: side(&ctr, OUTSIDE_IP, 80, 53)?.with_echo(54),
         container_servers: Servers::start(&ctr, SERVER_IP)?,
         outside_servers: Servers::start(&h.outside, OUTSIDE_IP)?,
         daemon_pid,
@@ -432,6 +622,8 @@ impl Servers {
         // no thread per connection, so the server is not what is measured.
         let listener = ns.enter(|| TcpListener::bind(format!("{ip}:80")))??;
         let udp = ns.enter(|| UdpSocket::bind(format!("{ip}:53")))??;
+        let echo = ns.enter(|| UdpSocket::bind(format!("{ip}:54")))??;
+        echo.set_read_timeout(Some(Duration::from_millis(50)))?;
         listener.set_nonblocking(true)?;
         udp.set_read_timeout(Some(Duration::from_millis(50)))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -459,6 +651,17 @@ impl Servers {
             while !s.load(Ordering::Relaxed) {
                 if udp.recv(&mut buf).is_ok() {
                     counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+        // UDP request/response: every datagram on 54 goes back to its sender.
+        let s = stop.clone();
+        threads.push(thread::spawn(move || {
+            pin_to_cpu(SERVER_CPU);
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = echo.recv_from(&mut buf) {
+                    let _ = echo.send_to(&buf[..n], peer);
                 }
             }
         }));
@@ -649,6 +852,35 @@ fn udp_flood(side: &Side, servers: &Servers, duration: Duration) -> Result<(f64,
     Ok((received as f64 / duration.as_secs_f64(), loss))
 }
 
+/// UDP transactions per second on one socket: a 64-byte request, its reply.
+/// A request unanswered within 200 ms counts as lost; past 0.5 % the run
+/// fails.
+fn udp_rr(side: &Side, duration: Duration) -> Result<f64> {
+    let target = side
+        .udp_echo
+        .context("this target has no UDP echo server")?;
+    let (done, lost) = side.client.enter(|| -> Result<(u64, u64)> {
+        pin_to_cpu(CLIENT_CPU);
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.connect(target)?;
+        socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let request = [0x42u8; 64];
+        let mut reply = [0u8; 128];
+        let (mut done, mut lost) = (0u64, 0u64);
+        let deadline = Instant::now() + duration;
+        while Instant::now() < deadline {
+            socket.send(&request)?;
+            match socket.recv(&mut reply) {
+                Ok(64) => done += 1,
+                _ => lost += 1,
+            }
+        }
+        Ok((done, lost))
+    })??;
+    check_failures("UDP request/response", done, lost)?;
+    Ok(done as f64 / duration.as_secs_f64())
+}
+
 /// Bulk TCP throughput on one connection (Gbit/s received by the server).
 fn tcp_stream(side: &Side, servers: &Servers, duration: Duration) -> Result<f64> {
     let before = servers.tcp_bytes.load(Ordering::Relaxed);
@@ -791,6 +1023,7 @@ fn report(
     targets: &[Target],
     samples: &[BTreeMap<String, Vec<f64>>],
     profile: &Value,
+    paired: &(String, Value),
     config: &Config,
     quick: bool,
 ) -> Result<()> {
@@ -846,6 +1079,9 @@ fn report(
         },
         "results": rows,
         "ebpf_profile": profile,
+        "paired": paired.1,
+        "paired_pairs": config.pairs,
+        "paired_slice_s": config.slice.as_secs_f64(),
     });
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -913,6 +1149,8 @@ fn report(
         md.push('\n');
     }
 
+    md.push('\n');
+    md.push_str(&paired.0);
     md.push_str("\n### Control plane\n\n| datapath | ports already published | networks | publish one more port µs (median, min–max) | container create request ms | kill -9 restart ms | daemon RSS MiB | BPF map memory MiB | iptables rules |\n|---|---|---|---|---|---|---|---|---|\n");
     for target in targets.iter().filter(|t| !t.control.is_null()) {
         let c = &target.control;

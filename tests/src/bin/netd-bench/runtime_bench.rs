@@ -211,7 +211,7 @@ fn runtime_target(
         ports,
         networks: 1,
         dnat: side(&outside, HOST_IP, 8080, 5353)?,
-        snat: side(&server, OUTSIDE_IP, 80, 53)?,
+        snat: side(&server, OUTSIDE_IP, 80, 53)?.with_echo(54),
         container_servers: Servers::start(&server, SERVER)?,
         outside_servers: Servers::start(&outside, OUTSIDE_IP)?,
         daemon_pid: None,
