@@ -74,12 +74,7 @@ fn ctr_run_cni_attaches_through_netd() {
         .find(|l| l.starts_with(&id))
         .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
         .expect("the task's pid");
-    let ns = Netns::named(&id);
-    let attached = Command::new("ip")
-        .args(["netns", "attach", &id, &pid])
-        .output()
-        .unwrap();
-    assert!(attached.status.success(), "{attached:?}");
+    let ns = Netns::of_process(&id, &pid).unwrap();
     let seen = probe::tcp_request(&ns, format!("{OUTSIDE_IP}:7000").parse().unwrap(), b"");
     let _ = Command::new("ip").args(["netns", "del", &id]).output();
     let seen = String::from_utf8(seen.unwrap()).unwrap();

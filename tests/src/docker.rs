@@ -247,16 +247,7 @@ impl DockerHost {
     pub fn attach_netns(&self, short: &str) -> Netns {
         let name = self.h.name(short);
         let pid = self.docker_ok(&["inspect", "-f", "{{.State.Pid}}", &name]);
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let out = Command::new("ip")
-            .args(["netns", "attach", &name, &pid])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip netns attach {name} {pid}: {out:?}"
-        );
-        Netns::named(&name)
+        Netns::of_process(&name, &pid).unwrap()
     }
 
     pub fn dir(&self) -> &Path {

@@ -154,16 +154,7 @@ impl PodmanHost {
     pub fn attach_netns(&self, short: &str) -> Netns {
         let name = self.h.name(short);
         let pid = self.podman_ok(&["inspect", "-f", "{{.State.Pid}}", &name]);
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let out = Command::new("ip")
-            .args(["netns", "attach", &name, &pid])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip netns attach {name} {pid}: {out:?}"
-        );
-        Netns::named(&name)
+        Netns::of_process(&name, &pid).unwrap()
     }
 
     /// `podman rm -f -t 0 <id>-<short>` (sleep ignores SIGTERM as PID 1).

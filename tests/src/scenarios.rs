@@ -433,7 +433,7 @@ fn addr(s: &str) -> SocketAddr {
 
 /// The networks of the classic story besides the default one: (name,
 /// subnet, netd flags, Docker flags).
-const NETWORKS: &[(&str, &str, &str, &str)] = &[
+const NETWORKS: &[StoryNetwork] = &[
     ("second", "10.60.0.0/24", "", ""),
     ("intern", "10.61.0.0/24", "--internal", "--internal"),
     (
@@ -508,70 +508,30 @@ pub fn build(netd: &str, datapath: &str, daemon_flags: &[&str], frontend: Fronte
         Frontend::Docker => {
             let mut d = DockerHost::start(netd, &flags);
             let far = d.h.add_far_host("203.0.113.2", 1280);
-            // Docker's own default network plays netd's `bridge`, on the
-            // same subnet.
-            d.h.ok(&["network", "rm", "bridge"]);
-            let bridge = d.h.name("bridge");
-            d.network(
-                &bridge,
-                &["--subnet", "172.17.0.0/16", "--gateway", "172.17.0.1"],
+            build_through_runtime(
+                &d.h,
+                |name, args| {
+                    d.network(name, args);
+                },
+                |short, args| {
+                    d.run(short, args);
+                },
+                |(_, _, _, docker_flag)| docker_flag,
             );
-            let named = |n: &str| match n {
-                "bridge" => bridge.clone(),
-                "host" | "none" => n.to_owned(),
-                other => d.h.name(other),
-            };
-            for (name, subnet, _, docker_flag) in NETWORKS {
-                let mut args = vec!["--subnet", subnet];
-                args.extend(Some(*docker_flag).filter(|f| !f.is_empty()));
-                d.network(&named(name), &args);
-            }
-            for (short, network, ip, ports) in CONTAINERS {
-                let network = named(network);
-                let mut args = vec!["--network", network.as_str()];
-                if !ip.is_empty() {
-                    args.extend(["--ip", ip]);
-                }
-                for port in *ports {
-                    args.extend(["-p", port]);
-                }
-                d.run(short, &args);
-            }
             (Hosts::Docker(Box::new(d)), far)
         }
         Frontend::Podman => {
             let plugin = std::path::Path::new(netd).with_file_name("netd-cni");
             let mut p = PodmanHost::start(netd, &plugin.display().to_string(), &flags);
             let far = p.h.add_far_host("203.0.113.2", 1280);
-            // Podman's `bridge` means its own default network: netd's
-            // plays under the test's name, on the same subnet.
-            p.h.ok(&["network", "rm", "bridge"]);
-            let bridge = p.h.name("bridge");
-            p.network(
-                &bridge,
-                &["--subnet", "172.17.0.0/16", "--gateway", "172.17.0.1"],
+            build_through_runtime(
+                &p.h,
+                |name, args| p.network(name, args),
+                |short, args| {
+                    p.run(short, args);
+                },
+                |(_, _, netd_flag, _)| netd_flag,
             );
-            let named = |n: &str| match n {
-                "bridge" => bridge.clone(),
-                "host" | "none" => n.to_owned(),
-                other => p.h.name(other),
-            };
-            for (name, subnet, netd_flag, _) in NETWORKS {
-                let mut args = vec!["--subnet", subnet];
-                args.extend(Some(*netd_flag).filter(|f| !f.is_empty()));
-                p.network(&named(name), &args);
-            }
-            for (short, network, ip, ports) in CONTAINERS {
-                let network = named(network);
-                let mut args = vec!["--network", network.as_str()];
-                if !ip.is_empty() {
-                    args.extend(["--ip", ip]);
-                }
-                for port in *ports {
-                    args.extend(["-p", port]);
-                }
-                p.run(short, &args);
-            }
             (Hosts::Podman(Box::new(p)), far)
         }
     };
@@ -612,6 +572,49 @@ pub fn build(netd: &str, datapath: &str, daemon_flags: &[&str], frontend: Fronte
         hosts,
         datapath: datapath.to_owned(),
         _servers: servers,
+    }
+}
+
+/// The story's networks and containers made by a runtime (Docker, Podman):
+/// `network(name, args)` makes a network from `--subnet …` and the flag
+/// `flag` picks for it (the runtime's or netd's spelling), `run(short,
+/// args)` a container. The runtime's `bridge` means its own default
+/// network, so netd's plays under the test's name, on the same subnet.
+/// A network of the story: (name, subnet, netd flag, Docker flag).
+type StoryNetwork = (&'static str, &'static str, &'static str, &'static str);
+
+fn build_through_runtime(
+    h: &DaemonHost,
+    network: impl Fn(&str, &[&str]),
+    run: impl Fn(&str, &[&str]),
+    flag: impl Fn(&'static StoryNetwork) -> &'static str,
+) {
+    h.ok(&["network", "rm", "bridge"]);
+    let bridge = h.name("bridge");
+    network(
+        &bridge,
+        &["--subnet", "172.17.0.0/16", "--gateway", "172.17.0.1"],
+    );
+    let named = |n: &str| match n {
+        "bridge" => bridge.clone(),
+        "host" | "none" => n.to_owned(),
+        other => h.name(other),
+    };
+    for net in NETWORKS {
+        let mut args = vec!["--subnet", net.1];
+        args.extend(Some(flag(net)).filter(|f| !f.is_empty()));
+        network(&named(net.0), &args);
+    }
+    for (short, network, ip, ports) in CONTAINERS {
+        let network = named(network);
+        let mut args = vec!["--network", network.as_str()];
+        if !ip.is_empty() {
+            args.extend(["--ip", ip]);
+        }
+        for port in *ports {
+            args.extend(["-p", port]);
+        }
+        run(short, &args);
     }
 }
 

@@ -180,6 +180,16 @@ impl Netns {
         &self.name
     }
 
+    /// Names process `pid`'s network namespace `name` in /run/netns (a
+    /// runtime's container, so the harness can enter it); an old name goes
+    /// first. `ip netns del` removes the name, not the namespace.
+    pub fn of_process(name: &str, pid: &str) -> Result<Self> {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        run(Command::new("ip").args(["netns", "attach", name, pid]))
+            .with_context(|| format!("ip netns attach {name} {pid}"))?;
+        Ok(Self::named(name))
+    }
+
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.name)
     }

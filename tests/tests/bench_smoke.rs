@@ -101,6 +101,14 @@ fn quick_bench_runs_and_reports_every_datapath() {
     }
     assert!(paired["noise_floor"]["median_ratio"].as_f64().unwrap() > 0.0);
     assert!(paired["unreliable"].is_boolean());
+    // BPF time per connection and per established packet, from BPF stats.
+    for workload in ["dnat_tcp_crr", "dnat_tcp_rr", "snat_tcp_crr", "snat_tcp_rr"] {
+        let per = &results["ebpf_profile"]["per_operation"][workload];
+        assert!(
+            per["bpf_ns_per_operation"].as_f64().unwrap() > 0.0,
+            "{workload}: {per}"
+        );
+    }
     // The profile saw the programs run, and the chart has its lines.
     let profile = &results["ebpf_profile"]["workloads"]["dnat_tcp_crr"];
     assert!(

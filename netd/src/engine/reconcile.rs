@@ -1,7 +1,7 @@
 //! Reconciliation with the kernel (at start and on `netd repair`), host
 //! changes, and `netd down`.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use anyhow::Result;
 
@@ -135,20 +135,21 @@ impl<H: Host> Engine<H> {
 
     /// One container after a restart or on `netd repair`: its namespace,
     /// every attachment's veth on its bridge, endpoints and ports in the
-    /// driver. A vanished namespace removes it (reported).
+    /// driver. A vanished namespace removes it (reported). A CNI
+    /// attachment is re-adopted the same way, in the runtime's namespace
+    /// (netd configured its interface there too; dead ones were pruned).
     async fn readopt_container(
         &mut self,
         container: &Container,
         report: &mut Vec<String>,
     ) -> Result<()> {
         let name = &container.name;
-        if let Sandbox::Cni { netns, .. } = &container.sandbox {
-            return self.readopt_cni(container, Path::new(netns), report).await;
-        }
-        if !container.sandbox.is_netd() {
-            return self.readopt_endpoint(container, report).await;
-        }
-        if !self.host.netns_exists(name) {
+        let netns = match &container.sandbox {
+            Sandbox::Cni { netns, .. } => PathBuf::from(netns),
+            Sandbox::Docker { .. } => return self.readopt_endpoint(container, report).await,
+            Sandbox::Netd => self.host.netns_path(name),
+        };
+        if container.sandbox.is_netd() && !self.host.netns_exists(name) {
             let errors = self.remove_container_objects(container).await;
             self.state.containers.remove(name);
             let ports: Vec<String> = container
@@ -182,7 +183,6 @@ impl<H: Host> Engine<H> {
                     // Deleted behind our back: the same address on a new veth
                     // (the old one's endpoint and program link go first).
                     self.driver.remove_endpoint(att)?;
-                    let netns = self.host.netns_path(name);
                     self.host.delete_container_link(&netns, &att.ifname).await?;
                     let host_veth = new_veth_name();
                     self.plan_link(name, &host_veth)?;
@@ -201,50 +201,6 @@ impl<H: Host> Engine<H> {
         self.driver.publish(&container.ports)?;
         if let Some(c) = self.state.containers.get_mut(name) {
             c.attachments = attachments;
-            c.pending_links.clear();
-        }
-        Ok(())
-    }
-
-    /// A CNI attachment after a restart or on `netd repair` (its namespace
-    /// is alive: dead ones were pruned): netd configured the container end
-    /// itself, so a veth deleted behind its back is made again, with the
-    /// same address and ports.
-    async fn readopt_cni(
-        &mut self,
-        container: &Container,
-        netns: &Path,
-        report: &mut Vec<String>,
-    ) -> Result<()> {
-        let name = &container.name;
-        let Some(att) = container.attachments.first() else {
-            return Ok(());
-        };
-        let net = self.network(&att.network)?.clone();
-        let att = match self.host.reattach_veth(&att.host_veth, &net.bridge).await? {
-            Some(index) => {
-                self.driver
-                    .add_endpoint(&net, att, index, parse_mac(&att.mac)?)?;
-                att.clone()
-            }
-            None => {
-                self.driver.remove_endpoint(att)?;
-                self.host.delete_container_link(netns, &att.ifname).await?;
-                let host_veth = new_veth_name();
-                self.plan_link(name, &host_veth)?;
-                let new = self
-                    .wire(netns, &net, att.ip, &att.ifname, &host_veth, true)
-                    .await?;
-                report.push(format!(
-                    "CNI attachment {name}: its interface {} on network {} was gone; made again",
-                    att.ifname, net.name
-                ));
-                new
-            }
-        };
-        self.driver.publish(&container.ports)?;
-        if let Some(c) = self.state.containers.get_mut(name) {
-            c.attachments = vec![att];
             c.pending_links.clear();
         }
         Ok(())

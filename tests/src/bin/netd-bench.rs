@@ -950,29 +950,43 @@ fn profile_ebpf(targets: &[Target], duration: Duration) -> Result<Value> {
     eprintln!("bench: profiling {} with BPF stats", target.label());
     let _stats = BpfStats::enable()?;
     let mut workloads = serde_json::Map::new();
-    let run: [(&str, &dyn Fn() -> Result<()>); 4] = [
-        ("dnat_tcp_crr", &|| {
-            tcp_crr(&target.dnat, duration).map(drop)
+    let secs = duration.as_secs_f64();
+    // Each workload returns how many operations it did, and what one is:
+    // a connection (CRR), a packet of an established flow (RR: two per
+    // transaction), a datagram received (UDP).
+    type Workload<'a> = (&'a str, &'a str, &'a dyn Fn() -> Result<f64>);
+    let run: [Workload<'_>; 6] = [
+        ("dnat_tcp_crr", "connection", &|| {
+            tcp_crr(&target.dnat, duration).map(|(rate, _)| rate * secs)
         }),
-        ("dnat_udp64", &|| {
-            udp_flood(&target.dnat, &target.container_servers, duration).map(drop)
+        ("dnat_tcp_rr", "established packet", &|| {
+            tcp_rr(&target.dnat, duration).map(|(rate, _, _)| 2.0 * rate * secs)
         }),
-        ("snat_tcp_crr", &|| {
-            tcp_crr(&target.snat, duration).map(drop)
+        ("dnat_udp64", "datagram", &|| {
+            udp_flood(&target.dnat, &target.container_servers, duration).map(|(pps, _)| pps * secs)
         }),
-        ("snat_udp64", &|| {
-            udp_flood(&target.snat, &target.outside_servers, duration).map(drop)
+        ("snat_tcp_crr", "connection", &|| {
+            tcp_crr(&target.snat, duration).map(|(rate, _)| rate * secs)
+        }),
+        ("snat_tcp_rr", "established packet", &|| {
+            tcp_rr(&target.snat, duration).map(|(rate, _, _)| 2.0 * rate * secs)
+        }),
+        ("snat_udp64", "datagram", &|| {
+            udp_flood(&target.snat, &target.outside_servers, duration).map(|(pps, _)| pps * secs)
         }),
     ];
-    for (name, workload) in run {
+    let mut per_operation = serde_json::Map::new();
+    for (name, operation, workload) in run {
         let before = snapshot()?;
-        workload()?;
+        let operations = workload()?;
         let after = snapshot()?;
         let mut programs = serde_json::Map::new();
+        let mut total_ns = 0;
         for (prog, (runs, ns)) in &after {
             let (runs0, ns0) = before.get(prog).copied().unwrap_or_default();
             let runs = runs - runs0;
             if runs > 0 {
+                total_ns += ns - ns0;
                 programs.insert(
                     prog.clone(),
                     json!({"runs": runs, "ns_per_run": (ns - ns0) as f64 / runs as f64}),
@@ -980,8 +994,16 @@ fn profile_ebpf(targets: &[Target], duration: Duration) -> Result<Value> {
             }
         }
         workloads.insert(name.to_owned(), Value::Object(programs));
+        per_operation.insert(
+            name.to_owned(),
+            json!({
+                "operation": operation,
+                "operations": operations,
+                "bpf_ns_per_operation": total_ns as f64 / operations.max(1.0),
+            }),
+        );
     }
-    Ok(json!({"target": target.label(), "workloads": workloads}))
+    Ok(json!({"target": target.label(), "workloads": workloads, "per_operation": per_operation}))
 }
 
 fn stats(v: &[f64]) -> Value {
@@ -1175,6 +1197,19 @@ fn report(
         ));
     }
 
+    if let Some(ops) = profile["per_operation"].as_object() {
+        md.push_str(
+            "\n### BPF time per operation (every program on the path, BPF stats)\n\n\
+             | workload | per | BPF ns |\n|---|---|---|\n",
+        );
+        for (workload, figures) in ops {
+            md.push_str(&format!(
+                "| {workload} | {} | {:.0} |\n",
+                figures["operation"].as_str().unwrap_or(""),
+                figures["bpf_ns_per_operation"].as_f64().unwrap_or(f64::NAN)
+            ));
+        }
+    }
     if let Some(workloads) = profile["workloads"].as_object() {
         md.push_str(&format!(
             "\n### eBPF per-program cost ({}, BPF stats)\n\n| workload | program | runs | ns per run |\n|---|---|---|---|\n",
