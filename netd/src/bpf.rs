@@ -714,11 +714,7 @@ impl Datapath {
     ) -> Result<()> {
         let mut map: LpmTrie<_, RoutedKey, u8> =
             LpmTrie::try_from(self.map_mut(maps::ROUTED_CIDRS)?)?;
-        let key = Key::new(
-            32 + u32::from(prefix_len),
-            routed_key(network_id, addr.octets()),
-        );
-        map.insert(&key, &1, 0)
+        map.insert(&routed_trie_key(network_id, addr, prefix_len), &1, 0)
             .with_context(|| format!("adding routed CIDR {addr}/{prefix_len}"))
     }
 
@@ -730,11 +726,7 @@ impl Datapath {
     ) -> Result<()> {
         let mut map: LpmTrie<_, RoutedKey, u8> =
             LpmTrie::try_from(self.map_mut(maps::ROUTED_CIDRS)?)?;
-        let key = Key::new(
-            32 + u32::from(prefix_len),
-            routed_key(network_id, addr.octets()),
-        );
-        done_if_missing(map.remove(&key))
+        done_if_missing(map.remove(&routed_trie_key(network_id, addr, prefix_len)))
             .with_context(|| format!("removing routed CIDR {addr}/{prefix_len}"))
     }
 
@@ -1141,4 +1133,13 @@ fn is_gone(err: &aya::programs::ProgramError) -> bool {
         _ => None,
     };
     matches!(errno, Some(libc::ENOENT | libc::ENODEV | libc::EINVAL))
+}
+
+/// The `ROUTED_CIDRS` key of `addr/prefix_len` for network `network_id`:
+/// the network's 32 bits always match, then the CIDR's.
+fn routed_trie_key(network_id: u32, addr: Ipv4Addr, prefix_len: u8) -> Key<RoutedKey> {
+    Key::new(
+        32 + u32::from(prefix_len),
+        routed_key(network_id, addr.octets()),
+    )
 }

@@ -418,16 +418,36 @@ fn typical_target(netd: &str, datapath: &'static str) -> Result<Target> {
     }
     let (ctr, ip) = server.context("the measured container")?;
     let port = TYPICAL_FIRST_PORT + measured;
+    let dnat = side(&h.outside, HOST_IP, port, port)?.with_echo(port);
+    let shape = (
+        usize::from(2 * TYPICAL_CONTAINERS),
+        usize::from(TYPICAL_NETWORKS),
+    );
+    host_target(h, datapath, shape, (&ctr, &ip), dnat, Value::Null)
+}
+
+/// The target of daemon host `h` (ports, networks) = `shape`, measured
+/// against `server` (its namespace and address): `dnat` from the outside,
+/// from the server to the outside's servers masqueraded.
+fn host_target(
+    h: DaemonHost,
+    datapath: &'static str,
+    shape: (usize, usize),
+    server: (&Netns, &str),
+    dnat: Side,
+    control: Value,
+) -> Result<Target> {
+    let (ctr, ip) = server;
     let target = Target {
         datapath,
-        ports: usize::from(2 * TYPICAL_CONTAINERS),
-        networks: usize::from(TYPICAL_NETWORKS),
-        dnat: side(&h.outside, HOST_IP, port, port)?.with_echo(port),
-        snat: side(&ctr, OUTSIDE_IP, 80, 53)?.with_echo(54),
-        container_servers: Servers::start(&ctr, &ip)?,
+        ports: shape.0,
+        networks: shape.1,
+        dnat,
+        snat: side(ctr, OUTSIDE_IP, 80, 53)?.with_echo(54),
+        container_servers: Servers::start(ctr, ip)?,
         outside_servers: Servers::start(&h.outside, OUTSIDE_IP)?,
         daemon_pid: h.daemon.as_ref().map(|d| d.id()),
-        control: Value::Null,
+        control,
         _keep: Keep {
             _daemon: Some(Box::new(h)),
             _bed: None,
@@ -480,27 +500,16 @@ fn daemon_target(
         h.ok(&["network", "create", &format!("n{n}"), "--subnet", &subnet]);
     }
     let control = control_plane(&mut h, datapath, config.publish_samples)?;
-    let daemon_pid = h.daemon.as_ref().map(|d| d.id());
     let ctr = h.ctr("srv");
-    let target = Target {
+    let dnat = side(&h.outside, HOST_IP, 8080, 5353)?;
+    host_target(
+        h,
         datapath,
-        ports,
-        networks,
-        dnat: side(&h.outside, HOST_IP, 8080, 5353)?,
-        snat: side(&ctr, OUTSIDE_IP, 80, 53)?.with_echo(54),
-        container_servers: Servers::start(&ctr, SERVER_IP)?,
-        outside_servers: Servers::start(&h.outside, OUTSIDE_IP)?,
-        daemon_pid,
+        (ports, networks),
+        (&ctr, SERVER_IP),
+        dnat,
         control,
-        _keep: Keep {
-            _daemon: Some(Box::new(h)),
-            _bed: None,
-            runtime: None,
-        },
-    };
-    tune_client(&target.dnat.client)?;
-    tune_client(&target.snat.client)?;
-    Ok(target)
+    )
 }
 
 /// Time to publish one more port (a new container with one `-p`), the
