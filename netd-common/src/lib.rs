@@ -22,6 +22,7 @@ pub mod maps {
     pub const DROP_EVENTS: &str = "DROP_EVENTS";
     pub const DROPS_BY_INTERFACE: &str = "DROPS_BY_INTERFACE";
     pub const ROUTED_CIDRS: &str = "ROUTED_CIDRS";
+    pub const USER_RULES: &str = "USER_RULES";
 }
 
 /// Map sizes (entries). Kernel memory is charged per entry; see docs/datapath.md.
@@ -48,6 +49,9 @@ pub mod sizes {
     pub const DROPS_BY_INTERFACE: u32 = 8192;
     /// (network, CIDR) pairs routed without NAT (a cluster's pod range).
     pub const ROUTED_CIDRS: u32 = 4096;
+    /// Entries of the user rules' trie: one per (rule, port) of a rule
+    /// naming ports (a range counts one per port), one for the others.
+    pub const USER_RULES: u32 = 65536;
 }
 
 /// Names of the BPF programs in the object file.
@@ -148,6 +152,8 @@ counted_enum! {
         /// A loopback destination arriving from outside (e.g. a port
         /// published on 127.0.0.1 probed from an L2 neighbour).
         LoopbackFromOutside = 14 => "loopback-from-outside",
+        /// A user rule (`netd rule add deny …`) refused the connection.
+        UserRule = 15 => "user-rule",
     }
 }
 
@@ -223,7 +229,9 @@ pub struct Config {
     /// 1: container packets leave by the fast path where they can; 0: the
     /// stack always routes them (the BPF_PROG_TEST_RUN tests).
     pub fast_path: u32,
-    pub _pad: u32,
+    /// Bit `c` set: `USER_RULES` holds rules of class `c` (see
+    /// [`rule_class`]); zero: no user rules, nothing looked up.
+    pub rule_classes: u32,
 }
 
 /// Value of `UPLINKS` (key: ifindex): an interface to the outside, kept
@@ -284,6 +292,51 @@ pub const fn routed_key(network_id: u32, addr: Ipv4) -> RoutedKey {
     [
         id[0], id[1], id[2], id[3], addr[0], addr[1], addr[2], addr[3],
     ]
+}
+
+/// Data of a `USER_RULES` key: network ID, input interface, protocol and
+/// destination port (each zero where the rule names none; all matched
+/// whole), then the source address; the key's prefix length is
+/// [`RULE_KEY_FIXED_BITS`] + the rule's source prefix length.
+pub type RuleKey = [u8; 16];
+pub const RULE_KEY_FIXED_BITS: u32 = 96;
+
+pub const fn rule_key(network_id: u32, ifindex: u32, proto: u8, port: Port, src: Ipv4) -> RuleKey {
+    let n = network_id.to_be_bytes();
+    let i = ifindex.to_be_bytes();
+    [
+        n[0], n[1], n[2], n[3], i[0], i[1], i[2], i[3], proto, 0, port[0], port[1], src[0], src[1],
+        src[2], src[3],
+    ]
+}
+
+/// Which of (network, input interface, protocol, port) a rule names: a
+/// packet is looked up once per class that has rules, with the fields the
+/// class does not name zeroed, and the lowest `order` found wins.
+pub const RULE_CLASSES: u32 = 12;
+
+pub const fn rule_class(network: bool, interface: bool, proto: bool, port: bool) -> u32 {
+    let fields = if port {
+        2
+    } else if proto {
+        1
+    } else {
+        0
+    };
+    (network as u32) * 6 + (interface as u32) * 3 + fields
+}
+
+/// Actions of a user rule.
+pub const RULE_ALLOW: u32 = 0;
+pub const RULE_DENY: u32 = 1;
+
+/// Value of `USER_RULES`: the first rule (lowest `order`) matching every
+/// address under the key's prefix, among the rules of its class and fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RuleVerdict {
+    pub order: u32,
+    pub action: u32,
 }
 
 /// Key of the `NETWORKS` LPM trie: the network's subnet.
@@ -413,6 +466,7 @@ const _: () = {
     assert!(size_of::<Backend>() == 8);
     assert!(size_of::<CtKey>() == 16);
     assert!(size_of::<CtEntry>() == 32);
+    assert!(size_of::<RuleVerdict>() == 8);
 };
 
 /// aya's own `Pod` marker for the map types, granted only to types that
@@ -445,5 +499,6 @@ mod pod {
         DropKey,
         SockRevValue,
         UplinkInfo,
+        RuleVerdict,
     );
 }

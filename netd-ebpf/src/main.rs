@@ -15,6 +15,7 @@ mod nat;
 mod offsets;
 mod parse;
 mod policy;
+mod rules;
 mod sock;
 
 use aya_ebpf::{
@@ -233,6 +234,13 @@ fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
             if ip.fragment {
                 return Err(DropReason::FragmentNeedsNat);
             }
+            let conn = rules::Inbound {
+                src: ip.src,
+                proto: key.proto,
+                port: key.dst_port,
+                ifindex: ingress_ifindex(ctx),
+            };
+            rules::check(&conn, || policy::network_of(backend.ip).map_or(0, |n| n.id))?;
             let xlat = nat::dnat_create(&key, &backend)?;
             nat::rewrite(ctx, &ip, &key, &xlat)?;
             return Ok(into_container(ctx, &ip, xlat.dst, class));
@@ -243,6 +251,15 @@ fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
     if let Some(net) = policy::network_of(ip.dst) {
         // A pod of another node, routed here: the kernel forwards it.
         if policy::is_routed(net, ip.src) {
+            if let Some(port) = routed_opening_port(&ip) {
+                let conn = rules::Inbound {
+                    src: ip.src,
+                    proto: ip.proto,
+                    port,
+                    ifindex: ingress_ifindex(ctx),
+                };
+                rules::check(&conn, || net.id)?;
+            }
             return Ok(pass);
         }
         return Err(DropReason::UnsolicitedInbound);
@@ -341,6 +358,29 @@ fn translate(
         return Err(DropReason::FragmentNeedsNat);
     }
     nat::rewrite(ctx, ip, key, xlat)
+}
+
+/// Routed traffic is not tracked, so what opens a connection is judged by
+/// the packet alone: a TCP SYN, an ICMP echo request, any UDP packet (a UDP
+/// reply to a pod's own flow included) or other protocol; ICMP errors and
+/// replies are not. Returns the destination port (zero where none).
+#[inline(always)]
+fn routed_opening_port(ip: &Ipv4Packet) -> Option<[u8; 2]> {
+    match ip.l4 {
+        L4::Tcp {
+            dst_port, flags, ..
+        } => (flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN).then_some(dst_port),
+        L4::Udp { dst_port, .. } => Some(dst_port),
+        L4::Icmp { icmp_type, .. } => (icmp_type == parse::ICMP_ECHO_REQUEST).then_some([0; 2]),
+        L4::Other => Some([0; 2]),
+    }
+}
+
+/// The interface a packet arrived on.
+#[inline(always)]
+fn ingress_ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the context is the program's __sk_buff.
+    unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex }
 }
 
 fn traffic_class(ip: &Ipv4Packet) -> TrafficClass {

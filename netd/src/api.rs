@@ -139,6 +139,13 @@ pub enum Request {
     },
     /// CNI STATUS: whether ADD can work on this network now.
     CniStatus(CniNetwork),
+    /// Adds a user firewall rule (at `position`, 1-based; default last).
+    RuleAdd(RuleAdd),
+    /// Removes the user rule with this ID.
+    RuleRm {
+        id: u32,
+    },
+    RuleLs,
 }
 
 impl Request {
@@ -165,6 +172,9 @@ impl Request {
             Self::CniDel(_) => "cni_del",
             Self::CniGc { .. } => "cni_gc",
             Self::CniStatus(_) => "cni_status",
+            Self::RuleAdd(_) => "rule_add",
+            Self::RuleRm { .. } => "rule_rm",
+            Self::RuleLs => "rule_ls",
         }
     }
 
@@ -183,8 +193,35 @@ impl Request {
                 | Self::CniAdd(_)
                 | Self::CniDel(_)
                 | Self::CniGc { .. }
+                | Self::RuleAdd(_)
+                | Self::RuleRm { .. }
         )
     }
+}
+
+/// `netd rule add`: a rule and where it goes in the list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleAdd {
+    #[serde(flatten)]
+    pub rule: crate::rule::UserRule,
+    /// 1-based place in the list (the rule there and after move down);
+    /// default: last.
+    #[serde(default)]
+    pub position: Option<u32>,
+}
+
+/// A user rule as `netd rule ls` and `netd status` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleEntry {
+    /// 1-based place in the list: the first rule that matches decides.
+    pub position: u32,
+    pub id: u32,
+    #[serde(flatten)]
+    pub rule: crate::rule::UserRule,
+    /// False while the network it names does not exist (it matches nothing).
+    pub active: bool,
+    /// The rule in words, e.g. `deny from 203.0.113.0/24 tcp port 5432`.
+    pub text: String,
 }
 
 /// The network a CNI request is for, as the conflist describes it.
@@ -333,6 +370,9 @@ pub struct Status {
     pub networks: usize,
     pub containers: usize,
     pub published_ports: usize,
+    /// The user's firewall rules, in order.
+    #[serde(default)]
+    pub rules: Vec<RuleEntry>,
     /// What the last reconciliation (start or `netd repair`) changed.
     pub repairs: Vec<String>,
 }
@@ -440,6 +480,8 @@ pub enum Reply {
     CniAttachment(Box<CniAttachment>),
     CniCollected(CniCollected),
     CniReady(CniReady),
+    Rule(RuleEntry),
+    Rules(Vec<RuleEntry>),
 }
 
 /// The wire envelope: `{"ok":true,"data":…}` or `{"ok":false,"error":…}`.

@@ -21,8 +21,8 @@ use aya::{
 };
 use netd_common::{
     Backend, Config, CtEntry, CtKey, DropReason, Endpoint, NETNS_PROBE_IP, NETNS_PROBE_PORT,
-    NetworkInfo, PacketCounter, PortKey, RoutedKey, TrafficClass, UplinkInfo, maps, programs,
-    routed_key, sizes,
+    NetworkInfo, PacketCounter, PortKey, RoutedKey, RuleKey, RuleVerdict, TrafficClass, UplinkInfo,
+    maps, programs, routed_key, sizes,
 };
 
 /// The object built from `netd-ebpf` by `build.rs`.
@@ -93,6 +93,7 @@ const PINNED_MAPS: &[&str] = &[
     maps::DROP_COUNTERS,
     maps::DROPS_BY_INTERFACE,
     maps::ROUTED_CIDRS,
+    maps::USER_RULES,
 ];
 
 impl Datapath {
@@ -574,6 +575,45 @@ impl Datapath {
     pub fn set_config(&mut self, config: Config) -> Result<()> {
         let mut map: Array<_, Config> = Array::try_from(self.map_mut(maps::CONFIG)?)?;
         map.set(0, &config, 0).context("writing CONFIG")
+    }
+
+    /// The configuration in the map (a previous run's, after a restart).
+    pub fn config(&self) -> Result<Config> {
+        let map = self
+            .ebpf
+            .map(maps::CONFIG)
+            .ok_or_else(|| anyhow!("CONFIG missing"))?;
+        let map: Array<_, Config> = Array::try_from(map)?;
+        map.get(&0, 0).context("reading CONFIG")
+    }
+
+    /// Makes `USER_RULES` hold exactly `entries` (changed and new entries
+    /// first, then the ones no longer wanted).
+    pub fn sync_user_rules(
+        &mut self,
+        entries: &std::collections::BTreeMap<(RuleKey, u32), RuleVerdict>,
+    ) -> Result<()> {
+        let mut map: LpmTrie<_, RuleKey, RuleVerdict> =
+            LpmTrie::try_from(self.map_mut(maps::USER_RULES)?)?;
+        let present: Vec<(RuleKey, u32)> = map
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| (k.data(), k.prefix_len()))
+            .collect();
+        for (&(data, len), verdict) in entries {
+            let key = Key::new(len, data);
+            if map.get(&key, 0).ok().as_ref() != Some(verdict) {
+                map.insert(&key, verdict, 0)
+                    .context("writing a user rule (USER_RULES full?)")?;
+            }
+        }
+        for (data, len) in present {
+            if !entries.contains_key(&(data, len)) {
+                done_if_missing(map.remove(&Key::new(len, data)))
+                    .context("removing a user rule")?;
+            }
+        }
+        Ok(())
     }
 
     /// Registers a network's subnet (`prefix_len` bits of `subnet`).

@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use crate::api::{
     Attachment, CniAttach, CniAttachment, CniCollected, CniDetach, CniNetwork, CniReady,
     ConntrackRow, Container, ContainerCreated, ContainerSpec, Disconnected, MonitorEvent, Network,
-    NetworkDetails, NetworkSpec, Refusal, Removed, RepairReport, Request, Response, Status,
-    Stopped,
+    NetworkDetails, NetworkSpec, Refusal, Removed, RepairReport, Request, Response, RuleAdd,
+    RuleEntry, Status, Stopped,
 };
 
 #[derive(Clone, Debug)]
@@ -178,6 +178,18 @@ impl Client {
 
     /// Drop events as they happen; returns once the daemon confirmed the
     /// stream is live (its hello line), so nothing sent after is missed.
+    pub fn rule_add(&self, add: RuleAdd) -> Result<RuleEntry> {
+        self.call(&Request::RuleAdd(add))
+    }
+
+    pub fn rule_rm(&self, id: u32) -> Result<RuleEntry> {
+        self.call(&Request::RuleRm { id })
+    }
+
+    pub fn rule_ls(&self) -> Result<Vec<RuleEntry>> {
+        self.call(&Request::RuleLs)
+    }
+
     pub fn monitor(&self) -> Result<Monitor> {
         let mut stream = self.connect()?;
         let mut line = serde_json::to_vec(&Request::Monitor)?;

@@ -17,4 +17,5 @@ pub mod ipam;
 pub mod metrics;
 pub mod netlink;
 pub mod portspec;
+pub mod rule;
 pub mod state;

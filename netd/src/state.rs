@@ -18,6 +18,11 @@ pub struct State {
     pub networks: BTreeMap<String, Network>,
     pub containers: BTreeMap<String, Container>,
     pub next_network_id: u32,
+    /// The user's firewall rules, in order (first match wins).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<crate::rule::RuleRecord>,
+    #[serde(default)]
+    pub next_rule_id: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -59,7 +59,7 @@ impl DatapathHost {
             nat_port_max: NAT_PORT_MAX,
             netns_cookie: host.enter(netd::bpf::current_netns_cookie)??,
             fast_path: 1,
-            _pad: 0,
+            rule_classes: 0,
         })?;
         datapath.set_uplink(
             host.ifindex(&uplink)?,

@@ -49,7 +49,7 @@ fn datapath(flags: u32) -> Datapath {
         nat_port_max: 65535,
         netns_cookie: 0,
         fast_path: 0, // test runs must never route
-        _pad: 0,
+        rule_classes: 0,
     })
     .unwrap();
     dp.insert_local_addr(ip(HOST)).unwrap();

@@ -7,6 +7,7 @@ mod container;
 mod daemon;
 mod network;
 mod output;
+mod rule;
 mod status;
 
 use std::path::PathBuf;
@@ -37,6 +38,10 @@ enum Command {
     /// Manage containers (network namespaces wired to networks).
     #[command(subcommand)]
     Container(container::ContainerCommand),
+    /// The user's firewall rules for traffic from outside to containers
+    /// (netd's DOCKER-USER).
+    #[command(subcommand)]
+    Rule(rule::RuleCommand),
     /// Datapath, attached programs and map fill levels.
     Status,
     /// Compare the saved state with the kernel and repair what differs
@@ -71,6 +76,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check { kernel_features } => check::run(kernel_features),
         Command::Network(command) => network::run(&client, command),
         Command::Container(command) => container::run(&client, command),
+        Command::Rule(command) => rule::run(&client, command),
         Command::Status => status::status(&client),
         Command::Repair => status::repair(&client),
         Command::Conntrack(command) => status::conntrack(&client, command),

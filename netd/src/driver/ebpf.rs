@@ -36,6 +36,13 @@ pub struct EbpfDriver {
     /// Whether containers' packets to the outside are redirected to the
     /// uplink by the programs (else they take the host's stack).
     fast_path: bool,
+    /// The user rules declared (re-compiled when interfaces change), and the
+    /// classes in `USER_RULES`: until the daemon declares its rules after a
+    /// restart, the previous run's stay in force.
+    rules: Vec<crate::rule::ActiveRule>,
+    rule_classes: u32,
+    /// The host as last told (for the config the rules rewrite).
+    host: HostInfo,
 }
 
 impl EbpfDriver {
@@ -58,6 +65,7 @@ impl EbpfDriver {
         datapath.attach_host_sockets()?;
         let netns_cookie = datapath.netns_cookie(&features)?;
         datapath.remove_legacy_uplink_pins()?;
+        let rule_classes = datapath.config().map_or(0, |c| c.rule_classes);
         // Interfaces an earlier run attached to that are no uplinks now.
         for name in datapath.pinned_uplinks() {
             if !host.uplinks.iter().any(|u| u.name == name) {
@@ -73,12 +81,29 @@ impl EbpfDriver {
             endpoints: HashSet::new(),
             bpffs: bpffs.to_owned(),
             fast_path,
+            rules: Vec::new(),
+            rule_classes,
+            host: host.clone(),
         };
         // One uplink that cannot be attached is reported, not fatal.
         if let Err(err) = driver.host_changed(host) {
             tracing::warn!(err = format!("{err:#}"), "uplinks");
         }
         Ok(driver)
+    }
+
+    /// Compiles the rules (interface names resolved now) into `USER_RULES`,
+    /// then turns on the classes in use.
+    fn enforce_rules(&mut self, host: &HostInfo) -> Result<()> {
+        let compiled =
+            crate::rule::compile(&self.rules, |name| nix::net::if_::if_nametoindex(name).ok());
+        // Classes that go away are turned off before their entries go,
+        // new ones on only once their entries are in.
+        self.rule_classes &= compiled.classes;
+        self.write_config(host)?;
+        self.datapath.sync_user_rules(&compiled.entries)?;
+        self.rule_classes = compiled.classes;
+        self.write_config(host)
     }
 
     fn write_config(&mut self, host: &HostInfo) -> Result<()> {
@@ -94,7 +119,7 @@ impl EbpfDriver {
             nat_port_max: 65535,
             netns_cookie: self.netns_cookie,
             fast_path: u8::from(self.fast_path).into(),
-            _pad: 0,
+            rule_classes: self.rule_classes,
         })
     }
 
@@ -217,6 +242,12 @@ fn network_flags(net: &Network) -> u32 {
 impl FirewallDriver for EbpfDriver {
     fn name(&self) -> &'static str {
         "ebpf"
+    }
+
+    fn set_rules(&mut self, rules: &[crate::rule::ActiveRule]) -> Result<()> {
+        self.rules = rules.to_vec();
+        let host = self.host.clone();
+        self.enforce_rules(&host)
     }
 
     fn add_network(&mut self, net: &Network, bridge_mac: [u8; 6]) -> Result<()> {
@@ -452,10 +483,16 @@ impl FirewallDriver for EbpfDriver {
 
     fn host_changed(&mut self, host: &HostInfo) -> Result<()> {
         // Both halves run whatever the other's outcome.
+        self.host = host.clone();
         let uplinks = self.sync_uplinks(host);
         let addrs = self.sync_local_addrs(host);
         let config = self.write_config(host);
-        uplinks.and(addrs).and(config)
+        // Interface names resolve to new indexes when links come and go.
+        let rules = match self.rules.iter().any(|r| r.rule.in_interface.is_some()) {
+            true => self.enforce_rules(host),
+            false => Ok(()),
+        };
+        uplinks.and(addrs).and(config).and(rules)
     }
 
     fn remove_all(&mut self) -> Result<()> {

@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{ConntrackRow, FirewallDriver, HostInfo};
 use crate::{
     api::{DatapathStatus, IptablesStatus},
+    rule::{ActiveRule, RuleAction},
     state::{Attachment, Network, PublishedPort},
 };
 
@@ -32,8 +33,8 @@ const JUMPS: &[(&str, &str, &str)] = &[
 /// container (set in nat PREROUTING, read in POSTROUTING).
 const HAIRPIN_MARK: &str = "0x2000000";
 
-/// Chains netd owns and rewrites on every change (NETD-USER is the user's:
-/// created once, never flushed, like DOCKER-USER).
+/// Chains netd owns and rewrites on every change (NETD-USER holds the
+/// user's rules from `netd rule`, netd's DOCKER-USER).
 const CHAINS: &[(&str, &[&str])] = &[
     ("raw", &["NETD-RAW"]),
     ("nat", &["NETD", "NETD-POSTROUTING"]),
@@ -41,6 +42,7 @@ const CHAINS: &[(&str, &[&str])] = &[
         "filter",
         &[
             "NETD-FORWARD",
+            "NETD-USER",
             "NETD-ISOLATION-STAGE-1",
             "NETD-ISOLATION-STAGE-2",
             "NETD",
@@ -58,6 +60,8 @@ pub struct IptablesDriver {
     endpoints: BTreeMap<Ipv4Addr, String>,
     /// In publishing order: like Docker, a new port's rules go last.
     ports: Vec<(Ipv4Addr, u16, u8, Ipv4Addr, u16)>,
+    /// The user's rules, in order.
+    rules: Vec<ActiveRule>,
     /// True from start until the daemon has re-declared everything: the
     /// rules of the previous run keep forwarding until the whole new set
     /// replaces them in one transaction per table (no gap on restart).
@@ -67,9 +71,6 @@ pub struct IptablesDriver {
 impl IptablesDriver {
     pub fn start(_host: &HostInfo) -> Result<Self> {
         super::set_bridge_netfilter(true)?;
-        if !run_ok(Command::new("iptables").args(["-t", "filter", "-n", "-L", "NETD-USER"]))? {
-            run(Command::new("iptables").args(["-t", "filter", "-N", "NETD-USER"]))?;
-        }
         Ok(Self {
             deferred: true,
             ..Self::default()
@@ -232,15 +233,21 @@ impl IptablesDriver {
         line("COMMIT".into());
 
         line("*filter".into());
-        for chain in [
-            "NETD-FORWARD",
-            "NETD-ISOLATION-STAGE-1",
-            "NETD-ISOLATION-STAGE-2",
-            "NETD",
-        ] {
+        for chain in CHAINS
+            .iter()
+            .filter(|(t, _)| *t == "filter")
+            .flat_map(|(_, c)| *c)
+        {
             line(format!(":{chain} - [0:0]"));
         }
-        line("-A NETD-FORWARD -j NETD-USER".into());
+        // The user's rules come first, for what enters a bridge from
+        // outside (see `render_user_rules`).
+        if !self.rules.is_empty() {
+            for net in &nets {
+                line(format!("-A NETD-FORWARD -o {} -j NETD-USER", net.bridge));
+            }
+            self.render_user_rules(&nets, &mut line);
+        }
         line("-A NETD-FORWARD -j NETD-ISOLATION-STAGE-1".into());
         for net in &nets {
             let br = &net.bridge;
@@ -302,6 +309,41 @@ impl IptablesDriver {
         out
     }
 
+    /// NETD-USER: connections opened toward a bridge from anywhere but a
+    /// netd bridge (the host's own and containers' traffic is not the
+    /// rules' business, as on the eBPF datapath), matched on the original
+    /// destination port (the published one, before DNAT), first match wins.
+    fn render_user_rules(&self, nets: &[&Network], line: &mut impl FnMut(String)) {
+        line("-A NETD-USER -m conntrack ! --ctstate NEW -j RETURN".into());
+        for net in nets {
+            line(format!("-A NETD-USER -i {} -j RETURN", net.bridge));
+        }
+        for active in &self.rules {
+            let rule = &active.rule;
+            let mut spec = String::new();
+            if let Some(source) = rule.source {
+                let _ = write!(spec, " -s {source}");
+            }
+            if let Some(iface) = &rule.in_interface {
+                let _ = write!(spec, " -i {iface}");
+            }
+            if let Some((_, bridge)) = &active.network {
+                let _ = write!(spec, " -o {bridge}");
+            }
+            if let Some(proto) = rule.proto {
+                let _ = write!(spec, " -p {proto}");
+            }
+            if let Some((first, last)) = rule.ports {
+                let _ = write!(spec, " -m conntrack --ctorigdstport {first}:{last}");
+            }
+            let target = match rule.action {
+                RuleAction::Allow => "RETURN",
+                RuleAction::Deny => "DROP",
+            };
+            line(format!("-A NETD-USER{spec} -j {target}"));
+        }
+    }
+
     /// Forgets conntrack entries (the kernel's) matching `args`.
     fn flush_conntrack(args: &[&str]) {
         // Exit status 1 means nothing matched.
@@ -326,6 +368,15 @@ fn proto_name(proto: u8) -> &'static str {
 impl FirewallDriver for IptablesDriver {
     fn name(&self) -> &'static str {
         "iptables"
+    }
+
+    fn set_rules(&mut self, rules: &[ActiveRule]) -> Result<()> {
+        let before = std::mem::replace(&mut self.rules, rules.to_vec());
+        if let Err(err) = self.apply() {
+            self.rules = before;
+            return Err(err);
+        }
+        Ok(())
     }
 
     fn add_network(&mut self, net: &Network, _bridge_mac: [u8; 6]) -> Result<()> {
@@ -466,12 +517,6 @@ impl FirewallDriver for IptablesDriver {
             .expect("piped")
             .write_all(script.as_bytes())?;
         child.wait()?;
-        let _ = Command::new("iptables")
-            .args(["-t", "filter", "-F", "NETD-USER"])
-            .output();
-        let _ = Command::new("iptables")
-            .args(["-t", "filter", "-X", "NETD-USER"])
-            .output();
         self.networks.clear();
         self.endpoints.clear();
         self.ports.clear();

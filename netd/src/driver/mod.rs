@@ -84,6 +84,9 @@ pub trait FirewallDriver: Send + Sync {
     fn publish(&mut self, ports: &[PublishedPort]) -> Result<()>;
     /// Unpublishes `ports` and forgets the connections made through them.
     fn unpublish(&mut self, ports: &[PublishedPort]) -> Result<()>;
+    /// The user's firewall rules now in force, in order (all of them: the
+    /// driver replaces what it had).
+    fn set_rules(&mut self, rules: &[crate::rule::ActiveRule]) -> Result<()>;
     /// The host's interfaces or addresses changed (and once at start).
     fn host_changed(&mut self, _host: &HostInfo) -> Result<()> {
         Ok(())

@@ -23,8 +23,10 @@ pub struct NoopRecord {
     /// Endpoints by host-side veth.
     pub endpoints: BTreeMap<String, Attachment>,
     pub ports: Vec<PublishedPort>,
+    /// The user rules in force, in order.
+    pub rules: Vec<crate::rule::ActiveRule>,
     /// The next call of this kind fails (`add_network`, `add_endpoint`,
-    /// `publish`), once.
+    /// `publish`, `set_rules`), once.
     pub fail_next: Option<&'static str>,
 }
 
@@ -51,6 +53,12 @@ impl NoopDriver {
 impl FirewallDriver for NoopDriver {
     fn name(&self) -> &'static str {
         "noop"
+    }
+
+    fn set_rules(&mut self, rules: &[crate::rule::ActiveRule]) -> Result<()> {
+        self.check("set_rules")?;
+        self.record().rules = rules.to_vec();
+        Ok(())
     }
 
     fn add_network(&mut self, net: &Network, _bridge_mac: [u8; 6]) -> Result<()> {

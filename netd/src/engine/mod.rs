@@ -11,6 +11,7 @@ mod endpoint;
 mod network;
 mod ports;
 mod reconcile;
+mod rules;
 #[cfg(test)]
 mod tests;
 
@@ -27,6 +28,7 @@ use crate::{
 };
 
 pub use endpoint::{EndpointInterface, EndpointSpec};
+pub(crate) use network::check_interface_name;
 
 pub const DEFAULT_NETWORK: &str = "bridge";
 const DEFAULT_BRIDGE: &str = "netd0";
@@ -159,6 +161,9 @@ impl<H: Host> Engine<H> {
                 removed: self.cni_gc(&network, &valid).await?,
             }),
             Request::CniStatus(network) => Reply::CniReady(self.cni_status(&network).await?),
+            Request::RuleAdd(add) => Reply::Rule(self.rule_add(add)?),
+            Request::RuleRm { id } => Reply::Rule(self.rule_rm(id)?),
+            Request::RuleLs => Reply::Rules(self.rule_ls()),
         })
     }
 
@@ -168,6 +173,7 @@ impl<H: Host> Engine<H> {
             networks: self.state.networks.len(),
             containers: self.state.containers.len(),
             published_ports: self.state.published().count(),
+            rules: self.rule_ls(),
             repairs: self.repairs.clone(),
         })
     }

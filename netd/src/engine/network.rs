@@ -45,6 +45,7 @@ impl<H: Host> Engine<H> {
         self.state.next_network_id = net.id + 1;
         self.state.networks.insert(net.name.clone(), net.clone());
         self.save()?;
+        self.rules_after_network_change();
         Ok(net)
     }
 
@@ -207,12 +208,27 @@ impl<H: Host> Engine<H> {
             bail!("removing network {name:?}: {}", errors.join("; "));
         }
         self.state.networks.remove(name);
-        self.save()
+        self.save()?;
+        self.rules_after_network_change();
+        Ok(())
+    }
+
+    /// Rules naming a network apply while it exists. The network change
+    /// itself is done: a failure here is logged (`netd repair` retries).
+    fn rules_after_network_change(&mut self) {
+        if self.state.rules.iter().any(|r| r.rule.network.is_some())
+            && let Err(err) = self.sync_rules()
+        {
+            tracing::warn!(
+                err = format!("{err:#}"),
+                "user rules after a network change"
+            );
+        }
     }
 }
 
 /// A Linux interface name: 1 to 15 bytes, no '/', ':' or whitespace.
-pub(super) fn check_interface_name(name: &str) -> Result<()> {
+pub(crate) fn check_interface_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > 15
         || name == "."

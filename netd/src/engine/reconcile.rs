@@ -110,6 +110,9 @@ impl<H: Host> Engine<H> {
                 ));
             }
         }
+        if let Err(err) = self.sync_rules() {
+            report.push(format!("user rules: {err:#}"));
+        }
         report.extend(self.driver.reconciled()?);
         self.metrics.repaired(report.len());
         self.save()?;

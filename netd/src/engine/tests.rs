@@ -845,3 +845,94 @@ async fn cni_attachments_add_check_del_gc_and_roll_back() {
         "{err:#}"
     );
 }
+
+fn deny_port(source: &str, port: u16) -> crate::api::RuleAdd {
+    crate::api::RuleAdd {
+        rule: crate::rule::UserRule {
+            action: crate::rule::RuleAction::Deny,
+            source: Some(source.parse().unwrap()),
+            proto: Some(crate::portspec::Proto::Tcp),
+            ports: Some((port, port)),
+            network: None,
+            in_interface: None,
+        },
+        position: None,
+    }
+}
+
+#[tokio::test]
+async fn user_rules_keep_their_order_persist_and_refuse_bad_ones() {
+    let f = Fixture::new("rules");
+    let mut engine = f.engine().await;
+    let first = engine.rule_add(deny_port("10.0.0.0/8", 5432)).unwrap();
+    let mut allow = deny_port("10.1.0.0/16", 5432);
+    allow.rule.action = crate::rule::RuleAction::Allow;
+    allow.position = Some(1);
+    let second = engine.rule_add(allow).unwrap();
+    assert_eq!((second.position, first.position), (1, 1));
+    let listed: Vec<(u32, u32)> = engine
+        .rule_ls()
+        .iter()
+        .map(|r| (r.position, r.id))
+        .collect();
+    assert_eq!(listed, [(1, second.id), (2, first.id)]);
+    let enforced = f.driver.record.lock().unwrap().rules.clone();
+    assert_eq!(enforced.len(), 2);
+    assert_eq!(enforced[0].rule.action, crate::rule::RuleAction::Allow);
+
+    // Refused, each with its own message, nothing changed.
+    let saved = f.saved();
+    let refusals = [
+        (
+            deny_port("10.0.0.0/8", 5432),
+            "already matches exactly this traffic",
+        ),
+        (deny_port("10.0.0.1/8", 80), "did you mean 10.0.0.0/8"),
+        (deny_port("10.0.0.0/8", 0), "port 0"),
+        (
+            crate::api::RuleAdd {
+                position: Some(9),
+                ..deny_port("10.9.0.0/16", 80)
+            },
+            "position 9 is outside the list (1 to 3)",
+        ),
+    ];
+    for (add, expected) in refusals {
+        let err = engine.rule_add(add).unwrap_err().to_string();
+        assert!(err.contains(expected), "{err}");
+    }
+    let mut unknown = deny_port("10.9.0.0/16", 80);
+    unknown.rule.network = Some("nope".into());
+    let err = format!("{:#}", engine.rule_add(unknown).unwrap_err());
+    assert!(err.contains("no network named \"nope\""), "{err}");
+    assert_eq!(
+        engine.rule_rm(999).unwrap_err().to_string(),
+        "no rule with ID 999 (see `netd rule ls`)"
+    );
+    // The driver refusing leaves state and driver as they were.
+    f.driver.record.lock().unwrap().fail_next = Some("set_rules");
+    assert!(engine.rule_add(deny_port("10.9.0.0/16", 80)).is_err());
+    assert_eq!(f.saved(), saved);
+    assert_eq!(f.driver.record.lock().unwrap().rules, enforced);
+
+    // A rule naming a network applies while the network exists.
+    engine
+        .network_create(NetworkSpec::named("db"))
+        .await
+        .unwrap();
+    let mut scoped = deny_port("0.0.0.0/0", 5432);
+    scoped.rule.network = Some("db".into());
+    let scoped = engine.rule_add(scoped).unwrap();
+    assert_eq!(f.driver.record.lock().unwrap().rules.len(), 3);
+    engine.network_rm("db").await.unwrap();
+    assert_eq!(f.driver.record.lock().unwrap().rules.len(), 2);
+    assert!(!engine.rule_ls()[2].active);
+    engine.rule_rm(scoped.id).unwrap();
+    drop(engine);
+
+    // A restart puts the same rules in force, in the same order.
+    f.driver.record.lock().unwrap().rules.clear();
+    let engine = f.engine().await;
+    assert_eq!(f.driver.record.lock().unwrap().rules, enforced);
+    assert_eq!(engine.status().unwrap().rules.len(), 2);
+}

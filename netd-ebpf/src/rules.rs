@@ -1,0 +1,80 @@
+//! The user's rules (`netd rule add`), evaluated for connections opened from
+//! outside before netd's own accept decisions: first match wins, no match
+//! leaves netd's normal behaviour.
+//!
+//! User space compiles the ordered list into one LPM trie: per class of rule
+//! (which of network, interface, protocol and port it names) and per value
+//! of those fields, every source prefix holds the first rule matching all of
+//! it. A packet costs one lookup per class in use, however many rules there
+//! are that cannot match.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{LpmTrie, lpm_trie::Key},
+};
+use netd_common::{
+    DropReason, Ipv4, Port, RULE_CLASSES, RULE_DENY, RULE_KEY_FIXED_BITS, RuleKey, RuleVerdict,
+    rule_key, sizes,
+};
+
+use crate::nat;
+
+#[map(name = "USER_RULES")]
+static USER_RULES: LpmTrie<RuleKey, RuleVerdict> = LpmTrie::with_max_entries(sizes::USER_RULES, 0);
+
+/// Classes 6..12 name a network: only they need the destination's network.
+const NETWORK_CLASSES: u32 = 0xfc0;
+
+/// A connection from outside, as the rules see it: `port` is the original
+/// destination port (the published host port, before DNAT).
+pub struct Inbound {
+    pub src: Ipv4,
+    pub proto: u8,
+    pub port: Port,
+    pub ifindex: u32,
+}
+
+/// Refuses the connection when the first rule matching it denies it.
+/// `network` gives the destination network's ID, asked only when a rule
+/// names a network.
+#[inline(always)]
+pub fn check(conn: &Inbound, network: impl FnOnce() -> u32) -> Result<(), DropReason> {
+    let classes = nat::config_map().get(0).map_or(0, |c| c.rule_classes);
+    if classes == 0 {
+        return Ok(());
+    }
+    let network_id = if classes & NETWORK_CLASSES != 0 {
+        network()
+    } else {
+        0
+    };
+    let mut first = RuleVerdict {
+        order: u32::MAX,
+        action: 0,
+    };
+    for class in 0..RULE_CLASSES {
+        if classes & (1 << class) == 0 {
+            continue;
+        }
+        let net = if class >= 6 { network_id } else { 0 };
+        let ifindex = if class % 6 >= 3 { conn.ifindex } else { 0 };
+        let (proto, port) = match class % 3 {
+            0 => (0, [0; 2]),
+            1 => (conn.proto, [0; 2]),
+            _ => (conn.proto, conn.port),
+        };
+        let key = Key::new(
+            RULE_KEY_FIXED_BITS + 32,
+            rule_key(net, ifindex, proto, port, conn.src),
+        );
+        if let Some(found) = USER_RULES.get(&key)
+            && found.order < first.order
+        {
+            first = *found;
+        }
+    }
+    if first.order != u32::MAX && first.action == RULE_DENY {
+        return Err(DropReason::UserRule);
+    }
+    Ok(())
+}
