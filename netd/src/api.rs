@@ -372,7 +372,7 @@ pub struct Status {
     pub published_ports: usize,
     /// The user's firewall rules, in order.
     #[serde(default)]
-    pub rules: Vec<RuleEntry>,
+    pub user_rules: Vec<RuleEntry>,
     /// What the last reconciliation (start or `netd repair`) changed.
     pub repairs: Vec<String>,
 }

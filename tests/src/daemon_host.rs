@@ -215,6 +215,7 @@ impl DaemonHost {
         let before = (
             self.ok(&["network", "ls", "--format", "json"]),
             self.ok(&["container", "ls", "--format", "json"]),
+            self.ok(&["rule", "ls", "--format", "json"]),
         );
         let out = self.netd(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -226,6 +227,7 @@ impl DaemonHost {
         let after = (
             self.ok(&["network", "ls", "--format", "json"]),
             self.ok(&["container", "ls", "--format", "json"]),
+            self.ok(&["rule", "ls", "--format", "json"]),
         );
         assert_eq!(before, after, "state changed after refused netd {args:?}");
     }

@@ -360,6 +360,72 @@ pub const PROBES: &[Probe] = &[
     ),
 ];
 
+/// The suite's second act: these user rules (`netd rule add`, in order),
+/// then [`RULE_PROBES`]; then the first rule is removed again.
+const RULES: &[&[&str]] = &[
+    &[
+        "deny", "--source", OUTSIDE_IP, "--proto", "tcp", "--port", "8080",
+    ],
+    &[
+        "allow",
+        "--source",
+        "198.51.100.0/24",
+        "--proto",
+        "udp",
+        "--port",
+        "5353",
+    ],
+    &["deny", "--proto", "udp", "--port", "5300-5400"],
+    &["deny", "--source", "203.0.113.0/24"],
+    &["allow", "--proto", "tcp", "--port", "80"],
+];
+
+/// What the rules decide, and what is not theirs to decide.
+pub const RULE_PROBES: &[Probe] = &[
+    probe(
+        "rule: a denied source, published port",
+        Outside,
+        Tcp,
+        "198.51.100.1:8080",
+        Dropped("user-rule", "NETD-USER"),
+    ),
+    probe(
+        "rule: an allow before a deny (first match wins)",
+        Outside,
+        Udp,
+        "198.51.100.1:5353",
+        Reach(OUTSIDE_IP),
+    ),
+    probe(
+        "rule: no rule matches this port",
+        Outside,
+        Tcp,
+        "198.51.100.1:9101",
+        Reach(OUTSIDE_IP),
+    ),
+    probe(
+        "rule: not for a container's hairpin",
+        Ctr("c2"),
+        Tcp,
+        "198.51.100.1:8080",
+        Reach("172.17.0.1"),
+    ),
+    probe(
+        "rule: not for the host's own connections",
+        Host,
+        Tcp,
+        "198.51.100.1:8080",
+        Reach("172.17.0.1"),
+    ),
+    probe(
+        "rule: an allow opens no container address",
+        Outside,
+        Tcp,
+        "172.17.0.2:80",
+        Dropped("unsolicited-inbound", "NETD-RAW"),
+    ),
+];
+
 /// How the suite's networks and containers are made: through netd's own
 /// CLI, by a real dockerd using netd as its network driver, or by a real
 /// Podman using netd's CNI plugin.
@@ -764,16 +830,7 @@ pub struct Row {
 /// networks and containers made through `frontend`.
 pub fn run(netd: &str, datapath: &str, daemon_flags: &[&str], frontend: Frontend) -> Vec<Row> {
     let suite = build(netd, datapath, daemon_flags, frontend);
-    let mut rows: Vec<Row> = PROBES
-        .iter()
-        .map(|p| Row {
-            what: p.what.to_owned(),
-            from: describe(p.from),
-            to: p.to.to_owned(),
-            want: p.expect.verdict(),
-            got: verdict(&suite, p),
-        })
-        .collect();
+    let mut rows: Vec<Row> = PROBES.iter().map(|p| row(&suite, p)).collect();
     // Disconnect and reconnect: gone while disconnected, back at once after.
     let c2_port = probe("", Ctr("c1"), Tcp, "172.17.0.3:80", NoHost);
     let mut gone = String::new();
@@ -792,7 +849,43 @@ pub fn run(netd: &str, datapath: &str, daemon_flags: &[&str], frontend: Frontend
             got,
         });
     }
+    rows.extend(rule_rows(&suite));
     rows
+}
+
+/// The user rules' act: added, probed, the first one removed again.
+fn rule_rows(suite: &Suite) -> Vec<Row> {
+    let ids: Vec<String> = RULES
+        .iter()
+        .map(|rule| {
+            let args: Vec<&str> = ["rule", "add"].iter().chain(rule.iter()).copied().collect();
+            suite.h().ok(&args).trim().to_owned()
+        })
+        .collect();
+    let mut rows: Vec<Row> = RULE_PROBES.iter().map(|p| row(suite, p)).collect();
+    suite.h().ok(&["rule", "rm", &ids[0]]);
+    let reopened = probe(
+        "rule removed: the published port again",
+        Outside,
+        Tcp,
+        "198.51.100.1:8080",
+        Reach(OUTSIDE_IP),
+    );
+    rows.push(row(suite, &reopened));
+    for id in &ids[1..] {
+        suite.h().ok(&["rule", "rm", id]);
+    }
+    rows
+}
+
+fn row(suite: &Suite, p: &Probe) -> Row {
+    Row {
+        what: p.what.to_owned(),
+        from: describe(p.from),
+        to: p.to.to_owned(),
+        want: p.expect.verdict(),
+        got: verdict(suite, p),
+    }
 }
 
 /// The matrix as text; `BAD` marks a verdict that differs from the expectation.

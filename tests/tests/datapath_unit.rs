@@ -735,3 +735,187 @@ fn routed_cidrs_skip_masquerade_and_admit_their_sources() {
         DropReason::UnsolicitedInbound,
     );
 }
+
+/// Puts `rules` (in order; each with the ID of the network it names) in
+/// force, as the daemon's driver does: compiled into USER_RULES, then
+/// their classes turned on in the config.
+fn set_rules(dp: &mut Datapath, rules: &[(&str, Option<u32>)]) {
+    let active: Vec<netd::rule::ActiveRule> = rules
+        .iter()
+        .enumerate()
+        .map(|(order, (text, network))| netd::rule::ActiveRule {
+            order: order as u32,
+            rule: parse_rule(text),
+            network: network.map(|id| (id, format!("br{id}"))),
+        })
+        .collect();
+    // TEST_RUN_IFINDEX is loopback's.
+    let compiled = netd::rule::compile(&active, |name| (name == "lo").then_some(TEST_RUN_IFINDEX));
+    dp.sync_user_rules(&compiled.entries).unwrap();
+    let config = Config {
+        rule_classes: compiled.classes,
+        ..dp.config().unwrap()
+    };
+    dp.set_config(config).unwrap();
+}
+
+/// `deny 10.0.0.0/8 tcp 22-23 in lo`: action, source, then optional
+/// protocol, port (range) and `in IFACE`.
+fn parse_rule(text: &str) -> netd::rule::UserRule {
+    use netd::{portspec::Proto, rule::RuleAction};
+    let words: Vec<&str> = text.split(' ').collect();
+    let mut rule = netd::rule::UserRule {
+        action: match words[0] {
+            "allow" => RuleAction::Allow,
+            _ => RuleAction::Deny,
+        },
+        source: Some(words[1].parse().unwrap()),
+        proto: None,
+        ports: None,
+        network: None,
+        in_interface: None,
+    };
+    let mut rest = words[2..].iter();
+    while let Some(word) = rest.next() {
+        match *word {
+            "tcp" => rule.proto = Some(Proto::Tcp),
+            "udp" => rule.proto = Some(Proto::Udp),
+            "in" => rule.in_interface = Some(rest.next().unwrap().to_string()),
+            ports => {
+                let (a, b) = ports.split_once('-').unwrap_or((ports, ports));
+                rule.ports = Some((a.parse().unwrap(), b.parse().unwrap()));
+            }
+        }
+    }
+    rule.check().unwrap();
+    rule
+}
+
+/// User rules decide connections opened from outside to a published port
+/// before netd does (first match wins, the published port judged as the
+/// client sent it); connections already open are not theirs to judge.
+#[test]
+fn user_rules_decide_new_connections_to_published_ports_first_match_wins() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    publish_tcp_8080(&mut dp, C1);
+    let denied = "198.51.100.77";
+    set_rules(
+        &mut dp,
+        &[
+            ("allow 198.51.100.0/28 tcp 8080", None),
+            ("deny 0.0.0.0/0 tcp 8000-8100", None),
+        ],
+    );
+    let syn = Ipv4Frame::tcp(CLIENT, 5555, HOST, 8080, TCP_SYN);
+    expect_into_container(
+        &mut dp,
+        &syn,
+        &with_addrs(&syn, (CLIENT, 5555), (C1, 80)),
+        C1_MAC,
+    );
+    let stranger = with_addrs(&syn, (denied, 5555), (HOST, 8080));
+    expect_drop(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &stranger,
+        DropReason::UserRule,
+    );
+    assert_eq!(
+        dp.conntrack_entries().unwrap().len(),
+        2,
+        "only the allowed connection"
+    );
+
+    // A deny for everyone now: the open connection carries on, new ones stop.
+    set_rules(&mut dp, &[("deny 0.0.0.0/0", None)]);
+    let ack = Ipv4Frame::tcp(CLIENT, 5555, HOST, 8080, TCP_ACK);
+    expect_into_container(
+        &mut dp,
+        &ack,
+        &with_addrs(&ack, (CLIENT, 5555), (C1, 80)),
+        C1_MAC,
+    );
+    let again = Ipv4Frame::tcp(CLIENT, 5556, HOST, 8080, TCP_SYN);
+    expect_drop(&mut dp, programs::FROM_UPLINK, &again, DropReason::UserRule);
+
+    // Scoped rules: another network's, another interface's, another
+    // port's do not match; the host's own ports are not the rules' business.
+    set_rules(
+        &mut dp,
+        &[
+            ("deny 0.0.0.0/0", Some(2)),
+            ("deny 0.0.0.0/0 in eth9", None),
+            ("deny 0.0.0.0/0 tcp 9090", None),
+            ("deny 0.0.0.0/0 udp 8080", None),
+        ],
+    );
+    let other = Ipv4Frame::tcp(CLIENT, 5557, HOST, 8080, TCP_SYN);
+    expect_into_container(
+        &mut dp,
+        &other,
+        &with_addrs(&other, (CLIENT, 5557), (C1, 80)),
+        C1_MAC,
+    );
+    set_rules(
+        &mut dp,
+        &[
+            ("deny 198.51.100.0/24 in lo", None),
+            ("deny 0.0.0.0/0", Some(1)),
+        ],
+    );
+    let scoped = Ipv4Frame::tcp(CLIENT, 5558, HOST, 8080, TCP_SYN);
+    expect_drop(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &scoped,
+        DropReason::UserRule,
+    );
+    let to_host = Ipv4Frame::tcp(CLIENT, 5559, HOST, 22, TCP_SYN);
+    let (verdict, out) = run(&mut dp, programs::FROM_UPLINK, &to_host);
+    assert_eq!((verdict, out), (TC_ACT_OK, to_host.build()));
+
+    // No rules: netd's own verdicts, nothing looked up.
+    set_rules(&mut dp, &[]);
+    assert_eq!(dp.config().unwrap().rule_classes, 0);
+    let free = Ipv4Frame::tcp(denied, 6000, HOST, 8080, TCP_SYN);
+    expect_into_container(
+        &mut dp,
+        &free,
+        &with_addrs(&free, (denied, 6000), (C1, 80)),
+        C1_MAC,
+    );
+}
+
+/// Routed sources (a cluster's other pods) are judged by what opens a
+/// connection: a SYN or echo request, not the replies to a pod's own.
+#[test]
+fn user_rules_decide_what_routed_sources_open() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE | NET_ROUTED);
+    dp.insert_routed_cidr(1, ip("10.244.0.0"), 16).unwrap();
+    set_rules(
+        &mut dp,
+        &[
+            ("allow 10.244.3.0/24", None),
+            ("deny 10.244.0.0/16 tcp 22", Some(1)),
+        ],
+    );
+    let ssh = Ipv4Frame::tcp("10.244.2.7", 5555, C1, 22, TCP_SYN);
+    expect_drop(&mut dp, programs::FROM_UPLINK, &ssh, DropReason::UserRule);
+    for passes in [
+        Ipv4Frame::tcp("10.244.3.7", 5555, C1, 22, TCP_SYN),
+        Ipv4Frame::tcp("10.244.2.7", 5555, C1, 80, TCP_SYN),
+        Ipv4Frame::tcp("10.244.2.7", 22, C1, 40000, TCP_SYN | TCP_ACK),
+    ] {
+        let (verdict, out) = run(&mut dp, programs::FROM_UPLINK, &passes);
+        assert_eq!((verdict, out), (TC_ACT_OK, passes.build()), "{passes:?}");
+    }
+    // Unsolicited stays unsolicited: rules only narrow what netd admits.
+    set_rules(&mut dp, &[("allow 0.0.0.0/0", None)]);
+    let stranger = Ipv4Frame::tcp("10.245.0.9", 5555, C1, 80, TCP_SYN);
+    expect_drop(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &stranger,
+        DropReason::UnsolicitedInbound,
+    );
+}

@@ -173,7 +173,7 @@ impl<H: Host> Engine<H> {
             networks: self.state.networks.len(),
             containers: self.state.containers.len(),
             published_ports: self.state.published().count(),
-            rules: self.rule_ls(),
+            user_rules: self.rule_ls(),
             repairs: self.repairs.clone(),
         })
     }

@@ -934,5 +934,5 @@ async fn user_rules_keep_their_order_persist_and_refuse_bad_ones() {
     f.driver.record.lock().unwrap().rules.clear();
     let engine = f.engine().await;
     assert_eq!(f.driver.record.lock().unwrap().rules, enforced);
-    assert_eq!(engine.status().unwrap().rules.len(), 2);
+    assert_eq!(engine.status().unwrap().user_rules.len(), 2);
 }
