@@ -64,6 +64,9 @@ pub mod programs {
     /// TC program on the uplink, egress: packets leaving the host.
     pub const TO_UPLINK: &str = "to_uplink";
 
+    /// XDP program on the uplinks: early drops, before an skb exists.
+    pub const UPLINK_XDP: &str = "uplink_xdp";
+
     /// Every TC program in the object (user space loads them all).
     pub const CLASSIFIERS: &[&str] = &[FROM_CONTAINER, FROM_UPLINK, TO_UPLINK];
 
@@ -129,7 +132,8 @@ counted_enum! {
         BadIpv4Header = 3 => "bad-ipv4-header",
         /// TCP, UDP, ICMP header or ARP body cut short (or a TCP data offset below 5).
         TruncatedL4 = 4 => "truncated-l4",
-        /// A container sent with an IP or MAC that is not its own.
+        /// A container sent with an IP or MAC that is not its own, or a
+        /// packet from outside claims a container's or a loopback source.
         SpoofedSource = 5 => "spoofed-source",
         /// Between two different netd networks (Docker's isolation stages).
         NetworkIsolation = 6 => "network-isolation",
@@ -196,8 +200,13 @@ pub struct DropEvent {
     pub src_port: [u8; 2],
     pub dst_port: [u8; 2],
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Which hook dropped it: [`HOOK_TC`] or [`HOOK_XDP`].
+    pub hook: u8,
+    pub _pad: [u8; 2],
 }
+
+pub const HOOK_TC: u8 = 0;
+pub const HOOK_XDP: u8 = 1;
 
 /// Key of `DROPS_BY_INTERFACE`: drops of one reason on one interface.
 #[repr(C)]

@@ -31,6 +31,13 @@ pub enum Lookup {
     Miss,
 }
 
+/// Whether `key` has an entry (read-only: the XDP program's question).
+#[inline(always)]
+pub fn is_tracked(key: &CtKey) -> bool {
+    // SAFETY: only the presence of the value is read.
+    unsafe { CONNTRACK.get(key).is_some() }
+}
+
 /// Finds the entry for `key` and refreshes it for a packet with `tcp_flags`.
 /// A SYN on a closing connection starts it over: in place, keeping the
 /// translation, when it comes from the side that opened the connection (a

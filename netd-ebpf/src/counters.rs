@@ -2,16 +2,17 @@
 //! hot path never contends on a shared cache line; user space sums the CPUs.
 
 use aya_ebpf::{
-    EbpfContext as _,
-    bindings::__sk_buff,
+    EbpfContext,
     macros::map,
     maps::{LruPerCpuHashMap, PerCpuArray, RingBuf},
-    programs::TcContext,
 };
 use netd_common::{DropEvent, DropKey, DropReason, PacketCounter, TrafficClass, sizes};
 use network_types::ip::Ipv4Hdr;
 
-use crate::offsets::{ETH_LEN, L4_SRC_PORT};
+use crate::{
+    offsets::{ETH_LEN, L4_SRC_PORT},
+    parse::Frame,
+};
 
 #[map(name = "TRAFFIC_COUNTERS")]
 static TRAFFIC_COUNTERS: PerCpuArray<PacketCounter> =
@@ -42,7 +43,7 @@ static DROPS_BY_INTERFACE: LruPerCpuHashMap<DropKey, u64> =
 /// Counts a drop by reason and by (interface, reason), and reports it.
 /// Dropped packets only: the forwarding path never pays for this.
 #[inline(always)]
-pub fn count_drop(ctx: &TcContext, reason: DropReason) -> DropEvent {
+pub fn count_drop<F: Frame>(ctx: &F, reason: DropReason) -> DropEvent {
     if let Some(slot) = DROP_COUNTERS.get_ptr_mut(reason as u32) {
         // SAFETY: as above.
         unsafe { *slot += 1 };
@@ -65,7 +66,7 @@ pub fn count_drop(ctx: &TcContext, reason: DropReason) -> DropEvent {
 /// One log line per drop. Pruned by the verifier unless `netd daemon
 /// --bpf-log debug` (or trace).
 #[inline(always)]
-pub fn log_drop(ctx: &TcContext, event: &DropEvent) {
+pub fn log_drop<C: EbpfContext>(ctx: &C, event: &DropEvent) {
     aya_log_ebpf::debug!(
         ctx,
         "drop reason {} on if{}: proto {} {:i} -> {:i}",
@@ -80,22 +81,21 @@ pub fn log_drop(ctx: &TcContext, event: &DropEvent) {
 /// Best-effort 5-tuple of a dropped frame (IPv4 without options assumed;
 /// fields stay zero where the frame is too short).
 #[inline(always)]
-fn report_drop(ctx: &TcContext, reason: DropReason) -> DropEvent {
-    // SAFETY: the context is the program's __sk_buff.
-    let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
+fn report_drop<F: Frame>(ctx: &F, reason: DropReason) -> DropEvent {
     let mut event = DropEvent {
         reason: reason as u32,
-        ifindex,
+        ifindex: ctx.ifindex(),
+        hook: F::HOOK,
         ..DropEvent::default()
     };
-    if let Ok(ip) = ctx.load::<Ipv4Hdr>(ETH_LEN)
+    if let Some(ip) = ctx.load::<Ipv4Hdr>(ETH_LEN)
         && ip.vihl >> 4 == 4
     {
         event.proto = ip.proto;
         event.src = ip.src_addr;
         event.dst = ip.dst_addr;
         let l4 = ETH_LEN + usize::from(ip.vihl & 0x0f) * 4;
-        if let Ok(ports) = ctx.load::<[[u8; 2]; 2]>(l4 + L4_SRC_PORT) {
+        if let Some(ports) = ctx.load::<[[u8; 2]; 2]>(l4 + L4_SRC_PORT) {
             event.src_port = ports[0];
             event.dst_port = ports[1];
         }

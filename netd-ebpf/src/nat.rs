@@ -301,7 +301,7 @@ pub fn translate_icmp_error(ctx: &TcContext, ip: &Ipv4Packet) -> Result<bool, Dr
         return Ok(false);
     }
     let inner_off = ip.l4_offset + ICMP_LEN;
-    let Some(quote) = header_at::<[u8; ICMP_ERROR_QUOTE]>(ctx, inner_off) else {
+    let Some(quote) = header_at::<[u8; ICMP_ERROR_QUOTE], _>(ctx, inner_off) else {
         return Ok(false);
     };
     // SAFETY: bounds checked by header_at.

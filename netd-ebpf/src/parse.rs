@@ -3,7 +3,11 @@
 //! Outcomes are deterministic: a frame is either parsed into a [`Packet`] or
 //! rejected with the [`DropReason`] that names the first broken header.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{__sk_buff, xdp_md},
+    programs::{TcContext, XdpContext},
+};
 use netd_common::{CtKey, DropReason};
 use network_types::{
     arp::ArpHdr,
@@ -67,10 +71,87 @@ pub enum L4 {
     Other,
 }
 
+/// What parsing needs of a hook's context: the TC programs' skb and the XDP
+/// program's frame are parsed by the same code, so both judge a packet alike.
+pub trait Frame {
+    /// The hook, as drop events name it (`netd_common::HOOK_*`).
+    const HOOK: u8;
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// The whole packet's length (an skb's payload may sit beyond the
+    /// linear part; an XDP frame is all linear).
+    fn len(&self) -> u32;
+    /// Makes the first `len` bytes directly readable, where the hook can.
+    fn pull(&self, len: u32) -> bool;
+    /// The interface the packet is on.
+    fn ifindex(&self) -> u32;
+    /// A copy of the `T` at `offset`, wherever in the packet it lies.
+    fn load<T: Copy>(&self, offset: usize) -> Option<T>;
+}
+
+impl Frame for TcContext {
+    const HOOK: u8 = netd_common::HOOK_TC;
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
+    }
+    #[inline(always)]
+    fn pull(&self, len: u32) -> bool {
+        self.pull_data(len).is_ok()
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the context is the program's __sk_buff.
+        unsafe { (*(self.as_ptr() as *const __sk_buff)).ifindex }
+    }
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        TcContext::load(self, offset).ok()
+    }
+}
+
+impl Frame for XdpContext {
+    const HOOK: u8 = netd_common::HOOK_XDP;
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+    }
+    #[inline(always)]
+    fn pull(&self, _len: u32) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the context is the program's xdp_md.
+        unsafe { (*(self.as_ptr() as *const xdp_md)).ingress_ifindex }
+    }
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        // SAFETY: bounds checked by ptr_at; unaligned, as packets are.
+        ptr_at::<T, Self>(self, offset).map(|p| unsafe { p.read_unaligned() })
+    }
+}
+
 /// Pointer to a `T` at `offset`, if the whole `T` lies inside the linear
 /// (directly readable) part of the packet.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+pub fn ptr_at<T, F: Frame>(ctx: &F, offset: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -83,12 +164,12 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
 /// beyond the linear part (e.g. paged skbs from local TCP sockets), pulls it
 /// into the linear part first. Pulling invalidates earlier pointers.
 #[inline(always)]
-pub fn header_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+pub fn header_at<T, F: Frame>(ctx: &F, offset: usize) -> Option<*const T> {
     if let Some(ptr) = ptr_at(ctx, offset) {
         return Some(ptr);
     }
     let needed = offset + core::mem::size_of::<T>();
-    if needed > ctx.len() as usize || ctx.pull_data(needed as u32).is_err() {
+    if needed > ctx.len() as usize || !ctx.pull(needed as u32) {
         return None;
     }
     ptr_at(ctx, offset)
@@ -96,14 +177,14 @@ pub fn header_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
 
 /// Source MAC of the frame.
 #[inline(always)]
-pub fn src_mac(ctx: &TcContext) -> Result<[u8; 6], DropReason> {
+pub fn src_mac<F: Frame>(ctx: &F) -> Result<[u8; 6], DropReason> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(DropReason::TruncatedEthernet)?;
     // SAFETY: bounds checked by ptr_at.
     Ok(unsafe { (*eth).src_addr })
 }
 
 #[inline(always)]
-pub fn parse_frame(ctx: &TcContext) -> Result<Packet, DropReason> {
+pub fn parse_frame<F: Frame>(ctx: &F) -> Result<Packet, DropReason> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(DropReason::TruncatedEthernet)?;
     // SAFETY: bounds checked by ptr_at/header_at.
     let ether_type = unsafe { (*eth).ether_type };
@@ -120,7 +201,7 @@ pub fn parse_frame(ctx: &TcContext) -> Result<Packet, DropReason> {
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4Packet, DropReason> {
+fn parse_ipv4<F: Frame>(ctx: &F) -> Result<Ipv4Packet, DropReason> {
     let ip: *const Ipv4Hdr = header_at(ctx, ETH_LEN).ok_or(DropReason::TruncatedIpv4)?;
     // SAFETY: bounds checked by ptr_at/header_at.
     let ip = unsafe { &*ip };
@@ -160,7 +241,7 @@ fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4Packet, DropReason> {
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &TcContext, proto: u8, offset: usize, room: usize) -> Result<L4, DropReason> {
+fn parse_l4<F: Frame>(ctx: &F, proto: u8, offset: usize, room: usize) -> Result<L4, DropReason> {
     match proto {
         IPPROTO_TCP => {
             let hdr: *const TcpHdr = header_at(ctx, offset).ok_or(DropReason::TruncatedL4)?;

@@ -60,6 +60,16 @@ pub fn check_source(
     }
 }
 
+/// A packet from outside cannot come from one of this host's containers or
+/// from a loopback address: such a source is forged.
+#[inline(always)]
+pub fn check_outside_source(src: Ipv4) -> Result<(), DropReason> {
+    if src[0] == 127 || endpoint(src).is_some() {
+        return Err(DropReason::SpoofedSource);
+    }
+    Ok(())
+}
+
 /// Docker's FORWARD-chain decisions for a packet a container sends to `dst`
 /// (`local`: a host address, as the caller found). Traffic to the host
 /// itself is allowed, as Docker leaves INPUT alone. Returns `dst`'s network,

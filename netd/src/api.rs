@@ -404,6 +404,10 @@ pub struct Programs {
     /// `tcx` or `clsact`.
     pub attach: crate::features::TcAttachMode,
     pub tc: Vec<String>,
+    /// `uplink_xdp`'s mode on each uplink that has it (none: `--xdp off`,
+    /// or no XDP there).
+    #[serde(default)]
+    pub xdp: BTreeMap<String, crate::bpf::XdpMode>,
     pub cgroup: Vec<String>,
     pub container_links: usize,
 }
@@ -455,6 +459,9 @@ pub enum MonitorEvent {
 pub struct DropRecord {
     pub reason: String,
     pub interface: String,
+    /// `tc`, or `xdp` when dropped before the kernel built an skb.
+    #[serde(default)]
+    pub hook: String,
     pub proto: u8,
     pub src: String,
     pub dst: String,

@@ -13,10 +13,11 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp,
         cgroup_sock_addr::CgroupSockAddrLink,
         links::{FdLink, Link as _, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttach, TcHandle},
+        xdp::XdpMode as XdpAttachMode,
     },
 };
 use netd_common::{
@@ -24,6 +25,26 @@ use netd_common::{
     NetworkInfo, PacketCounter, PortKey, RoutedKey, RuleKey, RuleVerdict, TrafficClass, UplinkInfo,
     maps, programs, routed_key, sizes,
 };
+
+/// How the XDP program runs on an uplink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver, before any skb exists (veth, most physical NICs).
+    Native,
+    /// In the core, after the skb is built (any interface).
+    Generic,
+}
+
+/// Which XDP mode to use: `auto` tries native, then generic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpSetting {
+    Auto,
+    Native,
+    Generic,
+    /// No XDP program: `from_uplink` alone decides (the bench's TC-only).
+    Off,
+}
 
 /// The object built from `netd-ebpf` by `build.rs`.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netd"));
@@ -67,6 +88,8 @@ pub struct Datapath {
     tc_mode: TcAttachMode,
     /// Unpinned `from_container` links by interface, for detaching.
     container_links: std::collections::HashMap<String, SchedClassifierLinkId>,
+    /// Unpinned XDP links by interface (without a pin directory).
+    xdp_links: std::collections::HashMap<String, aya::programs::xdp::XdpLinkId>,
     /// The BPF programs' log records, when `--bpf-log` enabled them.
     logger: Option<BpfLogs>,
 }
@@ -167,6 +190,9 @@ impl Datapath {
                 .load()
                 .with_context(|| format!("verifier rejected BPF program {name}"))?;
         }
+        xdp_program(&mut ebpf)?
+            .load()
+            .with_context(|| format!("verifier rejected BPF program {}", programs::UPLINK_XDP))?;
         let logger = match log {
             BpfLog::Off => None,
             _ => Some(BpfLogs(
@@ -179,6 +205,7 @@ impl Datapath {
             pin_dir,
             tc_mode: features.tc_attach.uses,
             container_links: Default::default(),
+            xdp_links: Default::default(),
             logger,
         })
     }
@@ -191,6 +218,11 @@ impl Datapath {
     /// A loaded TC program, e.g. to run it through `BPF_PROG_TEST_RUN`.
     pub fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier> {
         classifier(&mut self.ebpf, name)
+    }
+
+    /// The loaded XDP program, e.g. to run it through `BPF_PROG_TEST_RUN`.
+    pub fn xdp(&mut self) -> Result<&mut Xdp> {
+        xdp_program(&mut self.ebpf)
     }
 
     /// Attaches `from_container` (ingress) to the host side of a container
@@ -241,9 +273,69 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attaches the XDP program to an uplink in the mode `setting` asks
+    /// (auto: native where the driver has it, else generic); returns the
+    /// mode. A previous run's link is replaced: XDP only drops early what
+    /// `from_uplink` drops anyway, so the moment without it changes no
+    /// verdict.
+    pub fn attach_xdp(&mut self, iface: &str, setting: XdpSetting) -> Result<XdpMode> {
+        self.detach_xdp(iface)?;
+        let pin = self
+            .pin_dir
+            .as_ref()
+            .map(|d| d.join("links").join(format!("uplink-xdp-{iface}")));
+        let name = CString::new(iface).context("interface name contains NUL")?;
+        let name = name.as_c_str();
+        let prog = xdp_program(&mut self.ebpf)?;
+        let context = || format!("attaching {} to {iface}", programs::UPLINK_XDP);
+        let (id, mode) = match setting {
+            XdpSetting::Generic => (prog.attach(name, XdpAttachMode::Skb), XdpMode::Generic),
+            _ => match prog.attach(name, XdpAttachMode::Driver) {
+                Ok(id) => (Ok(id), XdpMode::Native),
+                Err(err) if setting == XdpSetting::Native => (Err(err), XdpMode::Native),
+                Err(_) => (prog.attach(name, XdpAttachMode::Skb), XdpMode::Generic),
+            },
+        };
+        let id = id.with_context(context)?;
+        match pin {
+            Some(pin) => FdLink::try_from(prog.take_link(id)?)
+                .with_context(context)?
+                .pin(pin)
+                .map(drop)
+                .with_context(context)?,
+            None => {
+                self.xdp_links.insert(iface.to_owned(), id);
+            }
+        }
+        Ok(mode)
+    }
+
+    /// Whether the XDP link of `iface` is pinned (true without pins: the
+    /// link is ours while we run).
+    pub fn xdp_pinned(&self, iface: &str) -> bool {
+        self.pin_dir
+            .as_ref()
+            .is_none_or(|d| d.join("links").join(format!("uplink-xdp-{iface}")).exists())
+    }
+
+    /// Takes the XDP program off `iface` (nothing to do where it is not).
+    pub fn detach_xdp(&mut self, iface: &str) -> Result<()> {
+        if let Some(id) = self.xdp_links.remove(iface) {
+            let _ = xdp_program(&mut self.ebpf)?.detach(id);
+        }
+        if let Some(dir) = &self.pin_dir {
+            match std::fs::remove_file(dir.join("links").join(format!("uplink-xdp-{iface}"))) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err.into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Takes the programs off an interface that is no longer an uplink (or
     /// is gone): its pins (TCX) or its filters (clsact).
     pub fn detach_uplink(&mut self, iface: &str) -> Result<()> {
+        self.detach_xdp(iface)?;
         if let Some(dir) = &self.pin_dir {
             for pin in [format!("uplink-in-{iface}"), format!("uplink-out-{iface}")] {
                 match std::fs::remove_file(dir.join("links").join(pin)) {
@@ -280,6 +372,7 @@ impl Datapath {
             .filter_map(|name| {
                 name.strip_prefix("uplink-in-")
                     .or_else(|| name.strip_prefix("uplink-out-"))
+                    .or_else(|| name.strip_prefix("uplink-xdp-"))
                     .map(str::to_owned)
             })
             .collect();
@@ -1112,6 +1205,14 @@ fn getsockopt_u64(socket: &impl std::os::fd::AsRawFd, option: libc::c_int) -> st
         return Err(std::io::Error::last_os_error());
     }
     Ok(value)
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let name = programs::UPLINK_XDP;
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("BPF program {name} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("BPF program {name} is not an XDP program"))
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {

@@ -48,6 +48,7 @@ pub struct Options {
     /// eBPF: redirect containers' outbound packets to the uplink (past the
     /// host's netfilter), or let them take the stack.
     pub fast_path: bool,
+    pub xdp: crate::bpf::XdpSetting,
 }
 
 const CONNTRACK_GC_INTERVAL: Duration = Duration::from_secs(10);
@@ -77,6 +78,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 features,
                 opts.bpf_log,
                 opts.fast_path,
+                opts.xdp,
             )?)
         }
         DatapathKind::Iptables => Box::new(IptablesDriver::start(&host_info)?),
@@ -285,6 +287,11 @@ async fn read_drop_events(
             let _ = events.send(MonitorEvent::Drop(DropRecord {
                 reason: reason.to_owned(),
                 interface,
+                hook: match event.hook {
+                    netd_common::HOOK_XDP => "xdp",
+                    _ => "tc",
+                }
+                .to_owned(),
                 proto: event.proto,
                 src: format!("{}:{}", Ipv4Addr::from(event.src), port(event.src_port)),
                 dst: format!("{}:{}", Ipv4Addr::from(event.dst), port(event.dst_port)),

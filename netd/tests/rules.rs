@@ -2,7 +2,10 @@
 //! datapaths: refusals that change nothing, the drop seen where it was
 //! decided, and rules in force without a gap across kill -9 and restart.
 
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use netd_testbed::{
     daemon_host::{DaemonHost, HOST_IP, OUTSIDE_IP},
@@ -38,8 +41,32 @@ fn rule_drops(h: &DaemonHost, datapath: &str) -> u64 {
         .sum()
 }
 
-fn check(datapath: &str) {
-    let mut h = DaemonHost::start(NETD, &["--datapath", datapath]);
+/// Waits for the monitor's first drop with `reason`; returns its hook.
+fn hook_of_next_drop(
+    events: &std::sync::mpsc::Receiver<netd::api::MonitorEvent>,
+    reason: &str,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let event = events
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a drop event");
+        if let netd::api::MonitorEvent::Drop(drop) = event
+            && drop.reason == reason
+        {
+            return drop.hook;
+        }
+    }
+}
+
+/// `xdp`: the mode the uplink's XDP program must be in, None for no XDP.
+fn check(datapath: &str, flags: &[&str], xdp: Option<&str>) {
+    let args: Vec<&str> = ["--datapath", datapath]
+        .iter()
+        .chain(flags)
+        .copied()
+        .collect();
+    let mut h = DaemonHost::start(NETD, &args);
     let web = h.name("web");
     h.ok(&["container", "create", &web, "-p", "8080:80"]);
     let _server = EchoServer::tcp(&h.ctr("web"), addr("172.17.0.2:80"), "{peer}").unwrap();
@@ -129,12 +156,24 @@ fn check(datapath: &str) {
     h.refused(&["rule", "rm", "999"], "no rule with ID 999");
 }
 
+/// With XDP in its default mode (native, on veth) the rule's drops come
+/// before any skb; with `--xdp off`, from the TC program; both alike.
 #[test]
 fn ebpf_rules_refuse_bad_input_and_stay_in_force_across_kill_and_restart() {
-    check("ebpf");
+    check("ebpf", &[], Some("native"));
+}
+
+#[test]
+fn ebpf_rules_without_xdp_drop_in_tc() {
+    check("ebpf", &["--xdp", "off"], None);
+}
+
+#[test]
+fn ebpf_rules_with_generic_xdp() {
+    check("ebpf", &["--xdp", "generic"], Some("generic"));
 }
 
 #[test]
 fn iptables_rules_refuse_bad_input_and_stay_in_force_across_kill_and_restart() {
-    check("iptables");
+    check("iptables", &[], None);
 }

@@ -14,6 +14,25 @@ pub fn run_classifier(dp: &mut Datapath, program: &str, frame: &[u8]) -> Result<
     test_run(dp, program, frame, None)
 }
 
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// Runs the XDP program once on `frame` (as if received on loopback);
+/// returns (verdict, output frame).
+pub fn run_xdp(dp: &mut Datapath, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = dp
+        .xdp()?
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
+        .with_context(|| format!("XDP test run on {} bytes", frame.len()))?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out))
+}
+
 /// Offset of `mark` in `struct __sk_buff` (after `len` and `pkt_type`).
 const SKB_MARK_OFFSET: usize = 8;
 /// Room for the kernel's whole `struct __sk_buff` on the way out.

@@ -12,7 +12,10 @@ use netd_common::{
 };
 use netd_testbed::{
     packet::{self, Ipv4Frame, L4, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_SYN, ip},
-    testrun::{TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX, run_classifier, run_classifier_with_mark},
+    testrun::{
+        TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX, XDP_DROP, XDP_PASS, run_classifier,
+        run_classifier_with_mark, run_xdp,
+    },
 };
 
 const HOST: &str = "198.51.100.1";
@@ -917,5 +920,161 @@ fn user_rules_decide_what_routed_sources_open() {
         programs::FROM_UPLINK,
         &stranger,
         DropReason::UnsolicitedInbound,
+    );
+}
+
+/// Every drop reason's count, to see which one a run added.
+fn drop_snapshot(dp: &Datapath) -> Vec<u64> {
+    DropReason::ALL.iter().map(|r| drops(dp, *r)).collect()
+}
+
+/// The reason a run added to the counters (None: nothing dropped).
+fn dropped_since(dp: &Datapath, before: &[u64]) -> Option<DropReason> {
+    let after = drop_snapshot(dp);
+    let grew: Vec<DropReason> = DropReason::ALL
+        .iter()
+        .zip(before.iter().zip(&after))
+        .filter(|(_, (b, a))| a > b)
+        .map(|(r, _)| *r)
+        .collect();
+    assert!(grew.len() <= 1, "one run, one drop: {grew:?}");
+    grew.first().copied()
+}
+
+/// The XDP program never drops what `from_uplink` would deliver: over the
+/// same packets (malformed, spoofed, to published ports with and without
+/// the user's rules, to container addresses routed and not, tracked flows,
+/// ICMP errors, the host's own traffic) every XDP drop is a drop of
+/// `from_uplink` with the same reason, XDP never changes a byte, and it
+/// does drop each kind of packet it is meant to.
+#[test]
+fn xdp_drops_only_what_from_uplink_drops_and_changes_nothing() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE | NET_ROUTED);
+    dp.insert_routed_cidr(1, ip("10.244.0.0"), 16).unwrap();
+    publish_tcp_8080(&mut dp, C1);
+    set_rules(
+        &mut dp,
+        &[
+            ("deny 192.0.2.0/24 tcp 8080", None),
+            ("deny 10.244.9.0/24", Some(1)),
+        ],
+    );
+    let syn = |src: &str, dst: &str, port: u16| Ipv4Frame::tcp(src, 5555, dst, port, TCP_SYN);
+    let mut frames: Vec<(&str, Vec<u8>)> = vec![
+        ("published port", syn(CLIENT, HOST, 8080).build()),
+        (
+            "its next segment",
+            Ipv4Frame::tcp(CLIENT, 5555, HOST, 8080, TCP_ACK).build(),
+        ),
+        (
+            "published port, denied source",
+            syn("192.0.2.7", HOST, 8080).build(),
+        ),
+        (
+            "published port, SYN-ACK opens nothing",
+            Ipv4Frame::tcp("192.0.2.7", 1, HOST, 8080, TCP_SYN | TCP_ACK).build(),
+        ),
+        ("host's own port", syn("192.0.2.7", HOST, 22).build()),
+        ("gateway address", syn(CLIENT, "172.18.0.1", 80).build()),
+        ("forwarded elsewhere", syn(CLIENT, "192.0.2.99", 80).build()),
+        ("container address", syn(CLIENT, C1, 80).build()),
+        (
+            "container address, UDP",
+            Ipv4Frame::udp(CLIENT, 5, C1, 53, b"q").build(),
+        ),
+        (
+            "container address, ping",
+            Ipv4Frame::icmp_echo(CLIENT, C1, 7, 1).build(),
+        ),
+        ("routed pod", syn("10.244.2.7", C1, 80).build()),
+        (
+            "routed pod, denied by rule",
+            syn("10.244.9.7", C1, 80).build(),
+        ),
+        (
+            "routed pod, reply",
+            Ipv4Frame::tcp("10.244.9.7", 80, C1, 4000, TCP_SYN | TCP_ACK).build(),
+        ),
+        ("spoofed container source", syn(C2, HOST, 8080).build()),
+        (
+            "spoofed loopback source",
+            syn("127.0.0.9", HOST, 8080).build(),
+        ),
+        (
+            "loopback destination",
+            syn(CLIENT, "127.0.0.1", 8080).build(),
+        ),
+        (
+            "ICMP error to a container",
+            icmp_error(CLIENT, C1, 3, 4, &syn(C1, CLIENT, 80)).build(),
+        ),
+        ("ARP", packet::arp_request([2, 0, 0, 0, 0, 9], CLIENT, HOST)),
+    ];
+    let mut fragment = Ipv4Frame::tcp(CLIENT, 5556, HOST, 8080, TCP_SYN);
+    fragment.frag = 0x2000;
+    frames.push(("fragment to a published port", fragment.build()));
+    let mut later = Ipv4Frame::udp(CLIENT, 5, C1, 53, b"xxxxxxxx");
+    later.frag = 0x0002;
+    frames.push(("later fragment to a container", later.build()));
+    let tcp = syn(CLIENT, HOST, 8080).build();
+    let mut bad_version = tcp.clone();
+    bad_version[packet::ETH_LEN] = 0x65;
+    frames.push(("IP version 6 in an IPv4 frame", bad_version));
+    let mut short_ihl = tcp.clone();
+    short_ihl[packet::ETH_LEN] = 0x44;
+    frames.push(("IHL below 5", short_ihl));
+    let mut total_too_long = tcp.clone();
+    total_too_long[packet::ETH_LEN + 2..packet::ETH_LEN + 4]
+        .copy_from_slice(&1500u16.to_be_bytes());
+    frames.push(("total length past the frame", total_too_long));
+    let mut tiny_data_offset = tcp.clone();
+    tiny_data_offset[packet::ETH_LEN + packet::IPV4_LEN + 12] = 0x40;
+    frames.push(("TCP data offset below 5", tiny_data_offset));
+    let mut cut_tcp = tcp[..packet::ETH_LEN + packet::IPV4_LEN + 12].to_vec();
+    cut_tcp[packet::ETH_LEN + 2..packet::ETH_LEN + 4].copy_from_slice(&32u16.to_be_bytes());
+    frames.push(("TCP header cut short", cut_tcp));
+    let mut ipv6 = packet::ethernet_header(
+        [2, 0, 0, 0, 0, 2],
+        [2, 0, 0, 0, 0, 1],
+        packet::ETHERTYPE_IPV6,
+    );
+    ipv6.extend_from_slice(&[0x60; 40]);
+    frames.push(("IPv6", ipv6));
+
+    let mut xdp_dropped = std::collections::BTreeSet::new();
+    for (what, frame) in &frames {
+        let before = drop_snapshot(&dp);
+        let (xdp_verdict, xdp_out) = run_xdp(&mut dp, frame).unwrap();
+        let xdp_reason = dropped_since(&dp, &before);
+        assert_eq!(&xdp_out, frame, "{what}: XDP changed the frame");
+        let before = drop_snapshot(&dp);
+        let (tc_verdict, _) = run_classifier(&mut dp, programs::FROM_UPLINK, frame).unwrap();
+        let tc_reason = dropped_since(&dp, &before);
+        match xdp_verdict {
+            XDP_DROP => {
+                assert_eq!(
+                    tc_verdict, TC_ACT_SHOT,
+                    "{what}: XDP dropped what TC passes"
+                );
+                assert_eq!(xdp_reason, tc_reason, "{what}: a drop for another reason");
+                xdp_dropped.insert(xdp_reason.unwrap().label());
+            }
+            XDP_PASS => assert_eq!(xdp_reason, None, "{what}"),
+            other => panic!("{what}: XDP verdict {other}"),
+        }
+    }
+    let expected = [
+        "bad-ipv4-header",
+        "fragment-needs-nat",
+        "loopback-from-outside",
+        "spoofed-source",
+        "truncated-l4",
+        "unsolicited-inbound",
+        "user-rule",
+    ];
+    assert_eq!(
+        xdp_dropped,
+        expected.into_iter().collect(),
+        "what XDP drops early"
     );
 }

@@ -58,6 +58,11 @@ pub struct DaemonArgs {
     /// Service DNAT on a Kubernetes node).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     fast_path: bool,
+    /// eBPF: the XDP program on the uplinks, dropping before any skb is
+    /// built what the TC programs would drop: `auto` (native where the
+    /// driver has it, else generic), `native`, `generic`, or `off`.
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp: netd::bpf::XdpSetting,
     /// Log lines as text or as JSON objects (for log shippers).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -84,6 +89,7 @@ pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<()> {
         bpf_log: args.bpf_log,
         docker_plugin: args.docker_plugin.then_some(args.docker_plugin_socket),
         fast_path: args.fast_path,
+        xdp: args.xdp,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

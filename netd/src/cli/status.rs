@@ -63,8 +63,8 @@ pub fn monitor(client: &Client, format: Format) -> Result<()> {
     let events = client.monitor()?;
     if let Format::Table = format {
         println!(
-            "{:<22} {:<14} {:<5} {:<22} DESTINATION",
-            "REASON", "INTERFACE", "PROTO", "SOURCE"
+            "{:<22} {:<14} {:<4} {:<5} {:<22} DESTINATION",
+            "REASON", "INTERFACE", "HOOK", "PROTO", "SOURCE"
         );
     }
     for event in events {
@@ -72,8 +72,8 @@ pub fn monitor(client: &Client, format: Format) -> Result<()> {
         match (format, &event) {
             (Format::Json, _) => println!("{}", serde_json::to_string(&event)?),
             (Format::Table, MonitorEvent::Drop(e)) => println!(
-                "{:<22} {:<14} {:<5} {:<22} {}",
-                e.reason, e.interface, e.proto, e.src, e.dst
+                "{:<22} {:<14} {:<4} {:<5} {:<22} {}",
+                e.reason, e.interface, e.hook, e.proto, e.src, e.dst
             ),
             (Format::Table, MonitorEvent::Lost { lost_events }) => {
                 println!("({lost_events} events lost: the monitor fell behind)")

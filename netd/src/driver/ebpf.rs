@@ -15,7 +15,7 @@ use netd_common::{
 use super::{ConntrackRow, DatapathMetrics, FirewallDriver, HostInfo};
 use crate::{
     api::{DatapathStatus, EbpfStatus, MapUse, Programs, Traffic},
-    bpf::{Datapath, DropEvents, monotonic_ns},
+    bpf::{Datapath, DropEvents, XdpMode, XdpSetting, monotonic_ns},
     features::{Features, TcAttachMode},
     state::{Attachment, Network, PublishedPort},
 };
@@ -43,6 +43,9 @@ pub struct EbpfDriver {
     rule_classes: u32,
     /// The host as last told (for the config the rules rewrite).
     host: HostInfo,
+    /// Which XDP mode the uplinks get, and the mode each one has.
+    xdp: XdpSetting,
+    xdp_modes: BTreeMap<String, XdpMode>,
 }
 
 impl EbpfDriver {
@@ -53,6 +56,7 @@ impl EbpfDriver {
         features: Features,
         log: crate::bpf::BpfLog,
         fast_path: bool,
+        xdp: XdpSetting,
     ) -> Result<Self> {
         features.require_minimum()?;
         super::set_bridge_netfilter(false)?;
@@ -84,6 +88,8 @@ impl EbpfDriver {
             rules: Vec::new(),
             rule_classes,
             host: host.clone(),
+            xdp,
+            xdp_modes: BTreeMap::new(),
         };
         // One uplink that cannot be attached is reported, not fatal.
         if let Err(err) = driver.host_changed(host) {
@@ -137,6 +143,7 @@ impl EbpfDriver {
                     errors.push(format!("{name}: {err:#}"));
                 }
                 self.uplinks.remove(&name);
+                self.xdp_modes.remove(&name);
             }
         }
         for uplink in &host.uplinks {
@@ -149,6 +156,9 @@ impl EbpfDriver {
                         errors.push(format!("{}: {err:#}", uplink.name));
                         continue;
                     }
+                }
+                if let Err(err) = self.attach_xdp(&uplink.name) {
+                    errors.push(format!("{} (XDP): {err:#}", uplink.name));
                 }
             }
             let info = UplinkInfo {
@@ -171,6 +181,28 @@ impl EbpfDriver {
             anyhow::bail!("attaching to uplinks: {}", errors.join("; "));
         }
         Ok(())
+    }
+
+    /// The XDP program on one uplink, as the setting asks. `auto` is never
+    /// an error: an uplink whose driver takes no XDP at all (none does
+    /// not take generic) keeps the TC programs alone, as status shows.
+    fn attach_xdp(&mut self, iface: &str) -> Result<()> {
+        self.xdp_modes.remove(iface);
+        if self.xdp == XdpSetting::Off {
+            return self.datapath.detach_xdp(iface);
+        }
+        match self.datapath.attach_xdp(iface, self.xdp) {
+            Ok(mode) => {
+                tracing::debug!(iface, ?mode, "XDP attached");
+                self.xdp_modes.insert(iface.to_owned(), mode);
+                Ok(())
+            }
+            Err(err) if self.xdp == XdpSetting::Auto => {
+                tracing::warn!(iface, err = format!("{err:#}"), "no XDP on this uplink");
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// `LOCAL_ADDRS`: every address of the host, the gateways, 127.0.0.1.
@@ -360,9 +392,14 @@ impl FirewallDriver for EbpfDriver {
     /// daemon re-declares its endpoints).
     fn repair(&mut self) -> Result<Vec<String>> {
         let uplinks: Vec<String> = self.uplinks.keys().cloned().collect();
-        Ok(self
-            .datapath
-            .repair_pins(&uplinks)?
+        let mut restored = self.datapath.repair_pins(&uplinks)?;
+        for iface in self.xdp_modes.keys().cloned().collect::<Vec<_>>() {
+            if !self.datapath.xdp_pinned(&iface) {
+                self.attach_xdp(&iface)?;
+                restored.push(format!("XDP program on {iface}"));
+            }
+        }
+        Ok(restored
             .into_iter()
             .map(|what| format!("restored {what}"))
             .collect())
@@ -580,6 +617,11 @@ impl FirewallDriver for EbpfDriver {
                 tc: programs::CLASSIFIERS
                     .iter()
                     .map(|p| p.to_string())
+                    .collect(),
+                xdp: self
+                    .xdp_modes
+                    .iter()
+                    .map(|(iface, mode)| (iface.clone(), *mode))
                     .collect(),
                 cgroup: programs::SOCK_HOOKS.iter().map(|p| p.to_string()).collect(),
                 container_links: self.endpoints.len(),
