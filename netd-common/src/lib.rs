@@ -44,6 +44,9 @@ pub mod sizes {
     /// Bytes of the drop-event ring buffer (`netd monitor`); when it is full,
     /// events are lost, the drop counters still count.
     pub const DROP_EVENTS_BYTES: u32 = 256 * 1024;
+    /// Drop events each CPU may send per window (10 ms): 10,000 a second.
+    pub const DROP_EVENTS_PER_WINDOW: u32 = 100;
+    pub const DROP_EVENTS_WINDOW_NS: u64 = 10_000_000;
     /// (interface, drop reason) pairs counted (LRU: interfaces that are
     /// gone make room for new ones).
     pub const DROPS_BY_INTERFACE: u32 = 8192;
@@ -203,6 +206,20 @@ pub struct DropEvent {
     /// Which hook dropped it: [`HOOK_TC`] or [`HOOK_XDP`].
     pub hook: u8,
     pub _pad: [u8; 2],
+    /// Drops on this CPU whose events were left out (over the budget,
+    /// see `sizes::DROP_EVENTS_PER_WINDOW`) since the event before.
+    pub suppressed: u32,
+}
+
+/// Per-CPU budget of drop events: a flood is counted in full, but its
+/// events are sampled so the ring and its reader do not cost more than the
+/// drops themselves.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct EventBudget {
+    pub window_start_ns: u64,
+    pub sent: u32,
+    pub suppressed: u32,
 }
 
 pub const HOOK_TC: u8 = 0;
@@ -463,7 +480,8 @@ pub struct CtEntry {
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<PacketCounter>() == 16);
-    assert!(size_of::<DropEvent>() == 24);
+    assert!(size_of::<DropEvent>() == 28);
+    assert!(size_of::<EventBudget>() == 16);
     assert!(size_of::<DropKey>() == 8);
     assert!(size_of::<Config>() == 24);
     assert!(size_of::<UplinkInfo>() == 8);

@@ -1,12 +1,15 @@
 //! Per-CPU counters: traffic by class and drops by reason. Per-CPU so the
 //! hot path never contends on a shared cache line; user space sums the CPUs.
 
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{
     EbpfContext,
     macros::map,
     maps::{LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
-use netd_common::{DropEvent, DropKey, DropReason, PacketCounter, TrafficClass, sizes};
+use netd_common::{
+    DropEvent, DropKey, DropReason, EventBudget, PacketCounter, TrafficClass, sizes,
+};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
@@ -35,6 +38,32 @@ pub fn count_traffic(class: TrafficClass, bytes: u32) {
 /// Drop events for `netd monitor` (only dropped packets pay for this).
 #[map(name = "DROP_EVENTS")]
 static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(sizes::DROP_EVENTS_BYTES, 0);
+
+/// Each CPU's drop-event budget (one slot per CPU).
+#[map]
+static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether this drop may send an event; counts the ones that may not.
+/// Returns the drops left out since the last event sent.
+#[inline(always)]
+fn take_event_budget() -> Option<u32> {
+    let budget = EVENT_BUDGET.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+    let budget = unsafe { &mut *budget };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(budget.window_start_ns) > sizes::DROP_EVENTS_WINDOW_NS {
+        budget.window_start_ns = now;
+        budget.sent = 0;
+    }
+    if budget.sent >= sizes::DROP_EVENTS_PER_WINDOW {
+        budget.suppressed += 1;
+        return None;
+    }
+    budget.sent += 1;
+    let suppressed = budget.suppressed;
+    budget.suppressed = 0;
+    Some(suppressed)
+}
 
 #[map(name = "DROPS_BY_INTERFACE")]
 static DROPS_BY_INTERFACE: LruPerCpuHashMap<DropKey, u64> =
@@ -100,6 +129,9 @@ fn report_drop<F: Frame>(ctx: &F, reason: DropReason) -> DropEvent {
             event.dst_port = ports[1];
         }
     }
-    let _ = DROP_EVENTS.output(&event, 0);
+    if let Some(suppressed) = take_event_budget() {
+        event.suppressed = suppressed;
+        let _ = DROP_EVENTS.output(&event, 0);
+    }
     event
 }

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::state::{Attachment, Container, Network, NetworkMode, PublishedPort};
 
 /// Requests larger than this are refused (and the connection closed).
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// (Large enough for `netd rule load` with ten thousands of rules.)
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_SOCKET: &str = "/run/netd/netd.sock";
 
 /// `netd network create` options; unset ones take Docker's defaults.
@@ -146,6 +147,10 @@ pub enum Request {
         id: u32,
     },
     RuleLs,
+    /// Replaces every user rule with `rules`, in one step (all or nothing).
+    RuleLoad {
+        rules: Vec<crate::rule::UserRule>,
+    },
 }
 
 impl Request {
@@ -175,6 +180,7 @@ impl Request {
             Self::RuleAdd(_) => "rule_add",
             Self::RuleRm { .. } => "rule_rm",
             Self::RuleLs => "rule_ls",
+            Self::RuleLoad { .. } => "rule_load",
         }
     }
 
@@ -195,6 +201,7 @@ impl Request {
                 | Self::CniGc { .. }
                 | Self::RuleAdd(_)
                 | Self::RuleRm { .. }
+                | Self::RuleLoad { .. }
         )
     }
 }
@@ -404,10 +411,9 @@ pub struct Programs {
     /// `tcx` or `clsact`.
     pub attach: crate::features::TcAttachMode,
     pub tc: Vec<String>,
-    /// `uplink_xdp`'s mode on each uplink that has it (none: `--xdp off`,
-    /// or no XDP there).
+    /// `uplink_xdp` on each uplink: `native`, `generic`, or `off (why)`.
     #[serde(default)]
-    pub xdp: BTreeMap<String, crate::bpf::XdpMode>,
+    pub xdp: BTreeMap<String, String>,
     pub cgroup: Vec<String>,
     pub container_links: usize,
 }
@@ -449,7 +455,8 @@ pub struct ConntrackRow {
 #[serde(untagged)]
 pub enum MonitorEvent {
     Drop(DropRecord),
-    /// The monitor fell behind and skipped this many events.
+    /// This many drops were not shown: the datapath samples its events
+    /// past a budget (10,000 a second per CPU), or the monitor fell behind.
     Lost {
         lost_events: u64,
     },

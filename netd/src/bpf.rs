@@ -36,7 +36,9 @@ pub enum XdpMode {
     Generic,
 }
 
-/// Which XDP mode to use: `auto` tries native, then generic.
+/// Which XDP mode to use: `auto` is native on NICs whose driver has it,
+/// and none on virtual links (the driver decides which, see
+/// `EbpfDriver::attach_xdp`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpSetting {
     Auto,
@@ -274,8 +276,7 @@ impl Datapath {
     }
 
     /// Attaches the XDP program to an uplink in the mode `setting` asks
-    /// (auto: native where the driver has it, else generic); returns the
-    /// mode. A previous run's link is replaced: XDP only drops early what
+    /// (auto: native); returns the mode. A previous run's link is replaced: XDP only drops early what
     /// `from_uplink` drops anyway, so the moment without it changes no
     /// verdict.
     pub fn attach_xdp(&mut self, iface: &str, setting: XdpSetting) -> Result<XdpMode> {
@@ -290,11 +291,7 @@ impl Datapath {
         let context = || format!("attaching {} to {iface}", programs::UPLINK_XDP);
         let (id, mode) = match setting {
             XdpSetting::Generic => (prog.attach(name, XdpAttachMode::Skb), XdpMode::Generic),
-            _ => match prog.attach(name, XdpAttachMode::Driver) {
-                Ok(id) => (Ok(id), XdpMode::Native),
-                Err(err) if setting == XdpSetting::Native => (Err(err), XdpMode::Native),
-                Err(_) => (prog.attach(name, XdpAttachMode::Skb), XdpMode::Generic),
-            },
+            _ => (prog.attach(name, XdpAttachMode::Driver), XdpMode::Native),
         };
         let id = id.with_context(context)?;
         match pin {

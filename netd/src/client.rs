@@ -186,6 +186,10 @@ impl Client {
         self.call(&Request::RuleRm { id })
     }
 
+    pub fn rule_load(&self, rules: Vec<crate::rule::UserRule>) -> Result<Vec<RuleEntry>> {
+        self.call(&Request::RuleLoad { rules })
+    }
+
     pub fn rule_ls(&self) -> Result<Vec<RuleEntry>> {
         self.call(&Request::RuleLs)
     }

@@ -281,6 +281,10 @@ async fn read_drop_events(
                     name
                 }
             };
+            if event.suppressed > 0 {
+                let lost_events = u64::from(event.suppressed);
+                let _ = events.send(MonitorEvent::Lost { lost_events });
+            }
             let reason =
                 netd_common::DropReason::from_u32(event.reason).map_or("unknown", |r| r.label());
             let port = |p: [u8; 2]| u16::from_be_bytes(p);

@@ -225,6 +225,7 @@ impl Host for NetlinkHost {
                     name: link.name,
                     ifindex: link.index,
                     mtu: link.mtu,
+                    kind: link.kind,
                 });
             }
         }

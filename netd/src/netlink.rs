@@ -32,6 +32,8 @@ pub struct LinkDetails {
     pub bridge: bool,
     /// A port of some bridge (or bond, …).
     pub enslaved: bool,
+    /// The kind of a virtual link (`veth`, `vxlan`, …); none for a NIC.
+    pub kind: Option<String>,
 }
 
 /// An rtnetlink connection bound to one network namespace.
@@ -357,6 +359,10 @@ impl Netlink {
                         details.bridge = infos
                             .iter()
                             .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
+                        details.kind = infos.iter().find_map(|i| match i {
+                            LinkInfo::Kind(kind) => Some(kind.to_string()),
+                            _ => None,
+                        });
                     }
                     _ => {}
                 }

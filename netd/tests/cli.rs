@@ -245,7 +245,7 @@ fn malformed_requests_get_an_error_and_the_daemon_keeps_serving() {
         assert_eq!(reply["ok"], false, "{reply}");
     }
     let mut s = UnixStream::connect(h.socket()).unwrap();
-    let _ = s.write_all(&vec![b'x'; 200_000]);
+    let _ = s.write_all(&vec![b'x'; netd::api::MAX_REQUEST_BYTES + 1000]);
     let mut reply = String::new();
     let _ = s.read_to_string(&mut reply);
     assert!(reply.contains("larger than"), "{reply}");

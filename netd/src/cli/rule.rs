@@ -17,6 +17,10 @@ pub enum RuleCommand {
     /// (published ports, routed CIDRs). Rules are tried in order; the first
     /// that matches decides; with none matching netd decides as usual.
     Add(AddArgs),
+    /// Replace every rule with those in FILE ("-": standard input), in one
+    /// step: one rule per line as `netd rule add` takes it (without
+    /// --position), blank lines and lines starting with '#' ignored.
+    Load { file: std::path::PathBuf },
     /// Remove the rule with this ID (see `netd rule ls`).
     Rm { id: u32 },
     /// List the rules in the order they are tried.
@@ -49,6 +53,44 @@ pub struct AddArgs {
     /// Place in the list, 1 = first (default: last).
     #[arg(long)]
     position: Option<u32>,
+}
+
+/// One line of a `netd rule load` file.
+#[derive(clap::Parser)]
+#[command(no_binary_name = true)]
+struct RuleLine {
+    #[command(flatten)]
+    rule: AddArgs,
+}
+
+/// The rules of a `netd rule load` file, in order.
+fn read_rules(file: &std::path::Path) -> Result<Vec<UserRule>> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let mut rules = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let context = || format!("{} line {}: {line}", file.display(), n + 1);
+        let parsed = <RuleLine as clap::Parser>::try_parse_from(line.split_whitespace())
+            .map_err(|err| anyhow::anyhow!("{}", err.render().to_string().trim()))
+            .with_context(context)?;
+        if parsed.rule.position.is_some() {
+            return Err(anyhow::anyhow!(
+                "--position has no place in a file: the order is the lines'"
+            ))
+            .with_context(context);
+        }
+        let rule = parsed.rule.into_request().with_context(context)?.rule;
+        rule.check().with_context(context)?;
+        rules.push(rule);
+    }
+    Ok(rules)
 }
 
 impl AddArgs {
@@ -102,6 +144,10 @@ pub fn run(client: &Client, command: RuleCommand) -> Result<()> {
         RuleCommand::Add(args) => {
             let added = client.rule_add(args.into_request()?)?;
             println!("{}", added.id);
+        }
+        RuleCommand::Load { file } => {
+            let loaded = client.rule_load(read_rules(&file)?)?;
+            println!("{} rules", loaded.len());
         }
         RuleCommand::Rm { id } => println!("{}", client.rule_rm(id)?.id),
         RuleCommand::Ls { format } => print_rules(format, &client.rule_ls()?)?,

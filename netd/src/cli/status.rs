@@ -76,7 +76,9 @@ pub fn monitor(client: &Client, format: Format) -> Result<()> {
                 e.reason, e.interface, e.hook, e.proto, e.src, e.dst
             ),
             (Format::Table, MonitorEvent::Lost { lost_events }) => {
-                println!("({lost_events} events lost: the monitor fell behind)")
+                println!(
+                    "({lost_events} drops not shown: over the event budget, or the monitor fell behind; the counters have them all)"
+                )
             }
         }
         std::io::stdout().flush()?;

@@ -43,9 +43,10 @@ pub struct EbpfDriver {
     rule_classes: u32,
     /// The host as last told (for the config the rules rewrite).
     host: HostInfo,
-    /// Which XDP mode the uplinks get, and the mode each one has.
+    /// Which XDP mode the uplinks get, and what each one has (`native`,
+    /// `generic`, or `off (why)`).
     xdp: XdpSetting,
-    xdp_modes: BTreeMap<String, XdpMode>,
+    xdp_modes: BTreeMap<String, String>,
 }
 
 impl EbpfDriver {
@@ -157,7 +158,7 @@ impl EbpfDriver {
                         continue;
                     }
                 }
-                if let Err(err) = self.attach_xdp(&uplink.name) {
+                if let Err(err) = self.attach_xdp(uplink) {
                     errors.push(format!("{} (XDP): {err:#}", uplink.name));
                 }
             }
@@ -183,22 +184,43 @@ impl EbpfDriver {
         Ok(())
     }
 
-    /// The XDP program on one uplink, as the setting asks. `auto` is never
-    /// an error: an uplink whose driver takes no XDP at all (none does
-    /// not take generic) keeps the TC programs alone, as status shows.
-    fn attach_xdp(&mut self, iface: &str) -> Result<()> {
-        self.xdp_modes.remove(iface);
-        if self.xdp == XdpSetting::Off {
+    /// The XDP program on one uplink, as the setting asks. `auto` puts it
+    /// in the driver of a NIC that has native XDP, and nowhere else: on a
+    /// virtual link (veth, …) the sender has built the skb already, so XDP
+    /// saves nothing over `from_uplink`, and veth's native XDP turns off
+    /// its peer's GSO (docs/rules-and-xdp.md has the figures); generic XDP
+    /// runs after the skb is built anywhere. `auto` is never an error.
+    fn attach_xdp(&mut self, uplink: &super::Uplink) -> Result<()> {
+        let iface = uplink.name.as_str();
+        let off = |why: &str| format!("off ({why})");
+        let (setting, unattached) = match (self.xdp, &uplink.kind) {
+            (XdpSetting::Off, _) => (None, off("--xdp off")),
+            (XdpSetting::Auto, Some(kind)) => (
+                None,
+                off(&format!(
+                    "{kind}: the skb exists before XDP; TC drops as early"
+                )),
+            ),
+            (setting, _) => (Some(setting), String::new()),
+        };
+        self.xdp_modes.insert(iface.to_owned(), unattached);
+        let Some(setting) = setting else {
             return self.datapath.detach_xdp(iface);
-        }
-        match self.datapath.attach_xdp(iface, self.xdp) {
+        };
+        match self.datapath.attach_xdp(iface, setting) {
             Ok(mode) => {
                 tracing::debug!(iface, ?mode, "XDP attached");
-                self.xdp_modes.insert(iface.to_owned(), mode);
+                let mode = match mode {
+                    XdpMode::Native => "native",
+                    XdpMode::Generic => "generic",
+                };
+                self.xdp_modes.insert(iface.to_owned(), mode.to_owned());
                 Ok(())
             }
-            Err(err) if self.xdp == XdpSetting::Auto => {
-                tracing::warn!(iface, err = format!("{err:#}"), "no XDP on this uplink");
+            Err(err) if setting == XdpSetting::Auto => {
+                tracing::info!(iface, err = format!("{err:#}"), "no native XDP: TC only");
+                self.xdp_modes
+                    .insert(iface.to_owned(), off("the driver has no native XDP"));
                 Ok(())
             }
             Err(err) => Err(err),
@@ -393,9 +415,16 @@ impl FirewallDriver for EbpfDriver {
     fn repair(&mut self) -> Result<Vec<String>> {
         let uplinks: Vec<String> = self.uplinks.keys().cloned().collect();
         let mut restored = self.datapath.repair_pins(&uplinks)?;
-        for iface in self.xdp_modes.keys().cloned().collect::<Vec<_>>() {
-            if !self.datapath.xdp_pinned(&iface) {
-                self.attach_xdp(&iface)?;
+        let attached: Vec<String> = self
+            .xdp_modes
+            .iter()
+            .filter(|(_, mode)| !mode.starts_with("off"))
+            .map(|(iface, _)| iface.clone())
+            .collect();
+        for iface in attached {
+            let uplink = self.host.uplinks.iter().find(|u| u.name == iface).cloned();
+            if let Some(uplink) = uplink.filter(|_| !self.datapath.xdp_pinned(&iface)) {
+                self.attach_xdp(&uplink)?;
                 restored.push(format!("XDP program on {iface}"));
             }
         }
@@ -618,11 +647,7 @@ impl FirewallDriver for EbpfDriver {
                     .iter()
                     .map(|p| p.to_string())
                     .collect(),
-                xdp: self
-                    .xdp_modes
-                    .iter()
-                    .map(|(iface, mode)| (iface.clone(), *mode))
-                    .collect(),
+                xdp: self.xdp_modes.clone(),
                 cgroup: programs::SOCK_HOOKS.iter().map(|p| p.to_string()).collect(),
                 container_links: self.endpoints.len(),
             },

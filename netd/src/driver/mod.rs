@@ -40,6 +40,8 @@ pub struct Uplink {
     pub mtu: u32,
     /// Its IPv4 addresses, primary first.
     pub addrs: Vec<Ipv4Addr>,
+    /// The kind of a virtual link (`veth`, …); none for a NIC.
+    pub kind: Option<String>,
 }
 
 /// What the drivers need to know of the host, kept current from rtnetlink

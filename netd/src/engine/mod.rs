@@ -164,6 +164,7 @@ impl<H: Host> Engine<H> {
             Request::RuleAdd(add) => Reply::Rule(self.rule_add(add)?),
             Request::RuleRm { id } => Reply::Rule(self.rule_rm(id)?),
             Request::RuleLs => Reply::Rules(self.rule_ls()),
+            Request::RuleLoad { rules } => Reply::Rules(self.rule_load(rules)?),
         })
     }
 

@@ -1,13 +1,13 @@
 //! The user's firewall rules: added, removed, listed, and kept in force in
 //! the driver as networks come and go.
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use super::Engine;
 use crate::{
     api::{RuleAdd, RuleEntry},
     host::Host,
-    rule::{self, ActiveRule, RuleRecord},
+    rule::{self, ActiveRule, RuleRecord, UserRule},
 };
 
 impl<H: Host> Engine<H> {
@@ -46,6 +46,37 @@ impl<H: Host> Engine<H> {
         self.state.next_rule_id = id + 1;
         self.save()?;
         Ok(self.rule_entry(position as usize - 1))
+    }
+
+    /// Replaces the whole list (`netd rule load`): every rule is checked as
+    /// `rule_add` checks it, and nothing changes unless all pass.
+    pub fn rule_load(&mut self, new: Vec<UserRule>) -> Result<Vec<RuleEntry>> {
+        for (at, rule) in new.iter().enumerate() {
+            let context = || format!("rule {} ({rule})", at + 1);
+            rule.check().with_context(context)?;
+            if let Some(network) = &rule.network {
+                self.network(network).with_context(context)?;
+            }
+            if let Some(first) = new[..at].iter().position(|r| r.same_match(rule)) {
+                bail!(
+                    "rule {} ({rule}) matches exactly what rule {} does",
+                    at + 1,
+                    first + 1
+                );
+            }
+        }
+        rule::check_capacity(&new)?;
+        let first_id = self.state.next_rule_id.max(1);
+        let rules: Vec<RuleRecord> = new
+            .into_iter()
+            .zip(first_id..)
+            .map(|(rule, id)| RuleRecord { id, rule })
+            .collect();
+        self.enforce_rules(&rules)?;
+        self.state.next_rule_id = first_id + rules.len() as u32;
+        self.state.rules = rules;
+        self.save()?;
+        Ok(self.rule_ls())
     }
 
     pub fn rule_rm(&mut self, id: u32) -> Result<RuleEntry> {

@@ -22,6 +22,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+#[path = "netd-bench/flood.rs"]
+mod flood;
 #[path = "netd-bench/paired.rs"]
 mod paired;
 #[path = "netd-bench/runtime_bench.rs"]
@@ -63,6 +65,8 @@ struct Side {
     /// A UDP server that answers each datagram (UDP request/response),
     /// where one is reachable.
     udp_echo: Option<SocketAddr>,
+    /// What to flood the host with, for the flood workloads.
+    flood: Option<Arc<flood::FloodSpec>>,
 }
 
 /// One topology under test.
@@ -70,6 +74,8 @@ struct Target {
     datapath: &'static str,
     ports: usize,
     networks: usize,
+    /// What else sets it apart (user rules, no XDP), for its label.
+    variant: String,
     /// Outside client -> published port (plain routing: the container).
     dnat: Side,
     /// Container -> server in the outside namespace.
@@ -85,8 +91,8 @@ struct Target {
 impl Target {
     fn label(&self) -> String {
         format!(
-            "{} with {} ports, {} network(s)",
-            self.datapath, self.ports, self.networks
+            "{} with {} ports, {} network(s){}",
+            self.datapath, self.ports, self.networks, self.variant
         )
     }
 }
@@ -135,7 +141,7 @@ fn main() -> Result<()> {
     for &(ports, networks) in &shapes {
         for datapath in ["ebpf", "iptables"] {
             targets.push(timed_build(|| {
-                daemon_target(&netd, datapath, ports, networks, &config)
+                daemon_target(&netd, datapath, ports, networks, &config, Extras::default())
                     .with_context(|| format!("building {datapath} with {ports} ports"))
             })?);
         }
@@ -152,7 +158,16 @@ fn main() -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let paired = paired_comparisons(&targets, &typical, &config)?;
-    report(&targets, &samples, &profile, &paired, &config, quick)
+    let rules_and_flood = flood::run(&netd, &targets, &config, quick)?;
+    report(
+        &targets,
+        &samples,
+        &profile,
+        &paired,
+        &rules_and_flood,
+        &config,
+        quick,
+    )
 }
 
 /// The paired A/B comparisons: the noise floor, the sanity ordering, eBPF
@@ -204,7 +219,8 @@ fn paired_comparisons(
             "ebpf / iptables, {} ports, {} network(s)",
             ebpf.ports, ebpf.networks
         );
-        for (workload, direction) in [(TcpCrr, Dnat), (TcpRr, Dnat), (TcpCrr, Snat)] {
+        for (workload, direction) in [(TcpCrr, Dnat), (TcpRr, Dnat), (UdpRr, Dnat), (TcpCrr, Snat)]
+        {
             results.push(run(Comparison {
                 what: what.clone(),
                 a: ebpf,
@@ -339,6 +355,7 @@ fn reference_target(
         datapath,
         ports: 0,
         networks: 1,
+        variant: String::new(),
         dnat: side(outside, SERVER_IP, 80, 53)?.with_echo(54),
         snat: side(server, OUTSIDE_IP, 80, 53)?.with_echo(54),
         container_servers: Servers::start(server, SERVER_IP)?,
@@ -359,6 +376,7 @@ fn side(client: &Netns, ip: &str, tcp_port: u16, udp_port: u16) -> Result<Side> 
         tcp: format!("{ip}:{tcp_port}").parse()?,
         udp: format!("{ip}:{udp_port}").parse()?,
         udp_echo: None,
+        flood: None,
     })
 }
 
@@ -442,6 +460,7 @@ fn host_target(
         datapath,
         ports: shape.0,
         networks: shape.1,
+        variant: String::new(),
         dnat,
         snat: side(ctr, OUTSIDE_IP, 80, 53)?.with_echo(54),
         container_servers: Servers::start(ctr, ip)?,
@@ -459,6 +478,17 @@ fn host_target(
     Ok(target)
 }
 
+/// What sets a daemon target apart beyond its shape.
+#[derive(Default)]
+struct Extras<'a> {
+    /// More daemon flags (e.g. `--xdp off`).
+    flags: &'a [&'a str],
+    /// User rules loaded before measuring (`netd rule load` lines).
+    rules: Vec<String>,
+    /// Appended to the target's label.
+    variant: String,
+}
+
 /// netd with `ports` published ports (the measured ones added last) and
 /// `networks` networks (the measured container on the oldest).
 fn daemon_target(
@@ -467,8 +497,13 @@ fn daemon_target(
     ports: usize,
     networks: usize,
     config: &Config,
+    extras: Extras<'_>,
 ) -> Result<Target> {
-    let mut h = DaemonHost::start(netd, &["--datapath", datapath]);
+    let flags: Vec<&str> = ["--datapath", datapath]
+        .into_iter()
+        .chain(extras.flags.iter().copied())
+        .collect();
+    let mut h = DaemonHost::start(netd, &flags);
     if ports > 1 {
         let fill = h.name("fill");
         let last = FILLER_FIRST_PORT + ports - 2;
@@ -494,22 +529,29 @@ fn daemon_target(
         "8080:80",
         "-p",
         "5353:53/udp",
+        "-p",
+        "5454:54/udp",
     ]);
     for n in 1..networks {
         let subnet = format!("10.{}.{}.0/24", 100 + n / 256, n % 256);
         h.ok(&["network", "create", &format!("n{n}"), "--subnet", &subnet]);
     }
+    if !extras.rules.is_empty() {
+        flood::load_rules(&h, &extras.rules)?;
+    }
     let control = control_plane(&mut h, datapath, config.publish_samples)?;
     let ctr = h.ctr("srv");
-    let dnat = side(&h.outside, HOST_IP, 8080, 5353)?;
-    host_target(
+    let dnat = side(&h.outside, HOST_IP, 8080, 5353)?.with_echo(5454);
+    let mut target = host_target(
         h,
         datapath,
         (ports, networks),
         (&ctr, SERVER_IP),
         dnat,
         control,
-    )
+    )?;
+    target.variant = extras.variant;
+    Ok(target)
 }
 
 /// Time to publish one more port (a new container with one `-p`), the
@@ -738,6 +780,10 @@ fn measure_all(target: &Target, duration: Duration) -> Result<Vec<(String, f64)>
         let (rr, p50, p99) = tcp_rr(side, duration).with_context(|| what("TCP_RR"))?;
         let (udp, udp_loss) = udp_flood(side, servers, duration).with_context(|| what("UDP"))?;
         let stream = tcp_stream(side, servers, duration).with_context(|| what("TCP_STREAM"))?;
+        if side.udp_echo.is_some() {
+            let rate = udp_rr(side, duration).with_context(|| what("UDP_RR"))?;
+            figures.push((format!("{dir}_udp_rr_per_s"), rate));
+        }
         for (name, value) in [
             ("tcp_crr_per_s", crr),
             ("tcp_crr_failed", crr_failed as f64),
@@ -758,6 +804,13 @@ fn measure_all(target: &Target, duration: Duration) -> Result<Vec<(String, f64)>
 /// Returns the rate and how many connections failed (refused, timed out,
 /// or cut before the response); past a small share the run fails.
 fn tcp_crr(side: &Side, duration: Duration) -> Result<(f64, u64)> {
+    let (done, failed) = tcp_crr_counted(side, duration);
+    check_failures("TCP_CRR connections", done, failed)?;
+    Ok((done as f64 / duration.as_secs_f64(), failed))
+}
+
+/// TCP_CRR's connections done and failed, whatever the share that failed.
+fn tcp_crr_counted(side: &Side, duration: Duration) -> (u64, u64) {
     let done = AtomicU64::new(0);
     let failed = AtomicU64::new(0);
     let deadline = Instant::now() + duration;
@@ -786,9 +839,7 @@ fn tcp_crr(side: &Side, duration: Duration) -> Result<(f64, u64)> {
             });
         }
     });
-    let (done, failed) = (done.into_inner(), failed.into_inner());
-    check_failures("TCP_CRR connections", done, failed)?;
-    Ok((done as f64 / duration.as_secs_f64(), failed))
+    (done.into_inner(), failed.into_inner())
 }
 
 /// Fails the run when more than 0.5 % of the operations (and more than a
@@ -1037,6 +1088,7 @@ const COLUMNS: &[(&str, &str, usize)] = &[
     ("TCP_RR /s", "tcp_rr_per_s", 0),
     ("RR p50 µs", "tcp_rr_p50_us", 0),
     ("RR p99 µs", "tcp_rr_p99_us", 0),
+    ("UDP RR /s", "udp_rr_per_s", 0),
     ("UDP 64 B pps", "udp64_pps", 0),
     ("UDP loss %", "udp64_loss_pct", 1),
     ("TCP_STREAM Gbit/s", "tcp_stream_gbit_s", 1),
@@ -1046,6 +1098,7 @@ const COLUMNS: &[(&str, &str, usize)] = &[
 const RATIOS: &[(&str, &str)] = &[
     ("CRR", "tcp_crr_per_s"),
     ("RR", "tcp_rr_per_s"),
+    ("UDP RR", "udp_rr_per_s"),
     ("UDP", "udp64_pps"),
     ("STREAM", "tcp_stream_gbit_s"),
 ];
@@ -1055,6 +1108,7 @@ fn report(
     samples: &[BTreeMap<String, Vec<f64>>],
     profile: &Value,
     paired: &(String, Value),
+    rules_and_flood: &(String, Value),
     config: &Config,
     quick: bool,
 ) -> Result<()> {
@@ -1111,6 +1165,7 @@ fn report(
         "results": rows,
         "ebpf_profile": profile,
         "paired": paired.1,
+        "rules_and_flood": rules_and_flood.1,
         "paired_pairs": config.pairs,
         "paired_slice_s": config.slice.as_secs_f64(),
     });
@@ -1182,6 +1237,8 @@ fn report(
 
     md.push('\n');
     md.push_str(&paired.0);
+    md.push('\n');
+    md.push_str(&rules_and_flood.0);
     md.push_str("\n### Control plane\n\n| datapath | ports already published | networks | publish one more port µs (median, min–max) | container create request ms | kill -9 restart ms | daemon RSS MiB | BPF map memory MiB | iptables rules |\n|---|---|---|---|---|---|---|---|---|\n");
     for target in targets.iter().filter(|t| !t.control.is_null()) {
         let c = &target.control;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
-use super::{Side, Target, tcp_crr, tcp_rr, udp_rr};
+use super::{Side, Target, flood, tcp_crr, tcp_rr, udp_rr};
 
 /// What a slice measures, in which direction.
 #[derive(Clone, Copy, Debug)]
@@ -20,6 +20,8 @@ pub enum Workload {
     TcpCrr,
     TcpRr,
     UdpRr,
+    /// TCP_CRR while the side's flood runs (failures count as no rate).
+    TcpCrrUnderFlood,
 }
 
 impl Workload {
@@ -28,6 +30,7 @@ impl Workload {
             Self::TcpCrr => "TCP_CRR",
             Self::TcpRr => "TCP_RR",
             Self::UdpRr => "UDP_RR",
+            Self::TcpCrrUnderFlood => "TCP_CRR under flood",
         }
     }
 
@@ -37,6 +40,7 @@ impl Workload {
             Self::TcpCrr => tcp_crr(side, slice).map(|(rate, _)| rate),
             Self::TcpRr => tcp_rr(side, slice).map(|(rate, _, _)| rate),
             Self::UdpRr => udp_rr(side, slice),
+            Self::TcpCrrUnderFlood => flood::crr_under_flood(side, slice).map(|(rate, _)| rate),
         }
     }
 }
@@ -109,29 +113,58 @@ impl PairedRatio {
 pub fn compare(c: &Comparison<'_>, pairs: usize, slice: Duration) -> Result<PairedRatio> {
     let (side_a, side_b) = (c.direction.side(c.a), c.direction.side(c.b));
     let context = || format!("{} {} {}", c.what, c.workload.label(), c.direction.label());
-    c.workload.run(side_a, slice / 2).with_context(context)?;
-    c.workload.run(side_b, slice / 2).with_context(context)?;
+    let ratios = pair_ratios(
+        |d| c.workload.run(side_a, d),
+        |d| c.workload.run(side_b, d),
+        pairs,
+        slice,
+    )
+    .with_context(context)?;
+    Ok(PairedRatio::new(
+        c.what.clone(),
+        c.workload,
+        c.direction,
+        ratios,
+    ))
+}
+
+/// The a/b ratio of each pair of `slice`-long runs (the order flipped
+/// every other pair), after one unmeasured half slice of each.
+pub fn pair_ratios(
+    a: impl Fn(Duration) -> Result<f64>,
+    b: impl Fn(Duration) -> Result<f64>,
+    pairs: usize,
+    slice: Duration,
+) -> Result<Vec<f64>> {
+    a(slice / 2)?;
+    b(slice / 2)?;
     let mut ratios = Vec::with_capacity(pairs);
     for pair in 0..pairs {
-        let (a, b) = if pair % 2 == 0 {
-            let a = c.workload.run(side_a, slice).with_context(context)?;
-            (a, c.workload.run(side_b, slice).with_context(context)?)
+        let (ra, rb) = if pair % 2 == 0 {
+            let ra = a(slice)?;
+            (ra, b(slice)?)
         } else {
-            let b = c.workload.run(side_b, slice).with_context(context)?;
-            (c.workload.run(side_a, slice).with_context(context)?, b)
+            let rb = b(slice)?;
+            (a(slice)?, rb)
         };
-        ratios.push(a / b);
+        ratios.push(ra / rb);
     }
-    let (low, high) = bootstrap_interval(&ratios, 2000);
-    Ok(PairedRatio {
-        what: c.what.clone(),
-        workload: c.workload,
-        direction: c.direction,
-        median: median(&ratios),
-        low,
-        high,
-        ratios,
-    })
+    Ok(ratios)
+}
+
+impl PairedRatio {
+    pub fn new(what: String, workload: Workload, direction: Direction, ratios: Vec<f64>) -> Self {
+        let (low, high) = bootstrap_interval(&ratios, 2000);
+        Self {
+            what,
+            workload,
+            direction,
+            median: median(&ratios),
+            low,
+            high,
+            ratios,
+        }
+    }
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -171,16 +204,10 @@ fn bootstrap_interval(values: &[f64], rounds: usize) -> (f64, f64) {
     (at(0.025), at(0.975))
 }
 
-/// The markdown table of `results`, a line saying whether the run is
-/// reliable, and the JSON of it all.
-pub fn report(
-    results: &[PairedRatio],
-    sanity: Option<&PairedRatio>,
-    noise: Option<&PairedRatio>,
-) -> (String, Value) {
+/// The markdown table of `results`.
+pub fn table(results: &[PairedRatio]) -> String {
     let mut md = String::from(
-        "### Paired A/B (median of per-pair ratios, bootstrap 95 % interval; * = interval excludes 1.0)\n\n\
-         | comparison | workload | direction | ratio | 95 % interval | pairs |\n|---|---|---|---|---|---|\n",
+        "| comparison | workload | direction | ratio | 95 % interval | pairs |\n|---|---|---|---|---|---|\n",
     );
     for r in results {
         md.push_str(&format!(
@@ -195,6 +222,20 @@ pub fn report(
             r.ratios.len()
         ));
     }
+    md
+}
+
+/// The markdown table of `results`, a line saying whether the run is
+/// reliable, and the JSON of it all.
+pub fn report(
+    results: &[PairedRatio],
+    sanity: Option<&PairedRatio>,
+    noise: Option<&PairedRatio>,
+) -> (String, Value) {
+    let mut md = String::from(
+        "### Paired A/B (median of per-pair ratios, bootstrap 95 % interval; * = interval excludes 1.0)\n\n",
+    );
+    md.push_str(&table(results));
     // The direct veth pair has no host in the way: slower than plain routing
     // means the machine, not the datapaths, decided this run.
     let unreliable = sanity.is_some_and(|s| s.high < 1.0);

@@ -210,6 +210,7 @@ fn runtime_target(
         datapath: label,
         ports,
         networks: 1,
+        variant: String::new(),
         dnat: side(&outside, HOST_IP, 8080, 5353)?,
         snat: side(&server, OUTSIDE_IP, 80, 53)?.with_echo(54),
         container_servers: Servers::start(&server, SERVER)?,
