@@ -13,8 +13,7 @@ use aya_ebpf::{
     maps::{LpmTrie, lpm_trie::Key},
 };
 use netd_common::{
-    DropReason, Ipv4, Port, RULE_CLASSES, RULE_DENY, RULE_KEY_FIXED_BITS, RuleKey, RuleVerdict,
-    rule_key, sizes,
+    DropReason, Ipv4, Port, RULE_DENY, RULE_KEY_FIXED_BITS, RuleKey, RuleVerdict, rule_key, sizes,
 };
 
 use crate::nat;
@@ -48,33 +47,49 @@ pub fn check(conn: &Inbound, network: impl FnOnce() -> u32) -> Result<(), DropRe
     } else {
         0
     };
-    let mut first = RuleVerdict {
-        order: u32::MAX,
-        action: 0,
-    };
-    for class in 0..RULE_CLASSES {
-        if classes & (1 << class) == 0 {
-            continue;
-        }
-        let net = if class >= 6 { network_id } else { 0 };
-        let ifindex = if class % 6 >= 3 { conn.ifindex } else { 0 };
-        let (proto, port) = match class % 3 {
-            0 => (0, [0; 2]),
-            1 => (conn.proto, [0; 2]),
-            _ => (conn.proto, conn.port),
-        };
-        let key = Key::new(
-            RULE_KEY_FIXED_BITS + 32,
-            rule_key(net, ifindex, proto, port, conn.src),
-        );
-        if let Some(found) = USER_RULES.get(&key)
-            && found.order < first.order
-        {
-            first = *found;
-        }
+    // Unrolled, not a loop: kernels before 6.4 refuse a loop whose back
+    // edge follows a helper call (the map lookup).
+    let mut first = NO_RULE;
+    macro_rules! each_class {
+        ($($class:literal)*) => {$(
+            first = first.min(first_in_class($class, classes, conn, network_id));
+        )*};
     }
-    if first.order != u32::MAX && first.action == RULE_DENY {
+    each_class!(0 1 2 3 4 5 6 7 8 9 10 11);
+    if first != NO_RULE && first & 1 == u64::from(RULE_DENY) {
         return Err(DropReason::UserRule);
     }
     Ok(())
+}
+
+const _: () = assert!(
+    netd_common::RULE_CLASSES == 12,
+    "each_class! lists every class"
+);
+
+/// What `first_in_class` returns when the class has no matching rule.
+const NO_RULE: u64 = u64::MAX;
+
+/// The first rule of `class` matching `conn`, as `order << 1 | action` (so
+/// the lowest value is the first rule), or [`NO_RULE`].
+#[inline(always)]
+fn first_in_class(class: u32, classes: u32, conn: &Inbound, network_id: u32) -> u64 {
+    if classes & (1 << class) == 0 {
+        return NO_RULE;
+    }
+    let net = if class >= 6 { network_id } else { 0 };
+    let ifindex = if class % 6 >= 3 { conn.ifindex } else { 0 };
+    let (proto, port) = match class % 3 {
+        0 => (0, [0; 2]),
+        1 => (conn.proto, [0; 2]),
+        _ => (conn.proto, conn.port),
+    };
+    let key = Key::new(
+        RULE_KEY_FIXED_BITS + 32,
+        rule_key(net, ifindex, proto, port, conn.src),
+    );
+    match USER_RULES.get(&key) {
+        Some(found) => (u64::from(found.order) << 1) | u64::from(found.action & 1),
+        None => NO_RULE,
+    }
 }

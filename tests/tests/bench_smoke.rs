@@ -109,6 +109,41 @@ fn quick_bench_runs_and_reports_every_datapath() {
             "{workload}: {per}"
         );
     }
+    // UDP request/response through the published port, on every target.
+    for row in results["results"].as_array().unwrap() {
+        let rr = &row["figures"]["dnat_udp_rr_per_s"]["median"];
+        assert!(rr.as_f64().unwrap() > 0.0, "{row}");
+    }
+    // Rule scaling on both datapaths, and the flood on its four paths:
+    // every flood packet sent was dropped, none reached the container.
+    let parts = &results["rules_and_flood"];
+    let scaling = parts["rule_scaling"].as_array().unwrap();
+    assert_eq!(scaling.len(), 4, "{parts}");
+    for c in scaling {
+        assert!(c["median_ratio"].as_f64().unwrap() > 0.0, "{c}");
+    }
+    let paths = parts["flood"]["paths"].as_array().unwrap();
+    assert_eq!(paths.len(), 4, "{parts}");
+    for path in paths {
+        let flood = &path["flood"];
+        let (sent, dropped) = (
+            flood["sent_per_s"].as_f64().unwrap(),
+            flood["dropped_per_s"].as_f64().unwrap(),
+        );
+        assert!(sent > 1000.0, "{path}");
+        assert!(
+            dropped >= 0.95 * sent,
+            "every flood packet is dropped: {path}"
+        );
+        assert!(
+            path["retained"]["median_ratio"].as_f64().unwrap() > 0.0,
+            "{path}"
+        );
+        if path["path"] != "iptables" {
+            assert!(flood["bpf_ns_per_packet"].as_f64().unwrap() > 0.0, "{path}");
+        }
+    }
+    assert_eq!(parts["flood"]["under_flood"].as_array().unwrap().len(), 4);
     // The profile saw the programs run, and the chart has its lines.
     let profile = &results["ebpf_profile"]["workloads"]["dnat_tcp_crr"];
     assert!(

@@ -16,6 +16,7 @@ pub fn run(wanted: KernelFeatures) -> Result<()> {
     for name in programs::CLASSIFIERS {
         println!("  tc       {name}");
     }
+    println!("  xdp      {}", programs::UPLINK_XDP);
     for name in programs::SOCK_HOOKS {
         println!("  cgroup   {name}");
     }
@@ -27,6 +28,8 @@ pub fn run(wanted: KernelFeatures) -> Result<()> {
         ("PUBLISHED_PORTS", sizes::PUBLISHED_PORTS),
         ("CONNTRACK", sizes::CONNTRACK),
         ("SOCK_REVNAT", sizes::SOCK_REVNAT),
+        ("ROUTED_CIDRS", sizes::ROUTED_CIDRS),
+        ("USER_RULES", sizes::USER_RULES),
     ] {
         println!("  {name:<16} {size}");
     }

@@ -45,7 +45,9 @@ fn main() -> ExitCode {
     report("netd check", netd_check(&netd, &mode));
     // The daemon checks share one host; a panic inside the harness is a
     // failure of the check that was running, not a crash of the program.
-    let host = catch(|| DaemonHost::start(&netd, &["--kernel-features", &mode]));
+    // With the XDP program in the veth's driver, so this kernel's verifier,
+    // XDP links and XDP's verdicts are checked by the same traffic.
+    let host = catch(|| DaemonHost::start(&netd, &["--kernel-features", &mode, "--xdp", "native"]));
     match host {
         Ok(mut h) => {
             report("daemon starts on a veth uplink", attach_mode(&h, &mode));
@@ -96,7 +98,12 @@ fn attach_mode(h: &DaemonHost, mode: &str) -> Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    println!("netd-kernel-check: attach {attach}, mtu check {mtu_check}");
+    let xdp = status["programs"]["xdp"][&h.uplink]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    println!("netd-kernel-check: attach {attach}, mtu check {mtu_check}, XDP {xdp}");
+    ensure!(xdp == "native", "XDP on the uplink is {xdp:?}, not native");
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut numbers = release
         .split(|c: char| !c.is_ascii_digit())
@@ -157,6 +164,38 @@ fn traffic_and_restart(h: &mut DaemonHost) -> Result<Vec<&'static str>> {
         );
     }
     done.push("masquerade to the outside");
+
+    // A user rule's drop and an unsolicited packet to a container address:
+    // dropped (by XDP, which sees them first) and counted under their reasons.
+    let drops = |h: &DaemonHost, reason: &str| h.json(&["status"])["drops"][reason].as_u64();
+    h.ok(&[
+        "rule", "add", "deny", "--source", OUTSIDE_IP, "--proto", "tcp", "--port", "8080",
+    ]);
+    let denied_before = drops(h, "user-rule").unwrap_or(0);
+    ensure!(
+        probe::tcp_request(&h.outside, addr(&format!("{HOST_IP}:8080")), b"x").is_err(),
+        "a denied source reached the published port"
+    );
+    ensure!(
+        drops(h, "user-rule").unwrap_or(0) > denied_before,
+        "the rule's drop was not counted"
+    );
+    h.outside
+        .ip(&["route", "add", "10.40.0.0/24", "via", HOST_IP])
+        .context("routing to the container subnet")?;
+    let unsolicited_before = drops(h, "unsolicited-inbound").unwrap_or(0);
+    ensure!(
+        probe::tcp_request(&h.outside, addr("10.40.0.2:80"), b"x").is_err(),
+        "the outside reached a container address"
+    );
+    ensure!(
+        drops(h, "unsolicited-inbound").unwrap_or(0) > unsolicited_before,
+        "the unsolicited packet's drop was not counted"
+    );
+    let rules = h.json(&["rule", "ls", "--format", "json"]);
+    let id = rules[0]["id"].to_string();
+    h.ok(&["rule", "rm", &id]);
+    done.push("a user rule and unsolicited packets dropped early");
 
     h.kill_daemon(libc::SIGKILL);
     probe::echo_roundtrip(&mut kept, b"daemon dead").context("while the daemon is dead")?;
