@@ -44,11 +44,25 @@ const FLOOD_GRACE: Duration = Duration::from_secs(1);
 /// The source the flood targets' one rule denies.
 const DENIED: &str = "203.0.113.0/24";
 
+/// How flood packets reach the host's uplink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Generator {
+    /// Sent on an AF_PACKET socket: the host's veth receives skbs its peer
+    /// built, as a veth uplink always does.
+    Socket,
+    /// XDP frames sent into the veth (BPF_PROG_TEST_RUN in live-frames
+    /// mode, an XDP_TX program): no skb exists until the receiving side
+    /// builds one, as with packets from a NIC. The host's veth needs NAPI
+    /// (an XDP program, or GRO on) to take them.
+    Frames,
+}
+
 /// Frames that every datapath must drop, and where to send them.
 pub struct FloodSpec {
     ns: Netns,
     ifname: String,
     frames: Vec<Vec<u8>>,
+    generator: Generator,
 }
 
 impl FloodSpec {
@@ -56,7 +70,7 @@ impl FloodSpec {
     /// uplink: SYNs from the denied range to the published port 8080 and
     /// SYNs to the server container's address, alternating, from many
     /// source addresses and ports.
-    fn new(h: &DaemonHost) -> Result<Self> {
+    fn new(h: &DaemonHost, generator: Generator) -> Result<Self> {
         let host_mac = h.host.mac(&h.uplink)?;
         let outside_mac = h.outside.mac("eth0")?;
         let mut frames = Vec::new();
@@ -76,6 +90,7 @@ impl FloodSpec {
             ns: h.outside.clone(),
             ifname: "eth0".into(),
             frames,
+            generator,
         })
     }
 
@@ -99,12 +114,27 @@ impl FloodSpec {
 
     fn send_until(&self, stop: &AtomicBool, deadline: Instant) -> Result<u64> {
         pin_to_cpu(SERVER_CPU);
-        let socket = RawSocket::bound_to(&self.ifname)?;
+        let more = |sent: u64| {
+            !stop.load(Ordering::Relaxed) && sent < MAX_FLOOD_PACKETS && Instant::now() < deadline
+        };
         let mut sent = 0u64;
-        while !stop.load(Ordering::Relaxed) && sent < MAX_FLOOD_PACKETS && Instant::now() < deadline
-        {
-            for frame in &self.frames {
-                sent += u64::from(socket.send(frame));
+        match self.generator {
+            Generator::Socket => {
+                let socket = RawSocket::bound_to(&self.ifname)?;
+                while more(sent) {
+                    for frame in &self.frames {
+                        sent += u64::from(socket.send(frame));
+                    }
+                }
+            }
+            Generator::Frames => {
+                let sender = FrameSender::on(&self.ifname)?;
+                // One frame per run, repeated: the two kinds take turns.
+                let mut kinds = self.frames.iter().take(2).cycle();
+                while more(sent) {
+                    let frame = kinds.next().expect("two frames");
+                    sent += sender.send(frame, FRAMES_PER_RUN)?;
+                }
             }
         }
         Ok(sent)
@@ -158,6 +188,116 @@ impl Drop for RawSocket {
         // SAFETY: our own fd, closed once.
         unsafe { libc::close(self.0) };
     }
+}
+
+/// Frames per BPF_PROG_TEST_RUN of the frame generator: each run sets up
+/// a page pool first, so runs are long (tens of milliseconds: the stop
+/// flag is seen that often).
+const FRAMES_PER_RUN: u32 = 1 << 16;
+
+/// Sends XDP frames out of one interface through `BPF_PROG_TEST_RUN` in
+/// live-frames mode (5.18): a two-instruction XDP program returns XDP_TX,
+/// which the kernel turns into a redirect out of the run's interface.
+struct FrameSender {
+    prog: libc::c_int,
+    ifindex: u32,
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` is a zero-padded bpf_attr of 128 bytes, as the kernel reads it.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128usize) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+impl FrameSender {
+    fn on(ifname: &str) -> Result<Self> {
+        let name = std::ffi::CString::new(ifname)?;
+        // SAFETY: a plain libc call.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        anyhow::ensure!(ifindex != 0, "no interface {ifname}");
+        // r0 = XDP_TX (3); exit.
+        let insns: [u64; 2] = [0x0000_0003_0000_00b7, 0x0000_0000_0000_0095];
+        let license = b"GPL\0";
+        let mut attr = [0u64; 16];
+        attr[0] = u64::from(BPF_PROG_TYPE_XDP) | (2u64 << 32);
+        attr[1] = insns.as_ptr() as u64;
+        attr[2] = license.as_ptr() as u64;
+        let prog = bpf(BPF_PROG_LOAD, &mut attr).context("loading the XDP_TX generator")?;
+        Ok(Self {
+            prog: prog as libc::c_int,
+            ifindex,
+        })
+    }
+
+    /// Sends `frame` `count` times; returns how many went.
+    fn send(&self, frame: &[u8], count: u32) -> Result<u64> {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let ctx: [u32; 6] = [0, frame.len() as u32, 0, self.ifindex, 0, 0];
+        let mut attr = [0u64; 16];
+        attr[0] = self.prog as u64;
+        attr[1] = frame.len() as u64; // data_size_in
+        attr[2] = frame.as_ptr() as u64; // data_in
+        attr[4] = u64::from(count); // repeat
+        attr[5] = std::mem::size_of_val(&ctx) as u64; // ctx_size_in
+        attr[6] = ctx.as_ptr() as u64; // ctx_in
+        attr[8] = u64::from(BPF_F_TEST_XDP_LIVE_FRAMES); // flags
+        bpf(BPF_PROG_TEST_RUN, &mut attr).context("sending XDP frames (live-frames test run)")?;
+        Ok(u64::from(count))
+    }
+}
+
+impl Drop for FrameSender {
+    fn drop(&mut self) {
+        // SAFETY: our own fd, closed once.
+        unsafe { libc::close(self.prog) };
+    }
+}
+
+/// Turns GRO on for `ifname` in the calling thread's namespace (ethtool's
+/// ETHTOOL_SGRO): a veth then runs NAPI and takes XDP frames even without
+/// an XDP program of its own, building skbs from them as a NIC's driver does.
+fn enable_gro(ifname: &str) -> Result<()> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        data: *mut EthtoolValue,
+        _rest: [u8; 16],
+    }
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_SGRO,
+        data: 1,
+    };
+    let mut req = IfReq {
+        name: [0; 16],
+        data: &mut value,
+        _rest: [0; 16],
+    };
+    req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
+    // SAFETY: plain libc calls on our own socket; `req` and `value` outlive them.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        anyhow::ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let rc = libc::ioctl(fd, SIOCETHTOOL, &mut req);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        anyhow::ensure!(rc == 0, "ETHTOOL_SGRO on {ifname}: {err}");
+    }
+    Ok(())
 }
 
 /// A flood under way.
@@ -280,17 +420,45 @@ fn rule_scaling(
     Ok((md, results.iter().map(PairedRatio::to_json).collect()))
 }
 
-/// The flood's contenders: (label, datapath, daemon flags).
-const FLOOD_PATHS: [(&str, &str, &[&str]); 4] = [
-    ("ebpf, native XDP", "ebpf", &["--xdp", "native"]),
-    ("ebpf, generic XDP", "ebpf", &["--xdp", "generic"]),
-    ("ebpf, TC only", "ebpf", &["--xdp", "off"]),
-    ("iptables", "iptables", &[]),
+/// The flood's contenders: (label, datapath, daemon flags, generator).
+const FLOOD_PATHS: [(&str, &str, &[&str], Generator); 7] = [
+    (
+        "ebpf, native XDP",
+        "ebpf",
+        &["--xdp", "native"],
+        Generator::Socket,
+    ),
+    (
+        "ebpf, generic XDP",
+        "ebpf",
+        &["--xdp", "generic"],
+        Generator::Socket,
+    ),
+    (
+        "ebpf, TC only",
+        "ebpf",
+        &["--xdp", "off"],
+        Generator::Socket,
+    ),
+    ("iptables", "iptables", &[], Generator::Socket),
+    (
+        "frames: ebpf, native XDP",
+        "ebpf",
+        &["--xdp", "native"],
+        Generator::Frames,
+    ),
+    (
+        "frames: ebpf, TC only",
+        "ebpf",
+        &["--xdp", "off"],
+        Generator::Frames,
+    ),
+    ("frames: iptables", "iptables", &[], Generator::Frames),
 ];
 
 fn flood(netd: &str, config: &Config) -> Result<(String, Value)> {
     let mut built = Vec::new();
-    for (label, datapath, flags) in FLOOD_PATHS {
+    for (label, datapath, flags, generator) in FLOOD_PATHS {
         let mut target = timed_build(|| {
             let extras = Extras {
                 flags,
@@ -300,7 +468,10 @@ fn flood(netd: &str, config: &Config) -> Result<(String, Value)> {
             daemon_target(netd, datapath, 1, 1, config, extras)
         })?;
         let h = target._keep._daemon.as_deref().context("a daemon target")?;
-        target.dnat.flood = Some(Arc::new(FloodSpec::new(h)?));
+        if generator == Generator::Frames && !flags.contains(&"native") {
+            h.host.enter(|| enable_gro(&h.uplink))??;
+        }
+        target.dnat.flood = Some(Arc::new(FloodSpec::new(h, generator)?));
         built.push((label, target));
     }
     let mut rows = Vec::new();
@@ -336,22 +507,41 @@ fn flood(netd: &str, config: &Config) -> Result<(String, Value)> {
         kept.push(retained);
     }
     let find = |label: &str| built.iter().find(|(l, _)| *l == label).map(|(_, t)| t);
-    let (Some(native), Some(generic), Some(tc), Some(iptables)) = (
-        find("ebpf, native XDP"),
-        find("ebpf, generic XDP"),
-        find("ebpf, TC only"),
-        find("iptables"),
-    ) else {
-        anyhow::bail!("the flood targets");
-    };
+    let found = |label: &str| find(label).with_context(|| format!("flood target {label}"));
+    let (native, generic, tc, iptables) = (
+        found("ebpf, native XDP")?,
+        found("ebpf, generic XDP")?,
+        found("ebpf, TC only")?,
+        found("iptables")?,
+    );
+    let (frames_native, frames_tc, frames_iptables) = (
+        found("frames: ebpf, native XDP")?,
+        found("frames: ebpf, TC only")?,
+        found("frames: iptables")?,
+    );
     let mut across = Vec::new();
     for (a, b, what) in [
-        (native, iptables, "native XDP / iptables"),
-        (native, tc, "native XDP / TC only"),
-        (generic, tc, "generic XDP / TC only"),
-        (tc, iptables, "TC only / iptables"),
+        (native, iptables, "ebpf native XDP / iptables"),
+        (native, tc, "ebpf native XDP / TC only"),
+        (generic, tc, "ebpf generic XDP / TC only"),
+        (tc, iptables, "ebpf TC only / iptables"),
+        (
+            frames_native,
+            frames_iptables,
+            "frames: ebpf native XDP / iptables",
+        ),
+        (
+            frames_native,
+            frames_tc,
+            "frames: ebpf native XDP / TC only",
+        ),
+        (
+            frames_tc,
+            frames_iptables,
+            "frames: ebpf TC only / iptables",
+        ),
     ] {
-        let what = format!("under flood: ebpf {what}");
+        let what = format!("under flood: {what}");
         eprintln!("bench: paired {what}");
         across.push(paired::compare(
             &Comparison {
@@ -367,6 +557,8 @@ fn flood(netd: &str, config: &Config) -> Result<(String, Value)> {
     }
     let mut md = String::from(
         "### Flood: 64-byte packets that must be dropped, as fast as one core sends them, while a client runs TCP_CRR\n\n\
+         Plain rows: sent from an AF_PACKET socket (the host's veth receives skbs, as a veth uplink always does). \
+         `frames:` rows: sent as XDP frames into the veth (no skb until the host builds one, as with a NIC).\n\n\
          | path | legitimate TCP_CRR kept (flood / none) | 95 % interval | flood packets sent /s | dropped /s | whole-CPU ns per flood packet | BPF ns per flood packet | TCP_CRR /s, no flood | TCP_STREAM Gbit/s, no flood |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for (row, retained) in rows.iter().zip(&kept) {
