@@ -545,15 +545,7 @@ fn monitor_streams_drops_with_reason_interface_and_tuple() {
     let web = h.name("web");
     h.ok(&["container", "create", &web]);
     // Returns once the daemon's hello line says the stream is live.
-    let monitor = netd::client::Client::new(h.socket()).monitor().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for event in monitor.map_while(Result::ok) {
-            if tx.send(event).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = h.monitor();
     // An L2 neighbour goes straight for the container's address.
     h.outside
         .ip(&["route", "add", "172.17.0.0/16", "via", HOST_IP])

@@ -126,18 +126,7 @@ fn check(datapath: &str, flags: &[&str], xdp: &str) {
     assert!(listed.contains(&format!("1  {id}   deny from")), "{listed}");
 
     let before = rule_drops(&h, datapath);
-    let events = (datapath == "ebpf").then(|| {
-        let monitor = netd::client::Client::new(h.socket()).monitor().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for event in monitor.map_while(Result::ok) {
-                if tx.send(event).is_err() {
-                    return;
-                }
-            }
-        });
-        rx
-    });
+    let events = (datapath == "ebpf").then(|| h.monitor());
     assert!(probe::tcp_request(&h.outside, published, b"").is_err());
     assert!(
         rule_drops(&h, datapath) > before,

@@ -182,6 +182,20 @@ impl DaemonHost {
         }
     }
 
+    /// The daemon's drop events (`netd monitor`), live once this returns.
+    pub fn monitor(&self) -> std::sync::mpsc::Receiver<netd::api::MonitorEvent> {
+        let events = netd::client::Client::new(self.socket()).monitor().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for event in events.map_while(Result::ok) {
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
     /// A container name unique to this test (namespaces are global).
     pub fn name(&self, short: &str) -> String {
         format!("{}-{short}", self.id)

@@ -739,6 +739,14 @@ fn routed_cidrs_skip_masquerade_and_admit_their_sources() {
     );
 }
 
+/// Expects a TCP packet from `src`:`sport` to the published 8080 to be
+/// translated to C1:80 and handed straight to C1.
+fn expect_published_to_c1(dp: &mut Datapath, src: &str, sport: u16, flags: u8) {
+    let frame = Ipv4Frame::tcp(src, sport, HOST, 8080, flags);
+    let translated = with_addrs(&frame, (src, sport), (C1, 80));
+    expect_into_container(dp, &frame, &translated, C1_MAC);
+}
+
 /// Puts `rules` (in order; each with the ID of the network it names) in
 /// force, as the daemon's driver does: compiled into USER_RULES, then
 /// their classes turned on in the config.
@@ -809,14 +817,8 @@ fn user_rules_decide_new_connections_to_published_ports_first_match_wins() {
             ("deny 0.0.0.0/0 tcp 8000-8100", None),
         ],
     );
-    let syn = Ipv4Frame::tcp(CLIENT, 5555, HOST, 8080, TCP_SYN);
-    expect_into_container(
-        &mut dp,
-        &syn,
-        &with_addrs(&syn, (CLIENT, 5555), (C1, 80)),
-        C1_MAC,
-    );
-    let stranger = with_addrs(&syn, (denied, 5555), (HOST, 8080));
+    expect_published_to_c1(&mut dp, CLIENT, 5555, TCP_SYN);
+    let stranger = Ipv4Frame::tcp(denied, 5555, HOST, 8080, TCP_SYN);
     expect_drop(
         &mut dp,
         programs::FROM_UPLINK,
@@ -831,13 +833,7 @@ fn user_rules_decide_new_connections_to_published_ports_first_match_wins() {
 
     // A deny for everyone now: the open connection carries on, new ones stop.
     set_rules(&mut dp, &[("deny 0.0.0.0/0", None)]);
-    let ack = Ipv4Frame::tcp(CLIENT, 5555, HOST, 8080, TCP_ACK);
-    expect_into_container(
-        &mut dp,
-        &ack,
-        &with_addrs(&ack, (CLIENT, 5555), (C1, 80)),
-        C1_MAC,
-    );
+    expect_published_to_c1(&mut dp, CLIENT, 5555, TCP_ACK);
     let again = Ipv4Frame::tcp(CLIENT, 5556, HOST, 8080, TCP_SYN);
     expect_drop(&mut dp, programs::FROM_UPLINK, &again, DropReason::UserRule);
 
@@ -852,13 +848,7 @@ fn user_rules_decide_new_connections_to_published_ports_first_match_wins() {
             ("deny 0.0.0.0/0 udp 8080", None),
         ],
     );
-    let other = Ipv4Frame::tcp(CLIENT, 5557, HOST, 8080, TCP_SYN);
-    expect_into_container(
-        &mut dp,
-        &other,
-        &with_addrs(&other, (CLIENT, 5557), (C1, 80)),
-        C1_MAC,
-    );
+    expect_published_to_c1(&mut dp, CLIENT, 5557, TCP_SYN);
     set_rules(
         &mut dp,
         &[
@@ -880,13 +870,7 @@ fn user_rules_decide_new_connections_to_published_ports_first_match_wins() {
     // No rules: netd's own verdicts, nothing looked up.
     set_rules(&mut dp, &[]);
     assert_eq!(dp.config().unwrap().rule_classes, 0);
-    let free = Ipv4Frame::tcp(denied, 6000, HOST, 8080, TCP_SYN);
-    expect_into_container(
-        &mut dp,
-        &free,
-        &with_addrs(&free, (denied, 6000), (C1, 80)),
-        C1_MAC,
-    );
+    expect_published_to_c1(&mut dp, denied, 6000, TCP_SYN);
 }
 
 /// Routed sources (a cluster's other pods) are judged by what opens a
