@@ -960,6 +960,26 @@ fn tcp_stream(side: &Side, servers: &Servers, duration: Duration) -> Result<f64>
     Ok(received as f64 * 8.0 / duration.as_secs_f64() / 1e9)
 }
 
+/// (runs, ns) per program name of daemon `pid`'s BPF programs (BPF
+/// stats: zero unless enabled).
+fn program_stats(pid: u32) -> Result<BTreeMap<String, (u64, u64)>> {
+    let names: BTreeMap<u64, String> = aya::programs::loaded_programs()
+        .flatten()
+        .map(|p| (u64::from(p.id()), p.name_as_str().unwrap_or("?").to_owned()))
+        .collect();
+    let mut by_name: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (id, fields) in bpf_fdinfo(pid, "prog_id")? {
+        let name = names
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("prog{id}"));
+        let entry = by_name.entry(name).or_default();
+        entry.0 += fields.get("run_cnt").copied().unwrap_or(0);
+        entry.1 += fields.get("run_time_ns").copied().unwrap_or(0);
+    }
+    Ok(by_name)
+}
+
 /// Restores kernel.bpf_stats_enabled on every path.
 struct BpfStats;
 
@@ -990,23 +1010,7 @@ fn profile_ebpf(targets: &[Target], duration: Duration) -> Result<Value> {
         return Ok(Value::Null);
     };
     let pid = target.daemon_pid.context("no daemon")?;
-    let names: BTreeMap<u64, String> = aya::programs::loaded_programs()
-        .flatten()
-        .map(|p| (u64::from(p.id()), p.name_as_str().unwrap_or("?").to_owned()))
-        .collect();
-    let snapshot = || -> Result<BTreeMap<String, (u64, u64)>> {
-        let mut by_name = BTreeMap::new();
-        for (id, fields) in bpf_fdinfo(pid, "prog_id")? {
-            let name = names
-                .get(&id)
-                .cloned()
-                .unwrap_or_else(|| format!("prog{id}"));
-            let entry: &mut (u64, u64) = by_name.entry(name).or_default();
-            entry.0 += fields.get("run_cnt").copied().unwrap_or(0);
-            entry.1 += fields.get("run_time_ns").copied().unwrap_or(0);
-        }
-        Ok(by_name)
-    };
+    let snapshot = || program_stats(pid);
     eprintln!("bench: profiling {} with BPF stats", target.label());
     let _stats = BpfStats::enable()?;
     let mut workloads = serde_json::Map::new();

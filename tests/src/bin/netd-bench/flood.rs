@@ -32,9 +32,9 @@ use netd_testbed::{
 use serde_json::{Value, json};
 
 use super::{
-    BpfStats, Config, Extras, SERVER_CPU, SERVER_IP, Side, Target, bpf_fdinfo, daemon_target,
+    BpfStats, Config, Extras, SERVER_CPU, SERVER_IP, Side, Target, daemon_target,
     paired::{self, Comparison, Direction, PairedRatio, Workload},
-    pin_to_cpu, tcp_crr, tcp_crr_counted, tcp_stream, timed_build,
+    pin_to_cpu, program_stats, tcp_crr, tcp_crr_counted, tcp_stream, timed_build,
 };
 
 /// The flooder never sends more than this many packets in one go, and
@@ -634,22 +634,6 @@ fn flood_alone(target: &Target, duration: Duration) -> Result<Value> {
         "cpu_ns_per_packet": took.as_nanos() as f64 / sent.max(1) as f64,
         "bpf_ns_per_packet": bpf_ns,
     }))
-}
-
-/// (runs, ns) per program name of the daemon's BPF programs.
-fn program_stats(pid: u32) -> Result<BTreeMap<String, (u64, u64)>> {
-    let names: BTreeMap<u64, String> = aya::programs::loaded_programs()
-        .flatten()
-        .map(|p| (u64::from(p.id()), p.name_as_str().unwrap_or("?").to_owned()))
-        .collect();
-    let mut by_name: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for (id, fields) in bpf_fdinfo(pid, "prog_id")? {
-        let name = names.get(&id).cloned().unwrap_or_default();
-        let entry = by_name.entry(name).or_default();
-        entry.0 += fields.get("run_cnt").copied().unwrap_or(0);
-        entry.1 += fields.get("run_time_ns").copied().unwrap_or(0);
-    }
-    Ok(by_name)
 }
 
 /// Packets the datapath has dropped: the drop counters on eBPF; netd's
