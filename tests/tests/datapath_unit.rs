@@ -127,6 +127,13 @@ fn expect_into_container(
     assert_eq!(out, expected.build(), "from_uplink output bytes");
 }
 
+/// Expects `program` to let `input` go on, byte for byte as it came.
+fn expect_untouched(dp: &mut Datapath, program: &str, input: &Ipv4Frame) {
+    let (verdict, out) = run(dp, program, input);
+    assert_eq!(verdict, TC_ACT_OK, "{program} verdict for {input:?}");
+    assert_eq!(out, input.build(), "{program} output bytes for {input:?}");
+}
+
 fn expect_drop(dp: &mut Datapath, program: &str, input: &Ipv4Frame, reason: DropReason) {
     let before = drops(dp, reason);
     let (verdict, _) = run(dp, program, input);
@@ -369,8 +376,7 @@ fn unsolicited_inbound_is_dropped_and_host_traffic_passes() {
         DropReason::UnsolicitedInbound,
     );
     let to_host = Ipv4Frame::tcp(CLIENT, 5555, HOST, 22, TCP_SYN);
-    let (verdict, out) = run(&mut dp, programs::FROM_UPLINK, &to_host);
-    assert_eq!((verdict, out), (TC_ACT_OK, to_host.build()));
+    expect_untouched(&mut dp, programs::FROM_UPLINK, &to_host);
     let loopback = Ipv4Frame::tcp(CLIENT, 5555, "127.0.0.1", 8080, TCP_SYN);
     expect_drop(
         &mut dp,
@@ -559,8 +565,7 @@ fn fragments_of_masqueraded_flows_are_dropped_not_leaked() {
     );
     // Without masquerade, fragments go out untouched.
     let mut dp = datapath(NET_ICC);
-    let (verdict, out) = run(&mut dp, programs::TO_UPLINK, &later);
-    assert_eq!((verdict, out), (TC_ACT_OK, later.build()));
+    expect_untouched(&mut dp, programs::TO_UPLINK, &later);
 }
 
 #[test]
@@ -655,8 +660,7 @@ fn icmp_errors_about_translated_connections_are_translated_inside_and_out() {
 
     // An error about a connection netd does not know passes untouched.
     let stray = icmp_error(router, HOST, 3, 1, &Ipv4Frame::udp(HOST, 1, REMOTE, 2, b""));
-    let (verdict, out) = run(&mut dp, programs::FROM_UPLINK, &stray);
-    assert_eq!((verdict, out), (TC_ACT_OK, stray.build()));
+    expect_untouched(&mut dp, programs::FROM_UPLINK, &stray);
 }
 
 #[test]
@@ -864,8 +868,7 @@ fn user_rules_decide_new_connections_to_published_ports_first_match_wins() {
         DropReason::UserRule,
     );
     let to_host = Ipv4Frame::tcp(CLIENT, 5559, HOST, 22, TCP_SYN);
-    let (verdict, out) = run(&mut dp, programs::FROM_UPLINK, &to_host);
-    assert_eq!((verdict, out), (TC_ACT_OK, to_host.build()));
+    expect_untouched(&mut dp, programs::FROM_UPLINK, &to_host);
 
     // No rules: netd's own verdicts, nothing looked up.
     set_rules(&mut dp, &[]);
@@ -893,8 +896,7 @@ fn user_rules_decide_what_routed_sources_open() {
         Ipv4Frame::tcp("10.244.2.7", 5555, C1, 80, TCP_SYN),
         Ipv4Frame::tcp("10.244.2.7", 22, C1, 40000, TCP_SYN | TCP_ACK),
     ] {
-        let (verdict, out) = run(&mut dp, programs::FROM_UPLINK, &passes);
-        assert_eq!((verdict, out), (TC_ACT_OK, passes.build()), "{passes:?}");
+        expect_untouched(&mut dp, programs::FROM_UPLINK, &passes);
     }
     // Unsolicited stays unsolicited: rules only narrow what netd admits.
     set_rules(&mut dp, &[("allow 0.0.0.0/0", None)]);
