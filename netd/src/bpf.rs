@@ -321,7 +321,13 @@ impl Datapath {
             let _ = xdp_program(&mut self.ebpf)?.detach(id);
         }
         if let Some(dir) = &self.pin_dir {
-            match std::fs::remove_file(dir.join("links").join(format!("uplink-xdp-{iface}"))) {
+            let pin = dir.join("links").join(format!("uplink-xdp-{iface}"));
+            // Unpinned, the link would leave the device only after an RCU
+            // grace period and a work item, and a link attached meanwhile
+            // (a restart, a mode change) would find the device busy.
+            detach_pinned_link(&pin)
+                .with_context(|| format!("detaching {} from {iface}", programs::UPLINK_XDP))?;
+            match std::fs::remove_file(&pin) {
                 Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err.into()),
                 _ => {}
             }
@@ -1202,6 +1208,42 @@ fn getsockopt_u64(socket: &impl std::os::fd::AsRawFd, option: libc::c_int) -> st
         return Err(std::io::Error::last_os_error());
     }
     Ok(value)
+}
+
+/// Detaches the link pinned at `pin` from its hook now (`BPF_LINK_DETACH`,
+/// Linux 5.9, as old as XDP links); nothing to do if there is no pin.
+fn detach_pinned_link(pin: &Path) -> Result<()> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let path = match CString::new(pin.as_os_str().as_encoded_bytes()) {
+        Ok(path) => path,
+        Err(_) => anyhow::bail!("{} contains NUL", pin.display()),
+    };
+    // union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags.
+    let mut attr = [0u64; 4];
+    attr[0] = path.as_ptr() as u64;
+    // SAFETY: attr outlives the call and is as large as the kernel reads.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), 32usize) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::NotFound {
+            return Ok(());
+        }
+        return Err(err).with_context(|| format!("opening {}", pin.display()));
+    }
+    // SAFETY: the syscall returned a new descriptor that nothing else owns.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // union bpf_attr for BPF_LINK_DETACH: link_fd.
+    let mut attr = [0u64; 4];
+    attr[0] = std::os::fd::AsRawFd::as_raw_fd(&link) as u64;
+    // SAFETY: as above.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), 32usize) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("BPF_LINK_DETACH of {}", pin.display()));
+    }
+    Ok(())
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {

@@ -215,3 +215,102 @@ fn ebpf_rules_with_generic_xdp() {
 fn iptables_rules_refuse_bad_input_and_stay_in_force_across_kill_and_restart() {
     check("iptables", &[], "");
 }
+
+/// The XDP attachment `ip link` shows on the uplink: `xdp` (native),
+/// `xdpgeneric`, or none.
+fn xdp_on_link(h: &DaemonHost) -> Option<String> {
+    let out = h
+        .host
+        .run("ip", &["-o", "link", "show", "dev", &h.uplink])
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    line.split_whitespace()
+        .find(|word| word.starts_with("xdp"))
+        .map(str::to_owned)
+}
+
+/// Restarts (kill -9, as a crash would) that keep or change the XDP mode:
+/// each start replaces the previous run's link at once, in the mode asked
+/// for, and the rule keeps dropping in the hook that mode gives.
+#[test]
+fn xdp_link_follows_the_flag_across_restarts() {
+    let mut h = DaemonHost::start(NETD, &["--datapath", "ebpf"]);
+    let web = h.name("web");
+    h.ok(&["container", "create", &web, "-p", "8080:80"]);
+    let _server = EchoServer::tcp(&h.ctr("web"), addr("172.17.0.2:80"), "{peer}").unwrap();
+    let published = addr(&format!("{HOST_IP}:8080"));
+    h.ok(&["rule", "add", "deny", "--source", OUTSIDE_IP]);
+    assert_eq!(xdp_on_link(&h), None, "auto on a veth attaches nothing");
+    for (flag, on_link, status) in [
+        ("generic", Some("xdpgeneric"), "generic"),
+        ("generic", Some("xdpgeneric"), "generic"),
+        ("native", Some("xdp"), "native"),
+        ("native", Some("xdp"), "native"),
+        ("generic", Some("xdpgeneric"), "generic"),
+        ("off", None, "off (--xdp off)"),
+        ("native", Some("xdp"), "native"),
+    ] {
+        h.kill_daemon(libc::SIGKILL);
+        h.spawn_daemon_with(&["--xdp", flag]);
+        let shown = h.json(&["status"])["programs"]["xdp"][&h.uplink].clone();
+        assert_eq!(shown, status, "--xdp {flag}");
+        assert_eq!(xdp_on_link(&h).as_deref(), on_link, "--xdp {flag}");
+        let events = h.monitor();
+        assert!(probe::tcp_request(&h.outside, published, b"").is_err());
+        let expected = if on_link.is_some() { "xdp" } else { "tc" };
+        assert_eq!(
+            hook_of_next_drop(&events, "user-rule"),
+            expected,
+            "--xdp {flag}"
+        );
+    }
+}
+
+/// The bpffs directory of a test's pins, removed however the test ends.
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a restart or a mode change does, back to back: each attach finds
+/// the device free of the link the previous one pinned (unpinning alone
+/// frees it only after an RCU grace period: EBUSY for an attach meanwhile).
+#[test]
+fn xdp_reattach_back_to_back_finds_the_device_free() {
+    use netd::{
+        bpf::{BpfLog, Datapath, XdpMode, XdpSetting},
+        features::{Features, KernelFeatures},
+    };
+    let mut bed = netd_testbed::topology::Testbed::new().unwrap();
+    let (host, _outside, uplink) = bed.add_host_with_outside().unwrap();
+    let pins = PinDir(format!("/sys/fs/bpf/netd-test-{}", bed.id()).into());
+    let features = Features::probe(KernelFeatures::Auto).unwrap();
+    let mut datapath = Datapath::load_pinned(&pins.0, &features, BpfLog::Off).unwrap();
+    for (setting, mode) in [
+        (XdpSetting::Generic, XdpMode::Generic),
+        (XdpSetting::Generic, XdpMode::Generic),
+        (XdpSetting::Native, XdpMode::Native),
+        (XdpSetting::Native, XdpMode::Native),
+        (XdpSetting::Generic, XdpMode::Generic),
+        (XdpSetting::Native, XdpMode::Native),
+    ] {
+        let attached = host
+            .enter(|| datapath.attach_xdp(&uplink, setting))
+            .unwrap()
+            .unwrap_or_else(|err| panic!("{setting:?}: {err:#}"));
+        assert_eq!(attached, mode);
+        assert!(datapath.xdp_pinned(&uplink));
+    }
+    host.enter(|| datapath.detach_xdp(&uplink))
+        .unwrap()
+        .unwrap();
+    assert!(!datapath.xdp_pinned(&uplink));
+    let out = host
+        .run("ip", &["-o", "link", "show", "dev", &uplink])
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(!line.contains(" xdp"), "still attached: {line}");
+}
