@@ -144,6 +144,17 @@ fn quick_bench_runs_and_reports_every_datapath() {
         }
     }
     assert_eq!(parts["flood"]["under_flood"].as_array().unwrap().len(), 7);
+    // The drop cost beyond the floor: every path costs more than frames
+    // into a one-instruction XDP_DROP (less would mean the floor measured
+    // something else).
+    let cost = &parts["flood"]["drop_cost"];
+    assert!(cost["floor_ns_per_frame"].as_f64().unwrap() > 0.0, "{cost}");
+    let costs = cost["paths"].as_array().unwrap();
+    assert_eq!(costs.len(), 3, "{cost}");
+    for path in costs {
+        assert!(path["ns_beyond_floor"].as_f64().unwrap() > 0.0, "{cost}");
+    }
+    assert_eq!(cost["ratios"].as_array().unwrap().len(), 3, "{cost}");
     // The profile saw the programs run, and the chart has its lines.
     let profile = &results["ebpf_profile"]["workloads"]["dnat_tcp_crr"];
     assert!(

@@ -205,8 +205,68 @@ struct FrameSender {
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+const XDP_DROP: u32 = 1;
+const XDP_TX: u32 = 3;
+
+/// Loads a two-instruction XDP program: `r0 = action; exit`.
+fn xdp_program_returning(action: u32) -> Result<libc::c_int> {
+    let insns: [u64; 2] = [0xb7 | (u64::from(action) << 32), 0x95];
+    let license = b"GPL\0";
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(BPF_PROG_TYPE_XDP) | (2u64 << 32);
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    Ok(bpf(BPF_PROG_LOAD, &mut attr)? as libc::c_int)
+}
+
+/// A one-instruction XDP_DROP program in an interface's driver: the least
+/// receiving a frame can cost (the floor the flood's drop costs are taken
+/// from). Detached when dropped (its link's only fd is closed).
+struct FloorDrop {
+    prog: libc::c_int,
+    link: libc::c_int,
+}
+
+impl FloorDrop {
+    /// Attaches to `ifname` in the calling thread's namespace.
+    fn attach(ifname: &str) -> Result<Self> {
+        let name = std::ffi::CString::new(ifname)?;
+        // SAFETY: a plain libc call.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        anyhow::ensure!(ifindex != 0, "no interface {ifname}");
+        let prog = xdp_program_returning(XDP_DROP).context("loading an XDP_DROP program")?;
+        // link_create: prog_fd, target_ifindex, attach_type, flags.
+        let mut attr = [0u64; 16];
+        attr[0] = prog as u64 | (u64::from(ifindex) << 32);
+        attr[1] = u64::from(BPF_XDP) | (u64::from(XDP_FLAGS_DRV_MODE) << 32);
+        match bpf(BPF_LINK_CREATE, &mut attr) {
+            Ok(link) => Ok(Self {
+                prog,
+                link: link as libc::c_int,
+            }),
+            Err(err) => {
+                // SAFETY: our own fd, closed once.
+                unsafe { libc::close(prog) };
+                Err(err).with_context(|| format!("attaching XDP_DROP to {ifname}"))
+            }
+        }
+    }
+}
+
+impl Drop for FloorDrop {
+    fn drop(&mut self) {
+        // SAFETY: our own fds, closed once.
+        unsafe {
+            libc::close(self.link);
+            libc::close(self.prog);
+        }
+    }
+}
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<libc::c_long> {
     // SAFETY: `attr` is a zero-padded bpf_attr of 128 bytes, as the kernel reads it.
@@ -223,18 +283,8 @@ impl FrameSender {
         // SAFETY: a plain libc call.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
         anyhow::ensure!(ifindex != 0, "no interface {ifname}");
-        // r0 = XDP_TX (3); exit.
-        let insns: [u64; 2] = [0x0000_0003_0000_00b7, 0x0000_0000_0000_0095];
-        let license = b"GPL\0";
-        let mut attr = [0u64; 16];
-        attr[0] = u64::from(BPF_PROG_TYPE_XDP) | (2u64 << 32);
-        attr[1] = insns.as_ptr() as u64;
-        attr[2] = license.as_ptr() as u64;
-        let prog = bpf(BPF_PROG_LOAD, &mut attr).context("loading the XDP_TX generator")?;
-        Ok(Self {
-            prog: prog as libc::c_int,
-            ifindex,
-        })
+        let prog = xdp_program_returning(XDP_TX).context("loading the XDP_TX generator")?;
+        Ok(Self { prog, ifindex })
     }
 
     /// Sends `frame` `count` times; returns how many went.
@@ -583,12 +633,121 @@ fn flood(netd: &str, config: &Config) -> Result<(String, Value)> {
     }
     md.push_str("\nThe paths under the same flood (paired):\n\n");
     md.push_str(&paired::table(&across));
+    let (cost_md, cost_json) = drop_cost(
+        netd,
+        config,
+        &[
+            ("native XDP", frames_native),
+            ("TC only", frames_tc),
+            ("iptables", frames_iptables),
+        ],
+    )?;
+    md.push_str(&cost_md);
     Ok((
         md,
         json!({
             "paths": rows,
             "under_flood": across.iter().map(PairedRatio::to_json).collect::<Vec<_>>(),
+            "drop_cost": cost_json,
         }),
+    ))
+}
+
+/// The flooder's core's time per frame over `slice` (sending, and the
+/// host's receive work, which the veth runs on the sender's CPU).
+fn ns_per_frame(spec: &Arc<FloodSpec>, slice: Duration) -> Result<f64> {
+    let flooding = spec.start(slice);
+    thread::sleep(slice);
+    let (sent, took) = flooding.stop()?;
+    anyhow::ensure!(sent > 0, "the flooder sent nothing");
+    Ok(took.as_nanos() as f64 / sent as f64)
+}
+
+/// What dropping one flood frame costs the host beyond receiving it, per
+/// path: the flooder's time per frame on the path, less its time per frame
+/// into a one-instruction XDP_DROP on a host of the same shape (the floor:
+/// sending, the veth's ring and NAPI, one program run). Paired: every round
+/// measures the floor and each path in a rotating order, and the costs and
+/// their ratios are taken within the round.
+fn drop_cost(netd: &str, config: &Config, paths: &[(&str, &Target)]) -> Result<(String, Value)> {
+    let floor_target = timed_build(|| {
+        let extras = Extras {
+            flags: &["--xdp", "off"],
+            variant: " (frames into XDP_DROP)".into(),
+            ..Extras::default()
+        };
+        daemon_target(netd, "ebpf", 1, 1, config, extras)
+    })?;
+    let h = floor_target
+        ._keep
+        ._daemon
+        .as_deref()
+        .context("a daemon target")?;
+    let floor = Arc::new(FloodSpec::new(h, Generator::Frames)?);
+    let _attached = h.host.enter(|| FloorDrop::attach(&h.uplink))??;
+    let mut floods = vec![floor];
+    for (label, target) in paths {
+        floods.push(
+            target
+                .dnat
+                .flood
+                .clone()
+                .with_context(|| format!("{label} has no flood"))?,
+        );
+    }
+    eprintln!("bench: drop cost beyond the floor");
+    for flood in &floods {
+        ns_per_frame(flood, config.slice / 2)?;
+    }
+    let mut floors = Vec::new();
+    let mut beyond = vec![Vec::new(); paths.len()];
+    for round in 0..config.pairs {
+        let mut ns = vec![0.0; floods.len()];
+        for i in 0..floods.len() {
+            let at = (i + round) % floods.len();
+            ns[at] = ns_per_frame(&floods[at], config.slice)?;
+        }
+        floors.push(ns[0]);
+        for (path, cost) in beyond.iter_mut().enumerate() {
+            cost.push(ns[path + 1] - ns[0]);
+        }
+    }
+    let (floor_ns, ..) = paired::median_with_interval(&floors);
+    let mut md = format!(
+        "\nThe host's time per dropped frame beyond receiving it (`frames:` flood; the flooder's \
+         ns per frame less the floor, {floor_ns:.0} ns per frame into a one-instruction XDP_DROP \
+         on a host of the same shape; {} rounds, each path and the floor in turn):\n\n\
+         | path | ns per drop beyond the floor | 95 % interval |\n|---|---|---|\n",
+        config.pairs
+    );
+    let mut costs = Vec::new();
+    for ((label, _), cost) in paths.iter().zip(&beyond) {
+        let (median, low, high) = paired::median_with_interval(cost);
+        md.push_str(&format!(
+            "| {label} | {median:.0} | [{low:.0}, {high:.0}] |\n"
+        ));
+        costs.push(
+            json!({"path": label, "ns_beyond_floor": median, "ci95": [low, high], "rounds": cost}),
+        );
+    }
+    let mut ratios = Vec::new();
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        let per_round: Vec<f64> = beyond[a]
+            .iter()
+            .zip(&beyond[b])
+            .map(|(x, y)| x / y)
+            .collect();
+        let (median, low, high) = paired::median_with_interval(&per_round);
+        let what = format!("{} / {}", paths[a].0, paths[b].0);
+        md.push_str(&format!(
+            "\n{what}: **{median:.2}×** [{low:.2}, {high:.2}] of the cost per drop"
+        ));
+        ratios.push(json!({"what": what, "median_ratio": median, "ci95": [low, high], "pair_ratios": per_round}));
+    }
+    md.push('\n');
+    Ok((
+        md,
+        json!({"floor_ns_per_frame": floor_ns, "floors": floors, "paths": costs, "ratios": ratios}),
     ))
 }
 

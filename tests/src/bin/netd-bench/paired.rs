@@ -154,17 +154,23 @@ pub fn pair_ratios(
 
 impl PairedRatio {
     pub fn new(what: String, workload: Workload, direction: Direction, ratios: Vec<f64>) -> Self {
-        let (low, high) = bootstrap_interval(&ratios, 2000);
+        let (median, low, high) = median_with_interval(&ratios);
         Self {
             what,
             workload,
             direction,
-            median: median(&ratios),
+            median,
             low,
             high,
             ratios,
         }
     }
+}
+
+/// The median of `values` and its bootstrap 95 % interval.
+pub fn median_with_interval(values: &[f64]) -> (f64, f64, f64) {
+    let (low, high) = bootstrap_interval(values, 2000);
+    (median(values), low, high)
 }
 
 fn median(values: &[f64]) -> f64 {
