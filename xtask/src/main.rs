@@ -27,7 +27,7 @@ commands:
                  using it (own socket and directories under /run/netd-dev and
                  /var/lib/netd-dev); Ctrl-C stops both
   demo           show netd on real traffic between network namespaces
-  bench [--quick] eBPF vs iptables vs plain routing (release build); --quick in under 2 minutes
+  bench [--quick] eBPF vs iptables vs plain routing (release build); --quick in about 5 minutes
   bench --docker | --podman [--quick]
                  the runtime with netd (ebpf, iptables) vs its own networking, side by side
   kernels        netd on this kernel (both attach modes) and on Debian's 5.10, 6.1 and
