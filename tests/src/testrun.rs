@@ -59,6 +59,25 @@ pub fn run_classifier_with_mark(
     Ok((verdict, out, mark_out))
 }
 
+/// Runs `program` on `frame` `repeat` times in one BPF_PROG_TEST_RUN (on
+/// the calling CPU); returns the last run's verdict.
+pub fn run_classifier_repeated(
+    dp: &mut Datapath,
+    program: &str,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<u32> {
+    let result = dp
+        .classifier(program)?
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::new()
+        })
+        .with_context(|| format!("{repeat} test runs of {program}"))?;
+    Ok(result.return_value)
+}
+
 /// One BPF_PROG_TEST_RUN, with an skb context in and out when given.
 fn test_run(
     dp: &mut Datapath,

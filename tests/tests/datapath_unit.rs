@@ -1064,3 +1064,85 @@ fn xdp_drops_only_what_from_uplink_drops_and_changes_nothing() {
         "what XDP drops early"
     );
 }
+
+/// Drop events are budgeted per CPU (`DROP_EVENTS_PER_WINDOW` a window):
+/// past the budget a drop is counted but sends no event, and the next event
+/// sent says how many were left out. So every drop is an event or in some
+/// event's `suppressed`.
+#[test]
+fn drop_events_past_the_budget_are_counted_not_sent() {
+    use netd_common::{HOOK_TC, sizes};
+    use std::time::{Duration, Instant};
+    const BURST: u32 = 1000;
+    // Both runs on one CPU: the budget is per CPU.
+    // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    let mut events = dp.take_drop_events().unwrap();
+    let mut next_batch = || {
+        runtime
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), events.next_batch()).await
+            })
+            .expect("drop events within 5 s")
+            .expect("the ring is readable")
+    };
+    // Unsolicited from outside to a container address: dropped.
+    let frame = Ipv4Frame::tcp(REMOTE, 40000, C1, 80, TCP_SYN).build();
+    let reason = DropReason::UnsolicitedInbound;
+
+    let started = Instant::now();
+    let verdict = netd_testbed::testrun::run_classifier_repeated(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &frame,
+        BURST,
+    )
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, reason), u64::from(BURST), "every drop counted");
+    let burst = next_batch();
+    let window = Duration::from_nanos(sizes::DROP_EVENTS_WINDOW_NS);
+    let windows = took.as_nanos() / window.as_nanos() + 2;
+    let budget = sizes::DROP_EVENTS_PER_WINDOW as usize;
+    assert!(
+        burst.len() >= budget && burst.len() <= budget * windows as usize,
+        "{} events for {BURST} drops in {took:?}",
+        burst.len()
+    );
+    assert_eq!(burst[0].suppressed, 0, "a fresh budget left nothing out");
+    for event in &burst {
+        assert_eq!(
+            (event.reason, event.hook, event.src, event.dst),
+            (reason as u32, HOOK_TC, ip(REMOTE).octets(), ip(C1).octets())
+        );
+    }
+
+    // The budget's time base: a window later, the next drop sends an event
+    // that accounts for the ones left out.
+    std::thread::sleep(window * 2);
+    netd_testbed::testrun::run_classifier_repeated(&mut dp, programs::FROM_UPLINK, &frame, 1)
+        .unwrap();
+    let last = next_batch();
+    assert_eq!(last.len(), 1, "{last:?}");
+    let reported: u32 = burst.iter().chain(&last).map(|e| e.suppressed).sum();
+    assert!(last[0].suppressed > 0, "the burst went past the budget");
+    assert_eq!(
+        burst.len() as u32 + reported,
+        BURST,
+        "each drop of the burst is an event or counted in a later one"
+    );
+}
