@@ -69,18 +69,19 @@ fn take_event_budget() -> Option<u32> {
 static DROPS_BY_INTERFACE: LruPerCpuHashMap<DropKey, u64> =
     LruPerCpuHashMap::with_max_entries(sizes::DROPS_BY_INTERFACE, 0);
 
-/// Counts a drop by reason and by (interface, reason), and reports it.
-/// Dropped packets only: the forwarding path never pays for this.
+/// Counts a drop by reason and by (interface, reason); within the event
+/// budget, also reports it to `netd monitor` and returns the event. Dropped
+/// packets only: the forwarding path never pays for this; and past the
+/// budget (a flood) a drop does not read its headers for an event.
 #[inline(always)]
-pub fn count_drop<F: Frame>(ctx: &F, reason: DropReason) -> DropEvent {
+pub fn count_drop<F: Frame>(ctx: &F, reason: DropReason) -> Option<DropEvent> {
     if let Some(slot) = DROP_COUNTERS.get_ptr_mut(reason as u32) {
         // SAFETY: as above.
         unsafe { *slot += 1 };
     }
-    let event = report_drop(ctx, reason);
     let key = DropKey {
-        ifindex: event.ifindex,
-        reason: event.reason,
+        ifindex: ctx.ifindex(),
+        reason: reason as u32,
     };
     match DROPS_BY_INTERFACE.get_ptr_mut(&key) {
         // SAFETY: a per-CPU value, only this CPU writes it now.
@@ -89,13 +90,19 @@ pub fn count_drop<F: Frame>(ctx: &F, reason: DropReason) -> DropEvent {
             let _ = DROPS_BY_INTERFACE.insert(&key, &1, 0);
         }
     }
-    event
+    let suppressed = take_event_budget()?;
+    let mut event = drop_event(ctx, reason);
+    event.suppressed = suppressed;
+    let _ = DROP_EVENTS.output(&event, 0);
+    Some(event)
 }
 
-/// One log line per drop. Pruned by the verifier unless `netd daemon
+/// A log line per reported drop (past the event budget, none: a flood
+/// would flood the log too). Pruned by the verifier unless `netd daemon
 /// --bpf-log debug` (or trace).
 #[inline(always)]
-pub fn log_drop<C: EbpfContext>(ctx: &C, event: &DropEvent) {
+pub fn log_drop<C: EbpfContext>(ctx: &C, event: Option<&DropEvent>) {
+    let Some(event) = event else { return };
     aya_log_ebpf::debug!(
         ctx,
         "drop reason {} on if{}: proto {} {:i} -> {:i}",
@@ -110,7 +117,7 @@ pub fn log_drop<C: EbpfContext>(ctx: &C, event: &DropEvent) {
 /// Best-effort 5-tuple of a dropped frame (IPv4 without options assumed;
 /// fields stay zero where the frame is too short).
 #[inline(always)]
-fn report_drop<F: Frame>(ctx: &F, reason: DropReason) -> DropEvent {
+fn drop_event<F: Frame>(ctx: &F, reason: DropReason) -> DropEvent {
     let mut event = DropEvent {
         reason: reason as u32,
         ifindex: ctx.ifindex(),
@@ -128,10 +135,6 @@ fn report_drop<F: Frame>(ctx: &F, reason: DropReason) -> DropEvent {
             event.src_port = ports[0];
             event.dst_port = ports[1];
         }
-    }
-    if let Some(suppressed) = take_event_budget() {
-        event.suppressed = suppressed;
-        let _ = DROP_EVENTS.output(&event, 0);
     }
     event
 }

@@ -59,7 +59,7 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
         Ok(()) => xdp_action::XDP_PASS,
         Err(reason) => {
             let event = counters::count_drop(&ctx, reason);
-            counters::log_drop(&ctx, &event);
+            counters::log_drop(&ctx, event.as_ref());
             xdp_action::XDP_DROP
         }
     }
@@ -130,7 +130,7 @@ fn verdict(ctx: &TcContext, result: Result<Forward, DropReason>, log_drops: bool
         Err(reason) => {
             let event = counters::count_drop(ctx, reason);
             if log_drops {
-                counters::log_drop(ctx, &event);
+                counters::log_drop(ctx, event.as_ref());
             }
             TC_ACT_SHOT
         }
