@@ -235,10 +235,7 @@ struct FloorDrop {
 impl FloorDrop {
     /// Attaches to `ifname` in the calling thread's namespace.
     fn attach(ifname: &str) -> Result<Self> {
-        let name = std::ffi::CString::new(ifname)?;
-        // SAFETY: a plain libc call.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        anyhow::ensure!(ifindex != 0, "no interface {ifname}");
+        let ifindex = ifindex_of(ifname)?;
         let prog = xdp_program_returning(XDP_DROP).context("loading an XDP_DROP program")?;
         // link_create: prog_fd, target_ifindex, attach_type, flags.
         let mut attr = [0u64; 16];
@@ -268,6 +265,15 @@ impl Drop for FloorDrop {
     }
 }
 
+/// The index of `ifname` in the calling thread's namespace.
+fn ifindex_of(ifname: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(ifname)?;
+    // SAFETY: a plain libc call.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    anyhow::ensure!(ifindex != 0, "no interface {ifname}");
+    Ok(ifindex)
+}
+
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<libc::c_long> {
     // SAFETY: `attr` is a zero-padded bpf_attr of 128 bytes, as the kernel reads it.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128usize) };
@@ -279,10 +285,7 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<libc::c_long>
 
 impl FrameSender {
     fn on(ifname: &str) -> Result<Self> {
-        let name = std::ffi::CString::new(ifname)?;
-        // SAFETY: a plain libc call.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        anyhow::ensure!(ifindex != 0, "no interface {ifname}");
+        let ifindex = ifindex_of(ifname)?;
         let prog = xdp_program_returning(XDP_TX).context("loading the XDP_TX generator")?;
         Ok(Self { prog, ifindex })
     }
