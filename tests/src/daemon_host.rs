@@ -36,8 +36,13 @@ impl DaemonHost {
     /// `netd` is the binary (tests pass `env!("CARGO_BIN_EXE_netd")`);
     /// `daemon_args` are added to every `netd daemon` start.
     pub fn start(netd: &str, daemon_args: &[&str]) -> Self {
+        Self::start_with_uplink_queues(netd, daemon_args, 1)
+    }
+
+    /// [`Self::start`] with a `queues`-queue uplink veth.
+    pub fn start_with_uplink_queues(netd: &str, daemon_args: &[&str], queues: u32) -> Self {
         let mut bed = Testbed::new().unwrap();
-        let (host, outside, uplink) = bed.add_host_with_outside().unwrap();
+        let (host, outside, uplink) = bed.add_host_with_outside_queues(queues).unwrap();
         let dir = PathBuf::from(format!("/run/netd-test-{}", bed.id()));
         std::fs::create_dir_all(&dir).unwrap();
         let id = bed.id().to_owned();

@@ -65,10 +65,25 @@ impl Testbed {
 
     /// Creates a veth pair with one end in each namespace, both ends up.
     pub fn veth(&self, a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
-        run(Command::new("ip").args([
-            "link", "add", a_name, "netns", &a.name, "type", "veth", "peer", "name", b_name,
-            "netns", &b.name,
-        ]))
+        self.veth_with_queues(a, a_name, b, b_name, 1)
+    }
+
+    /// [`Self::veth`] with `queues` receive and transmit queues on each end.
+    pub fn veth_with_queues(
+        &self,
+        a: &Netns,
+        a_name: &str,
+        b: &Netns,
+        b_name: &str,
+        queues: u32,
+    ) -> Result<()> {
+        let queues = queues.max(1).to_string();
+        let each_end = ["numtxqueues", &queues, "numrxqueues", &queues];
+        run(Command::new("ip")
+            .args(["link", "add", a_name, "netns", &a.name])
+            .args(each_end)
+            .args(["type", "veth", "peer", "name", b_name, "netns", &b.name])
+            .args(each_end))
         .with_context(|| format!("creating veth {a_name}@{} <-> {b_name}@{}", a.name, b.name))?;
         a.ip(&["link", "set", a_name, "up"])?;
         b.ip(&["link", "set", b_name, "up"])
@@ -79,11 +94,16 @@ impl Testbed {
     /// [`crate::uplink`] and the host's default route via the outside.
     /// Returns (host, outside, uplink name).
     pub fn add_host_with_outside(&mut self) -> Result<(Netns, Netns, String)> {
+        self.add_host_with_outside_queues(1)
+    }
+
+    /// [`Self::add_host_with_outside`] with a `queues`-queue uplink veth.
+    pub fn add_host_with_outside_queues(&mut self, queues: u32) -> Result<(Netns, Netns, String)> {
         use crate::uplink::{HOST_IP, HOST_SECOND_IP, OUTSIDE_IP};
         let host = self.add_netns("host")?;
         let outside = self.add_netns("outside")?;
         let uplink = self.ifname("up");
-        self.veth(&host, &uplink, &outside, "eth0")?;
+        self.veth_with_queues(&host, &uplink, &outside, "eth0", queues)?;
         for ip in [HOST_IP, HOST_SECOND_IP] {
             host.ip(&["addr", "add", &format!("{ip}/24"), "dev", &uplink])?;
         }

@@ -155,6 +155,26 @@ fn quick_bench_runs_and_reports_every_datapath() {
         assert!(path["ns_beyond_floor"].as_f64().unwrap() > 0.0, "{cost}");
     }
     assert_eq!(cost["ratios"].as_array().unwrap().len(), 3, "{cost}");
+    // The paced flood: three paths at three offered rates, each sent at
+    // about the rate offered (a short quick run: within 30 %) and all of
+    // it dropped.
+    let paced = &parts["flood"]["paced"];
+    let rows = paced["paths"].as_array().unwrap();
+    assert_eq!(rows.len(), 9, "{paced}");
+    for row in rows {
+        let offered = row["offered_per_s"].as_f64().unwrap();
+        let (sent, dropped) = (
+            row["flood"]["sent_per_s"].as_f64().unwrap(),
+            row["flood"]["dropped_per_s"].as_f64().unwrap(),
+        );
+        assert!((0.7 * offered..1.3 * offered).contains(&sent), "{row}");
+        assert!(dropped >= 0.95 * sent, "{row}");
+        assert!(
+            row["retained"]["median_ratio"].as_f64().unwrap() > 0.0,
+            "{row}"
+        );
+    }
+    assert_eq!(paced["under_flood"].as_array().unwrap().len(), 9, "{paced}");
     // The profile saw the programs run, and the chart has its lines.
     let profile = &results["ebpf_profile"]["workloads"]["dnat_tcp_crr"];
     assert!(

@@ -487,6 +487,8 @@ struct Extras<'a> {
     rules: Vec<String>,
     /// Appended to the target's label.
     variant: String,
+    /// Queues on each end of the uplink veth (0: one).
+    uplink_queues: u32,
 }
 
 /// netd with `ports` published ports (the measured ones added last) and
@@ -503,7 +505,7 @@ fn daemon_target(
         .into_iter()
         .chain(extras.flags.iter().copied())
         .collect();
-    let mut h = DaemonHost::start(netd, &flags);
+    let mut h = DaemonHost::start_with_uplink_queues(netd, &flags, extras.uplink_queues);
     if ports > 1 {
         let fill = h.name("fill");
         let last = FILLER_FIRST_PORT + ports - 2;

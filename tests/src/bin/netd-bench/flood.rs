@@ -11,7 +11,15 @@
 //!   (`--xdp off`) and iptables with the same rule: the legitimate rate
 //!   kept (paired, flood on / off), the three compared under flood, drops
 //!   per second, the whole CPU's time per flood packet, and the BPF
-//!   programs' own time per packet from BPF stats.
+//!   programs' own time per packet from BPF stats;
+//! - what a drop costs the host beyond receiving the frame, per path;
+//! - the flood paced to fixed rates, the same on every path (an attacker's
+//!   rate does not depend on the victim), up to the rate that fills a core
+//!   on the costliest path: the legitimate rate kept, and the paths compared.
+//!
+//! The XDP-frame floods reach a two-queue uplink with a queue per core, as
+//! a NIC's RSS gives: the flood on the server's core, the client's packets
+//! on the client's.
 
 use std::{
     collections::BTreeMap,
@@ -32,7 +40,7 @@ use netd_testbed::{
 use serde_json::{Value, json};
 
 use super::{
-    BpfStats, Config, Extras, SERVER_CPU, SERVER_IP, Side, Target, daemon_target,
+    BpfStats, CLIENT_CPU, Config, Extras, SERVER_CPU, SERVER_IP, Side, Target, daemon_target,
     paired::{self, Comparison, Direction, PairedRatio, Workload},
     pin_to_cpu, program_stats, tcp_crr, tcp_crr_counted, tcp_stream, timed_build,
 };
@@ -41,6 +49,12 @@ use super::{
 /// never for longer than asked plus [`FLOOD_GRACE`].
 const MAX_FLOOD_PACKETS: u64 = 200_000_000;
 const FLOOD_GRACE: Duration = Duration::from_secs(1);
+/// A paced flood sends a batch this often: a live-frames run has a fixed
+/// cost of ~20 ms asleep (its page pool's teardown waits for RCU), so
+/// batches are large and the pacing coarse.
+const PACING_TICK: Duration = Duration::from_millis(100);
+/// How far a paced flood may fall behind before it stops trying to catch up.
+const MAX_PACING_LAG: Duration = Duration::from_millis(200);
 /// The source the flood targets' one rule denies.
 const DENIED: &str = "203.0.113.0/24";
 
@@ -57,12 +71,51 @@ enum Generator {
     Frames,
 }
 
+impl Generator {
+    /// Queues on the uplink veth: a NIC-like uplink has one per core.
+    fn uplink_queues(self) -> u32 {
+        match self {
+            Self::Socket => 1,
+            Self::Frames => 2,
+        }
+    }
+}
+
+/// Gives each core its own queue of `h`'s two-queue uplink, as a NIC's RSS
+/// spreads flows: the client's packets (sent on its core) go to receive
+/// queue 0, and the flooder's frames (on the server's core) to queue 1 (a
+/// veth puts an XDP frame on the queue of the sending CPU). Each queue's
+/// NAPI runs on the core that fills it, so the client's packets are not
+/// received in the flood's ring.
+fn queue_per_core(h: &DaemonHost) -> Result<()> {
+    let masks = [(0, 1usize << CLIENT_CPU), (1, 1usize << SERVER_CPU)];
+    for (queue, mask) in masks {
+        // XPS is set through sysfs, which shows the namespace's devices only
+        // under `ip netns exec`.
+        let path = format!("/sys/class/net/eth0/queues/tx-{queue}/xps_cpus");
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", h.outside.name(), "sh", "-c"])
+            .arg(format!("echo {mask:x} > {path}"))
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "setting {path} in {}: {}",
+            h.outside.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// Frames that every datapath must drop, and where to send them.
+#[derive(Clone)]
 pub struct FloodSpec {
     ns: Netns,
     ifname: String,
     frames: Vec<Vec<u8>>,
     generator: Generator,
+    /// Frames per second to offer, or `None`: as fast as one core sends.
+    rate: Option<f64>,
 }
 
 impl FloodSpec {
@@ -91,7 +144,16 @@ impl FloodSpec {
             ifname: "eth0".into(),
             frames,
             generator,
+            rate: None,
         })
+    }
+
+    /// The same flood offered at `rate` frames per second.
+    fn paced(&self, rate: f64) -> Self {
+        Self {
+            rate: Some(rate),
+            ..self.clone()
+        }
     }
 
     /// Floods in the background, on the server's CPU (where the host's
@@ -131,9 +193,29 @@ impl FloodSpec {
                 let sender = FrameSender::on(&self.ifname)?;
                 // One frame per run, repeated: the two kinds take turns.
                 let mut kinds = self.frames.iter().take(2).cycle();
+                let Some(rate) = self.rate else {
+                    while more(sent) {
+                        let frame = kinds.next().expect("two frames");
+                        sent += sender.send(frame, FRAMES_PER_RUN)?;
+                    }
+                    return Ok(sent);
+                };
+                // A batch every tick, asleep in between: the core's time
+                // left is what the host's receive and drop work did not take.
+                let batch = ((rate * PACING_TICK.as_secs_f64()).round() as u32).max(1);
+                let period = Duration::from_secs_f64(f64::from(batch) / rate);
+                let mut next = Instant::now();
                 while more(sent) {
                     let frame = kinds.next().expect("two frames");
-                    sent += sender.send(frame, FRAMES_PER_RUN)?;
+                    sent += sender.send(frame, batch)?;
+                    next += period;
+                    let now = Instant::now();
+                    if next > now {
+                        thread::sleep(next - now);
+                    } else if now - next > MAX_PACING_LAG {
+                        // Behind (the core is saturated): no burst to catch up.
+                        next = now;
+                    }
                 }
             }
         }
@@ -517,10 +599,14 @@ fn flood(netd: &str, config: &Config) -> Result<(String, Value)> {
                 flags,
                 rules: vec![format!("deny -s {DENIED}")],
                 variant: format!(" ({label}, {DENIED} denied)"),
+                uplink_queues: generator.uplink_queues(),
             };
             daemon_target(netd, datapath, 1, 1, config, extras)
         })?;
         let h = target._keep._daemon.as_deref().context("a daemon target")?;
+        if generator == Generator::Frames {
+            queue_per_core(h)?;
+        }
         if generator == Generator::Frames && !flags.contains(&"native") {
             h.host.enter(|| enable_gro(&h.uplink))??;
         }
@@ -646,12 +732,134 @@ fn flood(netd: &str, config: &Config) -> Result<(String, Value)> {
         ],
     )?;
     md.push_str(&cost_md);
+    let (paced_md, paced_json) = paced_flood(config, &mut built)?;
+    md.push_str(&paced_md);
     Ok((
         md,
         json!({
             "paths": rows,
             "under_flood": across.iter().map(PairedRatio::to_json).collect::<Vec<_>>(),
             "drop_cost": cost_json,
+            "paced": paced_json,
+        }),
+    ))
+}
+
+/// The offered rates of the paced flood, as fractions of the costliest
+/// path's capacity on one core.
+const PACED_FRACTIONS: [f64; 3] = [0.5, 0.8, 0.95];
+/// The paths of the paced flood: frames, as from a NIC.
+const PACED_PATHS: [&str; 3] = [
+    "frames: ebpf, native XDP",
+    "frames: ebpf, TC only",
+    "frames: iptables",
+];
+
+/// Legitimate TCP_CRR under a flood offered at a fixed rate, the same on
+/// every path, as an attacker's is whatever the victim does. Flooding "as
+/// fast as one core sends" on the same machine takes that core whatever a
+/// drop costs (the sender waits for the receiver); at a fixed rate a
+/// cheaper drop leaves the core's remaining time to the legitimate
+/// traffic. The rates are fractions of the rate at which the costliest
+/// path's flood fills one core (sending, receiving and dropping).
+fn paced_flood(config: &Config, built: &mut [(&str, Target)]) -> Result<(String, Value)> {
+    let mut at = Vec::new();
+    for label in PACED_PATHS {
+        let index = built
+            .iter()
+            .position(|(l, _)| *l == label)
+            .with_context(|| format!("flood target {label}"))?;
+        at.push(index);
+    }
+    let unpaced: Vec<Arc<FloodSpec>> = at
+        .iter()
+        .map(|&i| built[i].1.dnat.flood.clone().context("a flood"))
+        .collect::<Result<_>>()?;
+    eprintln!("bench: paced flood: each path's capacity");
+    let mut costliest = 0.0f64;
+    for spec in &unpaced {
+        costliest = costliest.max(ns_per_frame(spec, config.duration)?);
+    }
+    let capacity = 1e9 / costliest;
+    let mut md = format!(
+        "\n### Flood at a fixed offered rate, while a client runs TCP_CRR\n\n\
+         `frames:` floods paced to the same rate on every path, as an attacker's rate is his own; \
+         the rates are fractions of {capacity:.0} frames/s, what fills one core on the costliest \
+         path (the flooder's core also does the host's receive work).\n\n\
+         | offered frames/s | path | legitimate TCP_CRR kept (flood / none) | 95 % interval | sent /s | dropped /s |\n|---|---|---|---|---|---|\n"
+    );
+    let mut rows = Vec::new();
+    let mut across = Vec::new();
+    for fraction in PACED_FRACTIONS {
+        let rate = fraction * capacity;
+        for (&i, spec) in at.iter().zip(&unpaced) {
+            built[i].1.dnat.flood = Some(Arc::new(spec.paced(rate)));
+        }
+        for &i in &at {
+            let (label, target) = &built[i];
+            eprintln!("bench: paced flood at {rate:.0}/s: {label}");
+            let side = &target.dnat;
+            let ratios = paired::pair_ratios(
+                |d| crr_under_flood(side, d).map(|(crr, _)| crr),
+                |d| tcp_crr(side, d).map(|(crr, _)| crr),
+                config.pairs,
+                config.slice,
+            )?;
+            let retained = PairedRatio::new(
+                format!("{label} at {rate:.0} frames/s: flood / no flood"),
+                Workload::TcpCrrUnderFlood,
+                Direction::Dnat,
+                ratios,
+            );
+            let alone = flood_alone(target, config.duration)?;
+            md.push_str(&format!(
+                "| {rate:.0} ({fraction}) | {label} | {:.2}× | [{:.2}, {:.2}] | {:.0} | {:.0} |\n",
+                retained.median,
+                retained.low,
+                retained.high,
+                alone["sent_per_s"].as_f64().unwrap_or(f64::NAN),
+                alone["dropped_per_s"].as_f64().unwrap_or(f64::NAN),
+            ));
+            rows.push(json!({
+                "offered_per_s": rate,
+                "fraction": fraction,
+                "path": label,
+                "retained": retained.to_json(),
+                "flood": alone,
+            }));
+        }
+        let (native, tc, iptables) = (&built[at[0]].1, &built[at[1]].1, &built[at[2]].1);
+        for (a, b, what) in [
+            (native, iptables, "native XDP / iptables"),
+            (native, tc, "native XDP / TC only"),
+            (tc, iptables, "TC only / iptables"),
+        ] {
+            let what = format!("paced flood at {rate:.0} frames/s: ebpf {what}");
+            eprintln!("bench: paired {what}");
+            across.push(paired::compare(
+                &Comparison {
+                    what,
+                    a,
+                    b,
+                    workload: Workload::TcpCrrUnderFlood,
+                    direction: Direction::Dnat,
+                },
+                config.pairs,
+                config.slice,
+            )?);
+        }
+    }
+    for (&i, spec) in at.iter().zip(unpaced) {
+        built[i].1.dnat.flood = Some(spec);
+    }
+    md.push_str("\nThe paths under the same paced flood (paired):\n\n");
+    md.push_str(&paired::table(&across));
+    Ok((
+        md,
+        json!({
+            "capacity_frames_per_s": capacity,
+            "paths": rows,
+            "under_flood": across.iter().map(PairedRatio::to_json).collect::<Vec<_>>(),
         }),
     ))
 }
@@ -677,6 +885,7 @@ fn drop_cost(netd: &str, config: &Config, paths: &[(&str, &Target)]) -> Result<(
         let extras = Extras {
             flags: &["--xdp", "off"],
             variant: " (frames into XDP_DROP)".into(),
+            uplink_queues: Generator::Frames.uplink_queues(),
             ..Extras::default()
         };
         daemon_target(netd, "ebpf", 1, 1, config, extras)
@@ -686,6 +895,7 @@ fn drop_cost(netd: &str, config: &Config, paths: &[(&str, &Target)]) -> Result<(
         ._daemon
         .as_deref()
         .context("a daemon target")?;
+    queue_per_core(h)?;
     let floor = Arc::new(FloodSpec::new(h, Generator::Frames)?);
     let _attached = h.host.enter(|| FloorDrop::attach(&h.uplink))??;
     let mut floods = vec![floor];
