@@ -618,18 +618,7 @@ fn flood(netd: &str, config: &Config) -> Result<(String, Value)> {
     for (label, target) in &built {
         eprintln!("bench: flood {label}");
         let side = &target.dnat;
-        let ratios = paired::pair_ratios(
-            |d| crr_under_flood(side, d).map(|(rate, _)| rate),
-            |d| tcp_crr(side, d).map(|(rate, _)| rate),
-            config.pairs,
-            config.slice,
-        )?;
-        let retained = PairedRatio::new(
-            format!("{label}: flood / no flood"),
-            Workload::TcpCrrUnderFlood,
-            Direction::Dnat,
-            ratios,
-        );
+        let retained = retained_under_flood(format!("{label}: flood / no flood"), side, config)?;
         let (_, failed) = crr_under_flood(side, config.duration)?;
         let alone = flood_alone(target, config.duration)?;
         // What the hook costs legitimate traffic when nobody floods.
@@ -680,18 +669,11 @@ fn flood(netd: &str, config: &Config) -> Result<(String, Value)> {
             "frames: ebpf TC only / iptables",
         ),
     ] {
-        let what = format!("under flood: {what}");
-        eprintln!("bench: paired {what}");
-        across.push(paired::compare(
-            &Comparison {
-                what,
-                a,
-                b,
-                workload: Workload::TcpCrrUnderFlood,
-                direction: Direction::Dnat,
-            },
-            config.pairs,
-            config.slice,
+        across.push(compare_under_flood(
+            format!("under flood: {what}"),
+            a,
+            b,
+            config,
         )?);
     }
     let mut md = String::from(
@@ -799,18 +781,8 @@ fn paced_flood(config: &Config, built: &mut [(&str, Target)]) -> Result<(String,
             let (label, target) = &built[i];
             eprintln!("bench: paced flood at {rate:.0}/s: {label}");
             let side = &target.dnat;
-            let ratios = paired::pair_ratios(
-                |d| crr_under_flood(side, d).map(|(crr, _)| crr),
-                |d| tcp_crr(side, d).map(|(crr, _)| crr),
-                config.pairs,
-                config.slice,
-            )?;
-            let retained = PairedRatio::new(
-                format!("{label} at {rate:.0} frames/s: flood / no flood"),
-                Workload::TcpCrrUnderFlood,
-                Direction::Dnat,
-                ratios,
-            );
+            let what = format!("{label} at {rate:.0} frames/s: flood / no flood");
+            let retained = retained_under_flood(what, side, config)?;
             let alone = flood_alone(target, config.duration)?;
             md.push_str(&format!(
                 "| {rate:.0} ({fraction}) | {label} | {:.2}× | [{:.2}, {:.2}] | {:.0} | {:.0} |\n",
@@ -835,18 +807,7 @@ fn paced_flood(config: &Config, built: &mut [(&str, Target)]) -> Result<(String,
             (tc, iptables, "TC only / iptables"),
         ] {
             let what = format!("paced flood at {rate:.0} frames/s: ebpf {what}");
-            eprintln!("bench: paired {what}");
-            across.push(paired::compare(
-                &Comparison {
-                    what,
-                    a,
-                    b,
-                    workload: Workload::TcpCrrUnderFlood,
-                    direction: Direction::Dnat,
-                },
-                config.pairs,
-                config.slice,
-            )?);
+            across.push(compare_under_flood(what, a, b, config)?);
         }
     }
     for (&i, spec) in at.iter().zip(unpaced) {
@@ -862,6 +823,44 @@ fn paced_flood(config: &Config, built: &mut [(&str, Target)]) -> Result<(String,
             "under_flood": across.iter().map(PairedRatio::to_json).collect::<Vec<_>>(),
         }),
     ))
+}
+
+/// Legitimate TCP_CRR on `side` under its flood over the same without it,
+/// paired.
+fn retained_under_flood(what: String, side: &Side, config: &Config) -> Result<PairedRatio> {
+    let ratios = paired::pair_ratios(
+        |d| crr_under_flood(side, d).map(|(crr, _)| crr),
+        |d| tcp_crr(side, d).map(|(crr, _)| crr),
+        config.pairs,
+        config.slice,
+    )?;
+    Ok(PairedRatio::new(
+        what,
+        Workload::TcpCrrUnderFlood,
+        Direction::Dnat,
+        ratios,
+    ))
+}
+
+/// Legitimate TCP_CRR under the same flood on `a` over `b`, paired.
+fn compare_under_flood(
+    what: String,
+    a: &Target,
+    b: &Target,
+    config: &Config,
+) -> Result<PairedRatio> {
+    eprintln!("bench: paired {what}");
+    paired::compare(
+        &Comparison {
+            what,
+            a,
+            b,
+            workload: Workload::TcpCrrUnderFlood,
+            direction: Direction::Dnat,
+        },
+        config.pairs,
+        config.slice,
+    )
 }
 
 /// The flooder's core's time per frame over `slice` (sending, and the
