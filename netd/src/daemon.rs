@@ -100,6 +100,16 @@ pub async fn run(opts: Options) -> Result<()> {
     for done in frontend::cni::drain_del_queue(&mut engine, &opts.socket).await {
         tracing::warn!(%done, "CNI");
     }
+    // Bound before the control socket: a client that can connect there
+    // can scrape too.
+    let metrics_listener = match opts.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics {addr}: binding"))?,
+        ),
+        None => None,
+    };
     let listener = socket::bind(&opts.socket, opts.socket_group)?;
     tracing::info!(
         datapath = engine.driver_name(),
@@ -130,8 +140,8 @@ pub async fn run(opts: Options) -> Result<()> {
     if let Some(ring) = drop_events {
         tasks.push(tokio::spawn(read_drop_events(ring, nl, events)));
     }
-    if let Some(addr) = opts.metrics {
-        tasks.push(serve_metrics(addr, engine.clone()).await?);
+    if let Some(listener) = metrics_listener {
+        tasks.push(serve_metrics(listener, engine.clone())?);
     }
     if let Some(path) = &opts.docker_plugin {
         tasks.push(frontend::docker::serve(
@@ -187,10 +197,10 @@ async fn collect_garbage(engine: SharedEngine, socket: std::path::PathBuf) {
     }
 }
 
-/// `GET /metrics` on `addr`: the Prometheus text format, the datapath's
-/// figures read at scrape time.
-async fn serve_metrics(
-    addr: std::net::SocketAddr,
+/// `GET /metrics` on `listener`: the Prometheus text format, the
+/// datapath's figures read at scrape time.
+fn serve_metrics(
+    listener: tokio::net::TcpListener,
     engine: SharedEngine,
 ) -> Result<tokio::task::JoinHandle<()>> {
     use axum::{extract::State as Shared, http::header, routing::get};
@@ -204,9 +214,7 @@ async fn serve_metrics(
             body,
         )
     }
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("--metrics {addr}: binding"))?;
+    let addr = listener.local_addr()?;
     let app = axum::Router::new()
         .route("/metrics", get(scrape))
         .with_state(engine);
