@@ -15,12 +15,14 @@ pub mod maps {
     pub const ENDPOINTS: &str = "ENDPOINTS";
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     pub const PUBLISHED_PORTS: &str = "PUBLISHED_PORTS";
+    pub const PUBLISHED_SCOPES: &str = "PUBLISHED_SCOPES";
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
     pub const NETNS_PROBE: &str = "NETNS_PROBE";
     pub const UPLINKS: &str = "UPLINKS";
     pub const DROP_EVENTS: &str = "DROP_EVENTS";
     pub const DROPS_BY_INTERFACE: &str = "DROPS_BY_INTERFACE";
+    pub const UPLINK_DROPS: &str = "UPLINK_DROPS";
     pub const ROUTED_CIDRS: &str = "ROUTED_CIDRS";
     pub const USER_RULES: &str = "USER_RULES";
 }
@@ -50,6 +52,8 @@ pub mod sizes {
     /// (interface, drop reason) pairs counted (LRU: interfaces that are
     /// gone make room for new ones).
     pub const DROPS_BY_INTERFACE: u32 = 8192;
+    /// Per-CPU slots of `UPLINK_DROPS` (slot = ifindex % this).
+    pub const UPLINK_DROP_SLOTS: u32 = 64;
     /// (network, CIDR) pairs routed without NAT (a cluster's pod range).
     pub const ROUTED_CIDRS: u32 = 4096;
     /// Entries of the user rules' trie: one per (rule, port) of a rule
@@ -233,6 +237,21 @@ pub struct DropKey {
     pub reason: u32,
 }
 
+/// Value of `UPLINK_DROPS`: one uplink's drops by reason on one CPU. A
+/// direct-mapped array in front of `DROPS_BY_INTERFACE` for the uplinks,
+/// where floods land: an array slot costs a flood's every drop a few ns
+/// where the hash costs ~40. The slot is `ifindex % UPLINK_DROP_SLOTS`,
+/// owned by the first uplink that drops there (`ifindex`, 0 = free); an
+/// uplink whose slot another owns counts in the hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct InterfaceDrops {
+    pub ifindex: u32,
+    pub _pad: u32,
+    /// Indexed by `DropReason`.
+    pub by_reason: [u64; DropReason::COUNT as usize],
+}
+
 /// Addresses and ports are kept in network byte order, as in the packet.
 pub type Ipv4 = [u8; 4];
 pub type Port = [u8; 2];
@@ -404,6 +423,24 @@ pub struct PortKey {
     pub _pad: u8,
 }
 
+impl PortKey {
+    /// Its bit in `PUBLISHED_SCOPES`.
+    pub const fn scope(&self) -> u32 {
+        if u32::from_ne_bytes(self.host_ip) == 0 {
+            PUBLISHED_ON_ALL
+        } else {
+            PUBLISHED_ON_ADDRESS
+        }
+    }
+}
+
+/// Bits of `PUBLISHED_SCOPES` (one-slot array): which kinds of
+/// `PUBLISHED_PORTS` keys exist, so a lookup skips the kind there is none
+/// of (most hosts publish only on all addresses, as `docker run -p` does).
+/// A set bit may be stale (one lookup too many); a clear one never is.
+pub const PUBLISHED_ON_ADDRESS: u32 = 1;
+pub const PUBLISHED_ON_ALL: u32 = 2;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Backend {
@@ -483,6 +520,7 @@ const _: () = {
     assert!(size_of::<DropEvent>() == 28);
     assert!(size_of::<EventBudget>() == 16);
     assert!(size_of::<DropKey>() == 8);
+    assert!(size_of::<InterfaceDrops>() == 8 + 8 * DropReason::COUNT as usize);
     assert!(size_of::<Config>() == 24);
     assert!(size_of::<UplinkInfo>() == 8);
     assert!(size_of::<SockRevKey>() == 16);
@@ -524,6 +562,7 @@ mod pod {
         SockRevKey,
         DropEvent,
         DropKey,
+        InterfaceDrops,
         SockRevValue,
         UplinkInfo,
         RuleVerdict,

@@ -8,7 +8,6 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::LruHashMap,
 };
@@ -51,7 +50,7 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Lookup {
     // SAFETY: map value pointer from a successful lookup; racing writers only
     // touch expiry and flags, which are advisory.
     let entry = unsafe { &mut *entry };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now_ns();
     let mut flags = entry.flags;
     let is_tcp = key.proto == IPPROTO_TCP;
     if is_tcp && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flags & CT_CLOSING != 0 {
@@ -128,8 +127,7 @@ fn set_flags(key: &CtKey, add: u32, expires: Option<u64>) {
             peer.expires_ns = expires;
         }
         if add == CT_SEEN_REPLY && peer.flags & CT_CLOSING == 0 {
-            // SAFETY: helper without arguments.
-            peer.expires_ns = unsafe { bpf_ktime_get_ns() } + timeout(key.proto, peer.flags);
+            peer.expires_ns = crate::clock::now_ns() + timeout(key.proto, peer.flags);
         }
     }
 }
@@ -147,8 +145,7 @@ fn forget(key: &CtKey, xlat: &CtKey) {
 /// original one. Err(None) = reply tuple taken, try another port.
 #[inline(always)]
 pub fn create(orig: &CtKey, xlat: &CtKey, nat_flags: u32) -> Result<(), Option<DropReason>> {
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now_ns();
     let expires_ns = now + timeout(orig.proto, 0);
     let reply = CtEntry {
         xlat: orig.reversed(),

@@ -1,14 +1,13 @@
 //! Per-CPU counters: traffic by class and drops by reason. Per-CPU so the
 //! hot path never contends on a shared cache line; user space sums the CPUs.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{
     EbpfContext,
     macros::map,
     maps::{LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use netd_common::{
-    DropEvent, DropKey, DropReason, EventBudget, PacketCounter, TrafficClass, sizes,
+    DropEvent, DropKey, DropReason, EventBudget, InterfaceDrops, PacketCounter, TrafficClass, sizes,
 };
 use network_types::ip::Ipv4Hdr;
 
@@ -50,7 +49,7 @@ fn take_event_budget() -> Option<u32> {
     let budget = EVENT_BUDGET.get_ptr_mut(0)?;
     // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
     let budget = unsafe { &mut *budget };
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = crate::clock::now_ns();
     if now.wrapping_sub(budget.window_start_ns) > sizes::DROP_EVENTS_WINDOW_NS {
         budget.window_start_ns = now;
         budget.sent = 0;
@@ -69,25 +68,33 @@ fn take_event_budget() -> Option<u32> {
 static DROPS_BY_INTERFACE: LruPerCpuHashMap<DropKey, u64> =
     LruPerCpuHashMap::with_max_entries(sizes::DROPS_BY_INTERFACE, 0);
 
+#[map(name = "UPLINK_DROPS")]
+static UPLINK_DROPS: PerCpuArray<InterfaceDrops> =
+    PerCpuArray::with_max_entries(sizes::UPLINK_DROP_SLOTS, 0);
+
 /// Counts a drop by reason and by (interface, reason); within the event
 /// budget, also reports it to `netd monitor` and returns the event. Dropped
 /// packets only: the forwarding path never pays for this; and past the
 /// budget (a flood) a drop does not read its headers for an event.
+/// `on_uplink`: the uplinks' drops count in `UPLINK_DROPS` where they can.
 #[inline(always)]
-pub fn count_drop<F: Frame>(ctx: &F, reason: DropReason) -> Option<DropEvent> {
+pub fn count_drop<F: Frame>(ctx: &F, reason: DropReason, on_uplink: bool) -> Option<DropEvent> {
     if let Some(slot) = DROP_COUNTERS.get_ptr_mut(reason as u32) {
         // SAFETY: as above.
         unsafe { *slot += 1 };
     }
-    let key = DropKey {
-        ifindex: ctx.ifindex(),
-        reason: reason as u32,
-    };
-    match DROPS_BY_INTERFACE.get_ptr_mut(&key) {
-        // SAFETY: a per-CPU value, only this CPU writes it now.
-        Some(slot) => unsafe { *slot += 1 },
-        None => {
-            let _ = DROPS_BY_INTERFACE.insert(&key, &1, 0);
+    let ifindex = ctx.ifindex();
+    if !(on_uplink && count_in_uplink_slot(ifindex, reason)) {
+        let key = DropKey {
+            ifindex,
+            reason: reason as u32,
+        };
+        match DROPS_BY_INTERFACE.get_ptr_mut(&key) {
+            // SAFETY: a per-CPU value, only this CPU writes it now.
+            Some(slot) => unsafe { *slot += 1 },
+            None => {
+                let _ = DROPS_BY_INTERFACE.insert(&key, &1, 0);
+            }
         }
     }
     let suppressed = take_event_budget()?;
@@ -95,6 +102,30 @@ pub fn count_drop<F: Frame>(ctx: &F, reason: DropReason) -> Option<DropEvent> {
     event.suppressed = suppressed;
     let _ = DROP_EVENTS.output(&event, 0);
     Some(event)
+}
+
+/// Counts the drop in the uplink's slot of `UPLINK_DROPS`, taking the slot
+/// if it is free; false if another interface owns it.
+#[inline(always)]
+fn count_in_uplink_slot(ifindex: u32, reason: DropReason) -> bool {
+    let Some(slot) = UPLINK_DROPS.get_ptr_mut(ifindex % sizes::UPLINK_DROP_SLOTS) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+    let slot = unsafe { &mut *slot };
+    if slot.ifindex == 0 {
+        slot.ifindex = ifindex;
+    }
+    if slot.ifindex != ifindex {
+        return false;
+    }
+    match slot.by_reason.get_mut(reason as usize) {
+        Some(count) => {
+            *count += 1;
+            true
+        }
+        None => false,
+    }
 }
 
 /// A log line per reported drop (past the event budget, none: a flood

@@ -8,6 +8,7 @@
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 mod checksum;
+mod clock;
 mod conntrack;
 mod counters;
 mod forward;
@@ -58,7 +59,7 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     match early_drop(&ctx) {
         Ok(()) => xdp_action::XDP_PASS,
         Err(reason) => {
-            let event = counters::count_drop(&ctx, reason);
+            let event = counters::count_drop(&ctx, reason, true);
             counters::log_drop(&ctx, event.as_ref());
             xdp_action::XDP_DROP
         }
@@ -115,9 +116,10 @@ enum Forward {
     Redirect(TrafficClass, i32),
 }
 
-/// Pass, redirect or drop, counting either way.
+/// Pass, redirect or drop, counting either way. `on_uplink`: the uplink
+/// programs' drops are logged too and counted in the uplinks' slots.
 #[inline(always)]
-fn verdict(ctx: &TcContext, result: Result<Forward, DropReason>, log_drops: bool) -> i32 {
+fn verdict(ctx: &TcContext, result: Result<Forward, DropReason>, on_uplink: bool) -> i32 {
     match result {
         Ok(Forward::Pass(class)) => {
             counters::count_traffic(class, ctx.len());
@@ -128,8 +130,8 @@ fn verdict(ctx: &TcContext, result: Result<Forward, DropReason>, log_drops: bool
             action
         }
         Err(reason) => {
-            let event = counters::count_drop(ctx, reason);
-            if log_drops {
+            let event = counters::count_drop(ctx, reason, on_uplink);
+            if on_uplink {
                 counters::log_drop(ctx, event.as_ref());
             }
             TC_ACT_SHOT

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use netd_common::{
     Backend, CT_DNAT, CT_SNAT, Config, CtKey, DropReason, Ipv4, NET_MASQUERADE, NetworkInfo,
-    PortKey, UplinkInfo, sizes,
+    PUBLISHED_ON_ADDRESS, PUBLISHED_ON_ALL, PortKey, UplinkInfo, sizes,
 };
 
 use crate::{
@@ -50,6 +50,10 @@ pub fn masquerade_ip(ifindex: u32) -> Ipv4 {
 static PUBLISHED_PORTS: HashMap<PortKey, Backend> =
     HashMap::with_max_entries(sizes::PUBLISHED_PORTS, 0);
 
+/// Which kinds of `PUBLISHED_PORTS` keys exist (`PUBLISHED_ON_*` bits).
+#[map(name = "PUBLISHED_SCOPES")]
+static PUBLISHED_SCOPES: Array<u32> = Array::with_max_entries(1, 0);
+
 pub fn config_map() -> &'static Array<Config> {
     &CONFIG
 }
@@ -62,20 +66,31 @@ const SNAT_PORT_RETRIES: u32 = 32;
 /// this address, or on all addresses.
 #[inline(always)]
 pub fn published_backend(dst: Ipv4, port: [u8; 2], proto: u8) -> Option<Backend> {
+    // A lookup that cannot hit costs a new connection ~25 ns: skip it.
+    let scopes = PUBLISHED_SCOPES
+        .get(0)
+        .copied()
+        .unwrap_or(PUBLISHED_ON_ADDRESS | PUBLISHED_ON_ALL);
     let exact = PortKey {
         host_ip: dst,
         port,
         proto,
         _pad: 0,
     };
-    // SAFETY: read-only map values, copied out.
-    if let Some(b) = unsafe { PUBLISHED_PORTS.get(&exact) } {
-        return Some(*b);
+    if scopes & PUBLISHED_ON_ADDRESS != 0 {
+        // SAFETY: read-only map values, copied out.
+        if let Some(b) = unsafe { PUBLISHED_PORTS.get(&exact) } {
+            return Some(*b);
+        }
+    }
+    if scopes & PUBLISHED_ON_ALL == 0 {
+        return None;
     }
     let any = PortKey {
         host_ip: [0; 4],
         ..exact
     };
+    // SAFETY: as above.
     unsafe { PUBLISHED_PORTS.get(&any) }.copied()
 }
 

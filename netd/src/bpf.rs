@@ -94,6 +94,8 @@ pub struct Datapath {
     xdp_links: std::collections::HashMap<String, aya::programs::xdp::XdpLinkId>,
     /// The BPF programs' log records, when `--bpf-log` enabled them.
     logger: Option<BpfLogs>,
+    /// What `PUBLISHED_SCOPES` holds (this process is its only writer).
+    published_scopes: u32,
 }
 
 /// Where netd's cls_bpf filters sit in a clsact qdisc (fallback attach):
@@ -110,6 +112,7 @@ const PINNED_MAPS: &[&str] = &[
     maps::ENDPOINTS,
     maps::LOCAL_ADDRS,
     maps::PUBLISHED_PORTS,
+    maps::PUBLISHED_SCOPES,
     maps::CONNTRACK,
     maps::SOCK_REVNAT,
     maps::UPLINKS,
@@ -117,6 +120,7 @@ const PINNED_MAPS: &[&str] = &[
     maps::TRAFFIC_COUNTERS,
     maps::DROP_COUNTERS,
     maps::DROPS_BY_INTERFACE,
+    maps::UPLINK_DROPS,
     maps::ROUTED_CIDRS,
     maps::USER_RULES,
 ];
@@ -202,14 +206,19 @@ impl Datapath {
                     .context("reading the BPF programs' logs")?,
             )),
         };
-        Ok(Self {
+        let mut datapath = Self {
             ebpf,
             pin_dir,
             tc_mode: features.tc_attach.uses,
             container_links: Default::default(),
             xdp_links: Default::default(),
             logger,
-        })
+            published_scopes: 0,
+        };
+        // Before any program is attached: pinned ports from a previous run
+        // (or from a version without the map) must be found at once.
+        datapath.sync_published_scopes(true)?;
+        Ok(datapath)
     }
 
     /// The BPF programs' log records, if `--bpf-log` enabled them (once).
@@ -768,9 +777,41 @@ impl Datapath {
     }
 
     pub fn publish(&mut self, key: PortKey, backend: Backend) -> Result<()> {
+        // The scope first: the programs must look for the key once it is in.
+        if self.published_scopes & key.scope() == 0 {
+            self.write_published_scopes(self.published_scopes | key.scope())?;
+        }
         self.hash_map::<PortKey, Backend>(maps::PUBLISHED_PORTS)?
             .insert(&key, &backend, 0)
             .context("publishing port")
+    }
+
+    /// The scopes of the published ports (`PUBLISHED_ON_*` bits), as the
+    /// programs see them.
+    pub fn published_scopes(&self) -> u32 {
+        self.published_scopes
+    }
+
+    /// Sets `PUBLISHED_SCOPES` from the ports published now: after ports
+    /// went, a scope with none left is no longer looked up.
+    fn sync_published_scopes(&mut self, force: bool) -> Result<()> {
+        let scopes = self
+            .keys::<PortKey, Backend>(maps::PUBLISHED_PORTS)?
+            .iter()
+            .fold(0, |scopes, key| scopes | key.scope());
+        if force || scopes != self.published_scopes {
+            self.write_published_scopes(scopes)?;
+        }
+        Ok(())
+    }
+
+    fn write_published_scopes(&mut self, scopes: u32) -> Result<()> {
+        let map = self.map_mut(maps::PUBLISHED_SCOPES)?;
+        aya::maps::Array::<_, u32>::try_from(map)?
+            .set(0, &scopes, 0)
+            .context("writing the published ports' scopes")?;
+        self.published_scopes = scopes;
+        Ok(())
     }
 
     /// Unpublishes ports and forgets the connections made through them
@@ -780,6 +821,7 @@ impl Datapath {
         for key in keys {
             done_if_missing(published.remove(key)).context("unpublishing port")?;
         }
+        self.sync_published_scopes(false)?;
         let keys: std::collections::HashSet<PortKey> = keys.iter().copied().collect();
         self.conntrack_flush(|k, entry| {
             let through_port = |t: &CtKey| {
@@ -1041,7 +1083,8 @@ impl Datapath {
             .collect()
     }
 
-    /// Drops by (interface index, reason), summed over the CPUs.
+    /// Drops by (interface index, reason), summed over the CPUs and over
+    /// the two maps that count them (the uplinks' slots and the hash).
     pub fn drops_by_interface(&self) -> Result<Vec<(u32, DropReason, u64)>> {
         let map = self
             .ebpf
@@ -1049,14 +1092,31 @@ impl Datapath {
             .ok_or_else(|| anyhow!("BPF map {} missing", maps::DROPS_BY_INTERFACE))?;
         let map: aya::maps::PerCpuHashMap<_, netd_common::DropKey, u64> =
             aya::maps::PerCpuHashMap::try_from(map)?;
-        let mut out = Vec::new();
+        let mut counts: std::collections::BTreeMap<(u32, u32), u64> = Default::default();
         for entry in map.iter() {
             let (key, values) = entry?;
-            if let Some(reason) = DropReason::from_u32(key.reason) {
-                out.push((key.ifindex, reason, values.iter().sum()));
+            *counts.entry((key.ifindex, key.reason)).or_default() += values.iter().sum::<u64>();
+        }
+        let slots: PerCpuArray<_, netd_common::InterfaceDrops> =
+            self.per_cpu_array(maps::UPLINK_DROPS)?;
+        for slot in 0..sizes::UPLINK_DROP_SLOTS {
+            for cpu in slots.get(&slot, 0)?.iter() {
+                if cpu.ifindex == 0 {
+                    continue;
+                }
+                for (reason, &n) in cpu.by_reason.iter().enumerate() {
+                    if n > 0 {
+                        *counts.entry((cpu.ifindex, reason as u32)).or_default() += n;
+                    }
+                }
             }
         }
-        Ok(out)
+        Ok(counts
+            .into_iter()
+            .filter_map(|((ifindex, reason), n)| {
+                DropReason::from_u32(reason).map(|reason| (ifindex, reason, n))
+            })
+            .collect())
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
@@ -1094,6 +1154,11 @@ fn loader(features: &Features, log: BpfLog) -> EbpfLoader<'static> {
     loader.override_global(
         "HAS_CHECK_MTU",
         &FLAG[usize::from(features.has_check_mtu())],
+        true,
+    );
+    loader.override_global(
+        "HAS_COARSE_CLOCK",
+        &FLAG[usize::from(features.has_coarse_clock())],
         true,
     );
     // Frozen in .rodata: log statements above the level are pruned by the

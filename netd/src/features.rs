@@ -1,13 +1,15 @@
 //! What this kernel offers netd's datapath, probed at start, and what netd
 //! uses for each mechanism: the modern one where the kernel has it, a
 //! fallback where it does not. Verdicts are the same either way; only how
-//! programs attach and how the fast path checks sizes differ.
+//! programs attach, how the fast path checks sizes and which clock the
+//! programs read differ.
 //!
 //! | mechanism | modern (kernel) | fallback |
 //! |---|---|---|
 //! | TC attach | TCX links (6.6) | clsact qdisc + cls_bpf filters (netlink) |
 //! | fast-path MTU check | `bpf_check_mtu` (5.12) | own length check against the uplink MTU; GSO packets take the stack |
 //! | the namespace's cookie | `SO_NETNS_COOKIE` (5.14) | a UDP connect() the connect4 hook records |
+//! | the programs' clock | `bpf_ktime_get_coarse_ns` (5.11) | `bpf_ktime_get_ns` |
 //!
 //! Everything else netd needs is in 5.10, the oldest kernel it supports
 //! (ring buffer 5.8, cgroup sock_addr getpeername 5.8, bpf_redirect_peer
@@ -68,6 +70,17 @@ pub enum NetnsCookieSource {
     ConnectProbe,
 }
 
+/// Which clock the programs read for conntrack expiry and the drop-event
+/// budget (CLOCK_MONOTONIC either way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockSource {
+    /// `bpf_ktime_get_coarse_ns` (5.11+): tick resolution, no timer read.
+    Coarse,
+    /// `bpf_ktime_get_ns`: exact, reads the timer on every call.
+    Exact,
+}
+
 /// One choice and the reason for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Choice<T> {
@@ -82,6 +95,7 @@ pub struct Features {
     pub tc_attach: Choice<TcAttachMode>,
     pub mtu_check: Choice<MtuCheck>,
     pub netns_cookie: Choice<NetnsCookieSource>,
+    pub clock: Choice<ClockSource>,
     /// Probed only to say clearly why a start fails: netd needs them all.
     pub ring_buffer: bool,
     pub sock_addr_hooks: bool,
@@ -142,12 +156,32 @@ impl Features {
                 why: format!("kernel {kernel} has no SO_NETNS_COOKIE (needs 5.14)"),
             },
         };
+        let has_coarse_clock = is_helper_supported(
+            ProgramType::SchedClassifier,
+            BpfHelper::BPF_FUNC_ktime_get_coarse_ns,
+        )
+        .unwrap_or(false);
+        let clock = match (has_coarse_clock, legacy) {
+            (true, false) => Choice {
+                uses: ClockSource::Coarse,
+                why: "the kernel has bpf_ktime_get_coarse_ns (5.11+)".to_owned(),
+            },
+            (true, true) => Choice {
+                uses: ClockSource::Exact,
+                why: "forced by --kernel-features legacy".to_owned(),
+            },
+            (false, _) => Choice {
+                uses: ClockSource::Exact,
+                why: format!("kernel {kernel} has no bpf_ktime_get_coarse_ns (needs 5.11)"),
+            },
+        };
         let sock_addr_hooks = is_program_supported(ProgramType::CgroupSockAddr).unwrap_or(false);
         Ok(Self {
             kernel,
             tc_attach,
             mtu_check,
             netns_cookie,
+            clock,
             ring_buffer: is_map_supported(MapType::RingBuf).unwrap_or(false),
             sock_addr_hooks,
         })
@@ -176,6 +210,10 @@ impl Features {
     pub fn has_check_mtu(&self) -> bool {
         self.mtu_check.uses == MtuCheck::CheckMtuHelper
     }
+
+    pub fn has_coarse_clock(&self) -> bool {
+        self.clock.uses == ClockSource::Coarse
+    }
 }
 
 impl fmt::Display for Features {
@@ -202,6 +240,11 @@ impl fmt::Display for Features {
             "  netns cookie   {cookie:<18} ({})",
             self.netns_cookie.why
         )?;
+        let clock = match self.clock.uses {
+            ClockSource::Coarse => "ktime coarse",
+            ClockSource::Exact => "ktime",
+        };
+        writeln!(f, "  clock          {clock:<18} ({})", self.clock.why)?;
         writeln!(f, "  ring buffer    {}", yes(self.ring_buffer))?;
         write!(f, "  sock hooks     {}", yes(self.sock_addr_hooks))
     }

@@ -12,7 +12,7 @@ use netd_testbed::{
     Testbed,
     packet::{self, ETHERTYPE_IPV6, Ipv4Frame, L4, TCP_SYN},
     probe::{self, EchoServer},
-    testrun::{TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX, run_classifier},
+    testrun::{TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX, XDP_DROP, run_classifier, run_xdp},
 };
 
 /// A datapath that knows the crafted frames' sender (172.17.0.2,
@@ -122,6 +122,40 @@ fn well_formed_packets_pass_and_are_counted_by_class() {
         None,
     );
     expect(&mut dp, &arp, TC_ACT_OK, Some(TrafficClass::Arp), None);
+}
+
+/// The uplink programs count their drops by interface in a per-CPU slot
+/// array, the other programs in a hash: the same interface and reason in
+/// both read back as one row with the sum.
+#[test]
+fn drops_by_interface_add_up_across_the_uplink_slots_and_the_hash() {
+    let mut dp = datapath_with_sender();
+    // From outside with a container's source: forged, on either uplink hook.
+    let forged = Ipv4Frame::tcp("172.17.0.2", 40000, "192.0.2.1", 80, TCP_SYN).build();
+    for _ in 0..3 {
+        let (verdict, _) = run_classifier(&mut dp, programs::FROM_UPLINK, &forged).unwrap();
+        assert_eq!(verdict, TC_ACT_SHOT);
+    }
+    for _ in 0..2 {
+        assert_eq!(run_xdp(&mut dp, &forged).unwrap().0, XDP_DROP);
+    }
+    // From the container side with an address that is not the sender's.
+    let spoofed = Ipv4Frame::tcp("172.17.0.99", 40000, "192.0.2.1", 80, TCP_SYN).build();
+    let (verdict, _) = run_classifier(&mut dp, programs::FROM_CONTAINER, &spoofed).unwrap();
+    assert_eq!(verdict, TC_ACT_SHOT);
+
+    let rows: Vec<_> = dp
+        .drops_by_interface()
+        .unwrap()
+        .into_iter()
+        .filter(|(ifindex, _, _)| *ifindex == TEST_RUN_IFINDEX)
+        .collect();
+    assert_eq!(
+        rows,
+        vec![(TEST_RUN_IFINDEX, DropReason::SpoofedSource, 6)],
+        "one row per (interface, reason)"
+    );
+    assert_eq!(drops(&dp, DropReason::SpoofedSource), 6);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use netd::bpf::{Datapath, monotonic_ns};
 use netd_common::{
     Backend, CT_CLOSING, CT_DNAT, CT_REPLY, CT_SEEN_REPLY, CT_SNAT, Config, CtEntry, CtKey,
     DropReason, Endpoint, FASTPATH_MARK, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NET_ROUTED,
-    NetworkInfo, PortKey, programs, timeouts,
+    NetworkInfo, PUBLISHED_ON_ADDRESS, PUBLISHED_ON_ALL, PortKey, programs, timeouts,
 };
 use netd_testbed::{
     packet::{self, Ipv4Frame, L4, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_SYN, ip},
@@ -363,6 +363,65 @@ fn published_port_translates_both_ways_and_keeps_the_client_address() {
     // Unpublishing forgets the connection.
     dp.unpublish(port).unwrap();
     assert!(dp.conntrack_entries().unwrap().is_empty());
+}
+
+/// A port published on one address answers there only; one published on
+/// every address answers on all of them. `PUBLISHED_SCOPES` follows the
+/// ports, so the programs skip the kind of lookup that cannot hit, and
+/// never the one that can.
+#[test]
+fn published_scopes_follow_the_ports_and_every_port_is_found() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    assert_eq!(dp.published_scopes(), 0);
+    let on_host = PortKey {
+        host_ip: ip(HOST).octets(),
+        port: 8081u16.to_be_bytes(),
+        proto: PROTO_TCP,
+        _pad: 0,
+    };
+    let backend = Backend {
+        ip: ip(C1).octets(),
+        port: 81u16.to_be_bytes(),
+        _pad: [0; 2],
+    };
+    dp.publish(on_host, backend).unwrap();
+    assert_eq!(dp.published_scopes(), PUBLISHED_ON_ADDRESS);
+    let other = "198.51.100.50"; // another of the host's addresses
+    dp.insert_local_addr(ip(other)).unwrap();
+    let to_8081 = |dst: &str, sport: u16| Ipv4Frame::tcp(CLIENT, sport, dst, 8081, TCP_SYN);
+    let syn = to_8081(HOST, 5000);
+    expect_into_container(
+        &mut dp,
+        &syn,
+        &with_addrs(&syn, (CLIENT, 5000), (C1, 81)),
+        C1_MAC,
+    );
+    expect_untouched(&mut dp, programs::FROM_UPLINK, &to_8081(other, 5001));
+
+    let everywhere = publish_tcp_8080(&mut dp, C1);
+    assert_eq!(
+        dp.published_scopes(),
+        PUBLISHED_ON_ADDRESS | PUBLISHED_ON_ALL
+    );
+    dp.unpublish_all(&[on_host]).unwrap();
+    assert_eq!(dp.published_scopes(), PUBLISHED_ON_ALL);
+    expect_untouched(&mut dp, programs::FROM_UPLINK, &to_8081(HOST, 5002));
+    for (dst, sport) in [(HOST, 5003), (other, 5004)] {
+        let syn = Ipv4Frame::tcp(CLIENT, sport, dst, 8080, TCP_SYN);
+        expect_into_container(
+            &mut dp,
+            &syn,
+            &with_addrs(&syn, (CLIENT, sport), (C1, 80)),
+            C1_MAC,
+        );
+    }
+    dp.unpublish_all(&[everywhere]).unwrap();
+    assert_eq!(dp.published_scopes(), 0);
+    expect_untouched(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &Ipv4Frame::tcp(CLIENT, 5005, HOST, 8080, TCP_SYN),
+    );
 }
 
 #[test]

@@ -98,26 +98,33 @@ fn attach_mode(h: &DaemonHost, mode: &str) -> Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    let clock = status["kernel"]["clock"]["uses"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let xdp = status["programs"]["xdp"][&h.uplink]
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    println!("netd-kernel-check: attach {attach}, mtu check {mtu_check}, XDP {xdp}");
+    println!("netd-kernel-check: attach {attach}, mtu check {mtu_check}, clock {clock}, XDP {xdp}");
     ensure!(xdp == "native", "XDP on the uplink is {xdp:?}, not native");
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut numbers = release
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|n| n.parse::<u32>().ok());
     let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    let (want_attach, want_mtu) = match mode {
-        "legacy" => ("clsact", "uplink_mtu_length"),
-        _ if version >= (6, 6) => ("tcx", "check_mtu_helper"),
-        _ if version >= (5, 12) => ("clsact", "check_mtu_helper"),
-        _ => ("clsact", "uplink_mtu_length"),
+    let (want_attach, want_mtu, want_clock) = match mode {
+        "legacy" => ("clsact", "uplink_mtu_length", "exact"),
+        _ if version >= (6, 6) => ("tcx", "check_mtu_helper", "coarse"),
+        _ if version >= (5, 12) => ("clsact", "check_mtu_helper", "coarse"),
+        _ if version >= (5, 11) => ("clsact", "uplink_mtu_length", "coarse"),
+        _ => ("clsact", "uplink_mtu_length", "exact"),
     };
     ensure!(
-        attach == want_attach && mtu_check == want_mtu,
-        "kernel {} in {mode} mode chose {attach} and {mtu_check}, not {want_attach} and {want_mtu}",
+        (attach.as_str(), mtu_check.as_str(), clock.as_str())
+            == (want_attach, want_mtu, want_clock),
+        "kernel {} in {mode} mode chose {attach}, {mtu_check} and {clock}, not {want_attach}, \
+         {want_mtu} and {want_clock}",
         release.trim()
     );
     Ok(())
