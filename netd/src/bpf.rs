@@ -795,10 +795,16 @@ impl Datapath {
     /// Sets `PUBLISHED_SCOPES` from the ports published now: after ports
     /// went, a scope with none left is no longer looked up.
     fn sync_published_scopes(&mut self, force: bool) -> Result<()> {
-        let scopes = self
-            .keys::<PortKey, Backend>(maps::PUBLISHED_PORTS)?
-            .iter()
-            .fold(0, |scopes, key| scopes | key.scope());
+        let map = self
+            .ebpf
+            .map(maps::PUBLISHED_PORTS)
+            .ok_or_else(|| anyhow!("BPF map {} missing", maps::PUBLISHED_PORTS))?;
+        let ports: HashMap<_, PortKey, Backend> = HashMap::try_from(map)?;
+        let mut scopes = 0;
+        // Every key, or an error: a key missed would clear a scope in use.
+        for key in ports.keys() {
+            scopes |= key.context("reading the published ports")?.scope();
+        }
         if force || scopes != self.published_scopes {
             self.write_published_scopes(scopes)?;
         }
