@@ -18,6 +18,7 @@ use std::{
 };
 
 use netd::engine::FAULT_POINTS;
+use netd_common::maps;
 use netd_testbed::{
     daemon_host::{DaemonHost, HOST_IP, OUTSIDE_IP},
     probe::{self, EchoServer},
@@ -652,6 +653,36 @@ fn the_host_changing_under_netd_is_followed_without_a_restart() {
             !h.json(&["status"]).to_string().contains(&second)
         });
         h.ok(&["container", "rm", &web]);
+        assert_down_leaves_nothing(h);
+    }
+}
+
+/// An upgrade from a version whose pinned maps lack the newer ones (here:
+/// the published ports' scopes and the uplinks' drop slots): the restarted
+/// daemon creates and pins them, and the kept connection and new ones to
+/// the published port work. (That the scopes are filled at load, before any
+/// program runs, is proven in datapath_unit.)
+#[test]
+fn maps_an_upgrade_adds_are_filled_before_the_new_programs_run() {
+    for (variant, flags) in &VARIANTS[..2] {
+        println!("== {variant}");
+        let mut h = DaemonHost::start(NETD, flags);
+        let (_server, mut kept) = published_web(&h);
+        h.kill_daemon(libc::SIGKILL);
+        for map in [maps::PUBLISHED_SCOPES, maps::UPLINK_DROPS] {
+            std::fs::remove_file(h.bpffs().join("maps").join(map)).unwrap();
+        }
+        h.spawn_daemon();
+        for map in [maps::PUBLISHED_SCOPES, maps::UPLINK_DROPS] {
+            assert!(
+                h.bpffs().join("maps").join(map).exists(),
+                "{variant}: {map} pinned again"
+            );
+        }
+        probe::echo_roundtrip(&mut kept, b"after upgrade").unwrap();
+        let mut fresh = probe::tcp_connect(&h.outside, addr(&format!("{HOST_IP}:8080"))).unwrap();
+        probe::echo_roundtrip(&mut fresh, b"new").unwrap();
+        drop((kept, fresh));
         assert_down_leaves_nothing(h);
     }
 }

@@ -4,11 +4,14 @@
 
 use std::net::Ipv4Addr;
 
-use netd::bpf::{Datapath, monotonic_ns};
+use netd::{
+    bpf::{BpfLog, Datapath, monotonic_ns},
+    features::{Features, KernelFeatures},
+};
 use netd_common::{
     Backend, CT_CLOSING, CT_DNAT, CT_REPLY, CT_SEEN_REPLY, CT_SNAT, Config, CtEntry, CtKey,
     DropReason, Endpoint, FASTPATH_MARK, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NET_ROUTED,
-    NetworkInfo, PUBLISHED_ON_ADDRESS, PUBLISHED_ON_ALL, PortKey, programs, timeouts,
+    NetworkInfo, PUBLISHED_ON_ADDRESS, PUBLISHED_ON_ALL, PortKey, maps, programs, timeouts,
 };
 use netd_testbed::{
     packet::{self, Ipv4Frame, L4, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_SYN, ip},
@@ -46,6 +49,12 @@ fn network(dp: &mut Datapath, subnet: &str, id: u32, flags: u32) {
 /// C1 and C2 on network 1 (C1 sends from TEST_RUN_IFINDEX with C1_MAC).
 fn datapath(flags: u32) -> Datapath {
     let mut dp = Datapath::load().unwrap();
+    configure(&mut dp, flags);
+    dp
+}
+
+/// What [`datapath`] sets up, on a datapath loaded some other way.
+fn configure(dp: &mut Datapath, flags: u32) {
     dp.set_config(Config {
         masquerade_ip: ip(HOST).octets(),
         nat_port_min: 32768,
@@ -56,8 +65,8 @@ fn datapath(flags: u32) -> Datapath {
     })
     .unwrap();
     dp.insert_local_addr(ip(HOST)).unwrap();
-    network(&mut dp, "172.18.0.0", 1, flags);
-    network(&mut dp, "172.19.0.0", 2, NET_ICC | NET_MASQUERADE);
+    network(dp, "172.18.0.0", 1, flags);
+    network(dp, "172.19.0.0", 2, NET_ICC | NET_MASQUERADE);
     for (addr, mac, ifindex) in [(C1, C1_MAC, TEST_RUN_IFINDEX), (C2, [2, 0, 0, 0, 0, 3], 99)] {
         let ep = Endpoint {
             ifindex,
@@ -68,7 +77,6 @@ fn datapath(flags: u32) -> Datapath {
         };
         dp.insert_endpoint(addr.parse().unwrap(), ep).unwrap();
     }
-    dp
 }
 
 /// Publishes TCP port 8080 on every host address to `backend`:80.
@@ -421,6 +429,41 @@ fn published_scopes_follow_the_ports_and_every_port_is_found() {
         &mut dp,
         programs::FROM_UPLINK,
         &Ipv4Frame::tcp(CLIENT, 5005, HOST, 8080, TCP_SYN),
+    );
+}
+
+/// Pinned maps from a version without `PUBLISHED_SCOPES`: loading fills
+/// the new map from the pinned ports at once, so the new programs find
+/// every port before the daemon has republished anything.
+#[test]
+fn published_scopes_are_filled_at_load_from_pinned_ports() {
+    /// The pins go on every path, a failed assertion's too.
+    struct RemovePins(std::path::PathBuf);
+    impl Drop for RemovePins {
+        fn drop(&mut self) {
+            let _ = Datapath::remove_pins(&self.0);
+        }
+    }
+    let dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/netd-test-{}-scopes",
+        std::process::id()
+    ));
+    let _pins = RemovePins(dir.clone());
+    let features = Features::probe(KernelFeatures::Auto).unwrap();
+    {
+        let mut old = Datapath::load_pinned(&dir, &features, BpfLog::Off).unwrap();
+        configure(&mut old, NET_ICC | NET_MASQUERADE);
+        publish_tcp_8080(&mut old, C1);
+    }
+    std::fs::remove_file(dir.join("maps").join(maps::PUBLISHED_SCOPES)).unwrap();
+    let mut dp = Datapath::load_pinned(&dir, &features, BpfLog::Off).unwrap();
+    assert_eq!(dp.published_scopes(), PUBLISHED_ON_ALL);
+    let syn = Ipv4Frame::tcp(CLIENT, 5555, HOST, 8080, TCP_SYN);
+    expect_into_container(
+        &mut dp,
+        &syn,
+        &with_addrs(&syn, (CLIENT, 5555), (C1, 80)),
+        C1_MAC,
     );
 }
 
