@@ -88,6 +88,15 @@ pub struct Choice<T> {
     pub why: String,
 }
 
+impl<T> Choice<T> {
+    /// `modern` where the probe said yes (and legacy mode did not forbid
+    /// it), else `fallback`; with the probe's reason.
+    fn of((modern_ok, why): (bool, String), modern: T, fallback: T) -> Self {
+        let uses = if modern_ok { modern } else { fallback };
+        Self { uses, why }
+    }
+}
+
 /// The probe results and what netd chose.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Features {
@@ -113,68 +122,42 @@ impl Features {
             is_helper_supported(ProgramType::SchedClassifier, BpfHelper::BPF_FUNC_check_mtu)
                 .unwrap_or(false);
         let legacy = wanted == KernelFeatures::Legacy;
-        let tc_attach = match (has_tcx, legacy) {
-            (true, false) => Choice {
-                uses: TcAttachMode::Tcx,
-                why: format!("kernel {kernel} has TCX (6.6+)"),
-            },
-            (true, true) => Choice {
-                uses: TcAttachMode::Clsact,
-                why: "forced by --kernel-features legacy".to_owned(),
-            },
-            (false, _) => Choice {
-                uses: TcAttachMode::Clsact,
-                why: format!("kernel {kernel} has no TCX (needs 6.6)"),
-            },
+        let choose = |has: bool, what: &str, since: &str| -> (bool, String) {
+            match (has, legacy) {
+                (true, false) => (true, format!("the kernel has {what} ({since}+)")),
+                (true, true) => (false, "forced by --kernel-features legacy".to_owned()),
+                (false, _) => (
+                    false,
+                    format!("kernel {kernel} has no {what} (needs {since})"),
+                ),
+            }
         };
-        let mtu_check = match (has_check_mtu, legacy) {
-            (true, false) => Choice {
-                uses: MtuCheck::CheckMtuHelper,
-                why: "the kernel has bpf_check_mtu (5.12+)".to_owned(),
-            },
-            (true, true) => Choice {
-                uses: MtuCheck::UplinkMtuLength,
-                why: "forced by --kernel-features legacy".to_owned(),
-            },
-            (false, _) => Choice {
-                uses: MtuCheck::UplinkMtuLength,
-                why: format!("kernel {kernel} has no bpf_check_mtu (needs 5.12)"),
-            },
-        };
+        let tc_attach = Choice::of(
+            choose(has_tcx, "TCX", "6.6"),
+            TcAttachMode::Tcx,
+            TcAttachMode::Clsact,
+        );
+        let mtu_check = Choice::of(
+            choose(has_check_mtu, "bpf_check_mtu", "5.12"),
+            MtuCheck::CheckMtuHelper,
+            MtuCheck::UplinkMtuLength,
+        );
         let has_sockopt = crate::bpf::current_netns_cookie().is_ok();
-        let netns_cookie = match (has_sockopt, legacy) {
-            (true, false) => Choice {
-                uses: NetnsCookieSource::Sockopt,
-                why: "the kernel has SO_NETNS_COOKIE (5.14+)".to_owned(),
-            },
-            (true, true) => Choice {
-                uses: NetnsCookieSource::ConnectProbe,
-                why: "forced by --kernel-features legacy".to_owned(),
-            },
-            (false, _) => Choice {
-                uses: NetnsCookieSource::ConnectProbe,
-                why: format!("kernel {kernel} has no SO_NETNS_COOKIE (needs 5.14)"),
-            },
-        };
+        let netns_cookie = Choice::of(
+            choose(has_sockopt, "SO_NETNS_COOKIE", "5.14"),
+            NetnsCookieSource::Sockopt,
+            NetnsCookieSource::ConnectProbe,
+        );
         let has_coarse_clock = is_helper_supported(
             ProgramType::SchedClassifier,
             BpfHelper::BPF_FUNC_ktime_get_coarse_ns,
         )
         .unwrap_or(false);
-        let clock = match (has_coarse_clock, legacy) {
-            (true, false) => Choice {
-                uses: ClockSource::Coarse,
-                why: "the kernel has bpf_ktime_get_coarse_ns (5.11+)".to_owned(),
-            },
-            (true, true) => Choice {
-                uses: ClockSource::Exact,
-                why: "forced by --kernel-features legacy".to_owned(),
-            },
-            (false, _) => Choice {
-                uses: ClockSource::Exact,
-                why: format!("kernel {kernel} has no bpf_ktime_get_coarse_ns (needs 5.11)"),
-            },
-        };
+        let clock = Choice::of(
+            choose(has_coarse_clock, "bpf_ktime_get_coarse_ns", "5.11"),
+            ClockSource::Coarse,
+            ClockSource::Exact,
+        );
         let sock_addr_hooks = is_program_supported(ProgramType::CgroupSockAddr).unwrap_or(false);
         Ok(Self {
             kernel,

@@ -81,19 +81,37 @@ fn configure(dp: &mut Datapath, flags: u32) {
 
 /// Publishes TCP port 8080 on every host address to `backend`:80.
 fn publish_tcp_8080(dp: &mut Datapath, backend: &str) -> PortKey {
-    let port = PortKey {
-        host_ip: [0; 4],
-        port: 8080u16.to_be_bytes(),
+    publish_tcp(dp, [0; 4], 8080, (backend, 80))
+}
+
+/// Publishes TCP `host_ip`:`port` (all zero: every host address) to
+/// `backend`.
+fn publish_tcp(dp: &mut Datapath, host_ip: [u8; 4], port: u16, backend: (&str, u16)) -> PortKey {
+    let key = PortKey {
+        host_ip,
+        port: port.to_be_bytes(),
         proto: PROTO_TCP,
         _pad: 0,
     };
     let backend = Backend {
-        ip: ip(backend).octets(),
-        port: 80u16.to_be_bytes(),
+        ip: ip(backend.0).octets(),
+        port: backend.1.to_be_bytes(),
         _pad: [0; 2],
     };
-    dp.publish(port, backend).unwrap();
-    port
+    dp.publish(key, backend).unwrap();
+    key
+}
+
+/// A SYN from CLIENT:`sport` to `dst`:`dport` goes into C1 at
+/// `backend_port`, the client's address kept.
+fn expect_syn_into_c1(dp: &mut Datapath, sport: u16, dst: &str, dport: u16, backend_port: u16) {
+    let syn = Ipv4Frame::tcp(CLIENT, sport, dst, dport, TCP_SYN);
+    expect_into_container(
+        dp,
+        &syn,
+        &with_addrs(&syn, (CLIENT, sport), (C1, backend_port)),
+        C1_MAC,
+    );
 }
 
 fn drops(dp: &Datapath, reason: DropReason) -> u64 {
@@ -349,13 +367,7 @@ fn published_port_translates_both_ways_and_keeps_the_client_address() {
     let mut dp = datapath(NET_ICC | NET_MASQUERADE);
     let port = publish_tcp_8080(&mut dp, C1);
 
-    let syn = Ipv4Frame::tcp(CLIENT, 5555, HOST, 8080, TCP_SYN);
-    expect_into_container(
-        &mut dp,
-        &syn,
-        &with_addrs(&syn, (CLIENT, 5555), (C1, 80)),
-        C1_MAC,
-    );
+    expect_syn_into_c1(&mut dp, 5555, HOST, 8080, 80);
     assert_eq!(
         entry(&dp, key((CLIENT, 5555), (HOST, 8080), PROTO_TCP)).flags,
         CT_DNAT
@@ -381,29 +393,12 @@ fn published_port_translates_both_ways_and_keeps_the_client_address() {
 fn published_scopes_follow_the_ports_and_every_port_is_found() {
     let mut dp = datapath(NET_ICC | NET_MASQUERADE);
     assert_eq!(dp.published_scopes(), 0);
-    let on_host = PortKey {
-        host_ip: ip(HOST).octets(),
-        port: 8081u16.to_be_bytes(),
-        proto: PROTO_TCP,
-        _pad: 0,
-    };
-    let backend = Backend {
-        ip: ip(C1).octets(),
-        port: 81u16.to_be_bytes(),
-        _pad: [0; 2],
-    };
-    dp.publish(on_host, backend).unwrap();
+    let on_host = publish_tcp(&mut dp, ip(HOST).octets(), 8081, (C1, 81));
     assert_eq!(dp.published_scopes(), PUBLISHED_ON_ADDRESS);
     let other = "198.51.100.50"; // another of the host's addresses
     dp.insert_local_addr(ip(other)).unwrap();
     let to_8081 = |dst: &str, sport: u16| Ipv4Frame::tcp(CLIENT, sport, dst, 8081, TCP_SYN);
-    let syn = to_8081(HOST, 5000);
-    expect_into_container(
-        &mut dp,
-        &syn,
-        &with_addrs(&syn, (CLIENT, 5000), (C1, 81)),
-        C1_MAC,
-    );
+    expect_syn_into_c1(&mut dp, 5000, HOST, 8081, 81);
     expect_untouched(&mut dp, programs::FROM_UPLINK, &to_8081(other, 5001));
 
     let everywhere = publish_tcp_8080(&mut dp, C1);
@@ -414,15 +409,8 @@ fn published_scopes_follow_the_ports_and_every_port_is_found() {
     dp.unpublish_all(&[on_host]).unwrap();
     assert_eq!(dp.published_scopes(), PUBLISHED_ON_ALL);
     expect_untouched(&mut dp, programs::FROM_UPLINK, &to_8081(HOST, 5002));
-    for (dst, sport) in [(HOST, 5003), (other, 5004)] {
-        let syn = Ipv4Frame::tcp(CLIENT, sport, dst, 8080, TCP_SYN);
-        expect_into_container(
-            &mut dp,
-            &syn,
-            &with_addrs(&syn, (CLIENT, sport), (C1, 80)),
-            C1_MAC,
-        );
-    }
+    expect_syn_into_c1(&mut dp, 5003, HOST, 8080, 80);
+    expect_syn_into_c1(&mut dp, 5004, other, 8080, 80);
     dp.unpublish_all(&[everywhere]).unwrap();
     assert_eq!(dp.published_scopes(), 0);
     expect_untouched(
@@ -458,13 +446,7 @@ fn published_scopes_are_filled_at_load_from_pinned_ports() {
     std::fs::remove_file(dir.join("maps").join(maps::PUBLISHED_SCOPES)).unwrap();
     let mut dp = Datapath::load_pinned(&dir, &features, BpfLog::Off).unwrap();
     assert_eq!(dp.published_scopes(), PUBLISHED_ON_ALL);
-    let syn = Ipv4Frame::tcp(CLIENT, 5555, HOST, 8080, TCP_SYN);
-    expect_into_container(
-        &mut dp,
-        &syn,
-        &with_addrs(&syn, (CLIENT, 5555), (C1, 80)),
-        C1_MAC,
-    );
+    expect_syn_into_c1(&mut dp, 5555, HOST, 8080, 80);
 }
 
 #[test]
