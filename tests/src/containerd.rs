@@ -109,11 +109,14 @@ impl ContainerdHost {
     /// `ctr ARGS…` in the host namespace, in a private mount namespace
     /// whose /etc/cni/net.d and /opt/cni/bin hold this test's conflist and
     /// plugin (what `ctr run --cni` reads), and whose /var/lib/cni (libcni's
-    /// result cache) is this test's.
+    /// result cache) is this test's. The mount points are made first: a
+    /// fresh host may have neither (libcni makes /var/lib/cni itself on
+    /// first use, so making it leaves nothing a runtime would not).
     pub fn ctr_with_cni(&self, args: &[&str]) -> Output {
         let cni = self.dir.join("cni");
         let script = format!(
             "set -e\n\
+             mkdir -p /etc/cni /var/lib/cni\n\
              mount -t tmpfs netd-test /etc/cni\n\
              mkdir -p /etc/cni/net.d\n\
              cp {cni}/net.d/* /etc/cni/net.d/\n\
