@@ -1125,6 +1125,80 @@ impl Datapath {
             .collect())
     }
 
+    /// Frees the slots of `UPLINK_DROPS` held by interfaces not in
+    /// `uplinks` (an uplink that went, or whose index changed), so the next
+    /// uplink that maps there counts in the array, not in the hash. Their
+    /// counts move to `DROPS_BY_INTERFACE` first: the interface's totals
+    /// stay. Returns how many (slot, CPU) entries were freed.
+    ///
+    /// A slot is written for every CPU at once: a drop counted on another
+    /// CPU by another uplink sharing the slot, between the read and the
+    /// write, is lost (counts only, never a verdict).
+    pub fn free_uplink_drop_slots(&mut self, uplinks: &[u32]) -> Result<usize> {
+        let stale =
+            |cpu: &netd_common::InterfaceDrops| cpu.ifindex != 0 && !uplinks.contains(&cpu.ifindex);
+        let mut freed = 0;
+        for slot in 0..sizes::UPLINK_DROP_SLOTS {
+            let per_cpu: Vec<netd_common::InterfaceDrops> = self
+                .per_cpu_array(maps::UPLINK_DROPS)?
+                .get(&slot, 0)?
+                .to_vec();
+            if !per_cpu.iter().any(stale) {
+                continue;
+            }
+            self.add_to_drops_by_interface(&per_cpu, stale)?;
+            let kept: Vec<_> = per_cpu
+                .iter()
+                .map(|cpu| if stale(cpu) { Default::default() } else { *cpu })
+                .collect();
+            freed += per_cpu.iter().filter(|cpu| stale(cpu)).count();
+            let mut slots: PerCpuArray<_, netd_common::InterfaceDrops> =
+                PerCpuArray::try_from(self.map_mut(maps::UPLINK_DROPS)?)?;
+            slots
+                .set(slot, aya::maps::PerCpuValues::try_from(kept)?, 0)
+                .with_context(|| format!("freeing slot {slot} of {}", maps::UPLINK_DROPS))?;
+        }
+        Ok(freed)
+    }
+
+    /// Adds the counts of the per-CPU entries of one `UPLINK_DROPS` slot
+    /// that `moved` selects to `DROPS_BY_INTERFACE`, CPU by CPU.
+    fn add_to_drops_by_interface(
+        &mut self,
+        per_cpu: &[netd_common::InterfaceDrops],
+        moved: impl Fn(&netd_common::InterfaceDrops) -> bool,
+    ) -> Result<()> {
+        let mut hash: aya::maps::PerCpuHashMap<_, netd_common::DropKey, u64> =
+            aya::maps::PerCpuHashMap::try_from(self.map_mut(maps::DROPS_BY_INTERFACE)?)?;
+        let mut additions: std::collections::BTreeMap<(u32, u32), Vec<u64>> = Default::default();
+        for (cpu, entry) in per_cpu.iter().enumerate() {
+            if !moved(entry) {
+                continue;
+            }
+            for (reason, &n) in entry.by_reason.iter().enumerate() {
+                if n > 0 {
+                    additions
+                        .entry((entry.ifindex, reason as u32))
+                        .or_insert_with(|| vec![0; per_cpu.len()])[cpu] += n;
+                }
+            }
+        }
+        for ((ifindex, reason), added) in additions {
+            let key = netd_common::DropKey { ifindex, reason };
+            let mut total = match hash.get(&key, 0) {
+                Ok(values) => values.to_vec(),
+                Err(aya::maps::MapError::KeyNotFound) => vec![0; added.len()],
+                Err(err) => return Err(err).context("reading DROPS_BY_INTERFACE"),
+            };
+            for (sum, n) in total.iter_mut().zip(&added) {
+                *sum += n;
+            }
+            hash.insert(&key, aya::maps::PerCpuValues::try_from(total)?, 0)
+                .with_context(|| format!("moving if{ifindex}'s drops to DROPS_BY_INTERFACE"))?;
+        }
+        Ok(())
+    }
+
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
         self.ebpf
             .map_mut(name)

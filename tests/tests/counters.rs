@@ -158,6 +158,55 @@ fn drops_by_interface_add_up_across_the_uplink_slots_and_the_hash() {
     assert_eq!(drops(&dp, DropReason::SpoofedSource), 6);
 }
 
+/// An uplink that goes frees its slot of the uplinks' drop array for the
+/// next one, and its counts stay, moved to the hash.
+#[test]
+fn a_gone_uplinks_drop_slot_is_freed_and_its_counts_kept() {
+    let mut dp = datapath_with_sender();
+    let forged = Ipv4Frame::tcp("172.17.0.2", 40000, "192.0.2.1", 80, TCP_SYN).build();
+    let drop_forged = |dp: &mut Datapath, times: usize| {
+        for _ in 0..times {
+            assert_eq!(run_xdp(dp, &forged).unwrap().0, XDP_DROP);
+        }
+    };
+    let rows = |dp: &Datapath| -> Vec<_> {
+        dp.drops_by_interface()
+            .unwrap()
+            .into_iter()
+            .filter(|(ifindex, _, _)| *ifindex == TEST_RUN_IFINDEX)
+            .collect()
+    };
+    drop_forged(&mut dp, 4);
+    assert_eq!(
+        dp.free_uplink_drop_slots(&[TEST_RUN_IFINDEX]).unwrap(),
+        0,
+        "a current uplink keeps its slot"
+    );
+    let freed = dp.free_uplink_drop_slots(&[]).unwrap();
+    assert!(
+        freed >= 1,
+        "the gone uplink's slot freed on each CPU it used"
+    );
+    assert_eq!(
+        rows(&dp),
+        vec![(TEST_RUN_IFINDEX, DropReason::SpoofedSource, 4)],
+        "its counts kept"
+    );
+    assert_eq!(dp.free_uplink_drop_slots(&[]).unwrap(), 0, "freed once");
+    // The slot is taken again and the totals carry on from the hash.
+    drop_forged(&mut dp, 3);
+    assert_eq!(
+        rows(&dp),
+        vec![(TEST_RUN_IFINDEX, DropReason::SpoofedSource, 7)]
+    );
+    assert!(dp.free_uplink_drop_slots(&[]).unwrap() >= 1);
+    assert_eq!(
+        rows(&dp),
+        vec![(TEST_RUN_IFINDEX, DropReason::SpoofedSource, 7)],
+        "added to what the hash held"
+    );
+}
+
 #[test]
 fn ip_options_and_fragments_are_parsed_deterministically() {
     let mut dp = datapath_with_sender();

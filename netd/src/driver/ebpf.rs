@@ -178,6 +178,10 @@ impl EbpfDriver {
                 self.datapath.remove_uplink(ifindex)?;
             }
         }
+        let current: Vec<u32> = self.uplinks.values().copied().collect();
+        if let Err(err) = self.datapath.free_uplink_drop_slots(&current) {
+            errors.push(format!("drop counters of past uplinks: {err:#}"));
+        }
         if !errors.is_empty() {
             anyhow::bail!("attaching to uplinks: {}", errors.join("; "));
         }
