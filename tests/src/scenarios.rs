@@ -688,7 +688,9 @@ fn build_through_runtime(
 enum Outcome {
     /// The server answered (what it saw, or "-" for ICMP).
     Answer(String),
-    NoReply,
+    /// Nothing came back: what timed out (the connect, the read), for a
+    /// failure's message.
+    NoReply(String),
     Refused,
     /// No route to the network, or (EHOSTUNREACH) to the host.
     Unreachable,
@@ -700,7 +702,9 @@ fn classify(err: &anyhow::Error) -> Outcome {
         return Outcome::Other(format!("{err:#}"));
     };
     match (io.kind(), io.raw_os_error()) {
-        (std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock, _) => Outcome::NoReply,
+        (std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock, _) => {
+            Outcome::NoReply(format!("{err:#}"))
+        }
         (std::io::ErrorKind::ConnectionRefused, _) => Outcome::Refused,
         (_, Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => Outcome::Unreachable,
         _ => Outcome::Other(format!("{err:#}")),
@@ -711,7 +715,7 @@ fn outcome(ns: &Netns, p: &Probe) -> Outcome {
     match p.proto {
         Icmp => match probe::ping_status(ns, p.to, 1) {
             Ok(0) => Outcome::Answer("-".into()),
-            Ok(1) => Outcome::NoReply,
+            Ok(1) => Outcome::NoReply("no echo reply".into()),
             Ok(_) => Outcome::Unreachable,
             Err(err) => Outcome::Other(format!("{err:#}")),
         },
@@ -778,7 +782,7 @@ pub fn verdict(suite: &Suite, p: &Probe) -> String {
         Outcome::Refused => "refused".into(),
         Outcome::Unreachable => "unreachable".into(),
         Outcome::Other(what) => what,
-        Outcome::NoReply => match (p.expect, before) {
+        Outcome::NoReply(what) => match (p.expect, before) {
             (Dropped(reason, chain), Some(before)) => {
                 let after = drop_counts(suite);
                 let grew: Vec<&String> = after
@@ -812,7 +816,7 @@ pub fn verdict(suite: &Suite, p: &Probe) -> String {
                     Some(c) => format!("no reply, but {} has {ip}", c["name"]),
                 }
             }
-            _ => "no reply".into(),
+            _ => format!("no reply ({what})"),
         },
     }
 }
