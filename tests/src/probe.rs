@@ -197,7 +197,8 @@ pub fn tcp_request(ns: &Netns, dst: SocketAddr, payload: &[u8]) -> Result<Vec<u8
     conn.write_all(payload)?;
     conn.shutdown(std::net::Shutdown::Write)?;
     let mut reply = Vec::new();
-    conn.read_to_end(&mut reply)?;
+    conn.read_to_end(&mut reply)
+        .with_context(|| format!("reading the reply from {dst} (connected)"))?;
     Ok(reply)
 }
 
