@@ -6,19 +6,13 @@
 //! connection when both entries have expired, and LRU eviction is the safety
 //! net when the table is full.
 
-use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    macros::map,
-    maps::LruHashMap,
-};
-use netd_common::{
-    CT_CLOSING, CT_REPLY, CT_SEEN_REPLY, CtEntry, CtKey, DropReason, sizes, timeouts,
-};
+use crate::maps::bpf_map;
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use netd_common::{CT_CLOSING, CT_REPLY, CT_SEEN_REPLY, CtEntry, CtKey, DropReason, timeouts};
 
 use crate::parse::{IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
-#[map(name = "CONNTRACK")]
-static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(sizes::CONNTRACK, 0);
+bpf_map!(CONNTRACK: LruHashMap);
 
 /// Refreshing an entry writes a shared cache line: skip it while the expiry
 /// would move by less than this.

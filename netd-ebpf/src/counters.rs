@@ -1,14 +1,9 @@
 //! Per-CPU counters: traffic by class and drops by reason. Per-CPU so the
 //! hot path never contends on a shared cache line; user space sums the CPUs.
 
-use aya_ebpf::{
-    EbpfContext,
-    macros::map,
-    maps::{LruPerCpuHashMap, PerCpuArray, RingBuf},
-};
-use netd_common::{
-    DropEvent, DropKey, DropReason, EventBudget, InterfaceDrops, PacketCounter, TrafficClass, sizes,
-};
+use crate::maps::bpf_map;
+use aya_ebpf::EbpfContext;
+use netd_common::{DropEvent, DropKey, DropReason, TrafficClass, sizes};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
@@ -16,12 +11,9 @@ use crate::{
     parse::Frame,
 };
 
-#[map(name = "TRAFFIC_COUNTERS")]
-static TRAFFIC_COUNTERS: PerCpuArray<PacketCounter> =
-    PerCpuArray::with_max_entries(TrafficClass::COUNT, 0);
+bpf_map!(TRAFFIC_COUNTERS: PerCpuArray);
 
-#[map(name = "DROP_COUNTERS")]
-static DROP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+bpf_map!(DROP_COUNTERS: PerCpuArray);
 
 #[inline(always)]
 pub fn count_traffic(class: TrafficClass, bytes: u32) {
@@ -34,13 +26,11 @@ pub fn count_traffic(class: TrafficClass, bytes: u32) {
     }
 }
 
-/// Drop events for `netd monitor` (only dropped packets pay for this).
-#[map(name = "DROP_EVENTS")]
-static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(sizes::DROP_EVENTS_BYTES, 0);
+// Drop events for `netd monitor` (only dropped packets pay for this).
+bpf_map!(DROP_EVENTS: RingBuf);
 
-/// Each CPU's drop-event budget (one slot per CPU).
-#[map]
-static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+// Each CPU's drop-event budget (one slot per CPU).
+bpf_map!(EVENT_BUDGET: PerCpuArray);
 
 /// Whether this drop may send an event; counts the ones that may not.
 /// Returns the drops left out since the last event sent.
@@ -64,13 +54,9 @@ fn take_event_budget() -> Option<u32> {
     Some(suppressed)
 }
 
-#[map(name = "DROPS_BY_INTERFACE")]
-static DROPS_BY_INTERFACE: LruPerCpuHashMap<DropKey, u64> =
-    LruPerCpuHashMap::with_max_entries(sizes::DROPS_BY_INTERFACE, 0);
+bpf_map!(DROPS_BY_INTERFACE: LruPerCpuHashMap);
 
-#[map(name = "UPLINK_DROPS")]
-static UPLINK_DROPS: PerCpuArray<InterfaceDrops> =
-    PerCpuArray::with_max_entries(sizes::UPLINK_DROP_SLOTS, 0);
+bpf_map!(UPLINK_DROPS: PerCpuArray);
 
 /// Counts a drop by reason and by (interface, reason); within the event
 /// budget, also reports it to `netd monitor` and returns the event. Dropped

@@ -12,6 +12,7 @@ mod clock;
 mod conntrack;
 mod counters;
 mod forward;
+mod maps;
 mod nat;
 mod offsets;
 mod parse;

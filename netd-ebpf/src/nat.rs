@@ -2,16 +2,16 @@
 //! source-port allocation, and rewriting a packet to a conntrack tuple with
 //! incremental checksum updates.
 
+use crate::maps::bpf_map;
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::bpf_get_prandom_u32,
-    macros::map,
-    maps::{Array, HashMap},
+    maps::Array,
     programs::TcContext,
 };
 use netd_common::{
     Backend, CT_DNAT, CT_SNAT, Config, CtKey, DropReason, Ipv4, NET_MASQUERADE, NetworkInfo,
-    PUBLISHED_ON_ADDRESS, PUBLISHED_ON_ALL, PortKey, UplinkInfo, sizes,
+    PUBLISHED_ON_ADDRESS, PUBLISHED_ON_ALL, PortKey, UplinkInfo,
 };
 
 use crate::{
@@ -23,11 +23,9 @@ use crate::{
     parse::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Packet, L4, header_at},
 };
 
-#[map(name = "CONFIG")]
-static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+bpf_map!(CONFIG: Array);
 
-#[map(name = "UPLINKS")]
-static UPLINKS: HashMap<u32, UplinkInfo> = HashMap::with_max_entries(sizes::UPLINKS, 0);
+bpf_map!(UPLINKS: HashMap);
 
 /// The interface to the outside with this ifindex, if it is one.
 #[inline(always)]
@@ -46,13 +44,10 @@ pub fn masquerade_ip(ifindex: u32) -> Ipv4 {
     }
 }
 
-#[map(name = "PUBLISHED_PORTS")]
-static PUBLISHED_PORTS: HashMap<PortKey, Backend> =
-    HashMap::with_max_entries(sizes::PUBLISHED_PORTS, 0);
+bpf_map!(PUBLISHED_PORTS: HashMap);
 
-/// Which kinds of `PUBLISHED_PORTS` keys exist (`PUBLISHED_ON_*` bits).
-#[map(name = "PUBLISHED_SCOPES")]
-static PUBLISHED_SCOPES: Array<u32> = Array::with_max_entries(1, 0);
+// Which kinds of `PUBLISHED_PORTS` keys exist (`PUBLISHED_ON_*` bits).
+bpf_map!(PUBLISHED_SCOPES: Array);
 
 pub fn config_map() -> &'static Array<Config> {
     &CONFIG

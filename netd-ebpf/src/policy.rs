@@ -2,32 +2,25 @@
 //! (isolation between networks, icc=false, internal networks), decided from
 //! maps user space fills.
 
-use aya_ebpf::{
-    macros::map,
-    maps::{HashMap, LpmTrie, lpm_trie::Key},
-};
+use crate::maps::bpf_map;
+use aya_ebpf::maps::lpm_trie::Key;
 use netd_common::{
-    DropReason, Endpoint, Ipv4, NET_ICC, NET_INTERNAL, NET_ROUTED, NetworkInfo, RoutedKey,
-    routed_key, sizes,
+    DropReason, Endpoint, Ipv4, NET_ICC, NET_INTERNAL, NET_ROUTED, NetworkInfo, routed_key,
 };
 
-/// Subnet -> network. Subnets never overlap (user space refuses that).
-#[map(name = "NETWORKS")]
-static NETWORKS: LpmTrie<Ipv4, NetworkInfo> = LpmTrie::with_max_entries(sizes::NETWORKS, 0);
+// Subnet -> network. Subnets never overlap (user space refuses that).
+bpf_map!(NETWORKS: LpmTrie);
 
-/// Container address -> its interface.
-#[map(name = "ENDPOINTS")]
-static ENDPOINTS: HashMap<Ipv4, Endpoint> = HashMap::with_max_entries(sizes::ENDPOINTS, 0);
+// Container address -> its interface.
+bpf_map!(ENDPOINTS: HashMap);
 
-/// The host's own addresses (Docker's `addrtype LOCAL`).
-#[map(name = "LOCAL_ADDRS")]
-static LOCAL_ADDRS: HashMap<Ipv4, u32> = HashMap::with_max_entries(sizes::LOCAL_ADDRS, 0);
+// The host's own addresses (Docker's `addrtype LOCAL`).
+bpf_map!(LOCAL_ADDRS: HashMap);
 
-/// (network, CIDR) -> 1: destinations a network reaches without masquerade,
-/// and sources that may reach its containers unsolicited (the pods of a
-/// cluster's other nodes, routed to this node's pod CIDR).
-#[map(name = "ROUTED_CIDRS")]
-static ROUTED_CIDRS: LpmTrie<RoutedKey, u8> = LpmTrie::with_max_entries(sizes::ROUTED_CIDRS, 0);
+// (network, CIDR) -> 1: destinations a network reaches without masquerade,
+// and sources that may reach its containers unsolicited (the pods of a
+// cluster's other nodes, routed to this node's pod CIDR).
+bpf_map!(ROUTED_CIDRS: LpmTrie);
 
 #[inline(always)]
 pub fn network_of(addr: Ipv4) -> Option<&'static NetworkInfo> {

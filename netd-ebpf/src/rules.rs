@@ -8,18 +8,13 @@
 //! it. A packet costs one lookup per class in use, however many rules there
 //! are that cannot match.
 
-use aya_ebpf::{
-    macros::map,
-    maps::{LpmTrie, lpm_trie::Key},
-};
-use netd_common::{
-    DropReason, Ipv4, Port, RULE_DENY, RULE_KEY_FIXED_BITS, RuleKey, RuleVerdict, rule_key, sizes,
-};
+use crate::maps::bpf_map;
+use aya_ebpf::maps::lpm_trie::Key;
+use netd_common::{DropReason, Ipv4, Port, RULE_DENY, RULE_KEY_FIXED_BITS, rule_key};
 
 use crate::nat;
 
-#[map(name = "USER_RULES")]
-static USER_RULES: LpmTrie<RuleKey, RuleVerdict> = LpmTrie::with_max_entries(sizes::USER_RULES, 0);
+bpf_map!(USER_RULES: LpmTrie);
 
 /// Classes 6..12 name a network: only they need the destination's network.
 const NETWORK_CLASSES: u32 = 0xfc0;

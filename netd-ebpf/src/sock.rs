@@ -4,24 +4,21 @@
 //! included, needs no per-packet NAT. recvmsg()/getpeername() show the
 //! address the program asked for.
 
+use crate::maps::bpf_map;
 use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    macros::map,
-    maps::{Array, LruHashMap},
+    maps::Array,
     programs::SockAddrContext,
 };
-use netd_common::{Config, NETNS_PROBE_IP, NETNS_PROBE_PORT, SockRevKey, SockRevValue, sizes};
+use netd_common::{Config, NETNS_PROBE_IP, NETNS_PROBE_PORT, SockRevKey, SockRevValue};
 
 use crate::{nat, policy};
 
-#[map(name = "SOCK_REVNAT")]
-static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
-    LruHashMap::with_max_entries(sizes::SOCK_REVNAT, 0);
+bpf_map!(SOCK_REVNAT: LruHashMap);
 
-/// Network namespace cookies by socket cookie, for user space on kernels
-/// without SO_NETNS_COOKIE (see `NETNS_PROBE_IP`).
-#[map(name = "NETNS_PROBE")]
-static NETNS_PROBE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(64, 0);
+// Network namespace cookies by socket cookie, for user space on kernels
+// without SO_NETNS_COOKIE (see `NETNS_PROBE_IP`).
+bpf_map!(NETNS_PROBE: LruHashMap);
 
 /// connect4 to the probe address: records the caller's namespace cookie.
 #[inline(always)]

@@ -9,7 +9,7 @@ use tokio::sync::{Mutex, Notify, broadcast};
 
 use crate::{
     api::{DropRecord, MonitorEvent},
-    bpf::DropEvents,
+    datapath::DropEvents,
     driver::{EbpfDriver, FirewallDriver, IptablesDriver},
     engine::Engine,
     features::{Features, KernelFeatures},
@@ -42,13 +42,13 @@ pub struct Options {
     /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
     /// Which BPF-side log statements run (off: none, at no cost).
-    pub bpf_log: crate::bpf::BpfLog,
+    pub bpf_log: crate::datapath::BpfLog,
     /// Where to serve Docker's remote network-driver protocol, if at all.
     pub docker_plugin: Option<PathBuf>,
     /// eBPF: redirect containers' outbound packets to the uplink (past the
     /// host's netfilter), or let them take the stack.
     pub fast_path: bool,
-    pub xdp: crate::bpf::XdpSetting,
+    pub xdp: crate::datapath::XdpSetting,
 }
 
 const CONNTRACK_GC_INTERVAL: Duration = Duration::from_secs(10);

@@ -142,7 +142,7 @@ impl Features {
             MtuCheck::CheckMtuHelper,
             MtuCheck::UplinkMtuLength,
         );
-        let has_sockopt = crate::bpf::current_netns_cookie().is_ok();
+        let has_sockopt = crate::datapath::sys::current_netns_cookie().is_ok();
         let netns_cookie = Choice::of(
             choose(has_sockopt, "SO_NETNS_COOKIE", "5.14"),
             NetnsCookieSource::Sockopt,

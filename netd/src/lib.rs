@@ -1,13 +1,13 @@
 //! netd: a container-network daemon whose datapath is eBPF.
 //!
-//! `bpf` owns the embedded BPF object (load, attach, read counters).
+//! `datapath` owns the embedded BPF object (load, attach, typed maps).
 
 pub mod api;
-pub mod bpf;
 pub mod cidr;
 pub mod client;
 pub mod cni;
 pub mod daemon;
+pub mod datapath;
 pub mod driver;
 pub mod engine;
 pub mod features;

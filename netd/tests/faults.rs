@@ -18,7 +18,7 @@ use std::{
 };
 
 use netd::engine::FAULT_POINTS;
-use netd_common::maps;
+use netd_common::maps::{self, MapDef as _};
 use netd_testbed::{
     daemon_host::{DaemonHost, HOST_IP, OUTSIDE_IP},
     probe::{self, EchoServer},
@@ -669,11 +669,11 @@ fn maps_an_upgrade_adds_are_filled_before_the_new_programs_run() {
         let mut h = DaemonHost::start(NETD, flags);
         let (_server, mut kept) = published_web(&h);
         h.kill_daemon(libc::SIGKILL);
-        for map in [maps::PUBLISHED_SCOPES, maps::UPLINK_DROPS] {
+        for map in [maps::PUBLISHED_SCOPES::NAME, maps::UPLINK_DROPS::NAME] {
             std::fs::remove_file(h.bpffs().join("maps").join(map)).unwrap();
         }
         h.spawn_daemon();
-        for map in [maps::PUBLISHED_SCOPES, maps::UPLINK_DROPS] {
+        for map in [maps::PUBLISHED_SCOPES::NAME, maps::UPLINK_DROPS::NAME] {
             assert!(
                 h.bpffs().join("maps").join(map).exists(),
                 "{variant}: {map} pinned again"

@@ -281,7 +281,7 @@ impl Drop for PinDir {
 #[test]
 fn xdp_reattach_back_to_back_finds_the_device_free() {
     use netd::{
-        bpf::{BpfLog, Datapath, XdpMode, XdpSetting},
+        datapath::{BpfLog, Datapath, XdpMode, XdpSetting},
         features::{Features, KernelFeatures},
     };
     let mut bed = netd_testbed::topology::Testbed::new().unwrap();

@@ -1,4 +1,4 @@
-//! A host namespace driven directly through `netd::bpf::Datapath`: an uplink
+//! A host namespace driven directly through `netd::datapath::Datapath`: an uplink
 //! to an "outside" namespace, bridges, containers, published ports. The
 //! datapath tests use it to prove BPF behaviour on real traffic without the
 //! daemon; scenario tests drive the real daemon instead.
@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result};
 use netd::{
-    bpf::Datapath,
+    datapath::Datapath,
     features::{Features, KernelFeatures},
 };
 use netd_common::{Backend, Config, Endpoint, NetworkInfo, PortKey, UplinkInfo};
@@ -53,15 +53,15 @@ impl DatapathHost {
         host.ip(&["link", "set", &uplink, "mtu", &uplink_mtu.to_string()])?;
 
         let mut datapath = Datapath::load_with(&Features::probe(wanted)?)?;
-        datapath.set_config(Config {
+        datapath.maps.config.set(Config {
             masquerade_ip: HOST_UPLINK_IP.parse::<Ipv4Addr>()?.octets(),
             nat_port_min: NAT_PORT_MIN,
             nat_port_max: NAT_PORT_MAX,
-            netns_cookie: host.enter(netd::bpf::current_netns_cookie)??,
+            netns_cookie: host.enter(netd::datapath::sys::current_netns_cookie)??,
             fast_path: 1,
             rule_classes: 0,
         })?;
-        datapath.set_uplink(
+        datapath.maps.config.set_uplink(
             host.ifindex(&uplink)?,
             UplinkInfo {
                 masquerade_ip: HOST_UPLINK_IP.parse::<Ipv4Addr>()?.octets(),
@@ -69,7 +69,7 @@ impl DatapathHost {
             },
         )?;
         for ip in [HOST_UPLINK_IP, HOST_SECOND_IP, "127.0.0.1"] {
-            datapath.insert_local_addr(ip.parse()?)?;
+            datapath.maps.networks.insert_local_addr(ip.parse()?)?;
         }
         host.enter(|| datapath.attach_uplink(&uplink))??;
         datapath.attach_host_sockets()?;
@@ -110,8 +110,11 @@ impl DatapathHost {
             gateway_mac: self.host.mac(&bridge)?,
             _pad: [0; 2],
         };
-        self.datapath.insert_network(subnet, prefix_len, info)?;
-        self.datapath.insert_local_addr(gateway)?;
+        self.datapath
+            .maps
+            .networks
+            .insert(subnet, prefix_len, info)?;
+        self.datapath.maps.networks.insert_local_addr(gateway)?;
         Ok(Network {
             id,
             bridge,
@@ -144,7 +147,7 @@ impl DatapathHost {
             mac: ctr.mac("eth0")?,
             _pad: [0; 2],
         };
-        self.datapath.insert_endpoint(ip.parse()?, endpoint)?;
+        self.datapath.maps.endpoints.insert(ip.parse()?, endpoint)?;
         let datapath = &mut self.datapath;
         self.host
             .enter(|| datapath.attach_from_container(&host_if))??;
@@ -171,7 +174,7 @@ impl DatapathHost {
             port: ctr_port.to_be_bytes(),
             _pad: [0; 2],
         };
-        self.datapath.publish(key, backend)?;
+        self.datapath.maps.ports.publish(key, backend)?;
         Ok(key)
     }
 

@@ -6,7 +6,7 @@
 //!   inside those namespaces;
 //! - [`cni`]: runs a CNI plugin as a runtime does (cnitool-like);
 //! - [`daemon_host`]: a host namespace running the real `netd daemon`;
-//! - [`datapath_host`]: a host namespace driven through `netd::bpf::Datapath`;
+//! - [`datapath_host`]: a host namespace driven through `netd::datapath::Datapath`;
 //! - [`docker`]: a real dockerd using netd as its network driver;
 //! - [`podman`]: a real Podman using netd through its CNI plugin;
 //! - [`containerd`]: a real containerd attaching containers with `ctr run --cni`;

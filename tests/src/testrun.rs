@@ -2,7 +2,7 @@
 
 use anyhow::{Context as _, Result};
 use aya::programs::{TestRun as _, TestRunOptions};
-use netd::bpf::Datapath;
+use netd::datapath::Datapath;
 
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Result;
-use netd::bpf::Datapath;
+use netd::datapath::Datapath;
 use netd_common::{
     DropReason, Endpoint, NET_ICC, NET_MASQUERADE, PacketCounter, TrafficClass, programs,
 };
@@ -26,17 +26,19 @@ fn datapath_with_sender() -> Datapath {
         mac: [2, 0, 0, 0, 0, 1],
         _pad: [0; 2],
     };
-    dp.insert_endpoint("172.17.0.2".parse().unwrap(), endpoint)
+    dp.maps
+        .endpoints
+        .insert("172.17.0.2".parse().unwrap(), endpoint)
         .unwrap();
     dp
 }
 
 fn traffic(dp: &Datapath, class: TrafficClass) -> PacketCounter {
-    dp.traffic_count(class).unwrap()
+    dp.maps.counters.traffic_of(class).unwrap()
 }
 
 fn drops(dp: &Datapath, reason: DropReason) -> u64 {
-    dp.drop_count(reason).unwrap()
+    dp.maps.counters.drops_of(reason).unwrap()
 }
 
 /// Feeds `frame` and checks verdict, unchanged bytes and the counter deltas.
@@ -47,15 +49,15 @@ fn expect(
     class: Option<TrafficClass>,
     drop: Option<DropReason>,
 ) {
-    let before_traffic = dp.traffic_counters().unwrap();
-    let before_drops = dp.drop_counters().unwrap();
-    let before_by_interface = dp.drops_by_interface().unwrap();
+    let before_traffic = dp.maps.counters.traffic().unwrap();
+    let before_drops = dp.maps.counters.drops().unwrap();
+    let before_by_interface = dp.maps.counters.drops_by_interface().unwrap();
     let (got, out) = run_classifier(dp, programs::FROM_CONTAINER, frame)
         .unwrap_or_else(|e| panic!("test run of {} bytes: {e:#}", frame.len()));
     assert_eq!(got, verdict, "verdict for frame {frame:02x?}");
     assert_eq!(out, frame, "the counting program must not change a byte");
     for (i, (c, before)) in before_traffic.iter().enumerate() {
-        let after = dp.traffic_counters().unwrap()[i].1;
+        let after = dp.maps.counters.traffic().unwrap()[i].1;
         let want = if Some(*c) == class {
             PacketCounter {
                 packets: before.packets + 1,
@@ -67,7 +69,7 @@ fn expect(
         assert_eq!(after, want, "traffic counter {}", c.label());
     }
     for (i, (r, before)) in before_drops.iter().enumerate() {
-        let after = dp.drop_counters().unwrap()[i].1;
+        let after = dp.maps.counters.drops().unwrap()[i].1;
         let want = before + u64::from(Some(*r) == drop);
         assert_eq!(after, want, "drop counter {}", r.label());
     }
@@ -79,7 +81,7 @@ fn expect(
             .map(|(_, _, n)| n)
             .sum::<u64>()
     };
-    let after_by_interface = dp.drops_by_interface().unwrap();
+    let after_by_interface = dp.maps.counters.drops_by_interface().unwrap();
     for reason in DropReason::ALL {
         let before = on_interface(&before_by_interface, *reason);
         let want = before + u64::from(Some(*reason) == drop);
@@ -145,6 +147,8 @@ fn drops_by_interface_add_up_across_the_uplink_slots_and_the_hash() {
     assert_eq!(verdict, TC_ACT_SHOT);
 
     let rows: Vec<_> = dp
+        .maps
+        .counters
         .drops_by_interface()
         .unwrap()
         .into_iter()
@@ -170,7 +174,9 @@ fn a_gone_uplinks_drop_slot_is_freed_and_its_counts_kept() {
         }
     };
     let rows = |dp: &Datapath| -> Vec<_> {
-        dp.drops_by_interface()
+        dp.maps
+            .counters
+            .drops_by_interface()
             .unwrap()
             .into_iter()
             .filter(|(ifindex, _, _)| *ifindex == TEST_RUN_IFINDEX)
@@ -178,11 +184,14 @@ fn a_gone_uplinks_drop_slot_is_freed_and_its_counts_kept() {
     };
     drop_forged(&mut dp, 4);
     assert_eq!(
-        dp.free_uplink_drop_slots(&[TEST_RUN_IFINDEX]).unwrap(),
+        dp.maps
+            .counters
+            .free_uplink_drop_slots(&[TEST_RUN_IFINDEX])
+            .unwrap(),
         0,
         "a current uplink keeps its slot"
     );
-    let freed = dp.free_uplink_drop_slots(&[]).unwrap();
+    let freed = dp.maps.counters.free_uplink_drop_slots(&[]).unwrap();
     assert!(
         freed >= 1,
         "the gone uplink's slot freed on each CPU it used"
@@ -192,14 +201,18 @@ fn a_gone_uplinks_drop_slot_is_freed_and_its_counts_kept() {
         vec![(TEST_RUN_IFINDEX, DropReason::SpoofedSource, 4)],
         "its counts kept"
     );
-    assert_eq!(dp.free_uplink_drop_slots(&[]).unwrap(), 0, "freed once");
+    assert_eq!(
+        dp.maps.counters.free_uplink_drop_slots(&[]).unwrap(),
+        0,
+        "freed once"
+    );
     // The slot is taken again and the totals carry on from the hash.
     drop_forged(&mut dp, 3);
     assert_eq!(
         rows(&dp),
         vec![(TEST_RUN_IFINDEX, DropReason::SpoofedSource, 7)]
     );
-    assert!(dp.free_uplink_drop_slots(&[]).unwrap() >= 1);
+    assert!(dp.maps.counters.free_uplink_drop_slots(&[]).unwrap() >= 1);
     assert_eq!(
         rows(&dp),
         vec![(TEST_RUN_IFINDEX, DropReason::SpoofedSource, 7)],
@@ -345,7 +358,7 @@ fn counts_real_traffic_between_namespaces() -> Result<()> {
         mac: ctr.mac("eth0")?,
         _pad: [0; 2],
     };
-    dp.insert_endpoint("10.200.0.2".parse()?, endpoint)?;
+    dp.maps.endpoints.insert("10.200.0.2".parse()?, endpoint)?;
     host.enter(|| dp.attach_from_container(&host_if))??;
 
     let tcp_server = EchoServer::tcp(&host, "10.200.0.1:7000".parse()?, "tcp:")?;
@@ -395,7 +408,7 @@ fn counts_real_traffic_between_namespaces() -> Result<()> {
 #[test]
 fn bpf_logs_are_removed_by_the_verifier_when_off() -> Result<()> {
     use netd::{
-        bpf::BpfLog,
+        datapath::BpfLog,
         features::{Features, KernelFeatures},
     };
     let features = Features::probe(KernelFeatures::Auto)?;

@@ -16,7 +16,7 @@ use netd_testbed::{
 const DEFAULT: u32 = NET_ICC | NET_MASQUERADE;
 
 fn drops(host: &DatapathHost, reason: DropReason) -> u64 {
-    host.datapath.drop_count(reason).unwrap()
+    host.datapath.maps.counters.drops_of(reason).unwrap()
 }
 
 /// TCP and UDP echo servers on 172.18.0.2 (ports 80 and 53, answering
@@ -126,7 +126,11 @@ fn masquerade_rewrites_tcp_udp_and_icmp_to_the_uplink_address() -> Result<()> {
         expect
     );
     let icmp_packets = |h: &DatapathHost| -> Result<u64> {
-        Ok(h.datapath.traffic_count(TrafficClass::Icmp)?.packets)
+        Ok(h.datapath
+            .maps
+            .counters
+            .traffic_of(TrafficClass::Icmp)?
+            .packets)
     };
     let before = icmp_packets(&h)?;
     assert!(probe::ping(&c1, OUTSIDE_IP, 2)?);
@@ -135,7 +139,7 @@ fn masquerade_rewrites_tcp_udp_and_icmp_to_the_uplink_address() -> Result<()> {
     // from_uplink.
     assert_eq!(icmp_packets(&h)? - before, 4);
     // Both directions of each connection are tracked, translated to the uplink address.
-    let entries = h.datapath.conntrack_entries()?;
+    let entries = h.datapath.maps.conntrack.entries()?;
     let ctr: [u8; 4] = [172, 18, 0, 2];
     let host: [u8; 4] = HOST_UPLINK_IP.parse::<std::net::Ipv4Addr>()?.octets();
     for proto in [PROTO_TCP, PROTO_UDP, packet::PROTO_ICMP] {
@@ -153,8 +157,8 @@ fn masquerade_rewrites_tcp_udp_and_icmp_to_the_uplink_address() -> Result<()> {
         );
     }
     // Removing the container's endpoint flushes its connections.
-    h.datapath.remove_endpoint("172.18.0.2".parse()?)?;
-    let left = h.datapath.conntrack_entries()?;
+    h.datapath.maps.remove_endpoint("172.18.0.2".parse()?)?;
+    let left = h.datapath.maps.conntrack.entries()?;
     assert!(
         left.iter()
             .all(|(k, e)| ![k.src, k.dst, e.xlat.src, e.xlat.dst].contains(&ctr))
@@ -217,7 +221,7 @@ fn a_port_published_on_one_host_address_is_not_on_another() -> Result<()> {
     );
     assert!(probe::tcp_request(&h.outside, addr(&format!("{HOST_UPLINK_IP}:8080")), b"q").is_err());
     // Unpublished: the port is gone and so are its connections.
-    h.datapath.unpublish(key)?;
+    h.datapath.maps.unpublish(&[key])?;
     assert!(probe::tcp_request(&h.outside, addr(&format!("{HOST_SECOND_IP}:8080")), b"q").is_err());
     Ok(())
 }
@@ -403,7 +407,11 @@ fn the_fast_path_out_keeps_to_the_uplink_mtu_in_both_kernel_modes() -> Result<()
         let net = h.add_network("172.18.0.0/16", DEFAULT)?;
         let c1 = h.add_container(&net, "172.18.0.2", DEFAULT)?;
         let icmp = |h: &DatapathHost| -> Result<u64> {
-            Ok(h.datapath.traffic_count(TrafficClass::Icmp)?.packets)
+            Ok(h.datapath
+                .maps
+                .counters
+                .traffic_of(TrafficClass::Icmp)?
+                .packets)
         };
         let ping = |size: &str| {
             c1.command("ping")

@@ -5,13 +5,15 @@
 use std::net::Ipv4Addr;
 
 use netd::{
-    bpf::{BpfLog, Datapath, monotonic_ns},
+    datapath::{BpfLog, Datapath, monotonic_ns},
     features::{Features, KernelFeatures},
 };
 use netd_common::{
     Backend, CT_CLOSING, CT_DNAT, CT_REPLY, CT_SEEN_REPLY, CT_SNAT, Config, CtEntry, CtKey,
     DropReason, Endpoint, FASTPATH_MARK, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NET_ROUTED,
-    NetworkInfo, PUBLISHED_ON_ADDRESS, PUBLISHED_ON_ALL, PortKey, maps, programs, timeouts,
+    NetworkInfo, PUBLISHED_ON_ADDRESS, PUBLISHED_ON_ALL, PortKey,
+    maps::{self, MapDef as _},
+    programs, timeouts,
 };
 use netd_testbed::{
     packet::{self, Ipv4Frame, L4, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_SYN, ip},
@@ -41,8 +43,8 @@ fn network(dp: &mut Datapath, subnet: &str, id: u32, flags: u32) {
         gateway_mac,
         _pad: [0; 2],
     };
-    dp.insert_network(subnet, 16, info).unwrap();
-    dp.insert_local_addr(gateway).unwrap();
+    dp.maps.networks.insert(subnet, 16, info).unwrap();
+    dp.maps.networks.insert_local_addr(gateway).unwrap();
 }
 
 /// Network 1 = 172.18.0.0/16 with `flags`, network 2 = 172.19.0.0/16;
@@ -55,16 +57,18 @@ fn datapath(flags: u32) -> Datapath {
 
 /// What [`datapath`] sets up, on a datapath loaded some other way.
 fn configure(dp: &mut Datapath, flags: u32) {
-    dp.set_config(Config {
-        masquerade_ip: ip(HOST).octets(),
-        nat_port_min: 32768,
-        nat_port_max: 65535,
-        netns_cookie: 0,
-        fast_path: 0, // test runs must never route
-        rule_classes: 0,
-    })
-    .unwrap();
-    dp.insert_local_addr(ip(HOST)).unwrap();
+    dp.maps
+        .config
+        .set(Config {
+            masquerade_ip: ip(HOST).octets(),
+            nat_port_min: 32768,
+            nat_port_max: 65535,
+            netns_cookie: 0,
+            fast_path: 0, // test runs must never route
+            rule_classes: 0,
+        })
+        .unwrap();
+    dp.maps.networks.insert_local_addr(ip(HOST)).unwrap();
     network(dp, "172.18.0.0", 1, flags);
     network(dp, "172.19.0.0", 2, NET_ICC | NET_MASQUERADE);
     for (addr, mac, ifindex) in [(C1, C1_MAC, TEST_RUN_IFINDEX), (C2, [2, 0, 0, 0, 0, 3], 99)] {
@@ -75,7 +79,7 @@ fn configure(dp: &mut Datapath, flags: u32) {
             mac,
             _pad: [0; 2],
         };
-        dp.insert_endpoint(addr.parse().unwrap(), ep).unwrap();
+        dp.maps.endpoints.insert(addr.parse().unwrap(), ep).unwrap();
     }
 }
 
@@ -98,7 +102,7 @@ fn publish_tcp(dp: &mut Datapath, host_ip: [u8; 4], port: u16, backend: (&str, u
         port: backend.1.to_be_bytes(),
         _pad: [0; 2],
     };
-    dp.publish(key, backend).unwrap();
+    dp.maps.ports.publish(key, backend).unwrap();
     key
 }
 
@@ -115,7 +119,7 @@ fn expect_syn_into_c1(dp: &mut Datapath, sport: u16, dst: &str, dport: u16, back
 }
 
 fn drops(dp: &Datapath, reason: DropReason) -> u64 {
-    dp.drop_count(reason).unwrap()
+    dp.maps.counters.drops_of(reason).unwrap()
 }
 
 fn run(dp: &mut Datapath, program: &str, frame: &Ipv4Frame) -> (u32, Vec<u8>) {
@@ -188,7 +192,9 @@ fn with_addrs(frame: &Ipv4Frame, src: (&str, u16), dst: (&str, u16)) -> Ipv4Fram
 }
 
 fn entry(dp: &Datapath, key: CtKey) -> CtEntry {
-    dp.conntrack_entries()
+    dp.maps
+        .conntrack
+        .entries()
         .unwrap()
         .into_iter()
         .find(|(k, _)| *k == key)
@@ -225,7 +231,7 @@ fn masquerade_keeps_a_free_source_port_and_translates_replies() {
     let reply = entry(&dp, reply_key);
     assert_eq!(reply.xlat, key((REMOTE, 80), (C1, 40000), PROTO_TCP));
     assert_eq!(reply.flags, CT_SNAT | CT_REPLY);
-    assert_eq!(dp.conntrack_entries().unwrap().len(), 2);
+    assert_eq!(dp.maps.conntrack.entries().unwrap().len(), 2);
     let now = monotonic_ns();
     assert!(forward.expires_ns > now && forward.expires_ns <= now + timeouts::TCP_SYN);
 
@@ -252,7 +258,7 @@ fn to_uplink_lets_fast_path_packets_go_untouched_and_clears_the_mark() {
         run_classifier_with_mark(&mut dp, programs::TO_UPLINK, &syn, FASTPATH_MARK).unwrap();
     assert_eq!((verdict, mark), (TC_ACT_OK, 0));
     assert_eq!(out, syn);
-    assert!(dp.conntrack_entries().unwrap().is_empty());
+    assert!(dp.maps.conntrack.entries().unwrap().is_empty());
     // Any other mark is someone else's: the packet is masqueraded as usual
     // and keeps its mark.
     let (verdict, out, mark) =
@@ -263,7 +269,7 @@ fn to_uplink_lets_fast_path_packets_go_untouched_and_clears_the_mark() {
         out,
         with_addrs(&masqueraded, (HOST, 40000), (REMOTE, 80)).build()
     );
-    assert_eq!(dp.conntrack_entries().unwrap().len(), 2);
+    assert_eq!(dp.maps.conntrack.entries().unwrap().len(), 2);
 }
 
 #[test]
@@ -381,8 +387,8 @@ fn published_port_translates_both_ways_and_keeps_the_client_address() {
     );
 
     // Unpublishing forgets the connection.
-    dp.unpublish(port).unwrap();
-    assert!(dp.conntrack_entries().unwrap().is_empty());
+    dp.maps.unpublish(&[port]).unwrap();
+    assert!(dp.maps.conntrack.entries().unwrap().is_empty());
 }
 
 /// A port published on one address answers there only; one published on
@@ -392,27 +398,27 @@ fn published_port_translates_both_ways_and_keeps_the_client_address() {
 #[test]
 fn published_scopes_follow_the_ports_and_every_port_is_found() {
     let mut dp = datapath(NET_ICC | NET_MASQUERADE);
-    assert_eq!(dp.published_scopes(), 0);
+    assert_eq!(dp.maps.ports.scopes(), 0);
     let on_host = publish_tcp(&mut dp, ip(HOST).octets(), 8081, (C1, 81));
-    assert_eq!(dp.published_scopes(), PUBLISHED_ON_ADDRESS);
+    assert_eq!(dp.maps.ports.scopes(), PUBLISHED_ON_ADDRESS);
     let other = "198.51.100.50"; // another of the host's addresses
-    dp.insert_local_addr(ip(other)).unwrap();
+    dp.maps.networks.insert_local_addr(ip(other)).unwrap();
     let to_8081 = |dst: &str, sport: u16| Ipv4Frame::tcp(CLIENT, sport, dst, 8081, TCP_SYN);
     expect_syn_into_c1(&mut dp, 5000, HOST, 8081, 81);
     expect_untouched(&mut dp, programs::FROM_UPLINK, &to_8081(other, 5001));
 
     let everywhere = publish_tcp_8080(&mut dp, C1);
     assert_eq!(
-        dp.published_scopes(),
+        dp.maps.ports.scopes(),
         PUBLISHED_ON_ADDRESS | PUBLISHED_ON_ALL
     );
-    dp.unpublish_all(&[on_host]).unwrap();
-    assert_eq!(dp.published_scopes(), PUBLISHED_ON_ALL);
+    dp.maps.unpublish(&[on_host]).unwrap();
+    assert_eq!(dp.maps.ports.scopes(), PUBLISHED_ON_ALL);
     expect_untouched(&mut dp, programs::FROM_UPLINK, &to_8081(HOST, 5002));
     expect_syn_into_c1(&mut dp, 5003, HOST, 8080, 80);
     expect_syn_into_c1(&mut dp, 5004, other, 8080, 80);
-    dp.unpublish_all(&[everywhere]).unwrap();
-    assert_eq!(dp.published_scopes(), 0);
+    dp.maps.unpublish(&[everywhere]).unwrap();
+    assert_eq!(dp.maps.ports.scopes(), 0);
     expect_untouched(
         &mut dp,
         programs::FROM_UPLINK,
@@ -443,9 +449,9 @@ fn published_scopes_are_filled_at_load_from_pinned_ports() {
         configure(&mut old, NET_ICC | NET_MASQUERADE);
         publish_tcp_8080(&mut old, C1);
     }
-    std::fs::remove_file(dir.join("maps").join(maps::PUBLISHED_SCOPES)).unwrap();
+    std::fs::remove_file(dir.join("maps").join(maps::PUBLISHED_SCOPES::NAME)).unwrap();
     let mut dp = Datapath::load_pinned(&dir, &features, BpfLog::Off).unwrap();
-    assert_eq!(dp.published_scopes(), PUBLISHED_ON_ALL);
+    assert_eq!(dp.maps.ports.scopes(), PUBLISHED_ON_ALL);
     expect_syn_into_c1(&mut dp, 5555, HOST, 8080, 80);
 }
 
@@ -468,7 +474,7 @@ fn unsolicited_inbound_is_dropped_and_host_traffic_passes() {
         &loopback,
         DropReason::LoopbackFromOutside,
     );
-    assert!(dp.conntrack_entries().unwrap().is_empty());
+    assert!(dp.maps.conntrack.entries().unwrap().is_empty());
 }
 
 #[test]
@@ -576,7 +582,7 @@ fn tcp_close_shortens_lifetime_and_a_new_syn_starts_over() {
         assert!(e.expires_ns > now + timeouts::TCP_CLOSING);
         assert!(e.expires_ns <= now + timeouts::TCP_SYN);
     }
-    assert_eq!(dp.conntrack_entries().unwrap().len(), 2);
+    assert_eq!(dp.maps.conntrack.entries().unwrap().len(), 2);
     // ... and the answer establishes it again.
     run(
         &mut dp,
@@ -594,14 +600,16 @@ fn garbage_collection_removes_connections_once_both_sides_expired() {
         programs::TO_UPLINK,
         &Ipv4Frame::udp(C1, 5000, REMOTE, 53, b"q"),
     );
-    assert_eq!(dp.conntrack_gc(monotonic_ns()).unwrap(), 0);
-    assert_eq!(dp.conntrack_entries().unwrap().len(), 2);
+    assert_eq!(dp.maps.conntrack.gc(monotonic_ns()).unwrap(), 0);
+    assert_eq!(dp.maps.conntrack.entries().unwrap().len(), 2);
     assert_eq!(
-        dp.conntrack_gc(monotonic_ns() + timeouts::UDP + 1_000_000_000)
+        dp.maps
+            .conntrack
+            .gc(monotonic_ns() + timeouts::UDP + 1_000_000_000)
             .unwrap(),
         2
     );
-    assert!(dp.conntrack_entries().unwrap().is_empty());
+    assert!(dp.maps.conntrack.entries().unwrap().is_empty());
 }
 
 #[test]
@@ -614,18 +622,24 @@ fn garbage_collection_spares_a_tuple_reused_since_its_snapshot() {
     run(&mut dp, programs::FROM_UPLINK, &fin);
     // Closing: expired once TCP_CLOSING has passed, not yet TCP_SYN.
     let later = monotonic_ns() + timeouts::TCP_CLOSING + 1_000_000_000;
-    let expired = dp.expired_connections(later).unwrap();
+    let expired = dp.maps.conntrack.expired(later).unwrap();
     assert_eq!(expired.len(), 1);
     // The client reuses the port (as from TIME_WAIT) before the delete.
     run(&mut dp, programs::FROM_UPLINK, &syn);
-    assert_eq!(dp.remove_if_expired(&expired, later).unwrap(), 0);
+    assert_eq!(
+        dp.maps
+            .conntrack
+            .remove_if_expired(&expired, later)
+            .unwrap(),
+        0
+    );
     let forward = entry(&dp, key((CLIENT, 40000), (HOST, 8080), PROTO_TCP));
     assert_eq!(forward.flags & CT_CLOSING, 0);
-    assert_eq!(dp.conntrack_entries().unwrap().len(), 2);
+    assert_eq!(dp.maps.conntrack.entries().unwrap().len(), 2);
     // Left alone, the new connection expires too and goes.
     let much_later = monotonic_ns() + timeouts::TCP_SYN + 1_000_000_000;
-    assert_eq!(dp.conntrack_gc(much_later).unwrap(), 2);
-    assert!(dp.conntrack_entries().unwrap().is_empty());
+    assert_eq!(dp.maps.conntrack.gc(much_later).unwrap(), 2);
+    assert!(dp.maps.conntrack.entries().unwrap().is_empty());
 }
 
 #[test]
@@ -682,7 +696,9 @@ fn hairpin_translates_both_ends_and_redirects_into_the_backend() {
         mac: [2, 0, 0, 0, 0, 3],
         _pad: [0; 2],
     };
-    dp.insert_endpoint(C2.parse().unwrap(), c2_as_sender)
+    dp.maps
+        .endpoints
+        .insert(C2.parse().unwrap(), c2_as_sender)
         .unwrap();
     let mut syn_ack = Ipv4Frame::tcp(C2, 80, gateway, 40000, TCP_SYN | TCP_ACK);
     syn_ack.src_mac = [2, 0, 0, 0, 0, 3];
@@ -759,7 +775,9 @@ fn masquerade_uses_the_networks_own_host_ip_when_it_has_one() {
         gateway_mac: [2, 0, 0, 0, 0xee, 1],
         _pad: [0; 2],
     };
-    dp.insert_network("172.18.0.0".parse().unwrap(), 16, info)
+    dp.maps
+        .networks
+        .insert("172.18.0.0".parse().unwrap(), 16, info)
         .unwrap();
     let syn = Ipv4Frame::tcp(C1, 40000, REMOTE, 80, TCP_SYN);
     expect_rewrite(
@@ -776,9 +794,15 @@ fn masquerade_uses_the_networks_own_host_ip_when_it_has_one() {
 #[test]
 fn routed_cidrs_skip_masquerade_and_admit_their_sources() {
     let mut dp = datapath(NET_ICC | NET_MASQUERADE | NET_ROUTED);
-    dp.insert_routed_cidr(1, ip("10.244.0.0"), 16).unwrap();
+    dp.maps
+        .networks
+        .insert_routed(1, ip("10.244.0.0"), 16)
+        .unwrap();
     // Another network's routed CIDR says nothing about network 1.
-    dp.insert_routed_cidr(2, ip("10.245.0.0"), 16).unwrap();
+    dp.maps
+        .networks
+        .insert_routed(2, ip("10.245.0.0"), 16)
+        .unwrap();
 
     let to_pod = Ipv4Frame::tcp(C1, 40000, "10.244.2.7", 80, TCP_SYN);
     let (verdict, out) = run(&mut dp, programs::TO_UPLINK, &to_pod);
@@ -788,7 +812,7 @@ fn routed_cidrs_skip_masquerade_and_admit_their_sources() {
         "kept its source"
     );
     assert!(
-        dp.conntrack_entries().unwrap().is_empty(),
+        dp.maps.conntrack.entries().unwrap().is_empty(),
         "nothing to track"
     );
 
@@ -850,12 +874,12 @@ fn set_rules(dp: &mut Datapath, rules: &[(&str, Option<u32>)]) {
         .collect();
     // TEST_RUN_IFINDEX is loopback's.
     let compiled = netd::rule::compile(&active, |name| (name == "lo").then_some(TEST_RUN_IFINDEX));
-    dp.sync_user_rules(&compiled.entries).unwrap();
+    dp.maps.rules.sync(&compiled.entries).unwrap();
     let config = Config {
         rule_classes: compiled.classes,
-        ..dp.config().unwrap()
+        ..dp.maps.config.get().unwrap()
     };
-    dp.set_config(config).unwrap();
+    dp.maps.config.set(config).unwrap();
 }
 
 /// `deny 10.0.0.0/8 tcp 22-23 in lo`: action, source, then optional
@@ -914,7 +938,7 @@ fn user_rules_decide_new_connections_to_published_ports_first_match_wins() {
         DropReason::UserRule,
     );
     assert_eq!(
-        dp.conntrack_entries().unwrap().len(),
+        dp.maps.conntrack.entries().unwrap().len(),
         2,
         "only the allowed connection"
     );
@@ -956,7 +980,7 @@ fn user_rules_decide_new_connections_to_published_ports_first_match_wins() {
 
     // No rules: netd's own verdicts, nothing looked up.
     set_rules(&mut dp, &[]);
-    assert_eq!(dp.config().unwrap().rule_classes, 0);
+    assert_eq!(dp.maps.config.get().unwrap().rule_classes, 0);
     expect_published_to_c1(&mut dp, denied, 6000, TCP_SYN);
 }
 
@@ -965,7 +989,10 @@ fn user_rules_decide_new_connections_to_published_ports_first_match_wins() {
 #[test]
 fn user_rules_decide_what_routed_sources_open() {
     let mut dp = datapath(NET_ICC | NET_MASQUERADE | NET_ROUTED);
-    dp.insert_routed_cidr(1, ip("10.244.0.0"), 16).unwrap();
+    dp.maps
+        .networks
+        .insert_routed(1, ip("10.244.0.0"), 16)
+        .unwrap();
     set_rules(
         &mut dp,
         &[
@@ -1020,7 +1047,10 @@ fn dropped_since(dp: &Datapath, before: &[u64]) -> Option<DropReason> {
 #[test]
 fn xdp_drops_only_what_from_uplink_drops_and_changes_nothing() {
     let mut dp = datapath(NET_ICC | NET_MASQUERADE | NET_ROUTED);
-    dp.insert_routed_cidr(1, ip("10.244.0.0"), 16).unwrap();
+    dp.maps
+        .networks
+        .insert_routed(1, ip("10.244.0.0"), 16)
+        .unwrap();
     publish_tcp_8080(&mut dp, C1);
     set_rules(
         &mut dp,

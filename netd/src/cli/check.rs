@@ -2,10 +2,14 @@
 
 use anyhow::Result;
 use netd::{
-    bpf::Datapath,
+    datapath::Datapath,
     features::{Features, KernelFeatures},
 };
-use netd_common::{DropReason, programs, sizes};
+use netd_common::{
+    DropReason,
+    maps::{self, MapKind},
+    programs,
+};
 
 pub fn run(wanted: KernelFeatures) -> Result<()> {
     let features = Features::probe(wanted)?;
@@ -20,18 +24,13 @@ pub fn run(wanted: KernelFeatures) -> Result<()> {
     for name in programs::SOCK_HOOKS {
         println!("  cgroup   {name}");
     }
-    println!("map sizes (entries):");
-    for (name, size) in [
-        ("NETWORKS", sizes::NETWORKS),
-        ("ENDPOINTS", sizes::ENDPOINTS),
-        ("LOCAL_ADDRS", sizes::LOCAL_ADDRS),
-        ("PUBLISHED_PORTS", sizes::PUBLISHED_PORTS),
-        ("CONNTRACK", sizes::CONNTRACK),
-        ("SOCK_REVNAT", sizes::SOCK_REVNAT),
-        ("ROUTED_CIDRS", sizes::ROUTED_CIDRS),
-        ("USER_RULES", sizes::USER_RULES),
-    ] {
-        println!("  {name:<16} {size}");
+    println!("map sizes (entries; the ring buffer in bytes):");
+    for map in maps::ALL {
+        let kind = match map.kind {
+            MapKind::RingBuf => "bytes",
+            _ => "entries",
+        };
+        println!("  {:<20} {} {kind}", map.name, map.max_entries);
     }
     let reasons: Vec<&str> = DropReason::ALL.iter().map(|r| r.label()).collect();
     println!("drop reasons: {}", reasons.join(", "));

@@ -42,8 +42,9 @@ pub struct DaemonArgs {
     /// Log statements of the BPF programs to run and forward to the log
     /// (`debug`: each dropped packet; `trace`: also each fast-path packet).
     /// Off by default, and then free: the verifier removes them.
-    #[arg(long, value_enum, default_value = "off")]
-    bpf_log: netd::bpf::BpfLog,
+    /// One of off, error, warn, info, debug, trace.
+    #[arg(long, default_value = "off")]
+    bpf_log: netd::datapath::BpfLog,
     /// Serve Docker's network-driver protocol, so that `docker network
     /// create -d netd` makes netd networks.
     #[arg(long)]
@@ -61,8 +62,8 @@ pub struct DaemonArgs {
     /// eBPF: the XDP program on the uplinks, dropping before any skb is
     /// built what the TC programs would drop: `auto` (native where the
     /// driver has it, else generic), `native`, `generic`, or `off`.
-    #[arg(long, value_enum, default_value = "auto")]
-    xdp: netd::bpf::XdpSetting,
+    #[arg(long, default_value = "auto")]
+    xdp: netd::datapath::XdpSetting,
     /// Log lines as text or as JSON objects (for log shippers).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,

@@ -15,7 +15,7 @@ use netd_common::{
 use super::{ConntrackRow, DatapathMetrics, FirewallDriver, HostInfo};
 use crate::{
     api::{DatapathStatus, EbpfStatus, MapUse, Programs, Traffic},
-    bpf::{Datapath, DropEvents, XdpMode, XdpSetting, monotonic_ns},
+    datapath::{Datapath, DropEvents, XdpMode, XdpSetting, monotonic_ns},
     features::{Features, TcAttachMode},
     state::{Attachment, Network, PublishedPort},
 };
@@ -55,7 +55,7 @@ impl EbpfDriver {
         host: &HostInfo,
         bpffs: &Path,
         features: Features,
-        log: crate::bpf::BpfLog,
+        log: crate::datapath::BpfLog,
         fast_path: bool,
         xdp: XdpSetting,
     ) -> Result<Self> {
@@ -70,7 +70,7 @@ impl EbpfDriver {
         datapath.attach_host_sockets()?;
         let netns_cookie = datapath.netns_cookie(&features)?;
         datapath.remove_legacy_uplink_pins()?;
-        let rule_classes = datapath.config().map_or(0, |c| c.rule_classes);
+        let rule_classes = datapath.maps.config.get().map_or(0, |c| c.rule_classes);
         // Interfaces an earlier run attached to that are no uplinks now.
         for name in datapath.pinned_uplinks() {
             if !host.uplinks.iter().any(|u| u.name == name) {
@@ -108,7 +108,7 @@ impl EbpfDriver {
         // new ones on only once their entries are in.
         self.rule_classes &= compiled.classes;
         self.write_config(host)?;
-        self.datapath.sync_user_rules(&compiled.entries)?;
+        self.datapath.maps.rules.sync(&compiled.entries)?;
         self.rule_classes = compiled.classes;
         self.write_config(host)
     }
@@ -120,7 +120,7 @@ impl EbpfDriver {
             .find_map(|u| u.addrs.first())
             .copied()
             .unwrap_or(Ipv4Addr::UNSPECIFIED);
-        self.datapath.set_config(Config {
+        self.datapath.maps.config.set(Config {
             masquerade_ip: masquerade_ip.octets(),
             nat_port_min: 32768,
             nat_port_max: 65535,
@@ -171,15 +171,15 @@ impl EbpfDriver {
                     .octets(),
                 mtu: uplink.mtu,
             };
-            self.datapath.set_uplink(uplink.ifindex, info)?;
+            self.datapath.maps.config.set_uplink(uplink.ifindex, info)?;
         }
-        for ifindex in self.datapath.uplinks()? {
+        for ifindex in self.datapath.maps.config.uplinks()? {
             if !self.uplinks.values().any(|&i| i == ifindex) {
-                self.datapath.remove_uplink(ifindex)?;
+                self.datapath.maps.config.remove_uplink(ifindex)?;
             }
         }
         let current: Vec<u32> = self.uplinks.values().copied().collect();
-        if let Err(err) = self.datapath.free_uplink_drop_slots(&current) {
+        if let Err(err) = self.datapath.maps.counters.free_uplink_drop_slots(&current) {
             errors.push(format!("drop counters of past uplinks: {err:#}"));
         }
         if !errors.is_empty() {
@@ -238,10 +238,10 @@ impl EbpfDriver {
         self.declared.host_addrs = wanted;
         let after = self.declared.local_addrs();
         for ip in &after {
-            self.datapath.insert_local_addr(*ip)?;
+            self.datapath.maps.networks.insert_local_addr(*ip)?;
         }
         for ip in before.difference(&after) {
-            self.datapath.remove_local_addr(*ip)?;
+            self.datapath.maps.networks.remove_local_addr(*ip)?;
         }
         Ok(())
     }
@@ -318,15 +318,19 @@ impl FirewallDriver for EbpfDriver {
             _pad: [0; 2],
         };
         self.datapath
-            .insert_network(net.subnet.addr(), net.subnet.prefix_len(), info)?;
+            .maps
+            .networks
+            .insert(net.subnet.addr(), net.subnet.prefix_len(), info)?;
         self.declared
             .networks
             .insert((net.subnet.addr(), net.subnet.prefix_len()));
-        self.datapath.insert_local_addr(net.gateway)?;
+        self.datapath.maps.networks.insert_local_addr(net.gateway)?;
         self.declared.gateways.insert(net.gateway);
         for cidr in &net.routed_cidrs {
             self.datapath
-                .insert_routed_cidr(net.id, cidr.addr(), cidr.prefix_len())?;
+                .maps
+                .networks
+                .insert_routed(net.id, cidr.addr(), cidr.prefix_len())?;
             self.declared
                 .routed
                 .insert((net.id, cidr.addr(), cidr.prefix_len()));
@@ -336,20 +340,24 @@ impl FirewallDriver for EbpfDriver {
 
     fn remove_network(&mut self, net: &Network) -> Result<()> {
         self.datapath
-            .remove_network(net.subnet.addr(), net.subnet.prefix_len())?;
+            .maps
+            .networks
+            .remove(net.subnet.addr(), net.subnet.prefix_len())?;
         self.declared
             .networks
             .remove(&(net.subnet.addr(), net.subnet.prefix_len()));
         self.declared.gateways.remove(&net.gateway);
         for cidr in &net.routed_cidrs {
             self.datapath
-                .remove_routed_cidr(net.id, cidr.addr(), cidr.prefix_len())?;
+                .maps
+                .networks
+                .remove_routed(net.id, cidr.addr(), cidr.prefix_len())?;
             self.declared
                 .routed
                 .remove(&(net.id, cidr.addr(), cidr.prefix_len()));
         }
         if !self.declared.local_addrs().contains(&net.gateway) {
-            self.datapath.remove_local_addr(net.gateway)?;
+            self.datapath.maps.networks.remove_local_addr(net.gateway)?;
         }
         Ok(())
     }
@@ -368,7 +376,7 @@ impl FirewallDriver for EbpfDriver {
             mac,
             _pad: [0; 2],
         };
-        self.datapath.insert_endpoint(att.ip, endpoint)?;
+        self.datapath.maps.endpoints.insert(att.ip, endpoint)?;
         match self.datapath.attach_from_container(&att.host_veth) {
             Ok(()) => {
                 self.endpoints.insert(att.host_veth.clone());
@@ -376,7 +384,7 @@ impl FirewallDriver for EbpfDriver {
                 Ok(())
             }
             Err(err) => {
-                let _ = self.datapath.remove_endpoint(att.ip);
+                let _ = self.datapath.maps.remove_endpoint(att.ip);
                 Err(err)
             }
         }
@@ -386,7 +394,7 @@ impl FirewallDriver for EbpfDriver {
         self.endpoints.remove(&att.host_veth);
         self.declared.endpoints.remove(&att.ip);
         self.datapath.detach_from_container(&att.host_veth)?;
-        self.datapath.remove_endpoint(att.ip)
+        self.datapath.maps.remove_endpoint(att.ip)
     }
 
     fn publish(&mut self, ports: &[PublishedPort]) -> Result<()> {
@@ -396,7 +404,7 @@ impl FirewallDriver for EbpfDriver {
                 port: port.container_port.to_be_bytes(),
                 _pad: [0; 2],
             };
-            if let Err(err) = self.datapath.publish(port_key(port), backend) {
+            if let Err(err) = self.datapath.maps.ports.publish(port_key(port), backend) {
                 let _ = self.unpublish(&ports[..done]);
                 return Err(err);
             }
@@ -410,7 +418,7 @@ impl FirewallDriver for EbpfDriver {
         for key in &keys {
             self.declared.ports.remove(key);
         }
-        self.datapath.unpublish_all(&keys)
+        self.datapath.maps.unpublish(&keys)
     }
 
     /// Pins removed behind netd's back: maps pinned again, uplink and socket
@@ -453,42 +461,47 @@ impl FirewallDriver for EbpfDriver {
         }
         let ports: Vec<PortKey> = self
             .datapath
-            .published_ports()?
+            .maps
+            .ports
+            .keys()?
             .into_iter()
             .filter(|k| !self.declared.ports.contains(k))
             .collect();
         if !ports.is_empty() {
             removed.push(format!("{} stale published ports", ports.len()));
-            self.datapath.unpublish_all(&ports)?;
+            self.datapath.maps.unpublish(&ports)?;
         }
-        for ip in self.datapath.endpoint_addrs()? {
+        for ip in self.datapath.maps.endpoints.addrs()? {
             if !self.declared.endpoints.contains(&ip) {
                 removed.push(format!("stale endpoint {ip}"));
-                self.datapath.remove_endpoint(ip)?;
+                self.datapath.maps.remove_endpoint(ip)?;
             }
         }
-        for (id, addr, prefix_len) in self.datapath.routed_cidrs()? {
+        for (id, addr, prefix_len) in self.datapath.maps.networks.routed()? {
             if !self.declared.routed.contains(&(id, addr, prefix_len)) {
                 removed.push(format!(
                     "stale routed CIDR {addr}/{prefix_len} of network {id}"
                 ));
-                self.datapath.remove_routed_cidr(id, addr, prefix_len)?;
+                self.datapath
+                    .maps
+                    .networks
+                    .remove_routed(id, addr, prefix_len)?;
             }
         }
-        for (addr, prefix_len) in self.datapath.networks()? {
+        for (addr, prefix_len) in self.datapath.maps.networks.networks()? {
             if !self.declared.networks.contains(&(addr, prefix_len)) {
                 removed.push(format!("stale network {addr}/{prefix_len}"));
-                self.datapath.remove_network(addr, prefix_len)?;
+                self.datapath.maps.networks.remove(addr, prefix_len)?;
             }
         }
         let local = self.declared.local_addrs();
         for ip in local.iter().copied() {
-            self.datapath.insert_local_addr(ip)?;
+            self.datapath.maps.networks.insert_local_addr(ip)?;
         }
-        for ip in self.datapath.local_addrs()? {
+        for ip in self.datapath.maps.networks.local_addrs()? {
             if !local.contains(&ip) {
                 removed.push(format!("stale local address {ip}"));
-                self.datapath.remove_local_addr(ip)?;
+                self.datapath.maps.networks.remove_local_addr(ip)?;
             }
         }
         Ok(removed)
@@ -505,7 +518,9 @@ impl FirewallDriver for EbpfDriver {
         };
         Ok(self
             .datapath
-            .conntrack_entries()?
+            .maps
+            .conntrack
+            .entries()?
             .into_iter()
             .map(|(key, entry)| {
                 let (src, dst) = tuple(&key);
@@ -541,7 +556,7 @@ impl FirewallDriver for EbpfDriver {
     }
 
     fn gc(&mut self) -> Result<usize> {
-        self.datapath.conntrack_gc(monotonic_ns())
+        self.datapath.maps.conntrack.gc(monotonic_ns())
     }
 
     fn clsact_interfaces(&self) -> Vec<u32> {
@@ -582,23 +597,29 @@ impl FirewallDriver for EbpfDriver {
         Ok(DatapathMetrics {
             traffic: self
                 .datapath
-                .traffic_counters()?
+                .maps
+                .counters
+                .traffic()?
                 .into_iter()
                 .map(|(class, c)| (class.label(), c.packets, c.bytes))
                 .collect(),
             drops: self
                 .datapath
-                .drop_counters()?
+                .maps
+                .counters
+                .drops()?
                 .into_iter()
                 .map(|(reason, n)| (reason.label(), n))
                 .collect(),
             drops_by_interface: self
                 .datapath
+                .maps
+                .counters
                 .drops_by_interface()?
                 .into_iter()
                 .map(|(ifindex, reason, n)| (interface_name(ifindex), reason.label(), n))
                 .collect(),
-            maps: self.datapath.fill_levels()?,
+            maps: self.datapath.maps.fill_levels()?,
             conntrack: conntrack.into_iter().map(|((p, d), n)| (p, d, n)).collect(),
         })
     }
@@ -610,7 +631,9 @@ impl FirewallDriver for EbpfDriver {
     fn status(&self) -> Result<DatapathStatus> {
         let traffic = self
             .datapath
-            .traffic_counters()?
+            .maps
+            .counters
+            .traffic()?
             .into_iter()
             .map(|(class, c)| {
                 let traffic = Traffic {
@@ -622,13 +645,16 @@ impl FirewallDriver for EbpfDriver {
             .collect();
         let drops = self
             .datapath
-            .drop_counters()?
+            .maps
+            .counters
+            .drops()?
             .into_iter()
             .filter(|(_, n)| *n > 0)
             .map(|(reason, n)| (reason.label().to_owned(), n))
             .collect();
         let maps = self
             .datapath
+            .maps
             .fill_levels()
             .context("reading map fill levels")?
             .into_iter()

@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 pub use crate::api::ConntrackRow;
 use crate::{
     api::DatapathStatus,
-    bpf::DropEvents,
+    datapath::DropEvents,
     state::{Attachment, Network, PublishedPort},
 };
 use anyhow::Result;
@@ -63,7 +63,7 @@ pub struct DatapathMetrics {
     pub drops: Vec<(&'static str, u64)>,
     /// (interface, reason, packets)
     pub drops_by_interface: Vec<(String, &'static str, u64)>,
-    pub maps: Vec<crate::bpf::MapFill>,
+    pub maps: Vec<crate::datapath::MapFill>,
     /// (protocol, direction, entries)
     pub conntrack: Vec<(String, String, u64)>,
 }

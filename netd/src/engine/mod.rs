@@ -293,7 +293,7 @@ fn random_u64() -> u64 {
     if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
         let _ = std::io::Read::read_exact(&mut urandom, &mut buf);
     }
-    u64::from_ne_bytes(buf) ^ u64::from(std::process::id()) ^ crate::bpf::monotonic_ns()
+    u64::from_ne_bytes(buf) ^ u64::from(std::process::id()) ^ crate::datapath::monotonic_ns()
 }
 
 /// A fresh name for a container veth's host side (Docker's scheme).

@@ -1,0 +1,140 @@
+//! Every map the BPF programs and user space share, declared once: its
+//! name, kind, key, value, default size and whether it is pinned. The BPF
+//! side declares its statics from these (`netd-ebpf/src/maps.rs`), user
+//! space opens typed handles from them (`netd/src/datapath/maps/`).
+//!
+//! Each map is a unit type named as the map is in the object file, so the
+//! name is written once, as an identifier.
+
+use crate::{
+    Backend, Config, CtEntry, CtKey, DropEvent, DropKey, DropReason, Endpoint, EventBudget,
+    InterfaceDrops, Ipv4, NetworkInfo, PacketCounter, PortKey, RoutedKey, RuleKey, RuleVerdict,
+    SockRevKey, SockRevValue, TrafficClass, UplinkInfo, sizes,
+};
+
+/// The BPF map types netd uses, named as aya's map types are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Array,
+    PerCpuArray,
+    HashMap,
+    LruHashMap,
+    LruPerCpuHashMap,
+    LpmTrie,
+    RingBuf,
+}
+
+impl MapKind {
+    /// Const equality, for the BPF side's compile-time check that a static
+    /// is of the kind declared here.
+    pub const fn is(self, other: MapKind) -> bool {
+        self as u8 == other as u8
+    }
+}
+
+/// One map's declaration.
+pub trait MapDef {
+    /// Its name in the object file (and its pin's file name).
+    const NAME: &'static str;
+    const KIND: MapKind;
+    /// The key (`u32` index for arrays; the data of an LPM trie's key; `()`
+    /// for the ring buffer).
+    type Key: Copy + 'static;
+    /// The value (a ring buffer's record type).
+    type Value: Copy + 'static;
+    /// Entries (a ring buffer's bytes) compiled into the object: the
+    /// default, which the loader may change.
+    const MAX_ENTRIES: u32;
+    /// Pinned under bpffs: its contents survive a daemon restart.
+    const PINNED: bool;
+}
+
+/// A map's name and whether it is pinned, for code that walks every map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapInfo {
+    pub name: &'static str,
+    pub kind: MapKind,
+    pub max_entries: u32,
+    pub pinned: bool,
+}
+
+macro_rules! declare_maps {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident: $kind:ident<$key:ty, $value:ty>, $max:expr, $pinned:ident;
+    )+) => {
+        $(
+            $(#[$doc])*
+            #[allow(non_camel_case_types)]
+            pub struct $name;
+
+            impl MapDef for $name {
+                const NAME: &'static str = stringify!($name);
+                const KIND: MapKind = MapKind::$kind;
+                type Key = $key;
+                type Value = $value;
+                const MAX_ENTRIES: u32 = $max;
+                const PINNED: bool = declare_maps!(@pinned $pinned);
+            }
+        )+
+
+        /// Every map, in declaration order.
+        pub const ALL: &[MapInfo] = &[$(
+            MapInfo {
+                name: stringify!($name),
+                kind: MapKind::$kind,
+                max_entries: $max,
+                pinned: declare_maps!(@pinned $pinned),
+            },
+        )+];
+    };
+    (@pinned pinned) => { true };
+    (@pinned unpinned) => { false };
+}
+
+declare_maps! {
+    /// Process-wide settings (one slot).
+    CONFIG: Array<u32, Config>, 1, pinned;
+    /// Subnet -> network. Subnets never overlap (user space refuses that).
+    NETWORKS: LpmTrie<Ipv4, NetworkInfo>, sizes::NETWORKS, pinned;
+    /// Container address -> its interface.
+    ENDPOINTS: HashMap<Ipv4, Endpoint>, sizes::ENDPOINTS, pinned;
+    /// The host's own addresses (Docker's `addrtype LOCAL`) -> 1.
+    LOCAL_ADDRS: HashMap<Ipv4, u32>, sizes::LOCAL_ADDRS, pinned;
+    /// (host address or any, port, protocol) -> the container behind it.
+    PUBLISHED_PORTS: HashMap<PortKey, Backend>, sizes::PUBLISHED_PORTS, pinned;
+    /// Which kinds of `PUBLISHED_PORTS` keys exist (`PUBLISHED_ON_*` bits, one slot).
+    PUBLISHED_SCOPES: Array<u32, u32>, 1, pinned;
+    /// Both directions of every tracked connection.
+    CONNTRACK: LruHashMap<CtKey, CtEntry>, sizes::CONNTRACK, pinned;
+    /// Host sockets redirected to a published port's backend -> the address
+    /// they asked for.
+    SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue>, sizes::SOCK_REVNAT, pinned;
+    /// Socket cookie -> its namespace's cookie, for the netns probe on
+    /// kernels without SO_NETNS_COOKIE.
+    NETNS_PROBE: LruHashMap<u64, u64>, 64, unpinned;
+    /// Interfaces to the outside (ifindex) -> masquerade address and MTU.
+    UPLINKS: HashMap<u32, UplinkInfo>, sizes::UPLINKS, pinned;
+    /// Drop events for `netd monitor` (bytes of ring).
+    DROP_EVENTS: RingBuf<(), DropEvent>, sizes::DROP_EVENTS_BYTES, pinned;
+    /// Each CPU's drop-event budget (one slot).
+    EVENT_BUDGET: PerCpuArray<u32, EventBudget>, 1, unpinned;
+    /// Packets and bytes per `TrafficClass`.
+    TRAFFIC_COUNTERS: PerCpuArray<u32, PacketCounter>, TrafficClass::COUNT, pinned;
+    /// Drops per `DropReason`.
+    DROP_COUNTERS: PerCpuArray<u32, u64>, DropReason::COUNT, pinned;
+    /// Drops per (interface, reason), for the interfaces without a slot in
+    /// `UPLINK_DROPS`.
+    DROPS_BY_INTERFACE: LruPerCpuHashMap<DropKey, u64>, sizes::DROPS_BY_INTERFACE, pinned;
+    /// One slot per uplink (ifindex % slots): its drops by reason.
+    UPLINK_DROPS: PerCpuArray<u32, InterfaceDrops>, sizes::UPLINK_DROP_SLOTS, pinned;
+    /// (network, CIDR) -> 1: routed without NAT.
+    ROUTED_CIDRS: LpmTrie<RoutedKey, u8>, sizes::ROUTED_CIDRS, pinned;
+    /// The user's rules, compiled (see `RuleKey`).
+    USER_RULES: LpmTrie<RuleKey, RuleVerdict>, sizes::USER_RULES, pinned;
+}
+
+/// The maps pinned under `<bpffs dir>/maps/`.
+pub fn pinned() -> impl Iterator<Item = &'static MapInfo> {
+    ALL.iter().filter(|m| m.pinned)
+}

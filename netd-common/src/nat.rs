@@ -1,0 +1,108 @@
+//! Addresses, process-wide settings, uplinks, published ports and the
+//! socket hooks' reverse translation.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Addresses and ports are kept in network byte order, as in the packet.
+pub type Ipv4 = [u8; 4];
+pub type Port = [u8; 2];
+
+/// Process-wide settings (one-slot array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Config {
+    /// Address masquerade uses when a network names no host IP of its own
+    /// and the egress interface is not in `UPLINKS` (a fallback: the first
+    /// uplink's).
+    pub masquerade_ip: Ipv4,
+    /// Source ports masquerade may allocate when the original one is taken
+    /// (host byte order, inclusive).
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    /// Network namespace netd manages (SO_NETNS_COOKIE). The socket hooks
+    /// run for every process in the cgroup; they act only on this namespace.
+    pub netns_cookie: u64,
+    /// 1: container packets leave by the fast path where they can; 0: the
+    /// stack always routes them (the BPF_PROG_TEST_RUN tests).
+    pub fast_path: u32,
+    /// Bit `c` set: `USER_RULES` holds rules of class `c` (see
+    /// [`rule_class`]); zero: no user rules, nothing looked up.
+    pub rule_classes: u32,
+}
+
+/// Value of `UPLINKS` (key: ifindex): an interface to the outside, kept
+/// current by the daemon from rtnetlink events.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct UplinkInfo {
+    /// Its primary IPv4 address: what masquerade makes the source of
+    /// container packets leaving by it (as iptables' MASQUERADE does).
+    pub masquerade_ip: Ipv4,
+    /// Its MTU, for the fast path's own length check on kernels without
+    /// `bpf_check_mtu` (0 = unknown: such packets take the stack).
+    pub mtu: u32,
+}
+
+/// Where user space sends a UDP connect() to learn its network namespace's
+/// cookie on kernels without SO_NETNS_COOKIE (before 5.14): the connect4 hook
+/// records the cookie in `NETNS_PROBE` under the socket's cookie. A
+/// documentation address (TEST-NET-1) that no real traffic uses; a connect
+/// to it only costs a map write.
+pub const NETNS_PROBE_IP: Ipv4 = [192, 0, 2, 1];
+pub const NETNS_PROBE_PORT: u16 = 0x4e44;
+
+/// Key of `SOCK_REVNAT`: a socket (by cookie) and the backend its traffic was
+/// redirected to, so replies can show the address the program asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    pub ip: Ipv4,
+    pub port: Port,
+    pub _pad: [u8; 2],
+}
+
+/// The address a socket originally asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SockRevValue {
+    pub ip: Ipv4,
+    pub port: Port,
+    pub _pad: [u8; 2],
+}
+
+/// Key of `PUBLISHED_PORTS`. `host_ip` all zero = published on every address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct PortKey {
+    pub host_ip: Ipv4,
+    pub port: Port,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl PortKey {
+    /// Its bit in `PUBLISHED_SCOPES`.
+    pub const fn scope(&self) -> u32 {
+        if u32::from_ne_bytes(self.host_ip) == 0 {
+            PUBLISHED_ON_ALL
+        } else {
+            PUBLISHED_ON_ADDRESS
+        }
+    }
+}
+
+/// Bits of `PUBLISHED_SCOPES` (one-slot array): which kinds of
+/// `PUBLISHED_PORTS` keys exist, so a lookup skips the kind there is none
+/// of (most hosts publish only on all addresses, as `docker run -p` does).
+/// A set bit may be stale (one lookup too many); a clear one never is.
+pub const PUBLISHED_ON_ADDRESS: u32 = 1;
+pub const PUBLISHED_ON_ALL: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Backend {
+    pub ip: Ipv4,
+    pub port: Port,
+    pub _pad: [u8; 2],
+}

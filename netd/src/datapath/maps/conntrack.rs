@@ -1,0 +1,101 @@
+//! `CONNTRACK`: both directions of every tracked connection, and the
+//! garbage collection of expired ones.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::Result;
+use aya::{Ebpf, maps::MapData};
+use netd_common::{CtEntry, CtKey, maps::CONNTRACK};
+
+use super::{Hash, data, open};
+
+pub struct Conntrack {
+    entries: Hash<CONNTRACK>,
+}
+
+impl Conntrack {
+    pub(super) fn open(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            entries: open::<CONNTRACK, _>(ebpf)?,
+        })
+    }
+
+    pub(super) fn map(&self) -> &MapData {
+        data(&self.entries)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.keys().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.keys().next().is_none()
+    }
+
+    /// Every conntrack entry (both directions of each connection).
+    pub fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>> {
+        Ok(self.entries.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Deletes both entries of every connection one of whose entries matches.
+    /// Returns how many entries were deleted.
+    pub fn flush(&mut self, matches: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<usize> {
+        let doomed: Vec<CtKey> = self
+            .entries()?
+            .into_iter()
+            .filter(|(key, entry)| matches(key, entry))
+            .flat_map(|(key, entry)| [key, entry.xlat.reversed()])
+            .collect();
+        Ok(doomed
+            .iter()
+            .filter(|key| self.entries.remove(key).is_ok())
+            .count())
+    }
+
+    /// Removes connections whose entries have both expired at `now_ns`
+    /// (CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns).
+    pub fn gc(&mut self, now_ns: u64) -> Result<usize> {
+        let expired = self.expired(now_ns)?;
+        self.remove_if_expired(&expired, now_ns)
+    }
+
+    /// The connections (entry key, peer entry key) whose entries have both
+    /// expired at `now_ns`, each once: the first half of a GC pass.
+    pub fn expired(&self, now_ns: u64) -> Result<Vec<(CtKey, CtKey)>> {
+        let entries: HashMap<CtKey, CtEntry> = self.entries()?.into_iter().collect();
+        let expired = |key: &CtKey| entries.get(key).is_none_or(|e| e.expires_ns <= now_ns);
+        let mut seen = HashSet::new();
+        Ok(entries
+            .iter()
+            .map(|(key, entry)| (*key, entry.xlat.reversed()))
+            .filter(|(key, peer)| expired(key) && expired(peer))
+            .filter(|(key, peer)| seen.insert(*key) && seen.insert(*peer))
+            .collect())
+    }
+
+    /// The second half of a GC pass: deletes each connection whose entries
+    /// are still expired now. The re-read matters: between the snapshot and
+    /// the delete, a new connection may have reused the tuple (a client
+    /// reusing a port from TIME_WAIT), and its fresh entries must stay.
+    pub fn remove_if_expired(
+        &mut self,
+        connections: &[(CtKey, CtKey)],
+        now_ns: u64,
+    ) -> Result<usize> {
+        let mut removed = 0;
+        for (key, peer) in connections {
+            let expired = |k: &CtKey| {
+                self.entries
+                    .get(k, 0)
+                    .map_or(true, |e| e.expires_ns <= now_ns)
+            };
+            if expired(key) && expired(peer) {
+                removed += [key, peer]
+                    .iter()
+                    .filter(|k| self.entries.remove(k).is_ok())
+                    .count();
+            }
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,181 @@
+//! Typed handles on the BPF maps, opened once at load from their one
+//! declaration in `netd_common::maps`, one module per family. A family
+//! owns its maps' handles; what spans families (an endpoint removed with
+//! its connections) is here.
+
+mod config;
+mod conntrack;
+mod counters;
+mod endpoints;
+mod networks;
+mod ports;
+mod rules;
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, IterableMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap},
+};
+use netd_common::{
+    CT_DNAT, CtKey, PortKey,
+    maps::{self as defs, MapDef},
+};
+
+pub use config::{Config, Sockets};
+pub use conntrack::Conntrack;
+pub use counters::{Counters, DropEvents};
+pub use endpoints::Endpoints;
+pub use networks::Networks;
+pub use ports::Ports;
+pub use rules::Rules;
+
+/// A hash (or LRU hash) map, typed by its declaration.
+pub type Hash<D> = HashMap<MapData, <D as MapDef>::Key, <D as MapDef>::Value>;
+/// An LPM trie keyed by its declaration's key data.
+pub type Trie<D> = LpmTrie<MapData, <D as MapDef>::Key, <D as MapDef>::Value>;
+/// An array of its declaration's values.
+pub type Slots<D> = Array<MapData, <D as MapDef>::Value>;
+/// A per-CPU array of its declaration's values.
+pub type PerCpuSlots<D> = PerCpuArray<MapData, <D as MapDef>::Value>;
+/// A per-CPU hash map.
+pub type PerCpuHash<D> = PerCpuHashMap<MapData, <D as MapDef>::Key, <D as MapDef>::Value>;
+
+/// Takes map `D` out of the object as the handle `M` (aya checks the map
+/// type and the key and value sizes against the object's).
+pub(crate) fn open<D: MapDef, M>(ebpf: &mut Ebpf) -> Result<M>
+where
+    M: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(D::NAME)
+        .ok_or_else(|| anyhow!("BPF map {} missing from the object", D::NAME))?;
+    M::try_from(map).with_context(|| format!("BPF map {} is not a {:?}", D::NAME, D::KIND))
+}
+
+/// How full one map is.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MapFill {
+    pub name: &'static str,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
+impl MapFill {
+    fn of<D: MapDef>(entries: usize) -> Self {
+        Self {
+            name: D::NAME,
+            entries,
+            capacity: D::MAX_ENTRIES,
+        }
+    }
+}
+
+/// Every map user space reads or writes, by family.
+pub struct Maps {
+    pub config: Config,
+    pub sockets: Sockets,
+    pub networks: Networks,
+    pub endpoints: Endpoints,
+    pub ports: Ports,
+    pub conntrack: Conntrack,
+    pub counters: Counters,
+    pub rules: Rules,
+}
+
+impl Maps {
+    /// Opens every family's handles (once, at load). `ebpf` keeps the maps
+    /// no family reads (the programs' own) and the drop-event ring, which
+    /// its one reader takes later.
+    pub(crate) fn open(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            config: Config::open(ebpf)?,
+            sockets: Sockets::open(ebpf)?,
+            networks: Networks::open(ebpf)?,
+            endpoints: Endpoints::open(ebpf)?,
+            ports: Ports::open(ebpf)?,
+            conntrack: Conntrack::open(ebpf)?,
+            counters: Counters::open(ebpf)?,
+            rules: Rules::open(ebpf)?,
+        })
+    }
+
+    /// Each pinned map this holds, for putting back a pin someone removed.
+    pub(crate) fn pinned(&self) -> Vec<(&'static str, &MapData)> {
+        let mut maps = Vec::new();
+        self.config.each(&mut maps);
+        self.sockets.each(&mut maps);
+        self.networks.each(&mut maps);
+        maps.push((defs::ENDPOINTS::NAME, self.endpoints.map()));
+        self.ports.each(&mut maps);
+        maps.push((defs::CONNTRACK::NAME, self.conntrack.map()));
+        self.counters.each(&mut maps);
+        maps.push((defs::USER_RULES::NAME, self.rules.map()));
+        maps.retain(|(name, _)| defs::pinned().any(|m| m.name == *name));
+        maps
+    }
+
+    /// Removes an endpoint and every connection it took part in, so a
+    /// container re-created on the same address starts clean.
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
+        self.endpoints.remove(ip)?;
+        let ip = ip.octets();
+        self.conntrack
+            .flush(|key, entry| [key.src, key.dst, entry.xlat.src, entry.xlat.dst].contains(&ip))?;
+        Ok(())
+    }
+
+    /// Unpublishes ports and forgets the connections made through them
+    /// (one conntrack walk for all of them).
+    pub fn unpublish(&mut self, keys: &[PortKey]) -> Result<()> {
+        self.ports.remove(keys)?;
+        let keys: std::collections::HashSet<PortKey> = keys.iter().copied().collect();
+        self.conntrack.flush(|k, entry| {
+            let through_port = |t: &CtKey| {
+                let exact = PortKey {
+                    host_ip: t.dst,
+                    port: t.dst_port,
+                    proto: t.proto,
+                    _pad: 0,
+                };
+                keys.contains(&exact)
+                    || keys.contains(&PortKey {
+                        host_ip: [0; 4],
+                        ..exact
+                    })
+            };
+            (entry.flags & CT_DNAT != 0)
+                && (through_port(k) || through_port(&entry.xlat.reversed()))
+        })?;
+        Ok(())
+    }
+
+    /// Entries in use / capacity for each user-filled map and conntrack.
+    pub fn fill_levels(&self) -> Result<Vec<MapFill>> {
+        Ok(vec![
+            MapFill::of::<defs::NETWORKS>(self.networks.networks()?.len()),
+            MapFill::of::<defs::ENDPOINTS>(self.endpoints.addrs()?.len()),
+            MapFill::of::<defs::LOCAL_ADDRS>(self.networks.local_addrs()?.len()),
+            MapFill::of::<defs::PUBLISHED_PORTS>(self.ports.keys()?.len()),
+            MapFill::of::<defs::CONNTRACK>(self.conntrack.len()),
+        ])
+    }
+}
+
+/// A map delete that finds the key gone has nothing left to do: removals
+/// must be repeatable after a crash or a partial failure.
+pub(crate) fn done_if_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// The handle's map, for pinning.
+pub(crate) fn data<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> &MapData {
+    map.map()
+}
