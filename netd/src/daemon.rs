@@ -2,15 +2,14 @@
 //! then runs its tasks — the front-ends, the host watcher, conntrack GC,
 //! the drop-event reader and the metrics server — until stopped.
 
-use std::{net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use tokio::sync::{Mutex, Notify, broadcast};
 
 use crate::{
     api::{DropRecord, MonitorEvent},
-    datapath::DropEvents,
-    driver::{EbpfDriver, FirewallDriver, IptablesDriver},
+    driver::{DropStream, EbpfDriver, FirewallDriver, IptablesDriver},
     engine::Engine,
     features::{Features, KernelFeatures},
     frontend::{self, socket},
@@ -79,6 +78,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 opts.bpf_log,
                 opts.fast_path,
                 opts.xdp,
+                host.netlink().clone(),
             )?)
         }
         DatapathKind::Iptables => Box::new(IptablesDriver::start(&host_info)?),
@@ -125,7 +125,7 @@ pub async fn run(opts: Options) -> Result<()> {
     );
 
     let events = broadcast::channel::<MonitorEvent>(1024).0;
-    let drop_events = engine.driver_mut().take_drop_events()?;
+    let drop_stream = engine.driver_mut().drop_stream()?;
     let engine: SharedEngine = Arc::new(Mutex::new(engine));
     let shared = Arc::new(socket::Shared {
         engine: engine.clone(),
@@ -137,8 +137,8 @@ pub async fn run(opts: Options) -> Result<()> {
         tokio::spawn(follow_host(engine.clone(), host_events)),
         tokio::spawn(collect_garbage(engine.clone(), opts.socket.clone())),
     ];
-    if let Some(ring) = drop_events {
-        tasks.push(tokio::spawn(read_drop_events(ring, nl, events)));
+    if let Some(stream) = drop_stream {
+        tasks.push(tokio::spawn(read_drop_events(stream, nl, events)));
     }
     if let Some(listener) = metrics_listener {
         tasks.push(serve_metrics(listener, engine.clone())?);
@@ -271,42 +271,36 @@ async fn follow_host(engine: SharedEngine, mut events: HostEvents) {
 
 /// Drains the datapath's drop events into the monitor channel.
 async fn read_drop_events(
-    mut ring: DropEvents,
+    mut stream: DropStream,
     nl: Netlink,
     events: broadcast::Sender<MonitorEvent>,
 ) {
+    use futures::StreamExt as _;
     let mut names: std::collections::HashMap<u32, String> = std::collections::HashMap::new();
-    while let Some(batch) = ring.next_batch().await {
-        for event in batch {
-            let interface = match names.get(&event.ifindex) {
+    while let Some(batch) = stream.next().await {
+        for dropped in batch {
+            let interface = match names.get(&dropped.ifindex) {
                 Some(name) => name.clone(),
                 None => {
                     let name = nl
-                        .link_name(event.ifindex)
+                        .link_name(dropped.ifindex)
                         .await
-                        .unwrap_or_else(|_| format!("if{}", event.ifindex));
-                    names.insert(event.ifindex, name.clone());
+                        .unwrap_or_else(|_| format!("if{}", dropped.ifindex));
+                    names.insert(dropped.ifindex, name.clone());
                     name
                 }
             };
-            if event.suppressed > 0 {
-                let lost_events = u64::from(event.suppressed);
+            if dropped.left_out > 0 {
+                let lost_events = u64::from(dropped.left_out);
                 let _ = events.send(MonitorEvent::Lost { lost_events });
             }
-            let reason =
-                netd_common::DropReason::from_u32(event.reason).map_or("unknown", |r| r.label());
-            let port = |p: [u8; 2]| u16::from_be_bytes(p);
             let _ = events.send(MonitorEvent::Drop(DropRecord {
-                reason: reason.to_owned(),
+                reason: dropped.reason.to_owned(),
                 interface,
-                hook: match event.hook {
-                    netd_common::HOOK_XDP => "xdp",
-                    _ => "tc",
-                }
-                .to_owned(),
-                proto: event.proto,
-                src: format!("{}:{}", Ipv4Addr::from(event.src), port(event.src_port)),
-                dst: format!("{}:{}", Ipv4Addr::from(event.dst), port(event.dst_port)),
+                hook: dropped.hook.to_owned(),
+                proto: dropped.proto,
+                src: dropped.src.to_string(),
+                dst: dropped.dst.to_string(),
             }));
         }
     }

@@ -135,8 +135,6 @@ pub trait Host: Send + Sync {
         netns: &Path,
         gateway: Ipv4Addr,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// Removes the clsact qdisc of `ifindex` when no filter is left in it.
-    fn remove_clsact_if_unused(&self, ifindex: u32) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// The real host, through rtnetlink and namespace syscalls.
@@ -396,9 +394,5 @@ impl Host for NetlinkHost {
 
     async fn set_default_route(&self, netns: &Path, gateway: Ipv4Addr) -> Result<()> {
         Netlink::connect_in(netns)?.add_default_route(gateway).await
-    }
-
-    async fn remove_clsact_if_unused(&self, ifindex: u32) -> Result<()> {
-        self.nl.remove_clsact_if_unused(ifindex).await
     }
 }

@@ -163,15 +163,23 @@ impl Metrics {
         );
         let entries = Family::<MapLabel, Gauge<i64>>::default();
         let capacity = Family::<MapLabel, Gauge<i64>>::default();
-        for fill in &datapath.maps {
+        for fill in &datapath.tables {
             let label = MapLabel {
-                map: fill.name.to_owned(),
+                map: fill.name.clone(),
             };
             entries.get_or_create(&label).set(fill.entries as i64);
             capacity.get_or_create(&label).set(i64::from(fill.capacity));
         }
-        registry.register("map_entries", "Entries in use in a BPF map", entries);
-        registry.register("map_capacity", "Entries a BPF map can hold", capacity);
+        registry.register(
+            "map_entries",
+            "Entries in use in a datapath table (a BPF map; nf_conntrack on iptables)",
+            entries,
+        );
+        registry.register(
+            "map_capacity",
+            "Entries a datapath table can hold (a BPF map; nf_conntrack on iptables)",
+            capacity,
+        );
         let conntrack = Family::<ConntrackLabel, Gauge<i64>>::default();
         for (protocol, direction, n) in &datapath.conntrack {
             conntrack

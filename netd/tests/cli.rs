@@ -111,10 +111,24 @@ fn networks_containers_and_published_ports_end_to_end() {
                         c["src"].as_str().unwrap().rsplit(':').next().unwrap()
                     ))
     );
-    let status = h.json(&["status"]);
+    let status = h.json(&["status", "--format", "json"]);
     assert_eq!(status["datapath"], "ebpf");
     assert_eq!(status["published_ports"], 3);
     assert_eq!(status["maps"]["ENDPOINTS"]["entries"], 2);
+    // For people: sections and aligned tables, not JSON.
+    let text = h.ok(&["status"]);
+    assert!(text.starts_with("datapath     ebpf\n"), "{text}");
+    assert!(
+        text.contains("objects      2 networks, 2 containers, 3 published ports, 0 user rules"),
+        "{text}"
+    );
+    let endpoints = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("ENDPOINTS "))
+        .unwrap_or_else(|| panic!("no ENDPOINTS row in:\n{text}"));
+    let cells: Vec<&str> = endpoints.split_whitespace().collect();
+    assert_eq!(cells[1], "2", "{endpoints}");
+    assert!(serde_json::from_str::<serde_json::Value>(&text).is_err());
 
     h.refused(&["network", "rm", "backend"], "has containers attached");
     h.ok(&["container", "rm", &db]);
@@ -311,7 +325,10 @@ fn connections_survive_a_kill_9_restart_and_a_stopped_daemon() {
 
 fn restart_keeps_connections(mode: &str, flags: &[&str]) {
     let mut h = DaemonHost::start(NETD, flags);
-    assert_eq!(h.json(&["status"])["programs"]["attach"], mode);
+    assert_eq!(
+        h.json(&["status", "--format", "json"])["programs"]["attach"],
+        mode
+    );
     let web = h.name("web");
     h.ok(&[
         "network",
@@ -408,7 +425,10 @@ fn switching_kernel_modes_across_restarts_moves_every_program() {
 
     h.kill_daemon(libc::SIGTERM);
     h.spawn_daemon_with(&["--kernel-features", "legacy"]);
-    assert_eq!(h.json(&["status"])["programs"]["attach"], "clsact");
+    assert_eq!(
+        h.json(&["status", "--format", "json"])["programs"]["attach"],
+        "clsact"
+    );
     assert_eq!(tcx_pins(), 0, "TCX links left beside the clsact filters");
     let (ingress, egress) = uplink_filters(&h);
     assert_eq!((ingress.len(), egress.len(), veth_filters(&h)), (1, 1, 1));
@@ -416,7 +436,10 @@ fn switching_kernel_modes_across_restarts_moves_every_program() {
 
     h.kill_daemon(libc::SIGTERM);
     h.spawn_daemon();
-    assert_eq!(h.json(&["status"])["programs"]["attach"], "tcx");
+    assert_eq!(
+        h.json(&["status", "--format", "json"])["programs"]["attach"],
+        "tcx"
+    );
     assert_eq!(tcx_pins(), 3);
     let (ingress, egress) = uplink_filters(&h);
     assert_eq!((ingress.len(), egress.len(), veth_filters(&h)), (0, 0, 0));

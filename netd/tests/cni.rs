@@ -572,7 +572,7 @@ fn kill_mid_add_rolls_back_and_the_retry_works() {
         );
         h.wait_daemon_exit();
         h.spawn_daemon();
-        let status: Value = h.json(&["status"]);
+        let status: Value = h.json(&["status", "--format", "json"]);
         let repairs = status["repairs"].to_string();
         assert!(
             repairs.contains("cni-killed-eth0: an interrupted create was rolled back"),

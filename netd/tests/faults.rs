@@ -197,7 +197,7 @@ fn objects_deleted_behind_netds_back_are_repaired_or_released() {
         h.kill_daemon(libc::SIGKILL);
         h.host.run("ip", &["netns", "del", &web]).unwrap();
         h.spawn_daemon();
-        let status = h.json(&["status"]);
+        let status = h.json(&["status", "--format", "json"]);
         let repairs = status["repairs"].to_string();
         assert!(
             repairs.contains(&web) && repairs.contains("namespace is gone"),
@@ -229,7 +229,7 @@ fn objects_deleted_behind_netds_back_are_repaired_or_released() {
             .to_owned();
         h.host.run("ip", &["link", "del", &veth]).unwrap();
         h.host.run("ip", &["link", "del", &bridge]).unwrap();
-        let repaired = h.json(&["repair"])["repairs"].to_string();
+        let repaired = h.json(&["repair", "--format", "json"])["repairs"].to_string();
         assert!(
             repaired.contains("was gone; made again") && repaired.contains(&db),
             "{variant}: {repaired}"
@@ -441,7 +441,7 @@ fn a_reboot_that_loses_all_kernel_state_keeps_the_networks() {
             h.host.run("iptables", &["-t", table, "-X"]).unwrap();
         }
         h.spawn_daemon();
-        let repairs = h.json(&["status"])["repairs"].to_string();
+        let repairs = h.json(&["status", "--format", "json"])["repairs"].to_string();
         assert!(repairs.contains(&web), "{variant}: {repairs}");
         assert_consistent(&h, variant);
         assert_eq!(
@@ -650,7 +650,9 @@ fn the_host_changing_under_netd_is_followed_without_a_restart() {
         // The second uplink goes: its programs go with it.
         h.host.ip(&["link", "del", &second]).unwrap();
         eventually("the second uplink forgotten", || {
-            !h.json(&["status"]).to_string().contains(&second)
+            !h.json(&["status", "--format", "json"])
+                .to_string()
+                .contains(&second)
         });
         h.ok(&["container", "rm", &web]);
         assert_down_leaves_nothing(h);
@@ -697,7 +699,7 @@ fn pins_removed_behind_netds_back_are_restored_by_repair() {
         let h = DaemonHost::start(NETD, flags);
         let (_server, mut kept) = published_web(&h);
         std::fs::remove_dir_all(h.bpffs()).unwrap();
-        let repairs = h.json(&["repair"])["repairs"].to_string();
+        let repairs = h.json(&["repair", "--format", "json"])["repairs"].to_string();
         assert!(
             repairs.contains("restored map pin CONNTRACK"),
             "{variant}: {repairs}"

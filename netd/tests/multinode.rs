@@ -117,7 +117,8 @@ impl Node {
     /// The drop counts the datapath reports (`netd status`): per reason on
     /// ebpf, per rule table on iptables.
     fn drops(&self, reason: &str) -> u64 {
-        let status: Value = serde_json::from_str(&self.ok(&["status"])).unwrap();
+        let status: Value =
+            serde_json::from_str(&self.ok(&["status", "--format", "json"])).unwrap();
         status["drops"][reason].as_u64().unwrap_or(0)
     }
 }

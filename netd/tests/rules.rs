@@ -23,7 +23,7 @@ fn addr(s: &str) -> SocketAddr {
 /// counters on iptables.
 fn rule_drops(h: &DaemonHost, datapath: &str) -> u64 {
     if datapath == "ebpf" {
-        return h.json(&["status"])["drops"]["user-rule"]
+        return h.json(&["status", "--format", "json"])["drops"]["user-rule"]
             .as_u64()
             .unwrap_or(0);
     }
@@ -117,7 +117,7 @@ fn check(datapath: &str, flags: &[&str], xdp: &str) {
     ];
     let id = h.ok(&deny).trim().to_owned();
     h.refused(&deny, "already matches exactly this traffic");
-    let status = h.json(&["status"]);
+    let status = h.json(&["status", "--format", "json"]);
     assert_eq!(
         status["user_rules"][0]["text"],
         format!("deny from {OUTSIDE_IP}/32 tcp port 8080 in {uplink}")
@@ -252,7 +252,7 @@ fn xdp_link_follows_the_flag_across_restarts() {
     ] {
         h.kill_daemon(libc::SIGKILL);
         h.spawn_daemon_with(&["--xdp", flag]);
-        let shown = h.json(&["status"])["programs"]["xdp"][&h.uplink].clone();
+        let shown = h.json(&["status", "--format", "json"])["programs"]["xdp"][&h.uplink].clone();
         assert_eq!(shown, status, "--xdp {flag}");
         assert_eq!(xdp_on_link(&h).as_deref(), on_link, "--xdp {flag}");
         let events = h.monitor();

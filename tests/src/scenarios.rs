@@ -761,7 +761,7 @@ fn drop_counts(suite: &Suite) -> std::collections::BTreeMap<String, u64> {
         }
         counts
     } else {
-        let status = suite.h().json(&["status"]);
+        let status = suite.h().json(&["status", "--format", "json"]);
         status["drops"]
             .as_object()
             .expect("status has drops")

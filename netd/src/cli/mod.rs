@@ -42,11 +42,18 @@ enum Command {
     /// (netd's DOCKER-USER).
     #[command(subcommand)]
     Rule(rule::RuleCommand),
-    /// Datapath, attached programs and map fill levels.
-    Status,
+    /// Datapath, attached programs, table fill, counters, drops and repairs.
+    Status {
+        /// `table`: sections for people; `json`: the whole status, for scripts.
+        #[arg(long, value_enum, default_value = "table")]
+        format: output::Format,
+    },
     /// Compare the saved state with the kernel and repair what differs
     /// (as at every start); prints what was repaired.
-    Repair,
+    Repair {
+        #[arg(long, value_enum, default_value = "table")]
+        format: output::Format,
+    },
     /// Tracked connections.
     #[command(subcommand)]
     Conntrack(status::ConntrackCommand),
@@ -77,8 +84,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Network(command) => network::run(&client, command),
         Command::Container(command) => container::run(&client, command),
         Command::Rule(command) => rule::run(&client, command),
-        Command::Status => status::status(&client),
-        Command::Repair => status::repair(&client),
+        Command::Status { format } => status::status(&client, format),
+        Command::Repair { format } => status::repair(&client, format),
         Command::Conntrack(command) => status::conntrack(&client, command),
         Command::Monitor { format } => status::monitor(&client, format),
         Command::Down => status::down(&client),

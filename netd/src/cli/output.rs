@@ -24,7 +24,14 @@ pub fn print_rows<T: Serialize>(
     if let Format::Json = format {
         return print_json(&rows);
     }
-    let rows: Vec<Vec<String>> = rows.iter().map(cells).collect();
+    for line in table(headers, rows.iter().map(cells).collect()) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Aligned lines: the headers (upper case), then one line per row.
+pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
     let widths: Vec<usize> = headers
         .iter()
         .enumerate()
@@ -42,11 +49,9 @@ pub fn print_rows<T: Serialize>(
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        padded.join("  ").trim_end().to_owned()
     };
-    line(headers.iter().map(|h| h.to_uppercase()).collect());
-    for row in rows {
-        line(row);
-    }
-    Ok(())
+    let mut lines = vec![line(headers.iter().map(|h| h.to_uppercase()).collect())];
+    lines.extend(rows.into_iter().map(line));
+    lines
 }

@@ -4,9 +4,12 @@ use std::io::Write as _;
 
 use anyhow::Result;
 use clap::Subcommand;
-use netd::{api::MonitorEvent, client::Client};
+use netd::{
+    api::{DatapathStatus, EbpfStatus, IptablesStatus, MonitorEvent, RepairReport, Status},
+    client::Client,
+};
 
-use super::output::{Format, print_json, print_rows};
+use super::output::{Format, print_json, print_rows, table};
 
 #[derive(Subcommand)]
 pub enum ConntrackCommand {
@@ -17,12 +20,171 @@ pub enum ConntrackCommand {
     },
 }
 
-pub fn status(client: &Client) -> Result<()> {
-    print_json(&client.status()?)
+pub fn status(client: &Client, format: Format) -> Result<()> {
+    let status = client.status()?;
+    match format {
+        Format::Json => print_json(&status),
+        Format::Table => {
+            print!("{}", status_text(&status));
+            Ok(())
+        }
+    }
 }
 
-pub fn repair(client: &Client) -> Result<()> {
-    print_json(&client.repair()?)
+pub fn repair(client: &Client, format: Format) -> Result<()> {
+    let report = client.repair()?;
+    match format {
+        Format::Json => print_json(&report),
+        Format::Table => {
+            print!("{}", repairs_text("repaired", &report));
+            Ok(())
+        }
+    }
+}
+
+/// `netd status` for people: one section per concern, tables aligned.
+fn status_text(status: &Status) -> String {
+    let mut out = String::new();
+    let mut line = |text: String| {
+        out.push_str(&text);
+        out.push('\n');
+    };
+    let datapath = match &status.datapath {
+        DatapathStatus::Ebpf(_) => "ebpf",
+        DatapathStatus::Iptables(_) => "iptables",
+        DatapathStatus::Noop {} => "noop (enforces nothing)",
+    };
+    line(format!("datapath     {datapath}"));
+    line(format!(
+        "objects      {} networks, {} containers, {} published ports, {} user rules",
+        status.networks,
+        status.containers,
+        status.published_ports,
+        status.user_rules.len()
+    ));
+    match &status.datapath {
+        DatapathStatus::Ebpf(ebpf) => ebpf_text(ebpf, &mut line),
+        DatapathStatus::Iptables(iptables) => iptables_text(iptables, &mut line),
+        DatapathStatus::Noop {} => {}
+    }
+    if !status.user_rules.is_empty() {
+        line(String::new());
+        line("user rules (the first that matches decides)".to_owned());
+        let rows = status
+            .user_rules
+            .iter()
+            .map(|r| {
+                let state = if r.active { "" } else { "inactive" };
+                vec![r.position.to_string(), r.text.clone(), state.to_owned()]
+            })
+            .collect();
+        for row in table(&["#", "rule", "state"], rows) {
+            line(format!("  {row}"));
+        }
+    }
+    line(String::new());
+    let report = RepairReport {
+        repairs: status.repairs.clone(),
+    };
+    out.push_str(&repairs_text(
+        "repaired at the last start or repair",
+        &report,
+    ));
+    out
+}
+
+fn ebpf_text(ebpf: &EbpfStatus, line: &mut impl FnMut(String)) {
+    line(format!("uplinks      {}", list_or_none(&ebpf.uplinks)));
+    line(String::new());
+    line(ebpf.kernel.to_string());
+    line(String::new());
+    line("programs".to_owned());
+    let attach = format!("{:?}", ebpf.programs.attach).to_lowercase();
+    line(format!(
+        "  tc ({attach})  {} ({} container links)",
+        ebpf.programs.tc.join(", "),
+        ebpf.programs.container_links
+    ));
+    for (iface, mode) in &ebpf.programs.xdp {
+        line(format!("  xdp        {iface}: {mode}"));
+    }
+    line(format!("  cgroup     {}", ebpf.programs.cgroup.join(", ")));
+    line(String::new());
+    line("tables".to_owned());
+    let rows = ebpf
+        .maps
+        .iter()
+        .map(|(name, fill)| {
+            let percent = 100.0 * fill.entries as f64 / f64::from(fill.capacity.max(1));
+            vec![
+                name.clone(),
+                fill.entries.to_string(),
+                fill.capacity.to_string(),
+                format!("{percent:.1}%"),
+            ]
+        })
+        .collect();
+    for row in table(&["map", "entries", "capacity", "fill"], rows) {
+        line(format!("  {row}"));
+    }
+    line(String::new());
+    line("traffic seen by the programs".to_owned());
+    let rows = ebpf
+        .traffic
+        .iter()
+        .map(|(class, t)| vec![class.clone(), t.packets.to_string(), t.bytes.to_string()])
+        .collect();
+    for row in table(&["class", "packets", "bytes"], rows) {
+        line(format!("  {row}"));
+    }
+    line(String::new());
+    if ebpf.drops.is_empty() {
+        line("drops        none".to_owned());
+    } else {
+        line("drops".to_owned());
+        let rows = ebpf
+            .drops
+            .iter()
+            .map(|(reason, n)| vec![reason.clone(), n.to_string()])
+            .collect();
+        for row in table(&["reason", "packets"], rows) {
+            line(format!("  {row}"));
+        }
+    }
+}
+
+fn iptables_text(iptables: &IptablesStatus, line: &mut impl FnMut(String)) {
+    line(String::new());
+    line("netd's rules".to_owned());
+    let rows = iptables
+        .rules
+        .iter()
+        .map(|(table, n)| vec![table.clone(), n.to_string()])
+        .collect();
+    for row in table(&["table", "rules"], rows) {
+        line(format!("  {row}"));
+    }
+    line(format!("published ports with rules: {}", iptables.ports));
+}
+
+/// What a reconciliation changed, one line each (`none` when nothing).
+fn repairs_text(title: &str, report: &RepairReport) -> String {
+    if report.repairs.is_empty() {
+        return format!("{title}: nothing\n");
+    }
+    let mut out = format!("{title}:\n");
+    for repair in &report.repairs {
+        out.push_str(&format!("  - {repair}\n"));
+    }
+    out
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
 }
 
 pub fn down(client: &Client) -> Result<()> {

@@ -12,11 +12,15 @@ use netd_common::{
     NetworkInfo, PortKey, UplinkInfo, programs,
 };
 
-use super::{ConntrackRow, DatapathMetrics, FirewallDriver, HostInfo};
+use super::{
+    BoxFuture, ConntrackRow, DatapathMetrics, DropStream, DroppedPacket, FirewallDriver, HostInfo,
+    Observability, TableFill,
+};
 use crate::{
     api::{DatapathStatus, EbpfStatus, MapUse, Programs, Traffic},
-    datapath::{Datapath, DropEvents, XdpMode, XdpSetting, monotonic_ns},
+    datapath::{Datapath, XdpMode, XdpSetting, monotonic_ns},
     features::{Features, TcAttachMode},
+    netlink::Netlink,
     state::{Attachment, Network, PublishedPort},
 };
 
@@ -47,6 +51,8 @@ pub struct EbpfDriver {
     /// `generic`, or `off (why)`).
     xdp: XdpSetting,
     xdp_modes: BTreeMap<String, String>,
+    /// For the clsact qdiscs this driver added (kernels before TCX).
+    netlink: Netlink,
 }
 
 impl EbpfDriver {
@@ -58,6 +64,7 @@ impl EbpfDriver {
         log: crate::datapath::BpfLog,
         fast_path: bool,
         xdp: XdpSetting,
+        netlink: Netlink,
     ) -> Result<Self> {
         features.require_minimum()?;
         super::set_bridge_netfilter(false)?;
@@ -91,6 +98,7 @@ impl EbpfDriver {
             host: host.clone(),
             xdp,
             xdp_modes: BTreeMap::new(),
+            netlink,
         };
         // One uplink that cannot be attached is reported, not fatal.
         if let Err(err) = driver.host_changed(host) {
@@ -559,13 +567,6 @@ impl FirewallDriver for EbpfDriver {
         self.datapath.maps.conntrack.gc(monotonic_ns())
     }
 
-    fn clsact_interfaces(&self) -> Vec<u32> {
-        match self.datapath.tc_mode() {
-            TcAttachMode::Clsact => self.uplinks.values().copied().collect(),
-            TcAttachMode::Tcx => Vec::new(),
-        }
-    }
-
     fn host_changed(&mut self, host: &HostInfo) -> Result<()> {
         // Both halves run whatever the other's outcome.
         self.host = host.clone();
@@ -580,52 +581,24 @@ impl FirewallDriver for EbpfDriver {
         uplinks.and(addrs).and(config).and(rules)
     }
 
-    fn remove_all(&mut self) -> Result<()> {
-        // TCX links go with their pins; clsact filters must be deleted.
-        for name in self.uplinks.keys().cloned().collect::<Vec<_>>() {
-            self.datapath.detach_uplink(&name)?;
-        }
-        // Unpinning detaches the uplink and socket hooks; maps go with the daemon.
-        Datapath::remove_pins(&self.bpffs)
-    }
-
-    fn metrics(&self) -> Result<DatapathMetrics> {
-        let mut conntrack: BTreeMap<(String, String), u64> = BTreeMap::new();
-        for row in self.conntrack()? {
-            *conntrack.entry((row.proto, row.direction)).or_default() += 1;
-        }
-        Ok(DatapathMetrics {
-            traffic: self
-                .datapath
-                .maps
-                .counters
-                .traffic()?
-                .into_iter()
-                .map(|(class, c)| (class.label(), c.packets, c.bytes))
-                .collect(),
-            drops: self
-                .datapath
-                .maps
-                .counters
-                .drops()?
-                .into_iter()
-                .map(|(reason, n)| (reason.label(), n))
-                .collect(),
-            drops_by_interface: self
-                .datapath
-                .maps
-                .counters
-                .drops_by_interface()?
-                .into_iter()
-                .map(|(ifindex, reason, n)| (interface_name(ifindex), reason.label(), n))
-                .collect(),
-            maps: self.datapath.maps.fill_levels()?,
-            conntrack: conntrack.into_iter().map(|((p, d), n)| (p, d, n)).collect(),
+    fn remove_all(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            // TCX links go with their pins; clsact filters must be deleted,
+            // and the qdiscs added for them with them.
+            let clsact: Vec<u32> = match self.datapath.tc_mode() {
+                TcAttachMode::Clsact => self.uplinks.values().copied().collect(),
+                TcAttachMode::Tcx => Vec::new(),
+            };
+            for name in self.uplinks.keys().cloned().collect::<Vec<_>>() {
+                self.datapath.detach_uplink(&name)?;
+            }
+            // Unpinning detaches the uplink and socket hooks; maps go with the daemon.
+            Datapath::remove_pins(&self.bpffs)?;
+            for ifindex in clsact {
+                self.netlink.remove_clsact_if_unused(ifindex).await?;
+            }
+            Ok(())
         })
-    }
-
-    fn take_drop_events(&mut self) -> Result<Option<DropEvents>> {
-        self.datapath.take_drop_events().map(Some)
     }
 
     fn status(&self) -> Result<DatapathStatus> {
@@ -685,6 +658,81 @@ impl FirewallDriver for EbpfDriver {
             traffic,
             drops,
         })))
+    }
+}
+
+impl Observability for EbpfDriver {
+    fn metrics(&self) -> Result<DatapathMetrics> {
+        let mut conntrack: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for row in self.conntrack()? {
+            *conntrack.entry((row.proto, row.direction)).or_default() += 1;
+        }
+        Ok(DatapathMetrics {
+            traffic: self
+                .datapath
+                .maps
+                .counters
+                .traffic()?
+                .into_iter()
+                .map(|(class, c)| (class.label(), c.packets, c.bytes))
+                .collect(),
+            drops: self
+                .datapath
+                .maps
+                .counters
+                .drops()?
+                .into_iter()
+                .map(|(reason, n)| (reason.label(), n))
+                .collect(),
+            drops_by_interface: self
+                .datapath
+                .maps
+                .counters
+                .drops_by_interface()?
+                .into_iter()
+                .map(|(ifindex, reason, n)| (interface_name(ifindex), reason.label(), n))
+                .collect(),
+            tables: self
+                .datapath
+                .maps
+                .fill_levels()?
+                .into_iter()
+                .map(|m| TableFill {
+                    name: m.name.to_owned(),
+                    entries: m.entries,
+                    capacity: m.capacity,
+                })
+                .collect(),
+            conntrack: conntrack.into_iter().map(|((p, d), n)| (p, d, n)).collect(),
+        })
+    }
+
+    fn drop_stream(&mut self) -> Result<Option<DropStream>> {
+        let ring = self.datapath.take_drop_events()?;
+        let batches = futures::stream::unfold(ring, |mut ring| async move {
+            let batch = ring.next_batch().await?;
+            Some((batch.iter().map(dropped_packet).collect(), ring))
+        });
+        Ok(Some(Box::pin(batches)))
+    }
+}
+
+/// A drop event as the programs wrote it, for `netd monitor`.
+fn dropped_packet(event: &netd_common::DropEvent) -> DroppedPacket {
+    let addr = |ip: [u8; 4], port: [u8; 2]| {
+        std::net::SocketAddr::from((Ipv4Addr::from(ip), u16::from_be_bytes(port)))
+    };
+    DroppedPacket {
+        reason: netd_common::DropReason::from_u32(event.reason).map_or("unknown", |r| r.label()),
+        ifindex: event.ifindex,
+        hook: match event.hook {
+            netd_common::HOOK_XDP => "xdp",
+            _ => "tc",
+        },
+        proto: event.proto,
+        src: addr(event.src, event.src_port),
+        dst: addr(event.dst, event.dst_port),
+        left_out: event.suppressed,
     }
 }
 

@@ -13,7 +13,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{ConntrackRow, FirewallDriver, HostInfo};
+use super::{
+    BoxFuture, ConntrackRow, DatapathMetrics, FirewallDriver, HostInfo, Observability, TableFill,
+};
 use crate::{
     api::{DatapathStatus, IptablesStatus},
     rule::{ActiveRule, RuleAction},
@@ -487,7 +489,45 @@ impl FirewallDriver for IptablesDriver {
         }))
     }
 
-    fn remove_all(&mut self) -> Result<()> {
+    fn remove_all(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move { self.remove_rules() })
+    }
+}
+
+impl Observability for IptablesDriver {
+    /// The kernel's conntrack table: its fill, and its entries by protocol
+    /// and direction (the kernel keeps one entry per connection).
+    fn metrics(&self) -> Result<DatapathMetrics> {
+        let read = |name: &str| -> Option<u64> {
+            std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let tables = match (read("nf_conntrack_count"), read("nf_conntrack_max")) {
+            (Some(entries), Some(capacity)) => vec![TableFill {
+                name: "nf_conntrack".to_owned(),
+                entries: entries as usize,
+                capacity: capacity as u32,
+            }],
+            _ => Vec::new(),
+        };
+        let mut conntrack: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for row in self.conntrack().unwrap_or_default() {
+            *conntrack.entry((row.proto, row.direction)).or_default() += 1;
+        }
+        Ok(DatapathMetrics {
+            tables,
+            conntrack: conntrack.into_iter().map(|((p, d), n)| (p, d, n)).collect(),
+            ..Default::default()
+        })
+    }
+}
+
+impl IptablesDriver {
+    /// The jumps into netd's chains, then the chains.
+    fn remove_rules(&mut self) -> Result<()> {
         for (table, chain, rule) in JUMPS {
             let rule: Vec<&str> = rule.split(' ').collect();
             while run_ok(

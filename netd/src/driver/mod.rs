@@ -15,7 +15,6 @@ use std::net::Ipv4Addr;
 pub use crate::api::ConntrackRow;
 use crate::{
     api::DatapathStatus,
-    datapath::DropEvents,
     state::{Attachment, Network, PublishedPort},
 };
 use anyhow::Result;
@@ -54,6 +53,15 @@ pub struct HostInfo {
     pub local_addrs: Vec<Ipv4Addr>,
 }
 
+/// How full one of the datapath's tables is (a BPF map, the kernel's
+/// conntrack table).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TableFill {
+    pub name: String,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
 /// The datapath's counters and sizes, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct DatapathMetrics {
@@ -63,13 +71,48 @@ pub struct DatapathMetrics {
     pub drops: Vec<(&'static str, u64)>,
     /// (interface, reason, packets)
     pub drops_by_interface: Vec<(String, &'static str, u64)>,
-    pub maps: Vec<crate::datapath::MapFill>,
+    pub tables: Vec<TableFill>,
     /// (protocol, direction, entries)
     pub conntrack: Vec<(String, String, u64)>,
 }
 
-pub trait FirewallDriver: Send + Sync {
+/// One dropped packet, as `netd monitor` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DroppedPacket {
+    pub reason: &'static str,
+    pub ifindex: u32,
+    /// The hook that dropped it (`tc`, `xdp`).
+    pub hook: &'static str,
+    pub proto: u8,
+    pub src: std::net::SocketAddr,
+    pub dst: std::net::SocketAddr,
+    /// Drops left out of the stream before this one (a flood is sampled).
+    pub left_out: u32,
+}
+
+/// Dropped packets as the datapath reports them, in batches.
+pub type DropStream = std::pin::Pin<Box<dyn futures::Stream<Item = Vec<DroppedPacket>> + Send>>;
+
+/// What a datapath shows of itself: counters, table fill, drops as they
+/// happen. Every driver has one; what its kernel keeps for it is its own.
+pub trait Observability {
+    /// Counters and sizes for `/metrics`.
+    fn metrics(&self) -> Result<DatapathMetrics>;
+    /// The stream of dropped packets, for one reader; `None` where the
+    /// datapath reports no single drops.
+    fn drop_stream(&mut self) -> Result<Option<DropStream>> {
+        Ok(None)
+    }
+}
+
+/// A firewall driver: Docker's bridge-network semantics (isolation,
+/// published ports, masquerade, the user's rules) enforced by one
+/// mechanism. What that mechanism needs (programs, qdiscs, pins, chains)
+/// is the driver's own business.
+pub trait FirewallDriver: Observability + Send + Sync {
     fn name(&self) -> &'static str;
+
+    // Networks and their endpoints.
     fn add_network(&mut self, net: &Network, bridge_mac: [u8; 6]) -> Result<()>;
     fn remove_network(&mut self, net: &Network) -> Result<()>;
     /// `host_ifindex`/`mac`: host side of the veth, container's MAC.
@@ -81,6 +124,8 @@ pub trait FirewallDriver: Send + Sync {
         mac: [u8; 6],
     ) -> Result<()>;
     fn remove_endpoint(&mut self, att: &Attachment) -> Result<()>;
+
+    // Published ports and the user's rules.
     /// Publishes all of `ports`, or none of them (a range is one call, so a
     /// driver can apply it in one go).
     fn publish(&mut self, ports: &[PublishedPort]) -> Result<()>;
@@ -89,6 +134,8 @@ pub trait FirewallDriver: Send + Sync {
     /// The user's firewall rules now in force, in order (all of them: the
     /// driver replaces what it had).
     fn set_rules(&mut self, rules: &[crate::rule::ActiveRule]) -> Result<()>;
+
+    // The host and the driver's lifecycle.
     /// The host's interfaces or addresses changed (and once at start).
     fn host_changed(&mut self, _host: &HostInfo) -> Result<()> {
         Ok(())
@@ -104,25 +151,16 @@ pub trait FirewallDriver: Send + Sync {
     fn reconciled(&mut self) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
+    /// Removes everything the driver installed (for `netd down`).
+    fn remove_all(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    // What it holds.
     fn conntrack(&self) -> Result<Vec<ConntrackRow>>;
     /// Removes expired connections; returns how many entries went.
     fn gc(&mut self) -> Result<usize>;
     fn status(&self) -> Result<DatapathStatus>;
-    /// Counters and sizes for `/metrics` (none where the kernel keeps them).
-    fn metrics(&self) -> Result<DatapathMetrics> {
-        Ok(DatapathMetrics::default())
-    }
-    /// Removes everything the driver installed (for `netd down`).
-    fn remove_all(&mut self) -> Result<()> {
-        Ok(())
-    }
-    /// Interfaces whose clsact qdisc holds this driver's filters (their
-    /// removal on `netd down` is the daemon's, through rtnetlink).
-    fn clsact_interfaces(&self) -> Vec<u32> {
-        Vec::new()
-    }
-    /// Where drop events come from, if this driver reports them.
-    fn take_drop_events(&mut self) -> Result<Option<DropEvents>> {
-        Ok(None)
-    }
 }
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;

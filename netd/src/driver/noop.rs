@@ -50,6 +50,12 @@ impl NoopDriver {
     }
 }
 
+impl super::Observability for NoopDriver {
+    fn metrics(&self) -> Result<super::DatapathMetrics> {
+        Ok(super::DatapathMetrics::default())
+    }
+}
+
 impl FirewallDriver for NoopDriver {
     fn name(&self) -> &'static str {
         "noop"

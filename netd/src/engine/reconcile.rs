@@ -252,11 +252,6 @@ impl<H: Host> Engine<H> {
             self.network_rm(&name).await?;
         }
         let _ = std::fs::remove_file(self.state_dir.join("state.json"));
-        let clsact = self.driver.clsact_interfaces();
-        self.driver.remove_all()?;
-        for ifindex in clsact {
-            self.host.remove_clsact_if_unused(ifindex).await?;
-        }
-        Ok(())
+        self.driver.remove_all().await
     }
 }

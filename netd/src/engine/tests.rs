@@ -210,10 +210,6 @@ impl Host for FakeHost {
     async fn set_default_route(&self, _: &Path, _: Ipv4Addr) -> Result<()> {
         Ok(())
     }
-
-    async fn remove_clsact_if_unused(&self, _: u32) -> Result<()> {
-        Ok(())
-    }
 }
 
 struct Fixture {

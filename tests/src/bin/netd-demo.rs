@@ -98,7 +98,7 @@ fn story(netd: &str) -> Result<()> {
     println!();
     run(&["conntrack", "ls"]);
     println!("$ netd status   (excerpt)");
-    let status = h.json(&["status"]);
+    let status = h.json(&["status", "--format", "json"]);
     println!("  traffic: {}", status["traffic"]);
     println!("  drops:   {}", status["drops"]);
     println!(

@@ -89,7 +89,7 @@ fn netd_check(netd: &str, mode: &str) -> Result<()> {
 /// What the daemon chose, as `netd status` reports it, against what this
 /// kernel and mode call for.
 fn attach_mode(h: &DaemonHost, mode: &str) -> Result<()> {
-    let status = h.json(&["status"]);
+    let status = h.json(&["status", "--format", "json"]);
     let attach = status["programs"]["attach"]
         .as_str()
         .unwrap_or_default()
@@ -174,7 +174,9 @@ fn traffic_and_restart(h: &mut DaemonHost) -> Result<Vec<&'static str>> {
 
     // A user rule's drop and an unsolicited packet to a container address:
     // dropped (by XDP, which sees them first) and counted under their reasons.
-    let drops = |h: &DaemonHost, reason: &str| h.json(&["status"])["drops"][reason].as_u64();
+    let drops = |h: &DaemonHost, reason: &str| {
+        h.json(&["status", "--format", "json"])["drops"][reason].as_u64()
+    };
     h.ok(&[
         "rule", "add", "deny", "--source", OUTSIDE_IP, "--proto", "tcp", "--port", "8080",
     ]);

@@ -1011,7 +1011,7 @@ fn flood_alone(target: &Target, duration: Duration) -> Result<Value> {
 /// DROP rules' counters on iptables.
 fn dropped(h: &DaemonHost, ebpf: bool) -> Result<u64> {
     if ebpf {
-        let status = h.json(&["status"]);
+        let status = h.json(&["status", "--format", "json"]);
         return Ok(status["drops"]
             .as_object()
             .context("status has drops")?
