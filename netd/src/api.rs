@@ -3,7 +3,9 @@
 //! CLI socket, the Docker and CNI plugins) speaks these types; no untyped
 //! JSON crosses the engine's boundary.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
+
+use ipnet::IpNet;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,12 +20,12 @@ pub const DEFAULT_SOCKET: &str = "/run/netd/netd.sock";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetworkSpec {
     pub name: String,
-    /// Subnet in CIDR form (default: next free Docker pool).
+    /// Subnet (default: next free Docker pool).
     #[serde(default)]
-    pub subnet: Option<String>,
+    pub subnet: Option<IpNet>,
     /// Gateway address (default: the subnet's first address).
     #[serde(default)]
-    pub gateway: Option<String>,
+    pub gateway: Option<IpAddr>,
     /// No traffic to or from outside the network.
     #[serde(default)]
     pub internal: bool,
@@ -35,7 +37,7 @@ pub struct NetworkSpec {
     pub masquerade: bool,
     /// Source address for this network's masquerade.
     #[serde(default)]
-    pub host_ip: Option<String>,
+    pub host_ip: Option<IpAddr>,
     #[serde(default)]
     pub mtu: Option<u32>,
     /// The bridge's name (default: `br-` and 12 hex digits).
@@ -43,7 +45,7 @@ pub struct NetworkSpec {
     pub bridge: Option<String>,
     /// Host address `-p` publishes on when it names none (default: all).
     #[serde(default)]
-    pub binding_ip: Option<String>,
+    pub binding_ip: Option<IpAddr>,
     /// Set by the Docker plugin: the network's Docker ID.
     #[serde(default)]
     pub docker_id: Option<String>,
@@ -51,7 +53,7 @@ pub struct NetworkSpec {
     /// to them keeps its source address, traffic from them may reach the
     /// containers as if it came from inside.
     #[serde(default)]
-    pub routed_cidrs: Vec<String>,
+    pub routed_cidrs: Vec<IpNet>,
 }
 
 fn yes() -> bool {
@@ -85,10 +87,10 @@ pub struct ContainerSpec {
     /// A network name, `host` or `none`.
     pub network: String,
     #[serde(default)]
-    pub ip: Option<String>,
-    /// `-p` specs: `[HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/PROTO]`.
+    pub ip: Option<IpAddr>,
+    /// Ports to publish (`-p`, parsed).
     #[serde(default)]
-    pub publish: Vec<String>,
+    pub publish: Vec<crate::portspec::PortSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,7 +104,7 @@ pub enum Request {
     NetworkConnect {
         network: String,
         container: String,
-        ip: Option<String>,
+        ip: Option<IpAddr>,
     },
     NetworkDisconnect {
         network: String,
@@ -254,13 +256,13 @@ pub struct CniAttach {
     pub netns: String,
     /// The address asked for (`CNI_ARGS` `IP=`, or the `ips` capability).
     #[serde(default)]
-    pub ip: Option<String>,
+    pub ip: Option<IpAddr>,
     /// From the `portMappings` capability.
     #[serde(default)]
     pub ports: Vec<crate::portspec::PortSpec>,
     /// CHECK: the address the runtime holds from ADD's result, if it sent one.
     #[serde(default)]
-    pub expect_ip: Option<std::net::Ipv4Addr>,
+    pub expect_ip: Option<IpAddr>,
 }
 
 /// Which attachment a CNI DEL or GC names.
@@ -300,31 +302,6 @@ pub struct CniReady {
     pub network: String,
 }
 
-/// A refusal with a CNI error code (the plugin passes it on); refusals
-/// without one are netd's own (code 100).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: u32,
-    pub message: String,
-}
-
-impl Refusal {
-    pub fn error(code: u32, message: impl Into<String>) -> anyhow::Error {
-        anyhow::Error::new(Self {
-            code,
-            message: message.into(),
-        })
-    }
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Refusal {}
-
 /// A container on a network, as `network inspect` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetworkMember {
@@ -338,15 +315,6 @@ pub struct NetworkDetails {
     #[serde(flatten)]
     pub network: Network,
     pub containers: Vec<NetworkMember>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ContainerCreated {
-    #[serde(flatten)]
-    pub container: Container,
-    /// How long the datapath took to install this container's ports (the
-    /// benchmark's control-plane figure).
-    pub publish_us: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -474,16 +442,17 @@ pub struct DropRecord {
     pub dst: String,
 }
 
-/// What the engine answers, one variant per request kind.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
+/// What the engine answers, one variant per kind of reply, tagged with
+/// its type on the wire (`{"type": "network", "data": {…}}`), so a client
+/// decodes it without knowing which request it sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "kebab-case")]
 pub enum Reply {
     Network(Network),
     Networks(Vec<Network>),
     NetworkDetails(NetworkDetails),
     Attachment(Attachment),
     Disconnected(Disconnected),
-    ContainerCreated(ContainerCreated),
     Container(Container),
     Containers(Vec<Container>),
     Removed(Removed),
@@ -498,13 +467,41 @@ pub enum Reply {
     Rules(Vec<RuleEntry>),
 }
 
+impl Reply {
+    /// The type on the wire, for messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Network(_) => "network",
+            Self::Networks(_) => "networks",
+            Self::NetworkDetails(_) => "network-details",
+            Self::Attachment(_) => "attachment",
+            Self::Disconnected(_) => "disconnected",
+            Self::Container(_) => "container",
+            Self::Containers(_) => "containers",
+            Self::Removed(_) => "removed",
+            Self::Status(_) => "status",
+            Self::Repair(_) => "repair",
+            Self::Conntrack(_) => "conntrack",
+            Self::Stopped(_) => "stopped",
+            Self::CniAttachment(_) => "cni-attachment",
+            Self::CniCollected(_) => "cni-collected",
+            Self::CniReady(_) => "cni-ready",
+            Self::Rule(_) => "rule",
+            Self::Rules(_) => "rules",
+        }
+    }
+}
+
 /// The wire envelope: `{"ok":true,"data":…}` or `{"ok":false,"error":…}`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Response<T> {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// A CNI error code for the refusal, when the engine gave one.
+    /// The refusal's kind (`internal` for failures that are not refusals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<crate::error::ErrorKind>,
+    /// A CNI error code more precise than the kind's, when the engine gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<u32>,
     #[serde(default = "Option::default")]
@@ -516,6 +513,7 @@ impl<T> Response<T> {
         Self {
             ok: true,
             error: None,
+            kind: None,
             code: None,
             data: Some(data),
         }
@@ -525,15 +523,19 @@ impl<T> Response<T> {
         Self {
             ok: false,
             error: Some(message.into()),
+            kind: None,
             code: None,
             data: None,
         }
     }
 
-    /// A refusal; its code is kept when the error is a [`Refusal`].
+    /// A refusal (or a failure: kind `internal`), with its CNI code when
+    /// the engine gave one.
     pub fn refusal(err: &anyhow::Error) -> Self {
+        let refusal = crate::error::refusal_of(err);
         Self {
-            code: err.downcast_ref::<Refusal>().map(|r| r.code),
+            kind: Some(crate::error::kind_of(err)),
+            code: refusal.and_then(|r| r.cni_code),
             ..Self::error(format!("{err:#}"))
         }
     }

@@ -1,9 +1,12 @@
 //! IPv4 subnets (`172.18.0.0/16`) with the checks IPAM needs.
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    str::FromStr,
+};
 
-use anyhow::{Context as _, bail};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 /// A subnet as netd accepts it: the network address itself (no host bits),
@@ -17,12 +20,12 @@ impl Cidr {
     /// 172.18.0.5/16 too, to avoid guessing what was meant).
     pub fn new(addr: Ipv4Addr, prefix_len: u8) -> anyhow::Result<Self> {
         let net = Ipv4Net::new(addr, prefix_len)
-            .map_err(|_| anyhow::anyhow!("prefix length {prefix_len} is larger than 32"))?;
+            .map_err(|_| crate::invalid!("prefix length {prefix_len} is larger than 32"))?;
         if net.network() != addr {
-            bail!(
+            return Err(crate::invalid!(
                 "{addr}/{prefix_len} is not a network address; did you mean {}/{prefix_len}?",
                 net.network()
-            );
+            ));
         }
         Ok(Self(net))
     }
@@ -73,17 +76,44 @@ impl FromStr for Cidr {
     fn from_str(s: &str) -> anyhow::Result<Self> {
         let (addr, len) = s
             .split_once('/')
-            .with_context(|| format!("{s:?} is not a subnet like 172.18.0.0/16"))?;
+            .ok_or_else(|| crate::invalid!("{s:?} is not a subnet like 172.18.0.0/16"))?;
         let addr: Ipv4Addr = addr
             .parse()
-            .with_context(|| format!("{addr:?} in {s:?} is not an IPv4 address"))?;
+            .map_err(|_| crate::invalid!("{addr:?} in {s:?} is not an IPv4 address"))?;
         let len: u8 = len
             .parse()
-            .with_context(|| format!("{len:?} in {s:?} is not a prefix length"))?;
+            .map_err(|_| crate::invalid!("{len:?} in {s:?} is not a prefix length"))?;
         if !(8..=30).contains(&len) {
-            bail!("subnet {s}: prefix length must be between 8 and 30");
+            return Err(crate::invalid!(
+                "subnet {s}: prefix length must be between 8 and 30"
+            ));
         }
         Cidr::new(addr, len)
+    }
+}
+
+impl Cidr {
+    /// A subnet as the API gives it: IPv4 (netd's networks are IPv4-only
+    /// for now), its network address, a prefix of 8 to 30 bits.
+    pub fn from_net(what: &str, net: IpNet) -> anyhow::Result<Self> {
+        match net {
+            IpNet::V4(net) => format!("{}/{}", net.addr(), net.prefix_len())
+                .parse()
+                .map_err(|err| crate::invalid!("{what} {net}: {err:#}")),
+            IpNet::V6(_) => Err(crate::invalid!(
+                "{what} {net} is an IPv6 prefix: netd networks are IPv4-only for now"
+            )),
+        }
+    }
+}
+
+/// An IPv4 address as the API gives it (netd is IPv4-only for now).
+pub fn ipv4(what: &str, ip: IpAddr) -> anyhow::Result<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(ip) => Ok(ip),
+        IpAddr::V6(_) => Err(crate::invalid!(
+            "{what} {ip} is an IPv6 address: netd networks are IPv4-only for now"
+        )),
     }
 }
 

@@ -9,14 +9,33 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use serde::de::DeserializeOwned;
+
+use crate::error::ErrorKind;
 
 use crate::api::{
     Attachment, CniAttach, CniAttachment, CniCollected, CniDetach, CniNetwork, CniReady,
-    ConntrackRow, Container, ContainerCreated, ContainerSpec, Disconnected, MonitorEvent, Network,
-    NetworkDetails, NetworkSpec, Refusal, Removed, RepairReport, Request, Response, RuleAdd,
-    RuleEntry, Status, Stopped,
+    ConntrackRow, Container, ContainerSpec, Disconnected, MonitorEvent, Network, NetworkDetails,
+    NetworkSpec, Removed, RepairReport, Reply, Request, Response, RuleAdd, RuleEntry, Status,
+    Stopped,
 };
+
+/// The reply's data if it is of `$variant`: any other reply type is the
+/// daemon answering another request than the one sent.
+macro_rules! expect_reply {
+    ($reply:expr, $variant:ident, boxed) => {
+        expect_reply!($reply, $variant).map(|data| *data)
+    };
+    ($reply:expr, $variant:ident) => {
+        match $reply {
+            Reply::$variant(data) => Ok(data),
+            other => Err(anyhow::anyhow!(
+                "the daemon answered with a {} reply where {} was expected",
+                other.type_name(),
+                stringify!($variant)
+            )),
+        }
+    };
+}
 
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -54,9 +73,9 @@ impl Client {
         Ok(stream)
     }
 
-    /// Sends one request and decodes its reply as `T`; a refusal is an error
-    /// carrying the daemon's message.
-    pub fn call<T: DeserializeOwned>(&self, request: &Request) -> Result<T> {
+    /// Sends one request and decodes its reply (tagged with its type); a
+    /// refusal is an error carrying the daemon's kind and message.
+    pub fn call(&self, request: &Request) -> Result<Reply> {
         let mut stream = self.connect()?;
         let mut line = serde_json::to_vec(request)?;
         line.push(b'\n');
@@ -72,126 +91,147 @@ impl Client {
             )
             .into());
         }
-        let response: Response<T> = serde_json::from_str(&reply)
+        let response: Response<Reply> = serde_json::from_str(&reply)
             .with_context(|| format!("malformed reply from the daemon: {}", reply.trim_end()))?;
         decode(response)
     }
 
     pub fn network_create(&self, spec: NetworkSpec) -> Result<Network> {
-        self.call(&Request::NetworkCreate(spec))
+        expect_reply!(self.call(&Request::NetworkCreate(spec))?, Network)
     }
 
     pub fn network_ls(&self) -> Result<Vec<Network>> {
-        self.call(&Request::NetworkLs)
+        expect_reply!(self.call(&Request::NetworkLs)?, Networks)
     }
 
     pub fn network_inspect(&self, name: &str) -> Result<NetworkDetails> {
-        self.call(&Request::NetworkInspect {
-            name: name.to_owned(),
-        })
+        expect_reply!(
+            self.call(&Request::NetworkInspect {
+                name: name.to_owned(),
+            })?,
+            NetworkDetails
+        )
     }
 
     pub fn network_rm(&self, name: &str) -> Result<Removed> {
-        self.call(&Request::NetworkRm {
-            name: name.to_owned(),
-        })
+        expect_reply!(
+            self.call(&Request::NetworkRm {
+                name: name.to_owned(),
+            })?,
+            Removed
+        )
     }
 
     pub fn network_connect(
         &self,
         network: &str,
         container: &str,
-        ip: Option<String>,
+        ip: Option<std::net::IpAddr>,
     ) -> Result<Attachment> {
-        self.call(&Request::NetworkConnect {
-            network: network.to_owned(),
-            container: container.to_owned(),
-            ip,
-        })
+        expect_reply!(
+            self.call(&Request::NetworkConnect {
+                network: network.to_owned(),
+                container: container.to_owned(),
+                ip,
+            })?,
+            Attachment
+        )
     }
 
     pub fn network_disconnect(&self, network: &str, container: &str) -> Result<Disconnected> {
-        self.call(&Request::NetworkDisconnect {
-            network: network.to_owned(),
-            container: container.to_owned(),
-        })
+        expect_reply!(
+            self.call(&Request::NetworkDisconnect {
+                network: network.to_owned(),
+                container: container.to_owned(),
+            })?,
+            Disconnected
+        )
     }
 
-    pub fn container_create(&self, spec: ContainerSpec) -> Result<ContainerCreated> {
-        self.call(&Request::ContainerCreate(spec))
+    pub fn container_create(&self, spec: ContainerSpec) -> Result<Container> {
+        expect_reply!(self.call(&Request::ContainerCreate(spec))?, Container)
     }
 
     pub fn container_rm(&self, name: &str) -> Result<Removed> {
-        self.call(&Request::ContainerRm {
-            name: name.to_owned(),
-        })
+        expect_reply!(
+            self.call(&Request::ContainerRm {
+                name: name.to_owned(),
+            })?,
+            Removed
+        )
     }
 
     pub fn container_ls(&self) -> Result<Vec<Container>> {
-        self.call(&Request::ContainerLs)
+        expect_reply!(self.call(&Request::ContainerLs)?, Containers)
     }
 
     pub fn container_inspect(&self, name: &str) -> Result<Container> {
-        self.call(&Request::ContainerInspect {
-            name: name.to_owned(),
-        })
+        expect_reply!(
+            self.call(&Request::ContainerInspect {
+                name: name.to_owned(),
+            })?,
+            Container
+        )
     }
 
     pub fn status(&self) -> Result<Status> {
-        self.call(&Request::Status)
+        expect_reply!(self.call(&Request::Status)?, Status, boxed)
     }
 
     pub fn repair(&self) -> Result<RepairReport> {
-        self.call(&Request::Repair)
+        expect_reply!(self.call(&Request::Repair)?, Repair)
     }
 
     pub fn conntrack(&self) -> Result<Vec<ConntrackRow>> {
-        self.call(&Request::ConntrackLs)
+        expect_reply!(self.call(&Request::ConntrackLs)?, Conntrack)
     }
 
     pub fn down(&self) -> Result<Stopped> {
-        self.call(&Request::Down)
+        expect_reply!(self.call(&Request::Down)?, Stopped)
     }
 
     pub fn cni_add(&self, attach: CniAttach) -> Result<CniAttachment> {
-        self.call(&Request::CniAdd(attach))
+        expect_reply!(self.call(&Request::CniAdd(attach))?, CniAttachment, boxed)
     }
 
     pub fn cni_check(&self, attach: CniAttach) -> Result<CniAttachment> {
-        self.call(&Request::CniCheck(attach))
+        expect_reply!(self.call(&Request::CniCheck(attach))?, CniAttachment, boxed)
     }
 
     pub fn cni_del(&self, detach: CniDetach) -> Result<Removed> {
-        self.call(&Request::CniDel(detach))
+        expect_reply!(self.call(&Request::CniDel(detach))?, Removed)
     }
 
     pub fn cni_gc(&self, network: &str, valid: Vec<CniDetach>) -> Result<CniCollected> {
-        self.call(&Request::CniGc {
-            network: network.to_owned(),
-            valid,
-        })
+        expect_reply!(
+            self.call(&Request::CniGc {
+                network: network.to_owned(),
+                valid,
+            })?,
+            CniCollected
+        )
     }
 
     pub fn cni_status(&self, network: CniNetwork) -> Result<CniReady> {
-        self.call(&Request::CniStatus(network))
+        expect_reply!(self.call(&Request::CniStatus(network))?, CniReady)
     }
 
     /// Drop events as they happen; returns once the daemon confirmed the
     /// stream is live (its hello line), so nothing sent after is missed.
     pub fn rule_add(&self, add: RuleAdd) -> Result<RuleEntry> {
-        self.call(&Request::RuleAdd(add))
+        expect_reply!(self.call(&Request::RuleAdd(add))?, Rule)
     }
 
     pub fn rule_rm(&self, id: u32) -> Result<RuleEntry> {
-        self.call(&Request::RuleRm { id })
+        expect_reply!(self.call(&Request::RuleRm { id })?, Rule)
     }
 
     pub fn rule_load(&self, rules: Vec<crate::rule::UserRule>) -> Result<Vec<RuleEntry>> {
-        self.call(&Request::RuleLoad { rules })
+        expect_reply!(self.call(&Request::RuleLoad { rules })?, Rules)
     }
 
     pub fn rule_ls(&self) -> Result<Vec<RuleEntry>> {
-        self.call(&Request::RuleLs)
+        expect_reply!(self.call(&Request::RuleLs)?, Rules)
     }
 
     pub fn monitor(&self) -> Result<Monitor> {
@@ -213,10 +253,10 @@ impl Client {
 fn decode<T>(response: Response<T>) -> Result<T> {
     if !response.ok {
         let message = response.error.unwrap_or_else(|| "request failed".into());
-        return Err(match response.code {
-            Some(code) => Refusal::error(code, message),
-            None => anyhow::anyhow!(message),
-        });
+        let kind = response.kind.unwrap_or(ErrorKind::Internal);
+        let mut refusal = crate::error::Error::new(kind, message);
+        refusal.cni_code = response.code;
+        return Err(refusal.into());
     }
     response.data.context("the daemon's reply has no data")
 }

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::cidr::Cidr;
 
@@ -21,13 +21,15 @@ pub fn default_pools() -> impl Iterator<Item = Cidr> {
 pub fn allocate_subnet(taken: &[Cidr]) -> Result<Cidr> {
     default_pools()
         .find(|candidate| !taken.iter().any(|t| t.overlaps(candidate)))
-        .ok_or_else(|| anyhow::anyhow!("all default address pools are in use; pass --subnet"))
+        .ok_or_else(|| crate::conflict!("all default address pools are in use; pass --subnet"))
 }
 
 /// Refuses a subnet that overlaps an existing network (`named` = (name, subnet)).
 pub fn check_subnet_free(subnet: &Cidr, named: &[(String, Cidr)]) -> Result<()> {
     if let Some((name, other)) = named.iter().find(|(_, other)| other.overlaps(subnet)) {
-        bail!("subnet {subnet} overlaps network {name:?} ({other}); choose another --subnet");
+        return Err(crate::conflict!(
+            "subnet {subnet} overlaps network {name:?} ({other}); choose another --subnet"
+        ));
     }
     Ok(())
 }
@@ -35,7 +37,9 @@ pub fn check_subnet_free(subnet: &Cidr, named: &[(String, Cidr)]) -> Result<()> 
 /// Checks a requested gateway or container address against its subnet.
 pub fn check_in_subnet(what: &str, ip: Ipv4Addr, subnet: &Cidr) -> Result<()> {
     if !subnet.contains(ip) || ip == subnet.network() || ip == subnet.broadcast() {
-        bail!("{what} {ip} is not a usable address of subnet {subnet}");
+        return Err(crate::invalid!(
+            "{what} {ip} is not a usable address of subnet {subnet}"
+        ));
     }
     Ok(())
 }
@@ -45,7 +49,7 @@ pub fn allocate_ip(subnet: &Cidr, used: &BTreeSet<Ipv4Addr>) -> Result<Ipv4Addr>
     subnet
         .hosts()
         .find(|ip| !used.contains(ip))
-        .ok_or_else(|| anyhow::anyhow!("no free address left in {subnet}"))
+        .ok_or_else(|| crate::conflict!("no free address left in {subnet}"))
 }
 
 #[cfg(test)]

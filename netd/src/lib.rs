@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod driver;
 pub mod engine;
+pub mod error;
 pub mod features;
 pub mod frontend;
 pub mod host;

@@ -57,6 +57,8 @@ fn request_histogram() -> Histogram {
 /// What the daemon records as it runs; shared by its tasks.
 pub struct Metrics {
     requests: Family<KindLabel, Histogram, fn() -> Histogram>,
+    /// The datapath's time to install one container's published ports.
+    publish: Histogram,
     gc_runs: Counter,
     gc_removed: Counter,
     repairs: Counter,
@@ -66,6 +68,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             requests: Family::new_with_constructor(request_histogram),
+            publish: request_histogram(),
             gc_runs: Counter::default(),
             gc_removed: Counter::default(),
             repairs: Counter::default(),
@@ -86,6 +89,11 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// A container's ports went into the datapath in `seconds`.
+    pub fn published(&self, seconds: f64) {
+        self.publish.observe(seconds);
+    }
+
     pub fn gc_run(&self, removed: usize) {
         self.gc_runs.inc();
         self.gc_removed.inc_by(removed as u64);
@@ -103,6 +111,11 @@ impl Metrics {
             "request_duration_seconds",
             "Time to serve a request on the CLI socket, by kind",
             self.requests.clone(),
+        );
+        registry.register(
+            "datapath_publish_seconds",
+            "Time the datapath took to install one new container's published ports",
+            self.publish.clone(),
         );
         registry.register(
             "conntrack_gc_runs",

@@ -2,7 +2,7 @@
 
 use std::{fmt, net::Ipv4Addr};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 #[derive(
@@ -57,7 +57,11 @@ impl PortSpec {
         let (rest, proto) = match spec.rsplit_once('/') {
             Some((rest, "tcp")) => (rest, Proto::Tcp),
             Some((rest, "udp")) => (rest, Proto::Udp),
-            Some((_, other)) => bail!("-p {spec}: unknown protocol {other:?} (tcp or udp)"),
+            Some((_, other)) => {
+                return Err(crate::invalid!(
+                    "-p {spec}: unknown protocol {other:?} (tcp or udp)"
+                ));
+            }
             None => (spec, Proto::Tcp),
         };
         let parts: Vec<&str> = rest.split(':').collect();
@@ -65,12 +69,12 @@ impl PortSpec {
             [c] => (None, None, *c),
             [h, c] => (None, Some(*h), *c),
             [ip, h, c] => (Some(*ip), (!h.is_empty()).then_some(*h), *c),
-            _ => bail!("-p {spec}: {hint}"),
+            _ => return Err(crate::invalid!("-p {spec}: {hint}")),
         };
         let host_ip = match host_ip {
             Some(ip) => ip
                 .parse()
-                .with_context(|| format!("-p {spec}: {ip:?} is not an IPv4 address"))?,
+                .map_err(|_| crate::invalid!("-p {spec}: {ip:?} is not an IPv4 address"))?,
             None => Ipv4Addr::UNSPECIFIED,
         };
         let container_ports =
@@ -79,30 +83,51 @@ impl PortSpec {
             Some(h) => Some(port_range(h).with_context(|| format!("-p {spec}: {hint}"))?),
             None => None,
         };
-        if let Some((start, end)) = host_ports {
-            let (cs, ce) = container_ports;
-            // One container port and a host range: any one port of the range.
-            if end - start != ce - cs && cs != ce {
-                bail!(
-                    "-p {spec}: host range {start}-{end} and container range {cs}-{ce} differ in size"
-                );
-            }
-        }
-        Ok(Self {
+        let parsed = Self {
             host_ip,
             host_ports,
             container_ports,
             proto,
-        })
+        };
+        parsed.check().with_context(|| format!("-p {spec}"))?;
+        Ok(parsed)
+    }
+
+    /// Whether the spec makes sense, however it was made (parsed here, or
+    /// sent typed over the socket): ports 1-65535, ranges in order, host
+    /// and container ranges of one size (or one container port for any one
+    /// port of a host range, as Docker's).
+    pub fn check(&self) -> Result<()> {
+        let ranges = [Some(self.container_ports), self.host_ports];
+        for (start, end) in ranges.into_iter().flatten() {
+            if start == 0 || end < start {
+                return Err(crate::invalid!(
+                    "port range {start}-{end} is not in 1-65535 or ends before it starts"
+                ));
+            }
+        }
+        if let Some((start, end)) = self.host_ports {
+            let (cs, ce) = self.container_ports;
+            if end - start != ce - cs && cs != ce {
+                return Err(crate::invalid!(
+                    "host range {start}-{end} and container range {cs}-{ce} differ in size"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
 fn port_range(s: &str) -> Result<(u16, u16)> {
     let (a, b) = s.split_once('-').unwrap_or((s, s));
-    let a: u16 = a.parse().with_context(|| format!("{a:?} is not a port"))?;
-    let b: u16 = b.parse().with_context(|| format!("{b:?} is not a port"))?;
+    let a: u16 = a
+        .parse()
+        .map_err(|_| crate::invalid!("{a:?} is not a port"))?;
+    let b: u16 = b
+        .parse()
+        .map_err(|_| crate::invalid!("{b:?} is not a port"))?;
     if a == 0 || b < a {
-        bail!("bad port range {s}");
+        return Err(crate::invalid!("bad port range {s}"));
     }
     Ok((a, b))
 }

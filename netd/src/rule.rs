@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use ipnet::Ipv4Net;
 use netd_common::{RULE_ALLOW, RULE_DENY, RuleKey, RuleVerdict, rule_class, rule_key};
 use serde::{Deserialize, Serialize};
@@ -61,20 +61,26 @@ impl UserRule {
         if let Some(source) = self.source
             && source.network() != source.addr()
         {
-            bail!(
+            return Err(crate::invalid!(
                 "source {source} is not a network address; did you mean {}?",
                 source.trunc()
-            );
+            ));
         }
         if let Some((first, last)) = self.ports {
             if first == 0 || last == 0 {
-                bail!("port 0 cannot be matched: ports are 1-65535");
+                return Err(crate::invalid!(
+                    "port 0 cannot be matched: ports are 1-65535"
+                ));
             }
             if last < first {
-                bail!("port range {first}-{last} ends before it starts");
+                return Err(crate::invalid!(
+                    "port range {first}-{last} ends before it starts"
+                ));
             }
             if self.proto.is_none() {
-                bail!("a port needs a protocol: add --proto tcp or --proto udp");
+                return Err(crate::invalid!(
+                    "a port needs a protocol: add --proto tcp or --proto udp"
+                ));
             }
         }
         if let Some(name) = &self.in_interface {
@@ -148,12 +154,14 @@ pub fn check_capacity<'a>(rules: impl IntoIterator<Item = &'a UserRule>) -> Resu
         entries += rule.ports_count();
     }
     if rules_count > MAX_RULES {
-        bail!("too many rules: netd keeps at most {MAX_RULES}");
+        return Err(crate::conflict!(
+            "too many rules: netd keeps at most {MAX_RULES}"
+        ));
     }
     if entries > MAX_TRIE_ENTRIES {
-        bail!(
+        return Err(crate::conflict!(
             "the rules would take {entries} datapath entries (one per port of a range), more than the {MAX_TRIE_ENTRIES} there are room for"
-        );
+        ));
     }
     Ok(())
 }

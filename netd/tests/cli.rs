@@ -1,6 +1,7 @@
 //! `netd daemon` and its CLI through the real binary, in isolated
 //! namespaces: every command, bad input, restarts, parallel calls.
 
+use netd::error::ErrorKind;
 use std::{
     io::{Read as _, Write as _},
     net::SocketAddr,
@@ -130,7 +131,11 @@ fn networks_containers_and_published_ports_end_to_end() {
     assert_eq!(cells[1], "2", "{endpoints}");
     assert!(serde_json::from_str::<serde_json::Value>(&text).is_err());
 
-    h.refused(&["network", "rm", "backend"], "has containers attached");
+    h.refused(
+        &["network", "rm", "backend"],
+        ErrorKind::Conflict,
+        "has containers attached",
+    );
     h.ok(&["container", "rm", &db]);
     h.ok(&["network", "rm", "backend"]);
     assert!(!PathBuf::from(format!("/run/netns/{db}")).exists());
@@ -160,9 +165,14 @@ fn bad_input_is_refused_and_changes_nothing() {
         "-p",
         "8080:80",
     ]);
-    h.refused(&["network", "create", "web"], "already exists");
+    h.refused(
+        &["network", "create", "web"],
+        ErrorKind::Conflict,
+        "already exists",
+    );
     h.refused(
         &["network", "create", "other", "--subnet", "10.10.5.0/24"],
+        ErrorKind::Conflict,
         "overlaps network \"web\"",
     );
     h.refused(
@@ -175,18 +185,29 @@ fn bad_input_is_refused_and_changes_nothing() {
             "--gateway",
             "10.30.0.1",
         ],
+        ErrorKind::Invalid,
         "not a usable address of subnet",
     );
     h.refused(
         &["network", "create", "other", "--subnet", "10.20.0.5/16"],
+        ErrorKind::Invalid,
         "did you mean 10.20.0.0/16",
     );
     h.refused(
         &["network", "create", "other", "--subnet", "banana"],
+        ErrorKind::Invalid,
         "is not a subnet",
     );
-    h.refused(&["network", "create", "bad/name"], "invalid network name");
-    h.refused(&["network", "create", "host"], "reserved");
+    h.refused(
+        &["network", "create", "bad/name"],
+        ErrorKind::Invalid,
+        "invalid network name",
+    );
+    h.refused(
+        &["network", "create", "host"],
+        ErrorKind::Invalid,
+        "reserved",
+    );
     h.refused(
         &[
             "container",
@@ -197,6 +218,7 @@ fn bad_input_is_refused_and_changes_nothing() {
             "--ip",
             "10.10.0.5",
         ],
+        ErrorKind::Conflict,
         "already in use",
     );
     h.refused(
@@ -209,28 +231,45 @@ fn bad_input_is_refused_and_changes_nothing() {
             "--ip",
             "10.99.0.5",
         ],
+        ErrorKind::Invalid,
         "not a usable address",
     );
     h.refused(
         &["container", "create", &h.name("c2"), "-p", "8080:81"],
+        ErrorKind::Conflict,
         "already published",
     );
     h.refused(
         &["container", "create", &h.name("c2"), "-p", "80:80/sctp"],
+        ErrorKind::Invalid,
         "unknown protocol",
     );
     // (`-p 1-3:80` is Docker's "any one of 1-3": accepted.)
     h.refused(
         &["container", "create", &h.name("c2"), "-p", "1-3:80-81"],
+        ErrorKind::Invalid,
         "differ in size",
     );
     h.refused(
         &["container", "create", &h.name("c2"), "--network", "nope"],
+        ErrorKind::NotFound,
         "no network named \"nope\"",
     );
-    h.refused(&["container", "create", &c1], "already exists");
-    h.refused(&["container", "rm", "nope"], "no container named");
-    h.refused(&["network", "inspect", "nope"], "no network named");
+    h.refused(
+        &["container", "create", &c1],
+        ErrorKind::Conflict,
+        "already exists",
+    );
+    h.refused(
+        &["container", "rm", "nope"],
+        ErrorKind::NotFound,
+        "no container named",
+    );
+    h.refused(
+        &["network", "inspect", "nope"],
+        ErrorKind::NotFound,
+        "no network named",
+    );
     // Nothing half-made was left behind by the refusals.
     assert!(!PathBuf::from(format!("/run/netns/{}", h.name("c2"))).exists());
     let links = Command::new("ip")
@@ -257,6 +296,7 @@ fn malformed_requests_get_an_error_and_the_daemon_keeps_serving() {
         s.read_to_string(&mut reply).unwrap();
         let reply: Value = serde_json::from_str(&reply).unwrap();
         assert_eq!(reply["ok"], false, "{reply}");
+        assert_eq!(reply["kind"], "invalid", "{reply}");
     }
     let mut s = UnixStream::connect(h.socket()).unwrap();
     let _ = s.write_all(&vec![b'x'; netd::api::MAX_REQUEST_BYTES + 1000]);
@@ -541,18 +581,31 @@ fn connect_and_disconnect_move_a_container_between_networks() {
         probe::ping(&h.ctr("a"), "10.50.0.2", 1).unwrap(),
         "same network after connect"
     );
-    h.refused(&["network", "connect", "apps", &a], "already connected");
+    h.refused(
+        &["network", "connect", "apps", &a],
+        ErrorKind::Conflict,
+        "already connected",
+    );
     h.refused(
         &["network", "connect", "apps", &host_mode],
+        ErrorKind::Invalid,
         "cannot join other networks",
     );
-    h.refused(&["network", "connect", "nope", &a], "no network named");
+    h.refused(
+        &["network", "connect", "nope", &a],
+        ErrorKind::NotFound,
+        "no network named",
+    );
     h.ok(&["network", "disconnect", "apps", &a]);
     assert!(
         !probe::ping(&h.ctr("a"), "10.50.0.2", 1).unwrap(),
         "isolated after disconnect"
     );
-    h.refused(&["network", "disconnect", "apps", &a], "is not connected");
+    h.refused(
+        &["network", "disconnect", "apps", &a],
+        ErrorKind::NotFound,
+        "is not connected",
+    );
     assert_eq!(
         h.json(&["container", "inspect", &a])["attachments"]
             .as_array()

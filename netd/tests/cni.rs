@@ -272,8 +272,8 @@ fn bad_requests_get_cni_errors_and_change_nothing() {
     };
     CniTool::expect_error(
         &cni.exec("ADD", Some(&missing), &conf),
-        100,
-        "is not a network namespace",
+        4,
+        "CNI_NETNS /run/netns/none-such is not a network namespace",
     );
     CniTool::expect_error(
         &cni.exec("CHECK", Some(&att), &conf),

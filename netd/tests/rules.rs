@@ -2,6 +2,7 @@
 //! datapaths: refusals that change nothing, the drop seen where it was
 //! decided, and rules in force without a gap across kill -9 and restart.
 
+use netd::error::ErrorKind;
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
@@ -74,22 +75,45 @@ fn check(datapath: &str, flags: &[&str], xdp: &str) {
     assert!(probe::tcp_request(&h.outside, published, b"").is_ok());
 
     // Bad rules: each refused with its reason, nothing changed.
-    for (args, message) in [
-        (&["--source", "10.0.0.1/8"][..], "did you mean 10.0.0.0/8"),
-        (&["--source", "300.1.1.1"], "is not an IPv4 address or CIDR"),
+    for (args, kind, message) in [
+        (
+            &["--source", "10.0.0.1/8"][..],
+            ErrorKind::Invalid,
+            "did you mean 10.0.0.0/8",
+        ),
+        (
+            &["--source", "300.1.1.1"],
+            ErrorKind::Invalid,
+            "is not an IPv4 address or CIDR",
+        ),
         (
             &["--proto", "tcp", "--port", "0"],
+            ErrorKind::Invalid,
             "port 0 cannot be matched",
         ),
-        (&["--port", "80"], "a port needs a protocol"),
+        (
+            &["--port", "80"],
+            ErrorKind::Invalid,
+            "a port needs a protocol",
+        ),
         (
             &["--proto", "tcp", "--port", "90-80"],
+            ErrorKind::Invalid,
             "ends before it starts",
         ),
-        (&["--network", "nope"], "no network named \"nope\""),
-        (&["--in-interface", "a/b"], "not a valid interface name"),
+        (
+            &["--network", "nope"],
+            ErrorKind::NotFound,
+            "no network named \"nope\"",
+        ),
+        (
+            &["--in-interface", "a/b"],
+            ErrorKind::Invalid,
+            "not a valid interface name",
+        ),
         (
             &["--position", "2"],
+            ErrorKind::Invalid,
             "position 2 is outside the list (1 to 1)",
         ),
     ] {
@@ -98,7 +122,7 @@ fn check(datapath: &str, flags: &[&str], xdp: &str) {
             .chain(args)
             .copied()
             .collect();
-        h.refused(&cmd, message);
+        h.refused(&cmd, kind, message);
     }
 
     let uplink = h.uplink.clone();
@@ -116,7 +140,11 @@ fn check(datapath: &str, flags: &[&str], xdp: &str) {
         &uplink,
     ];
     let id = h.ok(&deny).trim().to_owned();
-    h.refused(&deny, "already matches exactly this traffic");
+    h.refused(
+        &deny,
+        ErrorKind::Conflict,
+        "already matches exactly this traffic",
+    );
     let status = h.json(&["status", "--format", "json"]);
     assert_eq!(
         status["user_rules"][0]["text"],
@@ -165,7 +193,11 @@ fn check(datapath: &str, flags: &[&str], xdp: &str) {
     h.ok(&["rule", "add", "deny", "--in-interface", "nosuchif0"]);
     let reply = probe::tcp_request(&h.outside, published, b"").unwrap();
     assert_eq!(reply, OUTSIDE_IP.as_bytes());
-    h.refused(&["rule", "rm", "999"], "no rule with ID 999");
+    h.refused(
+        &["rule", "rm", "999"],
+        ErrorKind::NotFound,
+        "no rule with ID 999",
+    );
 
     // A whole list at once, from a file; a bad line refuses all of it.
     let file = std::env::temp_dir().join(format!("{}-rules", h.name("load")));
@@ -175,13 +207,21 @@ fn check(datapath: &str, flags: &[&str], xdp: &str) {
     assert_eq!(h.ok(&["rule", "load", &path]).trim(), "2 rules");
     assert!(probe::tcp_request(&h.outside, published, b"").is_err());
     std::fs::write(&file, "deny --proto tcp --port 22\ndeny --port 80\n").unwrap();
-    h.refused(&["rule", "load", &path], "line 2: deny --port 80");
+    h.refused(
+        &["rule", "load", &path],
+        ErrorKind::Invalid,
+        "line 2: deny --port 80",
+    );
     std::fs::write(
         &file,
         "deny --proto tcp --port 22\ndeny --proto tcp --port 22\n",
     )
     .unwrap();
-    h.refused(&["rule", "load", &path], "matches exactly what rule 1 does");
+    h.refused(
+        &["rule", "load", &path],
+        ErrorKind::Invalid,
+        "matches exactly what rule 1 does",
+    );
     let listed = h.json(&["rule", "ls", "--format", "json"]);
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
     std::fs::write(&file, "# nothing\n").unwrap();

@@ -229,8 +229,9 @@ impl DaemonHost {
         serde_json::from_str(&self.ok(args)).unwrap()
     }
 
-    /// Expects refusal with a message containing `message`, and no change.
-    pub fn refused(&self, args: &[&str], message: &str) {
+    /// Expects refusal of `kind` (the CLI's exit status) with a message
+    /// containing `message`, and no change.
+    pub fn refused(&self, args: &[&str], kind: netd::error::ErrorKind, message: &str) {
         let before = (
             self.ok(&["network", "ls", "--format", "json"]),
             self.ok(&["container", "ls", "--format", "json"]),
@@ -239,6 +240,12 @@ impl DaemonHost {
         let out = self.netd(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "netd {args:?} should fail");
+        assert_eq!(
+            out.status.code(),
+            Some(i32::from(kind.exit_code())),
+            "netd {args:?} should be refused as {} (stderr: {stderr:?})",
+            kind.label()
+        );
         assert!(
             stderr.contains(message),
             "netd {args:?}: {stderr:?} lacks {message:?}"

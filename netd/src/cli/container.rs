@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use netd::{api::ContainerSpec, client::Client, state::Sandbox};
 
-use super::output::{Format, print_json, print_rows};
+use super::output::{self, Format, print_json, print_rows};
 
 #[derive(Subcommand)]
 pub enum ContainerCommand {
@@ -14,11 +14,11 @@ pub enum ContainerCommand {
         /// A network name, `host` or `none`.
         #[arg(long, default_value = "bridge")]
         network: String,
-        #[arg(long)]
-        ip: Option<String>,
+        #[arg(long, value_parser = output::address)]
+        ip: Option<std::net::IpAddr>,
         /// Publish: [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|/udp]
-        #[arg(short = 'p', long = "publish")]
-        publish: Vec<String>,
+        #[arg(short = 'p', long = "publish", value_parser = output::publish)]
+        publish: Vec<netd::portspec::PortSpec>,
     },
     /// Remove a container and its namespace.
     Rm { name: String },
@@ -45,7 +45,7 @@ pub fn run(client: &Client, command: ContainerCommand) -> Result<()> {
                 ip,
                 publish,
             })?;
-            println!("{}", created.container.name);
+            println!("{}", created.name);
         }
         ContainerCommand::Rm { name } => println!("{}", client.container_rm(&name)?.removed),
         ContainerCommand::Ls { format } => {

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use netd::{api::NetworkSpec, client::Client};
 
-use super::output::{Format, print_json, print_rows};
+use super::output::{self, Format, print_json, print_rows};
 
 #[derive(Subcommand)]
 pub enum NetworkCommand {
@@ -23,8 +23,8 @@ pub enum NetworkCommand {
     Connect {
         network: String,
         container: String,
-        #[arg(long)]
-        ip: Option<String>,
+        #[arg(long, value_parser = output::address)]
+        ip: Option<std::net::IpAddr>,
     },
     /// Disconnect a container from a network (ports published to that
     /// address go with it).
@@ -36,11 +36,11 @@ pub enum NetworkCommand {
 pub struct CreateArgs {
     name: String,
     /// Subnet in CIDR form (default: next free Docker pool).
-    #[arg(long)]
-    subnet: Option<String>,
+    #[arg(long, value_parser = output::subnet)]
+    subnet: Option<ipnet::IpNet>,
     /// Gateway address (default: the subnet's first address).
-    #[arg(long)]
-    gateway: Option<String>,
+    #[arg(long, value_parser = output::address)]
+    gateway: Option<std::net::IpAddr>,
     /// No traffic to or from outside the network.
     #[arg(long)]
     internal: bool,
@@ -51,21 +51,21 @@ pub struct CreateArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     masquerade: bool,
     /// Source address for this network's masquerade.
-    #[arg(long)]
-    host_ip: Option<String>,
+    #[arg(long, value_parser = output::address)]
+    host_ip: Option<std::net::IpAddr>,
     #[arg(long)]
     mtu: Option<u32>,
     /// The bridge's name (default: br- and 12 hex digits).
     #[arg(long)]
     bridge: Option<String>,
     /// Host address ports are published on when -p names none (default: all).
-    #[arg(long)]
-    binding_ip: Option<String>,
+    #[arg(long, value_parser = output::address)]
+    binding_ip: Option<std::net::IpAddr>,
     /// A CIDR routed without NAT both ways, e.g. a cluster's pod range:
     /// containers keep their address towards it, and it may reach them
     /// (repeatable).
-    #[arg(long = "routed-cidr", value_name = "CIDR")]
-    routed_cidrs: Vec<String>,
+    #[arg(long = "routed-cidr", value_name = "CIDR", value_parser = output::subnet)]
+    routed_cidrs: Vec<ipnet::IpNet>,
 }
 
 impl From<CreateArgs> for NetworkSpec {

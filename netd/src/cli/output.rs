@@ -1,4 +1,5 @@
-//! Printing replies: JSON for scripts, aligned tables for people.
+//! Printing replies (JSON for scripts, aligned tables for people) and
+//! parsing typed arguments.
 
 use anyhow::Result;
 use serde::Serialize;
@@ -54,4 +55,20 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
     let mut lines = vec![line(headers.iter().map(|h| h.to_uppercase()).collect())];
     lines.extend(rows.into_iter().map(line));
     lines
+}
+
+/// `--subnet` and the like: a prefix in CIDR form.
+pub fn subnet(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not a subnet like 172.18.0.0/16"))
+}
+
+/// `--ip`, `--gateway` and the like: one address.
+pub fn address(s: &str) -> Result<std::net::IpAddr, String> {
+    s.parse().map_err(|_| format!("{s:?} is not an IP address"))
+}
+
+/// `-p`: Docker's syntax.
+pub fn publish(s: &str) -> Result<netd::portspec::PortSpec, String> {
+    netd::portspec::PortSpec::parse(s).map_err(|err| format!("{err:#}"))
 }

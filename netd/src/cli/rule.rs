@@ -1,6 +1,6 @@
 //! `netd rule …`: the user's firewall rules (netd's DOCKER-USER).
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use netd::{
     api::{RuleAdd, RuleEntry},
@@ -78,10 +78,10 @@ fn read_rules(file: &std::path::Path) -> Result<Vec<UserRule>> {
         }
         let context = || format!("{} line {}: {line}", file.display(), n + 1);
         let parsed = <RuleLine as clap::Parser>::try_parse_from(line.split_whitespace())
-            .map_err(|err| anyhow::anyhow!("{}", err.render().to_string().trim()))
+            .map_err(|err| netd::invalid!("{}", err.render().to_string().trim()))
             .with_context(context)?;
         if parsed.rule.position.is_some() {
-            return Err(anyhow::anyhow!(
+            return Err(netd::invalid!(
                 "--position has no place in a file: the order is the lines'"
             ))
             .with_context(context);
@@ -123,18 +123,20 @@ fn parse_source(text: &str) -> Result<ipnet::Ipv4Net> {
         return Ok(ipnet::Ipv4Net::from(addr));
     }
     text.parse()
-        .with_context(|| format!("--source {text:?} is not an IPv4 address or CIDR"))
+        .map_err(|_| netd::invalid!("--source {text:?} is not an IPv4 address or CIDR"))
 }
 
 fn parse_ports(text: &str) -> Result<(u16, u16)> {
     let (first, last) = text.split_once('-').unwrap_or((text, text));
     let port = |p: &str| {
         p.parse::<u16>()
-            .with_context(|| format!("--port {text:?}: {p:?} is not a port number"))
+            .map_err(|_| netd::invalid!("--port {text:?}: {p:?} is not a port number"))
     };
     let ports = (port(first)?, port(last)?);
     if ports.0 == 0 || ports.1 == 0 {
-        bail!("--port {text:?}: port 0 cannot be matched (ports are 1-65535)");
+        return Err(netd::invalid!(
+            "--port {text:?}: port 0 cannot be matched (ports are 1-65535)"
+        ));
     }
     Ok(ports)
 }

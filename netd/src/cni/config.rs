@@ -2,7 +2,10 @@
 //! the network configuration on stdin, typed. Unknown keys are ignored (as
 //! every CNI plugin does: conflists carry other plugins' options).
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+};
 
 use serde::Deserialize;
 
@@ -184,17 +187,44 @@ impl NetConf {
                  ipam.subnet: they apply when netd makes the network on first use",
             ));
         }
-        let create = subnet.map(|subnet| NetworkSpec {
-            subnet: Some(subnet),
-            gateway,
-            internal: self.internal,
-            icc: self.icc.unwrap_or(true),
-            masquerade: self.masquerade.unwrap_or(true),
-            mtu: self.mtu,
-            bridge: self.bridge.clone(),
-            routed_cidrs: self.routed_cidrs.clone(),
-            ..NetworkSpec::named(network.clone())
-        });
+        let invalid = |what: &str, text: &str| {
+            Failure::new(
+                code::INVALID_NETWORK_CONFIG,
+                format!(
+                    "{what} {text:?} is not {}",
+                    if what.contains("gateway") {
+                        "an address"
+                    } else {
+                        "a CIDR"
+                    }
+                ),
+            )
+        };
+        let create = match subnet {
+            Some(subnet) => Some(NetworkSpec {
+                subnet: Some(
+                    subnet
+                        .parse()
+                        .map_err(|_| invalid("ipam subnet", &subnet))?,
+                ),
+                gateway: match gateway {
+                    Some(g) => Some(g.parse().map_err(|_| invalid("ipam gateway", &g))?),
+                    None => None,
+                },
+                internal: self.internal,
+                icc: self.icc.unwrap_or(true),
+                masquerade: self.masquerade.unwrap_or(true),
+                mtu: self.mtu,
+                bridge: self.bridge.clone(),
+                routed_cidrs: self
+                    .routed_cidrs
+                    .iter()
+                    .map(|c| c.parse().map_err(|_| invalid("routedCidrs entry", c)))
+                    .collect::<Result<_, _>>()?,
+                ..NetworkSpec::named(network.clone())
+            }),
+            None => None,
+        };
         Ok(CniNetwork { network, create })
     }
 
@@ -219,18 +249,18 @@ impl NetConf {
     }
 
     /// The address asked for through the `ips` capability, if any.
-    pub fn requested_ip(&self) -> Result<Option<String>, Failure> {
+    pub fn requested_ip(&self) -> Result<Option<IpAddr>, Failure> {
         match self.runtime_config.ips.as_slice() {
             [] => Ok(None),
             [ip] => {
                 let bare = ip.split('/').next().unwrap_or(ip);
-                bare.parse::<Ipv4Addr>().map_err(|_| {
+                let ip = bare.parse::<Ipv4Addr>().map_err(|_| {
                     Failure::new(
                         code::INVALID_NETWORK_CONFIG,
                         format!("runtimeConfig.ips: {ip:?} is not an IPv4 address"),
                     )
                 })?;
-                Ok(Some(bare.to_owned()))
+                Ok(Some(ip.into()))
             }
             more => Err(Failure::new(
                 code::INVALID_NETWORK_CONFIG,
@@ -243,7 +273,7 @@ impl NetConf {
     }
 
     /// CHECK: the address ADD's result gave, if the runtime sent it.
-    pub fn prev_ip(&self) -> Option<Ipv4Addr> {
+    pub fn prev_ip(&self) -> Option<IpAddr> {
         let prev = self.prev_result.as_ref()?.ips.first()?;
         prev.address.split('/').next()?.parse().ok()
     }

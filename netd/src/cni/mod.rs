@@ -12,7 +12,7 @@ use std::{io::Read as _, process::ExitCode, time::Duration};
 use serde::Serialize;
 
 use crate::{
-    api::{CniAttach, CniDetach, Refusal},
+    api::{CniAttach, CniDetach},
     client::Client,
 };
 use config::{NetConf, SUPPORTED_VERSIONS};
@@ -54,13 +54,13 @@ impl Failure {
     /// A daemon's refusal keeps its code; not reaching the daemon is
     /// `unreachable`'s code.
     fn from_daemon(err: &anyhow::Error, unreachable: u32) -> Self {
-        if let Some(refusal) = err.downcast_ref::<Refusal>() {
-            return Self::new(refusal.code, refusal.message.clone());
-        }
         if is_unreachable(err) {
             return Self::new(unreachable, format!("netd is not reachable: {err:#}"));
         }
-        Self::new(code::REFUSED, format!("{err:#}"))
+        match crate::error::refusal_of(err) {
+            Some(refusal) => Self::new(refusal.cni_code(), format!("{err:#}")),
+            None => Self::new(code::REFUSED, format!("{err:#}")),
+        }
     }
 }
 
@@ -292,7 +292,12 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Output, Failure> {
 
 fn attach_request(env: &Env, conf: &NetConf) -> Result<CniAttach, Failure> {
     let ip = match env.arg("IP") {
-        Some(ip) => Some(ip.to_owned()),
+        Some(ip) => Some(ip.parse().map_err(|_| {
+            Failure::new(
+                code::INVALID_ENVIRONMENT,
+                format!("CNI_ARGS IP={ip:?} is not an IP address"),
+            )
+        })?),
         None => conf.requested_ip()?,
     };
     Ok(CniAttach {

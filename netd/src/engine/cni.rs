@@ -5,11 +5,11 @@
 
 use std::{collections::BTreeSet, path::Path};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use super::{Engine, check_name, network::check_interface_name, new_veth_name};
 use crate::{
-    api::{CniAttach, CniAttachment, CniDetach, CniNetwork, CniReady, Refusal},
+    api::{CniAttach, CniAttachment, CniDetach, CniNetwork, CniReady},
     cni::code,
     host::Host,
     state::{Container, Network, NetworkMode, Pending, Sandbox},
@@ -30,28 +30,31 @@ impl<H: Host> Engine<H> {
             if existing.sandbox.runtime_netns() == Some(req.netns.as_str()) {
                 return self.cni_attachment(existing);
             }
-            bail!(
+            return Err(crate::conflict!(
                 "container {} already has interface {} on network {} (in another namespace)",
                 req.container_id,
                 req.ifname,
                 net.name
-            );
+            ));
         }
         if !self.host.is_live_netns(Path::new(&req.netns)) {
-            bail!("{} is not a network namespace", req.netns);
+            return Err(crate::error::coded(
+                code::INVALID_ENVIRONMENT,
+                format!("CNI_NETNS {} is not a network namespace", req.netns),
+            ));
         }
         let name = record_name(&req.container_id, &req.ifname);
         if self.state.containers.contains_key(&name) {
-            bail!(
+            return Err(crate::conflict!(
                 "netd already has a container named {name:?} (another container ID with the same first 12 characters)"
-            );
+            ));
         }
-        let address = self.pick_address(&net, req.ip.as_deref())?;
+        let address = self.pick_address(&net, req.ip)?;
         if net.internal && !req.ports.is_empty() {
-            bail!(
+            return Err(crate::invalid!(
                 "network {:?} is internal: its containers cannot publish ports",
                 net.name
-            );
+            ));
         }
         let ports = self.resolve_ports(&net, &req.ports, address)?;
         let host_veth = new_veth_name();
@@ -111,7 +114,7 @@ impl<H: Host> Engine<H> {
             .cni_record(&net.name, &req.container_id, &req.ifname)
             .cloned()
         else {
-            return Err(Refusal::error(
+            return Err(crate::error::coded(
                 code::UNKNOWN_CONTAINER,
                 format!(
                     "netd has no interface {} of container {} on network {}",
@@ -121,41 +124,41 @@ impl<H: Host> Engine<H> {
         };
         let found = self.cni_attachment(&record)?;
         if found.netns != req.netns {
-            bail!(
+            return Err(crate::conflict!(
                 "the interface is in namespace {}, not {}",
                 found.netns,
                 req.netns
-            );
+            ));
         }
         if let Some(expected) = req.expect_ip
             && expected != found.ip
         {
-            bail!(
+            return Err(crate::conflict!(
                 "the runtime holds address {expected}, netd gave {}",
                 found.ip
-            );
+            ));
         }
         if self.host.link_index(&found.host_veth).await?.is_none() {
-            bail!(
+            return Err(crate::not_found!(
                 "the host side of the interface ({}) is gone; `netd repair` makes it again",
                 found.host_veth
-            );
+            ));
         }
         match self
             .host
             .container_addresses(Path::new(&found.netns), &found.ifname)
             .await?
         {
-            None => bail!(
+            None => Err(crate::not_found!(
                 "interface {} is missing in namespace {}",
                 found.ifname,
                 found.netns
-            ),
-            Some(addrs) if !addrs.contains(&found.ip) => bail!(
+            )),
+            Some(addrs) if !addrs.contains(&found.ip) => Err(crate::not_found!(
                 "interface {} has lost its address {}",
                 found.ifname,
                 found.ip
-            ),
+            )),
             Some(_) => Ok(found),
         }
     }
@@ -220,9 +223,9 @@ impl<H: Host> Engine<H> {
         match (self.network(&req.network), &req.create) {
             (Ok(net), Some(spec)) => {
                 if let Some(subnet) = &spec.subnet
-                    && subnet.parse::<crate::cidr::Cidr>().ok() != Some(net.subnet)
+                    && crate::cidr::Cidr::from_net("subnet", *subnet).ok() != Some(net.subnet)
                 {
-                    return Err(Refusal::error(
+                    return Err(crate::error::coded(
                         code::INVALID_NETWORK_CONFIG,
                         format!(
                             "the conflist gives network {} subnet {subnet}, netd has it as {}",
@@ -234,7 +237,7 @@ impl<H: Host> Engine<H> {
             }
             (Ok(net), None) => Ok(net.clone()),
             (Err(_), Some(spec)) if create => self.network_create(spec.clone()).await,
-            (Err(err), _) => Err(Refusal::error(
+            (Err(err), _) => Err(crate::error::coded(
                 code::INVALID_NETWORK_CONFIG,
                 format!(
                     "{err:#}; create it with `netd network create {}`, or give a subnet in the conflist's ipam",
@@ -260,7 +263,7 @@ impl<H: Host> Engine<H> {
             netns,
         } = &record.sandbox
         else {
-            bail!("{} is not a CNI attachment", record.name);
+            return Err(crate::invalid!("{} is not a CNI attachment", record.name));
         };
         let att = record
             .attachments

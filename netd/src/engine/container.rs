@@ -12,37 +12,37 @@ use anyhow::{Result, bail};
 
 use super::{Engine, check_name, fault_point, format_mac, mac_for, new_veth_name};
 use crate::{
-    api::{ContainerCreated, ContainerSpec},
+    api::ContainerSpec,
     host::{Host, VethPlan},
     portspec::PortSpec,
     state::{Attachment, Container, Network, NetworkMode, Pending, PublishedPort, Sandbox},
 };
 
 impl<H: Host> Engine<H> {
-    pub async fn container_create(&mut self, spec: &ContainerSpec) -> Result<ContainerCreated> {
+    pub async fn container_create(&mut self, spec: &ContainerSpec) -> Result<Container> {
         let name = spec.name.as_str();
         check_name("container", name)?;
         if self.state.containers.contains_key(name) {
-            bail!("a container named {name:?} already exists");
+            return Err(crate::conflict!(
+                "a container named {name:?} already exists"
+            ));
         }
         if self.host.netns_exists(name) {
-            bail!("a network namespace named {name:?} already exists on this host");
+            return Err(crate::conflict!(
+                "a network namespace named {name:?} already exists on this host"
+            ));
         }
-        let specs = spec
-            .publish
-            .iter()
-            .map(|p| PortSpec::parse(p))
-            .collect::<Result<Vec<_>>>()?;
+        let specs = &spec.publish;
         let mode = match spec.network.as_str() {
             "host" => NetworkMode::Host,
             "none" => NetworkMode::None,
             _ => NetworkMode::Bridge,
         };
         if mode != NetworkMode::Bridge && (!specs.is_empty() || spec.ip.is_some()) {
-            bail!(
+            return Err(crate::invalid!(
                 "--network {} takes neither -p nor --ip (the container has no address of its own)",
                 spec.network
-            );
+            ));
         }
         // Intent first: the name, the namespace and every veth are recorded
         // before they exist, so a crash from here on is rolled back at start.
@@ -62,7 +62,7 @@ impl<H: Host> Engine<H> {
         self.save()?;
         fault_point("container-create:intent");
         let result = self
-            .container_create_inner(spec, mode, &specs, &host_veth)
+            .container_create_inner(spec, mode, specs, &host_veth)
             .await;
         match result {
             Ok((container, publish_time)) => {
@@ -70,10 +70,10 @@ impl<H: Host> Engine<H> {
                     .containers
                     .insert(name.to_owned(), container.clone());
                 self.save()?;
-                Ok(ContainerCreated {
-                    container,
-                    publish_us: publish_time.as_secs_f64() * 1e6,
-                })
+                if !container.ports.is_empty() {
+                    self.metrics.published(publish_time.as_secs_f64());
+                }
+                Ok(container)
             }
             Err(err) => {
                 let partial = self.state.containers.get(name).cloned();
@@ -115,15 +115,15 @@ impl<H: Host> Engine<H> {
             None
         };
         let address = match &net {
-            Some(net) => Some(self.pick_address(net, spec.ip.as_deref())?),
+            Some(net) => Some(self.pick_address(net, spec.ip)?),
             None => None,
         };
         if let (Some(net), Some(address)) = (&net, address) {
             if net.internal && !specs.is_empty() {
-                bail!(
+                return Err(crate::invalid!(
                     "network {:?} is internal: its containers cannot publish ports",
                     net.name
-                );
+                ));
             }
             container.ports = self.resolve_ports(net, specs, address)?;
         }
@@ -246,17 +246,19 @@ impl<H: Host> Engine<H> {
         &mut self,
         network: &str,
         name: &str,
-        ip: Option<&str>,
+        ip: Option<std::net::IpAddr>,
     ) -> Result<Attachment> {
         let container = self.container(name)?.clone();
         if container.mode != NetworkMode::Bridge {
-            bail!(
+            return Err(crate::invalid!(
                 "container {name:?} uses --network {:?}: it cannot join other networks",
                 container.mode
-            );
+            ));
         }
         if container.attachments.iter().any(|a| a.network == network) {
-            bail!("container {name:?} is already connected to network {network:?}");
+            return Err(crate::conflict!(
+                "container {name:?} is already connected to network {network:?}"
+            ));
         }
         let net = self.network(network)?.clone();
         let address = self.pick_address(&net, ip)?;
@@ -312,7 +314,9 @@ impl<H: Host> Engine<H> {
             .find(|a| a.network == network)
             .cloned()
         else {
-            bail!("container {name:?} is not connected to network {network:?}");
+            return Err(crate::not_found!(
+                "container {name:?} is not connected to network {network:?}"
+            ));
         };
         let (gone, kept): (Vec<PublishedPort>, Vec<PublishedPort>) = container
             .ports

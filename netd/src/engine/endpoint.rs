@@ -5,7 +5,7 @@
 
 use std::net::Ipv4Addr;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 
 use super::{Engine, check_name, format_mac, mac_for, new_veth_name};
 use crate::{
@@ -45,11 +45,13 @@ impl<H: Host> Engine<H> {
             tracing::warn!(%removed, "stale endpoint removed");
         }
         if self.state.containers.contains_key(&spec.name) {
-            bail!("an endpoint named {:?} already exists", spec.name);
+            return Err(crate::conflict!(
+                "an endpoint named {:?} already exists",
+                spec.name
+            ));
         }
         let net = self.network(&spec.network)?.clone();
-        let ip = spec.ip.to_string();
-        let address = self.pick_address(&net, Some(&ip))?;
+        let address = self.pick_address(&net, Some(spec.ip.into()))?;
         let mac = spec.mac.unwrap_or_else(|| mac_for(address));
         let host_veth = new_veth_name();
         // Intent first, as for containers: a crash from here is rolled back.
@@ -139,10 +141,10 @@ impl<H: Host> Engine<H> {
             .ok_or_else(|| anyhow!("endpoint {name:?} has no interface"))?;
         let net = self.network(&att.network)?.clone();
         if net.internal && !specs.is_empty() {
-            bail!(
+            return Err(crate::invalid!(
                 "network {:?} is internal: its containers cannot publish ports",
                 net.name
-            );
+            ));
         }
         let ports = self.resolve_ports(&net, specs, att.ip)?;
         self.driver.publish(&ports)?;
@@ -219,6 +221,6 @@ impl<H: Host> Engine<H> {
             .containers
             .get(name)
             .filter(|c| c.pending.is_none() && !c.sandbox.is_netd())
-            .ok_or_else(|| anyhow!("netd has no endpoint {name:?}"))
+            .ok_or_else(|| crate::not_found!("netd has no endpoint {name:?}"))
     }
 }

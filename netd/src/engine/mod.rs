@@ -17,7 +17,7 @@ mod tests;
 
 use std::{path::PathBuf, sync::Arc};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::Result;
 
 use crate::{
     api::{NetworkDetails, NetworkMember, Reply, Request, Status},
@@ -112,17 +112,12 @@ impl<H: Host> Engine<H> {
                 self.network_rm(&name).await?;
                 Reply::Removed(crate::api::Removed { removed: name })
             }
-            Request::ContainerCreate(spec) => {
-                Reply::ContainerCreated(self.container_create(&spec).await?)
-            }
+            Request::ContainerCreate(spec) => Reply::Container(self.container_create(&spec).await?),
             Request::NetworkConnect {
                 network,
                 container,
                 ip,
-            } => Reply::Attachment(
-                self.network_connect(&network, &container, ip.as_deref())
-                    .await?,
-            ),
+            } => Reply::Attachment(self.network_connect(&network, &container, ip).await?),
             Request::NetworkDisconnect { network, container } => {
                 self.network_disconnect(&network, &container).await?;
                 Reply::Disconnected(crate::api::Disconnected {
@@ -146,7 +141,11 @@ impl<H: Host> Engine<H> {
                 self.teardown().await?;
                 Reply::Stopped(crate::api::Stopped { down: true })
             }
-            Request::Monitor => bail!("monitor streams; it is served by the connection handler"),
+            Request::Monitor => {
+                return Err(crate::invalid!(
+                    "monitor streams; it is served by the connection handler"
+                ));
+            }
             Request::CniAdd(attach) => Reply::CniAttachment(Box::new(self.cni_add(&attach).await?)),
             Request::CniCheck(attach) => {
                 Reply::CniAttachment(Box::new(self.cni_check(&attach).await?))
@@ -226,14 +225,13 @@ impl<H: Host> Engine<H> {
             .networks
             .get(name)
             .filter(|n| n.pending.is_none())
-            .ok_or_else(|| anyhow!("no network named {name:?} (see `netd network ls`)"))
+            .ok_or_else(|| crate::not_found!("no network named {name:?} (see `netd network ls`)"))
     }
 
     fn container(&self, name: &str) -> Result<&Container> {
-        self.state
-            .containers
-            .get(name)
-            .ok_or_else(|| anyhow!("no container named {name:?} (see `netd container ls`)"))
+        self.state.containers.get(name).ok_or_else(|| {
+            crate::not_found!("no container named {name:?} (see `netd container ls`)")
+        })
     }
 
     fn save(&self) -> Result<()> {
@@ -252,9 +250,9 @@ fn check_name(what: &str, name: &str) -> Result<()> {
             .next()
             .is_some_and(|c| c.is_ascii_alphanumeric());
     if !ok {
-        bail!(
+        return Err(crate::invalid!(
             "invalid {what} name {name:?}: use 1-64 letters, digits, '_', '.', '-', starting with a letter or digit"
-        );
+        ));
     }
     Ok(())
 }
@@ -320,7 +318,7 @@ pub(crate) fn parse_mac(s: &str) -> Result<[u8; 6]> {
     let mut mac = [0u8; 6];
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() != 6 {
-        bail!("bad MAC {s}");
+        return Err(crate::invalid!("bad MAC {s}"));
     }
     for (byte, part) in mac.iter_mut().zip(parts) {
         *byte = u8::from_str_radix(part, 16)?;

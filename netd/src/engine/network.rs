@@ -1,8 +1,6 @@
 //! Networks: create (subnet and gateway chosen or checked), remove.
 
-use std::net::Ipv4Addr;
-
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 
 use super::{DEFAULT_BRIDGE, DEFAULT_NETWORK, Engine, check_name, fault_point, random_u64};
 use crate::{
@@ -53,13 +51,16 @@ impl<H: Host> Engine<H> {
     async fn plan_network(&self, spec: &NetworkSpec) -> Result<Network> {
         check_name("network", &spec.name)?;
         if self.state.networks.contains_key(&spec.name) {
-            bail!("a network named {:?} already exists", spec.name);
+            return Err(crate::conflict!(
+                "a network named {:?} already exists",
+                spec.name
+            ));
         }
         if matches!(spec.name.as_str(), "host" | "none") {
-            bail!(
+            return Err(crate::invalid!(
                 "{:?} is a reserved network mode, not a network name",
                 spec.name
-            );
+            ));
         }
         let named: Vec<(String, Cidr)> = self
             .state
@@ -68,8 +69,8 @@ impl<H: Host> Engine<H> {
             .map(|n| (n.name.clone(), n.subnet))
             .collect();
         let subnet = match &spec.subnet {
-            Some(s) => {
-                let subnet: Cidr = s.parse()?;
+            Some(net) => {
+                let subnet = Cidr::from_net("--subnet", *net)?;
                 ipam::check_subnet_free(&subnet, &named)?;
                 subnet
             }
@@ -81,35 +82,35 @@ impl<H: Host> Engine<H> {
         };
         let gateway = match &spec.gateway {
             Some(g) => {
-                let gateway: Ipv4Addr = g
-                    .parse()
-                    .map_err(|_| anyhow!("--gateway {g:?} is not an IPv4 address"))?;
+                let gateway = crate::cidr::ipv4("--gateway", *g)?;
                 ipam::check_in_subnet("gateway", gateway, &subnet)?;
                 gateway
             }
             None => subnet
                 .first_host()
-                .ok_or_else(|| anyhow!("subnet {subnet} has no host addresses"))?,
+                .ok_or_else(|| crate::invalid!("subnet {subnet} has no host addresses"))?,
         };
         let host_ip = match &spec.host_ip {
-            Some(ip) => Some(
-                ip.parse::<Ipv4Addr>()
-                    .map_err(|_| anyhow!("--host-ip {ip:?} is not an IPv4 address"))?,
-            ),
+            Some(ip) => Some(crate::cidr::ipv4("--host-ip", *ip)?),
             None => None,
         };
         let mtu = spec.mtu.unwrap_or(1500);
         if !(576..=65535).contains(&mtu) {
-            bail!("--mtu {mtu} is outside 576..65535");
+            return Err(crate::invalid!("--mtu {mtu} is outside 576..65535"));
         }
         let bridge = match &spec.bridge {
             Some(name) => {
                 check_interface_name(name)?;
                 if let Some(net) = self.state.networks.values().find(|n| &n.bridge == name) {
-                    bail!("bridge {name} is network {:?}'s already", net.name);
+                    return Err(crate::conflict!(
+                        "bridge {name} is network {:?}'s already",
+                        net.name
+                    ));
                 }
                 if self.host.link_index(name).await?.is_some() {
-                    bail!("an interface named {name} already exists on this host");
+                    return Err(crate::conflict!(
+                        "an interface named {name} already exists on this host"
+                    ));
                 }
                 name.clone()
             }
@@ -117,22 +118,19 @@ impl<H: Host> Engine<H> {
             None => format!("br-{:012x}", random_u64() & 0xffff_ffff_ffff),
         };
         let binding_ip = match &spec.binding_ip {
-            Some(ip) => Some(
-                ip.parse::<Ipv4Addr>()
-                    .map_err(|_| anyhow!("host binding address {ip:?} is not an IPv4 address"))?,
-            ),
+            Some(ip) => Some(crate::cidr::ipv4("host binding address", *ip)?),
             None => None,
         };
         let mut routed_cidrs = Vec::new();
-        for text in &spec.routed_cidrs {
-            let cidr: Cidr = text
-                .parse()
-                .map_err(|err| anyhow!("routed CIDR {text:?}: {err:#}"))?;
+        for net in &spec.routed_cidrs {
+            let cidr = Cidr::from_net("routed CIDR", *net)?;
             if spec.internal {
-                bail!("an internal network has no routed CIDRs (it reaches nothing outside)");
+                return Err(crate::invalid!(
+                    "an internal network has no routed CIDRs (it reaches nothing outside)"
+                ));
             }
             if routed_cidrs.contains(&cidr) {
-                bail!("routed CIDR {cidr} is given twice");
+                return Err(crate::invalid!("routed CIDR {cidr} is given twice"));
             }
             routed_cidrs.push(cidr);
         }
@@ -160,7 +158,7 @@ impl<H: Host> Engine<H> {
             .networks
             .values()
             .find(|n| n.pending.is_none() && n.docker_id.as_deref() == Some(docker_id))
-            .ok_or_else(|| anyhow!("netd has no network for Docker network {docker_id}"))
+            .ok_or_else(|| crate::not_found!("netd has no network for Docker network {docker_id}"))
     }
 
     /// Undoes a network in the kernel and the driver, whatever is left of
@@ -178,12 +176,9 @@ impl<H: Host> Engine<H> {
 
     pub async fn network_rm(&mut self, name: &str) -> Result<()> {
         // A remove that failed half-way may be retried: pending ones count.
-        let net = self
-            .state
-            .networks
-            .get(name)
-            .cloned()
-            .ok_or_else(|| anyhow!("no network named {name:?} (see `netd network ls`)"))?;
+        let net = self.state.networks.get(name).cloned().ok_or_else(|| {
+            crate::not_found!("no network named {name:?} (see `netd network ls`)")
+        })?;
         let users: Vec<&str> = self
             .state
             .containers
@@ -192,10 +187,10 @@ impl<H: Host> Engine<H> {
             .map(|c| c.name.as_str())
             .collect();
         if !users.is_empty() {
-            bail!(
+            return Err(crate::conflict!(
                 "network {name:?} has containers attached ({}); remove them first",
                 users.join(", ")
-            );
+            ));
         }
         if let Some(net) = self.state.networks.get_mut(name) {
             net.pending = Some(Pending::Removing);
@@ -237,7 +232,9 @@ pub(crate) fn check_interface_name(name: &str) -> Result<()> {
             .chars()
             .any(|c| c == '/' || c == ':' || c.is_whitespace())
     {
-        bail!("{name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)");
+        return Err(crate::invalid!(
+            "{name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"
+        ));
     }
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! Addresses and published ports: picked or checked against the state,
 //! never two containers on one address or two publishers of one port.
 
+use std::net::IpAddr;
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::Result;
 
 use super::Engine;
 use crate::{
@@ -31,16 +32,17 @@ impl<H: Host> Engine<H> {
     }
 
     /// `ip` if it is free on `net`, else the first free address.
-    pub(super) fn pick_address(&self, net: &Network, ip: Option<&str>) -> Result<Ipv4Addr> {
+    pub(super) fn pick_address(&self, net: &Network, ip: Option<IpAddr>) -> Result<Ipv4Addr> {
         let used = self.used_addresses(net);
         match ip {
             Some(ip) => {
-                let ip: Ipv4Addr = ip
-                    .parse()
-                    .map_err(|_| anyhow!("--ip {ip:?} is not an IPv4 address"))?;
+                let ip = crate::cidr::ipv4("--ip", ip)?;
                 ipam::check_in_subnet("--ip", ip, &net.subnet)?;
                 if used.contains(&ip) {
-                    bail!("address {ip} is already in use on network {:?}", net.name);
+                    return Err(crate::conflict!(
+                        "address {ip} is already in use on network {:?}",
+                        net.name
+                    ));
                 }
                 Ok(ip)
             }
@@ -60,6 +62,7 @@ impl<H: Host> Engine<H> {
     ) -> Result<Vec<PublishedPort>> {
         let mut out: Vec<PublishedPort> = Vec::new();
         for spec in specs {
+            spec.check()?;
             let host_ip = match (spec.host_ip.is_unspecified(), net.binding_ip) {
                 (true, Some(ip)) => ip,
                 _ => spec.host_ip,
@@ -78,7 +81,7 @@ impl<H: Host> Engine<H> {
                         .clone()
                         .find(|&p| self.port_free(&out, host_ip, p, spec.proto).is_ok())
                         .ok_or_else(|| {
-                            anyhow!(
+                            crate::conflict!(
                                 "no free host port left in {}-{} for container port {container_port}/{}",
                                 range.start(),
                                 range.end(),
@@ -119,12 +122,12 @@ impl<H: Host> Engine<H> {
             .chain(pending.iter())
             .find(|p| clash(p))
         {
-            bail!(
+            return Err(crate::conflict!(
                 "host port {}:{port}/{proto} is already published (by {}:{}); pick another host port",
                 p.host_ip,
                 p.container_ip,
                 p.container_port
-            );
+            ));
         }
         Ok(())
     }

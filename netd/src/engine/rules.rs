@@ -1,7 +1,7 @@
 //! The user's firewall rules: added, removed, listed, and kept in force in
 //! the driver as networks come and go.
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use super::Engine;
 use crate::{
@@ -19,17 +19,19 @@ impl<H: Host> Engine<H> {
         }
         let rules = &self.state.rules;
         if let Some(at) = rules.iter().position(|r| r.rule.same_match(&new)) {
-            bail!(
+            return Err(crate::conflict!(
                 "rule {} (ID {}: {}) already matches exactly this traffic; remove it first",
                 at + 1,
                 rules[at].id,
                 rules[at].rule
-            );
+            ));
         }
         let last = rules.len() as u32 + 1;
         let position = add.position.unwrap_or(last);
         if !(1..=last).contains(&position) {
-            bail!("position {position} is outside the list (1 to {last})");
+            return Err(crate::invalid!(
+                "position {position} is outside the list (1 to {last})"
+            ));
         }
         rule::check_capacity(rules.iter().map(|r| &r.rule).chain([&new]))?;
         let id = self.state.next_rule_id.max(1);
@@ -58,11 +60,11 @@ impl<H: Host> Engine<H> {
                 self.network(network).with_context(context)?;
             }
             if let Some(first) = new[..at].iter().position(|r| r.same_match(rule)) {
-                bail!(
+                return Err(crate::invalid!(
                     "rule {} ({rule}) matches exactly what rule {} does",
                     at + 1,
                     first + 1
-                );
+                ));
             }
         }
         rule::check_capacity(&new)?;
@@ -81,7 +83,9 @@ impl<H: Host> Engine<H> {
 
     pub fn rule_rm(&mut self, id: u32) -> Result<RuleEntry> {
         let Some(at) = self.state.rules.iter().position(|r| r.id == id) else {
-            bail!("no rule with ID {id} (see `netd rule ls`)");
+            return Err(crate::not_found!(
+                "no rule with ID {id} (see `netd rule ls`)"
+            ));
         };
         let removed = self.rule_entry(at);
         let mut rules = self.state.rules.clone();

@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 
 use super::Engine;
 use crate::{
-    api::{CniAttach, CniDetach, CniNetwork, ContainerSpec, NetworkSpec, Refusal, Reply, Request},
+    api::{CniAttach, CniDetach, CniNetwork, ContainerSpec, NetworkSpec, Reply, Request},
     cidr::Cidr,
     driver::{HostInfo, NoopDriver},
     host::{Host, VethPlan},
@@ -261,7 +261,10 @@ fn container(name: &str, network: &str, publish: &[&str]) -> ContainerSpec {
         name: name.into(),
         network: network.into(),
         ip: None,
-        publish: publish.iter().map(|p| p.to_string()).collect(),
+        publish: publish
+            .iter()
+            .map(|p| PortSpec::parse(p).unwrap())
+            .collect(),
     }
 }
 
@@ -290,7 +293,7 @@ async fn networks_get_docker_pools_in_order_skipping_routed_ones() {
     assert_eq!(web.gateway, ip("172.19.0.1"));
     let err = engine
         .network_create(NetworkSpec {
-            subnet: Some("172.19.128.0/17".into()),
+            subnet: Some("172.19.128.0/17".parse().unwrap()),
             ..NetworkSpec::named("db")
         })
         .await
@@ -314,7 +317,7 @@ async fn addresses_are_unique_across_restarts() {
                 .container_create(&container(name, "bridge", &[]))
                 .await
                 .unwrap();
-            first.push(c.container.attachments[0].ip);
+            first.push(c.attachments[0].ip);
         }
     }
     assert_eq!(first, [ip("172.17.0.2"), ip("172.17.0.3")]);
@@ -324,11 +327,11 @@ async fn addresses_are_unique_across_restarts() {
         .container_create(&container("c", "bridge", &[]))
         .await
         .unwrap();
-    assert_eq!(c.container.attachments[0].ip, ip("172.17.0.4"));
+    assert_eq!(c.attachments[0].ip, ip("172.17.0.4"));
     // An explicit address already taken is refused.
     let err = engine
         .container_create(&ContainerSpec {
-            ip: Some("172.17.0.3".into()),
+            ip: Some("172.17.0.3".parse().unwrap()),
             ..container("d", "bridge", &[])
         })
         .await
@@ -375,8 +378,8 @@ async fn a_taken_host_port_is_refused_and_changes_nothing() {
         .container_create(&container("e2", "bridge", &["80"]))
         .await
         .unwrap();
-    assert_eq!(a.container.ports[0].host_port, 49153);
-    assert_eq!(b.container.ports[0].host_port, 49154);
+    assert_eq!(a.ports[0].host_port, 49153);
+    assert_eq!(b.ports[0].host_port, 49154);
     assert_eq!(f.driver.record.lock().unwrap().ports.len(), 5);
 }
 
@@ -417,7 +420,7 @@ async fn a_failed_create_is_rolled_back_at_every_step() {
             .container_create(&container("web", "bridge", &["8080:80"]))
             .await
             .unwrap();
-        assert_eq!(c.container.attachments[0].ip, ip("172.17.0.2"));
+        assert_eq!(c.attachments[0].ip, ip("172.17.0.2"));
     }
 }
 
@@ -521,7 +524,7 @@ async fn a_vanished_namespace_frees_its_address_and_ports_on_repair() {
         .container_create(&container("web2", "bridge", &["8080:80"]))
         .await
         .unwrap();
-    assert_eq!(c.container.attachments[0].ip, ip("172.17.0.2"));
+    assert_eq!(c.attachments[0].ip, ip("172.17.0.2"));
 }
 
 #[tokio::test]
@@ -540,7 +543,7 @@ async fn bad_requests_change_nothing() {
         ),
         (
             Request::NetworkCreate(NetworkSpec {
-                subnet: Some("10.1.2.3/16".into()),
+                subnet: Some("10.1.2.3/16".parse().unwrap()),
                 ..NetworkSpec::named("x")
             }),
             "10.1.2.3/16 is not a network address; did you mean 10.1.0.0/16?",
@@ -557,8 +560,15 @@ async fn bad_requests_change_nothing() {
             "no network named \"nope\"",
         ),
         (
-            Request::ContainerCreate(container("c", "bridge", &["0:80"])),
-            "-p 0:80: expected [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|/udp], e.g. 8080:80 or 127.0.0.1:53:53/udp: bad port range 0",
+            // As a client could send it, past the CLI's parsing.
+            Request::ContainerCreate(ContainerSpec {
+                publish: vec![PortSpec {
+                    host_ports: Some((0, 0)),
+                    ..PortSpec::parse("80").unwrap()
+                }],
+                ..container("c", "bridge", &[])
+            }),
+            "port range 0-0 is not in 1-65535 or ends before it starts",
         ),
         (
             Request::ContainerCreate(container("c", "host", &["80:80"])),
@@ -601,8 +611,8 @@ async fn runtime_endpoints_publish_and_survive_a_restart() {
         let mut engine = f.engine().await;
         engine
             .network_create(NetworkSpec {
-                subnet: Some("10.80.0.0/24".into()),
-                binding_ip: Some("198.51.100.1".into()),
+                subnet: Some("10.80.0.0/24".parse().unwrap()),
+                binding_ip: Some("198.51.100.1".parse().unwrap()),
                 docker_id: Some("d0c".into()),
                 ..NetworkSpec::named("docker-d0c")
             })
@@ -712,8 +722,8 @@ fn pod_network(subnet: &str) -> CniNetwork {
     CniNetwork {
         network: "pods".into(),
         create: Some(NetworkSpec {
-            subnet: Some(subnet.into()),
-            routed_cidrs: vec!["10.244.0.0/16".into()],
+            subnet: Some(subnet.parse().unwrap()),
+            routed_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             ..NetworkSpec::named("pods")
         }),
     }
@@ -775,7 +785,7 @@ async fn cni_attachments_add_check_del_gc_and_roll_back() {
         .await
         .unwrap_err();
     assert_eq!(
-        err.downcast_ref::<Refusal>().map(|r| r.code),
+        crate::error::refusal_of(&err).and_then(|r| r.cni_code),
         Some(7),
         "{err:#}"
     );
@@ -836,7 +846,7 @@ async fn cni_attachments_add_check_del_gc_and_roll_back() {
         .await
         .unwrap_err();
     assert_eq!(
-        err.downcast_ref::<Refusal>().map(|r| r.code),
+        crate::error::refusal_of(&err).and_then(|r| r.cni_code),
         Some(3),
         "{err:#}"
     );

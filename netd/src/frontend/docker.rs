@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, sync::Arc, time::Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 use axum::{
     Router,
     body::Bytes,
@@ -106,9 +106,12 @@ async fn call<H: Host + 'static>(
         }
         Ok(None) => StatusCode::NOT_FOUND.into_response(),
         Err(err) => {
+            let kind = crate::error::kind_of(&err);
+            let status = StatusCode::from_u16(kind.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let err = format!("{err:#}");
-            tracing::info!(micros, %err, "refused");
-            reply_with(StatusCode::INTERNAL_SERVER_ERROR, &PluginError { err })
+            tracing::info!(micros, %err, kind = kind.label(), "refused");
+            reply_with(status, &PluginError { err })
         }
     }
 }
@@ -126,7 +129,7 @@ fn reply_with<T: Serialize>(status: StatusCode, body: &T) -> Response {
 }
 
 fn parse<T: DeserializeOwned>(method: &str, body: &[u8]) -> Result<T> {
-    serde_json::from_slice(body).with_context(|| format!("malformed {method} request"))
+    serde_json::from_slice(body).map_err(|err| crate::invalid!("malformed {method} request: {err}"))
 }
 
 fn empty() -> Value {
@@ -167,7 +170,9 @@ async fn dispatch<H: Host>(plugin: &Plugin<H>, method: &str, body: &[u8]) -> Res
             let name = endpoint_name(&request.endpoint_id);
             let interface = request.interface.unwrap_or_default();
             if !interface.address_ipv6.is_empty() {
-                bail!("netd networks are IPv4-only: no IPv6 address for an endpoint");
+                return Err(crate::invalid!(
+                    "netd networks are IPv4-only: no IPv6 address for an endpoint"
+                ));
             }
             let ip = address_of(&interface.address)
                 .with_context(|| format!("endpoint address {:?}", interface.address))?;
@@ -281,7 +286,7 @@ fn address_of(cidr: &str) -> Result<Ipv4Addr> {
     let address = cidr.split('/').next().unwrap_or_default();
     address
         .parse()
-        .map_err(|_| anyhow!("{cidr:?} is not an IPv4 address"))
+        .map_err(|_| crate::invalid!("{cidr:?} is not an IPv4 address"))
 }
 
 /// strconv.ParseBool, which Docker's bridge driver uses for its options.
@@ -291,9 +296,11 @@ fn parse_bool(key: &str, value: &Value) -> Result<bool> {
         Value::String(s) => match s.as_str() {
             "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
             "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-            _ => bail!("-o {key}={s}: not a boolean (true or false)"),
+            _ => Err(crate::invalid!(
+                "-o {key}={s}: not a boolean (true or false)"
+            )),
         },
-        other => bail!("-o {key}: not a boolean: {other}"),
+        other => Err(crate::invalid!("-o {key}: not a boolean: {other}")),
     }
 }
 
@@ -301,7 +308,7 @@ fn option_string(key: &str, value: &Value) -> Result<String> {
     match value {
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) => Ok(n.to_string()),
-        other => bail!("-o {key}: expected a string, got {other}"),
+        other => Err(crate::invalid!("-o {key}: expected a string, got {other}")),
     }
 }
 
@@ -344,14 +351,16 @@ impl CreateNetwork {
         let mut spec = NetworkSpec::named(network_name(&self.network_id));
         spec.docker_id = Some(self.network_id.clone());
         if self.ipv6_data.as_ref().is_some_and(|d| !d.is_empty()) {
-            bail!("netd networks are IPv4-only: drop --ipv6 and IPv6 subnets");
+            return Err(crate::invalid!(
+                "netd networks are IPv4-only: drop --ipv6 and IPv6 subnets"
+            ));
         }
         for (key, value) in &self.options {
             match key.as_str() {
                 "com.docker.network.generic" => {}
                 "com.docker.network.internal" => spec.internal = parse_bool(key, value)?,
                 "com.docker.network.enable_ipv6" if parse_bool(key, value)? => {
-                    bail!("netd networks are IPv4-only: drop --ipv6");
+                    return Err(crate::invalid!("netd networks are IPv4-only: drop --ipv6"));
                 }
                 // Docker's own bookkeeping, not options of the driver.
                 _ => {}
@@ -360,37 +369,49 @@ impl CreateNetwork {
         let generic = match self.options.get("com.docker.network.generic") {
             Some(Value::Object(map)) => map.clone(),
             Some(Value::Null) | None => Default::default(),
-            Some(other) => bail!("malformed network options: {other}"),
+            Some(other) => return Err(crate::invalid!("malformed network options: {other}")),
         };
         for (key, value) in &generic {
             match key.as_str() {
                 OPTION_ICC => spec.icc = parse_bool(key, value)?,
                 OPTION_MASQUERADE => spec.masquerade = parse_bool(key, value)?,
-                OPTION_BINDING_IP => spec.binding_ip = Some(option_string(key, value)?),
+                OPTION_BINDING_IP => {
+                    let ip = option_string(key, value)?;
+                    let ip = ip
+                        .parse()
+                        .map_err(|_| crate::invalid!("-o {key}={ip}: not an IP address"))?;
+                    spec.binding_ip = Some(ip);
+                }
                 OPTION_BRIDGE_NAME => spec.bridge = Some(option_string(key, value)?),
                 OPTION_MTU => {
                     let mtu = option_string(key, value)?;
                     spec.mtu = Some(
                         mtu.parse()
-                            .map_err(|_| anyhow!("-o {key}={mtu}: not a number"))?,
+                            .map_err(|_| crate::invalid!("-o {key}={mtu}: not a number"))?,
                     );
                 }
-                _ => bail!(
-                    "unknown option -o {key}: netd takes {OPTION_ICC}, {OPTION_MASQUERADE}, \
+                _ => {
+                    return Err(crate::invalid!(
+                        "unknown option -o {key}: netd takes {OPTION_ICC}, {OPTION_MASQUERADE}, \
                      {OPTION_BINDING_IP}, {OPTION_MTU} and {OPTION_BRIDGE_NAME}"
-                ),
+                    ));
+                }
             }
         }
         let pools = self.ipv4_data.as_deref().unwrap_or_default();
         let [pool] = pools else {
-            bail!(
+            return Err(crate::invalid!(
                 "netd takes one IPv4 subnet per network, Docker gave {}",
                 pools.len()
-            );
+            ));
         };
-        spec.subnet = Some(pool.pool.clone());
+        let subnet = pool
+            .pool
+            .parse()
+            .map_err(|_| crate::invalid!("Docker's pool {:?} is not a subnet", pool.pool))?;
+        spec.subnet = Some(subnet);
         if !pool.gateway.is_empty() {
-            spec.gateway = Some(address_of(&pool.gateway)?.to_string());
+            spec.gateway = Some(address_of(&pool.gateway)?.into());
         }
         Ok(spec)
     }
@@ -459,20 +480,30 @@ impl ExternalConnectivity {
                 let proto = match b.proto {
                     6 => Proto::Tcp,
                     17 => Proto::Udp,
-                    132 => bail!("-p {}/sctp: netd publishes tcp and udp ports", b.port),
-                    other => bail!("-p {}: unknown protocol number {other}", b.port),
+                    132 => {
+                        return Err(crate::invalid!(
+                            "-p {}/sctp: netd publishes tcp and udp ports",
+                            b.port
+                        ));
+                    }
+                    other => {
+                        return Err(crate::invalid!(
+                            "-p {}: unknown protocol number {other}",
+                            b.port
+                        ));
+                    }
                 };
                 let host_ip = match b.host_ip.as_str() {
                     "" => Ipv4Addr::UNSPECIFIED,
                     ip => ip.parse().map_err(|_| {
-                        anyhow!(
+                        crate::invalid!(
                             "-p {ip}:…:{}: netd publishes on IPv4 addresses only",
                             b.port
                         )
                     })?,
                 };
                 if b.port == 0 {
-                    bail!("-p with container port 0");
+                    return Err(crate::invalid!("-p with container port 0"));
                 }
                 let host_ports = match b.host_port {
                     0 => None,

@@ -80,7 +80,11 @@ pub async fn serve<H: Host + 'static>(stream: UnixStream, shared: Arc<Shared<H>>
     let request = match request {
         Ok(request) => request,
         Err(message) => {
-            reply(&mut write, &Response::<()>::error(message)).await;
+            reply(
+                &mut write,
+                &Response::<()>::refusal(&crate::invalid!("{message}")),
+            )
+            .await;
             return;
         }
     };

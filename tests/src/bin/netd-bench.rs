@@ -28,7 +28,7 @@ mod flood;
 mod paired;
 #[path = "netd-bench/runtime_bench.rs"]
 mod runtime_bench;
-use netd::{api::ContainerSpec, client::Client};
+use netd::{api::ContainerSpec, client::Client, portspec::PortSpec};
 use netd_testbed::{
     Netns, Testbed,
     daemon_host::{DaemonHost, HOST_IP},
@@ -501,7 +501,8 @@ fn daemon_target(
     config: &Config,
     extras: Extras<'_>,
 ) -> Result<Target> {
-    let flags: Vec<&str> = ["--datapath", datapath]
+    // Metrics for the control plane's figures (the publish time).
+    let flags: Vec<&str> = ["--datapath", datapath, "--metrics", METRICS_ADDR]
         .into_iter()
         .chain(extras.flags.iter().copied())
         .collect();
@@ -566,15 +567,17 @@ fn control_plane(h: &mut DaemonHost, datapath: &str, samples: usize) -> Result<V
     let already = client.status()?.published_ports;
     for k in 0..samples {
         let name = h.name(&format!("extra{k}"));
+        let (sum_before, _) = publish_seconds(h)?;
         let started = Instant::now();
-        let created = client.container_create(ContainerSpec {
+        client.container_create(ContainerSpec {
             name: name.clone(),
             network: "bridge".into(),
             ip: None,
-            publish: vec![format!("{}:80", 40000 + k)],
+            publish: vec![PortSpec::parse(&format!("{}:80", 40000 + k))?],
         })?;
         request_ms.push(started.elapsed().as_secs_f64() * 1e3);
-        publish_us.push(created.publish_us);
+        let (sum_after, _) = publish_seconds(h)?;
+        publish_us.push((sum_after - sum_before) * 1e6);
         client.container_rm(&name)?;
     }
     let mut restart_ms = Vec::new();
@@ -605,6 +608,36 @@ fn control_plane(h: &mut DaemonHost, datapath: &str, samples: usize) -> Result<V
         "bpf_map_memlock_bytes": map_memlock(pid)?,
         "iptables_rules": rules,
     }))
+}
+
+/// Where the measured daemon serves its metrics (inside its namespace).
+const METRICS_ADDR: &str = "127.0.0.1:9464";
+
+/// The daemon's `netd_datapath_publish_seconds` (sum, count), scraped
+/// from inside its namespace.
+fn publish_seconds(h: &DaemonHost) -> Result<(f64, f64)> {
+    use std::io::{Read as _, Write as _};
+    let body = h.host.enter(|| -> Result<String> {
+        let mut conn = std::net::TcpStream::connect(METRICS_ADDR)?;
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: netd\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text)?;
+        Ok(text)
+    })??;
+    let sample = |name: &str| -> Result<f64> {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .with_context(|| format!("no {name} in the daemon's metrics"))?
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .with_context(|| format!("{name} is not a number"))
+    };
+    Ok((
+        sample("netd_datapath_publish_seconds_sum")?,
+        sample("netd_datapath_publish_seconds_count")?,
+    ))
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {

@@ -2,6 +2,12 @@
 //! same topology (without its userland proxy), in netd's own chains, applied
 //! with `iptables-restore --noflush`. It is the reference the eBPF datapath
 //! is compared against; docs/iptables-path.md maps each rule to Docker's.
+//! The rule set is rendered in `render` (a pure function, snapshot-tested
+//! in `tests`).
+
+#[cfg(test)]
+mod golden;
+mod render;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,7 +24,7 @@ use super::{
 };
 use crate::{
     api::{DatapathStatus, IptablesStatus},
-    rule::{ActiveRule, RuleAction},
+    rule::ActiveRule,
     state::{Attachment, Network, PublishedPort},
 };
 
@@ -131,221 +137,6 @@ impl IptablesDriver {
         self.networks.iter().find(|n| n.name == name)
     }
 
-    /// The whole rule set for netd's chains, in iptables-restore syntax.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let nets: Vec<&Network> = self.networks.iter().rev().collect();
-        let mut line = |s: String| {
-            out.push_str(&s);
-            out.push('\n');
-        };
-
-        line("*raw".into());
-        line(":NETD-RAW - [0:0]".into());
-        // A cluster's pods on other nodes do reach this node's pods.
-        for net in &nets {
-            for cidr in &net.routed_cidrs {
-                line(format!("-A NETD-RAW -s {cidr} -d {} -j RETURN", net.subnet));
-            }
-        }
-        // Docker 28: no routed access to container addresses from elsewhere.
-        for (ip, net) in &self.endpoints {
-            let Some(net) = self.network(net) else {
-                continue;
-            };
-            if net.masquerade && !net.internal {
-                line(format!(
-                    "-A NETD-RAW -d {ip}/32 ! -i {} -j DROP",
-                    net.bridge
-                ));
-            }
-        }
-        // Ports published on 127.0.0.1 are for the host alone.
-        for (host_ip, port, proto, _, _) in &self.ports {
-            if host_ip.is_loopback() {
-                let p = proto_name(*proto);
-                line(format!(
-                    "-A NETD-RAW -d {host_ip}/32 -p {p} -m {p} --dport {port} ! -i lo -j DROP"
-                ));
-            }
-        }
-        line("COMMIT".into());
-
-        line("*nat".into());
-        line(":NETD - [0:0]".into());
-        line(":NETD-POSTROUTING - [0:0]".into());
-        for net in &nets {
-            // A cluster's pod range keeps the pod's address.
-            for cidr in &net.routed_cidrs {
-                line(format!(
-                    "-A NETD-POSTROUTING -s {} -d {cidr} -j RETURN",
-                    net.subnet
-                ));
-            }
-            if net.masquerade && !net.internal {
-                let target = match net.host_ip {
-                    Some(ip) => format!("SNAT --to-source {ip}"),
-                    None => "MASQUERADE".into(),
-                };
-                line(format!(
-                    "-A NETD-POSTROUTING -s {} ! -o {} -j {target}",
-                    net.subnet, net.bridge
-                ));
-            }
-        }
-        // Docker's per-port hairpin rule: a container reaching itself
-        // through its own published port.
-        for (_, _, proto, cip, cport) in &self.ports {
-            let p = proto_name(*proto);
-            line(format!(
-                "-A NETD-POSTROUTING -s {cip}/32 -d {cip}/32 -p {p} -m {p} --dport {cport} -j MASQUERADE"
-            ));
-        }
-        // What Docker's userland proxy does for hairpin and host-originated
-        // connections: the backend sees its gateway as the source. Hairpin
-        // packets were marked on their way in from a bridge (below), so this
-        // is one rule per bridge, not one per (network, bridge) pair.
-        for net in &nets {
-            line(format!(
-                "-A NETD-POSTROUTING -o {} -m addrtype --src-type LOCAL -m conntrack --ctstate DNAT -j MASQUERADE",
-                net.bridge
-            ));
-            line(format!(
-                "-A NETD-POSTROUTING -o {} -m mark --mark {HAIRPIN_MARK}/{HAIRPIN_MARK} -m conntrack --ctstate DNAT -j MASQUERADE",
-                net.bridge
-            ));
-        }
-        for net in &nets {
-            line(format!(
-                "-A NETD -i {} -j MARK --set-xmark {HAIRPIN_MARK}/{HAIRPIN_MARK}",
-                net.bridge
-            ));
-        }
-        for (host_ip, port, proto, cip, cport) in &self.ports {
-            let p = proto_name(*proto);
-            let dst = if host_ip.is_unspecified() {
-                String::new()
-            } else {
-                format!("-d {host_ip}/32 ")
-            };
-            line(format!(
-                "-A NETD {dst}-p {p} -m {p} --dport {port} -j DNAT --to-destination {cip}:{cport}"
-            ));
-        }
-        line("COMMIT".into());
-
-        line("*filter".into());
-        for chain in CHAINS
-            .iter()
-            .filter(|(t, _)| *t == "filter")
-            .flat_map(|(_, c)| *c)
-        {
-            line(format!(":{chain} - [0:0]"));
-        }
-        // The user's rules come first, for what enters a bridge from
-        // outside (see `render_user_rules`).
-        if !self.rules.is_empty() {
-            for net in &nets {
-                line(format!("-A NETD-FORWARD -o {} -j NETD-USER", net.bridge));
-            }
-            self.render_user_rules(&nets, &mut line);
-        }
-        line("-A NETD-FORWARD -j NETD-ISOLATION-STAGE-1".into());
-        for net in &nets {
-            let br = &net.bridge;
-            line(format!(
-                "-A NETD-FORWARD -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
-            ));
-            // New connections to published ports walk the per-port ACCEPT
-            // rules, as with Docker; what they do not accept (hairpin from
-            // the same bridge, the host) is accepted after them.
-            line(format!("-A NETD-FORWARD -o {br} -j NETD"));
-            line(format!(
-                "-A NETD-FORWARD -o {br} -m conntrack --ctstate DNAT -j ACCEPT"
-            ));
-            // Pods of the cluster's other nodes, routed to this one.
-            for cidr in &net.routed_cidrs {
-                line(format!("-A NETD-FORWARD -s {cidr} -o {br} -j ACCEPT"));
-            }
-            if !net.internal {
-                line(format!("-A NETD-FORWARD -i {br} ! -o {br} -j ACCEPT"));
-            }
-            let icc = if net.icc { "ACCEPT" } else { "DROP" };
-            line(format!("-A NETD-FORWARD -i {br} -o {br} -j {icc}"));
-            // Docker sets FORWARD's policy to DROP; netd leaves policies alone.
-            line(format!("-A NETD-FORWARD -o {br} -j DROP"));
-        }
-        for net in nets.iter().filter(|n| n.internal) {
-            let (br, subnet) = (&net.bridge, &net.subnet);
-            line(format!(
-                "-A NETD-ISOLATION-STAGE-1 -i {br} ! -d {subnet} -j DROP"
-            ));
-            line(format!(
-                "-A NETD-ISOLATION-STAGE-1 ! -s {subnet} -o {br} -j DROP"
-            ));
-        }
-        line("-A NETD-ISOLATION-STAGE-1 -m conntrack --ctstate DNAT -j RETURN".into());
-        for net in nets.iter().filter(|n| !n.internal) {
-            let br = &net.bridge;
-            line(format!(
-                "-A NETD-ISOLATION-STAGE-1 -i {br} ! -o {br} -j NETD-ISOLATION-STAGE-2"
-            ));
-        }
-        line("-A NETD-ISOLATION-STAGE-1 -j RETURN".into());
-        for net in nets.iter().filter(|n| !n.internal) {
-            line(format!(
-                "-A NETD-ISOLATION-STAGE-2 -o {} -j DROP",
-                net.bridge
-            ));
-        }
-        line("-A NETD-ISOLATION-STAGE-2 -j RETURN".into());
-        for (_, _, proto, cip, cport) in &self.ports {
-            if let Some(net) = self.bridge_of(*cip) {
-                let (p, br) = (proto_name(*proto), &net.bridge);
-                line(format!(
-                    "-A NETD -d {cip}/32 ! -i {br} -o {br} -p {p} -m {p} --dport {cport} -j ACCEPT"
-                ));
-            }
-        }
-        line("COMMIT".into());
-        out
-    }
-
-    /// NETD-USER: connections opened toward a bridge from anywhere but a
-    /// netd bridge (the host's own and containers' traffic is not the
-    /// rules' business, as on the eBPF datapath), matched on the original
-    /// destination port (the published one, before DNAT), first match wins.
-    fn render_user_rules(&self, nets: &[&Network], line: &mut impl FnMut(String)) {
-        line("-A NETD-USER -m conntrack ! --ctstate NEW -j RETURN".into());
-        for net in nets {
-            line(format!("-A NETD-USER -i {} -j RETURN", net.bridge));
-        }
-        for active in &self.rules {
-            let rule = &active.rule;
-            let mut spec = String::new();
-            if let Some(source) = rule.source {
-                let _ = write!(spec, " -s {source}");
-            }
-            if let Some(iface) = &rule.in_interface {
-                let _ = write!(spec, " -i {iface}");
-            }
-            if let Some((_, bridge)) = &active.network {
-                let _ = write!(spec, " -o {bridge}");
-            }
-            if let Some(proto) = rule.proto {
-                let _ = write!(spec, " -p {proto}");
-            }
-            if let Some((first, last)) = rule.ports {
-                let _ = write!(spec, " -m conntrack --ctorigdstport {first}:{last}");
-            }
-            let target = match rule.action {
-                RuleAction::Allow => "RETURN",
-                RuleAction::Deny => "DROP",
-            };
-            line(format!("-A NETD-USER{spec} -j {target}"));
-        }
-    }
-
     /// Forgets conntrack entries (the kernel's) matching `args`.
     fn flush_conntrack(args: &[&str]) {
         // Exit status 1 means nothing matched.
@@ -361,10 +152,6 @@ fn port_tuple(p: &PublishedPort) -> (Ipv4Addr, u16, u8, Ipv4Addr, u16) {
         p.container_ip,
         p.container_port,
     )
-}
-
-fn proto_name(proto: u8) -> &'static str {
-    if proto == 17 { "udp" } else { "tcp" }
 }
 
 impl FirewallDriver for IptablesDriver {

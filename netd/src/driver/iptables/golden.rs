@@ -1,0 +1,182 @@
+//! Golden snapshots of the rendered rule set (as moby's iptabler tests
+//! keep theirs): one per feature of Docker's bridge driver netd renders.
+//! A change to a rule shows in review as a change to its snapshot
+//! (`cargo insta review`, or INSTA_UPDATE=always to accept).
+
+use std::net::Ipv4Addr;
+
+use super::IptablesDriver;
+use crate::{
+    portspec::Proto,
+    rule::{ActiveRule, RuleAction, UserRule},
+    state::Network,
+};
+
+fn network(name: &str, id: u32, subnet: &str, bridge: &str) -> Network {
+    let subnet: crate::cidr::Cidr = subnet.parse().unwrap();
+    Network {
+        name: name.into(),
+        id,
+        subnet,
+        gateway: subnet.first_host().unwrap(),
+        bridge: bridge.into(),
+        internal: false,
+        icc: true,
+        masquerade: true,
+        host_ip: None,
+        mtu: 1500,
+        binding_ip: None,
+        docker_id: None,
+        routed_cidrs: Vec::new(),
+        pending: None,
+    }
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// A driver holding `networks`, `endpoints` (address, network) and
+/// `ports` (host address, host port, protocol, container address and port).
+fn driver(
+    networks: Vec<Network>,
+    endpoints: &[(&str, &str)],
+    ports: &[(&str, u16, Proto, &str, u16)],
+) -> IptablesDriver {
+    IptablesDriver {
+        networks,
+        endpoints: endpoints
+            .iter()
+            .map(|(addr, net)| (ip(addr), (*net).to_owned()))
+            .collect(),
+        ports: ports
+            .iter()
+            .map(|(host, port, proto, ctr, ctr_port)| {
+                (ip(host), *port, proto.number(), ip(ctr), *ctr_port)
+            })
+            .collect(),
+        rules: Vec::new(),
+        deferred: true,
+    }
+}
+
+#[test]
+fn default_bridge_with_a_published_port() {
+    let d = driver(
+        vec![network("bridge", 1, "172.17.0.0/16", "netd0")],
+        &[("172.17.0.2", "bridge")],
+        &[
+            ("0.0.0.0", 8080, Proto::Tcp, "172.17.0.2", 80),
+            ("0.0.0.0", 5353, Proto::Udp, "172.17.0.2", 53),
+        ],
+    );
+    insta::assert_snapshot!(d.render());
+}
+
+#[test]
+fn icc_off_internal_and_unmasqueraded_networks() {
+    let no_icc = Network {
+        icc: false,
+        ..network("quiet", 2, "10.10.0.0/24", "br-quiet")
+    };
+    let internal = Network {
+        internal: true,
+        ..network("backend", 3, "10.20.0.0/24", "br-backend")
+    };
+    let routed = Network {
+        masquerade: false,
+        ..network("plain", 4, "10.30.0.0/24", "br-plain")
+    };
+    let d = driver(
+        vec![no_icc, internal, routed],
+        &[
+            ("10.10.0.2", "quiet"),
+            ("10.20.0.2", "backend"),
+            ("10.30.0.2", "plain"),
+        ],
+        &[],
+    );
+    insta::assert_snapshot!(d.render());
+}
+
+#[test]
+fn hairpin_host_ip_bindings_and_a_networks_own_source_address() {
+    let own_source = Network {
+        host_ip: Some(ip("198.51.100.7")),
+        binding_ip: Some(ip("198.51.100.7")),
+        ..network("web", 2, "10.40.0.0/24", "br-web")
+    };
+    let d = driver(
+        vec![network("bridge", 1, "172.17.0.0/16", "netd0"), own_source],
+        &[("172.17.0.2", "bridge"), ("10.40.0.2", "web")],
+        &[
+            ("127.0.0.1", 9090, Proto::Tcp, "172.17.0.2", 80),
+            ("198.51.100.7", 8443, Proto::Tcp, "10.40.0.2", 443),
+            ("0.0.0.0", 8080, Proto::Tcp, "172.17.0.2", 80),
+        ],
+    );
+    insta::assert_snapshot!(d.render());
+}
+
+#[test]
+fn routed_cidrs_skip_masquerade() {
+    let pods = Network {
+        routed_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        ..network("pods", 2, "10.244.1.0/24", "br-pods")
+    };
+    let d = driver(vec![pods], &[("10.244.1.2", "pods")], &[]);
+    insta::assert_snapshot!(d.render());
+}
+
+#[test]
+fn user_rules_in_order() {
+    let mut d = driver(
+        vec![network("bridge", 1, "172.17.0.0/16", "netd0")],
+        &[("172.17.0.2", "bridge")],
+        &[("0.0.0.0", 5432, Proto::Tcp, "172.17.0.2", 5432)],
+    );
+    let rule =
+        |action, source: Option<&str>, proto, ports, network: bool, iface: Option<&str>| UserRule {
+            action,
+            source: source.map(|s| s.parse().unwrap()),
+            proto,
+            ports,
+            network: network.then(|| "bridge".to_owned()),
+            in_interface: iface.map(str::to_owned),
+        };
+    d.rules = [
+        rule(
+            RuleAction::Allow,
+            Some("203.0.113.0/24"),
+            Some(Proto::Tcp),
+            Some((5432, 5432)),
+            false,
+            None,
+        ),
+        rule(
+            RuleAction::Deny,
+            None,
+            Some(Proto::Tcp),
+            Some((5432, 5432)),
+            false,
+            None,
+        ),
+        rule(
+            RuleAction::Deny,
+            Some("192.0.2.0/24"),
+            None,
+            None,
+            true,
+            Some("eth1"),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(order, rule)| ActiveRule {
+        order: order as u32,
+        network: rule.network.as_ref().map(|_| (1, "netd0".to_owned())),
+        rule,
+    })
+    .collect();
+    insta::assert_snapshot!(d.render());
+}
