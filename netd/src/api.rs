@@ -408,14 +408,98 @@ pub struct IptablesStatus {
 /// One direction of a tracked connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConntrackRow {
-    pub proto: String,
-    pub src: String,
-    pub dst: String,
-    pub translated_src: String,
-    pub translated_dst: String,
-    pub direction: String,
-    pub nat: String,
+    pub proto: IpProto,
+    pub src: std::net::SocketAddr,
+    pub dst: std::net::SocketAddr,
+    /// What the packets of this direction are rewritten to.
+    pub translated_src: std::net::SocketAddr,
+    pub translated_dst: std::net::SocketAddr,
+    pub direction: FlowDirection,
+    pub nat: NatKind,
     pub expires_in_s: i64,
+}
+
+/// A packet's transport protocol (`tcp`, `udp`, `icmp`, else its number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpProto {
+    Tcp,
+    Udp,
+    Icmp,
+    #[serde(untagged)]
+    Other(u8),
+}
+
+impl IpProto {
+    pub fn from_number(n: u8) -> Self {
+        match n {
+            6 => Self::Tcp,
+            17 => Self::Udp,
+            1 => Self::Icmp,
+            n => Self::Other(n),
+        }
+    }
+}
+
+impl std::fmt::Display for IpProto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp => f.write_str("tcp"),
+            Self::Udp => f.write_str("udp"),
+            Self::Icmp => f.write_str("icmp"),
+            Self::Other(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Which direction of a connection a conntrack entry is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowDirection {
+    Original,
+    Reply,
+}
+
+impl FlowDirection {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Original => "original",
+            Self::Reply => "reply",
+        }
+    }
+}
+
+/// The translation a connection gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NatKind {
+    #[serde(rename = "")]
+    None,
+    #[serde(rename = "snat")]
+    Snat,
+    #[serde(rename = "dnat")]
+    Dnat,
+    #[serde(rename = "snat+dnat")]
+    Both,
+}
+
+impl NatKind {
+    pub const fn of(snat: bool, dnat: bool) -> Self {
+        match (snat, dnat) {
+            (false, false) => Self::None,
+            (true, false) => Self::Snat,
+            (false, true) => Self::Dnat,
+            (true, true) => Self::Both,
+        }
+    }
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::None => "",
+            Self::Snat => "snat",
+            Self::Dnat => "dnat",
+            Self::Both => "snat+dnat",
+        }
+    }
 }
 
 /// One line of `netd monitor`.

@@ -663,7 +663,7 @@ fn the_host_changing_under_netd_is_followed_without_a_restart() {
 /// the published ports' scopes and the uplinks' drop slots): the restarted
 /// daemon creates and pins them, and the kept connection and new ones to
 /// the published port work. (That the scopes are filled at load, before any
-/// program runs, is proven in datapath_unit.)
+/// program runs, is proven in tests/tests/bpf_nat.rs.)
 #[test]
 fn maps_an_upgrade_adds_are_filled_before_the_new_programs_run() {
     for (variant, flags) in &VARIANTS[..2] {

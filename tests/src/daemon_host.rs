@@ -15,6 +15,10 @@ use crate::{Netns, Testbed, topology::Background};
 
 pub use crate::uplink::{HOST_IP, HOST_SECOND_IP, OUTSIDE_IP};
 
+/// Where daemons started by this harness append their log (stdout and
+/// stderr), when set; else they log to the test's own output.
+pub const DAEMON_LOG_ENV: &str = "NETD_DAEMON_LOG";
+
 /// A host namespace running `netd daemon`, with an outside client on its uplink.
 pub struct DaemonHost {
     pub daemon: Option<Background>,
@@ -55,7 +59,8 @@ impl DaemonHost {
             host,
             outside,
             uplink,
-            daemon_log: None,
+            // The demo sends every daemon's log to one file it names.
+            daemon_log: std::env::var_os(DAEMON_LOG_ENV).map(PathBuf::from),
             _bed: bed,
         };
         me.spawn_daemon();

@@ -12,6 +12,7 @@
 //! - [`containerd`]: a real containerd attaching containers with `ctr run --cni`;
 //! - [`scenarios`]: the verdict suite both datapaths must pass;
 //! - [`testrun`]: one crafted frame through BPF_PROG_TEST_RUN;
+//! - [`unit`]: the set-up and checks of the BPF_PROG_TEST_RUN tests;
 //! - [`packet`]: crafted frames and an independent checksum routine for
 //!   `BPF_PROG_TEST_RUN` tests.
 
@@ -26,6 +27,7 @@ pub mod probe;
 pub mod scenarios;
 pub mod testrun;
 pub mod topology;
+pub mod unit;
 pub mod uplink;
 
 pub use topology::{Netns, Testbed};

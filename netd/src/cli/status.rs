@@ -208,13 +208,13 @@ pub fn conntrack(client: &Client, command: ConntrackCommand) -> Result<()> {
     ];
     print_rows(format, &rows, &headers, |r| {
         vec![
-            r.proto.clone(),
-            r.src.clone(),
-            r.dst.clone(),
-            r.translated_src.clone(),
-            r.translated_dst.clone(),
-            r.direction.clone(),
-            r.nat.clone(),
+            r.proto.to_string(),
+            r.src.to_string(),
+            r.dst.to_string(),
+            r.translated_src.to_string(),
+            r.translated_dst.to_string(),
+            r.direction.label().to_owned(),
+            r.nat.label().to_owned(),
             r.expires_in_s.to_string(),
         ]
     })

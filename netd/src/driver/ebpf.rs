@@ -2,7 +2,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -17,7 +17,7 @@ use super::{
     Observability, TableFill,
 };
 use crate::{
-    api::{DatapathStatus, EbpfStatus, MapUse, Programs, Traffic},
+    api::{DatapathStatus, EbpfStatus, FlowDirection, IpProto, MapUse, NatKind, Programs, Traffic},
     datapath::{Datapath, XdpMode, XdpSetting, monotonic_ns},
     features::{Features, TcAttachMode},
     netlink::Netlink,
@@ -518,11 +518,10 @@ impl FirewallDriver for EbpfDriver {
     fn conntrack(&self) -> Result<Vec<ConntrackRow>> {
         let now = monotonic_ns() as i64;
         let tuple = |k: &CtKey| {
-            let port = |p: [u8; 2]| u16::from_be_bytes(p);
-            (
-                format!("{}:{}", Ipv4Addr::from(k.src), port(k.src_port)),
-                format!("{}:{}", Ipv4Addr::from(k.dst), port(k.dst_port)),
-            )
+            let addr = |ip: [u8; 4], port: [u8; 2]| {
+                SocketAddr::from((Ipv4Addr::from(ip), u16::from_be_bytes(port)))
+            };
+            (addr(k.src, k.src_port), addr(k.dst, k.dst_port))
         };
         Ok(self
             .datapath
@@ -533,30 +532,18 @@ impl FirewallDriver for EbpfDriver {
             .map(|(key, entry)| {
                 let (src, dst) = tuple(&key);
                 let (translated_src, translated_dst) = tuple(&entry.xlat);
-                let mut nat = Vec::new();
-                if entry.flags & netd_common::CT_SNAT != 0 {
-                    nat.push("snat");
-                }
-                if entry.flags & netd_common::CT_DNAT != 0 {
-                    nat.push("dnat");
-                }
+                let flag = |bit: u32| entry.flags & bit != 0;
                 ConntrackRow {
-                    proto: match key.proto {
-                        6 => "tcp".into(),
-                        17 => "udp".into(),
-                        1 => "icmp".into(),
-                        p => p.to_string(),
-                    },
+                    proto: IpProto::from_number(key.proto),
                     src,
                     dst,
                     translated_src,
                     translated_dst,
-                    direction: if entry.flags & netd_common::CT_REPLY != 0 {
-                        "reply".into()
-                    } else {
-                        "original".into()
+                    direction: match flag(netd_common::CT_REPLY) {
+                        true => FlowDirection::Reply,
+                        false => FlowDirection::Original,
                     },
-                    nat: nat.join("+"),
+                    nat: NatKind::of(flag(netd_common::CT_SNAT), flag(netd_common::CT_DNAT)),
                     expires_in_s: (entry.expires_ns as i64 - now) / 1_000_000_000,
                 }
             })
@@ -665,7 +652,8 @@ impl Observability for EbpfDriver {
     fn metrics(&self) -> Result<DatapathMetrics> {
         let mut conntrack: BTreeMap<(String, String), u64> = BTreeMap::new();
         for row in self.conntrack()? {
-            *conntrack.entry((row.proto, row.direction)).or_default() += 1;
+            let key = (row.proto.to_string(), row.direction.label().to_owned());
+            *conntrack.entry(key).or_default() += 1;
         }
         Ok(DatapathMetrics {
             traffic: self

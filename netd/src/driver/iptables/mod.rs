@@ -13,7 +13,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     io::Write as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     process::{Command, Stdio},
 };
 
@@ -23,7 +23,7 @@ use super::{
     BoxFuture, ConntrackRow, DatapathMetrics, FirewallDriver, HostInfo, Observability, TableFill,
 };
 use crate::{
-    api::{DatapathStatus, IptablesStatus},
+    api::{DatapathStatus, FlowDirection, IpProto, IptablesStatus, NatKind},
     rule::ActiveRule,
     state::{Attachment, Network, PublishedPort},
 };
@@ -302,7 +302,8 @@ impl Observability for IptablesDriver {
         };
         let mut conntrack: BTreeMap<(String, String), u64> = BTreeMap::new();
         for row in self.conntrack().unwrap_or_default() {
-            *conntrack.entry((row.proto, row.direction)).or_default() += 1;
+            let key = (row.proto.to_string(), row.direction.label().to_owned());
+            *conntrack.entry(key).or_default() += 1;
         }
         Ok(DatapathMetrics {
             tables,
@@ -354,7 +355,7 @@ impl IptablesDriver {
 /// One line of `conntrack -L`: original tuple, then reply tuple.
 fn parse_conntrack_line(line: &str) -> Option<ConntrackRow> {
     let words: Vec<&str> = line.split_whitespace().collect();
-    let proto = (*words.first()?).to_owned();
+    let proto = words.get(1)?.parse().ok().map(IpProto::from_number)?;
     let expires: i64 = words.get(2)?.parse().ok()?;
     let field = |key: &str, nth: usize| {
         words
@@ -362,36 +363,30 @@ fn parse_conntrack_line(line: &str) -> Option<ConntrackRow> {
             .filter_map(|w| w.strip_prefix(key))
             .nth(nth)
             .unwrap_or("0")
-            .to_owned()
     };
-    let tuple = |nth: usize| {
-        let (sport, dport) = if proto == "icmp" {
+    let tuple = |nth: usize| -> Option<(SocketAddr, SocketAddr)> {
+        let (sport, dport) = if proto == IpProto::Icmp {
             (field("id=", nth), field("id=", nth))
         } else {
             (field("sport=", nth), field("dport=", nth))
         };
-        (
-            format!("{}:{sport}", field("src=", nth)),
-            format!("{}:{dport}", field("dst=", nth)),
-        )
+        let addr =
+            |ip: &str, port: &str| Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?));
+        Some((
+            addr(field("src=", nth), sport)?,
+            addr(field("dst=", nth), dport)?,
+        ))
     };
-    let (src, dst) = tuple(0);
-    let (reply_src, reply_dst) = tuple(1);
-    let mut nat = Vec::new();
-    if reply_dst != src {
-        nat.push("snat");
-    }
-    if reply_src != dst {
-        nat.push("dnat");
-    }
+    let (src, dst) = tuple(0)?;
+    let (reply_src, reply_dst) = tuple(1)?;
     Some(ConntrackRow {
         proto,
         src,
         dst,
         translated_src: reply_dst,
         translated_dst: reply_src,
-        direction: "original".into(),
-        nat: nat.join("+"),
+        direction: FlowDirection::Original,
+        nat: NatKind::of(reply_dst != src, reply_src != dst),
         expires_in_s: expires,
     })
 }
@@ -423,12 +418,13 @@ mod tests {
     fn parses_conntrack_lines() {
         let line = "tcp      6 431999 ESTABLISHED src=198.51.100.2 dst=198.51.100.1 sport=41248 dport=8080 src=172.17.0.2 dst=198.51.100.2 sport=80 dport=41248 [ASSURED] mark=0 use=1";
         let row = parse_conntrack_line(line).unwrap();
+        assert_eq!(row.proto, IpProto::Tcp);
         assert_eq!(
-            (row.src.as_str(), row.dst.as_str()),
-            ("198.51.100.2:41248", "198.51.100.1:8080")
+            (row.src.to_string(), row.dst.to_string()),
+            ("198.51.100.2:41248".into(), "198.51.100.1:8080".into())
         );
-        assert_eq!(row.translated_dst, "172.17.0.2:80");
-        assert_eq!(row.nat, "dnat");
+        assert_eq!(row.translated_dst.to_string(), "172.17.0.2:80");
+        assert_eq!(row.nat, NatKind::Dnat);
         assert_eq!(row.expires_in_s, 431999);
     }
 }
