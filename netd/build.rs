@@ -1,5 +1,5 @@
 //! Builds `netd-ebpf` for the BPF target and leaves the object in OUT_DIR,
-//! where `netd::bpf` embeds it.
+//! where `netd::datapath` embeds it.
 
 use std::{env, path::PathBuf};
 

@@ -34,7 +34,7 @@ commands:
                  6.12 kernels booted under QEMU: check, daemon, ports, masquerade, restart
   test           run every test (BPF unit tests through BPF_PROG_TEST_RUN, namespace
                  integration tests), the kernel matrix, then rustfmt and clippy checks
-  lint           rustfmt and clippy checks only (netd-ebpf included)
+  lint           rustfmt and clippy checks only (the BPF crates included)
 ";
 
 fn main() -> ExitCode {
@@ -84,7 +84,14 @@ fn run(args: Vec<String>) -> Result<()> {
         }
         "test" => {
             setup::ensure_all()?;
-            cargo(&["test", "--workspace", "--exclude", "netd-ebpf"])?;
+            cargo(&[
+                "test",
+                "--workspace",
+                "--exclude",
+                "netd-ebpf",
+                "--exclude",
+                "netd-bench-ebpf",
+            ])?;
             kernel_matrix()?;
             lint()
         }
@@ -154,22 +161,26 @@ fn kernel_matrix() -> Result<()> {
 
 fn lint() -> Result<()> {
     cargo(&["fmt", "--all", "--check"])?;
-    // The BPF crate builds only for its own target, with core from source.
-    let mut bpf = Command::new("cargo");
-    bpf.arg(format!("+{}", setup::PINNED_TOOLCHAIN))
-        .args(["clippy", "--release", "--target", "bpfel-unknown-none"])
-        .args(["-Z", "build-std=core", "--", "-D", "warnings"])
-        .current_dir(workspace_root().join("netd-ebpf"))
-        .env("RUSTC_BOOTSTRAP", "1");
-    for var in ["RUSTUP_TOOLCHAIN", "CARGO", "RUSTC", "RUSTDOC"] {
-        bpf.env_remove(var);
+    // The BPF crates build only for their own target, with core from source.
+    for crate_dir in ["netd-ebpf", "tests/ebpf"] {
+        let mut bpf = Command::new("cargo");
+        bpf.arg(format!("+{}", setup::PINNED_TOOLCHAIN))
+            .args(["clippy", "--release", "--target", "bpfel-unknown-none"])
+            .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+            .current_dir(workspace_root().join(crate_dir))
+            .env("RUSTC_BOOTSTRAP", "1");
+        for var in ["RUSTUP_TOOLCHAIN", "CARGO", "RUSTC", "RUSTDOC"] {
+            bpf.env_remove(var);
+        }
+        run_command(&mut bpf)?;
     }
-    run_command(&mut bpf)?;
     cargo(&[
         "clippy",
         "--workspace",
         "--exclude",
         "netd-ebpf",
+        "--exclude",
+        "netd-bench-ebpf",
         "--all-targets",
         "--",
         "-D",

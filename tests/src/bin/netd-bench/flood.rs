@@ -32,6 +32,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, xdp::XdpMode},
+};
 use netd_testbed::{
     Netns,
     daemon_host::{DaemonHost, HOST_IP},
@@ -190,7 +194,7 @@ impl FloodSpec {
                 }
             }
             Generator::Frames => {
-                let sender = FrameSender::on(&self.ifname)?;
+                let mut sender = FrameSender::on(&self.ifname)?;
                 // One frame per run, repeated: the two kinds take turns.
                 let mut kinds = self.frames.iter().take(2).cycle();
                 let Some(rate) = self.rate else {
@@ -277,122 +281,88 @@ impl Drop for RawSocket {
 /// flag is seen that often).
 const FRAMES_PER_RUN: u32 = 1 << 16;
 
+/// The bench's own XDP programs (`tests/ebpf`), built by `build.rs`.
+static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netd-bench"));
+
+/// Loads one XDP program of the bench's object.
+fn bench_program(name: &str) -> Result<Ebpf> {
+    let mut ebpf = Ebpf::load(BENCH_OBJECT).context("loading the bench's BPF object")?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("no program {name} in the bench's object"))?
+        .try_into()?;
+    prog.load().with_context(|| format!("loading {name}"))?;
+    Ok(ebpf)
+}
+
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("no program {name} in the bench's object"))?
+        .try_into()?)
+}
+
 /// Sends XDP frames out of one interface through `BPF_PROG_TEST_RUN` in
-/// live-frames mode (5.18): a two-instruction XDP program returns XDP_TX,
-/// which the kernel turns into a redirect out of the run's interface.
+/// live-frames mode (5.18): `bench_transmit` returns XDP_TX, which the
+/// kernel turns into a redirect out of the run's interface.
 struct FrameSender {
-    prog: libc::c_int,
+    ebpf: Ebpf,
     ifindex: u32,
 }
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_PROG_TYPE_XDP: u32 = 6;
-const BPF_XDP: u32 = 37;
-const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
-const XDP_DROP: u32 = 1;
-const XDP_TX: u32 = 3;
-
-/// Loads a two-instruction XDP program: `r0 = action; exit`.
-fn xdp_program_returning(action: u32) -> Result<libc::c_int> {
-    let insns: [u64; 2] = [0xb7 | (u64::from(action) << 32), 0x95];
-    let license = b"GPL\0";
-    let mut attr = [0u64; 16];
-    attr[0] = u64::from(BPF_PROG_TYPE_XDP) | (2u64 << 32);
-    attr[1] = insns.as_ptr() as u64;
-    attr[2] = license.as_ptr() as u64;
-    Ok(bpf(BPF_PROG_LOAD, &mut attr)? as libc::c_int)
-}
-
-/// A one-instruction XDP_DROP program in an interface's driver: the least
-/// receiving a frame can cost (the floor the flood's drop costs are taken
-/// from). Detached when dropped (its link's only fd is closed).
+/// `bench_drop` (XDP_DROP) in an interface's driver: the least receiving a
+/// frame can cost (the floor the flood's drop costs are taken from).
+/// Detached when dropped (aya detaches a program's links with it).
 struct FloorDrop {
-    prog: libc::c_int,
-    link: libc::c_int,
+    _ebpf: Ebpf,
 }
 
 impl FloorDrop {
     /// Attaches to `ifname` in the calling thread's namespace.
     fn attach(ifname: &str) -> Result<Self> {
-        let ifindex = ifindex_of(ifname)?;
-        let prog = xdp_program_returning(XDP_DROP).context("loading an XDP_DROP program")?;
-        // link_create: prog_fd, target_ifindex, attach_type, flags.
-        let mut attr = [0u64; 16];
-        attr[0] = prog as u64 | (u64::from(ifindex) << 32);
-        attr[1] = u64::from(BPF_XDP) | (u64::from(XDP_FLAGS_DRV_MODE) << 32);
-        match bpf(BPF_LINK_CREATE, &mut attr) {
-            Ok(link) => Ok(Self {
-                prog,
-                link: link as libc::c_int,
-            }),
-            Err(err) => {
-                // SAFETY: our own fd, closed once.
-                unsafe { libc::close(prog) };
-                Err(err).with_context(|| format!("attaching XDP_DROP to {ifname}"))
-            }
-        }
-    }
-}
-
-impl Drop for FloorDrop {
-    fn drop(&mut self) {
-        // SAFETY: our own fds, closed once.
-        unsafe {
-            libc::close(self.link);
-            libc::close(self.prog);
-        }
+        let mut ebpf = bench_program("bench_drop")?;
+        let name = std::ffi::CString::new(ifname)?;
+        xdp(&mut ebpf, "bench_drop")?
+            .attach(name.as_c_str(), XdpMode::Driver)
+            .with_context(|| format!("attaching XDP_DROP to {ifname}"))?;
+        Ok(Self { _ebpf: ebpf })
     }
 }
 
 /// The index of `ifname` in the calling thread's namespace.
 fn ifindex_of(ifname: &str) -> Result<u32> {
     let name = std::ffi::CString::new(ifname)?;
-    // SAFETY: a plain libc call.
+    // SAFETY: a plain libc call on a NUL-terminated name.
     let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
     anyhow::ensure!(ifindex != 0, "no interface {ifname}");
     Ok(ifindex)
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<libc::c_long> {
-    // SAFETY: `attr` is a zero-padded bpf_attr of 128 bytes, as the kernel reads it.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128usize) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(rc)
-}
-
 impl FrameSender {
     fn on(ifname: &str) -> Result<Self> {
         let ifindex = ifindex_of(ifname)?;
-        let prog = xdp_program_returning(XDP_TX).context("loading the XDP_TX generator")?;
-        Ok(Self { prog, ifindex })
+        let ebpf = bench_program("bench_transmit").context("the XDP_TX generator")?;
+        Ok(Self { ebpf, ifindex })
     }
 
     /// Sends `frame` `count` times; returns how many went.
-    fn send(&self, frame: &[u8], count: u32) -> Result<u64> {
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    fn send(&mut self, frame: &[u8], count: u32) -> Result<u64> {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
         let ctx: [u32; 6] = [0, frame.len() as u32, 0, self.ifindex, 0, 0];
-        let mut attr = [0u64; 16];
-        attr[0] = self.prog as u64;
-        attr[1] = frame.len() as u64; // data_size_in
-        attr[2] = frame.as_ptr() as u64; // data_in
-        attr[4] = u64::from(count); // repeat
-        attr[5] = std::mem::size_of_val(&ctx) as u64; // ctx_size_in
-        attr[6] = ctx.as_ptr() as u64; // ctx_in
-        attr[8] = u64::from(BPF_F_TEST_XDP_LIVE_FRAMES); // flags
-        bpf(BPF_PROG_TEST_RUN, &mut attr).context("sending XDP frames (live-frames test run)")?;
+        let ctx: Vec<u8> = ctx.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        xdp(&mut self.ebpf, "bench_transmit")?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx),
+                repeat: count,
+                // Batch 0: the kernel's default.
+                attrs: TestRunAttrs::new().xdp_live_frames(0),
+                ..TestRunOptions::new()
+            })
+            .context("sending XDP frames (live-frames test run)")?;
         Ok(u64::from(count))
-    }
-}
-
-impl Drop for FrameSender {
-    fn drop(&mut self) {
-        // SAFETY: our own fd, closed once.
-        unsafe { libc::close(self.prog) };
     }
 }
 
