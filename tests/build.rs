@@ -15,7 +15,9 @@ fn main() -> anyhow::Result<()> {
         .join("ebpf")
         .canonicalize()
         .context("netd-bench-ebpf crate")?;
-    let ebpf_dir = ebpf_dir.to_str().context("netd-bench-ebpf path is not UTF-8")?;
+    let ebpf_dir = ebpf_dir
+        .to_str()
+        .context("netd-bench-ebpf path is not UTF-8")?;
 
     // Build the BPF crate with the same toolchain as user space: the one rustup
     // picked for this build (`cargo +1.98.0 ...`).

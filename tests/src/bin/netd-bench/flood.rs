@@ -41,7 +41,6 @@ use netd_testbed::{
     daemon_host::{DaemonHost, HOST_IP},
     packet::{Ipv4Frame, TCP_SYN},
 };
-use serde_json::{Value, json};
 
 use super::{
     BpfStats, CLIENT_CPU, Config, Extras, SERVER_CPU, SERVER_IP, Side, Target, daemon_target,
@@ -282,8 +281,7 @@ impl Drop for RawSocket {
 const FRAMES_PER_RUN: u32 = 1 << 16;
 
 /// The bench's own XDP programs (`tests/ebpf`), built by `build.rs`.
-static BENCH_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netd-bench"));
+static BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netd-bench"));
 
 /// Loads one XDP program of the bench's object.
 fn bench_program(name: &str) -> Result<Ebpf> {
@@ -472,13 +470,95 @@ pub fn run(
     targets: &[Target],
     config: &Config,
     quick: bool,
-) -> Result<(String, Value)> {
-    let (rules, rules_json) = rule_scaling(netd, targets, config, quick)?;
-    let (flood, flood_json) = flood(netd, config)?;
+) -> Result<(String, RulesAndFlood)> {
+    let (rules, rule_scaling) = rule_scaling(netd, targets, config, quick)?;
+    let (md, flood) = flood(netd, config)?;
     Ok((
-        format!("{rules}\n{flood}"),
-        json!({"rule_scaling": rules_json, "flood": flood_json}),
+        format!("{rules}\n{md}"),
+        RulesAndFlood {
+            flood,
+            rule_scaling,
+        },
     ))
+}
+
+/// What results.json holds of the rules and floods (fields in
+/// alphabetical order, as the file's keys always were).
+#[derive(serde::Serialize)]
+pub struct RulesAndFlood {
+    pub flood: Flood,
+    pub rule_scaling: Vec<PairedRatio>,
+}
+
+#[derive(serde::Serialize)]
+pub struct Flood {
+    pub drop_cost: DropCost,
+    pub paced: Paced,
+    pub paths: Vec<FloodPath>,
+    pub under_flood: Vec<PairedRatio>,
+}
+
+/// One path under the unpaced flood.
+#[derive(serde::Serialize)]
+pub struct FloodPath {
+    pub flood: FloodAlone,
+    pub legitimate_crr_failed_in_one_run: u64,
+    pub no_flood_tcp_crr_per_s: f64,
+    pub no_flood_tcp_stream_gbit_s: f64,
+    pub path: String,
+    pub retained: PairedRatio,
+}
+
+/// The flood on its own: what was sent and dropped, at what cost.
+#[derive(Clone, serde::Serialize)]
+pub struct FloodAlone {
+    /// The uplink programs' own time per packet (eBPF).
+    pub bpf_ns_per_packet: Option<f64>,
+    pub cpu_ns_per_packet: f64,
+    pub dropped_per_s: f64,
+    pub seconds: f64,
+    pub sent: u64,
+    pub sent_per_s: f64,
+}
+
+#[derive(serde::Serialize)]
+pub struct DropCost {
+    pub floor_ns_per_frame: f64,
+    pub floors: Vec<f64>,
+    pub paths: Vec<DropCostPath>,
+    pub ratios: Vec<DropCostRatio>,
+}
+
+#[derive(serde::Serialize)]
+pub struct DropCostPath {
+    pub ci95: [f64; 2],
+    pub ns_beyond_floor: f64,
+    pub path: String,
+    pub rounds: Vec<f64>,
+}
+
+#[derive(serde::Serialize)]
+pub struct DropCostRatio {
+    pub ci95: [f64; 2],
+    pub median_ratio: f64,
+    pub pair_ratios: Vec<f64>,
+    pub what: String,
+}
+
+#[derive(serde::Serialize)]
+pub struct Paced {
+    pub capacity_frames_per_s: f64,
+    pub paths: Vec<PacedPath>,
+    pub under_flood: Vec<PairedRatio>,
+}
+
+#[derive(serde::Serialize)]
+pub struct PacedPath {
+    pub flood: FloodAlone,
+    pub fraction: f64,
+    pub offered_per_s: f64,
+    pub path: String,
+    pub retained: PairedRatio,
 }
 
 fn rule_scaling(
@@ -486,7 +566,7 @@ fn rule_scaling(
     targets: &[Target],
     config: &Config,
     quick: bool,
-) -> Result<(String, Value)> {
+) -> Result<(String, Vec<PairedRatio>)> {
     let counts: &[usize] = if quick { &[100, 1000] } else { &[100, 10000] };
     let mut results = Vec::new();
     for datapath in ["ebpf", "iptables"] {
@@ -522,7 +602,7 @@ fn rule_scaling(
         "### User rules that do not match (TCP_CRR through the published port; paired)\n\n{}",
         paired::table(&results)
     );
-    Ok((md, results.iter().map(PairedRatio::to_json).collect()))
+    Ok((md, results))
 }
 
 /// The flood's contenders: (label, datapath, daemon flags, generator).
@@ -561,7 +641,7 @@ const FLOOD_PATHS: [(&str, &str, &[&str], Generator); 7] = [
     ("frames: iptables", "iptables", &[], Generator::Frames),
 ];
 
-fn flood(netd: &str, config: &Config) -> Result<(String, Value)> {
+fn flood(netd: &str, config: &Config) -> Result<(String, Flood)> {
     let mut built = Vec::new();
     for (label, datapath, flags, generator) in FLOOD_PATHS {
         let mut target = timed_build(|| {
@@ -584,7 +664,6 @@ fn flood(netd: &str, config: &Config) -> Result<(String, Value)> {
         built.push((label, target));
     }
     let mut rows = Vec::new();
-    let mut kept = Vec::new();
     for (label, target) in &built {
         eprintln!("bench: flood {label}");
         let side = &target.dnat;
@@ -594,15 +673,14 @@ fn flood(netd: &str, config: &Config) -> Result<(String, Value)> {
         // What the hook costs legitimate traffic when nobody floods.
         let (crr, _) = tcp_crr(side, config.duration)?;
         let stream = tcp_stream(side, &target.container_servers, config.duration)?;
-        rows.push(json!({
-            "path": label,
-            "legitimate_crr_failed_in_one_run": failed,
-            "flood": alone,
-            "retained": retained.to_json(),
-            "no_flood_tcp_crr_per_s": crr,
-            "no_flood_tcp_stream_gbit_s": stream,
-        }));
-        kept.push(retained);
+        rows.push(FloodPath {
+            flood: alone,
+            legitimate_crr_failed_in_one_run: failed,
+            no_flood_tcp_crr_per_s: crr,
+            no_flood_tcp_stream_gbit_s: stream,
+            path: (*label).to_owned(),
+            retained,
+        });
     }
     let find = |label: &str| built.iter().find(|(l, _)| *l == label).map(|(_, t)| t);
     let found = |label: &str| find(label).with_context(|| format!("flood target {label}"));
@@ -652,24 +730,21 @@ fn flood(netd: &str, config: &Config) -> Result<(String, Value)> {
          `frames:` rows: sent as XDP frames into the veth (no skb until the host builds one, as with a NIC).\n\n\
          | path | legitimate TCP_CRR kept (flood / none) | 95 % interval | flood packets sent /s | dropped /s | whole-CPU ns per flood packet | BPF ns per flood packet | TCP_CRR /s, no flood | TCP_STREAM Gbit/s, no flood |\n|---|---|---|---|---|---|---|---|---|\n",
     );
-    for (row, retained) in rows.iter().zip(&kept) {
-        let f = &row["flood"];
+    for row in &rows {
+        let (f, retained) = (&row.flood, &row.retained);
         md.push_str(&format!(
             "| {} | {:.2}× | [{:.2}, {:.2}] | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.1} |\n",
-            row["path"].as_str().unwrap_or(""),
+            row.path,
             retained.median,
             retained.low,
             retained.high,
-            f["sent_per_s"].as_f64().unwrap_or(f64::NAN),
-            f["dropped_per_s"].as_f64().unwrap_or(f64::NAN),
-            f["cpu_ns_per_packet"].as_f64().unwrap_or(f64::NAN),
-            f["bpf_ns_per_packet"]
-                .as_f64()
+            f.sent_per_s,
+            f.dropped_per_s,
+            f.cpu_ns_per_packet,
+            f.bpf_ns_per_packet
                 .map_or("–".into(), |ns| format!("{ns:.0}")),
-            row["no_flood_tcp_crr_per_s"].as_f64().unwrap_or(f64::NAN),
-            row["no_flood_tcp_stream_gbit_s"]
-                .as_f64()
-                .unwrap_or(f64::NAN),
+            row.no_flood_tcp_crr_per_s,
+            row.no_flood_tcp_stream_gbit_s,
         ));
     }
     md.push_str("\nThe paths under the same flood (paired):\n\n");
@@ -688,12 +763,12 @@ fn flood(netd: &str, config: &Config) -> Result<(String, Value)> {
     md.push_str(&paced_md);
     Ok((
         md,
-        json!({
-            "paths": rows,
-            "under_flood": across.iter().map(PairedRatio::to_json).collect::<Vec<_>>(),
-            "drop_cost": cost_json,
-            "paced": paced_json,
-        }),
+        Flood {
+            drop_cost: cost_json,
+            paced: paced_json,
+            paths: rows,
+            under_flood: across,
+        },
     ))
 }
 
@@ -714,7 +789,7 @@ const PACED_PATHS: [&str; 3] = [
 /// cheaper drop leaves the core's remaining time to the legitimate
 /// traffic. The rates are fractions of the rate at which the costliest
 /// path's flood fills one core (sending, receiving and dropping).
-fn paced_flood(config: &Config, built: &mut [(&str, Target)]) -> Result<(String, Value)> {
+fn paced_flood(config: &Config, built: &mut [(&str, Target)]) -> Result<(String, Paced)> {
     let mut at = Vec::new();
     for label in PACED_PATHS {
         let index = built
@@ -756,19 +831,15 @@ fn paced_flood(config: &Config, built: &mut [(&str, Target)]) -> Result<(String,
             let alone = flood_alone(target, config.duration)?;
             md.push_str(&format!(
                 "| {rate:.0} ({fraction}) | {label} | {:.2}× | [{:.2}, {:.2}] | {:.0} | {:.0} |\n",
-                retained.median,
-                retained.low,
-                retained.high,
-                alone["sent_per_s"].as_f64().unwrap_or(f64::NAN),
-                alone["dropped_per_s"].as_f64().unwrap_or(f64::NAN),
+                retained.median, retained.low, retained.high, alone.sent_per_s, alone.dropped_per_s,
             ));
-            rows.push(json!({
-                "offered_per_s": rate,
-                "fraction": fraction,
-                "path": label,
-                "retained": retained.to_json(),
-                "flood": alone,
-            }));
+            rows.push(PacedPath {
+                flood: alone,
+                fraction,
+                offered_per_s: rate,
+                path: (*label).to_owned(),
+                retained,
+            });
         }
         let (native, tc, iptables) = (&built[at[0]].1, &built[at[1]].1, &built[at[2]].1);
         for (a, b, what) in [
@@ -787,11 +858,11 @@ fn paced_flood(config: &Config, built: &mut [(&str, Target)]) -> Result<(String,
     md.push_str(&paired::table(&across));
     Ok((
         md,
-        json!({
-            "capacity_frames_per_s": capacity,
-            "paths": rows,
-            "under_flood": across.iter().map(PairedRatio::to_json).collect::<Vec<_>>(),
-        }),
+        Paced {
+            capacity_frames_per_s: capacity,
+            paths: rows,
+            under_flood: across,
+        },
     ))
 }
 
@@ -849,7 +920,7 @@ fn ns_per_frame(spec: &Arc<FloodSpec>, slice: Duration) -> Result<f64> {
 /// sending, the veth's ring and NAPI, one program run). Paired: every round
 /// measures the floor and each path in a rotating order, and the costs and
 /// their ratios are taken within the round.
-fn drop_cost(netd: &str, config: &Config, paths: &[(&str, &Target)]) -> Result<(String, Value)> {
+fn drop_cost(netd: &str, config: &Config, paths: &[(&str, &Target)]) -> Result<(String, DropCost)> {
     let floor_target = timed_build(|| {
         let extras = Extras {
             flags: &["--xdp", "off"],
@@ -908,9 +979,12 @@ fn drop_cost(netd: &str, config: &Config, paths: &[(&str, &Target)]) -> Result<(
         md.push_str(&format!(
             "| {label} | {median:.0} | [{low:.0}, {high:.0}] |\n"
         ));
-        costs.push(
-            json!({"path": label, "ns_beyond_floor": median, "ci95": [low, high], "rounds": cost}),
-        );
+        costs.push(DropCostPath {
+            ci95: [low, high],
+            ns_beyond_floor: median,
+            path: (*label).to_owned(),
+            rounds: cost.clone(),
+        });
     }
     let mut ratios = Vec::new();
     for (a, b) in [(0, 1), (0, 2), (1, 2)] {
@@ -924,12 +998,22 @@ fn drop_cost(netd: &str, config: &Config, paths: &[(&str, &Target)]) -> Result<(
         md.push_str(&format!(
             "\n{what}: **{median:.2}×** [{low:.2}, {high:.2}] of the cost per drop"
         ));
-        ratios.push(json!({"what": what, "median_ratio": median, "ci95": [low, high], "pair_ratios": per_round}));
+        ratios.push(DropCostRatio {
+            ci95: [low, high],
+            median_ratio: median,
+            pair_ratios: per_round,
+            what,
+        });
     }
     md.push('\n');
     Ok((
         md,
-        json!({"floor_ns_per_frame": floor_ns, "floors": floors, "paths": costs, "ratios": ratios}),
+        DropCost {
+            floor_ns_per_frame: floor_ns,
+            floors,
+            paths: costs,
+            ratios,
+        },
     ))
 }
 
@@ -937,7 +1021,7 @@ fn drop_cost(netd: &str, config: &Config, paths: &[(&str, &Target)]) -> Result<(
 /// second, the flooder's core's time per packet (sending and the host's
 /// receive work both run there), and, on eBPF, the uplink programs' own
 /// time per packet from BPF stats.
-fn flood_alone(target: &Target, duration: Duration) -> Result<Value> {
+fn flood_alone(target: &Target, duration: Duration) -> Result<FloodAlone> {
     let h = target._keep._daemon.as_deref().context("a daemon target")?;
     let spec = target.dnat.flood.as_ref().context("a flood")?;
     let ebpf = target.datapath == "ebpf";
@@ -967,27 +1051,25 @@ fn flood_alone(target: &Target, duration: Duration) -> Result<Value> {
             break;
         }
     }
-    Ok(json!({
-        "seconds": secs,
-        "sent": sent,
-        "sent_per_s": sent as f64 / secs,
-        "dropped_per_s": drops_after.saturating_sub(drops_before) as f64 / secs,
-        "cpu_ns_per_packet": took.as_nanos() as f64 / sent.max(1) as f64,
-        "bpf_ns_per_packet": bpf_ns,
-    }))
+    Ok(FloodAlone {
+        bpf_ns_per_packet: bpf_ns,
+        cpu_ns_per_packet: took.as_nanos() as f64 / sent.max(1) as f64,
+        dropped_per_s: drops_after.saturating_sub(drops_before) as f64 / secs,
+        seconds: secs,
+        sent,
+        sent_per_s: sent as f64 / secs,
+    })
 }
 
 /// Packets the datapath has dropped: the drop counters on eBPF; netd's
 /// DROP rules' counters on iptables.
 fn dropped(h: &DaemonHost, ebpf: bool) -> Result<u64> {
     if ebpf {
-        let status = h.json(&["status", "--format", "json"]);
-        return Ok(status["drops"]
-            .as_object()
-            .context("status has drops")?
-            .values()
-            .filter_map(Value::as_u64)
-            .sum());
+        let status = netd::client::Client::new(h.socket()).status()?;
+        let netd::api::DatapathStatus::Ebpf(ebpf) = status.datapath else {
+            anyhow::bail!("the daemon is not on the eBPF datapath");
+        };
+        return Ok(ebpf.drops.values().sum());
     }
     let out = h.host.run("iptables-save", &["-c"])?;
     Ok(String::from_utf8_lossy(&out.stdout)

@@ -10,7 +10,6 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use serde_json::{Value, json};
 
 use super::{Side, Target, flood, tcp_crr, tcp_rr, udp_rr};
 
@@ -79,6 +78,7 @@ pub struct Comparison<'a> {
 }
 
 /// The outcome of one comparison.
+#[derive(Clone)]
 pub struct PairedRatio {
     pub what: String,
     pub workload: Workload,
@@ -94,18 +94,41 @@ impl PairedRatio {
     pub fn decisive(&self) -> bool {
         self.low > 1.0 || self.high < 1.0
     }
+}
 
-    pub fn to_json(&self) -> Value {
-        json!({
-            "what": self.what,
-            "workload": self.workload.label(),
-            "direction": self.direction.label(),
-            "median_ratio": self.median,
-            "ci95": [self.low, self.high],
-            "interval_excludes_1": self.decisive(),
-            "pair_ratios": self.ratios,
-        })
+/// A ratio as results.json has it (keys in alphabetical order).
+impl serde::Serialize for PairedRatio {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Json<'a> {
+            ci95: [f64; 2],
+            direction: &'a str,
+            interval_excludes_1: bool,
+            median_ratio: f64,
+            pair_ratios: &'a [f64],
+            what: &'a str,
+            workload: &'a str,
+        }
+        Json {
+            ci95: [self.low, self.high],
+            direction: self.direction.label(),
+            interval_excludes_1: self.decisive(),
+            median_ratio: self.median,
+            pair_ratios: &self.ratios,
+            what: &self.what,
+            workload: self.workload.label(),
+        }
+        .serialize(serializer)
     }
+}
+
+/// The paired comparisons of one run, as results.json has them.
+#[derive(serde::Serialize)]
+pub struct Paired {
+    pub comparisons: Vec<PairedRatio>,
+    pub noise_floor: Option<PairedRatio>,
+    pub sanity_direct_over_plain: Option<PairedRatio>,
+    pub unreliable: bool,
 }
 
 /// `pairs` pairs of `slice`-long runs, alternating a and b (b first in
@@ -237,7 +260,7 @@ pub fn report(
     results: &[PairedRatio],
     sanity: Option<&PairedRatio>,
     noise: Option<&PairedRatio>,
-) -> (String, Value) {
+) -> (String, Paired) {
     let mut md = String::from(
         "### Paired A/B (median of per-pair ratios, bootstrap 95 % interval; * = interval excludes 1.0)\n\n",
     );
@@ -256,13 +279,13 @@ pub fn report(
     } else {
         "\nSanity: the direct veth pair is not slower than plain routing.\n"
     });
-    let json = json!({
-        "comparisons": results.iter().map(PairedRatio::to_json).collect::<Vec<_>>(),
-        "sanity_direct_over_plain": sanity.map(PairedRatio::to_json),
-        "noise_floor": noise.map(PairedRatio::to_json),
-        "unreliable": unreliable,
-    });
-    (md, json)
+    let paired = Paired {
+        comparisons: results.to_vec(),
+        noise_floor: noise.cloned(),
+        sanity_direct_over_plain: sanity.cloned(),
+        unreliable,
+    };
+    (md, paired)
 }
 
 #[cfg(test)]

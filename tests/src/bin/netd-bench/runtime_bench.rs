@@ -21,10 +21,9 @@ use netd_testbed::{
     docker::{DockerHost, IMAGE, Networking},
     podman::PodmanHost,
 };
-use serde_json::{Value, json};
 
 use super::{
-    Config, FILLER_FIRST_PORT, Keep, Servers, Target, median, run_rounds, side, stats, tcp_crr,
+    Config, FILLER_FIRST_PORT, Keep, Servers, Summary, Target, median, run_rounds, side, tcp_crr,
     timed_build, tune_client, udp_flood,
 };
 
@@ -216,7 +215,7 @@ fn runtime_target(
         container_servers: Servers::start(&server, SERVER)?,
         outside_servers: Servers::start(&outside, OUTSIDE_IP)?,
         daemon_pid: None,
-        control: Value::Null,
+        control: None,
         _keep: Keep {
             _daemon: None,
             _bed: None,
@@ -337,35 +336,31 @@ fn report(
         runtime.command()
     ));
     for (setup, ms) in start_ms {
-        let s = stats(ms);
-        md.push_str(&format!(
-            "| {setup} | {:.0} | {:.0}–{:.0} |\n",
-            s["median"].as_f64().unwrap_or(f64::NAN),
-            s["min"].as_f64().unwrap_or(f64::NAN),
-            s["max"].as_f64().unwrap_or(f64::NAN)
-        ));
+        let (median, min, max) =
+            Summary::of(ms).map_or((f64::NAN, f64::NAN, f64::NAN), |s| (s.median, s.min, s.max));
+        md.push_str(&format!("| {setup} | {median:.0} | {min:.0}–{max:.0} |\n"));
     }
-    let rows: Vec<Value> = targets
-        .iter()
-        .zip(samples)
-        .map(|(target, figures)| {
-            let figures: serde_json::Map<String, Value> =
-                figures.iter().map(|(k, v)| (k.clone(), stats(v))).collect();
-            json!({"setup": target.datapath, "published_ports": target.ports, "figures": figures})
-        })
-        .collect();
-    let starts: serde_json::Map<String, Value> = start_ms
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), stats(v)))
-        .collect();
-    let results = json!({
-        "duration_s": config.duration.as_secs_f64(),
-        "repeats": config.repeats,
-        "results": rows,
-        "run_to_answer_ms": starts,
-    });
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir)?;
+    let results = RuntimeResults {
+        duration_s: config.duration.as_secs_f64(),
+        repeats: config.repeats,
+        results: targets
+            .iter()
+            .zip(samples)
+            .map(|(target, figures)| RuntimeRow {
+                figures: figures
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Summary::of(v)))
+                    .collect(),
+                published_ports: target.ports,
+                setup: target.datapath,
+            })
+            .collect(),
+        run_to_answer_ms: start_ms
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Summary::of(v)))
+            .collect(),
+    };
+    let dir = crate::report::output_dir()?;
     let file = runtime.command();
     std::fs::write(
         dir.join(format!("{file}.json")),
@@ -374,4 +369,21 @@ fn report(
     std::fs::write(dir.join(format!("{file}.md")), &md)?;
     println!("{md}");
     Ok(())
+}
+
+/// `docker.json` / `podman.json` (fields in alphabetical order, as the
+/// file's keys always were).
+#[derive(serde::Serialize)]
+struct RuntimeResults<'a> {
+    duration_s: f64,
+    repeats: usize,
+    results: Vec<RuntimeRow<'a>>,
+    run_to_answer_ms: BTreeMap<String, Option<Summary>>,
+}
+
+#[derive(serde::Serialize)]
+struct RuntimeRow<'a> {
+    figures: BTreeMap<String, Option<Summary>>,
+    published_ports: usize,
+    setup: &'a str,
 }
