@@ -1,24 +1,26 @@
 //! The eBPF datapath: every decision made by netd's BPF programs from maps.
+//! The uplinks and XDP are in `uplinks`, what the datapath shows in
+//! `observe`.
+
+mod observe;
+mod uplinks;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::{Ipv4Addr, SocketAddr},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use netd_common::{
-    Backend, Config, CtKey, Endpoint, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NET_ROUTED,
-    NetworkInfo, PortKey, UplinkInfo, programs,
+    Backend, Config, Endpoint, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NET_ROUTED, NetworkInfo,
+    PortKey,
 };
 
-use super::{
-    BoxFuture, ConntrackRow, DatapathMetrics, DropStream, DroppedPacket, FirewallDriver, HostInfo,
-    Observability, TableFill,
-};
+use super::{BoxFuture, ConntrackRow, FirewallDriver, HostInfo};
 use crate::{
-    api::{DatapathStatus, EbpfStatus, FlowDirection, IpProto, MapUse, NatKind, Programs, Traffic},
-    datapath::{Datapath, XdpMode, XdpSetting, monotonic_ns},
+    api::DatapathStatus,
+    datapath::{Datapath, XdpSetting, monotonic_ns},
     features::{Features, TcAttachMode},
     netlink::Netlink,
     state::{Attachment, Network, PublishedPort},
@@ -136,122 +138,6 @@ impl EbpfDriver {
             fast_path: u8::from(self.fast_path).into(),
             rule_classes: self.rule_classes,
         })
-    }
-
-    /// The uplink programs on every uplink and no other interface, and
-    /// `UPLINKS` with each one's current address and MTU.
-    fn sync_uplinks(&mut self, host: &HostInfo) -> Result<()> {
-        let mut errors = Vec::new();
-        for (name, ifindex) in self.uplinks.clone() {
-            if !host
-                .uplinks
-                .iter()
-                .any(|u| u.name == name && u.ifindex == ifindex)
-            {
-                if let Err(err) = self.datapath.detach_uplink(&name) {
-                    errors.push(format!("{name}: {err:#}"));
-                }
-                self.uplinks.remove(&name);
-                self.xdp_modes.remove(&name);
-            }
-        }
-        for uplink in &host.uplinks {
-            if !self.uplinks.contains_key(&uplink.name) {
-                match self.datapath.attach_uplink(&uplink.name) {
-                    Ok(()) => {
-                        self.uplinks.insert(uplink.name.clone(), uplink.ifindex);
-                    }
-                    Err(err) => {
-                        errors.push(format!("{}: {err:#}", uplink.name));
-                        continue;
-                    }
-                }
-                if let Err(err) = self.attach_xdp(uplink) {
-                    errors.push(format!("{} (XDP): {err:#}", uplink.name));
-                }
-            }
-            let info = UplinkInfo {
-                masquerade_ip: uplink
-                    .addrs
-                    .first()
-                    .copied()
-                    .unwrap_or(Ipv4Addr::UNSPECIFIED)
-                    .octets(),
-                mtu: uplink.mtu,
-            };
-            self.datapath.maps.config.set_uplink(uplink.ifindex, info)?;
-        }
-        for ifindex in self.datapath.maps.config.uplinks()? {
-            if !self.uplinks.values().any(|&i| i == ifindex) {
-                self.datapath.maps.config.remove_uplink(ifindex)?;
-            }
-        }
-        let current: Vec<u32> = self.uplinks.values().copied().collect();
-        if let Err(err) = self.datapath.maps.counters.free_uplink_drop_slots(&current) {
-            errors.push(format!("drop counters of past uplinks: {err:#}"));
-        }
-        if !errors.is_empty() {
-            anyhow::bail!("attaching to uplinks: {}", errors.join("; "));
-        }
-        Ok(())
-    }
-
-    /// The XDP program on one uplink, as the setting asks. `auto` puts it
-    /// in the driver of a NIC that has native XDP, and nowhere else: on a
-    /// virtual link (veth, …) the sender has built the skb already, so XDP
-    /// saves nothing over `from_uplink`, and veth's native XDP turns off
-    /// its peer's GSO (docs/rules-and-xdp.md has the figures); generic XDP
-    /// runs after the skb is built anywhere. `auto` is never an error.
-    fn attach_xdp(&mut self, uplink: &super::Uplink) -> Result<()> {
-        let iface = uplink.name.as_str();
-        let off = |why: &str| format!("off ({why})");
-        let (setting, unattached) = match (self.xdp, &uplink.kind) {
-            (XdpSetting::Off, _) => (None, off("--xdp off")),
-            (XdpSetting::Auto, Some(kind)) => (
-                None,
-                off(&format!(
-                    "{kind}: the skb exists before XDP; TC drops as early"
-                )),
-            ),
-            (setting, _) => (Some(setting), String::new()),
-        };
-        self.xdp_modes.insert(iface.to_owned(), unattached);
-        let Some(setting) = setting else {
-            return self.datapath.detach_xdp(iface);
-        };
-        match self.datapath.attach_xdp(iface, setting) {
-            Ok(mode) => {
-                tracing::debug!(iface, ?mode, "XDP attached");
-                let mode = match mode {
-                    XdpMode::Native => "native",
-                    XdpMode::Generic => "generic",
-                };
-                self.xdp_modes.insert(iface.to_owned(), mode.to_owned());
-                Ok(())
-            }
-            Err(err) if setting == XdpSetting::Auto => {
-                tracing::info!(iface, err = format!("{err:#}"), "no native XDP: TC only");
-                self.xdp_modes
-                    .insert(iface.to_owned(), off("the driver has no native XDP"));
-                Ok(())
-            }
-            Err(err) => Err(err),
-        }
-    }
-
-    /// `LOCAL_ADDRS`: every address of the host, the gateways, 127.0.0.1.
-    fn sync_local_addrs(&mut self, host: &HostInfo) -> Result<()> {
-        let wanted: HashSet<Ipv4Addr> = host.local_addrs.iter().copied().collect();
-        let before = self.declared.local_addrs();
-        self.declared.host_addrs = wanted;
-        let after = self.declared.local_addrs();
-        for ip in &after {
-            self.datapath.maps.networks.insert_local_addr(*ip)?;
-        }
-        for ip in before.difference(&after) {
-            self.datapath.maps.networks.remove_local_addr(*ip)?;
-        }
-        Ok(())
     }
 }
 
@@ -516,38 +402,7 @@ impl FirewallDriver for EbpfDriver {
     }
 
     fn conntrack(&self) -> Result<Vec<ConntrackRow>> {
-        let now = monotonic_ns() as i64;
-        let tuple = |k: &CtKey| {
-            let addr = |ip: [u8; 4], port: [u8; 2]| {
-                SocketAddr::from((Ipv4Addr::from(ip), u16::from_be_bytes(port)))
-            };
-            (addr(k.src, k.src_port), addr(k.dst, k.dst_port))
-        };
-        Ok(self
-            .datapath
-            .maps
-            .conntrack
-            .entries()?
-            .into_iter()
-            .map(|(key, entry)| {
-                let (src, dst) = tuple(&key);
-                let (translated_src, translated_dst) = tuple(&entry.xlat);
-                let flag = |bit: u32| entry.flags & bit != 0;
-                ConntrackRow {
-                    proto: IpProto::from_number(key.proto),
-                    src,
-                    dst,
-                    translated_src,
-                    translated_dst,
-                    direction: match flag(netd_common::CT_REPLY) {
-                        true => FlowDirection::Reply,
-                        false => FlowDirection::Original,
-                    },
-                    nat: NatKind::of(flag(netd_common::CT_SNAT), flag(netd_common::CT_DNAT)),
-                    expires_in_s: (entry.expires_ns as i64 - now) / 1_000_000_000,
-                }
-            })
-            .collect())
+        self.conntrack_rows()
     }
 
     fn gc(&mut self) -> Result<usize> {
@@ -589,145 +444,6 @@ impl FirewallDriver for EbpfDriver {
     }
 
     fn status(&self) -> Result<DatapathStatus> {
-        let traffic = self
-            .datapath
-            .maps
-            .counters
-            .traffic()?
-            .into_iter()
-            .map(|(class, c)| {
-                let traffic = Traffic {
-                    packets: c.packets,
-                    bytes: c.bytes,
-                };
-                (class.label().to_owned(), traffic)
-            })
-            .collect();
-        let drops = self
-            .datapath
-            .maps
-            .counters
-            .drops()?
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(reason, n)| (reason.label().to_owned(), n))
-            .collect();
-        let maps = self
-            .datapath
-            .maps
-            .fill_levels()
-            .context("reading map fill levels")?
-            .into_iter()
-            .map(|m| {
-                let used = MapUse {
-                    entries: m.entries,
-                    capacity: m.capacity,
-                };
-                (m.name.to_owned(), used)
-            })
-            .collect();
-        let mut uplinks: Vec<String> = self.uplinks.keys().cloned().collect();
-        uplinks.sort();
-        Ok(DatapathStatus::Ebpf(Box::new(EbpfStatus {
-            kernel: self.features.clone(),
-            uplinks,
-            programs: Programs {
-                attach: self.datapath.tc_mode(),
-                tc: programs::CLASSIFIERS
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect(),
-                xdp: self.xdp_modes.clone(),
-                cgroup: programs::SOCK_HOOKS.iter().map(|p| p.to_string()).collect(),
-                container_links: self.endpoints.len(),
-            },
-            maps,
-            traffic,
-            drops,
-        })))
+        self.ebpf_status()
     }
-}
-
-impl Observability for EbpfDriver {
-    fn metrics(&self) -> Result<DatapathMetrics> {
-        let mut conntrack: BTreeMap<(String, String), u64> = BTreeMap::new();
-        for row in self.conntrack()? {
-            let key = (row.proto.to_string(), row.direction.label().to_owned());
-            *conntrack.entry(key).or_default() += 1;
-        }
-        Ok(DatapathMetrics {
-            traffic: self
-                .datapath
-                .maps
-                .counters
-                .traffic()?
-                .into_iter()
-                .map(|(class, c)| (class.label(), c.packets, c.bytes))
-                .collect(),
-            drops: self
-                .datapath
-                .maps
-                .counters
-                .drops()?
-                .into_iter()
-                .map(|(reason, n)| (reason.label(), n))
-                .collect(),
-            drops_by_interface: self
-                .datapath
-                .maps
-                .counters
-                .drops_by_interface()?
-                .into_iter()
-                .map(|(ifindex, reason, n)| (interface_name(ifindex), reason.label(), n))
-                .collect(),
-            tables: self
-                .datapath
-                .maps
-                .fill_levels()?
-                .into_iter()
-                .map(|m| TableFill {
-                    name: m.name.to_owned(),
-                    entries: m.entries,
-                    capacity: m.capacity,
-                })
-                .collect(),
-            conntrack: conntrack.into_iter().map(|((p, d), n)| (p, d, n)).collect(),
-        })
-    }
-
-    fn drop_stream(&mut self) -> Result<Option<DropStream>> {
-        let ring = self.datapath.take_drop_events()?;
-        let batches = futures::stream::unfold(ring, |mut ring| async move {
-            let batch = ring.next_batch().await?;
-            Some((batch.iter().map(dropped_packet).collect(), ring))
-        });
-        Ok(Some(Box::pin(batches)))
-    }
-}
-
-/// A drop event as the programs wrote it, for `netd monitor`.
-fn dropped_packet(event: &netd_common::DropEvent) -> DroppedPacket {
-    let addr = |ip: [u8; 4], port: [u8; 2]| {
-        std::net::SocketAddr::from((Ipv4Addr::from(ip), u16::from_be_bytes(port)))
-    };
-    DroppedPacket {
-        reason: netd_common::DropReason::from_u32(event.reason).map_or("unknown", |r| r.label()),
-        ifindex: event.ifindex,
-        hook: match event.hook {
-            netd_common::HOOK_XDP => "xdp",
-            _ => "tc",
-        },
-        proto: event.proto,
-        src: addr(event.src, event.src_port),
-        dst: addr(event.dst, event.dst_port),
-        left_out: event.suppressed,
-    }
-}
-
-/// An interface's name, or `if<index>` once it is gone.
-fn interface_name(ifindex: u32) -> String {
-    nix::net::if_::if_indextoname(ifindex)
-        .ok()
-        .and_then(|name| name.into_string().ok())
-        .unwrap_or_else(|| format!("if{ifindex}"))
 }

@@ -3,11 +3,17 @@
 //! CLI socket, the Docker and CNI plugins) speaks these types; no untyped
 //! JSON crosses the engine's boundary.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 
 use serde::{Deserialize, Serialize};
+
+mod cni;
+mod status;
+
+pub use cni::*;
+pub use status::*;
 
 pub use crate::state::{Attachment, Container, Network, NetworkMode, PublishedPort};
 
@@ -233,75 +239,6 @@ pub struct RuleEntry {
     pub text: String,
 }
 
-/// The network a CNI request is for, as the conflist describes it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CniNetwork {
-    /// The netd network (the conflist's `network`, else its `name`).
-    pub network: String,
-    /// Made with these options on first use if netd has no such network
-    /// (a conflist with a host-local-style `ipam.subnet`); else it must
-    /// exist, and a subnet given must be its subnet.
-    #[serde(default)]
-    pub create: Option<NetworkSpec>,
-}
-
-/// CNI ADD or CHECK: one interface of one container on one network.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CniAttach {
-    #[serde(flatten)]
-    pub network: CniNetwork,
-    pub container_id: String,
-    pub ifname: String,
-    /// The container's network namespace (a path).
-    pub netns: String,
-    /// The address asked for (`CNI_ARGS` `IP=`, or the `ips` capability).
-    #[serde(default)]
-    pub ip: Option<IpAddr>,
-    /// From the `portMappings` capability.
-    #[serde(default)]
-    pub ports: Vec<crate::portspec::PortSpec>,
-    /// CHECK: the address the runtime holds from ADD's result, if it sent one.
-    #[serde(default)]
-    pub expect_ip: Option<IpAddr>,
-}
-
-/// Which attachment a CNI DEL or GC names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CniDetach {
-    pub network: String,
-    pub container_id: String,
-    pub ifname: String,
-}
-
-/// What ADD made (and CHECK found): the plugin shapes the CNI result from it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CniAttachment {
-    pub network: String,
-    pub container_id: String,
-    pub ifname: String,
-    pub netns: String,
-    pub bridge: String,
-    pub host_veth: String,
-    pub mac: String,
-    pub ip: std::net::Ipv4Addr,
-    pub prefix_len: u8,
-    /// None on internal networks (no default route).
-    pub gateway: Option<std::net::Ipv4Addr>,
-    pub mtu: u32,
-    pub ports: Vec<PublishedPort>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CniCollected {
-    /// The attachments GC removed, as `CONTAINERID/IFNAME`.
-    pub removed: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CniReady {
-    pub network: String,
-}
-
 /// A container on a network, as `network inspect` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetworkMember {
@@ -335,171 +272,6 @@ pub struct RepairReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stopped {
     pub down: bool,
-}
-
-/// `netd status`: the datapath's own view, then the engine's counts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Status {
-    #[serde(flatten)]
-    pub datapath: DatapathStatus,
-    pub networks: usize,
-    pub containers: usize,
-    pub published_ports: usize,
-    /// The user's firewall rules, in order.
-    #[serde(default)]
-    pub user_rules: Vec<RuleEntry>,
-    /// What the last reconciliation (start or `netd repair`) changed.
-    pub repairs: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "datapath", rename_all = "lowercase")]
-pub enum DatapathStatus {
-    Ebpf(Box<EbpfStatus>),
-    Iptables(IptablesStatus),
-    /// The engine's test driver: enforces nothing.
-    Noop {},
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EbpfStatus {
-    /// What the kernel offers and what netd chose.
-    pub kernel: crate::features::Features,
-    pub uplinks: Vec<String>,
-    pub programs: Programs,
-    pub maps: BTreeMap<String, MapUse>,
-    /// Packets and bytes per traffic class.
-    pub traffic: BTreeMap<String, Traffic>,
-    /// Drops per reason (reasons with none left out).
-    pub drops: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Programs {
-    /// `tcx` or `clsact`.
-    pub attach: crate::features::TcAttachMode,
-    pub tc: Vec<String>,
-    /// `uplink_xdp` on each uplink: `native`, `generic`, or `off (why)`.
-    #[serde(default)]
-    pub xdp: BTreeMap<String, String>,
-    pub cgroup: Vec<String>,
-    pub container_links: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MapUse {
-    pub entries: usize,
-    pub capacity: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Traffic {
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IptablesStatus {
-    /// netd's rules per table.
-    pub rules: BTreeMap<String, usize>,
-    pub ports: usize,
-}
-
-/// One direction of a tracked connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConntrackRow {
-    pub proto: IpProto,
-    pub src: std::net::SocketAddr,
-    pub dst: std::net::SocketAddr,
-    /// What the packets of this direction are rewritten to.
-    pub translated_src: std::net::SocketAddr,
-    pub translated_dst: std::net::SocketAddr,
-    pub direction: FlowDirection,
-    pub nat: NatKind,
-    pub expires_in_s: i64,
-}
-
-/// A packet's transport protocol (`tcp`, `udp`, `icmp`, else its number).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IpProto {
-    Tcp,
-    Udp,
-    Icmp,
-    #[serde(untagged)]
-    Other(u8),
-}
-
-impl IpProto {
-    pub fn from_number(n: u8) -> Self {
-        match n {
-            6 => Self::Tcp,
-            17 => Self::Udp,
-            1 => Self::Icmp,
-            n => Self::Other(n),
-        }
-    }
-}
-
-impl std::fmt::Display for IpProto {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Tcp => f.write_str("tcp"),
-            Self::Udp => f.write_str("udp"),
-            Self::Icmp => f.write_str("icmp"),
-            Self::Other(n) => write!(f, "{n}"),
-        }
-    }
-}
-
-/// Which direction of a connection a conntrack entry is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FlowDirection {
-    Original,
-    Reply,
-}
-
-impl FlowDirection {
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::Original => "original",
-            Self::Reply => "reply",
-        }
-    }
-}
-
-/// The translation a connection gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NatKind {
-    #[serde(rename = "")]
-    None,
-    #[serde(rename = "snat")]
-    Snat,
-    #[serde(rename = "dnat")]
-    Dnat,
-    #[serde(rename = "snat+dnat")]
-    Both,
-}
-
-impl NatKind {
-    pub const fn of(snat: bool, dnat: bool) -> Self {
-        match (snat, dnat) {
-            (false, false) => Self::None,
-            (true, false) => Self::Snat,
-            (false, true) => Self::Dnat,
-            (true, true) => Self::Both,
-        }
-    }
-
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::None => "",
-            Self::Snat => "snat",
-            Self::Dnat => "dnat",
-            Self::Both => "snat+dnat",
-        }
-    }
 }
 
 /// One line of `netd monitor`.
