@@ -213,6 +213,9 @@ mod tests {
             series: vec![("ebpf", "#1f77b4", vec![(1.0, 40.0), (1000.0, 45.0)])],
         };
         let svg = render(&[crr, publish], 1000.0).unwrap();
+        if let Some(path) = std::env::var_os("NETD_CHART_SAMPLE") {
+            std::fs::write(path, &svg).unwrap();
+        }
         assert!(svg.starts_with("<svg"), "{svg}");
         assert!(svg.matches("<polyline").count() >= 4, "{svg}");
         for legend in ["ebpf", "iptables", "plain routing", "published ports"] {

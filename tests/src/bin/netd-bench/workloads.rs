@@ -376,21 +376,18 @@ pub(crate) fn program_stats(pid: u32) -> Result<BTreeMap<String, (u64, u64)>> {
     Ok(by_name)
 }
 
-/// Restores kernel.bpf_stats_enabled on every path.
-pub(crate) struct BpfStats;
-
-impl BpfStats {
-    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-    pub(crate) fn enable() -> Result<Self> {
-        std::fs::write(Self::SYSCTL, "1").context("enabling kernel.bpf_stats_enabled")?;
-        Ok(Self)
-    }
+/// BPF run-time statistics on while this lives (BPF_ENABLE_STATS through
+/// aya: the kernel turns them off when the descriptor closes, even if the
+/// bench is killed).
+pub(crate) struct BpfStats {
+    _enabled: std::os::fd::OwnedFd,
 }
 
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write(Self::SYSCTL, "0");
+impl BpfStats {
+    pub(crate) fn enable() -> Result<Self> {
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("enabling BPF run-time statistics")?;
+        Ok(Self { _enabled: fd })
     }
 }
 
