@@ -1,5 +1,6 @@
 //! The one test harness every netd test, the demo and the benchmark use.
 //!
+//! - [`bin_under_test`]: netd's binaries, built on first use;
 //! - [`topology`]: uniquely named network namespaces, veths, bridges, torn
 //!   down in `Drop` even when a test panics;
 //! - [`probe`]: bounded TCP/UDP/ICMP probes and small echo servers that run
@@ -16,6 +17,7 @@
 //! - [`packet`]: crafted frames and an independent checksum routine for
 //!   `BPF_PROG_TEST_RUN` tests.
 
+pub mod bin_under_test;
 pub mod cni;
 pub mod containerd;
 pub mod daemon_host;

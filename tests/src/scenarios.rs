@@ -1,5 +1,5 @@
 //! The scenario suite, run against every datapath through the real daemon
-//! (by `netd/tests/scenarios.rs` and by the demo): each probe is real ICMP,
+//! (by `tests/tests/scenarios.rs` and by the demo): each probe is real ICMP,
 //! TCP or UDP between namespaces, and must give the verdict written here.
 
 use std::net::SocketAddr;

@@ -12,8 +12,14 @@ use netd_testbed::{
 };
 use serde_json::{Value, json};
 
-const NETD: &str = env!("CARGO_BIN_EXE_netd");
-const PLUGIN: &str = env!("CARGO_BIN_EXE_netd-cni");
+fn netd() -> &'static str {
+    netd_testbed::bin_under_test::netd()
+}
+
+fn plugin() -> &'static str {
+    netd_testbed::bin_under_test::netd_cni()
+}
+
 
 /// A namespace as a runtime makes one (loopback up, no interfaces).
 fn runtime_netns(h: &DaemonHost, short: &str) -> Netns {
@@ -48,9 +54,9 @@ fn container_count(h: &DaemonHost) -> usize {
 /// outside, DEL frees address and port.
 #[test]
 fn every_verb_on_every_version() {
-    let h = DaemonHost::start(NETD, &[]);
+    let h = DaemonHost::start(netd(), &[]);
     h.ok(&["network", "create", "pods", "--subnet", "10.88.0.0/24"]);
-    let cni = CniTool::new(PLUGIN);
+    let cni = CniTool::new(plugin());
     let version = cni.ok("VERSION", None, &json!({"cniVersion": "1.1.0"}));
     assert_eq!(version["supportedVersions"], json!(VERSIONS));
 
@@ -169,9 +175,9 @@ fn every_verb_on_every_version() {
 /// message that says what is wrong, and changes nothing.
 #[test]
 fn bad_requests_get_cni_errors_and_change_nothing() {
-    let h = DaemonHost::start(NETD, &[]);
+    let h = DaemonHost::start(netd(), &[]);
     h.ok(&["network", "create", "tiny", "--subnet", "10.89.0.0/30"]);
-    let cni = CniTool::new(PLUGIN);
+    let cni = CniTool::new(plugin());
     let ns = runtime_netns(&h, "a");
     let att = Attachment {
         container_id: "aaaa",
@@ -349,8 +355,8 @@ fn bad_requests_get_cni_errors_and_change_nothing() {
 /// across restarts.
 #[test]
 fn del_while_daemon_down_status_gc_and_restarts() {
-    let mut h = DaemonHost::start(NETD, &[]);
-    let cni = CniTool::new(PLUGIN);
+    let mut h = DaemonHost::start(netd(), &[]);
+    let cni = CniTool::new(plugin());
     let conf = net_conf(
         "1.1.0",
         "k8s",
@@ -457,7 +463,7 @@ fn del_while_daemon_down_status_gc_and_restarts() {
 /// plugin; a network that does not exist is refused unless a subnet is given.
 #[test]
 fn install_writes_conflist_and_plugin() {
-    let h = DaemonHost::start(NETD, &[]);
+    let h = DaemonHost::start(netd(), &[]);
     let dir = std::env::temp_dir().join(format!("netd-cni-install-{}", std::process::id()));
     let (bin, conf) = (dir.join("bin"), dir.join("net.d"));
     let args = |network: &str, extra: &[&str]| -> Vec<String> {
@@ -498,7 +504,7 @@ fn install_writes_conflist_and_plugin() {
     );
     assert_eq!(
         std::fs::read(bin.join("netd-cni")).unwrap(),
-        std::fs::read(PLUGIN).unwrap()
+        std::fs::read(plugin()).unwrap()
     );
 
     let out = run(args(
@@ -546,8 +552,8 @@ fn install_writes_conflist_and_plugin() {
 /// veth, nothing in the namespace), and the retried ADD gets the address.
 #[test]
 fn kill_mid_add_rolls_back_and_the_retry_works() {
-    let mut h = DaemonHost::start(NETD, &[]);
-    let cni = CniTool::new(PLUGIN);
+    let mut h = DaemonHost::start(netd(), &[]);
+    let cni = CniTool::new(plugin());
     let conf = net_conf(
         "1.0.0",
         "bridge",

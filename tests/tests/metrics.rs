@@ -12,7 +12,10 @@ use netd_testbed::{
     probe::{self, EchoServer},
 };
 
-const NETD: &str = env!("CARGO_BIN_EXE_netd");
+fn netd() -> &'static str {
+    netd_testbed::bin_under_test::netd()
+}
+
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -55,7 +58,7 @@ fn value(body: &str, series: &str) -> f64 {
 
 #[test]
 fn metrics_are_scraped_and_move_with_real_traffic() {
-    let h = DaemonHost::start(NETD, &["--metrics", "127.0.0.1:9464"]);
+    let h = DaemonHost::start(netd(), &["--metrics", "127.0.0.1:9464"]);
     let (content_type, before) = scrape(&h);
     assert!(
         content_type.starts_with("application/openmetrics-text"),

@@ -13,14 +13,17 @@ use netd_testbed::{
     probe::{self, EchoServer},
 };
 
-const NETD: &str = env!("CARGO_BIN_EXE_netd");
+fn netd() -> &'static str {
+    netd_testbed::bin_under_test::netd()
+}
+
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
 /// Packets the user's rules dropped: the `user-rule` drop counter on ebpf
-/// (pinned, so it counts across restarts too), NETD-USER's DROP rules'
+/// (pinned, so it counts across restarts too), netd()-USER's DROP rules'
 /// counters on iptables.
 fn rule_drops(h: &DaemonHost, datapath: &str) -> u64 {
     if datapath == "ebpf" {
@@ -34,7 +37,7 @@ fn rule_drops(h: &DaemonHost, datapath: &str) -> u64 {
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains("-A NETD-USER") && l.ends_with("-j DROP"))
+        .filter(|l| l.contains("-A netd()-USER") && l.ends_with("-j DROP"))
         .map(|l| {
             let counters = l.trim_start_matches('[').split(']').next().unwrap();
             counters.split(':').next().unwrap().parse::<u64>().unwrap()
@@ -67,7 +70,7 @@ fn check(datapath: &str, flags: &[&str], xdp: &str) {
         .chain(flags)
         .copied()
         .collect();
-    let mut h = DaemonHost::start(NETD, &args);
+    let mut h = DaemonHost::start(netd(), &args);
     let web = h.name("web");
     h.ok(&["container", "create", &web, "-p", "8080:80"]);
     let _server = EchoServer::tcp(&h.ctr("web"), addr("172.17.0.2:80"), "{peer}").unwrap();
@@ -274,7 +277,7 @@ fn xdp_on_link(h: &DaemonHost) -> Option<String> {
 /// for, and the rule keeps dropping in the hook that mode gives.
 #[test]
 fn xdp_link_follows_the_flag_across_restarts() {
-    let mut h = DaemonHost::start(NETD, &["--datapath", "ebpf"]);
+    let mut h = DaemonHost::start(netd(), &["--datapath", "ebpf"]);
     let web = h.name("web");
     h.ok(&["container", "create", &web, "-p", "8080:80"]);
     let _server = EchoServer::tcp(&h.ctr("web"), addr("172.17.0.2:80"), "{peer}").unwrap();

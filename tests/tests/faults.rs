@@ -25,7 +25,10 @@ use netd_testbed::{
 };
 use serde_json::Value;
 
-const NETD: &str = env!("CARGO_BIN_EXE_netd");
+fn netd() -> &'static str {
+    netd_testbed::bin_under_test::netd()
+}
+
 
 /// Every datapath, and the eBPF one with the older kernels' mechanisms.
 const VARIANTS: [(&str, &[&str]); 3] = [
@@ -171,7 +174,7 @@ fn assert_consistent_empty(h: &DaemonHost) {
         .run("iptables-save", &[])
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    assert!(!rules.contains("NETD"), "rules left after down: {rules}");
+    assert!(!rules.contains("netd()"), "rules left after down: {rules}");
     let qdiscs = h.tc(&["qdisc", "show", "dev", &h.uplink]);
     assert!(
         !qdiscs.contains("clsact"),
@@ -183,7 +186,7 @@ fn assert_consistent_empty(h: &DaemonHost) {
 fn objects_deleted_behind_netds_back_are_repaired_or_released() {
     for (variant, flags) in VARIANTS {
         println!("== {variant}");
-        let mut h = DaemonHost::start(NETD, flags);
+        let mut h = DaemonHost::start(netd(), flags);
         let web = h.name("web");
         // The runtime deletes the namespace first, then asks netd.
         h.ok(&["container", "create", &web, "-p", "8080:80"]);
@@ -286,7 +289,7 @@ fn interrupted_request(h: &DaemonHost, point: &str, i: usize) -> Vec<String> {
 fn kill_9_at_every_step_of_every_mutating_request_leaves_nothing_half_made() {
     for (variant, flags) in VARIANTS {
         println!("== {variant}");
-        let mut h = DaemonHost::start(NETD, flags);
+        let mut h = DaemonHost::start(netd(), flags);
         for (i, point) in FAULT_POINTS.iter().enumerate() {
             let c = h.name(&format!("c{i}"));
             let net = format!("n{i}");
@@ -343,7 +346,7 @@ fn kill_9_at_every_step_of_every_mutating_request_leaves_nothing_half_made() {
 fn kill_9_during_parallel_creates_leaves_every_name_working_or_free() {
     for (variant, flags) in VARIANTS {
         println!("== {variant}");
-        let mut h = DaemonHost::start(NETD, flags);
+        let mut h = DaemonHost::start(netd(), flags);
         let all: Vec<String> = (0..20).map(|i| h.name(&format!("p{i}"))).collect();
         let socket = h.socket();
         let clients: Vec<_> = all
@@ -352,7 +355,7 @@ fn kill_9_during_parallel_creates_leaves_every_name_working_or_free() {
             .map(|(i, name)| {
                 let (name, socket) = (name.clone(), socket.clone());
                 std::thread::spawn(move || {
-                    Command::new(NETD)
+                    Command::new(netd())
                         .arg("--socket")
                         .arg(&socket)
                         .args(["container", "create", &name, "-p"])
@@ -408,7 +411,7 @@ fn kill_9_during_parallel_creates_leaves_every_name_working_or_free() {
 fn a_reboot_that_loses_all_kernel_state_keeps_the_networks() {
     for (variant, flags) in VARIANTS {
         println!("== {variant}");
-        let mut h = DaemonHost::start(NETD, flags);
+        let mut h = DaemonHost::start(netd(), flags);
         h.ok(&["network", "create", "apps", "--subnet", "10.45.0.0/24"]);
         let web = h.name("web");
         h.ok(&[
@@ -471,7 +474,7 @@ fn a_reboot_that_loses_all_kernel_state_keeps_the_networks() {
 fn an_unreadable_state_file_stops_the_daemon_and_changes_nothing() {
     for (variant, flags) in VARIANTS {
         println!("== {variant}");
-        let mut h = DaemonHost::start(NETD, flags);
+        let mut h = DaemonHost::start(netd(), flags);
         let (_server, mut kept) = published_web(&h);
         h.kill_daemon(libc::SIGTERM);
         let good = std::fs::read(h.state_file()).unwrap();
@@ -502,7 +505,7 @@ fn an_unreadable_state_file_stops_the_daemon_and_changes_nothing() {
 fn restarts_under_connection_load_refuse_no_connection() {
     for (variant, flags) in VARIANTS {
         println!("== {variant}");
-        let mut h = DaemonHost::start(NETD, flags);
+        let mut h = DaemonHost::start(netd(), flags);
         let web = h.name("web");
         h.ok(&["container", "create", &web, "-p", "8080:80"]);
         let _server = EchoServer::tcp_stream_echo(&h.ctr("web"), addr("172.17.0.2:80")).unwrap();
@@ -580,7 +583,7 @@ fn answers(ns: &netd_testbed::Netns, target: &str) -> bool {
 fn the_host_changing_under_netd_is_followed_without_a_restart() {
     for (variant, flags) in VARIANTS {
         println!("== {variant}");
-        let mut h = DaemonHost::start(NETD, flags);
+        let mut h = DaemonHost::start(netd(), flags);
         let web = h.name("web");
         h.ok(&["container", "create", &web, "-p", "8080:80"]);
         let _server = EchoServer::tcp_stream_echo(&h.ctr("web"), addr("172.17.0.2:80")).unwrap();
@@ -668,7 +671,7 @@ fn the_host_changing_under_netd_is_followed_without_a_restart() {
 fn maps_an_upgrade_adds_are_filled_before_the_new_programs_run() {
     for (variant, flags) in &VARIANTS[..2] {
         println!("== {variant}");
-        let mut h = DaemonHost::start(NETD, flags);
+        let mut h = DaemonHost::start(netd(), flags);
         let (_server, mut kept) = published_web(&h);
         h.kill_daemon(libc::SIGKILL);
         for map in [maps::PUBLISHED_SCOPES::NAME, maps::UPLINK_DROPS::NAME] {
@@ -696,7 +699,7 @@ fn maps_an_upgrade_adds_are_filled_before_the_new_programs_run() {
 fn pins_removed_behind_netds_back_are_restored_by_repair() {
     for (variant, flags) in &VARIANTS[..2] {
         println!("== {variant}");
-        let h = DaemonHost::start(NETD, flags);
+        let h = DaemonHost::start(netd(), flags);
         let (_server, mut kept) = published_web(&h);
         std::fs::remove_dir_all(h.bpffs()).unwrap();
         let repairs = h.json(&["repair", "--format", "json"])["repairs"].to_string();

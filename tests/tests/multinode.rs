@@ -23,8 +23,14 @@ use netd_testbed::{
 };
 use serde_json::{Value, json};
 
-const NETD: &str = env!("CARGO_BIN_EXE_netd");
-const PLUGIN: &str = env!("CARGO_BIN_EXE_netd-cni");
+fn netd() -> &'static str {
+    netd_testbed::bin_under_test::netd()
+}
+
+fn plugin() -> &'static str {
+    netd_testbed::bin_under_test::netd_cni()
+}
+
 const OUTSIDE: &str = "198.51.100.2";
 
 /// One node: its namespace and the netd daemon running in it.
@@ -64,7 +70,7 @@ impl Node {
             datapath,
         ];
         args.extend_from_slice(flags);
-        node.daemon = Some(node.ns.spawn_with_env(NETD, &args, &[], None).unwrap());
+        node.daemon = Some(node.ns.spawn_with_env(netd(), &args, &[], None).unwrap());
         let deadline = Instant::now() + Duration::from_secs(20);
         while UnixStream::connect(node.socket()).is_err() {
             assert!(
@@ -82,7 +88,7 @@ impl Node {
     }
 
     fn netd(&self, args: &[&str]) -> Output {
-        Command::new(NETD)
+        Command::new(netd())
             .arg("--socket")
             .arg(self.socket())
             .args(args)
@@ -197,7 +203,7 @@ fn two_nodes(datapath: &str, flags: &[&str], kube_proxy: bool) {
             flags,
         ));
     }
-    let cni = CniTool::new(PLUGIN);
+    let cni = CniTool::new(plugin());
 
     // A pod on each node, as the kubelet adds them; pod2 has a hostPort.
     let pods: Vec<Netns> = (1..=2)

@@ -11,8 +11,14 @@ use netd_testbed::{
     probe::{self, EchoServer},
 };
 
-const NETD: &str = env!("CARGO_BIN_EXE_netd");
-const PLUGIN: &str = env!("CARGO_BIN_EXE_netd-cni");
+fn netd() -> &'static str {
+    netd_testbed::bin_under_test::netd()
+}
+
+fn plugin() -> &'static str {
+    netd_testbed::bin_under_test::netd_cni()
+}
+
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -27,7 +33,7 @@ fn records(p: &PodmanHost) -> Vec<serde_json::Value> {
 
 #[test]
 fn podman_containers_live_and_go_on_netd_networks() {
-    let p = PodmanHost::start(NETD, PLUGIN, &[]);
+    let p = PodmanHost::start(netd(), plugin(), &[]);
     p.network("web", &["--subnet", "10.70.0.0/24"]);
     let published = addr(&format!("{HOST_IP}:8080"));
 

@@ -17,7 +17,10 @@ use netd_testbed::{
 };
 use serde_json::Value;
 
-const NETD: &str = env!("CARGO_BIN_EXE_netd");
+fn netd() -> &'static str {
+    netd_testbed::bin_under_test::netd()
+}
+
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -25,7 +28,7 @@ fn addr(s: &str) -> SocketAddr {
 
 #[test]
 fn networks_containers_and_published_ports_end_to_end() {
-    let h = DaemonHost::start(NETD, &[]);
+    let h = DaemonHost::start(netd(), &[]);
     let nets = h.json(&["network", "ls", "--format", "json"]);
     assert_eq!(nets[0]["name"], "bridge");
     assert_eq!(nets[0]["subnet"], "172.17.0.0/16", "Docker's first pool");
@@ -151,7 +154,7 @@ fn networks_containers_and_published_ports_end_to_end() {
 
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
-    let h = DaemonHost::start(NETD, &[]);
+    let h = DaemonHost::start(netd(), &[]);
     h.ok(&["network", "create", "web", "--subnet", "10.10.0.0/16"]);
     let c1 = h.name("c1");
     h.ok(&[
@@ -284,7 +287,7 @@ fn bad_input_is_refused_and_changes_nothing() {
 
 #[test]
 fn malformed_requests_get_an_error_and_the_daemon_keeps_serving() {
-    let h = DaemonHost::start(NETD, &[]);
+    let h = DaemonHost::start(netd(), &[]);
     for garbage in [
         &b"not json\n"[..],
         b"{\"op\":\"network-rm\"}\n",
@@ -318,7 +321,7 @@ fn malformed_requests_get_an_error_and_the_daemon_keeps_serving() {
 
 #[test]
 fn parallel_creates_get_distinct_addresses() {
-    let h = DaemonHost::start(NETD, &[]);
+    let h = DaemonHost::start(netd(), &[]);
     let names: Vec<String> = (0..50).map(|i| h.name(&format!("p{i}"))).collect();
     std::thread::scope(|s| {
         for name in &names {
@@ -364,7 +367,7 @@ fn connections_survive_a_kill_9_restart_and_a_stopped_daemon() {
 }
 
 fn restart_keeps_connections(mode: &str, flags: &[&str]) {
-    let mut h = DaemonHost::start(NETD, flags);
+    let mut h = DaemonHost::start(netd(), flags);
     assert_eq!(
         h.json(&["status", "--format", "json"])["programs"]["attach"],
         mode
@@ -438,7 +441,7 @@ fn restart_keeps_connections(mode: &str, flags: &[&str]) {
 /// would run), and keeps the connection.
 #[test]
 fn switching_kernel_modes_across_restarts_moves_every_program() {
-    let mut h = DaemonHost::start(NETD, &[]);
+    let mut h = DaemonHost::start(netd(), &[]);
     let web = h.name("web");
     h.ok(&["container", "create", &web, "-p", "8080:80"]);
     let veth = h.json(&["container", "inspect", &web])["attachments"][0]["host_veth"]
@@ -495,7 +498,7 @@ fn down_removes_everything() {
 }
 
 fn down_removes_everything_in(mode: &str, flags: &[&str]) {
-    let mut h = DaemonHost::start(NETD, flags);
+    let mut h = DaemonHost::start(netd(), flags);
     let c = h.name("c");
     if mode == "clsact" {
         assert!(
@@ -530,7 +533,7 @@ fn the_daemon_refuses_to_run_without_root_saying_why() {
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
-            NETD,
+            netd(),
             "daemon",
             "--state-dir",
             "/tmp/netd-nobody",
@@ -543,7 +546,7 @@ fn the_daemon_refuses_to_run_without_root_saying_why() {
 
 #[test]
 fn connect_and_disconnect_move_a_container_between_networks() {
-    let h = DaemonHost::start(NETD, &[]);
+    let h = DaemonHost::start(netd(), &[]);
     let (a, b, host_mode) = (h.name("a"), h.name("b"), h.name("hm"));
     h.ok(&["network", "create", "apps", "--subnet", "10.50.0.0/24"]);
     h.ok(&["container", "create", &a]);
@@ -617,7 +620,7 @@ fn connect_and_disconnect_move_a_container_between_networks() {
 
 #[test]
 fn monitor_streams_drops_with_reason_interface_and_tuple() {
-    let h = DaemonHost::start(NETD, &[]);
+    let h = DaemonHost::start(netd(), &[]);
     let web = h.name("web");
     h.ok(&["container", "create", &web]);
     // Returns once the daemon's hello line says the stream is live.
@@ -651,7 +654,7 @@ fn monitor_streams_drops_with_reason_interface_and_tuple() {
 /// (one per dropped packet, with its reason and addresses).
 #[test]
 fn bpf_log_lines_reach_the_daemon_log_when_enabled() {
-    let mut h = DaemonHost::start(NETD, &[]);
+    let mut h = DaemonHost::start(netd(), &[]);
     h.kill_daemon(libc::SIGTERM);
     let log = PathBuf::from(format!("/run/netd-log-{}.json", h.name("bpflog")));
     h.daemon_log = Some(log.clone());
@@ -689,7 +692,7 @@ fn bpf_log_lines_reach_the_daemon_log_when_enabled() {
 
 #[test]
 fn cleanup_on_exit_and_subnets_that_skip_existing_routes() {
-    let mut h = DaemonHost::start(NETD, &[]);
+    let mut h = DaemonHost::start(netd(), &[]);
     h.kill_daemon(libc::SIGTERM);
     // A route the host already has: the next pool after 172.17 is skipped too.
     h.host
@@ -716,7 +719,7 @@ fn readme_documents_every_command() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let help = |args: &[&str]| {
-        String::from_utf8(Command::new(NETD).args(args).output().unwrap().stdout).unwrap()
+        String::from_utf8(Command::new(netd()).args(args).output().unwrap().stdout).unwrap()
     };
     let commands = |text: &str| -> Vec<String> {
         text.lines()
@@ -753,7 +756,7 @@ fn readme_documents_every_command() {
 /// its kind and duration; `-v` adds the reads.
 #[test]
 fn the_daemon_logs_json_lines_with_one_span_per_request() {
-    let mut h = DaemonHost::start(NETD, &[]);
+    let mut h = DaemonHost::start(netd(), &[]);
     h.kill_daemon(libc::SIGTERM);
     let log = PathBuf::from(format!("/run/netd-log-{}.json", h.name("log")));
     h.daemon_log = Some(log.clone());

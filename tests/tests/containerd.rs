@@ -12,8 +12,14 @@ use netd_testbed::{
     probe::{self, EchoServer},
 };
 
-const NETD: &str = env!("CARGO_BIN_EXE_netd");
-const PLUGIN: &str = env!("CARGO_BIN_EXE_netd-cni");
+fn netd() -> &'static str {
+    netd_testbed::bin_under_test::netd()
+}
+
+fn plugin() -> &'static str {
+    netd_testbed::bin_under_test::netd_cni()
+}
+
 
 fn records(c: &ContainerdHost) -> Vec<serde_json::Value> {
     c.h.json(&["container", "ls", "--format", "json"])
@@ -24,7 +30,7 @@ fn records(c: &ContainerdHost) -> Vec<serde_json::Value> {
 
 #[test]
 fn ctr_run_cni_attaches_through_netd() {
-    let c = ContainerdHost::start(NETD, PLUGIN, "bridge");
+    let c = ContainerdHost::start(netd(), plugin(), "bridge");
     let _server = EchoServer::tcp(
         &c.h.outside,
         format!("{OUTSIDE_IP}:7000").parse().unwrap(),

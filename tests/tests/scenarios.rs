@@ -3,14 +3,17 @@
 
 use netd_testbed::scenarios::{self, Frontend};
 
-const NETD: &str = env!("CARGO_BIN_EXE_netd");
+fn netd() -> &'static str {
+    netd_testbed::bin_under_test::netd()
+}
+
 
 fn check(datapath: &str, daemon_flags: &[&str]) {
     check_through(Frontend::Cli, datapath, daemon_flags);
 }
 
 fn check_through(frontend: Frontend, datapath: &str, daemon_flags: &[&str]) {
-    let rows = scenarios::run(NETD, datapath, daemon_flags, frontend);
+    let rows = scenarios::run(netd(), datapath, daemon_flags, frontend);
     let matrix = scenarios::matrix(&format!("{datapath} ({frontend:?})"), &rows);
     println!("{matrix}");
     let bad: Vec<String> = rows

@@ -10,7 +10,10 @@ use netd_testbed::{
     probe::{self, EchoServer},
 };
 
-const NETD: &str = env!("CARGO_BIN_EXE_netd");
+fn netd() -> &'static str {
+    netd_testbed::bin_under_test::netd()
+}
+
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -18,7 +21,7 @@ fn addr(s: &str) -> SocketAddr {
 
 #[test]
 fn docker_runs_containers_on_netd_networks() {
-    let d = DockerHost::start(NETD, &[]);
+    let d = DockerHost::start(netd(), &[]);
     d.network("web", &["--subnet", "10.80.0.0/24"]);
     let web = d.run("web", &["--network", "web", "-p", "8080:80"]);
     let _server = EchoServer::tcp(&web, addr("10.80.0.2:80"), "web saw {peer}:").unwrap();
@@ -88,7 +91,7 @@ fn docker_runs_containers_on_netd_networks() {
 /// does not change.
 #[test]
 fn docker_shows_netds_refusals_and_nothing_changes() {
-    let d = DockerHost::start(NETD, &[]);
+    let d = DockerHost::start(netd(), &[]);
     d.network("one", &["--subnet", "10.81.0.0/24"]);
     d.run("web", &["--network", "one", "-p", "8080:80"]);
     let state = || {
@@ -193,7 +196,7 @@ fn endpoints(d: &DockerHost) -> usize {
 /// a published port, a dockerd restart, and Docker's embedded DNS.
 #[test]
 fn docker_lifecycle_with_restarts_of_both_daemons() {
-    let mut d = DockerHost::start(NETD, &[]);
+    let mut d = DockerHost::start(netd(), &[]);
     d.network("front", &["--subnet", "10.82.0.0/24"]);
     d.network("back", &["--subnet", "10.83.0.0/24"]);
     let web = d.run("web", &["--network", "front", "-p", "8080:80"]);
@@ -255,7 +258,7 @@ fn docker_lifecycle_with_restarts_of_both_daemons() {
 /// netd's socket answers, and the network is made then.
 #[test]
 fn docker_waits_for_a_netd_that_starts_after_it() {
-    let mut d = DockerHost::start(NETD, &[]);
+    let mut d = DockerHost::start(netd(), &[]);
     d.h.kill_daemon(libc::SIGTERM);
     let create = {
         let docker = d.docker_command(&[
