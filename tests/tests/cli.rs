@@ -21,7 +21,6 @@ fn netd() -> &'static str {
     netd_testbed::bin_under_test::netd()
 }
 
-
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }

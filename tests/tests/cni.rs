@@ -20,7 +20,6 @@ fn plugin() -> &'static str {
     netd_testbed::bin_under_test::netd_cni()
 }
 
-
 /// A namespace as a runtime makes one (loopback up, no interfaces).
 fn runtime_netns(h: &DaemonHost, short: &str) -> Netns {
     let name = h.name(short);

@@ -20,7 +20,6 @@ fn plugin() -> &'static str {
     netd_testbed::bin_under_test::netd_cni()
 }
 
-
 fn records(c: &ContainerdHost) -> Vec<serde_json::Value> {
     c.h.json(&["container", "ls", "--format", "json"])
         .as_array()

@@ -14,7 +14,6 @@ fn netd() -> &'static str {
     netd_testbed::bin_under_test::netd()
 }
 
-
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }

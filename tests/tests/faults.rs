@@ -29,7 +29,6 @@ fn netd() -> &'static str {
     netd_testbed::bin_under_test::netd()
 }
 
-
 /// Every datapath, and the eBPF one with the older kernels' mechanisms.
 const VARIANTS: [(&str, &[&str]); 3] = [
     ("ebpf", &["--datapath", "ebpf"]),

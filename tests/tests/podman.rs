@@ -19,7 +19,6 @@ fn plugin() -> &'static str {
     netd_testbed::bin_under_test::netd_cni()
 }
 
-
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }

@@ -7,7 +7,6 @@ fn netd() -> &'static str {
     netd_testbed::bin_under_test::netd()
 }
 
-
 fn check(datapath: &str, daemon_flags: &[&str]) {
     check_through(Frontend::Cli, datapath, daemon_flags);
 }
