@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 
 use plotters::{
-    coord::{Shift, ranged1d::Ranged},
+    coord::{
+        Shift,
+        ranged1d::{Ranged, ValueFormatter},
+    },
     prelude::*,
 };
 
@@ -111,38 +114,40 @@ fn draw_panel(
         .x_label_area_size(36)
         .y_label_area_size(56);
     let x = (1f64..max_ports).log_scale();
-    let y_format = |v: &f64| {
-        if *v >= 1000.0 {
-            format!("{}k", v / 1000.0)
-        } else {
-            format!("{v}")
-        }
-    };
-    let x_format = |v: &f64| format!("{v:.0}");
     if panel.log_y {
         let (lo, hi) = (lo.max(1e-3), hi.max(1e-3));
         let lo = 10f64.powf(lo.log10().floor());
         let hi = 10f64.powf(hi.log10().ceil().max(lo.log10() + 1.0));
         let mut chart = chart.build_cartesian_2d(x, (lo..hi).log_scale())?;
-        chart
-            .configure_mesh()
-            .x_desc("published ports")
-            .x_label_formatter(&x_format)
-            .y_label_formatter(&y_format)
-            .light_line_style(WHITE)
-            .draw()?;
+        draw_mesh(&mut chart)?;
         draw_series(&mut chart, panel)?;
     } else {
         let mut chart = chart.build_cartesian_2d(x, 0f64..hi * 1.15)?;
-        chart
-            .configure_mesh()
-            .x_desc("published ports")
-            .x_label_formatter(&x_format)
-            .y_label_formatter(&y_format)
-            .light_line_style(WHITE)
-            .draw()?;
+        draw_mesh(&mut chart)?;
         draw_series(&mut chart, panel)?;
     }
+    Ok(())
+}
+
+/// The axes: ports as integers, values over 1,000 in k.
+fn draw_mesh<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+) -> anyhow::Result<()>
+where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let y_format = |v: &f64| match *v >= 1000.0 {
+        true => format!("{}k", v / 1000.0),
+        false => format!("{v}"),
+    };
+    chart
+        .configure_mesh()
+        .x_desc("published ports")
+        .x_label_formatter(&|v: &f64| format!("{v:.0}"))
+        .y_label_formatter(&y_format)
+        .light_line_style(WHITE)
+        .draw()?;
     Ok(())
 }
 
