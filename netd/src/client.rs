@@ -63,11 +63,16 @@ impl Client {
     }
 
     fn connect(&self) -> Result<UnixStream> {
-        let stream = UnixStream::connect(&self.socket).with_context(|| {
-            format!(
-                "connecting to the daemon at {} (is `netd daemon` running? NETD_SOCKET / --socket)",
-                self.socket.display()
-            )
+        // Unavailable, with the I/O error kept in the chain (the CNI plugin
+        // tells "not reachable" from "refused" by it).
+        let stream = UnixStream::connect(&self.socket).map_err(|err| {
+            anyhow::Error::new(err).context(crate::error::Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "connecting to the daemon at {} (is `netd daemon` running? NETD_SOCKET / --socket)",
+                    self.socket.display()
+                ),
+            ))
         })?;
         stream.set_read_timeout(self.timeout)?;
         Ok(stream)

@@ -16,7 +16,8 @@ pub enum ErrorKind {
     Conflict,
     /// The request itself is wrong (a bad address, an option out of range).
     Invalid,
-    /// Not possible now: netd unreachable, a pool or table used up.
+    /// Not possible now: the daemon cannot be reached. (A pool or table
+    /// used up is a conflict with what exists.)
     Unavailable,
     /// netd or the kernel failed.
     Internal,
@@ -101,9 +102,11 @@ pub fn kind_of(err: &anyhow::Error) -> ErrorKind {
     refusal_of(err).map_or(ErrorKind::Internal, |e| e.kind)
 }
 
-/// The refusal in an error's chain, if there is one.
+/// The refusal in an error's chain, if there is one (as its error, or as
+/// the context an underlying error was given).
 pub fn refusal_of(err: &anyhow::Error) -> Option<&Error> {
-    err.chain().find_map(|cause| cause.downcast_ref::<Error>())
+    err.downcast_ref::<Error>()
+        .or_else(|| err.chain().find_map(|cause| cause.downcast_ref::<Error>()))
 }
 
 /// `not_found!("no network named {name:?}")`: an `anyhow::Error` of that kind.
@@ -151,5 +154,10 @@ mod tests {
             kind_of(&anyhow::anyhow!("netlink failed")),
             ErrorKind::Internal
         );
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let unreachable =
+            anyhow::Error::new(io).context(Error::new(ErrorKind::Unavailable, "no daemon"));
+        assert_eq!(kind_of(&unreachable), ErrorKind::Unavailable);
+        assert!(unreachable.chain().any(|c| c.is::<std::io::Error>()));
     }
 }

@@ -10,6 +10,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// it wrote to target/bench/`file`.
 fn bench(args: &[&str], file: &str) -> serde_json::Value {
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // netd-bench runs the netd binaries next to it: built now if they
+    // are not current.
+    netd_testbed::bin_under_test::netd();
     let out = Command::new(env!("CARGO_BIN_EXE_netd-bench"))
         .args(args)
         .output()

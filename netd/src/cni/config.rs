@@ -275,7 +275,9 @@ impl NetConf {
     /// CHECK: the address ADD's result gave, if the runtime sent it.
     pub fn prev_ip(&self) -> Option<IpAddr> {
         let prev = self.prev_result.as_ref()?.ips.first()?;
-        prev.address.split('/').next()?.parse().ok()
+        // netd's networks are IPv4: an IPv6 first address is not netd's.
+        let ip: IpAddr = prev.address.split('/').next()?.parse().ok()?;
+        ip.is_ipv4().then_some(ip)
     }
 }
 
