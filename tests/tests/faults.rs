@@ -173,7 +173,7 @@ fn assert_consistent_empty(h: &DaemonHost) {
         .run("iptables-save", &[])
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    assert!(!rules.contains("netd()"), "rules left after down: {rules}");
+    assert!(!rules.contains("NETD"), "rules left after down: {rules}");
     let qdiscs = h.tc(&["qdisc", "show", "dev", &h.uplink]);
     assert!(
         !qdiscs.contains("clsact"),

@@ -22,7 +22,7 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 /// Packets the user's rules dropped: the `user-rule` drop counter on ebpf
-/// (pinned, so it counts across restarts too), netd()-USER's DROP rules'
+/// (pinned, so it counts across restarts too), NETD-USER's DROP rules'
 /// counters on iptables.
 fn rule_drops(h: &DaemonHost, datapath: &str) -> u64 {
     if datapath == "ebpf" {
@@ -36,7 +36,7 @@ fn rule_drops(h: &DaemonHost, datapath: &str) -> u64 {
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains("-A netd()-USER") && l.ends_with("-j DROP"))
+        .filter(|l| l.contains("-A NETD-USER") && l.ends_with("-j DROP"))
         .map(|l| {
             let counters = l.trim_start_matches('[').split(']').next().unwrap();
             counters.split(':').next().unwrap().parse::<u64>().unwrap()
