@@ -11,15 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use netd_testbed::bin_under_test::netd;
 use netd_testbed::{
     daemon_host::{DaemonHost, HOST_IP, OUTSIDE_IP},
     probe::{self, EchoServer},
 };
 use serde_json::Value;
-
-fn netd() -> &'static str {
-    netd_testbed::bin_under_test::netd()
-}
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()

@@ -4,6 +4,7 @@
 
 use std::{net::SocketAddr, path::Path, process::Command};
 
+use netd_testbed::bin_under_test::{netd, netd_cni as plugin};
 use netd_testbed::{
     Netns,
     cni::{Attachment, CniTool, VERSIONS, net_conf},
@@ -11,14 +12,6 @@ use netd_testbed::{
     probe::{self, EchoServer},
 };
 use serde_json::{Value, json};
-
-fn netd() -> &'static str {
-    netd_testbed::bin_under_test::netd()
-}
-
-fn plugin() -> &'static str {
-    netd_testbed::bin_under_test::netd_cni()
-}
 
 /// A namespace as a runtime makes one (loopback up, no interfaces).
 fn runtime_netns(h: &DaemonHost, short: &str) -> Netns {

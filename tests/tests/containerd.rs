@@ -5,20 +5,13 @@
 
 use std::process::Command;
 
+use netd_testbed::bin_under_test::{netd, netd_cni as plugin};
 use netd_testbed::{
     Netns,
     containerd::ContainerdHost,
     daemon_host::{HOST_IP, OUTSIDE_IP},
     probe::{self, EchoServer},
 };
-
-fn netd() -> &'static str {
-    netd_testbed::bin_under_test::netd()
-}
-
-fn plugin() -> &'static str {
-    netd_testbed::bin_under_test::netd_cni()
-}
 
 fn records(c: &ContainerdHost) -> Vec<serde_json::Value> {
     c.h.json(&["container", "ls", "--format", "json"])

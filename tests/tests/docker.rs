@@ -4,15 +4,12 @@
 
 use std::net::SocketAddr;
 
+use netd_testbed::bin_under_test::netd;
 use netd_testbed::{
     daemon_host::{HOST_IP, OUTSIDE_IP},
     docker::DockerHost,
     probe::{self, EchoServer},
 };
-
-fn netd() -> &'static str {
-    netd_testbed::bin_under_test::netd()
-}
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()

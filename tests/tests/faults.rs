@@ -19,15 +19,12 @@ use std::{
 
 use netd::engine::FAULT_POINTS;
 use netd_common::maps::{self, MapDef as _};
+use netd_testbed::bin_under_test::netd;
 use netd_testbed::{
     daemon_host::{DaemonHost, HOST_IP, OUTSIDE_IP},
     probe::{self, EchoServer},
 };
 use serde_json::Value;
-
-fn netd() -> &'static str {
-    netd_testbed::bin_under_test::netd()
-}
 
 /// Every datapath, and the eBPF one with the older kernels' mechanisms.
 const VARIANTS: [(&str, &[&str]); 3] = [

@@ -7,14 +7,11 @@ use std::{
     net::{SocketAddr, TcpStream},
 };
 
+use netd_testbed::bin_under_test::netd;
 use netd_testbed::{
     daemon_host::{DaemonHost, HOST_IP},
     probe::{self, EchoServer},
 };
-
-fn netd() -> &'static str {
-    netd_testbed::bin_under_test::netd()
-}
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()

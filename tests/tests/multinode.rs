@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use netd_testbed::bin_under_test::{netd, netd_cni as plugin};
 use netd_testbed::{
     Netns, Testbed,
     cni::{Attachment, CniTool, net_conf},
@@ -22,14 +23,6 @@ use netd_testbed::{
     topology::Background,
 };
 use serde_json::{Value, json};
-
-fn netd() -> &'static str {
-    netd_testbed::bin_under_test::netd()
-}
-
-fn plugin() -> &'static str {
-    netd_testbed::bin_under_test::netd_cni()
-}
 
 const OUTSIDE: &str = "198.51.100.2";
 

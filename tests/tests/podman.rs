@@ -5,19 +5,12 @@
 
 use std::net::SocketAddr;
 
+use netd_testbed::bin_under_test::{netd, netd_cni as plugin};
 use netd_testbed::{
     daemon_host::HOST_IP,
     podman::PodmanHost,
     probe::{self, EchoServer},
 };
-
-fn netd() -> &'static str {
-    netd_testbed::bin_under_test::netd()
-}
-
-fn plugin() -> &'static str {
-    netd_testbed::bin_under_test::netd_cni()
-}
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()

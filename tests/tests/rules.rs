@@ -8,14 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use netd_testbed::bin_under_test::netd;
 use netd_testbed::{
     daemon_host::{DaemonHost, HOST_IP, OUTSIDE_IP},
     probe::{self, EchoServer},
 };
-
-fn netd() -> &'static str {
-    netd_testbed::bin_under_test::netd()
-}
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()

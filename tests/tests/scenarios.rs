@@ -1,11 +1,8 @@
 //! The scenario suite on every datapath: identical verdicts, as written in
 //! `netd_testbed::scenarios`. Adding a datapath is one more `#[test]`.
 
+use netd_testbed::bin_under_test::netd;
 use netd_testbed::scenarios::{self, Frontend};
-
-fn netd() -> &'static str {
-    netd_testbed::bin_under_test::netd()
-}
 
 fn check(datapath: &str, daemon_flags: &[&str]) {
     check_through(Frontend::Cli, datapath, daemon_flags);
