@@ -106,3 +106,12 @@ pub struct Backend {
     pub port: Port,
     pub _pad: [u8; 2],
 }
+
+/// The source ports NAT chooses from (inclusive) unless the daemon is told
+/// otherwise (`--nat-ports`): below Linux's default ephemeral range
+/// (32768–60999), so the host never picks one of them for a connection of
+/// its own and a translated connection cannot clash with it later. The
+/// daemon reserves (`ip_local_reserved_ports`) whatever part of the range
+/// the host's ephemeral range overlaps.
+pub const NAT_PORT_MIN: u16 = 1024;
+pub const NAT_PORT_MAX: u16 = 32767;

@@ -31,6 +31,14 @@ pub fn is_tracked(key: &CtKey) -> bool {
     unsafe { CONNTRACK.get(key).is_some() }
 }
 
+/// Whether `key` is the reply direction of a tracked connection (the tuple
+/// a translated connection's replies arrive on).
+#[inline(always)]
+pub fn is_reply_of_connection(key: &CtKey) -> bool {
+    // SAFETY: read-only copy of a map value's flags.
+    unsafe { CONNTRACK.get(key) }.is_some_and(|entry| entry.flags & CT_REPLY != 0)
+}
+
 /// Finds the entry for `key` and refreshes it for a packet with `tcp_flags`.
 /// A SYN on a closing connection starts it over: in place, keeping the
 /// translation, when it comes from the side that opened the connection (a

@@ -12,6 +12,7 @@ mod clock;
 mod conntrack;
 mod counters;
 mod forward;
+mod host_socket;
 mod maps;
 mod nat;
 mod offsets;
@@ -31,6 +32,7 @@ use netd_common::{
 
 use crate::{
     conntrack::Lookup,
+    nat::{Port, Source},
     parse::{Frame as _, Ipv4Packet, L4, Packet},
 };
 
@@ -211,7 +213,10 @@ fn hairpin(
                 dst_port: backend.port,
                 ..*key
             };
-            nat::create_with_free_port(key, &template, CT_DNAT | CT_SNAT)?
+            // Always a port of the NAT range: the host picks none of those
+            // for a connection of its own from the gateway to the backend.
+            let flags = CT_DNAT | CT_SNAT;
+            nat::create_with_free_port(ctx, key, &template, flags, Source::Host, Port::FromRange)?
         }
     };
     if ip.fragment {
@@ -247,7 +252,7 @@ fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
         policy::check_outside_source(ip.src)?;
         if let Some(backend) = published_target(&ip, &key) {
             check_published(&ip, &key, &backend, ctx.ifindex())?;
-            let xlat = nat::dnat_create(&key, &backend)?;
+            let xlat = nat::dnat_create(ctx, &key, &backend)?;
             nat::rewrite(ctx, &ip, &key, &xlat)?;
             return Ok(into_container(ctx, &ip, xlat.dst, class));
         }
@@ -375,7 +380,7 @@ fn egress_nat(ctx: &TcContext, ip: &Ipv4Packet, egress: u32) -> Result<(), DropR
         return translate(ctx, ip, &key, &xlat);
     }
     let Some(net) = policy::network_of(ip.src) else {
-        return Ok(()); // the host's own traffic
+        return host_flow(ctx, ip, &key);
     };
     if net.flags & NET_INTERNAL != 0 {
         return Err(DropReason::InternalNetwork);
@@ -387,8 +392,32 @@ fn egress_nat(ctx: &TcContext, ip: &Ipv4Packet, egress: u32) -> Result<(), DropR
     if ip.fragment && net.flags & NET_MASQUERADE != 0 {
         return Err(DropReason::FragmentNeedsNat);
     }
-    let xlat = nat::snat_create(&key, net, egress)?;
+    let xlat = nat::snat_create(ctx, &key, net, egress)?;
     nat::rewrite(ctx, ip, &key, &xlat)
+}
+
+/// The host's own untracked packet leaving by an uplink. It passes as it
+/// is, unless it opens a connection whose replies a masqueraded container
+/// connection already receives (the host's kernel picked a port netd's NAT
+/// had kept for a container): then this host connection gets a port of the
+/// NAT range and is tracked like a container's, so neither stalls.
+#[inline(always)]
+fn host_flow(ctx: &TcContext, ip: &Ipv4Packet, key: &CtKey) -> Result<(), DropReason> {
+    let opens = match key.proto {
+        parse::IPPROTO_TCP => opens_connection(key, ip.tcp_flags()),
+        parse::IPPROTO_UDP => true,
+        // Echo identifiers of the host and of containers share one space
+        // on both ends anyway; the kernel's ping sockets pick their own.
+        _ => false,
+    };
+    if !opens || !conntrack::is_reply_of_connection(&key.reversed()) {
+        return Ok(());
+    }
+    if ip.fragment {
+        return Err(DropReason::FragmentNeedsNat);
+    }
+    let xlat = nat::create_with_free_port(ctx, key, key, CT_SNAT, Source::Host, Port::FromRange)?;
+    nat::rewrite(ctx, ip, key, &xlat)
 }
 
 /// After translation from the uplink: straight into the container when the

@@ -15,7 +15,7 @@ use netd_common::{
 };
 
 use crate::{
-    checksum, conntrack,
+    checksum, conntrack, host_socket,
     offsets::{
         ICMP_CHECK, ICMP_ECHO_ID, ICMP_LEN, IP_CHECK, IP_DST, IP_SRC, IPV4_CHECK, IPV4_DST,
         IPV4_LEN, IPV4_PROTO, IPV4_SRC, L4_DST_PORT, L4_SRC_PORT, TCP_CHECK, UDP_CHECK,
@@ -90,27 +90,32 @@ pub fn published_backend(dst: Ipv4, port: [u8; 2], proto: u8) -> Option<Backend>
 }
 
 /// Starts tracking a connection to a published port and returns the tuple
-/// the packet becomes (destination = the container).
+/// the packet becomes (destination = the container). When another
+/// connection already holds the reply tuple (the same client port reached
+/// the same backend through another host address or port), the client's
+/// source port is remapped for this one, as the kernel's NAT does.
 #[inline(always)]
-pub fn dnat_create(orig: &CtKey, backend: &Backend) -> Result<CtKey, DropReason> {
+pub fn dnat_create(ctx: &TcContext, orig: &CtKey, backend: &Backend) -> Result<CtKey, DropReason> {
     let xlat = CtKey {
         dst: backend.ip,
         dst_port: backend.port,
         ..*orig
     };
-    match conntrack::create(orig, &xlat, CT_DNAT) {
-        Ok(()) => Ok(xlat),
-        Err(reason) => Err(reason.unwrap_or(DropReason::ConntrackFull)),
-    }
+    let source = Source::Remote;
+    create_with_free_port(ctx, orig, &xlat, CT_DNAT, source, Port::KeepIfFree)
 }
 
-/// Starts tracking a connection a container opens to the outside. With
-/// masquerade the source becomes the host address and, only if the original
-/// source port is taken, a port from the configured range.
-#[inline(always)]
 /// Tracks a new container connection leaving by the interface `egress`,
-/// masqueraded behind its address (or the network's own host IP).
-pub fn snat_create(orig: &CtKey, net: &NetworkInfo, egress: u32) -> Result<CtKey, DropReason> {
+/// masqueraded behind its address (or the network's own host IP). The
+/// container's source port is kept when nothing else uses the translated
+/// tuple, as Docker's MASQUERADE keeps it.
+#[inline(always)]
+pub fn snat_create(
+    ctx: &TcContext,
+    orig: &CtKey,
+    net: &NetworkInfo,
+    egress: u32,
+) -> Result<CtKey, DropReason> {
     if net.flags & NET_MASQUERADE == 0 {
         return match conntrack::create(orig, orig, 0) {
             Ok(()) => Ok(*orig),
@@ -122,27 +127,57 @@ pub fn snat_create(orig: &CtKey, net: &NetworkInfo, egress: u32) -> Result<CtKey
     } else {
         masquerade_ip(egress)
     };
-    create_with_free_port(
-        orig,
-        &CtKey {
-            src: snat_ip,
-            ..*orig
-        },
-        CT_SNAT,
-    )
+    let xlat = CtKey {
+        src: snat_ip,
+        ..*orig
+    };
+    create_with_free_port(ctx, orig, &xlat, CT_SNAT, Source::Host, Port::KeepIfFree)
 }
 
-/// Tracks `orig` as translated to `xlat`, keeping `xlat.src_port` when the
-/// reply tuple is free and otherwise searching the configured port range
-/// (random start, linear probe, bounded).
+/// Who owns the source address of a translated tuple.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The host (masquerade, hairpin): a host socket may use the tuple too.
+    Host,
+    /// The far end (a published port's client).
+    Remote,
+}
+
+/// Which source ports a translation may take.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// The template's own port when the tuple is free, else one of the NAT
+    /// range.
+    KeepIfFree,
+    /// Only ports of the NAT range: ones the host never picks for its own
+    /// connections (outside its ephemeral range, or reserved), so a host
+    /// connection made later cannot clash with this one.
+    FromRange,
+}
+
+/// Tracks `orig` as translated to `xlat`, keeping `xlat.src_port` when
+/// allowed and free, otherwise searching the configured port range (random
+/// start, linear probe, bounded). A tuple is free when conntrack has no
+/// connection on it and, for a host source, no host socket owns it.
 #[inline(always)]
-pub fn create_with_free_port(orig: &CtKey, xlat: &CtKey, flags: u32) -> Result<CtKey, DropReason> {
+pub fn create_with_free_port(
+    ctx: &TcContext,
+    orig: &CtKey,
+    xlat: &CtKey,
+    flags: u32,
+    source: Source,
+    port: Port,
+) -> Result<CtKey, DropReason> {
     let mut xlat = *xlat;
-    match conntrack::create(orig, &xlat, flags) {
-        Ok(()) => return Ok(xlat),
-        Err(Some(reason)) => return Err(reason),
-        Err(None) => {}
+    if port == Port::KeepIfFree && !(source == Source::Host && host_socket::owns(ctx, &xlat)) {
+        match conntrack::create(orig, &xlat, flags) {
+            Ok(()) => return Ok(xlat),
+            Err(Some(reason)) => return Err(reason),
+            Err(None) => {}
+        }
     }
+    // The source port changes from here on: that is a source NAT too.
+    let flags = flags | CT_SNAT;
     let config = CONFIG.get(0).copied().unwrap_or_default();
     let min = u32::from(config.nat_port_min);
     let span = u32::from(config.nat_port_max).saturating_sub(min) + 1;
@@ -157,6 +192,9 @@ pub fn create_with_free_port(orig: &CtKey, xlat: &CtKey, flags: u32) -> Result<C
         if orig.proto == IPPROTO_ICMP {
             // The echo identifier is both "ports".
             xlat.dst_port = xlat.src_port;
+        }
+        if source == Source::Host && host_socket::owns(ctx, &xlat) {
+            continue;
         }
         match conntrack::create(orig, &xlat, flags) {
             Ok(()) => return Ok(xlat),

@@ -9,7 +9,7 @@ use tokio::sync::{Mutex, Notify, broadcast};
 
 use crate::{
     api::{DropRecord, MonitorEvent},
-    driver::{DropStream, EbpfDriver, FirewallDriver, IptablesDriver},
+    driver::{DropStream, EbpfDriver, EbpfSettings, FirewallDriver, IptablesDriver},
     engine::Engine,
     features::{Features, KernelFeatures},
     frontend::{self, socket},
@@ -48,6 +48,8 @@ pub struct Options {
     /// host's netfilter), or let them take the stack.
     pub fast_path: bool,
     pub xdp: crate::datapath::XdpSetting,
+    /// eBPF: the source ports NAT chooses from.
+    pub nat_ports: crate::driver::NatPorts,
 }
 
 const CONNTRACK_GC_INTERVAL: Duration = Duration::from_secs(10);
@@ -75,9 +77,12 @@ pub async fn run(opts: Options) -> Result<()> {
                 &host_info,
                 &opts.bpffs,
                 features,
-                opts.bpf_log,
-                opts.fast_path,
-                opts.xdp,
+                EbpfSettings {
+                    bpf_log: opts.bpf_log,
+                    fast_path: opts.fast_path,
+                    xdp: opts.xdp,
+                    nat_ports: opts.nat_ports,
+                },
                 host.netlink().clone(),
             )?)
         }

@@ -16,8 +16,7 @@ use crate::{Netns, Testbed};
 
 /// Addresses of the uplink segment (inside the testbed's namespaces only).
 pub use crate::uplink::{HOST_IP as HOST_UPLINK_IP, HOST_SECOND_IP, OUTSIDE_IP};
-pub const NAT_PORT_MIN: u16 = 32768;
-pub const NAT_PORT_MAX: u16 = 65535;
+pub use netd_common::{NAT_PORT_MAX, NAT_PORT_MIN};
 
 pub struct DatapathHost {
     pub datapath: Datapath,

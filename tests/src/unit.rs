@@ -59,8 +59,8 @@ pub fn configure(dp: &mut Datapath, flags: u32) {
         .config
         .set(Config {
             masquerade_ip: ip(HOST).octets(),
-            nat_port_min: 32768,
-            nat_port_max: 65535,
+            nat_port_min: netd_common::NAT_PORT_MIN,
+            nat_port_max: netd_common::NAT_PORT_MAX,
             netns_cookie: 0,
             fast_path: 0, // test runs must never route
             rule_classes: 0,
@@ -79,6 +79,15 @@ pub fn configure(dp: &mut Datapath, flags: u32) {
         };
         dp.maps.endpoints.insert(addr.parse().unwrap(), ep).unwrap();
     }
+}
+
+/// Narrows the NAT port range (inclusive), so a test knows the port NAT
+/// picks or can leave it none.
+pub fn set_nat_ports(dp: &mut Datapath, min: u16, max: u16) {
+    let mut config = dp.maps.config.get().unwrap();
+    config.nat_port_min = min;
+    config.nat_port_max = max;
+    dp.maps.config.set(config).unwrap();
 }
 
 /// Publishes TCP port 8080 on every host address to `backend`:80.

@@ -68,7 +68,7 @@ fn masquerade_picks_another_port_when_the_source_port_is_taken() {
     let l4 = packet::ETH_LEN + packet::IPV4_LEN;
     let port = u16::from_be_bytes([out[l4], out[l4 + 1]]);
     assert_ne!(port, 40000);
-    assert!((32768..=65535).contains(&port));
+    assert!((netd_common::NAT_PORT_MIN..=netd_common::NAT_PORT_MAX).contains(&port));
     assert_eq!(out, with_addrs(&second, (HOST, port), (REMOTE, 80)).build());
     // Replies to each port reach their own container.
     for (port, ctr, mac) in [(40000, C1, C1_MAC), (port, C2, [2, 0, 0, 0, 0, 3])] {
@@ -205,12 +205,14 @@ fn published_scopes_are_filled_at_load_from_pinned_ports() {
 fn hairpin_translates_both_ends_and_redirects_into_the_backend() {
     let mut dp = datapath(NET_ICC | NET_MASQUERADE);
     publish_tcp_8080(&mut dp, C2);
+    // Hairpin always takes a port of the NAT range (one here, to know it).
+    set_nat_ports(&mut dp, 20000, 20000);
     let gateway = "172.18.0.1";
     let gateway_mac = [2, 0, 0, 0, 0xee, 1];
 
-    // C1 -> host:8080 becomes gateway -> C2:80, delivered straight to C2.
+    // C1 -> host:8080 becomes gateway:20000 -> C2:80, delivered straight to C2.
     let syn = Ipv4Frame::tcp(C1, 40000, HOST, 8080, TCP_SYN);
-    let mut expected = with_addrs(&syn, (gateway, 40000), (C2, 80));
+    let mut expected = with_addrs(&syn, (gateway, 20000), (C2, 80));
     expected.dst_mac = [2, 0, 0, 0, 0, 3];
     expected.src_mac = gateway_mac;
     let (verdict, out) = run(&mut dp, programs::FROM_CONTAINER, &syn);
@@ -220,7 +222,7 @@ fn hairpin_translates_both_ends_and_redirects_into_the_backend() {
 
     // C2's reply to the gateway goes back to C1 as host:8080 -> C1. C2 sends
     // from interface 99, so give the test run a datapath where C2 is "us".
-    let reply_key = key((C2, 80), (gateway, 40000), PROTO_TCP);
+    let reply_key = key((C2, 80), (gateway, 20000), PROTO_TCP);
     let reply_entry = entry(&dp, reply_key);
     assert_eq!(reply_entry.xlat, key((HOST, 8080), (C1, 40000), PROTO_TCP));
     assert_eq!(reply_entry.flags, CT_DNAT | CT_SNAT | CT_REPLY);
@@ -235,7 +237,7 @@ fn hairpin_translates_both_ends_and_redirects_into_the_backend() {
         .endpoints
         .insert(C2.parse().unwrap(), c2_as_sender)
         .unwrap();
-    let mut syn_ack = Ipv4Frame::tcp(C2, 80, gateway, 40000, TCP_SYN | TCP_ACK);
+    let mut syn_ack = Ipv4Frame::tcp(C2, 80, gateway, 20000, TCP_SYN | TCP_ACK);
     syn_ack.src_mac = [2, 0, 0, 0, 0, 3];
     let mut expected = with_addrs(&syn_ack, (HOST, 8080), (C1, 40000));
     expected.dst_mac = C1_MAC;

@@ -64,6 +64,13 @@ pub struct DaemonArgs {
     /// driver has it, else generic), `native`, `generic`, or `off`.
     #[arg(long, default_value = "auto")]
     xdp: netd::datapath::XdpSetting,
+    /// eBPF: the source ports NAT may give a connection when it cannot keep
+    /// the container's (masquerade), always for hairpin, and to a client
+    /// whose port another connection to the same container already uses.
+    /// The part Linux could pick for the host's own connections
+    /// (ip_local_port_range) is reserved (ip_local_reserved_ports).
+    #[arg(long, value_name = "MIN-MAX", default_value_t = Default::default())]
+    nat_ports: netd::driver::NatPorts,
     /// Log lines as text or as JSON objects (for log shippers).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -91,6 +98,7 @@ pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<()> {
         docker_plugin: args.docker_plugin.then_some(args.docker_plugin_socket),
         fast_path: args.fast_path,
         xdp: args.xdp,
+        nat_ports: args.nat_ports,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -6,7 +6,7 @@ mod ebpf;
 mod iptables;
 mod noop;
 
-pub use ebpf::EbpfDriver;
+pub use ebpf::{EbpfDriver, EbpfSettings, NatPorts};
 pub use iptables::IptablesDriver;
 pub use noop::NoopDriver;
 

@@ -2,8 +2,11 @@
 //! The uplinks and XDP are in `uplinks`, what the datapath shows in
 //! `observe`.
 
+mod nat_ports;
 mod observe;
 mod uplinks;
+
+pub use nat_ports::NatPorts;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -55,6 +58,18 @@ pub struct EbpfDriver {
     xdp_modes: BTreeMap<String, String>,
     /// For the clsact qdiscs this driver added (kernels before TCX).
     netlink: Netlink,
+    /// The source ports NAT chooses from.
+    nat_ports: NatPorts,
+}
+
+/// How the eBPF datapath runs (`netd daemon` flags).
+pub struct EbpfSettings {
+    pub bpf_log: crate::datapath::BpfLog,
+    /// Redirect containers' outbound packets to the uplink (past the
+    /// host's netfilter), or let them take the stack.
+    pub fast_path: bool,
+    pub xdp: XdpSetting,
+    pub nat_ports: NatPorts,
 }
 
 impl EbpfDriver {
@@ -63,13 +78,24 @@ impl EbpfDriver {
         host: &HostInfo,
         bpffs: &Path,
         features: Features,
-        log: crate::datapath::BpfLog,
-        fast_path: bool,
-        xdp: XdpSetting,
+        settings: EbpfSettings,
         netlink: Netlink,
     ) -> Result<Self> {
         features.require_minimum()?;
         super::set_bridge_netfilter(false)?;
+        if let Some((first, last)) = settings.nat_ports.reserve()? {
+            tracing::warn!(
+                "NAT ports {first}-{last} overlap the host's ephemeral ports \
+                 (ip_local_port_range): reserved them (ip_local_reserved_ports) so the \
+                 host's own connections never take a translated tuple"
+            );
+        }
+        let EbpfSettings {
+            bpf_log: log,
+            fast_path,
+            xdp,
+            nat_ports,
+        } = settings;
         let mut datapath = Datapath::load_pinned(bpffs, &features, log)?;
         if let Some(logs) = datapath.take_logs() {
             tokio::spawn(logs.forward());
@@ -101,6 +127,7 @@ impl EbpfDriver {
             xdp,
             xdp_modes: BTreeMap::new(),
             netlink,
+            nat_ports,
         };
         // One uplink that cannot be attached is reported, not fatal.
         if let Err(err) = driver.host_changed(host) {
@@ -132,8 +159,8 @@ impl EbpfDriver {
             .unwrap_or(Ipv4Addr::UNSPECIFIED);
         self.datapath.maps.config.set(Config {
             masquerade_ip: masquerade_ip.octets(),
-            nat_port_min: 32768,
-            nat_port_max: 65535,
+            nat_port_min: self.nat_ports.min,
+            nat_port_max: self.nat_ports.max,
             netns_cookie: self.netns_cookie,
             fast_path: u8::from(self.fast_path).into(),
             rule_classes: self.rule_classes,
@@ -439,7 +466,7 @@ impl FirewallDriver for EbpfDriver {
             for ifindex in clsact {
                 self.netlink.remove_clsact_if_unused(ifindex).await?;
             }
-            Ok(())
+            self.nat_ports.release()
         })
     }
 
