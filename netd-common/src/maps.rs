@@ -22,6 +22,7 @@ pub enum MapKind {
     LruPerCpuHashMap,
     LpmTrie,
     RingBuf,
+    Queue,
 }
 
 impl MapKind {
@@ -105,8 +106,18 @@ declare_maps! {
     PUBLISHED_PORTS: HashMap<PortKey, Backend>, sizes::PUBLISHED_PORTS, pinned;
     /// Which kinds of `PUBLISHED_PORTS` keys exist (`PUBLISHED_ON_*` bits, one slot).
     PUBLISHED_SCOPES: Array<u32, u32>, 1, pinned;
-    /// Both directions of every tracked connection.
-    CONNTRACK: LruHashMap<CtKey, CtEntry>, sizes::CONNTRACK, pinned;
+    /// Both directions of every tracked connection. A plain hash, not an
+    /// LRU: when it is full, the programs choose what goes (unreplied or
+    /// closing connections, as the kernel's early_drop), never an
+    /// established connection.
+    CONNTRACK: HashMap<CtKey, CtEntry>, sizes::CONNTRACK, pinned;
+    /// Original tuples of connections that may be evicted when `CONNTRACK`
+    /// is full, oldest first: pushed when a connection opens and when it
+    /// starts closing (a full queue forgets its oldest). Each is checked
+    /// again when popped.
+    CONNTRACK_CANDIDATES: Queue<(), CtKey>, sizes::CONNTRACK / 2, unpinned;
+    /// Connections evicted to make room (one slot per CPU).
+    CONNTRACK_EVICTIONS: PerCpuArray<u32, u64>, 1, pinned;
     /// Host sockets redirected to a published port's backend -> the address
     /// they asked for.
     SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue>, sizes::SOCK_REVNAT, pinned;

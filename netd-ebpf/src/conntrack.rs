@@ -3,16 +3,27 @@
 //!
 //! Entries carry an absolute expiry refreshed by traffic. The datapath never
 //! deletes on expiry by itself; user space's garbage collector removes a
-//! connection when both entries have expired, and LRU eviction is the safety
-//! net when the table is full.
+//! connection when both entries have expired. When the table is full, a new
+//! connection evicts an old one that is unreplied, closing or expired (the
+//! kernel's early_drop), or is refused: an established connection is never
+//! evicted.
 
 use crate::maps::bpf_map;
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use aya_ebpf::bindings::{BPF_ANY, BPF_EXIST, BPF_NOEXIST};
 use netd_common::{CT_CLOSING, CT_REPLY, CT_SEEN_REPLY, CtEntry, CtKey, DropReason, timeouts};
 
 use crate::parse::{IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
-bpf_map!(CONNTRACK: LruHashMap);
+bpf_map!(CONNTRACK: HashMap);
+bpf_map!(CONNTRACK_CANDIDATES: Queue);
+bpf_map!(CONNTRACK_EVICTIONS: PerCpuArray);
+
+/// `-E2BIG`: the hash map has no free entry.
+const MAP_FULL: i32 = -7;
+/// Candidates looked at per connection that finds the table full (bounded
+/// for the verifier; established connections popped are simply dropped
+/// from the queue, so later searches start past them).
+const EVICTION_TRIES: u32 = 8;
 
 /// Refreshing an entry writes a shared cache line: skip it while the expiry
 /// would move by less than this.
@@ -77,6 +88,14 @@ pub fn lookup(key: &CtKey, tcp_flags: u8) -> Lookup {
         set_flags(&entry.xlat.reversed(), CT_SEEN_REPLY, None);
     }
     if is_tcp && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        if flags & CT_CLOSING == 0 {
+            // Closing connections may be evicted: queue the original tuple.
+            let orig = match flags & CT_REPLY {
+                0 => *key,
+                _ => entry.xlat.reversed(),
+            };
+            add_candidate(&orig);
+        }
         flags |= CT_CLOSING;
         let expires = now + timeouts::TCP_CLOSING;
         set_flags(&entry.xlat.reversed(), CT_CLOSING, Some(expires));
@@ -144,7 +163,9 @@ fn forget(key: &CtKey, xlat: &CtKey) {
 /// Tracks a new connection: `orig` is the tuple of its first packet, `xlat`
 /// what that packet becomes. Inserts the reply entry first, refusing to
 /// overwrite (a taken reply tuple means the NAT port is in use), then the
-/// original one. Err(None) = reply tuple taken, try another port.
+/// original one. Err(None) = reply tuple taken, try another port. A full
+/// table makes room by evicting an old connection that may go, or refuses
+/// the new one (`ConntrackFull`).
 #[inline(always)]
 pub fn create(orig: &CtKey, xlat: &CtKey, nat_flags: u32) -> Result<(), Option<DropReason>> {
     let now = crate::clock::now_ns();
@@ -155,11 +176,22 @@ pub fn create(orig: &CtKey, xlat: &CtKey, nat_flags: u32) -> Result<(), Option<D
         flags: nat_flags | CT_REPLY,
         _pad: 0,
     };
-    if CONNTRACK
-        .insert(&xlat.reversed(), &reply, BPF_NOEXIST as u64)
-        .is_err()
-    {
-        return Err(None);
+    let reply_key = xlat.reversed();
+    match CONNTRACK.insert(&reply_key, &reply, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(MAP_FULL) => {
+            // Room for both entries: evicting a connection frees two.
+            if !make_room(now) {
+                return Err(Some(DropReason::ConntrackFull));
+            }
+            if CONNTRACK
+                .insert(&reply_key, &reply, BPF_NOEXIST as u64)
+                .is_err()
+            {
+                return Err(Some(DropReason::ConntrackFull));
+            }
+        }
+        Err(_) => return Err(None),
     }
     let forward = CtEntry {
         xlat: *xlat,
@@ -168,8 +200,44 @@ pub fn create(orig: &CtKey, xlat: &CtKey, nat_flags: u32) -> Result<(), Option<D
         _pad: 0,
     };
     if CONNTRACK.insert(orig, &forward, BPF_ANY as u64).is_err() {
-        let _ = CONNTRACK.remove(&xlat.reversed());
+        let _ = CONNTRACK.remove(&reply_key);
         return Err(Some(DropReason::ConntrackFull));
     }
+    add_candidate(orig);
     Ok(())
+}
+
+/// Queues the original tuple of a connection that may be evicted later.
+/// A full queue forgets its oldest candidate.
+#[inline(always)]
+fn add_candidate(orig: &CtKey) {
+    let _ = CONNTRACK_CANDIDATES.push(orig, BPF_EXIST as u64);
+}
+
+/// The kernel's early_drop: frees one connection that has not been
+/// answered, is closing, or has expired, oldest candidate first. False when
+/// none of the candidates looked at may go (the new connection is refused).
+#[inline(always)]
+fn make_room(now: u64) -> bool {
+    for _ in 0..EVICTION_TRIES {
+        let Ok(Some(candidate)) = CONNTRACK_CANDIDATES.pop() else {
+            return false;
+        };
+        let Some(entry) = CONNTRACK.get_ptr(&candidate) else {
+            continue; // gone already
+        };
+        // SAFETY: read-only copy of a map value.
+        let entry = unsafe { *entry };
+        let may_go =
+            entry.flags & (CT_SEEN_REPLY | CT_CLOSING) != CT_SEEN_REPLY || entry.expires_ns < now;
+        if may_go {
+            forget(&candidate, &entry.xlat);
+            if let Some(count) = CONNTRACK_EVICTIONS.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot.
+                unsafe { *count += 1 };
+            }
+            return true;
+        }
+    }
+    false
 }

@@ -23,6 +23,9 @@ macro_rules! bpf_map {
         );
         $crate::maps::check_kind!($name: $kind);
     };
+    ($name:ident: Queue) => {
+        $crate::maps::bpf_map!($name: Queue, value only);
+    };
     ($name:ident: Array) => {
         $crate::maps::bpf_map!($name: Array, value only);
     };

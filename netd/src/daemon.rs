@@ -50,6 +50,9 @@ pub struct Options {
     pub xdp: crate::datapath::XdpSetting,
     /// eBPF: the source ports NAT chooses from.
     pub nat_ports: crate::driver::NatPorts,
+    /// eBPF: how many connections, published ports and endpoints the
+    /// tables hold.
+    pub table_sizes: crate::datapath::TableSizes,
 }
 
 const CONNTRACK_GC_INTERVAL: Duration = Duration::from_secs(10);
@@ -82,6 +85,7 @@ pub async fn run(opts: Options) -> Result<()> {
                     fast_path: opts.fast_path,
                     xdp: opts.xdp,
                     nat_ports: opts.nat_ports,
+                    sizes: opts.table_sizes,
                 },
                 host.netlink().clone(),
             )?)

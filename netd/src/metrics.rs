@@ -188,6 +188,21 @@ impl Metrics {
             "Entries in use in a datapath table (a BPF map; nf_conntrack on iptables)",
             entries,
         );
+        let evicted = Family::<MapLabel, Counter>::default();
+        for fill in &datapath.tables {
+            if let Some(n) = fill.evicted {
+                let label = MapLabel {
+                    map: fill.name.clone(),
+                };
+                evicted.get_or_create(&label).inc_by(n);
+            }
+        }
+        registry.register(
+            "map_evicted_entries",
+            "Entries a full datapath table evicted to make room (conntrack: unreplied or \
+             closing connections, as the kernel's early_drop)",
+            evicted,
+        );
         registry.register(
             "map_capacity",
             "Entries a datapath table can hold (a BPF map; nf_conntrack on iptables)",

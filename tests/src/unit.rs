@@ -53,6 +53,14 @@ pub fn datapath(flags: u32) -> Datapath {
     dp
 }
 
+/// As [`datapath`], with tables of `sizes`.
+pub fn datapath_sized(flags: u32, sizes: &netd::datapath::TableSizes) -> Datapath {
+    let features = netd::features::Features::probe(netd::features::KernelFeatures::Auto).unwrap();
+    let mut dp = Datapath::load_sized(&features, netd::datapath::BpfLog::Off, sizes).unwrap();
+    configure(&mut dp, flags);
+    dp
+}
+
 /// What [`datapath`] sets up, on a datapath loaded some other way.
 pub fn configure(dp: &mut Datapath, flags: u32) {
     dp.maps

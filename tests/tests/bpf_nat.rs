@@ -191,12 +191,13 @@ fn published_scopes_are_filled_at_load_from_pinned_ports() {
     let _pins = RemovePins(dir.clone());
     let features = Features::probe(KernelFeatures::Auto).unwrap();
     {
-        let mut old = Datapath::load_pinned(&dir, &features, BpfLog::Off).unwrap();
+        let mut old =
+            Datapath::load_pinned(&dir, &features, BpfLog::Off, &Default::default()).unwrap();
         configure(&mut old, NET_ICC | NET_MASQUERADE);
         publish_tcp_8080(&mut old, C1);
     }
     std::fs::remove_file(dir.join("maps").join(maps::PUBLISHED_SCOPES::NAME)).unwrap();
-    let mut dp = Datapath::load_pinned(&dir, &features, BpfLog::Off).unwrap();
+    let mut dp = Datapath::load_pinned(&dir, &features, BpfLog::Off, &Default::default()).unwrap();
     assert_eq!(dp.maps.ports.scopes(), PUBLISHED_ON_ALL);
     expect_syn_into_c1(&mut dp, 5555, HOST, 8080, 80);
 }

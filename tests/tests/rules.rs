@@ -327,7 +327,8 @@ fn xdp_reattach_back_to_back_finds_the_device_free() {
     let (host, _outside, uplink) = bed.add_host_with_outside().unwrap();
     let pins = PinDir(format!("/sys/fs/bpf/netd-test-{}", bed.id()).into());
     let features = Features::probe(KernelFeatures::Auto).unwrap();
-    let mut datapath = Datapath::load_pinned(&pins.0, &features, BpfLog::Off).unwrap();
+    let mut datapath =
+        Datapath::load_pinned(&pins.0, &features, BpfLog::Off, &Default::default()).unwrap();
     for (setting, mode) in [
         (XdpSetting::Generic, XdpMode::Generic),
         (XdpSetting::Generic, XdpMode::Generic),

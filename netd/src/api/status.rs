@@ -60,6 +60,9 @@ pub struct Programs {
 pub struct MapUse {
     pub entries: usize,
     pub capacity: u32,
+    /// Entries evicted to make room (conntrack), since the table was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evicted: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::ValueEnum;
-use netd::{daemon, features::KernelFeatures};
+use netd::{daemon, datapath::TableSizes, features::KernelFeatures};
 
 #[derive(clap::Args)]
 pub struct DaemonArgs {
@@ -71,6 +71,20 @@ pub struct DaemonArgs {
     /// (ip_local_port_range) is reserved (ip_local_reserved_ports).
     #[arg(long, value_name = "MIN-MAX", default_value_t = Default::default())]
     nat_ports: netd::driver::NatPorts,
+    /// eBPF: connections conntrack holds (as nf_conntrack_max). When it is
+    /// full, a new connection evicts one not yet answered or closing, or is
+    /// refused; established ones are never evicted. ~200 bytes of kernel
+    /// memory each. A new size takes effect at restart, keeping the flows.
+    #[arg(long, value_name = "N", default_value_t = TableSizes::default().connections)]
+    conntrack_max: u32,
+    /// eBPF: (host address, port, protocol) triples that can be published
+    /// (a range counts one per port); a publish past it is refused.
+    #[arg(long, value_name = "N", default_value_t = TableSizes::default().published_ports)]
+    max_published_ports: u32,
+    /// eBPF: container interfaces (containers × networks); a container
+    /// past it is refused.
+    #[arg(long, value_name = "N", default_value_t = TableSizes::default().endpoints)]
+    max_endpoints: u32,
     /// Log lines as text or as JSON objects (for log shippers).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -99,6 +113,11 @@ pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<()> {
         fast_path: args.fast_path,
         xdp: args.xdp,
         nat_ports: args.nat_ports,
+        table_sizes: TableSizes {
+            connections: args.conntrack_max,
+            published_ports: args.max_published_ports,
+            endpoints: args.max_endpoints,
+        },
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

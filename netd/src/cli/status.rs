@@ -121,10 +121,11 @@ fn ebpf_text(ebpf: &EbpfStatus, line: &mut impl FnMut(String)) {
                 fill.entries.to_string(),
                 fill.capacity.to_string(),
                 format!("{percent:.1}%"),
+                fill.evicted.map_or(String::new(), |n| n.to_string()),
             ]
         })
         .collect();
-    for row in table(&["map", "entries", "capacity", "fill"], rows) {
+    for row in table(&["map", "entries", "capacity", "fill", "evicted"], rows) {
         line(format!("  {row}"));
     }
     line(String::new());

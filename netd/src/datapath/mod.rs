@@ -6,6 +6,7 @@ mod attach;
 mod logs;
 pub mod maps;
 mod pins;
+mod sizes;
 pub mod sys;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use netd_common::{maps as defs, programs};
 pub use attach::{XdpMode, XdpSetting};
 pub use logs::{BpfLog, BpfLogs};
 pub use maps::{DropEvents, MapFill, Maps};
+pub use sizes::TableSizes;
 pub use sys::monotonic_ns;
 
 use crate::features::{Features, KernelFeatures, NetnsCookieSource, TcAttachMode};
@@ -45,6 +47,9 @@ pub struct Datapath {
     xdp_links: std::collections::HashMap<String, aya::programs::xdp::XdpLinkId>,
     /// The BPF programs' log records, when `--bpf-log` enabled them.
     logger: Option<BpfLogs>,
+    /// Pinned maps this run resized: their old copies, until every program
+    /// uses the new ones.
+    migrations: Vec<sizes::Migration>,
 }
 
 impl Datapath {
@@ -61,7 +66,13 @@ impl Datapath {
 
     /// As `load_with`, with the BPF log statements up to `log` enabled.
     pub fn load_with_log(features: &Features, log: BpfLog) -> Result<Self> {
-        let ebpf = loader(features, log)
+        Self::load_sized(features, log, &TableSizes::default())
+    }
+
+    /// As `load_with_log`, with the tables sized as `sizes` says.
+    pub fn load_sized(features: &Features, log: BpfLog, sizes: &TableSizes) -> Result<Self> {
+        sizes.check()?;
+        let ebpf = loader(features, log, sizes)
             .load(BPF_OBJECT)
             .context("loading netd's BPF object")?;
         Self::load_programs(ebpf, None, features, log)
@@ -69,16 +80,25 @@ impl Datapath {
 
     /// Loads with maps pinned under `dir/maps` (reusing pins a previous run
     /// left, so conntrack and all state carry over) and links pinned under
-    /// `dir/links`. `dir` must be on a bpffs.
-    pub fn load_pinned(dir: &Path, features: &Features, log: BpfLog) -> Result<Self> {
+    /// `dir/links`. `dir` must be on a bpffs. A pinned table this run
+    /// wants with another size (or kind) is replaced by a new one its
+    /// entries are copied into (see `finish_migrations`).
+    pub fn load_pinned(
+        dir: &Path,
+        features: &Features,
+        log: BpfLog,
+        sizes: &TableSizes,
+    ) -> Result<Self> {
+        sizes.check()?;
         let map_dir = dir.join("maps");
         std::fs::create_dir_all(&map_dir)
             .with_context(|| format!("creating {} (is bpffs mounted?)", map_dir.display()))?;
         std::fs::create_dir_all(dir.join("links"))?;
+        let migrations = sizes::set_aside(&map_dir, sizes)?;
         let paths: Vec<(&str, PathBuf)> = defs::pinned()
             .map(|map| (map.name, map_dir.join(map.name)))
             .collect();
-        let mut loader = loader(features, log);
+        let mut loader = loader(features, log, sizes);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -88,7 +108,43 @@ impl Datapath {
                 map_dir.display()
             )
         })?;
-        Self::load_programs(ebpf, Some(dir.to_owned()), features, log)
+        let mut datapath = Self::load_programs(ebpf, Some(dir.to_owned()), features, log)?;
+        // Before any new program runs: they start with every entry.
+        for migration in &migrations {
+            let carried = migration.copy(&map_dir)?;
+            tracing::info!(
+                map = migration.name(),
+                copied = carried.copied,
+                left_out = carried.left_out,
+                "entries carried over to the resized table"
+            );
+        }
+        datapath.migrations = migrations;
+        Ok(datapath)
+    }
+
+    /// Once every program uses the resized tables: copies what the old
+    /// programs added meanwhile and lets the old tables go. Returns what it
+    /// finished, for the report.
+    pub fn finish_migrations(&mut self) -> Result<Vec<String>> {
+        let Some(dir) = self.pin_dir.as_ref().map(|d| d.join("maps")) else {
+            return Ok(Vec::new());
+        };
+        let mut done = Vec::new();
+        for migration in std::mem::take(&mut self.migrations) {
+            let carried = migration.copy(&dir)?;
+            let name = migration.name();
+            migration.finish()?;
+            let mut line = format!("table {name} resized");
+            if carried.left_out > 0 {
+                line += &format!(
+                    " ({} entries did not fit and were dropped)",
+                    carried.left_out
+                );
+            }
+            done.push(line);
+        }
+        Ok(done)
     }
 
     fn load_programs(
@@ -126,6 +182,7 @@ impl Datapath {
             container_links: Default::default(),
             xdp_links: Default::default(),
             logger,
+            migrations: Vec::new(),
         })
     }
 
@@ -184,7 +241,7 @@ impl Datapath {
 
 /// A loader with the constants the programs read to pick their mechanisms
 /// (dead branches are pruned by the verifier, so absent helpers never load).
-fn loader(features: &Features, log: BpfLog) -> EbpfLoader<'static> {
+fn loader(features: &Features, log: BpfLog, sizes: &TableSizes) -> EbpfLoader<'static> {
     static FLAG: [u8; 2] = [0, 1];
     static LEVELS: [u8; 6] = [0, 1, 2, 3, 4, 5];
     let mut loader = EbpfLoader::new();
@@ -201,6 +258,7 @@ fn loader(features: &Features, log: BpfLog) -> EbpfLoader<'static> {
     // Frozen in .rodata: log statements above the level are pruned by the
     // verifier, so with logging off they cost nothing at all.
     loader.override_global(aya_log::LEVEL, &LEVELS[log as usize], true);
+    sizes.apply(&mut loader);
     loader
 }
 

@@ -60,6 +60,8 @@ pub struct TableFill {
     pub name: String,
     pub entries: usize,
     pub capacity: u32,
+    /// Entries evicted to make room, where the table counts them.
+    pub evicted: Option<u64>,
 }
 
 /// The datapath's counters and sizes, for `/metrics`.

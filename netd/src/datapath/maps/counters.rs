@@ -11,7 +11,8 @@ use aya::{
 use netd_common::{
     DropEvent, DropKey, DropReason, InterfaceDrops, PacketCounter, TrafficClass,
     maps::{
-        DROP_COUNTERS, DROP_EVENTS, DROPS_BY_INTERFACE, MapDef, TRAFFIC_COUNTERS, UPLINK_DROPS,
+        CONNTRACK_EVICTIONS, DROP_COUNTERS, DROP_EVENTS, DROPS_BY_INTERFACE, MapDef,
+        TRAFFIC_COUNTERS, UPLINK_DROPS,
     },
 };
 
@@ -22,6 +23,7 @@ pub struct Counters {
     drops: PerCpuSlots<DROP_COUNTERS>,
     by_interface: PerCpuHash<DROPS_BY_INTERFACE>,
     uplink_drops: PerCpuSlots<UPLINK_DROPS>,
+    evictions: PerCpuSlots<CONNTRACK_EVICTIONS>,
 }
 
 impl Counters {
@@ -31,6 +33,7 @@ impl Counters {
             drops: open::<DROP_COUNTERS, _>(ebpf)?,
             by_interface: open::<DROPS_BY_INTERFACE, _>(ebpf)?,
             uplink_drops: open::<UPLINK_DROPS, _>(ebpf)?,
+            evictions: open::<CONNTRACK_EVICTIONS, _>(ebpf)?,
         })
     }
 
@@ -39,6 +42,7 @@ impl Counters {
         maps.push((DROP_COUNTERS::NAME, data(&self.drops)));
         maps.push((DROPS_BY_INTERFACE::NAME, data(&self.by_interface)));
         maps.push((UPLINK_DROPS::NAME, data(&self.uplink_drops)));
+        maps.push((CONNTRACK_EVICTIONS::NAME, data(&self.evictions)));
     }
 
     /// Packets and bytes per traffic class, summed over CPUs.
@@ -56,6 +60,11 @@ impl Counters {
             total.add(cpu);
         }
         Ok(total)
+    }
+
+    /// Connections evicted to make room in a full conntrack table.
+    pub fn conntrack_evictions(&self) -> Result<u64> {
+        Ok(self.evictions.get(&0, 0)?.iter().sum())
     }
 
     /// Dropped packets for one reason, summed over CPUs.

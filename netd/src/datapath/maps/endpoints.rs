@@ -24,9 +24,14 @@ impl Endpoints {
     }
 
     pub fn insert(&mut self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<()> {
-        self.endpoints
-            .insert(&ip.octets(), &endpoint, 0)
-            .with_context(|| format!("adding endpoint {ip}"))
+        match self.endpoints.insert(&ip.octets(), &endpoint, 0) {
+            Err(err) if super::is_full(&err) => Err(crate::conflict!(
+                "the endpoints table is full ({} container interfaces): remove containers \
+                 or restart the daemon with a larger --max-endpoints",
+                super::capacity(&self.endpoints)
+            )),
+            other => other.with_context(|| format!("adding endpoint {ip}")),
+        }
     }
 
     /// Removes the endpoint only; [`super::Maps::remove_endpoint`] also

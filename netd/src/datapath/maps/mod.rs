@@ -60,14 +60,18 @@ pub struct MapFill {
     pub name: &'static str,
     pub entries: usize,
     pub capacity: u32,
+    /// Entries evicted to make room (conntrack), since the table was made.
+    pub evicted: Option<u64>,
 }
 
 impl MapFill {
-    fn of<D: MapDef>(entries: usize) -> Self {
+    /// `map` is `D`'s handle: its size is this run's (the user may set it).
+    fn of<D: MapDef>(entries: usize, map: &MapData) -> Self {
         Self {
             name: D::NAME,
             entries,
-            capacity: D::MAX_ENTRIES,
+            capacity: map.info().map_or(D::MAX_ENTRIES, |info| info.max_entries()),
+            evicted: None,
         }
     }
 }
@@ -154,11 +158,18 @@ impl Maps {
     /// Entries in use / capacity for each user-filled map and conntrack.
     pub fn fill_levels(&self) -> Result<Vec<MapFill>> {
         Ok(vec![
-            MapFill::of::<defs::NETWORKS>(self.networks.networks()?.len()),
-            MapFill::of::<defs::ENDPOINTS>(self.endpoints.addrs()?.len()),
-            MapFill::of::<defs::LOCAL_ADDRS>(self.networks.local_addrs()?.len()),
-            MapFill::of::<defs::PUBLISHED_PORTS>(self.ports.keys()?.len()),
-            MapFill::of::<defs::CONNTRACK>(self.conntrack.len()),
+            MapFill::of::<defs::NETWORKS>(self.networks.networks()?.len(), self.networks.map()),
+            MapFill::of::<defs::ENDPOINTS>(self.endpoints.addrs()?.len(), self.endpoints.map()),
+            MapFill::of::<defs::LOCAL_ADDRS>(
+                self.networks.local_addrs()?.len(),
+                self.networks.local_addrs_map(),
+            ),
+            MapFill::of::<defs::PUBLISHED_PORTS>(self.ports.keys()?.len(), self.ports.map()),
+            MapFill {
+                // Two entries per connection are evicted at a time.
+                evicted: Some(self.counters.conntrack_evictions()? * 2),
+                ..MapFill::of::<defs::CONNTRACK>(self.conntrack.len(), self.conntrack.map())
+            },
         ])
     }
 }
@@ -173,6 +184,16 @@ pub(crate) fn done_if_missing(result: Result<(), MapError>) -> Result<(), MapErr
         }
         other => other,
     }
+}
+
+/// Whether a map update failed because the map has no free entry.
+pub(crate) fn is_full(err: &MapError) -> bool {
+    matches!(err, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::E2BIG))
+}
+
+/// The entries a map holds at most in this run.
+pub(crate) fn capacity<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> u32 {
+    map.map().info().map_or(0, |info| info.max_entries())
 }
 
 /// The handle's map, for pinning.

@@ -32,6 +32,14 @@ impl Networks {
         })
     }
 
+    pub(super) fn map(&self) -> &MapData {
+        data(&self.networks)
+    }
+
+    pub(super) fn local_addrs_map(&self) -> &MapData {
+        data(&self.local_addrs)
+    }
+
     pub(super) fn each<'a>(&'a self, maps: &mut Vec<(&'static str, &'a MapData)>) {
         maps.push((NETWORKS::NAME, data(&self.networks)));
         maps.push((ROUTED_CIDRS::NAME, data(&self.routed)));

@@ -8,7 +8,7 @@ use netd_common::{
     maps::{MapDef, PUBLISHED_PORTS, PUBLISHED_SCOPES},
 };
 
-use super::{Hash, Slots, data, done_if_missing, open};
+use super::{Hash, Slots, capacity, data, done_if_missing, open};
 
 pub struct Ports {
     ports: Hash<PUBLISHED_PORTS>,
@@ -31,6 +31,10 @@ impl Ports {
         Ok(ports)
     }
 
+    pub(super) fn map(&self) -> &MapData {
+        data(&self.ports)
+    }
+
     pub(super) fn each<'a>(&'a self, maps: &mut Vec<(&'static str, &'a MapData)>) {
         maps.push((PUBLISHED_PORTS::NAME, data(&self.ports)));
         maps.push((PUBLISHED_SCOPES::NAME, data(&self.scopes)));
@@ -41,9 +45,15 @@ impl Ports {
         if self.scopes_written & key.scope() == 0 {
             self.write_scopes(self.scopes_written | key.scope())?;
         }
-        self.ports
-            .insert(&key, &backend, 0)
-            .context("publishing port")
+        match self.ports.insert(&key, &backend, 0) {
+            Err(err) if super::is_full(&err) => Err(crate::conflict!(
+                "the published-ports table is full ({} entries; a range counts one per \
+                 port): unpublish ports or restart the daemon with a larger \
+                 --max-published-ports",
+                capacity(&self.ports)
+            )),
+            other => other.context("publishing port"),
+        }
     }
 
     /// Removes the ports only; [`super::Maps::unpublish`] also forgets

@@ -60,6 +60,57 @@ pub struct EbpfDriver {
     netlink: Netlink,
     /// The source ports NAT chooses from.
     nat_ports: NatPorts,
+    /// Conntrack evictions and refusals as the last GC saw them.
+    pressure: Pressure,
+    /// Connections conntrack holds (`--conntrack-max`).
+    connections: u32,
+}
+
+/// A full conntrack table, logged once when a burst of evictions or
+/// refusals starts and once when it ends.
+#[derive(Default)]
+struct Pressure {
+    evicted: u64,
+    refused: u64,
+    /// (evicted, refused) when the burst started.
+    burst: Option<(u64, u64)>,
+}
+
+impl Pressure {
+    fn read(datapath: &Datapath) -> Result<(u64, u64)> {
+        let counters = &datapath.maps.counters;
+        Ok((
+            counters.conntrack_evictions()?,
+            counters.drops_of(netd_common::DropReason::ConntrackFull)?,
+        ))
+    }
+
+    fn update(&mut self, (evicted, refused): (u64, u64), connections: u32) {
+        let (new_evictions, new_refusals) = (evicted - self.evicted, refused - self.refused);
+        let full = new_evictions + new_refusals > 0;
+        match self.burst {
+            None if full => {
+                tracing::warn!(
+                    connections,
+                    evicted = new_evictions,
+                    refused = new_refusals,
+                    "conntrack table full: evicting connections not yet answered or \
+                     closing, refusing new ones when none may go (--conntrack-max)"
+                );
+                self.burst = Some((self.evicted, self.refused));
+            }
+            Some((evicted_before, refused_before)) if !full => {
+                tracing::info!(
+                    evicted = evicted - evicted_before,
+                    refused = refused - refused_before,
+                    "conntrack table has room again"
+                );
+                self.burst = None;
+            }
+            _ => {}
+        }
+        (self.evicted, self.refused) = (evicted, refused);
+    }
 }
 
 /// How the eBPF datapath runs (`netd daemon` flags).
@@ -70,6 +121,7 @@ pub struct EbpfSettings {
     pub fast_path: bool,
     pub xdp: XdpSetting,
     pub nat_ports: NatPorts,
+    pub sizes: crate::datapath::TableSizes,
 }
 
 impl EbpfDriver {
@@ -95,8 +147,9 @@ impl EbpfDriver {
             fast_path,
             xdp,
             nat_ports,
+            sizes,
         } = settings;
-        let mut datapath = Datapath::load_pinned(bpffs, &features, log)?;
+        let mut datapath = Datapath::load_pinned(bpffs, &features, log, &sizes)?;
         if let Some(logs) = datapath.take_logs() {
             tokio::spawn(logs.forward());
         }
@@ -128,7 +181,13 @@ impl EbpfDriver {
             xdp_modes: BTreeMap::new(),
             netlink,
             nat_ports,
+            pressure: Pressure::default(),
+            connections: 0,
         };
+        // Counters outlive restarts: only what happens from now is news.
+        let (evicted, refused) = Pressure::read(&driver.datapath)?;
+        (driver.pressure.evicted, driver.pressure.refused) = (evicted, refused);
+        driver.connections = sizes.connections;
         // One uplink that cannot be attached is reported, not fatal.
         if let Err(err) = driver.host_changed(host) {
             tracing::warn!(err = format!("{err:#}"), "uplinks");
@@ -371,7 +430,9 @@ impl FirewallDriver for EbpfDriver {
     /// (with their connections) and ports of state that is gone, e.g. a
     /// container dropped because its namespace vanished while netd was down.
     fn reconciled(&mut self) -> Result<Vec<String>> {
-        let mut removed = Vec::new();
+        // Every program is this run's now: resized tables take what the
+        // old programs added meanwhile, and the old tables go.
+        let mut removed = self.datapath.finish_migrations()?;
         // A veth's link left by a crash or a failed create (its veth is
         // gone or no longer netd's): the pin goes, the link with it.
         for veth in self.datapath.pinned_container_links() {
@@ -433,7 +494,10 @@ impl FirewallDriver for EbpfDriver {
     }
 
     fn gc(&mut self) -> Result<usize> {
-        self.datapath.maps.conntrack.gc(monotonic_ns())
+        let removed = self.datapath.maps.conntrack.gc(monotonic_ns())?;
+        let counts = Pressure::read(&self.datapath)?;
+        self.pressure.update(counts, self.connections);
+        Ok(removed)
     }
 
     fn host_changed(&mut self, host: &HostInfo) -> Result<()> {

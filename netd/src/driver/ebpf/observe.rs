@@ -93,6 +93,7 @@ impl EbpfDriver {
                 let used = MapUse {
                     entries: m.entries,
                     capacity: m.capacity,
+                    evicted: m.evicted,
                 };
                 (m.name.to_owned(), used)
             })
@@ -160,6 +161,7 @@ impl Observability for EbpfDriver {
                     name: m.name.to_owned(),
                     entries: m.entries,
                     capacity: m.capacity,
+                    evicted: m.evicted,
                 })
                 .collect(),
             conntrack: conntrack.into_iter().map(|((p, d), n)| (p, d, n)).collect(),

@@ -297,6 +297,7 @@ impl Observability for IptablesDriver {
                 name: "nf_conntrack".to_owned(),
                 entries: entries as usize,
                 capacity: capacity as u32,
+                evicted: None,
             }],
             _ => Vec::new(),
         };
