@@ -9,7 +9,9 @@ pub const LOCAL_ADDRS: u32 = 4096;
 /// Published (host IP, port, protocol) triples; a range counts one per port.
 pub const PUBLISHED_PORTS: u32 = 65536;
 /// Conntrack entries: two per connection (original and reply direction).
-pub const CONNTRACK: u32 = 262144;
+/// 262,144 connections: the kernel's own `nf_conntrack_max` on a host with
+/// 4 GiB or more; `--conntrack-max` sets it.
+pub const CONNTRACK: u32 = 2 * 262144;
 /// Interfaces to the outside (every non-bridge interface by default).
 pub const UPLINKS: u32 = 256;
 /// Host sockets redirected to a published port's backend (LRU).

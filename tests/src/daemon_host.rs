@@ -102,11 +102,19 @@ impl DaemonHost {
     /// Runs `netd daemon` expecting it to refuse to start: its exit status
     /// (None if it was still running after 20 s, then killed) and stderr.
     pub fn daemon_refusal(&self) -> (Option<std::process::ExitStatus>, String) {
+        self.daemon_refusal_with(&[])
+    }
+
+    /// As [`daemon_refusal`](Self::daemon_refusal), with `extra` flags.
+    pub fn daemon_refusal_with(
+        &self,
+        extra: &[&str],
+    ) -> (Option<std::process::ExitStatus>, String) {
         use std::io::Read as _;
         let mut child = self
             .host
             .command(&self.netd)
-            .args(self.daemon_command(&[]))
+            .args(self.daemon_command(extra))
             .stdin(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()

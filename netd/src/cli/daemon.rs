@@ -98,6 +98,15 @@ enum LogFormat {
 
 pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<()> {
     init_logging(args.verbose, args.log_format);
+    let table_sizes = TableSizes {
+        connections: args.conntrack_max,
+        published_ports: args.max_published_ports,
+        endpoints: args.max_endpoints,
+    };
+    // Before anything is touched.
+    table_sizes
+        .check()
+        .map_err(|err| netd::invalid!("{err:#}"))?;
     let opts = daemon::Options {
         uplinks: args.uplinks,
         datapath: args.datapath,
@@ -113,11 +122,7 @@ pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<()> {
         fast_path: args.fast_path,
         xdp: args.xdp,
         nat_ports: args.nat_ports,
-        table_sizes: TableSizes {
-            connections: args.conntrack_max,
-            published_ports: args.max_published_ports,
-            endpoints: args.max_endpoints,
-        },
+        table_sizes,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

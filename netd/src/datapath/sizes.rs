@@ -112,13 +112,14 @@ fn map_type(kind: MapKind) -> Option<MapType> {
 }
 
 /// Before the load: moves the pin of every pinned map this run wants with
-/// another size or kind to `<name>.old` (aya would refuse to reuse it), and
-/// picks up `.old` pins a run that stopped mid-migration left.
+/// another size or kind (aya would refuse to reuse it) to
+/// `<name>_BEFORE_RESIZE` (bpffs allows no dot in a name, and no rename),
+/// and picks up such pins a run that stopped mid-migration left.
 pub(super) fn set_aside(map_dir: &Path, sizes: &TableSizes) -> Result<Vec<Migration>> {
     let mut migrations = Vec::new();
     for map in defs::pinned().filter(|m| migratable(m.name)) {
         let pin = map_dir.join(map.name);
-        let old_pin = map_dir.join(format!("{}.old", map.name));
+        let old_pin = map_dir.join(format!("{}_BEFORE_RESIZE", map.name));
         if pin.exists() {
             let info = MapInfo::from_pin(&pin)
                 .with_context(|| format!("reading pinned map {}", pin.display()))?;
@@ -138,8 +139,13 @@ pub(super) fn set_aside(map_dir: &Path, sizes: &TableSizes) -> Result<Vec<Migrat
                 to = sizes.wanted(map),
                 "table resized: carrying its entries over"
             );
-            std::fs::rename(&pin, &old_pin)
-                .with_context(|| format!("moving {} aside", pin.display()))?;
+            // bpffs has no rename: pin the map again under the new name,
+            // then unpin the old name.
+            let old = MapData::from_pin(&pin)
+                .with_context(|| format!("opening pinned map {}", pin.display()))?;
+            old.pin(&old_pin)
+                .with_context(|| format!("pinning {} as {}", pin.display(), old_pin.display()))?;
+            super::pins::remove_pin(&pin)?;
         } else if !old_pin.exists() {
             continue;
         }
