@@ -20,6 +20,13 @@ use crate::{
     state::State,
 };
 
+/// The MAC of a netd interface with address `address` (Docker's scheme:
+/// 02:42 then the address), for containers and bridges alike.
+pub fn mac_for(address: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = address.octets();
+    [0x02, 0x42, a, b, c, d]
+}
+
 /// One container interface to create: the host side `host_veth` on
 /// `bridge`, the other side moved into the namespace at `netns` and named
 /// `ifname`, with `address` and `mac`.
@@ -27,6 +34,8 @@ use crate::{
 pub struct VethPlan<'a> {
     pub netns: &'a Path,
     pub bridge: &'a str,
+    /// The bridge's address (its MAC is [`mac_for`] it).
+    pub gateway: Ipv4Addr,
     pub host_veth: &'a str,
     pub ifname: &'a str,
     pub address: Ipv4Addr,
@@ -91,6 +100,13 @@ pub trait Host: Send + Sync {
     /// container, its host side up on the bridge; returns the host side's
     /// index. On failure deleting `host_veth` removes whatever was made.
     fn create_veth(&self, plan: &VethPlan<'_>) -> impl Future<Output = Result<u32>> + Send;
+    /// Removes the bridge's neighbour entry for a container address that
+    /// went (nothing when there is none, or no bridge).
+    fn forget_neighbour(
+        &self,
+        bridge: &str,
+        ip: Ipv4Addr,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// A veth for a runtime's sandbox: the host side `host_veth` up on
     /// `bridge`, the other side ([`peer_name`]) left down in this namespace
     /// with `mac`, for the runtime to move and configure. Returns the host
@@ -245,7 +261,7 @@ impl Host for NetlinkHost {
         gateway: Ipv4Addr,
         prefix_len: u8,
     ) -> Result<[u8; 6]> {
-        let index = self.nl.create_bridge(name, mtu).await?;
+        let index = self.nl.create_bridge(name, mtu, mac_for(gateway)).await?;
         crate::engine::fault_point("network-create:bridge");
         self.nl.add_address(index, gateway, prefix_len).await?;
         self.nl.link_mac(index).await
@@ -260,8 +276,15 @@ impl Host for NetlinkHost {
     ) -> Result<([u8; 6], bool)> {
         let (index, remade) = match self.nl.link_index(name).await? {
             Some(index) => (index, false),
-            None => (self.nl.create_bridge(name, mtu).await?, true),
+            None => (
+                self.nl.create_bridge(name, mtu, mac_for(gateway)).await?,
+                true,
+            ),
         };
+        // A bridge of an older netd has the MAC the kernel gave it.
+        if self.nl.link_mac(index).await? != mac_for(gateway) {
+            self.nl.set_mac(index, mac_for(gateway)).await?;
+        }
         if !self.nl.addresses(index).await?.contains(&gateway) {
             self.nl.add_address(index, gateway, prefix_len).await?;
         }
@@ -323,11 +346,27 @@ impl Host for NetlinkHost {
             .add_address(eth, plan.address, plan.prefix_len)
             .await?;
         inner.set_mac(eth, plan.mac).await?;
+        // Permanent neighbour entries both ways: none of them counts
+        // against the kernel's neighbour-table limit, shared by every
+        // namespace, that ~1,000 containers' dynamic entries exhaust.
+        inner
+            .set_permanent_neighbour(eth, plan.gateway, mac_for(plan.gateway))
+            .await?;
         let bridge = self.nl.require_index(plan.bridge).await?;
         self.nl.set_master(host_index, bridge).await?;
+        self.nl
+            .set_permanent_neighbour(bridge, plan.address, plan.mac)
+            .await?;
         self.nl.set_hairpin(host_index).await?;
         self.nl.set_up(host_index).await?;
         Ok(host_index)
+    }
+
+    async fn forget_neighbour(&self, bridge: &str, ip: Ipv4Addr) -> Result<()> {
+        match self.nl.link_index(bridge).await? {
+            Some(index) => self.nl.delete_neighbour(index, ip).await,
+            None => Ok(()),
+        }
     }
 
     async fn create_runtime_veth(

@@ -21,6 +21,9 @@ use rtnetlink::{
 
 use crate::cidr::Cidr;
 
+/// Ports a Linux bridge takes (port numbers are 10 bits; 0 is reserved).
+pub const BRIDGE_MAX_PORTS: usize = 1023;
+
 pub const NETNS_DIR: &str = "/run/netns";
 
 /// A link as `link_details` reports it.
@@ -155,10 +158,18 @@ impl Netlink {
         bail!("link {index} has no address")
     }
 
-    pub async fn create_bridge(&self, name: &str, mtu: u32) -> Result<u32> {
+    /// A bridge with MAC `mac` (set, so it stays: a bridge whose MAC the
+    /// kernel chose takes its lowest port's as ports come and go).
+    pub async fn create_bridge(&self, name: &str, mtu: u32, mac: [u8; 6]) -> Result<u32> {
         self.handle
             .link()
-            .add(LinkBridge::new(name).mtu(mtu).up().build())
+            .add(
+                LinkBridge::new(name)
+                    .mtu(mtu)
+                    .address(mac.to_vec())
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
             .with_context(|| format!("creating bridge {name}"))?;
@@ -188,11 +199,60 @@ impl Netlink {
     }
 
     pub async fn set_master(&self, index: u32, master: u32) -> Result<()> {
-        self.set(
-            LinkUnspec::new_with_index(index).controller(master).build(),
-            "enslaving",
-        )
-        .await
+        let message = LinkUnspec::new_with_index(index).controller(master).build();
+        match self.handle.link().set(message).execute().await {
+            // The bridge's port numbers are 10 bits, 0 reserved.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EXFULL => {
+                Err(crate::conflict!(
+                    "the bridge is full: a Linux bridge takes at most {BRIDGE_MAX_PORTS} \
+                     ports (containers); connect further containers to another network"
+                ))
+            }
+            other => other.with_context(|| format!("enslaving link {index}")),
+        }
+    }
+
+    /// A permanent neighbour (ARP) entry: `ip` is at `mac` on link `index`
+    /// (replacing any entry for `ip`). The kernel's neighbour table has one
+    /// limit for every namespace together (`gc_thresh3`, 1,024 by default),
+    /// which dynamic entries for ~1,000 containers exhaust; permanent
+    /// entries do not count against it.
+    pub async fn set_permanent_neighbour(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(ip))
+            .link_layer_address(&mac)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("adding the neighbour entry {ip} on link {index}"))
+    }
+
+    /// Removes the neighbour entry for `ip` on link `index`, if any.
+    pub async fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
+        let mut message = rtnetlink::packet_route::neighbour::NeighbourMessage::default();
+        message.header.family = rtnetlink::packet_route::AddressFamily::Inet;
+        message.header.ifindex = index;
+        message.attributes.push(
+            rtnetlink::packet_route::neighbour::NeighbourAttribute::Destination(
+                rtnetlink::packet_route::neighbour::NeighbourAddress::Inet(ip),
+            ),
+        );
+        match self.handle.neighbours().del(message).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e))
+                if e.raw_code() == -libc::ENOENT || e.raw_code() == -libc::ENODEV =>
+            {
+                Ok(())
+            }
+            other => {
+                other.with_context(|| format!("deleting the neighbour entry {ip} on link {index}"))
+            }
+        }
     }
 
     /// Hairpin mode on a bridge port: a frame may leave through the port it

@@ -164,6 +164,11 @@ impl<H: Host> Engine<H> {
             if let Err(err) = self.driver.remove_endpoint(att) {
                 errors.push(format!("{err:#}"));
             }
+            if let Ok(net) = self.network(&att.network)
+                && let Err(err) = self.host.forget_neighbour(&net.bridge, att.ip).await
+            {
+                errors.push(format!("{err:#}"));
+            }
         }
         let links = container
             .attachments
@@ -211,6 +216,7 @@ impl<H: Host> Engine<H> {
             .create_veth(&VethPlan {
                 netns,
                 bridge: &net.bridge,
+                gateway: net.gateway,
                 host_veth,
                 ifname,
                 address,
@@ -326,6 +332,8 @@ impl<H: Host> Engine<H> {
         self.driver.unpublish(&gone)?;
         self.driver.remove_endpoint(&att)?;
         self.host.delete_link(&att.host_veth).await?;
+        let bridge = self.network(network)?.bridge.clone();
+        self.host.forget_neighbour(&bridge, att.ip).await?;
         let remaining: Vec<Attachment> = container
             .attachments
             .iter()

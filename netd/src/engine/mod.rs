@@ -302,10 +302,7 @@ fn new_veth_name() -> String {
 /// Docker's scheme: the MAC follows from the address, so a container that
 /// comes back on the same IP has the same MAC and no neighbour holds a
 /// stale one.
-fn mac_for(address: std::net::Ipv4Addr) -> [u8; 6] {
-    let [a, b, c, d] = address.octets();
-    [0x02, 0x42, a, b, c, d]
-}
+use crate::host::mac_for;
 
 pub(crate) fn format_mac(mac: [u8; 6]) -> String {
     mac.iter()

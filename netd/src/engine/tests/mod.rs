@@ -85,6 +85,10 @@ impl Host for FakeHost {
         Ok(([2, 0, 0, 0, 0, 1], remade))
     }
 
+    async fn forget_neighbour(&self, _: &str, _: Ipv4Addr) -> Result<()> {
+        Ok(())
+    }
+
     async fn delete_link(&self, name: &str) -> Result<()> {
         let mut kernel = self.kernel();
         kernel.bridges.remove(name);

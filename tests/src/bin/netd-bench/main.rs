@@ -15,6 +15,7 @@ mod flood;
 mod paired;
 mod report;
 mod runtime_bench;
+mod scale;
 mod statistics;
 mod topology;
 mod workloads;
@@ -35,8 +36,12 @@ struct Args {
     #[arg(long, conflicts_with = "podman")]
     docker: bool,
     /// The Podman runtime on netd (CNI) against its own networking.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "scale")]
     podman: bool,
+    /// Only the many-containers run: 10, 100, 1,000 containers on one
+    /// network and 2,000 on the host (10 and 100 with --quick).
+    #[arg(long, conflicts_with = "docker")]
+    scale: bool,
 }
 
 pub(crate) struct Config {
@@ -89,6 +94,14 @@ fn main() -> Result<()> {
     if args.podman {
         return runtime_bench::run(runtime_bench::Runtime::Podman, &netd, &config, quick);
     }
+    let scale_plan = if quick {
+        scale::Plan::quick()
+    } else {
+        scale::Plan::full()
+    };
+    if args.scale {
+        return scale::run(&netd, &scale_plan).map(drop);
+    }
     let mut targets = Vec::new();
     eprintln!("bench: building topologies");
     targets.push(plain_target()?);
@@ -124,7 +137,9 @@ fn main() -> Result<()> {
         &rules_and_flood,
         &config,
         quick,
-    )
+    )?;
+    drop(targets);
+    scale::run(&netd, &scale_plan).map(drop)
 }
 
 /// The paired A/B comparisons: the noise floor, the sanity ordering, eBPF
