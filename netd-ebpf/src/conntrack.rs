@@ -160,16 +160,23 @@ fn forget(key: &CtKey, xlat: &CtKey) {
     let _ = CONNTRACK.remove(key);
 }
 
+/// Why a connection could not be tracked as asked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Another connection holds the reply tuple: try another port.
+    Taken,
+    /// The table is full: [`make_room`], then try again.
+    Full,
+}
+
 /// Tracks a new connection: `orig` is the tuple of its first packet, `xlat`
 /// what that packet becomes. Inserts the reply entry first, refusing to
 /// overwrite (a taken reply tuple means the NAT port is in use), then the
-/// original one. Err(None) = reply tuple taken, try another port. A full
-/// table makes room by evicting an old connection that may go, or refuses
-/// the new one (`ConntrackFull`).
+/// original one. Never evicts anything itself: the caller makes room once
+/// (outside any port search, which keeps the verifier's work linear).
 #[inline(always)]
-pub fn create(orig: &CtKey, xlat: &CtKey, nat_flags: u32) -> Result<(), Option<DropReason>> {
-    let now = crate::clock::now_ns();
-    let expires_ns = now + timeout(orig.proto, 0);
+pub fn try_create(orig: &CtKey, xlat: &CtKey, nat_flags: u32) -> Result<(), Refused> {
+    let expires_ns = crate::clock::now_ns() + timeout(orig.proto, 0);
     let reply = CtEntry {
         xlat: orig.reversed(),
         expires_ns,
@@ -179,19 +186,8 @@ pub fn create(orig: &CtKey, xlat: &CtKey, nat_flags: u32) -> Result<(), Option<D
     let reply_key = xlat.reversed();
     match CONNTRACK.insert(&reply_key, &reply, BPF_NOEXIST as u64) {
         Ok(()) => {}
-        Err(MAP_FULL) => {
-            // Room for both entries: evicting a connection frees two.
-            if !make_room(now) {
-                return Err(Some(DropReason::ConntrackFull));
-            }
-            if CONNTRACK
-                .insert(&reply_key, &reply, BPF_NOEXIST as u64)
-                .is_err()
-            {
-                return Err(Some(DropReason::ConntrackFull));
-            }
-        }
-        Err(_) => return Err(None),
+        Err(MAP_FULL) => return Err(Refused::Full),
+        Err(_) => return Err(Refused::Taken),
     }
     let forward = CtEntry {
         xlat: *xlat,
@@ -201,10 +197,38 @@ pub fn create(orig: &CtKey, xlat: &CtKey, nat_flags: u32) -> Result<(), Option<D
     };
     if CONNTRACK.insert(orig, &forward, BPF_ANY as u64).is_err() {
         let _ = CONNTRACK.remove(&reply_key);
-        return Err(Some(DropReason::ConntrackFull));
+        return Err(Refused::Full);
     }
     add_candidate(orig);
     Ok(())
+}
+
+/// As [`try_create`], making room once when the table is full.
+/// Err(None) = reply tuple taken; Err(Some) = the packet must be dropped.
+#[inline(always)]
+pub fn create(orig: &CtKey, xlat: &CtKey, nat_flags: u32) -> Result<(), Option<DropReason>> {
+    match try_create(orig, xlat, nat_flags) {
+        Ok(()) => Ok(()),
+        Err(Refused::Taken) => Err(None),
+        Err(Refused::Full) => retry_after_making_room(orig, xlat, nat_flags),
+    }
+}
+
+/// The kernel's early_drop, then `xlat` once more.
+#[inline(always)]
+pub fn retry_after_making_room(
+    orig: &CtKey,
+    xlat: &CtKey,
+    nat_flags: u32,
+) -> Result<(), Option<DropReason>> {
+    if !make_room(crate::clock::now_ns()) {
+        return Err(Some(DropReason::ConntrackFull));
+    }
+    match try_create(orig, xlat, nat_flags) {
+        Ok(()) => Ok(()),
+        Err(Refused::Taken) => Err(None),
+        Err(Refused::Full) => Err(Some(DropReason::ConntrackFull)),
+    }
 }
 
 /// Queues the original tuple of a connection that may be evicted later.

@@ -3,10 +3,9 @@
 //! host-first order of a NAT clash; docs/datapath.md, "NAT clashes").
 
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::{BPF_F_CURRENT_NETNS, bpf_sock, bpf_sock_tuple},
+    cty::c_void,
     helpers::{bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
-    programs::TcContext,
 };
 use netd_common::CtKey;
 
@@ -23,7 +22,7 @@ const TUPLE_V4_LEN: u32 = 12;
 /// that tuple, or any UDP socket bound to its local end. A TCP listener on
 /// the port does not count (the kernel's NAT ignores it too).
 #[inline(always)]
-pub fn owns(ctx: &TcContext, xlat: &CtKey) -> bool {
+pub fn owns(ctx: *mut c_void, xlat: &CtKey) -> bool {
     // SAFETY: an all-zero tuple is valid; the IPv4 member is filled below.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     // As an arriving reply would carry it: source = the far end.
@@ -36,7 +35,7 @@ pub fn owns(ctx: &TcContext, xlat: &CtKey) -> bool {
         v4.dport = u16::from_ne_bytes(xlat.src_port);
     }
     let netns = BPF_F_CURRENT_NETNS as u64;
-    let ctx_ptr = ctx.as_ptr();
+    let ctx_ptr = ctx;
     // SAFETY: helper calls with a stack tuple; a socket found is released
     // on every path below.
     let sk: *mut bpf_sock = unsafe {

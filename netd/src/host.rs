@@ -21,7 +21,9 @@ use crate::{
 };
 
 /// The MAC of a netd interface with address `address` (Docker's scheme:
-/// 02:42 then the address), for containers and bridges alike.
+/// 02:42 then the address), for containers and bridges alike: a container
+/// that comes back on the same IP has the same MAC, so no neighbour holds
+/// a stale one.
 pub fn mac_for(address: Ipv4Addr) -> [u8; 6] {
     let [a, b, c, d] = address.octets();
     [0x02, 0x42, a, b, c, d]
@@ -175,6 +177,15 @@ impl NetlinkHost {
 /// crash can leave it in the host namespace).
 pub fn peer_name(host_veth: &str) -> String {
     format!("tmp{}", host_veth.trim_start_matches("veth"))
+}
+
+/// Whether `name` is one netd gives a container veth (`veth` or `tmp` and
+/// seven hex digits).
+pub fn is_container_veth_name(name: &str) -> bool {
+    let digits = name
+        .strip_prefix("veth")
+        .or_else(|| name.strip_prefix("tmp"));
+    digits.is_some_and(|d| d.len() == 7 && d.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 impl Host for NetlinkHost {

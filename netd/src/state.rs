@@ -176,8 +176,10 @@ impl State {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let tmp = dir.join("state.json.tmp");
         let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(&serde_json::to_vec_pretty(self)?)?;
-        file.sync_all()?;
+        // Compact: with 1,000 containers the file is ~40% smaller, and it is
+        // written (and synced) twice per container create and remove.
+        file.write_all(&serde_json::to_vec(self)?)?;
+        file.sync_data()?;
         fs::rename(&tmp, state_file(dir))?;
         File::open(dir)?.sync_all()?;
         Ok(())

@@ -167,23 +167,35 @@ fn a_host_connection_on_a_tuple_masquerade_holds_gets_another_port() {
     }
 }
 
-/// Hairpin takes its port from the NAT range, and skips a port of it that
-/// a host socket bound explicitly (here the gateway already talks to the
-/// backend from NAT port 20000).
+/// Hairpin takes its port from the NAT range, and never one a host socket
+/// bound explicitly: with the range narrowed to the one port the gateway
+/// already talks to the backend from, the hairpinned connection is refused
+/// (`nat-ports-exhausted`) instead of sharing the host's tuple; once the
+/// host's socket is gone, the port is taken.
 #[test]
-fn hairpin_skips_a_nat_port_a_host_socket_owns() {
+fn hairpin_never_takes_a_nat_port_a_host_socket_owns() {
     let mut dp = datapath(NET_ICC | NET_MASQUERADE);
-    set_nat_ports(&mut dp, NAT_PORT, NAT_PORT + 1);
+    set_nat_ports(&mut dp, NAT_PORT, NAT_PORT);
     publish(&mut dp, PROTO_TCP, 8080, (C2, 80));
     let gateway = "172.18.0.1";
+    let syn = Ipv4Frame::tcp(C1, 40000, HOST, 8080, TCP_SYN);
     in_namespace_with(&[gateway, C2], || {
         let _backend = TcpListener::bind(addr(C2, 80)).unwrap();
-        let _host = host_socket(PROTO_TCP, addr(gateway, NAT_PORT), addr(C2, 80));
-        let syn = Ipv4Frame::tcp(C1, 40000, HOST, 8080, TCP_SYN);
+        let host = host_socket(PROTO_TCP, addr(gateway, NAT_PORT), addr(C2, 80));
+        expect_drop(
+            &mut dp,
+            programs::FROM_CONTAINER,
+            &syn,
+            netd_common::DropReason::NatPortsExhausted,
+        );
+        // Closed with a reset: no TIME_WAIT socket stays on the tuple (one
+        // would still own it).
+        host.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        drop(host);
         let (verdict, _) = run(&mut dp, programs::FROM_CONTAINER, &syn);
         assert_eq!(verdict, TC_ACT_REDIRECT);
     });
-    let reply_key = key((C2, 80), (gateway, NAT_PORT + 1), PROTO_TCP);
+    let reply_key = key((C2, 80), (gateway, NAT_PORT), PROTO_TCP);
     assert_eq!(
         entry(&dp, reply_key).xlat,
         key((HOST, 8080), (C1, 40000), PROTO_TCP)

@@ -299,9 +299,6 @@ fn new_veth_name() -> String {
     format!("veth{:07x}", random_u64() & 0xfff_ffff)
 }
 
-/// Docker's scheme: the MAC follows from the address, so a container that
-/// comes back on the same IP has the same MAC and no neighbour holds a
-/// stale one.
 use crate::host::mac_for;
 
 pub(crate) fn format_mac(mac: [u8; 6]) -> String {
