@@ -7,7 +7,6 @@ use std::{
     collections::BTreeSet,
     future::Future,
     net::Ipv4Addr,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
 
@@ -343,33 +342,42 @@ impl Host for NetlinkHost {
     }
 
     async fn create_veth(&self, plan: &VethPlan<'_>) -> Result<u32> {
-        let peer = peer_name(plan.host_veth);
-        let (host_index, peer_index) = self.nl.create_veth(plan.host_veth, &peer, plan.mtu).await?;
+        let ns_file = std::fs::File::open(plan.netns)
+            .map_err(|err| anyhow::anyhow!("opening {}: {err}", plan.netns.display()))?;
+        let bridge = self.nl.require_index(plan.bridge).await?;
+        let host_index = self
+            .nl
+            .create_veth_into(
+                plan.host_veth,
+                plan.mtu,
+                bridge,
+                &ns_file,
+                plan.ifname,
+                plan.mac,
+            )
+            .await?;
         crate::engine::fault_point("container-create:veth");
-        let ns_file = std::fs::File::open(plan.netns)?;
-        self.nl
-            .move_to_netns(peer_index, ns_file.as_raw_fd())
-            .await?;
-        let inner = Netlink::connect_in(plan.netns)?;
-        let eth = inner.require_index(&peer).await?;
-        inner.rename(eth, plan.ifname).await?;
-        inner
-            .add_address(eth, plan.address, plan.prefix_len)
-            .await?;
-        inner.set_mac(eth, plan.mac).await?;
         // Permanent neighbour entries both ways: none of them counts
         // against the kernel's neighbour-table limit, shared by every
         // namespace, that ~1,000 containers' dynamic entries exhaust.
-        inner
-            .set_permanent_neighbour(eth, plan.gateway, mac_for(plan.gateway))
-            .await?;
-        let bridge = self.nl.require_index(plan.bridge).await?;
-        self.nl.set_master(host_index, bridge).await?;
-        self.nl
-            .set_permanent_neighbour(bridge, plan.address, plan.mac)
-            .await?;
-        self.nl.set_hairpin(host_index).await?;
-        self.nl.set_up(host_index).await?;
+        let inside = async {
+            let inner = Netlink::connect_in(plan.netns)?;
+            let eth = inner.require_index(plan.ifname).await?;
+            inner
+                .add_address(eth, plan.address, plan.prefix_len)
+                .await?;
+            inner
+                .set_permanent_neighbour(eth, plan.gateway, mac_for(plan.gateway))
+                .await
+        };
+        let outside = async {
+            self.nl
+                .set_permanent_neighbour(bridge, plan.address, plan.mac)
+                .await?;
+            self.nl.set_hairpin(host_index).await?;
+            self.nl.set_up(host_index).await
+        };
+        tokio::try_join!(inside, outside)?;
         Ok(host_index)
     }
 

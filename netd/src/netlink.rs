@@ -3,7 +3,7 @@
 use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr},
-    os::fd::{AsFd as _, RawFd},
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
     path::{Path, PathBuf},
 };
 
@@ -23,6 +23,14 @@ use crate::cidr::Cidr;
 
 /// Ports a Linux bridge takes (port numbers are 10 bits; 0 is reserved).
 pub const BRIDGE_MAX_PORTS: usize = 1023;
+
+/// A bridge refused another port (EXFULL).
+fn bridge_full() -> anyhow::Error {
+    crate::conflict!(
+        "the bridge is full: a Linux bridge takes at most {BRIDGE_MAX_PORTS} ports \
+         (containers); connect further containers to another network"
+    )
+}
 
 pub const NETNS_DIR: &str = "/run/netns";
 
@@ -176,6 +184,45 @@ impl Netlink {
         self.require_index(name).await
     }
 
+    /// A veth pair whose other end is made directly inside the namespace
+    /// open as `netns` (named `peer`, with `peer_mac`), this end up on
+    /// `bridge`; returns this end's index. Made in place, the peer is never
+    /// moved: moving a link between namespaces waits for an RCU grace
+    /// period (~30 ms here), the largest part of a container create.
+    pub async fn create_veth_into(
+        &self,
+        name: &str,
+        mtu: u32,
+        bridge: u32,
+        netns: &File,
+        peer: &str,
+        peer_mac: [u8; 6],
+    ) -> Result<u32> {
+        use rtnetlink::{
+            LinkMessageBuilder,
+            packet_route::link::{InfoData, InfoVeth},
+        };
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_owned())
+            .mtu(mtu)
+            .address(peer_mac.to_vec())
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        let message = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(name.to_owned())
+            .mtu(mtu)
+            .controller(bridge)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        match self.handle.link().add(message).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EXFULL => {
+                return Err(bridge_full());
+            }
+            other => other.with_context(|| format!("creating veth {name} into a namespace as {peer}"))?,
+        }
+        self.require_index(name).await
+    }
+
     /// A veth pair in this namespace; returns both indexes.
     pub async fn create_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<(u32, u32)> {
         self.handle
@@ -203,10 +250,7 @@ impl Netlink {
         match self.handle.link().set(message).execute().await {
             // The bridge's port numbers are 10 bits, 0 reserved.
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EXFULL => {
-                Err(crate::conflict!(
-                    "the bridge is full: a Linux bridge takes at most {BRIDGE_MAX_PORTS} \
-                     ports (containers); connect further containers to another network"
-                ))
+                Err(bridge_full())
             }
             other => other.with_context(|| format!("enslaving link {index}")),
         }
