@@ -127,6 +127,12 @@ pub trait Host: Send + Sync {
         ifname: &str,
         gateway: Option<Ipv4Addr>,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// While `on`, [`reattach_veth`](Self::reattach_veth) may answer from
+    /// one snapshot of the host's links taken now (a reconciliation); off
+    /// drops it.
+    fn snapshot_links(&self, _on: bool) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
     /// Puts an existing host-side veth back on `bridge` (a bridge made again
     /// has no ports); `None` when the veth is gone.
     fn reattach_veth(
@@ -154,17 +160,29 @@ pub trait Host: Send + Sync {
     ) -> impl Future<Output = Result<()>> + Send;
 }
 
+/// Links by name: (index, master, up).
+type LinkSnapshot = std::collections::HashMap<String, (u32, Option<u32>, bool)>;
+
 /// The real host, through rtnetlink and namespace syscalls.
 #[derive(Clone)]
 pub struct NetlinkHost {
     nl: Netlink,
+    /// The host's links by name (index, master, up) while a reconciliation
+    /// runs: one dump instead of five requests per container veth.
+    links: std::sync::Arc<std::sync::Mutex<Option<LinkSnapshot>>>,
 }
 
 impl NetlinkHost {
     pub fn connect() -> Result<Self> {
         Ok(Self {
             nl: Netlink::connect()?,
+            links: Default::default(),
         })
+    }
+
+    fn known_link(&self, name: &str) -> Option<(u32, Option<u32>, bool)> {
+        let links = self.links.lock().expect("links lock");
+        links.as_ref()?.get(name).copied()
     }
 
     pub fn netlink(&self) -> &Netlink {
@@ -419,7 +437,31 @@ impl Host for NetlinkHost {
         Ok(())
     }
 
+    async fn snapshot_links(&self, on: bool) -> Result<()> {
+        let links = match on {
+            true => Some(
+                self.nl
+                    .link_details()
+                    .await?
+                    .into_iter()
+                    .map(|l| (l.name, (l.index, l.master, l.up)))
+                    .collect(),
+            ),
+            false => None,
+        };
+        *self.links.lock().expect("links lock") = links;
+        Ok(())
+    }
+
     async fn reattach_veth(&self, host_veth: &str, bridge: &str) -> Result<Option<u32>> {
+        // Where the snapshot shows it up on its bridge, nothing to do (the
+        // common case at a restart: one dump, no request per veth).
+        if let (Some((index, Some(master), true)), Some((bridge_index, _, _))) =
+            (self.known_link(host_veth), self.known_link(bridge))
+            && master == bridge_index
+        {
+            return Ok(Some(index));
+        }
         let Some(index) = self.nl.link_index(host_veth).await? else {
             return Ok(None);
         };

@@ -43,6 +43,10 @@ pub struct LinkDetails {
     pub bridge: bool,
     /// A port of some bridge (or bond, …).
     pub enslaved: bool,
+    /// Its bridge (or bond, …), by index.
+    pub master: Option<u32>,
+    /// Administratively up.
+    pub up: bool,
     /// The kind of a virtual link (`veth`, `vxlan`, …); none for a NIC.
     pub kind: Option<String>,
 }
@@ -218,7 +222,9 @@ impl Netlink {
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EXFULL => {
                 return Err(bridge_full());
             }
-            other => other.with_context(|| format!("creating veth {name} into a namespace as {peer}"))?,
+            other => {
+                other.with_context(|| format!("creating veth {name} into a namespace as {peer}"))?
+            }
         }
         self.require_index(name).await
     }
@@ -452,12 +458,19 @@ impl Netlink {
         while let Some(link) = links.try_next().await.context("listing links")? {
             let mut details = LinkDetails {
                 index: link.header.index,
+                up: link
+                    .header
+                    .flags
+                    .contains(rtnetlink::packet_route::link::LinkFlags::Up),
                 ..LinkDetails::default()
             };
             for attr in link.attributes {
                 match attr {
                     LinkAttribute::IfName(name) => details.name = name,
-                    LinkAttribute::Controller(_) => details.enslaved = true,
+                    LinkAttribute::Controller(master) => {
+                        details.enslaved = true;
+                        details.master = Some(master);
+                    }
                     LinkAttribute::Mtu(mtu) => details.mtu = mtu,
                     LinkAttribute::LinkInfo(infos) => {
                         details.bridge = infos
@@ -519,6 +532,23 @@ impl Netlink {
 
 fn setns(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
     nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")
+}
+
+/// How often the kernel's IPv4 neighbour table was full (`table_fulls`,
+/// summed over CPUs): a neighbour that could not be resolved, in any
+/// namespace. One table serves every namespace and its limit
+/// (`gc_thresh3`) counts only dynamic entries; netd's are permanent, but
+/// containers talking to each other and to the outside add dynamic ones.
+pub fn neighbour_table_overflows() -> Option<u64> {
+    let stats = std::fs::read_to_string("/proc/net/stat/arp_cache").ok()?;
+    let mut lines = stats.lines();
+    let column = lines
+        .next()?
+        .split_whitespace()
+        .position(|c| c == "table_fulls")?;
+    lines
+        .map(|l| u64::from_str_radix(l.split_whitespace().nth(column)?, 16).ok())
+        .sum()
 }
 
 pub fn netns_path(name: &str) -> PathBuf {

@@ -20,6 +20,10 @@ pub struct Status {
     pub user_rules: Vec<RuleEntry>,
     /// What the last reconciliation (start or `netd repair`) changed.
     pub repairs: Vec<String>,
+    /// Limits this host is close to (90 % or more): a bridge's ports, a
+    /// table of the datapath, the kernel's neighbour table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

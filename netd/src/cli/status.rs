@@ -54,6 +54,9 @@ fn status_text(status: &Status) -> String {
         DatapathStatus::Iptables(_) => "iptables",
         DatapathStatus::Noop {} => "noop (enforces nothing)",
     };
+    for warning in &status.warnings {
+        line(format!("WARNING      {warning}"));
+    }
     line(format!("datapath     {datapath}"));
     line(format!(
         "objects      {} networks, {} containers, {} published ports, {} user rules",

@@ -46,6 +46,9 @@ pub struct Engine<H: Host> {
     host_info: HostInfo,
     /// What the last reconciliation (start or `netd repair`) changed.
     repairs: Vec<String>,
+    /// The kernel's neighbour-table overflows when the engine was made
+    /// (`netd status` warns about new ones).
+    neighbour_overflows_at_start: u64,
 }
 
 impl<H: Host> Engine<H> {
@@ -69,6 +72,7 @@ impl<H: Host> Engine<H> {
             uplink_names,
             host_info,
             repairs: Vec::new(),
+            neighbour_overflows_at_start: crate::netlink::neighbour_table_overflows().unwrap_or(0),
         }
     }
 
@@ -168,14 +172,67 @@ impl<H: Host> Engine<H> {
     }
 
     pub fn status(&self) -> Result<Status> {
+        let datapath = self.driver.status()?;
+        let warnings = self.limit_warnings(&datapath);
         Ok(Status {
-            datapath: self.driver.status()?,
+            datapath,
             networks: self.state.networks.len(),
             containers: self.state.containers.len(),
             published_ports: self.state.published().count(),
             user_rules: self.rule_ls(),
             repairs: self.repairs.clone(),
+            warnings,
         })
+    }
+
+    /// The limits this host is at 90 % of or past, each with what to do.
+    fn limit_warnings(&self, datapath: &crate::api::DatapathStatus) -> Vec<String> {
+        let near = |used: u64, limit: u64| limit > 0 && used * 10 >= limit * 9;
+        let mut warnings = Vec::new();
+        for net in self.state.networks.values() {
+            let ports = self
+                .state
+                .containers
+                .values()
+                .flat_map(|c| &c.attachments)
+                .filter(|a| a.network == net.name)
+                .count();
+            let limit = crate::netlink::BRIDGE_MAX_PORTS;
+            if near(ports as u64, limit as u64) {
+                warnings.push(format!(
+                    "network {}: {ports} of the {limit} ports a Linux bridge takes are used; \
+                     put further containers on another network",
+                    net.name
+                ));
+            }
+        }
+        if let crate::api::DatapathStatus::Ebpf(ebpf) = datapath {
+            for (map, fill) in &ebpf.maps {
+                if near(fill.entries as u64, u64::from(fill.capacity)) {
+                    let flag = match map.as_str() {
+                        "CONNTRACK" => " (--conntrack-max)",
+                        "PUBLISHED_PORTS" => " (--max-published-ports)",
+                        "ENDPOINTS" => " (--max-endpoints)",
+                        _ => "",
+                    };
+                    warnings.push(format!(
+                        "table {map}: {} of {} entries used{flag}",
+                        fill.entries, fill.capacity
+                    ));
+                }
+            }
+        }
+        let overflows = crate::netlink::neighbour_table_overflows()
+            .unwrap_or(0)
+            .saturating_sub(self.neighbour_overflows_at_start);
+        if overflows > 0 {
+            warnings.push(format!(
+                "the kernel's neighbour table (one for every namespace) was full {overflows} \
+                 times since netd started: some neighbour could not be resolved; raise \
+                 net.ipv4.neigh.default.gc_thresh3 (and gc_thresh2) in the host's first namespace"
+            ));
+        }
+        warnings
     }
 
     pub fn network_inspect(&self, name: &str) -> Result<NetworkDetails> {

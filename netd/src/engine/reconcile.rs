@@ -99,6 +99,11 @@ impl<H: Host> Engine<H> {
             }
         }
         report.extend(self.prune_stale_endpoints().await);
+        // Bridges are in place (readopted above): one snapshot of the links
+        // spares a request per veth already where it belongs.
+        if let Err(err) = self.host.snapshot_links(true).await {
+            report.push(format!("listing links: {err:#}"));
+        }
         for container in self.state.containers.clone().into_values() {
             if let Err(err) = self.readopt_container(&container, &mut report).await {
                 // Reported and kept (the user's container is not ours to
@@ -110,6 +115,7 @@ impl<H: Host> Engine<H> {
                 ));
             }
         }
+        let _ = self.host.snapshot_links(false).await;
         if let Err(err) = self.sync_rules() {
             report.push(format!("user rules: {err:#}"));
         }
