@@ -153,6 +153,10 @@ pub trait FirewallDriver: Observability + Send + Sync {
     fn reconciled(&mut self) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
+    /// `netd down` is removing every object, then calls
+    /// [`remove_all`](Self::remove_all): what a driver would redo per
+    /// object (a whole rule set, a conntrack walk) may wait for that.
+    fn begin_teardown(&mut self) {}
     /// Removes everything the driver installed (for `netd down`).
     fn remove_all(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async { Ok(()) })

@@ -251,6 +251,7 @@ impl<H: Host> Engine<H> {
     /// `netd down`: every container, every network, the state file, and
     /// the driver's own objects.
     pub async fn teardown(&mut self) -> Result<()> {
+        self.driver.begin_teardown();
         for name in self.state.containers.keys().cloned().collect::<Vec<_>>() {
             self.container_rm(&name).await?;
         }

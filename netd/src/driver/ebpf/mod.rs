@@ -64,6 +64,8 @@ pub struct EbpfDriver {
     pressure: Pressure,
     /// Connections conntrack holds (`--conntrack-max`).
     connections: u32,
+    /// `netd down` under way: objects go whole at the end.
+    tearing_down: bool,
 }
 
 /// A full conntrack table, logged once when a burst of evictions or
@@ -183,6 +185,7 @@ impl EbpfDriver {
             nat_ports,
             pressure: Pressure::default(),
             connections: 0,
+            tearing_down: false,
         };
         // Counters outlive restarts: only what happens from now is news.
         let (evicted, refused) = Pressure::read(&driver.datapath)?;
@@ -373,6 +376,9 @@ impl FirewallDriver for EbpfDriver {
     fn remove_endpoint(&mut self, att: &Attachment) -> Result<()> {
         self.endpoints.remove(&att.host_veth);
         self.declared.endpoints.remove(&att.ip);
+        if self.tearing_down {
+            return Ok(()); // the maps and links go whole in remove_all
+        }
         self.datapath.detach_from_container(&att.host_veth)?;
         self.datapath.maps.remove_endpoint(att.ip)
     }
@@ -397,6 +403,9 @@ impl FirewallDriver for EbpfDriver {
         let keys: Vec<PortKey> = ports.iter().map(port_key).collect();
         for key in &keys {
             self.declared.ports.remove(key);
+        }
+        if self.tearing_down {
+            return Ok(());
         }
         self.datapath.maps.unpublish(&keys)
     }
@@ -512,6 +521,12 @@ impl FirewallDriver for EbpfDriver {
             false => Ok(()),
         };
         uplinks.and(addrs).and(config).and(rules)
+    }
+
+    fn begin_teardown(&mut self) {
+        // Two conntrack walks per container removed, for maps unpinned at
+        // the end anyway.
+        self.tearing_down = true;
     }
 
     fn remove_all(&mut self) -> BoxFuture<'_, Result<()>> {
