@@ -281,10 +281,12 @@ async fn follow_host(engine: SharedEngine, mut events: HostEvents) {
     tracing::error!("host events stopped: interface and address changes are no longer followed");
 }
 
-/// A link event about a container's veth (netd's `veth…`/`tmp…` names):
-/// it changes no uplink and no host address, so it needs
-/// no re-read of the host (which costs a full link and address dump under
-/// the engine lock, with 1,000 containers ~20 ms, after every create).
+/// A link event about a container's veth (netd's `veth…`/`tmp…` names) or
+/// a bridge (a bridge is never an uplink; adding a port changes its
+/// features, and the kernel reports it): it changes no uplink and no host
+/// address (those come as address events), so it needs no re-read of the
+/// host, which costs a full link and address dump under the engine lock
+/// (with 1,000 containers ~20 ms, after every create and remove).
 fn is_container_port_event(
     event: &rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
 ) -> bool {
@@ -298,6 +300,14 @@ fn is_container_port_event(
     };
     link.attributes.iter().any(|attr| match attr {
         LinkAttribute::IfName(name) => crate::host::is_container_veth_name(name),
+        LinkAttribute::LinkInfo(infos) => infos.iter().any(|info| {
+            matches!(
+                info,
+                rtnetlink::packet_route::link::LinkInfo::Kind(
+                    rtnetlink::packet_route::link::InfoKind::Bridge
+                )
+            )
+        }),
         _ => false,
     })
 }

@@ -9,20 +9,18 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
+    net::{SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 use netd::{api::ContainerSpec, client::Client, portspec::PortSpec};
-use netd_testbed::{
-    daemon_host::{DaemonHost, HOST_IP},
-    probe::{self, EchoServer},
-};
+use netd_testbed::daemon_host::{DaemonHost, HOST_IP};
 
 use crate::{
     report::output_dir,
     statistics::Summary,
+    topology::Servers,
     workloads::{rss_kib, tcp_crr_counted},
 };
 
@@ -114,7 +112,7 @@ struct Run<'a> {
     h: DaemonHost,
     client: Client,
     plan: &'a Plan,
-    servers: BTreeMap<usize, EchoServer>,
+    servers: BTreeMap<usize, Servers>,
     made: usize,
 }
 
@@ -158,10 +156,7 @@ impl Run<'_> {
             );
             if served.contains(&k) {
                 let ip = self.client.container_inspect(&name)?.attachments[0].ip;
-                let server = EchoServer::tcp_stream_echo(
-                    &self.h.ctr(&format!("s{k}")),
-                    SocketAddr::new(ip.into(), 80),
-                )?;
+                let server = Servers::start(&self.h.ctr(&format!("s{k}")), &ip.to_string())?;
                 self.servers.insert(k, server);
             }
             self.made += 1;
@@ -173,10 +168,32 @@ impl Run<'_> {
         SocketAddr::new(HOST_IP.parse().unwrap(), FIRST_PORT + k as u16)
     }
 
+    /// One byte each way through container `k`'s published port.
     fn answers(&self, k: usize) -> bool {
-        probe::tcp_connect(&self.h.outside, self.published(k))
-            .and_then(|mut c| probe::echo_roundtrip(&mut c, b"probe"))
-            .is_ok()
+        self.exchange(k, None).is_ok()
+    }
+
+    /// Connects to container `k`'s published port (or uses `conn`) and
+    /// exchanges one byte, as TCP_CRR does.
+    fn exchange(&self, k: usize, conn: Option<&mut TcpStream>) -> Result<()> {
+        use std::io::{Read as _, Write as _};
+        let mut fresh;
+        let conn = match conn {
+            Some(conn) => conn,
+            None => {
+                let addr = self.published(k);
+                fresh = self
+                    .h
+                    .outside
+                    .enter(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))??;
+                &mut fresh
+            }
+        };
+        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut byte = [7u8];
+        conn.write_all(&byte)?;
+        conn.read_exact(&mut byte)?;
+        Ok(())
     }
 
     /// Extra containers made and removed at this count; their rm times.
@@ -232,13 +249,17 @@ fn run_one(netd: &str, datapath: &str, plan: &Plan) -> Result<ScaleResult> {
             tcp_crr_failed: failed,
         });
     }
-    let mut kept = probe::tcp_connect(&run.h.outside, run.published(0))?;
-    probe::echo_roundtrip(&mut kept, b"before")?;
+    let addr = run.published(0);
+    let mut kept = run
+        .h
+        .outside
+        .enter(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))??;
+    run.exchange(0, Some(&mut kept))?;
     run.h.kill_daemon(libc::SIGKILL);
     let started = Instant::now();
     run.h.spawn_daemon();
     let restart_ms = started.elapsed().as_secs_f64() * 1e3;
-    let kept_ok = probe::echo_roundtrip(&mut kept, b"after").is_ok();
+    let kept_ok = run.exchange(0, Some(&mut kept)).is_ok();
     drop(kept);
     run.servers.clear();
     run.h.ok(&["down"]);
