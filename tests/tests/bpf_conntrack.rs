@@ -194,3 +194,21 @@ fn a_table_full_of_established_connections_refuses_until_one_closes() {
             .all(|port| tracked(&dp, port))
     );
 }
+
+/// The table is read in batches (one system call per 4,096 entries): a
+/// read of 6,000 entries finds each of them once.
+#[test]
+fn the_table_is_read_whole_in_batches() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE);
+    for port in 20000..23000 {
+        let syn = Ipv4Frame::tcp(C1, port, REMOTE, 80, TCP_SYN);
+        assert_eq!(run(&mut dp, programs::TO_UPLINK, &syn).0, TC_ACT_OK);
+    }
+    let entries = dp.maps.conntrack.entries().unwrap();
+    assert_eq!(entries.len(), 6000);
+    let keys: std::collections::HashSet<_> = entries.iter().map(|(k, _)| *k).collect();
+    assert_eq!(keys.len(), 6000, "no entry twice");
+    for port in [20000, 21234, 22999] {
+        assert!(keys.contains(&key((C1, port), (REMOTE, 80), PROTO_TCP)));
+    }
+}

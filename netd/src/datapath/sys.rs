@@ -1,5 +1,6 @@
-//! What aya does not wrap: one BPF command (`BPF_LINK_DETACH` of a pinned
-//! link), socket cookies, the cgroup v2 mount and the programs' clock.
+//! What aya does not wrap: two BPF commands (`BPF_LINK_DETACH` of a pinned
+//! link, `BPF_MAP_LOOKUP_BATCH`), socket cookies, the cgroup v2 mount and
+//! the programs' clock.
 //! Shared by the product, the tests and the bench.
 
 use std::{
@@ -43,6 +44,65 @@ pub fn detach_pinned_link(pin: &Path) -> Result<()> {
             .with_context(|| format!("BPF_LINK_DETACH of {}", pin.display()));
     }
     Ok(())
+}
+
+/// Every (key, value) of the hash map `map_fd`, `per_call` at a time
+/// (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6): one system call per batch, where a
+/// walk with `get_next_key` and `lookup` takes two per entry (with 30,000
+/// connections tracked, ~100 ms against a few).
+pub fn lookup_batch<K: bytemuck::Pod, V: bytemuck::Pod>(
+    map_fd: std::os::fd::BorrowedFd<'_>,
+    per_call: u32,
+) -> std::io::Result<Vec<(K, V)>> {
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let per_call = per_call.max(1) as usize;
+    let mut keys = vec![K::zeroed(); per_call];
+    let mut values = vec![V::zeroed(); per_call];
+    // The hash map's batch token is its next bucket (a u32).
+    let (mut token_in, mut token_out) = (0u64, 0u64);
+    let mut out = Vec::new();
+    let mut first = true;
+    loop {
+        // union bpf_attr's `batch`: in_batch, out_batch, keys, values,
+        // count | map_fd, elem_flags, flags.
+        let mut attr = [0u64; 7];
+        attr[0] = if first { 0 } else { &raw mut token_in as u64 };
+        attr[1] = &raw mut token_out as u64;
+        attr[2] = keys.as_mut_ptr() as u64;
+        attr[3] = values.as_mut_ptr() as u64;
+        attr[4] = per_call as u64 | (u64::from(map_fd.as_raw_fd() as u32) << 32);
+        // SAFETY: attr and the buffers it points to outlive the call; the
+        // kernel writes at most `count` keys and values of the map's sizes,
+        // which K and V are.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        let count = (attr[4] & 0xffff_ffff) as usize;
+        // The last batch ends with ENOENT; what it holds is in `count`.
+        let last = match rc < 0 {
+            false => false,
+            true => match std::io::Error::last_os_error() {
+                e if e.raw_os_error() == Some(libc::ENOENT) => true,
+                e => return Err(e),
+            },
+        };
+        out.extend(
+            keys[..count]
+                .iter()
+                .copied()
+                .zip(values[..count].iter().copied()),
+        );
+        if last {
+            return Ok(out);
+        }
+        token_in = token_out;
+        first = false;
+    }
 }
 
 /// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup on unified

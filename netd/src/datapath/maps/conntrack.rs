@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use aya::{Ebpf, maps::MapData};
 use netd_common::{CtEntry, CtKey, maps::CONNTRACK};
 
@@ -25,16 +25,27 @@ impl Conntrack {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.keys().count()
+        self.entries()
+            .map_or_else(|_| self.entries.keys().count(), |e| e.len())
     }
 
     pub fn is_empty(&self) -> bool {
         self.entries.keys().next().is_none()
     }
 
-    /// Every conntrack entry (both directions of each connection).
+    /// Every conntrack entry (both directions of each connection): in
+    /// batches, or (a kernel without batch lookups) entry by entry.
     pub fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>> {
-        Ok(self.entries.iter().filter_map(Result::ok).collect())
+        use std::os::fd::AsFd as _;
+        match crate::datapath::sys::lookup_batch(self.map().fd().as_fd(), 4096) {
+            Ok(entries) => Ok(entries),
+            // EINVAL: no such command (before 5.6); ENOTSUPP (524): not
+            // for this map.
+            Err(err) if matches!(err.raw_os_error(), Some(libc::EINVAL | 524)) => {
+                Ok(self.entries.iter().filter_map(Result::ok).collect())
+            }
+            Err(err) => Err(err).context("reading the conntrack table"),
+        }
     }
 
     /// Deletes both entries of every connection one of whose entries matches.
