@@ -127,6 +127,15 @@ pub trait Host: Send + Sync {
         ifname: &str,
         gateway: Option<Ipv4Addr>,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Waits (up to `limit`) until none of `links` exists any more (they
+    /// go with namespaces the kernel destroys in the background).
+    fn wait_links_gone(
+        &self,
+        _links: &[String],
+        _limit: std::time::Duration,
+    ) -> impl Future<Output = ()> + Send {
+        async {}
+    }
     /// While `on`, [`reattach_veth`](Self::reattach_veth) may answer from
     /// one snapshot of the host's links taken now (a reconciliation); off
     /// drops it.
@@ -435,6 +444,20 @@ impl Host for NetlinkHost {
             inner.add_default_route(gateway).await?;
         }
         Ok(())
+    }
+
+    async fn wait_links_gone(&self, links: &[String], limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            let Ok(present) = self.nl.link_details().await else {
+                return;
+            };
+            let present: BTreeSet<String> = present.into_iter().map(|l| l.name).collect();
+            if !links.iter().any(|l| present.contains(l)) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     async fn snapshot_links(&self, on: bool) -> Result<()> {

@@ -14,7 +14,6 @@ use netd_testbed::{
     daemon_host::{DaemonHost, HOST_IP},
     probe::{self, EchoServer},
 };
-use serde_json::Value;
 
 /// One scrape of `/metrics` from inside the host namespace (the body).
 fn scrape(h: &DaemonHost) -> String {

@@ -165,6 +165,7 @@ impl<H: Host> Engine<H> {
                 errors.push(format!("{err:#}"));
             }
             if let Ok(net) = self.network(&att.network)
+                && !self.tearing_down
                 && let Err(err) = self.host.forget_neighbour(&net.bridge, att.ip).await
             {
                 errors.push(format!("{err:#}"));

@@ -49,6 +49,9 @@ pub struct Engine<H: Host> {
     /// The kernel's neighbour-table overflows when the engine was made
     /// (`netd status` warns about new ones).
     neighbour_overflows_at_start: u64,
+    /// `netd down` under way: no state writes, no per-object neighbour
+    /// removal (the bridges take theirs with them).
+    tearing_down: bool,
 }
 
 impl<H: Host> Engine<H> {
@@ -73,6 +76,7 @@ impl<H: Host> Engine<H> {
             host_info,
             repairs: Vec::new(),
             neighbour_overflows_at_start: crate::netlink::neighbour_table_overflows().unwrap_or(0),
+            tearing_down: false,
         }
     }
 
@@ -292,6 +296,11 @@ impl<H: Host> Engine<H> {
     }
 
     fn save(&self) -> Result<()> {
+        // `netd down` removes the file at the end; a crash in between
+        // leaves the state before it, which the next start reconciles.
+        if self.tearing_down {
+            return Ok(());
+        }
         self.state.save(&self.state_dir)
     }
 }

@@ -252,6 +252,25 @@ impl<H: Host> Engine<H> {
     /// the driver's own objects.
     pub async fn teardown(&mut self) -> Result<()> {
         self.driver.begin_teardown();
+        self.tearing_down = true;
+        // Namespaces first: the kernel destroys them, and the veth pairs in
+        // them, in batches (one RCU grace period for many, where deleting
+        // each veth waits for its own, ~15-40 ms: 95 s for 2,000).
+        let veths: Vec<String> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.sandbox.is_netd())
+            .flat_map(|c| c.attachments.iter().map(|a| a.host_veth.clone()))
+            .collect();
+        for container in self.state.containers.values() {
+            if container.sandbox.is_netd() && container.mode == crate::state::NetworkMode::Bridge {
+                let _ = self.host.delete_netns(&container.name);
+            }
+        }
+        self.host
+            .wait_links_gone(&veths, std::time::Duration::from_secs(20))
+            .await;
         for name in self.state.containers.keys().cloned().collect::<Vec<_>>() {
             self.container_rm(&name).await?;
         }
