@@ -191,6 +191,36 @@ fn quick_bench_runs_and_reports_every_datapath() {
     .unwrap();
     // CRR: ebpf, iptables, plain routing, direct veth; publish time: ebpf, iptables.
     assert!(chart.matches("<polyline").count() >= 6, "{chart}");
+    // Many containers (10 and 100 with --quick), on both datapaths: every
+    // probed port answers, TCP_CRR runs, the restart keeps its connection.
+    let scale: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/bench/scale.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let runs = scale.as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{scale}");
+    for run in runs {
+        let points = run["points"].as_array().unwrap();
+        let counts: Vec<u64> = points
+            .iter()
+            .map(|p| p["containers"].as_u64().unwrap())
+            .collect();
+        assert_eq!(counts, [10, 100], "{run}");
+        for point in points {
+            assert_eq!(point["probes_answered"], point["probes"], "{point}");
+            assert!(point["tcp_crr_per_s"].as_f64().unwrap() > 0.0, "{point}");
+            assert!(
+                point["create_ms"]["median"].as_f64().unwrap() > 0.0,
+                "{point}"
+            );
+            assert!(point["rm_ms"]["median"].as_f64().unwrap() > 0.0, "{point}");
+        }
+        assert_eq!(run["connection_kept_across_restart"], true, "{run}");
+    }
 }
 
 /// `netd-bench --docker --quick` and `--podman --quick`: every setup of
