@@ -17,6 +17,7 @@ pub mod host;
 pub mod ipam;
 pub mod metrics;
 pub mod netlink;
+pub mod netns;
 pub mod portspec;
 pub mod rule;
 pub mod state;

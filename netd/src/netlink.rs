@@ -3,8 +3,8 @@
 use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr},
-    os::fd::{AsFd as _, AsRawFd as _, RawFd},
-    path::{Path, PathBuf},
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -20,6 +20,10 @@ use rtnetlink::{
 };
 
 use crate::cidr::Cidr;
+use crate::netns::setns;
+pub use crate::netns::{
+    NETNS_DIR, create_netns, delete_netns, name_current_netns, netns_path, sysctl_in,
+};
 
 /// Ports a Linux bridge takes (port numbers are 10 bits; 0 is reserved).
 pub const BRIDGE_MAX_PORTS: usize = 1023;
@@ -31,8 +35,6 @@ fn bridge_full() -> anyhow::Error {
          (containers); connect further containers to another network"
     )
 }
-
-pub const NETNS_DIR: &str = "/run/netns";
 
 /// A link as `link_details` reports it.
 #[derive(Clone, Debug, Default)]
@@ -317,32 +319,12 @@ impl Netlink {
             .with_context(|| format!("hairpin mode on link {index}"))
     }
 
-    pub async fn move_to_netns(&self, index: u32, netns_fd: RawFd) -> Result<()> {
-        self.set(
-            LinkUnspec::new_with_index(index)
-                .setns_by_fd(netns_fd)
-                .build(),
-            "moving",
-        )
-        .await
-    }
-
     pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<()> {
         self.set(
             LinkUnspec::new_with_index(index)
                 .address(mac.to_vec())
                 .build(),
             "setting the MAC of",
-        )
-        .await
-    }
-
-    pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
-        self.set(
-            LinkUnspec::new_with_index(index)
-                .name(name.to_owned())
-                .build(),
-            "renaming",
         )
         .await
     }
@@ -530,10 +512,6 @@ impl Netlink {
     }
 }
 
-fn setns(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
-    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")
-}
-
 /// How often the kernel's IPv4 neighbour table was full (`table_fulls`,
 /// summed over CPUs): a neighbour that could not be resolved, in any
 /// namespace. One table serves every namespace and its limit
@@ -549,88 +527,4 @@ pub fn neighbour_table_overflows() -> Option<u64> {
     lines
         .map(|l| u64::from_str_radix(l.split_whitespace().nth(column)?, 16).ok())
         .sum()
-}
-
-pub fn netns_path(name: &str) -> PathBuf {
-    Path::new(NETNS_DIR).join(name)
-}
-
-/// Creates a named network namespace that `ip netns exec NAME` can enter:
-/// a thread unshares a new one and bind-mounts it on /run/netns/NAME.
-pub fn create_netns(name: &str) -> Result<()> {
-    if name.is_empty() || name.contains('/') || name.starts_with('.') {
-        bail!("{name:?} cannot name a network namespace");
-    }
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<()> {
-            // Only this short-lived thread changes namespace.
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .context("unshare(CLONE_NEWNET)")?;
-            bind_netns(name, "/proc/thread-self/ns/net")
-        })
-        .join()
-        .map_err(|_| anyhow!("namespace thread panicked"))?
-    })
-}
-
-/// Names the calling process's own namespace NAME (for `--network host`
-/// containers: `ip netns exec NAME` then enters the host's namespace).
-pub fn name_current_netns(name: &str) -> Result<()> {
-    bind_netns(name, "/proc/self/ns/net")
-}
-
-/// Bind-mounts the namespace at `source` on /run/netns/NAME (as iproute2
-/// does); nothing is left behind on failure.
-fn bind_netns(name: &str, source: &str) -> Result<()> {
-    std::fs::create_dir_all(NETNS_DIR)?;
-    let path = netns_path(name);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .with_context(|| {
-            format!(
-                "creating {} (a namespace of that name exists?)",
-                path.display()
-            )
-        })?;
-    let mounted = nix::mount::mount(
-        Some(source),
-        &path,
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
-    );
-    if let Err(err) = mounted {
-        let _ = std::fs::remove_file(&path);
-        return Err(err).context("bind-mounting the namespace");
-    }
-    Ok(())
-}
-
-/// Writes a sysctl inside the namespace at `path` (/proc/sys/net shows the
-/// namespace of the thread that opens it).
-pub fn sysctl_in(path: &Path, key: &str, value: &str) -> Result<()> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let proc_path = Path::new("/proc/sys").join(key.replace('.', "/"));
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<()> {
-            setns(file.as_fd())?;
-            std::fs::write(&proc_path, value).with_context(|| format!("setting {key}"))
-        })
-        .join()
-        .map_err(|_| anyhow!("sysctl thread panicked"))?
-    })
-}
-
-pub fn delete_netns(name: &str) -> Result<()> {
-    let path = netns_path(name);
-    // Not mounted (or gone) is fine: the file goes either way.
-    let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
-    match std::fs::remove_file(&path) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            Err(err).context("removing netns file")
-        }
-        _ => Ok(()),
-    }
 }
