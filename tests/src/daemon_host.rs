@@ -203,6 +203,33 @@ impl DaemonHost {
         }
     }
 
+    /// One scrape of `/metrics` from inside the host namespace, for a
+    /// daemon started with `--metrics 127.0.0.1:9464`: (content type, body).
+    pub fn scrape_metrics(&self) -> (String, String) {
+        use std::io::{Read as _, Write as _};
+        let response = self
+            .host
+            .enter(|| -> std::io::Result<String> {
+                let mut conn = std::net::TcpStream::connect("127.0.0.1:9464")?;
+                conn.write_all(
+                    b"GET /metrics HTTP/1.1\r\nHost: netd\r\nConnection: close\r\n\r\n",
+                )?;
+                let mut text = String::new();
+                conn.read_to_string(&mut text)?;
+                Ok(text)
+            })
+            .unwrap()
+            .unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let content_type = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-type: "))
+            .unwrap_or_default()
+            .to_owned();
+        (content_type, body.to_owned())
+    }
+
     /// The daemon's drop events (`netd monitor`), live once this returns.
     pub fn monitor(&self) -> std::sync::mpsc::Receiver<netd::api::MonitorEvent> {
         let events = netd::client::Client::new(self.socket()).monitor().unwrap();

@@ -2,10 +2,7 @@
 //! numbers that move with real traffic through a published port, a real
 //! drop, and the requests that made them.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
-};
+use std::net::SocketAddr;
 
 use netd_testbed::bin_under_test::netd;
 use netd_testbed::{
@@ -15,29 +12,6 @@ use netd_testbed::{
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
-}
-
-/// One scrape from inside the host namespace: (content type, body).
-fn scrape(h: &DaemonHost) -> (String, String) {
-    let response = h
-        .host
-        .enter(|| -> std::io::Result<String> {
-            let mut conn = TcpStream::connect("127.0.0.1:9464")?;
-            conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: netd\r\nConnection: close\r\n\r\n")?;
-            let mut text = String::new();
-            conn.read_to_string(&mut text)?;
-            Ok(text)
-        })
-        .unwrap()
-        .unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let content_type = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-type: "))
-        .unwrap_or_default()
-        .to_owned();
-    (content_type, body.to_owned())
 }
 
 /// The value of the sample named exactly `series` (name and labels).
@@ -55,7 +29,7 @@ fn value(body: &str, series: &str) -> f64 {
 #[test]
 fn metrics_are_scraped_and_move_with_real_traffic() {
     let h = DaemonHost::start(netd(), &["--metrics", "127.0.0.1:9464"]);
-    let (content_type, before) = scrape(&h);
+    let (content_type, before) = h.scrape_metrics();
     assert!(
         content_type.starts_with("application/openmetrics-text"),
         "{content_type}"
@@ -75,7 +49,7 @@ fn metrics_are_scraped_and_move_with_real_traffic() {
         .unwrap();
     assert!(probe::tcp_connect(&h.outside, addr("172.17.0.2:80")).is_err());
 
-    let (_, after) = scrape(&h);
+    let (_, after) = h.scrape_metrics();
     assert_eq!(value(&after, "netd_published_ports"), 1.0);
     assert_eq!(
         value(&after, r#"netd_map_entries{map="PUBLISHED_PORTS"}"#),

@@ -15,21 +15,6 @@ use netd_testbed::{
     probe::{self, EchoServer},
 };
 
-/// One scrape of `/metrics` from inside the host namespace (the body).
-fn scrape(h: &DaemonHost) -> String {
-    use std::io::{Read as _, Write as _};
-    h.host
-        .enter(|| -> std::io::Result<String> {
-            let mut conn = std::net::TcpStream::connect("127.0.0.1:9464")?;
-            conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: netd\r\nConnection: close\r\n\r\n")?;
-            let mut text = String::new();
-            conn.read_to_string(&mut text)?;
-            Ok(text)
-        })
-        .unwrap()
-        .unwrap()
-}
-
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
@@ -191,7 +176,7 @@ fn a_full_conntrack_table_evicts_unanswered_flows_and_keeps_established_ones() {
     let mut fresh = probe::tcp_connect(&h.outside, addr(&format!("{HOST_IP}:8080"))).unwrap();
     probe::echo_roundtrip(&mut fresh, b"new gets in").unwrap();
     drop(sockets);
-    let metrics = scrape(&h);
+    let (_, metrics) = h.scrape_metrics();
     let series = "netd_map_evicted_entries_total{map=\"CONNTRACK\"} ";
     let line = metrics.lines().find(|l| l.starts_with(series));
     let count: u64 = line
