@@ -180,6 +180,8 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     if !down && opts.cleanup {
         engine.lock().await.teardown().await?;
+    } else if !down {
+        engine.lock().await.settle().await?;
     }
     Ok(())
 }

@@ -47,7 +47,7 @@ pub struct VethPlan<'a> {
 
 /// Everything here is idempotent where it removes: an object already gone
 /// counts as removed (a crash or a user may have gone first).
-pub trait Host: Send + Sync {
+pub trait Host: Clone + Send + Sync + 'static {
     /// Destinations of the main table's routes other than the default route
     /// (a new network's subnet must not shadow them).
     fn routed_subnets(&self) -> impl Future<Output = Result<Vec<Cidr>>> + Send;

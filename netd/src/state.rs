@@ -23,6 +23,10 @@ pub struct State {
     pub rules: Vec<crate::rule::RuleRecord>,
     #[serde(default)]
     pub next_rule_id: u32,
+    /// Veths of removed containers the kernel was still deleting when this
+    /// was saved (a restart deletes whatever a crash left of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dying_links: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

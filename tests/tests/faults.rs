@@ -60,6 +60,12 @@ fn assert_consistent(h: &DaemonHost, context: &str) {
     let containers = h.json(&["container", "ls", "--format", "json"]);
     let networks = h.json(&["network", "ls", "--format", "json"]);
     let mut owned: BTreeSet<String> = ["lo".to_owned(), h.uplink.clone()].into();
+    // The veths of removed containers the kernel is still deleting are
+    // accounted for too (`container rm` does not wait for them).
+    let status = h.json(&["status", "--format", "json"]);
+    if let Some(dying) = status["veths_being_deleted"].as_array() {
+        owned.extend(dying.iter().map(|v| v.as_str().unwrap().to_owned()));
+    }
     for net in networks.as_array().unwrap() {
         owned.insert(net["bridge"].as_str().unwrap().to_owned());
     }

@@ -24,6 +24,10 @@ pub struct Status {
     /// table of the datapath, the kernel's neighbour table.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Veths of removed containers the kernel is still deleting (in the
+    /// background: `container rm` does not wait for them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub veths_being_deleted: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,8 +54,11 @@ pub struct EbpfStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Programs {
-    /// `tcx` or `clsact`.
+    /// `tcx` or `clsact`, on the uplinks.
     pub attach: crate::features::TcAttachMode,
+    /// On container veths: `clsact` (see `Datapath::attach_from_container`).
+    #[serde(default = "clsact")]
+    pub container_attach: crate::features::TcAttachMode,
     pub tc: Vec<String>,
     /// `uplink_xdp` on each uplink: `native`, `generic`, or `off (why)`.
     #[serde(default)]
@@ -177,4 +184,8 @@ impl NatKind {
             Self::Both => "snat+dnat",
         }
     }
+}
+
+fn clsact() -> crate::features::TcAttachMode {
+    crate::features::TcAttachMode::Clsact
 }

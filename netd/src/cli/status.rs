@@ -103,8 +103,9 @@ fn ebpf_text(ebpf: &EbpfStatus, line: &mut impl FnMut(String)) {
     line(String::new());
     line("programs".to_owned());
     let attach = format!("{:?}", ebpf.programs.attach).to_lowercase();
+    let container_attach = format!("{:?}", ebpf.programs.container_attach).to_lowercase();
     line(format!(
-        "  tc ({attach})  {} ({} container links)",
+        "  tc ({attach}; container veths: {container_attach})  {} ({} container links)",
         ebpf.programs.tc.join(", "),
         ebpf.programs.container_links
     ));

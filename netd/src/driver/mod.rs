@@ -107,6 +107,9 @@ pub trait Observability {
     }
 }
 
+/// What is left of a removed endpoint once its veth is gone.
+pub type AfterVethGone = Box<dyn FnOnce() + Send>;
+
 /// A firewall driver: Docker's bridge-network semantics (isolation,
 /// published ports, masquerade, the user's rules) enforced by one
 /// mechanism. What that mechanism needs (programs, qdiscs, pins, chains)
@@ -126,6 +129,13 @@ pub trait FirewallDriver: Observability + Send + Sync {
         mac: [u8; 6],
     ) -> Result<()>;
     fn remove_endpoint(&mut self, att: &Attachment) -> Result<()>;
+    /// [`remove_endpoint`](Self::remove_endpoint) for an endpoint whose veth
+    /// the caller deletes next: what costs less once the veth is gone is
+    /// returned, for the caller to run then.
+    fn retire_endpoint(&mut self, att: &Attachment) -> Result<AfterVethGone> {
+        self.remove_endpoint(att)?;
+        Ok(Box::new(|| ()))
+    }
 
     // Published ports and the user's rules.
     /// Publishes all of `ports`, or none of them (a range is one call, so a

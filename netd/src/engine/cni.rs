@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, path::Path};
 
 use anyhow::Result;
 
-use super::{Engine, check_name, network::check_interface_name, new_veth_name};
+use super::{Engine, check_name, container::Veths, network::check_interface_name, new_veth_name};
 use crate::{
     api::{CniAttach, CniAttachment, CniDetach, CniNetwork, CniReady},
     cni::code,
@@ -49,6 +49,7 @@ impl<H: Host> Engine<H> {
                 "netd already has a container named {name:?} (another container ID with the same first 12 characters)"
             ));
         }
+        self.settle_dying_for(&net, req.ip).await;
         let address = self.pick_address(&net, req.ip)?;
         if net.internal && !req.ports.is_empty() {
             return Err(crate::invalid!(
@@ -92,7 +93,7 @@ impl<H: Host> Engine<H> {
         if let Err(err) = result {
             let partial = self.state.containers.get(&name).cloned();
             if let Some(partial) = partial {
-                self.remove_container_objects(&partial).await;
+                self.remove_container_objects(&partial, Veths::Now).await;
             }
             self.state.containers.remove(&name);
             self.save()?;

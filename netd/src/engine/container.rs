@@ -18,6 +18,15 @@ use crate::{
     state::{Attachment, Container, Network, NetworkMode, Pending, PublishedPort, Sandbox},
 };
 
+/// When a removed container's veths are deleted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Veths {
+    /// Before the call returns (a rollback, a repair).
+    Now,
+    /// In the background (`container rm`): see `dying`.
+    InBackground,
+}
+
 impl<H: Host> Engine<H> {
     pub async fn container_create(&mut self, spec: &ContainerSpec) -> Result<Container> {
         let name = spec.name.as_str();
@@ -78,7 +87,7 @@ impl<H: Host> Engine<H> {
             Err(err) => {
                 let partial = self.state.containers.get(name).cloned();
                 if let Some(partial) = partial {
-                    self.remove_container_objects(&partial).await;
+                    self.remove_container_objects(&partial, Veths::Now).await;
                 }
                 self.state.containers.remove(name);
                 self.save()?;
@@ -114,6 +123,9 @@ impl<H: Host> Engine<H> {
         } else {
             None
         };
+        if let Some(net) = &net {
+            self.settle_dying_for(net, spec.ip).await;
+        }
         let address = match &net {
             Some(net) => Some(self.pick_address(net, spec.ip)?),
             None => None,
@@ -153,16 +165,23 @@ impl<H: Host> Engine<H> {
     /// Undoes a container in the driver and the kernel, whatever is left of
     /// it: ports, endpoints, veths (made or only planned), the namespace.
     /// Each step is done already when its object is gone; the errors of the
-    /// others are returned, after every step was tried.
-    pub(super) async fn remove_container_objects(&mut self, container: &Container) -> Vec<String> {
+    /// others are returned, after every step was tried. `veths`: whether
+    /// the veths of a namespace netd made may go in the background.
+    pub(super) async fn remove_container_objects(
+        &mut self,
+        container: &Container,
+        veths: Veths,
+    ) -> Vec<String> {
         let mut errors = Vec::new();
         if let Err(err) = self.driver.unpublish(&container.ports) {
             errors.push(format!("{err:#}"));
         }
         fault_point("container-rm:unpublished");
+        let mut after_gone = Vec::new();
         for att in &container.attachments {
-            if let Err(err) = self.driver.remove_endpoint(att) {
-                errors.push(format!("{err:#}"));
+            match self.driver.retire_endpoint(att) {
+                Ok(after) => after_gone.push(after),
+                Err(err) => errors.push(format!("{err:#}")),
             }
             if let Ok(net) = self.network(&att.network)
                 && !self.tearing_down
@@ -171,22 +190,29 @@ impl<H: Host> Engine<H> {
                 errors.push(format!("{err:#}"));
             }
         }
-        let links = container
+        let links: Vec<String> = container
             .attachments
             .iter()
             .map(|a| &a.host_veth)
-            .chain(&container.pending_links);
-        for link in links {
+            .chain(&container.pending_links)
+            .cloned()
+            .collect();
+        // A runtime's sandbox is the runtime's to remove: its veths go
+        // before the runtime deletes the namespace.
+        let netd_sandbox = container.sandbox.is_netd();
+        if netd_sandbox && let Err(err) = self.host.delete_netns(&container.name) {
+            errors.push(format!("{err:#}"));
+        }
+        if netd_sandbox && veths == Veths::InBackground {
+            self.delete_links_in_background(container, links, after_gone);
+            return errors;
+        }
+        for link in &links {
             if let Err(err) = self.host.delete_link(link).await {
                 errors.push(format!("{err:#}"));
             }
         }
-        // A runtime's sandbox is the runtime's to remove.
-        if container.sandbox.is_netd()
-            && let Err(err) = self.host.delete_netns(&container.name)
-        {
-            errors.push(format!("{err:#}"));
-        }
+        after_gone.into_iter().for_each(|after| after());
         errors
     }
 
@@ -268,6 +294,7 @@ impl<H: Host> Engine<H> {
             ));
         }
         let net = self.network(network)?.clone();
+        self.settle_dying_for(&net, ip).await;
         let address = self.pick_address(&net, ip)?;
         let ifname = (0..)
             .map(|i| format!("eth{i}"))
@@ -365,7 +392,9 @@ impl<H: Host> Engine<H> {
         }
         self.save()?;
         fault_point("container-rm:marked");
-        let errors = self.remove_container_objects(&container).await;
+        let errors = self
+            .remove_container_objects(&container, Veths::InBackground)
+            .await;
         if !errors.is_empty() {
             bail!("removing container {name:?}: {}", errors.join("; "));
         }

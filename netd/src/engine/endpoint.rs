@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Result, anyhow};
 
-use super::{Engine, check_name, format_mac, mac_for, new_veth_name};
+use super::{Engine, check_name, container::Veths, format_mac, mac_for, new_veth_name};
 use crate::{
     host::{Host, peer_name},
     portspec::PortSpec,
@@ -51,6 +51,7 @@ impl<H: Host> Engine<H> {
             ));
         }
         let net = self.network(&spec.network)?.clone();
+        self.settle_dying_for(&net, Some(spec.ip.into())).await;
         let address = self.pick_address(&net, Some(spec.ip.into()))?;
         let mac = spec.mac.unwrap_or_else(|| mac_for(address));
         let host_veth = new_veth_name();
@@ -189,7 +190,7 @@ impl<H: Host> Engine<H> {
             .collect();
         let mut removed = Vec::new();
         for container in stale {
-            let errors = self.remove_container_objects(&container).await;
+            let errors = self.remove_container_objects(&container, Veths::Now).await;
             self.state.containers.remove(&container.name);
             removed.push(format!(
                 "endpoint {}: its sandbox is gone; removed ({} freed{})",

@@ -7,6 +7,7 @@
 
 mod cni;
 mod container;
+mod dying;
 mod endpoint;
 mod network;
 mod ports;
@@ -52,6 +53,8 @@ pub struct Engine<H: Host> {
     /// `netd down` under way: no state writes, no per-object neighbour
     /// removal (the bridges take theirs with them).
     tearing_down: bool,
+    /// Removed containers' veths the kernel is still deleting.
+    dying: Vec<dying::Dying>,
 }
 
 impl<H: Host> Engine<H> {
@@ -77,6 +80,7 @@ impl<H: Host> Engine<H> {
             repairs: Vec::new(),
             neighbour_overflows_at_start: crate::netlink::neighbour_table_overflows().unwrap_or(0),
             tearing_down: false,
+            dying: Vec::new(),
         }
     }
 
@@ -112,6 +116,7 @@ impl<H: Host> Engine<H> {
 
     /// One socket request (every request but `monitor`, which streams).
     pub async fn handle(&mut self, request: Request) -> Result<Reply> {
+        self.reap_dying();
         Ok(match request {
             Request::NetworkCreate(spec) => Reply::Network(self.network_create(spec).await?),
             Request::NetworkLs => Reply::Networks(self.state.live_networks().cloned().collect()),
@@ -186,6 +191,7 @@ impl<H: Host> Engine<H> {
             user_rules: self.rule_ls(),
             repairs: self.repairs.clone(),
             warnings,
+            veths_being_deleted: self.dying_links(),
         })
     }
 

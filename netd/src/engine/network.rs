@@ -192,6 +192,8 @@ impl<H: Host> Engine<H> {
                 users.join(", ")
             ));
         }
+        // Its bridge goes with the last veth of its removed containers.
+        self.settle_dying(Some(name)).await;
         if let Some(net) = self.state.networks.get_mut(name) {
             net.pending = Some(Pending::Removing);
         }

@@ -18,7 +18,8 @@ use crate::{
 const AUTO_PORTS: std::ops::RangeInclusive<u16> = 49153..=60999;
 
 impl<H: Host> Engine<H> {
-    fn used_addresses(&self, net: &Network) -> BTreeSet<Ipv4Addr> {
+    /// The addresses of `net`'s containers and its gateway.
+    pub(super) fn live_addresses(&self, net: &Network) -> BTreeSet<Ipv4Addr> {
         let mut used: BTreeSet<Ipv4Addr> = self
             .state
             .containers
@@ -28,6 +29,14 @@ impl<H: Host> Engine<H> {
             .map(|a| a.ip)
             .collect();
         used.insert(net.gateway);
+        used
+    }
+
+    /// [`live_addresses`](Self::live_addresses) and those whose removed
+    /// container's veth is still being deleted.
+    fn used_addresses(&self, net: &Network) -> BTreeSet<Ipv4Addr> {
+        let mut used = self.live_addresses(net);
+        used.extend(self.dying_addresses(&net.name));
         used
     }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::{Engine, new_veth_name, parse_mac};
+use super::{Engine, container::Veths, new_veth_name, parse_mac};
 use crate::{
     host::Host,
     state::{Container, Network, Pending, Sandbox},
@@ -42,6 +42,15 @@ impl<H: Host> Engine<H> {
         // The driver's own objects first (e.g. pins removed behind its back),
         // so re-adoption below finds them in place.
         let mut report = self.driver.repair()?;
+        // Veths of removed containers a crash left undeleted (this run's
+        // finish first).
+        self.settle_dying(None).await;
+        for link in std::mem::take(&mut self.state.dying_links) {
+            if self.host.link_index(&link).await?.is_some() {
+                self.host.delete_link(&link).await?;
+                report.push(format!("deleted {link}, the veth of a removed container"));
+            }
+        }
         for container in self.state.containers.clone().into_values() {
             let what = match container.pending {
                 Some(Pending::Creating) => "an interrupted create was rolled back",
@@ -67,7 +76,7 @@ impl<H: Host> Engine<H> {
                 }
                 None => continue,
             };
-            let errors = self.remove_container_objects(&container).await;
+            let errors = self.remove_container_objects(&container, Veths::Now).await;
             self.state.containers.remove(&container.name);
             report.push(format!("container {}: {what}", container.name));
             report.extend(
@@ -159,7 +168,7 @@ impl<H: Host> Engine<H> {
             Sandbox::Netd => self.host.netns_path(name),
         };
         if container.sandbox.is_netd() && !self.host.netns_exists(name) {
-            let errors = self.remove_container_objects(container).await;
+            let errors = self.remove_container_objects(container, Veths::Now).await;
             self.state.containers.remove(name);
             let ports: Vec<String> = container
                 .ports
@@ -274,6 +283,7 @@ impl<H: Host> Engine<H> {
         for name in self.state.containers.keys().cloned().collect::<Vec<_>>() {
             self.container_rm(&name).await?;
         }
+        self.settle_dying(None).await;
         for name in self.state.networks.keys().cloned().collect::<Vec<_>>() {
             self.network_rm(&name).await?;
         }

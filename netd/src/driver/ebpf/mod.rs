@@ -20,7 +20,7 @@ use netd_common::{
     PortKey,
 };
 
-use super::{BoxFuture, ConntrackRow, FirewallDriver, HostInfo};
+use super::{AfterVethGone, BoxFuture, ConntrackRow, FirewallDriver, HostInfo};
 use crate::{
     api::DatapathStatus,
     datapath::{Datapath, XdpSetting, monotonic_ns},
@@ -381,6 +381,16 @@ impl FirewallDriver for EbpfDriver {
         }
         self.datapath.detach_from_container(&att.host_veth)?;
         self.datapath.maps.remove_endpoint(att.ip)
+    }
+
+    fn retire_endpoint(&mut self, att: &Attachment) -> Result<AfterVethGone> {
+        self.endpoints.remove(&att.host_veth);
+        self.declared.endpoints.remove(&att.ip);
+        if self.tearing_down {
+            return Ok(Box::new(|| ()));
+        }
+        self.datapath.maps.remove_endpoint(att.ip)?;
+        Ok(self.datapath.detach_from_container_later(&att.host_veth))
     }
 
     fn publish(&mut self, ports: &[PublishedPort]) -> Result<()> {

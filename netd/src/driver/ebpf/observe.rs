@@ -105,6 +105,7 @@ impl EbpfDriver {
             uplinks,
             programs: Programs {
                 attach: self.datapath.tc_mode(),
+                container_attach: crate::features::TcAttachMode::Clsact,
                 tc: programs::CLASSIFIERS
                     .iter()
                     .map(|p| p.to_string())
