@@ -218,6 +218,10 @@ fn quick_bench_runs_and_reports_every_datapath() {
                 "{point}"
             );
             assert!(point["rm_ms"]["median"].as_f64().unwrap() > 0.0, "{point}");
+            assert!(
+                point["create_after_rm_ms"]["median"].as_f64().unwrap() > 0.0,
+                "{point}"
+            );
         }
         assert_eq!(run["connection_kept_across_restart"], true, "{run}");
     }

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netd::engine::FAULT_POINTS;
+use netd::engine::{FAULT_POINT_DELETING_VETHS, FAULT_POINTS};
 use netd_common::maps::{self, MapDef as _};
 use netd_testbed::bin_under_test::netd;
 use netd_testbed::{
@@ -284,6 +284,49 @@ fn interrupted_request(h: &DaemonHost, point: &str, i: usize) -> Vec<String> {
         "container-rm" => vec!["container".into(), "rm".into(), c],
         "network-connect" => vec!["network".into(), "connect".into(), net, c],
         other => panic!("no request for {other}"),
+    }
+}
+
+/// `container rm` answers before the kernel has deleted the veth; a crash
+/// then leaves it (here a process holds the namespace, so the kernel keeps
+/// it), and the next start deletes it, says so, and the address is
+/// handed out again.
+#[test]
+fn a_crash_while_a_removed_containers_veth_goes_is_finished_at_start() {
+    for (variant, flags) in VARIANTS {
+        println!("== {variant}");
+        let mut h = DaemonHost::start(netd(), flags);
+        let web = h.name("web");
+        h.kill_daemon(libc::SIGTERM);
+        h.spawn_daemon_with_env(&[], &[("NETD_FAULT_POINT", FAULT_POINT_DELETING_VETHS)]);
+        h.ok(&["container", "create", &web, "-p", "8080:80"]);
+        let veth = h.json(&["container", "inspect", &web])["attachments"][0]["host_veth"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // A listening socket inside holds the namespace after netd unmounts it.
+        let server = EchoServer::tcp_stream_echo(&h.ctr("web"), addr("172.17.0.2:80")).unwrap();
+        // The daemon stops dead as the deletion starts, whether or not the
+        // answer reached the CLI first.
+        let _ = h.netd(&["container", "rm", &web]);
+        h.wait_daemon_exit();
+        let has_veth = |h: &DaemonHost| {
+            ip(&["-n", h.host.name(), "-o", "link"]).contains(&format!(": {veth}@"))
+        };
+        assert!(has_veth(&h), "{variant}: the veth went before the crash");
+        h.spawn_daemon();
+        let repairs = h.json(&["status", "--format", "json"])["repairs"].to_string();
+        assert!(
+            repairs.contains(&format!("deleted {veth}, the veth of a removed container")),
+            "{variant}: {repairs}"
+        );
+        assert!(!has_veth(&h), "{variant}: {veth} is still there");
+        drop(server);
+        assert_consistent(&h, variant);
+        assert_works(&h, "web", 8080);
+        h.ok(&["down"]);
+        h.wait_daemon_exit();
+        assert_consistent_empty(&h);
     }
 }
 

@@ -101,7 +101,7 @@ impl Datapath {
     /// about to be deleted: its filter goes with it (deleting the filter
     /// first would be one more netlink change). Returns what to run once
     /// the veth is gone: unpinning a TCX link an earlier version left.
-    pub fn detach_from_container_later(&mut self, iface: &str) -> Box<dyn FnOnce() + Send> {
+    pub fn detach_from_container_later(&mut self, iface: &str) -> Box<dyn FnOnce() + Send + Sync> {
         if let Some(id) = self.container_links.remove(iface)
             && let Ok(prog) = self.classifier(programs::FROM_CONTAINER)
         {

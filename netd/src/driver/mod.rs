@@ -108,7 +108,7 @@ pub trait Observability {
 }
 
 /// What is left of a removed endpoint once its veth is gone.
-pub type AfterVethGone = Box<dyn FnOnce() + Send>;
+pub type AfterVethGone = Box<dyn FnOnce() + Send + Sync>;
 
 /// A firewall driver: Docker's bridge-network semantics (isolation,
 /// published ports, masquerade, the user's rules) enforced by one

@@ -396,9 +396,14 @@ impl<H: Host> Engine<H> {
             .remove_container_objects(&container, Veths::InBackground)
             .await;
         if !errors.is_empty() {
+            self.start_deletions();
             bail!("removing container {name:?}: {}", errors.join("; "));
         }
         self.state.containers.remove(name);
-        self.save()
+        let saved = self.save();
+        // Once the state names the veths: a crash while they go is
+        // finished at the next start.
+        self.start_deletions();
+        saved
     }
 }

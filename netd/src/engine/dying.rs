@@ -16,7 +16,7 @@ use std::{
 
 use tokio::task::JoinHandle;
 
-use super::Engine;
+use super::{Engine, fault_point};
 use crate::{
     driver::AfterVethGone,
     host::Host,
@@ -29,6 +29,13 @@ use crate::{
 /// holds keeps them).
 const NAMESPACE_CLEANUP_WAIT: Duration = Duration::from_millis(100);
 
+/// A deletion recorded, not started yet.
+pub(super) struct Undeleted {
+    addresses: Vec<(String, Ipv4Addr)>,
+    links: Vec<String>,
+    after: Vec<AfterVethGone>,
+}
+
 pub(super) struct Dying {
     /// (network, address) of each attachment the container had.
     addresses: Vec<(String, Ipv4Addr)>,
@@ -37,62 +44,80 @@ pub(super) struct Dying {
 }
 
 impl<H: Host> Engine<H> {
-    /// Deletes `links` of `container` in a task of their own; `after` runs
-    /// once they are gone.
+    /// Records that `links` of `container` are to be deleted in the
+    /// background (started by [`start_deletions`](Self::start_deletions)
+    /// once the state says so); `after` runs once they are gone.
     pub(super) fn delete_links_in_background(
         &mut self,
         container: &Container,
         links: Vec<String>,
         after: Vec<AfterVethGone>,
     ) {
-        self.reap_dying();
         if links.is_empty() {
             after.into_iter().for_each(|after| after());
             return;
         }
         self.state.dying_links.extend(links.iter().cloned());
-        let host = self.host.clone();
-        let task_links = links.clone();
-        let done = tokio::spawn(async move {
-            // The kernel deletes them with the namespace, in one batch and
-            // without holding up other link changes the way a delete of
-            // our own would; a namespace some process still holds keeps
-            // them, so they are deleted after a while.
-            let deadline = Instant::now() + NAMESPACE_CLEANUP_WAIT;
-            while Instant::now() < deadline {
-                let mut left = false;
-                for link in &task_links {
-                    left |= !matches!(host.link_index(link).await, Ok(None));
-                }
-                if !left {
-                    break;
-                }
-                // A lookup by name is cheap (no RTNL lock on recent
-                // kernels); a create may be waiting for the address.
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            for link in &task_links {
-                if let Err(err) = host.delete_link(link).await {
-                    tracing::warn!(
-                        link,
-                        err = format!("{err:#}"),
-                        "deleting a removed container's veth"
-                    );
-                }
-            }
-            for after in after {
-                after();
-            }
-        });
-        self.dying.push(Dying {
+        self.undeleted.push(Undeleted {
             addresses: container
                 .attachments
                 .iter()
                 .map(|a| (a.network.clone(), a.ip))
                 .collect(),
             links,
-            done,
+            after,
         });
+    }
+
+    /// Starts the deletions recorded since the last call, each in a task.
+    pub(super) fn start_deletions(&mut self) {
+        self.reap_dying();
+        for Undeleted {
+            addresses,
+            links,
+            after,
+        } in std::mem::take(&mut self.undeleted)
+        {
+            let host = self.host.clone();
+            let task_links = links.clone();
+            let done = tokio::spawn(async move {
+                fault_point(super::FAULT_POINT_DELETING_VETHS);
+                // The kernel deletes them with the namespace, in one batch
+                // and without holding up other link changes the way a
+                // delete of our own would; a namespace some process still
+                // holds keeps them, so they are deleted after a while.
+                let deadline = Instant::now() + NAMESPACE_CLEANUP_WAIT;
+                while Instant::now() < deadline {
+                    let mut left = false;
+                    for link in &task_links {
+                        left |= !matches!(host.link_index(link).await, Ok(None));
+                    }
+                    if !left {
+                        break;
+                    }
+                    // A lookup by name is cheap (no RTNL lock on recent
+                    // kernels); a create may be waiting for the address.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                for link in &task_links {
+                    if let Err(err) = host.delete_link(link).await {
+                        tracing::warn!(
+                            link,
+                            err = format!("{err:#}"),
+                            "deleting a removed container's veth"
+                        );
+                    }
+                }
+                for after in after {
+                    after();
+                }
+            });
+            self.dying.push(Dying {
+                addresses,
+                links,
+                done,
+            });
+        }
     }
 
     /// Forgets deletions that finished.

@@ -55,6 +55,8 @@ pub struct Engine<H: Host> {
     tearing_down: bool,
     /// Removed containers' veths the kernel is still deleting.
     dying: Vec<dying::Dying>,
+    /// Those whose deletion starts once the state is saved.
+    undeleted: Vec<dying::Undeleted>,
 }
 
 impl<H: Host> Engine<H> {
@@ -81,6 +83,7 @@ impl<H: Host> Engine<H> {
             neighbour_overflows_at_start: crate::netlink::neighbour_table_overflows().unwrap_or(0),
             tearing_down: false,
             dying: Vec::new(),
+            undeleted: Vec::new(),
         }
     }
 
@@ -347,6 +350,10 @@ pub const FAULT_POINTS: &[&str] = &[
     "network-connect:planned",
     "network-connect:wired",
 ];
+
+/// A point after the request answered: the background deletion of a
+/// removed container's veths (not in [`FAULT_POINTS`], whose requests fail).
+pub const FAULT_POINT_DELETING_VETHS: &str = "container-rm:deleting-veths";
 
 pub(crate) fn fault_point(name: &str) {
     static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();

@@ -68,6 +68,10 @@ pub(crate) struct Point {
     pub(crate) create_p99_ms: f64,
     /// Remove latency of extra containers made at this count (ms).
     pub(crate) rm_ms: Option<Summary>,
+    /// Create latency right after such a remove (ms): the kernel may still
+    /// be deleting the removed container's veth, whose address IPAM picks
+    /// again (the create waits for it).
+    pub(crate) create_after_rm_ms: Option<Summary>,
     pub(crate) daemon_rss_kib: u64,
     /// First, middle and last container, through their published ports.
     pub(crate) probes: usize,
@@ -196,18 +200,22 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Extra containers made and removed at this count; their rm times.
-    fn rm_times(&self) -> Result<Vec<f64>> {
-        let mut times = Vec::new();
+    /// Extra containers made and removed one after another at this count:
+    /// their rm times, and the times of the creates that followed an rm.
+    fn rm_times(&self) -> Result<(Vec<f64>, Vec<f64>)> {
+        let (mut rms, mut creates) = (Vec::new(), Vec::new());
         for i in 0..self.plan.rm_samples {
             let name = self.h.name(&format!("rm{i}"));
             let network = self.network_of(self.made.saturating_sub(1));
-            self.create(&name, network, 19000 + i as u16)?;
+            let created = self.create(&name, network, 19000 + i as u16)?;
+            if i > 0 {
+                creates.push(created);
+            }
             let started = Instant::now();
             self.client.container_rm(&name)?;
-            times.push(started.elapsed().as_secs_f64() * 1e3);
+            rms.push(started.elapsed().as_secs_f64() * 1e3);
         }
-        Ok(times)
+        Ok((rms, creates))
     }
 }
 
@@ -231,7 +239,7 @@ fn run_one(netd: &str, datapath: &str, plan: &Plan) -> Result<ScaleResult> {
             bridge_full_refusal = Some(fill_the_first_bridge(&mut run)?);
         }
         let create = run.grow_to(n, &served)?;
-        let rm = run.rm_times()?;
+        let (rm, create_after_rm) = run.rm_times()?;
         let pid = run.h.daemon.as_ref().context("no daemon")?.id();
         let probed = [0, n / 2, n - 1];
         let answered = probed.iter().filter(|&&k| run.answers(k)).count();
@@ -242,6 +250,7 @@ fn run_one(netd: &str, datapath: &str, plan: &Plan) -> Result<ScaleResult> {
             create_p99_ms: p99(&create),
             create_ms: Summary::of(&create),
             rm_ms: Summary::of(&rm),
+            create_after_rm_ms: Summary::of(&create_after_rm),
             daemon_rss_kib: rss_kib(pid)?,
             probes: probed.len(),
             probes_answered: answered,
@@ -324,21 +333,22 @@ pub(crate) fn run(netd: &str, plan: &Plan) -> Result<Vec<ScaleResult>> {
 fn markdown(results: &[ScaleResult]) -> String {
     let mut md = String::from(
         "### Many containers (one published port each)\n\n\
-         | datapath | containers | create ms p50 | create ms p99 | rm ms p50 | rm ms max | daemon RSS MiB | ports answering | TCP_CRR/s (last container) | failed |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         | datapath | containers | create ms p50 | create ms p99 | rm ms p50 | rm ms max | create after rm ms p50 | daemon RSS MiB | ports answering | TCP_CRR/s (last container) | failed |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let med = |s: &Option<Summary>| s.as_ref().map_or(f64::NAN, |s| s.median);
     let max = |s: &Option<Summary>| s.as_ref().map_or(f64::NAN, |s| s.max);
     for r in results {
         for p in &r.points {
             md.push_str(&format!(
-                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {}/{} | {:.0} | {} |\n",
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {}/{} | {:.0} | {} |\n",
                 r.datapath,
                 p.containers,
                 med(&p.create_ms),
                 p.create_p99_ms,
                 med(&p.rm_ms),
                 max(&p.rm_ms),
+                med(&p.create_after_rm_ms),
                 p.daemon_rss_kib as f64 / 1024.0,
                 p.probes_answered,
                 p.probes,
