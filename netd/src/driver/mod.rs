@@ -129,12 +129,22 @@ pub trait FirewallDriver: Observability + Send + Sync {
         mac: [u8; 6],
     ) -> Result<()>;
     fn remove_endpoint(&mut self, att: &Attachment) -> Result<()>;
-    /// [`remove_endpoint`](Self::remove_endpoint) for an endpoint whose veth
-    /// the caller deletes next: what costs less once the veth is gone is
-    /// returned, for the caller to run then.
-    fn retire_endpoint(&mut self, att: &Attachment) -> Result<AfterVethGone> {
-        self.remove_endpoint(att)?;
-        Ok(Box::new(|| ()))
+    /// A container going: its ports unpublished and its endpoints removed,
+    /// before the caller deletes its veths. What costs less once they are
+    /// gone, or need not hold up the caller (forgetting its connections),
+    /// is returned, for the caller to run then, from any thread.
+    fn retire_container(
+        &mut self,
+        ports: &[PublishedPort],
+        atts: &[Attachment],
+    ) -> Result<AfterVethGone> {
+        // Every step tried; the first error returned.
+        let mut result = self.unpublish(ports);
+        for att in atts {
+            let removed = self.remove_endpoint(att);
+            result = result.and(removed);
+        }
+        result.map(|()| Box::new(|| ()) as AfterVethGone)
     }
 
     // Published ports and the user's rules.

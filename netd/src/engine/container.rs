@@ -173,16 +173,16 @@ impl<H: Host> Engine<H> {
         veths: Veths,
     ) -> Vec<String> {
         let mut errors = Vec::new();
-        if let Err(err) = self.driver.unpublish(&container.ports) {
-            errors.push(format!("{err:#}"));
+        let mut after_gone = Vec::new();
+        match self
+            .driver
+            .retire_container(&container.ports, &container.attachments)
+        {
+            Ok(after) => after_gone.push(after),
+            Err(err) => errors.push(format!("{err:#}")),
         }
         fault_point("container-rm:unpublished");
-        let mut after_gone = Vec::new();
         for att in &container.attachments {
-            match self.driver.retire_endpoint(att) {
-                Ok(after) => after_gone.push(after),
-                Err(err) => errors.push(format!("{err:#}")),
-            }
             if let Ok(net) = self.network(&att.network)
                 && !self.tearing_down
                 && let Err(err) = self.host.forget_neighbour(&net.bridge, att.ip).await

@@ -24,6 +24,24 @@ impl Conntrack {
         data(&self.entries)
     }
 
+    /// Another handle on the same table, for a walk away from the datapath's
+    /// owner (a removed container's connections go in the background).
+    pub fn handle(&self) -> Result<Self> {
+        use std::os::fd::AsFd as _;
+        let fd = self
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the conntrack table's descriptor")?;
+        let map = MapData::from_fd(fd).context("opening the conntrack table again")?;
+        Ok(Self {
+            entries: aya::maps::Map::HashMap(map)
+                .try_into()
+                .context("the conntrack table is not a hash map")?,
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.entries()
             .map_or_else(|_| self.entries.keys().count(), |e| e.len())

@@ -124,10 +124,25 @@ impl Maps {
     /// container re-created on the same address starts clean.
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
         self.endpoints.remove(ip)?;
-        let ip = ip.octets();
-        self.conntrack
-            .flush(|key, entry| [key.src, key.dst, entry.xlat.src, entry.xlat.dst].contains(&ip))?;
-        Ok(())
+        flush_addresses(&mut self.conntrack, &[ip])
+    }
+
+    /// Removes a container's published ports and endpoints; returns what
+    /// forgets their connections (one walk of the table, which may run
+    /// later, on its own handle: until then the connections' entries lead
+    /// nowhere, as nothing routes to the addresses).
+    pub fn retire_container(
+        &mut self,
+        ports: &[PortKey],
+        ips: &[Ipv4Addr],
+    ) -> Result<impl FnOnce() -> Result<()> + Send + Sync + use<>> {
+        self.ports.remove(ports)?;
+        for &ip in ips {
+            self.endpoints.remove(ip)?;
+        }
+        let mut conntrack = self.conntrack.handle()?;
+        let ips = ips.to_vec();
+        Ok(move || flush_addresses(&mut conntrack, &ips))
     }
 
     /// Unpublishes ports and forgets the connections made through them
@@ -199,4 +214,16 @@ pub(crate) fn capacity<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> u32 {
 /// The handle's map, for pinning.
 pub(crate) fn data<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> &MapData {
     map.map()
+}
+
+/// Forgets every connection one of `ips` took part in (a connection through
+/// a published port to one of them included: its translated destination).
+fn flush_addresses(conntrack: &mut Conntrack, ips: &[Ipv4Addr]) -> Result<()> {
+    let ips: Vec<[u8; 4]> = ips.iter().map(|ip| ip.octets()).collect();
+    conntrack.flush(|key, entry| {
+        [key.src, key.dst, entry.xlat.src, entry.xlat.dst]
+            .iter()
+            .any(|a| ips.contains(a))
+    })?;
+    Ok(())
 }

@@ -383,14 +383,39 @@ impl FirewallDriver for EbpfDriver {
         self.datapath.maps.remove_endpoint(att.ip)
     }
 
-    fn retire_endpoint(&mut self, att: &Attachment) -> Result<AfterVethGone> {
-        self.endpoints.remove(&att.host_veth);
-        self.declared.endpoints.remove(&att.ip);
-        if self.tearing_down {
-            return Ok(Box::new(|| ()));
+    fn retire_container(
+        &mut self,
+        ports: &[PublishedPort],
+        atts: &[Attachment],
+    ) -> Result<AfterVethGone> {
+        let keys: Vec<PortKey> = ports.iter().map(port_key).collect();
+        for key in &keys {
+            self.declared.ports.remove(key);
         }
-        self.datapath.maps.remove_endpoint(att.ip)?;
-        Ok(self.datapath.detach_from_container_later(&att.host_veth))
+        for att in atts {
+            self.endpoints.remove(&att.host_veth);
+            self.declared.endpoints.remove(&att.ip);
+        }
+        if self.tearing_down {
+            return Ok(Box::new(|| ())); // the maps and links go whole in remove_all
+        }
+        let ips: Vec<_> = atts.iter().map(|a| a.ip).collect();
+        let forget_connections = self.datapath.maps.retire_container(&keys, &ips)?;
+        let unpin: Vec<_> = atts
+            .iter()
+            .map(|a| self.datapath.detach_from_container_later(&a.host_veth))
+            .collect();
+        Ok(Box::new(move || {
+            unpin.into_iter().for_each(|unpin| unpin());
+            // One walk of the table (~15 ms with 28,000 entries here) for
+            // the connections of every address and port of the container.
+            if let Err(err) = forget_connections() {
+                tracing::warn!(
+                    err = format!("{err:#}"),
+                    "forgetting a removed container's connections"
+                );
+            }
+        }))
     }
 
     fn publish(&mut self, ports: &[PublishedPort]) -> Result<()> {
