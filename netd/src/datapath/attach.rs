@@ -99,8 +99,8 @@ impl Datapath {
 
     /// [`detach_from_container`](Self::detach_from_container) for a veth
     /// about to be deleted: its filter goes with it (deleting the filter
-    /// first would be one more netlink change). Returns what to run once
-    /// the veth is gone: unpinning a TCX link an earlier version left.
+    /// first would be one more netlink change). Returns what is left to
+    /// run: unpinning a TCX link an earlier version pinned, if any.
     pub fn detach_from_container_later(&mut self, iface: &str) -> Box<dyn FnOnce() + Send + Sync> {
         if let Some(id) = self.container_links.remove(iface)
             && let Ok(prog) = self.classifier(programs::FROM_CONTAINER)

@@ -107,8 +107,8 @@ pub trait Observability {
     }
 }
 
-/// What is left of a removed endpoint once its veth is gone.
-pub type AfterVethGone = Box<dyn FnOnce() + Send + Sync>;
+/// What is left to do for a removed container while its veths go.
+pub type Leftovers = Box<dyn FnOnce() + Send + Sync>;
 
 /// A firewall driver: Docker's bridge-network semantics (isolation,
 /// published ports, masquerade, the user's rules) enforced by one
@@ -137,14 +137,14 @@ pub trait FirewallDriver: Observability + Send + Sync {
         &mut self,
         ports: &[PublishedPort],
         atts: &[Attachment],
-    ) -> Result<AfterVethGone> {
+    ) -> Result<Leftovers> {
         // Every step tried; the first error returned.
         let mut result = self.unpublish(ports);
         for att in atts {
             let removed = self.remove_endpoint(att);
             result = result.and(removed);
         }
-        result.map(|()| Box::new(|| ()) as AfterVethGone)
+        result.map(|()| Box::new(|| ()) as Leftovers)
     }
 
     // Published ports and the user's rules.

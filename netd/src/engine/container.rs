@@ -173,12 +173,12 @@ impl<H: Host> Engine<H> {
         veths: Veths,
     ) -> Vec<String> {
         let mut errors = Vec::new();
-        let mut after_gone = Vec::new();
+        let mut leftovers = Vec::new();
         match self
             .driver
             .retire_container(&container.ports, &container.attachments)
         {
-            Ok(after) => after_gone.push(after),
+            Ok(after) => leftovers.push(after),
             Err(err) => errors.push(format!("{err:#}")),
         }
         fault_point("container-rm:unpublished");
@@ -204,7 +204,7 @@ impl<H: Host> Engine<H> {
             errors.push(format!("{err:#}"));
         }
         if netd_sandbox && veths == Veths::InBackground {
-            self.delete_links_in_background(container, links, after_gone);
+            self.delete_links_in_background(container, links, leftovers);
             return errors;
         }
         for link in &links {
@@ -212,7 +212,7 @@ impl<H: Host> Engine<H> {
                 errors.push(format!("{err:#}"));
             }
         }
-        after_gone.into_iter().for_each(|after| after());
+        leftovers.into_iter().for_each(|after| after());
         errors
     }
 

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::{Engine, fault_point};
 use crate::{
-    driver::AfterVethGone,
+    driver::Leftovers,
     host::Host,
     ipam,
     state::{Container, Network},
@@ -35,7 +35,7 @@ const NAMESPACE_CLEANUP_WAIT: Duration = Duration::from_millis(100);
 pub(super) struct Undeleted {
     addresses: Vec<(String, Ipv4Addr)>,
     links: Vec<String>,
-    after: Vec<AfterVethGone>,
+    after: Vec<Leftovers>,
 }
 
 pub(super) struct Dying {
@@ -48,12 +48,13 @@ pub(super) struct Dying {
 impl<H: Host> Engine<H> {
     /// Records that `links` of `container` are to be deleted in the
     /// background (started by [`start_deletions`](Self::start_deletions)
-    /// once the state says so); `after` runs once they are gone.
+    /// once the state says so); `after` runs meanwhile, on a thread of its
+    /// own.
     pub(super) fn delete_links_in_background(
         &mut self,
         container: &Container,
         links: Vec<String>,
-        after: Vec<AfterVethGone>,
+        after: Vec<Leftovers>,
     ) {
         if links.is_empty() {
             after.into_iter().for_each(|after| after());
@@ -84,6 +85,11 @@ impl<H: Host> Engine<H> {
             let task_links = links.clone();
             let done = tokio::spawn(async move {
                 fault_point(super::FAULT_POINT_DELETING_VETHS);
+                // Forgetting the connections (a walk of the conntrack table,
+                // off the runtime's threads) need not wait for the veths: a
+                // create waiting for the address waits for the longer one.
+                let after =
+                    tokio::task::spawn_blocking(move || after.into_iter().for_each(|a| a()));
                 // The kernel deletes them with the namespace, in one batch
                 // and without holding up other link changes the way a
                 // delete of our own would; a namespace some process still
@@ -110,9 +116,6 @@ impl<H: Host> Engine<H> {
                         );
                     }
                 }
-                // Off the runtime's threads: a walk of the conntrack table.
-                let after =
-                    tokio::task::spawn_blocking(move || after.into_iter().for_each(|a| a()));
                 if let Err(err) = after.await {
                     tracing::warn!(
                         err = format!("{err:#}"),

@@ -20,7 +20,7 @@ use netd_common::{
     PortKey,
 };
 
-use super::{AfterVethGone, BoxFuture, ConntrackRow, FirewallDriver, HostInfo};
+use super::{BoxFuture, ConntrackRow, FirewallDriver, HostInfo, Leftovers};
 use crate::{
     api::DatapathStatus,
     datapath::{Datapath, XdpSetting, monotonic_ns},
@@ -387,7 +387,7 @@ impl FirewallDriver for EbpfDriver {
         &mut self,
         ports: &[PublishedPort],
         atts: &[Attachment],
-    ) -> Result<AfterVethGone> {
+    ) -> Result<Leftovers> {
         let keys: Vec<PortKey> = ports.iter().map(port_key).collect();
         for key in &keys {
             self.declared.ports.remove(key);
