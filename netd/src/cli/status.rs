@@ -65,6 +65,12 @@ fn status_text(status: &Status) -> String {
         status.published_ports,
         status.user_rules.len()
     ));
+    if !status.veths_being_deleted.is_empty() {
+        line(format!(
+            "removing     the veths of removed containers: {}",
+            status.veths_being_deleted.join(", ")
+        ));
+    }
     match &status.datapath {
         DatapathStatus::Ebpf(ebpf) => ebpf_text(ebpf, &mut line),
         DatapathStatus::Iptables(iptables) => iptables_text(iptables, &mut line),
@@ -251,4 +257,32 @@ pub fn monitor(client: &Client, format: Format) -> Result<()> {
         std::io::stdout().flush()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(veths_being_deleted: Vec<String>) -> Status {
+        Status {
+            datapath: DatapathStatus::Noop {},
+            networks: 1,
+            containers: 0,
+            published_ports: 0,
+            user_rules: Vec::new(),
+            repairs: Vec::new(),
+            warnings: Vec::new(),
+            veths_being_deleted,
+        }
+    }
+
+    #[test]
+    fn veths_still_going_are_shown_only_while_there_are_some() {
+        let text = status_text(&status(vec!["veth0a1b2c3".into(), "veth4d5e6f7".into()]));
+        assert!(
+            text.contains("removing     the veths of removed containers: veth0a1b2c3, veth4d5e6f7"),
+            "{text}"
+        );
+        assert!(!status_text(&status(Vec::new())).contains("removing"));
+    }
 }
