@@ -299,10 +299,6 @@ impl Datapath {
     ) -> Result<Option<SchedClassifierLinkId>> {
         let context = || format!("attaching {program} to {iface} (clsact)");
         let name = CString::new(iface).context("interface name contains NUL")?;
-        match tc::qdisc_add_clsact(name.as_c_str()) {
-            Err(tc::TcError::NetlinkError(err)) if err.raw_os_error() == Some(libc::EEXIST) => {}
-            other => other.with_context(|| format!("adding a clsact qdisc to {iface}"))?,
-        }
         let parent = TcHandle::from(direction);
         let pinned = self.pin_dir.is_some();
         let prog = self.classifier(program)?;
@@ -314,11 +310,18 @@ impl Datapath {
             None,
         )
         .with_context(context)?;
+        // Replacing first: a restart does it on every container veth, with
+        // one netlink request each.
         let id = match prog.attach_to_link(existing) {
             Ok(id) => id,
-            // No filter of ours there yet.
-            Err(_) => prog
-                .attach(
+            // No filter of ours there yet (nor, on a new interface, a qdisc).
+            Err(_) => {
+                match tc::qdisc_add_clsact(name.as_c_str()) {
+                    Err(tc::TcError::NetlinkError(err))
+                        if err.raw_os_error() == Some(libc::EEXIST) => {}
+                    other => other.with_context(|| format!("adding a clsact qdisc to {iface}"))?,
+                }
+                prog.attach(
                     name.as_c_str(),
                     TcAttach::Netlink {
                         parent,
@@ -329,7 +332,8 @@ impl Datapath {
                         },
                     },
                 )
-                .with_context(context)?,
+                .with_context(context)?
+            }
         };
         if !pinned {
             return Ok(Some(id));
