@@ -199,13 +199,7 @@ impl<H: Host> Engine<H> {
             None => ipam::allocate_ip(&net.subnet, &self.live_addresses(net))
                 .is_ok_and(|next| dying.contains(&next)),
         };
-        let ports = self
-            .state
-            .containers
-            .values()
-            .flat_map(|c| &c.attachments)
-            .filter(|a| a.network == net.name)
-            .count();
+        let ports = self.bridge_ports(&net.name);
         let bridge_full = ports + dying.len() >= crate::netlink::BRIDGE_MAX_PORTS;
         if wanted || bridge_full {
             self.settle_dying(Some(&net.name)).await;

@@ -198,18 +198,22 @@ impl<H: Host> Engine<H> {
         })
     }
 
+    /// The ports containers hold on `network`'s bridge (one per attachment).
+    fn bridge_ports(&self, network: &str) -> usize {
+        self.state
+            .containers
+            .values()
+            .flat_map(|c| &c.attachments)
+            .filter(|a| a.network == network)
+            .count()
+    }
+
     /// The limits this host is at 90 % of or past, each with what to do.
     fn limit_warnings(&self, datapath: &crate::api::DatapathStatus) -> Vec<String> {
         let near = |used: u64, limit: u64| limit > 0 && used * 10 >= limit * 9;
         let mut warnings = Vec::new();
         for net in self.state.networks.values() {
-            let ports = self
-                .state
-                .containers
-                .values()
-                .flat_map(|c| &c.attachments)
-                .filter(|a| a.network == net.name)
-                .count();
+            let ports = self.bridge_ports(&net.name);
             let limit = crate::netlink::BRIDGE_MAX_PORTS;
             if near(ports as u64, limit as u64) {
                 warnings.push(format!(
