@@ -61,6 +61,7 @@ type SharedEngine = Arc<Mutex<Engine<NetlinkHost>>>;
 
 pub async fn run(opts: Options) -> Result<()> {
     check_privileges()?;
+    let started = std::time::Instant::now();
     // Before anything is touched: a state file netd cannot read stops it
     // here, and both datapaths keep forwarding what they forwarded.
     let state = State::load(&opts.state_dir).map_err(|err| {
@@ -130,6 +131,7 @@ pub async fn run(opts: Options) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", "),
         socket = %opts.socket.display(),
+        startup_ms = started.elapsed().as_millis(),
         "netd is ready"
     );
 

@@ -162,6 +162,7 @@ pub trait Host: Clone + Send + Sync + 'static {
         netns: &Path,
         ifname: &str,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// The container's default route via `gateway`, replacing any.
     fn set_default_route(
         &self,
         netns: &Path,
@@ -253,33 +254,47 @@ impl Host for NetlinkHost {
             .map(|n| peer_name(n))
             .collect();
         let addrs = self.nl.all_addresses().await?;
-        let mut uplinks = Vec::new();
-        for link in self.nl.link_details().await? {
-            let eligible = if configured.is_empty() {
-                // With an IPv4 address: one waiting for DHCP joins when it gets one.
+        // Candidates one by one, not from a dump of every link: that dump
+        // grows with the square of the veth count.
+        let mut candidates = Vec::new();
+        if configured.is_empty() {
+            // With an IPv4 address: one waiting for DHCP joins when it gets one.
+            let indices: BTreeSet<u32> = addrs.iter().map(|(i, _)| *i).collect();
+            for index in indices {
+                if let Some(link) = self.nl.link_details_of(index).await? {
+                    candidates.push(link);
+                }
+            }
+            candidates.retain(|link| {
                 link.name != "lo"
                     && !link.bridge
                     && !link.enslaved
                     && !owned.contains(link.name.as_str())
                     && !peers.contains(&link.name)
-                    && addrs.iter().any(|(i, _)| *i == link.index)
-            } else {
-                configured.contains(&link.name)
-            };
-            if eligible {
-                uplinks.push(Uplink {
-                    addrs: addrs
-                        .iter()
-                        .filter(|(i, _)| *i == link.index)
-                        .map(|(_, a)| *a)
-                        .collect(),
-                    name: link.name,
-                    ifindex: link.index,
-                    mtu: link.mtu,
-                    kind: link.kind,
-                });
+            });
+        } else {
+            for name in configured {
+                if let Some(link) = self.nl.link_details_named(name).await? {
+                    candidates.push(link);
+                }
             }
+            candidates.sort_by_key(|link| link.index);
+            candidates.dedup_by_key(|link| link.index);
         }
+        let uplinks: Vec<Uplink> = candidates
+            .into_iter()
+            .map(|link| Uplink {
+                addrs: addrs
+                    .iter()
+                    .filter(|(i, _)| *i == link.index)
+                    .map(|(_, a)| *a)
+                    .collect(),
+                name: link.name,
+                ifindex: link.index,
+                mtu: link.mtu,
+                kind: link.kind,
+            })
+            .collect();
         for name in configured.iter().filter(|_| at_start) {
             if !uplinks.iter().any(|u| &u.name == name) {
                 bail!("--uplink {name}: no such interface in this network namespace");
@@ -462,14 +477,22 @@ impl Host for NetlinkHost {
 
     async fn snapshot_links(&self, on: bool) -> Result<()> {
         let links = match on {
-            true => Some(
-                self.nl
-                    .link_details()
-                    .await?
+            true => {
+                // Bridge ports and their bridges: what re-adoption asks
+                // about. A veth off its bridge is looked up by name.
+                let ports = self.nl.bridge_ports().await?;
+                let masters: BTreeSet<u32> = ports.iter().filter_map(|p| p.master).collect();
+                let mut links: LinkSnapshot = ports
                     .into_iter()
                     .map(|l| (l.name, (l.index, l.master, l.up)))
-                    .collect(),
-            ),
+                    .collect();
+                for index in masters {
+                    if let Some(l) = self.nl.link_details_of(index).await? {
+                        links.insert(l.name, (l.index, l.master, l.up));
+                    }
+                }
+                Some(links)
+            }
             false => None,
         };
         *self.links.lock().expect("links lock") = links;
@@ -516,6 +539,8 @@ impl Host for NetlinkHost {
     }
 
     async fn set_default_route(&self, netns: &Path, gateway: Ipv4Addr) -> Result<()> {
-        Netlink::connect_in(netns)?.add_default_route(gateway).await
+        Netlink::connect_in(netns)?
+            .replace_default_route(gateway)
+            .await
     }
 }
