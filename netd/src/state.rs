@@ -27,6 +27,10 @@ pub struct State {
     /// was saved (a restart deletes whatever a crash left of them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dying_links: Vec<String>,
+    /// Their addresses: a restart forgets the connections a crash left
+    /// remembered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dying_addresses: Vec<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -306,6 +306,19 @@ fn a_crash_while_a_removed_containers_veth_goes_is_finished_at_start() {
             .to_owned();
         // A listening socket inside holds the namespace after netd unmounts it.
         let server = EchoServer::tcp_stream_echo(&h.ctr("web"), addr("172.17.0.2:80")).unwrap();
+        // An open connection through the port: its conntrack entries are
+        // forgotten only after the veths go, which the crash stops.
+        let mut conn = probe::tcp_connect(&h.outside, addr(&format!("{HOST_IP}:8080"))).unwrap();
+        probe::echo_roundtrip(&mut conn, b"before").unwrap();
+        let ebpf = variant.starts_with("ebpf");
+        let mentions_web = |h: &DaemonHost| {
+            h.json(&["conntrack", "ls", "--format", "json"])
+                .to_string()
+                .contains("172.17.0.2:80")
+        };
+        if ebpf {
+            assert!(mentions_web(&h), "{variant}: no conntrack entry to forget");
+        }
         // The daemon stops dead as the deletion starts, whether or not the
         // answer reached the CLI first.
         let _ = h.netd(&["container", "rm", &web]);
@@ -321,6 +334,14 @@ fn a_crash_while_a_removed_containers_veth_goes_is_finished_at_start() {
             "{variant}: {repairs}"
         );
         assert!(!has_veth(&h), "{variant}: {veth} is still there");
+        if ebpf {
+            assert!(
+                repairs.contains("conntrack entries of removed containers (172.17.0.2)"),
+                "{variant}: {repairs}"
+            );
+            assert!(!mentions_web(&h), "{variant}: the connection is remembered");
+        }
+        drop(conn);
         drop(server);
         assert_consistent(&h, variant);
         assert_works(&h, "web", 8080);

@@ -147,6 +147,14 @@ pub trait FirewallDriver: Observability + Send + Sync {
         result.map(|()| Box::new(|| ()) as Leftovers)
     }
 
+    /// Forgets the connections of `ips`, addresses of containers removed
+    /// before a crash stopped what [`retire_container`](Self::retire_container)
+    /// left to run (nothing to do where it leaves nothing). Returns how many
+    /// entries went.
+    fn forget_connections(&mut self, _ips: &[Ipv4Addr]) -> Result<usize> {
+        Ok(0)
+    }
+
     // Published ports and the user's rules.
     /// Publishes all of `ports`, or none of them (a range is one call, so a
     /// driver can apply it in one go).

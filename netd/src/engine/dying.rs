@@ -61,6 +61,9 @@ impl<H: Host> Engine<H> {
             return;
         }
         self.state.dying_links.extend(links.iter().cloned());
+        self.state
+            .dying_addresses
+            .extend(container.attachments.iter().map(|a| a.ip));
         self.undeleted.push(Undeleted {
             addresses: container
                 .attachments
@@ -137,7 +140,7 @@ impl<H: Host> Engine<H> {
             self.dying.drain(..).partition(|d| d.done.is_finished());
         self.dying = going;
         for d in done {
-            self.state.dying_links.retain(|l| !d.links.contains(l));
+            self.state.forget_dying(&d);
         }
     }
 
@@ -147,9 +150,9 @@ impl<H: Host> Engine<H> {
         let holds = |d: &Dying| network.is_none_or(|n| d.addresses.iter().any(|(net, _)| net == n));
         let (waited, others): (Vec<Dying>, Vec<Dying>) = self.dying.drain(..).partition(holds);
         self.dying = others;
-        for d in waited {
-            let _ = d.done.await;
-            self.state.dying_links.retain(|l| !d.links.contains(l));
+        for mut d in waited {
+            let _ = (&mut d.done).await;
+            self.state.forget_dying(&d);
         }
     }
 
@@ -204,5 +207,14 @@ impl<H: Host> Engine<H> {
         if wanted || bridge_full {
             self.settle_dying(Some(&net.name)).await;
         }
+    }
+}
+
+impl crate::state::State {
+    /// A deletion finished: nothing of it is left for a restart.
+    fn forget_dying(&mut self, d: &Dying) {
+        self.dying_links.retain(|l| !d.links.contains(l));
+        self.dying_addresses
+            .retain(|ip| !d.addresses.iter().any(|(_, a)| a == ip));
     }
 }

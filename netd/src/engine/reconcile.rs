@@ -1,7 +1,7 @@
 //! Reconciliation with the kernel (at start and on `netd repair`), host
 //! changes, and `netd down`.
 
-use std::path::PathBuf;
+use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::Result;
 
@@ -50,6 +50,15 @@ impl<H: Host> Engine<H> {
                 self.host.delete_link(&link).await?;
                 report.push(format!("deleted {link}, the veth of a removed container"));
             }
+        }
+        let forgotten = std::mem::take(&mut self.state.dying_addresses);
+        let entries = self.driver.forget_connections(&forgotten)?;
+        if entries > 0 {
+            let list: Vec<String> = forgotten.iter().map(Ipv4Addr::to_string).collect();
+            report.push(format!(
+                "forgot {entries} conntrack entries of removed containers ({})",
+                list.join(", ")
+            ));
         }
         for container in self.state.containers.clone().into_values() {
             let what = match container.pending {

@@ -124,7 +124,7 @@ impl Maps {
     /// container re-created on the same address starts clean.
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
         self.endpoints.remove(ip)?;
-        flush_addresses(&mut self.conntrack, &[ip])
+        flush_addresses(&mut self.conntrack, &[ip]).map(drop)
     }
 
     /// Removes a container's published ports and endpoints; returns what
@@ -142,7 +142,13 @@ impl Maps {
         }
         let mut conntrack = self.conntrack.handle()?;
         let ips = ips.to_vec();
-        Ok(move || flush_addresses(&mut conntrack, &ips))
+        Ok(move || flush_addresses(&mut conntrack, &ips).map(drop))
+    }
+
+    /// Forgets every connection one of `ips` took part in; returns how many
+    /// entries went.
+    pub fn forget_connections(&mut self, ips: &[Ipv4Addr]) -> Result<usize> {
+        flush_addresses(&mut self.conntrack, ips)
     }
 
     /// Unpublishes ports and forgets the connections made through them
@@ -218,12 +224,11 @@ pub(crate) fn data<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> &MapData {
 
 /// Forgets every connection one of `ips` took part in (a connection through
 /// a published port to one of them included: its translated destination).
-fn flush_addresses(conntrack: &mut Conntrack, ips: &[Ipv4Addr]) -> Result<()> {
+fn flush_addresses(conntrack: &mut Conntrack, ips: &[Ipv4Addr]) -> Result<usize> {
     let ips: Vec<[u8; 4]> = ips.iter().map(|ip| ip.octets()).collect();
     conntrack.flush(|key, entry| {
         [key.src, key.dst, entry.xlat.src, entry.xlat.dst]
             .iter()
             .any(|a| ips.contains(a))
-    })?;
-    Ok(())
+    })
 }

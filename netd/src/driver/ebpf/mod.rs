@@ -383,6 +383,10 @@ impl FirewallDriver for EbpfDriver {
         self.datapath.maps.remove_endpoint(att.ip)
     }
 
+    fn forget_connections(&mut self, ips: &[Ipv4Addr]) -> Result<usize> {
+        self.datapath.maps.forget_connections(ips)
+    }
+
     fn retire_container(
         &mut self,
         ports: &[PublishedPort],
