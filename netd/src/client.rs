@@ -132,12 +132,16 @@ impl Client {
         network: &str,
         container: &str,
         ip: Option<std::net::IpAddr>,
+        aliases: Vec<String>,
+        gw_priority: i32,
     ) -> Result<Attachment> {
         expect_reply!(
             self.call(&Request::NetworkConnect {
                 network: network.to_owned(),
                 container: container.to_owned(),
                 ip,
+                aliases,
+                gw_priority,
             })?,
             Attachment
         )

@@ -53,6 +53,8 @@ pub struct Options {
     /// eBPF: how many connections, published ports and endpoints the
     /// tables hold.
     pub table_sizes: crate::datapath::TableSizes,
+    /// `--dns-upstream`: where the resolver forwards (empty: the host's).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
 }
 
 const CONNTRACK_GC_INTERVAL: Duration = Duration::from_secs(10);
@@ -110,6 +112,12 @@ pub async fn run(opts: Options) -> Result<()> {
     for done in frontend::cni::drain_del_queue(&mut engine, &opts.socket).await {
         tracing::warn!(%done, "CNI");
     }
+    let dns = crate::dns::Dns::new(
+        crate::dns::Upstreams::discover(&opts.dns_upstreams),
+        &opts.state_dir,
+    );
+    dns.remove_stale_files(engine.state());
+    dns.update(engine.state());
     // Bound before the control socket: a client that can connect there
     // can scrape too.
     let metrics_listener = match opts.metrics {
@@ -143,6 +151,21 @@ pub async fn run(opts: Options) -> Result<()> {
         shutdown: Arc::new(Notify::new()),
         events: events.clone(),
         metrics,
+        dns: dns.clone(),
+    });
+    // Every container's resolver again, once requests are answered (a
+    // restart with thousands of them must not wait for their sockets).
+    let serving = dns.clone();
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        for problem in serving.serve_missing() {
+            tracing::warn!(%problem, "resolver");
+        }
+        tracing::info!(
+            containers = serving.served(),
+            millis = started.elapsed().as_millis(),
+            "container resolvers serving"
+        );
     });
     let mut tasks = vec![
         tokio::spawn(follow_host(engine.clone(), host_events)),
@@ -180,6 +203,9 @@ pub async fn run(opts: Options) -> Result<()> {
     if let Some(path) = &opts.docker_plugin {
         let _ = std::fs::remove_file(path);
     }
+    // The resolver's sockets go first: they hold the namespaces. Its
+    // files stay for the next start when the containers do.
+    dns.stop(down || opts.cleanup);
     if !down && opts.cleanup {
         engine.lock().await.teardown().await?;
     } else if !down {

@@ -6,6 +6,7 @@
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use anyhow::Result;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::cidr::Cidr;
 
@@ -44,12 +45,56 @@ pub fn check_in_subnet(what: &str, ip: Ipv4Addr, subnet: &Cidr) -> Result<()> {
     Ok(())
 }
 
-/// The next free address (the gateway and every address in `used` taken).
-pub fn allocate_ip(subnet: &Cidr, used: &BTreeSet<Ipv4Addr>) -> Result<Ipv4Addr> {
-    subnet
-        .hosts()
+/// Checks `--ip-range` against its subnet as Docker 25 does (every
+/// problem named, in Docker's words).
+pub fn check_ip_range(range: IpNet, subnet: &Cidr) -> Result<Ipv4Net> {
+    let IpNet::V4(range) = range else {
+        return Err(crate::invalid!(
+            "invalid ip-range {range}: parent subnet is an IPv4 block"
+        ));
+    };
+    let mut problems = Vec::new();
+    if range.prefix_len() < subnet.prefix_len() {
+        problems.push(format!(
+            "invalid ip-range {range}: CIDR block is bigger than its parent subnet {subnet}"
+        ));
+    }
+    if range != range.trunc() {
+        problems.push(format!(
+            "invalid ip-range {range}: it should be {}",
+            range.trunc()
+        ));
+    }
+    if !subnet.contains(range.network()) && !range.contains(&subnet.network()) {
+        problems.push(format!(
+            "invalid ip-range {range}: parent subnet {subnet} doesn't contain ip-range"
+        ));
+    }
+    match problems.is_empty() {
+        true => Ok(range),
+        false => Err(crate::invalid!("{}", problems.join("; "))),
+    }
+}
+
+/// The lowest free address (the gateway and every address in `used`
+/// taken), from `range` when the network has one.
+pub fn allocate_ip(
+    subnet: &Cidr,
+    range: Option<&Ipv4Net>,
+    used: &BTreeSet<Ipv4Addr>,
+) -> Result<Ipv4Addr> {
+    let first = range.map_or(subnet.network(), |r| r.network().max(subnet.network()));
+    let last = range.map_or(subnet.broadcast(), |r| {
+        r.broadcast().min(subnet.broadcast())
+    });
+    (u32::from(first)..=u32::from(last))
+        .map(Ipv4Addr::from)
+        .filter(|ip| *ip != subnet.network() && *ip != subnet.broadcast())
         .find(|ip| !used.contains(ip))
-        .ok_or_else(|| crate::conflict!("no free address left in {subnet}"))
+        .ok_or_else(|| match range {
+            Some(range) => crate::conflict!("no free address left in ip-range {range}"),
+            None => crate::conflict!("no free address left in {subnet}"),
+        })
 }
 
 #[cfg(test)]
@@ -80,11 +125,12 @@ mod tests {
         let net: Cidr = "10.1.0.0/29".parse().unwrap();
         let mut used = BTreeSet::from([Ipv4Addr::new(10, 1, 0, 1)]);
         assert_eq!(
-            allocate_ip(&net, &used).unwrap(),
+            allocate_ip(&net, None, &used).unwrap(),
             Ipv4Addr::new(10, 1, 0, 2)
         );
         used.extend((2..=6).map(|i| Ipv4Addr::new(10, 1, 0, i)));
-        assert!(allocate_ip(&net, &used).is_err());
+        let err = allocate_ip(&net, None, &used).unwrap_err().to_string();
+        assert_eq!(err, "no free address left in 10.1.0.0/29");
         assert!(check_in_subnet("gateway", Ipv4Addr::new(10, 1, 0, 7), &net).is_err());
         assert!(check_in_subnet("gateway", Ipv4Addr::new(10, 2, 0, 1), &net).is_err());
         assert!(check_in_subnet("gateway", Ipv4Addr::new(10, 1, 0, 6), &net).is_ok());
@@ -93,5 +139,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("overlaps network \"web\""), "{err}");
+    }
+
+    #[test]
+    fn ip_ranges() {
+        let subnet: Cidr = "10.1.0.0/16".parse().unwrap();
+        let range = check_ip_range("10.1.5.0/24".parse().unwrap(), &subnet).unwrap();
+        let used = BTreeSet::from([Ipv4Addr::new(10, 1, 0, 1)]);
+        // The range's first address is an ordinary host of the subnet.
+        assert_eq!(
+            allocate_ip(&subnet, Some(&range), &used).unwrap(),
+            Ipv4Addr::new(10, 1, 5, 0)
+        );
+        // A range ending on the subnet's broadcast address leaves it out.
+        let tail = check_ip_range("10.1.255.252/30".parse().unwrap(), &subnet).unwrap();
+        let used: BTreeSet<Ipv4Addr> = (252..=254).map(|i| Ipv4Addr::new(10, 1, 255, i)).collect();
+        let err = allocate_ip(&subnet, Some(&tail), &used)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "no free address left in ip-range 10.1.255.252/30");
+        let err = |range: &str| {
+            check_ip_range(range.parse().unwrap(), &subnet)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err("10.2.0.0/24"),
+            "invalid ip-range 10.2.0.0/24: parent subnet 10.1.0.0/16 doesn't contain ip-range"
+        );
+        assert_eq!(
+            err("10.1.5.7/24"),
+            "invalid ip-range 10.1.5.7/24: it should be 10.1.5.0/24"
+        );
+        assert_eq!(
+            err("10.0.0.0/8"),
+            "invalid ip-range 10.0.0.0/8: CIDR block is bigger than its parent subnet 10.1.0.0/16"
+        );
+        assert_eq!(
+            err("fd00::/64"),
+            "invalid ip-range fd00::/64: parent subnet is an IPv4 block"
+        );
     }
 }

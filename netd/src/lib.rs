@@ -8,6 +8,7 @@ pub mod client;
 pub mod cni;
 pub mod daemon;
 pub mod datapath;
+pub mod dns;
 pub mod driver;
 pub mod engine;
 pub mod error;

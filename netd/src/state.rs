@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::{cidr::Cidr, portspec::Proto};
@@ -39,6 +40,9 @@ pub struct Network {
     pub id: u32,
     pub subnet: Cidr,
     pub gateway: Ipv4Addr,
+    /// Where dynamic addresses come from (`--ip-range`); unset: the subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<Ipv4Net>,
     pub bridge: String,
     pub internal: bool,
     pub icc: bool,
@@ -156,6 +160,17 @@ pub struct Attachment {
     pub ifname: String,
     /// Host side of the veth.
     pub host_veth: String,
+    /// Other names the container answers to on this network (`--alias`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// Docker 28's `--gw-priority`: of the networks with a gateway, the
+    /// highest gives the default route (the first attached among equals).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gw_priority: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +244,7 @@ mod tests {
                 id: 1,
                 subnet: "172.17.0.0/16".parse().unwrap(),
                 gateway: "172.17.0.1".parse().unwrap(),
+                ip_range: None,
                 bridge: "netd0".into(),
                 internal: false,
                 icc: true,

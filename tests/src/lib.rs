@@ -22,6 +22,7 @@ pub mod cni;
 pub mod containerd;
 pub mod daemon_host;
 pub mod datapath_host;
+pub mod dns;
 pub mod docker;
 pub mod packet;
 pub mod podman;

@@ -188,6 +188,19 @@ fn bad_input_is_refused_and_changes_nothing() {
         "not a usable address of subnet",
     );
     h.refused(
+        &[
+            "network",
+            "create",
+            "other",
+            "--subnet",
+            "10.20.0.0/16",
+            "--ip-range",
+            "10.21.0.0/24",
+        ],
+        ErrorKind::Invalid,
+        "invalid ip-range 10.21.0.0/24: parent subnet 10.20.0.0/16 doesn't contain ip-range",
+    );
+    h.refused(
         &["network", "create", "other", "--subnet", "10.20.0.5/16"],
         ErrorKind::Invalid,
         "did you mean 10.20.0.0/16",
@@ -714,6 +727,58 @@ fn cleanup_on_exit_and_subnets_that_skip_existing_routes() {
         "--cleanup removed the container"
     );
     assert!(!h.bpffs().exists(), "--cleanup removed the pins");
+}
+
+#[test]
+fn gw_priority_picks_the_network_that_gives_the_default_route() {
+    let h = DaemonHost::start(netd(), &[]);
+    let c = h.name("gw");
+    for (net, subnet) in [
+        ("one", "10.51.0.0/24"),
+        ("two", "10.52.0.0/24"),
+        ("three", "10.53.0.0/24"),
+    ] {
+        h.ok(&["network", "create", net, "--subnet", subnet]);
+    }
+    h.ok(&["container", "create", &c, "--network", "one"]);
+    let default_via = || {
+        let out = Command::new("ip")
+            .args(["-n", &c, "route", "show", "default"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(text.lines().count(), 1, "one default route: {text}");
+        text.split_whitespace()
+            .nth(2)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let reaches_outside = || {
+        let _server =
+            EchoServer::tcp(&h.outside, addr(&format!("{OUTSIDE_IP}:7100")), "out:").unwrap();
+        probe::tcp_request(&h.ctr("gw"), addr(&format!("{OUTSIDE_IP}:7100")), b"x").unwrap()
+            == b"out:x"
+    };
+    assert_eq!(default_via(), "10.51.0.1");
+    // A higher priority takes the default route; a lower one does not.
+    h.ok(&["network", "connect", "two", &c, "--gw-priority", "10"]);
+    assert_eq!(default_via(), "10.52.0.1");
+    assert!(reaches_outside(), "through network two");
+    h.ok(&["network", "connect", "three", &c, "--gw-priority", "-5"]);
+    assert_eq!(default_via(), "10.52.0.1");
+    let info = h.json(&["container", "inspect", &c]);
+    assert_eq!(info["attachments"][1]["gw_priority"], 10);
+    assert_eq!(info["attachments"][2]["gw_priority"], -5);
+    // Its network gone, the next by priority gives it (one: 0 > three: -5).
+    h.ok(&["network", "disconnect", "two", &c]);
+    assert_eq!(default_via(), "10.51.0.1");
+    assert!(reaches_outside(), "through network one");
+    // Equal priorities: the network attached first keeps it.
+    h.ok(&["network", "connect", "two", &c]);
+    assert_eq!(default_via(), "10.51.0.1");
+    // Removing a network that does not give the route leaves it alone.
+    h.ok(&["network", "disconnect", "three", &c]);
+    assert_eq!(default_via(), "10.51.0.1");
 }
 
 #[test]

@@ -81,6 +81,24 @@ fn docker_runs_containers_on_netd_networks() {
             .to_string()
             .contains("10.80.0.0/24")
     );
+
+    // `--ip-range`: Docker's IPAM hands out the addresses (the gateway
+    // first, from the range), netd wires them.
+    d.network(
+        "ranged",
+        &["--subnet", "10.84.0.0/24", "--ip-range", "10.84.0.128/25"],
+    );
+    let ranged = d.run("ranged", &["--network", "ranged", "-p", "8081:80"]);
+    let _ranged = EchoServer::tcp(&ranged, addr("10.84.0.129:80"), "ranged:").unwrap();
+    let reply = probe::tcp_request(&d.h.outside, addr(&format!("{HOST_IP}:8081")), b"x").unwrap();
+    assert_eq!(String::from_utf8(reply).unwrap(), "ranged:x");
+    let networks = d.h.json(&["network", "ls", "--format", "json"]).to_string();
+    assert!(
+        networks.contains("\"gateway\":\"10.84.0.128\""),
+        "{networks}"
+    );
+    d.docker_ok(&["rm", "-f", &d.h.name("ranged")]);
+    d.docker_ok(&["network", "rm", "ranged"]);
 }
 
 /// Bad input through Docker: Docker shows netd's reason, and netd's state

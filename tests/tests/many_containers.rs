@@ -28,6 +28,8 @@ fn create(client: &Client, name: String, network: &str, port: Option<u16>) {
             network: network.to_owned(),
             ip: None,
             publish,
+            aliases: Vec::new(),
+            gw_priority: 0,
         })
         .unwrap_or_else(|err| panic!("creating {name}: {err:#}"));
 }

@@ -30,6 +30,8 @@ commands:
   bench [--quick] eBPF vs iptables vs plain routing (release build); --quick in about 5 minutes
   bench --docker | --podman [--quick]
                  the runtime with netd (ebpf, iptables) vs its own networking, side by side
+  bench --scale | --dns [--quick]
+                 many containers; netd's resolver vs Docker's embedded DNS
   kernels        netd on this kernel (both attach modes) and on Debian's 5.10, 6.1 and
                  6.12 kernels booted under QEMU: check, daemon, ports, masquerade, restart
   test           run every test (BPF unit tests through BPF_PROG_TEST_RUN, namespace

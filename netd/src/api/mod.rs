@@ -32,6 +32,10 @@ pub struct NetworkSpec {
     /// Gateway address (default: the subnet's first address).
     #[serde(default)]
     pub gateway: Option<IpAddr>,
+    /// The part of the subnet dynamic addresses come from (Docker's
+    /// `--ip-range`); a static address may be anywhere in the subnet.
+    #[serde(default)]
+    pub ip_range: Option<IpNet>,
     /// No traffic to or from outside the network.
     #[serde(default)]
     pub internal: bool,
@@ -73,6 +77,7 @@ impl NetworkSpec {
             name: name.into(),
             subnet: None,
             gateway: None,
+            ip_range: None,
             internal: false,
             icc: true,
             masquerade: true,
@@ -97,6 +102,13 @@ pub struct ContainerSpec {
     /// Ports to publish (`-p`, parsed).
     #[serde(default)]
     pub publish: Vec<crate::portspec::PortSpec>,
+    /// Other names on its network, for the resolver (`--alias`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// Which network gives the default route once it is on several
+    /// (`--gw-priority`, highest first).
+    #[serde(default)]
+    pub gw_priority: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +123,10 @@ pub enum Request {
         network: String,
         container: String,
         ip: Option<IpAddr>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        aliases: Vec<String>,
+        #[serde(default)]
+        gw_priority: i32,
     },
     NetworkDisconnect {
         network: String,

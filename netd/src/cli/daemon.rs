@@ -77,6 +77,11 @@ pub struct DaemonArgs {
     /// memory each. A new size takes effect at restart, keeping the flows.
     #[arg(long, value_name = "N", default_value_t = TableSizes::default().connections)]
     conntrack_max: u32,
+    /// Where containers' resolvers forward names that are not containers'
+    /// (repeatable; IP or IP:PORT). Default: the host's nameservers
+    /// (systemd-resolved's upstreams when resolv.conf names its stub).
+    #[arg(long = "dns-upstream", value_name = "ADDR", value_parser = dns_upstream)]
+    dns_upstreams: Vec<std::net::SocketAddr>,
     /// eBPF: (host address, port, protocol) triples that can be published
     /// (a range counts one per port); a publish past it is refused.
     #[arg(long, value_name = "N", default_value_t = TableSizes::default().published_ports)]
@@ -123,6 +128,7 @@ pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<()> {
         xdp: args.xdp,
         nat_ports: args.nat_ports,
         table_sizes,
+        dns_upstreams: args.dns_upstreams,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -146,4 +152,11 @@ fn init_logging(verbose: u8, format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// `--dns-upstream`: an address, port 53 unless given.
+fn dns_upstream(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse::<std::net::SocketAddr>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+        .map_err(|_| format!("{s:?} is neither an IP address nor IP:PORT"))
 }

@@ -25,6 +25,19 @@ pub enum NetworkCommand {
         container: String,
         #[arg(long, value_parser = output::address)]
         ip: Option<std::net::IpAddr>,
+        /// Another name for it on this network's resolver (repeatable).
+        #[arg(long = "alias", value_name = "NAME")]
+        aliases: Vec<String>,
+        /// This network gives the container's default route if its
+        /// priority is the highest of the container's networks (Docker
+        /// 28's --gw-priority; default 0, the first network wins ties).
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = 0,
+            allow_negative_numbers = true
+        )]
+        gw_priority: i32,
     },
     /// Disconnect a container from a network (ports published to that
     /// address go with it).
@@ -38,9 +51,14 @@ pub struct CreateArgs {
     /// Subnet in CIDR form (default: next free Docker pool).
     #[arg(long, value_parser = output::subnet)]
     subnet: Option<ipnet::IpNet>,
-    /// Gateway address (default: the subnet's first address).
+    /// Gateway address (default: the subnet's first address, or the
+    /// range's with --ip-range).
     #[arg(long, value_parser = output::address)]
     gateway: Option<std::net::IpAddr>,
+    /// Dynamic addresses only from this part of --subnet (a static --ip
+    /// may be anywhere in the subnet).
+    #[arg(long = "ip-range", value_name = "CIDR", value_parser = output::subnet)]
+    ip_range: Option<ipnet::IpNet>,
     /// No traffic to or from outside the network.
     #[arg(long)]
     internal: bool,
@@ -74,6 +92,7 @@ impl From<CreateArgs> for NetworkSpec {
             name: args.name,
             subnet: args.subnet,
             gateway: args.gateway,
+            ip_range: args.ip_range,
             internal: args.internal,
             icc: args.icc,
             masquerade: args.masquerade,
@@ -121,7 +140,14 @@ pub fn run(client: &Client, command: NetworkCommand) -> Result<()> {
             network,
             container,
             ip,
-        } => println!("{}", client.network_connect(&network, &container, ip)?.ip),
+            aliases,
+            gw_priority,
+        } => println!(
+            "{}",
+            client
+                .network_connect(&network, &container, ip, aliases, gw_priority)?
+                .ip
+        ),
         NetworkCommand::Disconnect { network, container } => println!(
             "{}",
             client

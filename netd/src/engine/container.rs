@@ -53,6 +53,12 @@ impl<H: Host> Engine<H> {
                 spec.network
             ));
         }
+        if mode != NetworkMode::Bridge && !spec.aliases.is_empty() {
+            return Err(crate::invalid!(
+                "--network {} takes no --alias (the container is on no network of netd's)",
+                spec.network
+            ));
+        }
         // Intent first: the name, the namespace and every veth are recorded
         // before they exist, so a crash from here on is rolled back at start.
         let host_veth = new_veth_name();
@@ -124,6 +130,7 @@ impl<H: Host> Engine<H> {
             None
         };
         if let Some(net) = &net {
+            self.check_aliases(net, name, &spec.aliases)?;
             self.settle_dying_for(net, spec.ip).await;
         }
         let address = match &net {
@@ -146,9 +153,11 @@ impl<H: Host> Engine<H> {
         };
 
         let netns = self.host.netns_path(name);
-        let attachment = self
+        let mut attachment = self
             .wire(&netns, &net, address, "eth0", host_veth, true)
             .await?;
+        attachment.aliases = spec.aliases.clone();
+        attachment.gw_priority = spec.gw_priority;
         // From here the rollback must also undo the endpoint and the ports.
         if let Some(c) = self.state.containers.get_mut(name) {
             c.attachments.push(attachment.clone());
@@ -258,6 +267,8 @@ impl<H: Host> Engine<H> {
             mac: format_mac(mac),
             ifname: ifname.to_owned(),
             host_veth: host_veth.to_owned(),
+            aliases: Vec::new(),
+            gw_priority: 0,
         };
         self.driver
             .add_endpoint(net, &attachment, host_index, mac)?;
@@ -274,12 +285,76 @@ impl<H: Host> Engine<H> {
         Ok(attachment)
     }
 
+    /// The attachment whose network gives the default route: of those with
+    /// a gateway (not internal), the highest `--gw-priority`, the first
+    /// attached among equals.
+    fn default_gateway<'a>(&self, attachments: &'a [Attachment]) -> Option<&'a Attachment> {
+        attachments
+            .iter()
+            .filter(|a| self.network(&a.network).is_ok_and(|n| !n.internal))
+            .rev()
+            .max_by_key(|a| a.gw_priority)
+    }
+
+    /// Refuses aliases the resolver could not serve: on the default
+    /// network (no names there, as Docker's), malformed, or already a name
+    /// or alias of another container on `net`.
+    fn check_aliases(&self, net: &Network, container: &str, aliases: &[String]) -> Result<()> {
+        if aliases.is_empty() {
+            return Ok(());
+        }
+        if net.name == super::DEFAULT_NETWORK {
+            return Err(crate::invalid!(
+                "--alias: network {:?} has no name resolution (as Docker's default bridge); \
+                 use a network you create",
+                net.name
+            ));
+        }
+        for (i, alias) in aliases.iter().enumerate() {
+            let valid = !alias.is_empty()
+                && alias.len() <= 253
+                && alias.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if !valid {
+                return Err(crate::invalid!(
+                    "--alias {alias:?} is not a host name (letters, digits, '-', '_', dot-separated labels)"
+                ));
+            }
+            if aliases[..i].iter().any(|a| a.eq_ignore_ascii_case(alias)) {
+                return Err(crate::invalid!("--alias {alias:?} is given twice"));
+            }
+            let taken_by = self.state.live_containers().find(|c| {
+                c.name != container
+                    && c.attachments.iter().any(|a| {
+                        a.network == net.name
+                            && (c.name.eq_ignore_ascii_case(alias)
+                                || a.aliases.iter().any(|x| x.eq_ignore_ascii_case(alias)))
+                    })
+            });
+            if let Some(other) = taken_by {
+                return Err(crate::conflict!(
+                    "alias {alias:?} is taken on network {:?} (by container {:?})",
+                    net.name,
+                    other.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `netd network connect NET CONTAINER`: one more interface (ethN).
     pub async fn network_connect(
         &mut self,
         network: &str,
         name: &str,
         ip: Option<std::net::IpAddr>,
+        aliases: &[String],
+        gw_priority: i32,
     ) -> Result<Attachment> {
         let container = self.container(name)?.clone();
         if container.mode != NetworkMode::Bridge {
@@ -294,24 +369,34 @@ impl<H: Host> Engine<H> {
             ));
         }
         let net = self.network(network)?.clone();
+        self.check_aliases(&net, name, aliases)?;
         self.settle_dying_for(&net, ip).await;
         let address = self.pick_address(&net, ip)?;
         let ifname = (0..)
             .map(|i| format!("eth{i}"))
             .find(|n| !container.attachments.iter().any(|a| &a.ifname == n))
             .expect("an unused ethN exists");
-        // The first network that has a gateway gives the default route.
-        let default_route = !container
-            .attachments
-            .iter()
-            .any(|a| self.network(&a.network).is_ok_and(|n| !n.internal));
         let host_veth = new_veth_name();
         self.plan_link(name, &host_veth)?;
         fault_point("network-connect:planned");
         let netns = self.host.netns_path(name);
-        let result = self
-            .wire(&netns, &net, address, &ifname, &host_veth, default_route)
+        // The default route is set below, once the interface is there.
+        let mut result = self
+            .wire(&netns, &net, address, &ifname, &host_veth, false)
             .await;
+        if let Ok(attachment) = &mut result {
+            attachment.aliases = aliases.to_vec();
+            attachment.gw_priority = gw_priority;
+            let mut all = container.attachments.clone();
+            all.push(attachment.clone());
+            if let Some(gateway) = self.default_gateway(&all)
+                && gateway.network == net.name
+                && let Err(err) = self.host.set_default_route(&netns, net.gateway).await
+            {
+                let _ = self.driver.remove_endpoint(attachment);
+                result = Err(err);
+            }
+        }
         let entry = self.state.containers.get_mut(name).expect("checked above");
         entry.pending_links.retain(|l| l != &host_veth);
         match result {
@@ -329,6 +414,8 @@ impl<H: Host> Engine<H> {
                     mac: String::new(),
                     ifname,
                     host_veth: host_veth.clone(),
+                    aliases: Vec::new(),
+                    gw_priority: 0,
                 };
                 let _ = self.driver.remove_endpoint(&partial);
                 let _ = self.host.delete_link(&host_veth).await;
@@ -368,11 +455,14 @@ impl<H: Host> Engine<H> {
             .filter(|a| a.network != network)
             .cloned()
             .collect();
-        // The default route went with the interface: move it to the next network.
-        let next = remaining
-            .iter()
-            .find(|a| self.network(&a.network).is_ok_and(|n| !n.internal));
-        if let Some(next) = next {
+        // The default route went with the interface: the next network by
+        // priority gives it.
+        let was = self
+            .default_gateway(&container.attachments)
+            .map(|a| a.network.clone());
+        if let Some(next) = self.default_gateway(&remaining)
+            && was.as_deref() == Some(network)
+        {
             let gateway = self.network(&next.network)?.gateway;
             let netns = self.host.netns_path(name);
             let _ = self.host.set_default_route(&netns, gateway).await;

@@ -199,8 +199,12 @@ impl<H: Host> Engine<H> {
         }
         let wanted = match ip {
             Some(ip) => dying.iter().any(|d| IpAddr::V4(*d) == ip),
-            None => ipam::allocate_ip(&net.subnet, &self.live_addresses(net))
-                .is_ok_and(|next| dying.contains(&next)),
+            None => ipam::allocate_ip(
+                &net.subnet,
+                net.ip_range.as_ref(),
+                &self.live_addresses(net),
+            )
+            .is_ok_and(|next| dying.contains(&next)),
         };
         let ports = self.bridge_ports(&net.name);
         let bridge_full = ports + dying.len() >= crate::netlink::BRIDGE_MAX_PORTS;

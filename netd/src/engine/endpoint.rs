@@ -75,6 +75,8 @@ impl<H: Host> Engine<H> {
             mac: format_mac(mac),
             ifname: peer_name(&host_veth),
             host_veth: host_veth.clone(),
+            aliases: Vec::new(),
+            gw_priority: 0,
         };
         let result = async {
             let index = self

@@ -133,7 +133,12 @@ impl<H: Host> Engine<H> {
                 network,
                 container,
                 ip,
-            } => Reply::Attachment(self.network_connect(&network, &container, ip).await?),
+                aliases,
+                gw_priority,
+            } => Reply::Attachment(
+                self.network_connect(&network, &container, ip, &aliases, gw_priority)
+                    .await?,
+            ),
             Request::NetworkDisconnect { network, container } => {
                 self.network_disconnect(&network, &container).await?;
                 Reply::Disconnected(crate::api::Disconnected {

@@ -80,15 +80,25 @@ impl<H: Host> Engine<H> {
                 ipam::allocate_subnet(&taken)?
             }
         };
+        let ip_range = match (&spec.ip_range, &spec.subnet) {
+            (Some(range), Some(_)) => Some(ipam::check_ip_range(*range, &subnet)?),
+            // Docker's words: a range needs the subnet it belongs to.
+            (Some(range), None) => {
+                return Err(crate::invalid!(
+                    "no matching subnet for range {range}: pass --subnet with --ip-range"
+                ));
+            }
+            (None, _) => None,
+        };
         let gateway = match &spec.gateway {
             Some(g) => {
                 let gateway = crate::cidr::ipv4("--gateway", *g)?;
                 ipam::check_in_subnet("gateway", gateway, &subnet)?;
                 gateway
             }
-            None => subnet
-                .first_host()
-                .ok_or_else(|| crate::invalid!("subnet {subnet} has no host addresses"))?,
+            // From the range when there is one, as Docker's IPAM does.
+            None => ipam::allocate_ip(&subnet, ip_range.as_ref(), &Default::default())
+                .map_err(|_| crate::invalid!("subnet {subnet} has no host addresses"))?,
         };
         let host_ip = match &spec.host_ip {
             Some(ip) => Some(crate::cidr::ipv4("--host-ip", *ip)?),
@@ -139,6 +149,7 @@ impl<H: Host> Engine<H> {
             id: self.state.next_network_id.max(1),
             subnet,
             gateway,
+            ip_range,
             bridge,
             internal: spec.internal,
             icc: spec.icc,

@@ -55,7 +55,7 @@ impl<H: Host> Engine<H> {
                 }
                 Ok(ip)
             }
-            None => ipam::allocate_ip(&net.subnet, &used),
+            None => ipam::allocate_ip(&net.subnet, net.ip_range.as_ref(), &used),
         }
     }
 

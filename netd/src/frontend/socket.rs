@@ -59,6 +59,8 @@ pub struct Shared<H: Host> {
     pub shutdown: Arc<Notify>,
     pub events: broadcast::Sender<MonitorEvent>,
     pub metrics: Arc<Metrics>,
+    /// The containers' resolver, told of every change.
+    pub dns: Arc<crate::dns::Dns>,
 }
 
 /// One connection: one request line (bounded), one reply.
@@ -96,9 +98,26 @@ pub async fn serve<H: Host + 'static>(stream: UnixStream, shared: Arc<Shared<H>>
     let (kind, mutates) = (request.kind(), request.mutates());
     let span = tracing::info_span!("request", kind);
     let started = Instant::now();
-    let result = async { shared.engine.lock().await.handle(request).await }
-        .instrument(span.clone())
-        .await;
+    let result = async {
+        let mut engine = shared.engine.lock().await;
+        // Resolver sockets hold the namespaces going away.
+        match &request {
+            Request::ContainerRm { name } => shared.dns.forget(name),
+            Request::Down => shared.dns.stop(true),
+            _ => {}
+        }
+        let result = engine.handle(request).await;
+        // Before the answer: a container made is resolvable, and resolves,
+        // at once; one removed lets its namespace go.
+        if mutates {
+            for problem in shared.dns.sync(engine.state()) {
+                tracing::warn!(%problem, "resolver");
+            }
+        }
+        result
+    }
+    .instrument(span.clone())
+    .await;
     let elapsed = started.elapsed();
     let micros = elapsed.as_micros() as u64;
     shared.metrics.request(kind, elapsed.as_secs_f64());

@@ -19,6 +19,7 @@ fn network(name: &str, id: u32, subnet: &str, bridge: &str) -> Network {
         id,
         subnet,
         gateway: subnet.first_host().unwrap(),
+        ip_range: None,
         bridge: bridge.into(),
         internal: false,
         icc: true,

@@ -74,6 +74,75 @@ async fn addresses_are_unique_across_restarts() {
 }
 
 #[tokio::test]
+async fn an_ip_range_gives_dynamic_addresses_and_static_ones_go_anywhere() {
+    let f = Fixture::new("ip-range");
+    let mut engine = f.engine().await;
+    let ranged = |name: &str, range: &str, subnet: Option<&str>| NetworkSpec {
+        subnet: subnet.map(|s| s.parse().unwrap()),
+        ip_range: Some(range.parse().unwrap()),
+        ..NetworkSpec::named(name)
+    };
+    // Bad ranges are refused in Docker's words, and nothing is made.
+    for (spec, expected) in [
+        (
+            ranged("r", "10.9.0.0/24", Some("10.8.0.0/16")),
+            "invalid ip-range 10.9.0.0/24: parent subnet 10.8.0.0/16 doesn't contain ip-range",
+        ),
+        (
+            ranged("r", "10.8.5.1/24", Some("10.8.0.0/16")),
+            "invalid ip-range 10.8.5.1/24: it should be 10.8.5.0/24",
+        ),
+        (
+            ranged("r", "10.8.5.0/24", None),
+            "no matching subnet for range 10.8.5.0/24: pass --subnet with --ip-range",
+        ),
+    ] {
+        let err = engine.network_create(spec).await.unwrap_err();
+        assert_eq!(format!("{err:#}"), expected);
+        assert!(!engine.state().networks.contains_key("r"));
+    }
+    // The gateway comes from the range, as Docker's IPAM picks it.
+    let net = engine
+        .network_create(ranged("r", "10.8.5.0/30", Some("10.8.0.0/16")))
+        .await
+        .unwrap();
+    assert_eq!(net.gateway, ip("10.8.5.0"));
+    let mut got = Vec::new();
+    for name in ["a", "b", "c"] {
+        let c = engine
+            .container_create(&container(name, "r", &[]))
+            .await
+            .unwrap();
+        got.push(c.attachments[0].ip);
+    }
+    assert_eq!(got, [ip("10.8.5.1"), ip("10.8.5.2"), ip("10.8.5.3")]);
+    let err = engine
+        .container_create(&container("d", "r", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        "no free address left in ip-range 10.8.5.0/30"
+    );
+    // A static address outside the range, inside the subnet.
+    let e = engine
+        .container_create(&ContainerSpec {
+            ip: Some("10.8.200.7".parse().unwrap()),
+            ..container("e", "r", &[])
+        })
+        .await
+        .unwrap();
+    assert_eq!(e.attachments[0].ip, ip("10.8.200.7"));
+    // Kept across a restart.
+    drop(engine);
+    let engine = f.engine().await;
+    assert_eq!(
+        engine.state().networks["r"].ip_range,
+        Some("10.8.5.0/30".parse().unwrap())
+    );
+}
+
+#[tokio::test]
 async fn a_taken_host_port_is_refused_and_changes_nothing() {
     let f = Fixture::new("ports");
     let mut engine = f.engine().await;

@@ -269,6 +269,8 @@ fn container(name: &str, network: &str, publish: &[&str]) -> ContainerSpec {
             .iter()
             .map(|p| PortSpec::parse(p).unwrap())
             .collect(),
+        aliases: Vec::new(),
+        gw_priority: 0,
     }
 }
 

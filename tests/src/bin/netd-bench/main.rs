@@ -11,6 +11,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context as _, Result};
 
 mod chart;
+mod dns;
 mod flood;
 mod paired;
 mod report;
@@ -22,7 +23,7 @@ mod workloads;
 
 use crate::{report::*, statistics::*, topology::*, workloads::*};
 
-/// `cargo xtask bench [--quick] [--docker | --podman]`
+/// `cargo xtask bench [--quick] [--docker | --podman | --scale | --dns]`
 #[derive(clap::Parser)]
 #[command(
     name = "netd-bench",
@@ -42,6 +43,10 @@ struct Args {
     /// network and 2,000 on the host (10 and 100 with --quick).
     #[arg(long, conflicts_with = "docker")]
     scale: bool,
+    /// Only the name-resolution run: netd's resolver against Docker's
+    /// embedded DNS (queries/s, p50/p99).
+    #[arg(long, conflicts_with_all = ["docker", "podman", "scale"])]
+    dns: bool,
 }
 
 pub(crate) struct Config {
@@ -88,6 +93,9 @@ fn main() -> Result<()> {
         Config::full()
     };
     let netd = sibling("netd")?;
+    if args.dns {
+        return dns::run(&netd, quick);
+    }
     if args.docker {
         return runtime_bench::run(runtime_bench::Runtime::Docker, &netd, &config, quick);
     }

@@ -140,6 +140,8 @@ impl Run<'_> {
             network: network.to_owned(),
             ip: None,
             publish: vec![PortSpec::parse(&format!("{port}:80"))?],
+            aliases: Vec::new(),
+            gw_priority: 0,
         })?;
         Ok(started.elapsed().as_secs_f64() * 1e3)
     }
@@ -292,6 +294,8 @@ fn fill_the_first_bridge(run: &mut Run<'_>) -> Result<String> {
             network: "bridge".into(),
             ip: None,
             publish: Vec::new(),
+            aliases: Vec::new(),
+            gw_priority: 0,
         };
         match run.client.container_create(spec) {
             Ok(_) => k += 1,

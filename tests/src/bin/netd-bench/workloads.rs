@@ -62,6 +62,8 @@ pub(crate) fn control_plane(
             network: "bridge".into(),
             ip: None,
             publish: vec![PortSpec::parse(&format!("{}:80", 40000 + k))?],
+            aliases: Vec::new(),
+            gw_priority: 0,
         })?;
         request_ms.push(started.elapsed().as_secs_f64() * 1e3);
         let (sum_after, _) = publish_seconds(h)?;
