@@ -193,7 +193,7 @@ impl FloodSpec {
                 }
             }
             Generator::Frames => {
-                let mut sender = FrameSender::on(&self.ifname)?;
+                let mut sender = FrameSender::on(&self.ifname, &self.frames[0])?;
                 // One frame per run, repeated: the two kinds take turns.
                 let mut kinds = self.frames.iter().take(2).cycle();
                 let Some(rate) = self.rate else {
@@ -303,10 +303,27 @@ fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
 
 /// Sends XDP frames out of one interface through `BPF_PROG_TEST_RUN` in
 /// live-frames mode (5.18): `bench_transmit` returns XDP_TX, which the
-/// kernel turns into a redirect out of the run's interface.
-struct FrameSender {
-    ebpf: Ebpf,
-    ifindex: u32,
+/// kernel turns into a redirect out of the run's interface. A kernel that
+/// refuses live-frames runs (some builds answer EPERM even to root) gets
+/// the frames from an AF_PACKET socket instead, and the report says so.
+enum FrameSender {
+    Live { ebpf: Ebpf, ifindex: u32 },
+    Socket(RawSocket),
+}
+
+/// Why the `frames:` paths were sent from a socket, once a sender found
+/// that the kernel refuses live-frames runs.
+static LIVE_FRAMES_REFUSED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The report's words for how the `frames:` rows were sent.
+fn frames_generator() -> String {
+    match LIVE_FRAMES_REFUSED.get() {
+        None => "XDP frames (BPF_PROG_TEST_RUN, live frames)".into(),
+        Some(why) => format!(
+            "AF_PACKET, as the plain rows: this kernel refuses live-frames test runs ({why}); \
+             the host's veth still runs native XDP on them in its NAPI poll"
+        ),
+    }
 }
 
 /// `bench_drop` (XDP_DROP) in an interface's driver: the least receiving a
@@ -338,19 +355,34 @@ fn ifindex_of(ifname: &str) -> Result<u32> {
 }
 
 impl FrameSender {
-    fn on(ifname: &str) -> Result<Self> {
+    /// A sender on `ifname`, tried with `probe` (one frame of the flood).
+    fn on(ifname: &str, probe: &[u8]) -> Result<Self> {
         let ifindex = ifindex_of(ifname)?;
         let ebpf = bench_program("bench_transmit").context("the XDP_TX generator")?;
-        Ok(Self { ebpf, ifindex })
+        let mut live = Self::Live { ebpf, ifindex };
+        match live.send(probe, 1) {
+            Ok(_) => Ok(live),
+            Err(err) if refused(&err) => {
+                let _ = LIVE_FRAMES_REFUSED.set(format!("{:#}", err.root_cause()));
+                Ok(Self::Socket(RawSocket::bound_to(ifname)?))
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Sends `frame` `count` times; returns how many went.
     fn send(&mut self, frame: &[u8], count: u32) -> Result<u64> {
+        let (ebpf, ifindex) = match self {
+            Self::Live { ebpf, ifindex } => (ebpf, *ifindex),
+            Self::Socket(socket) => {
+                return Ok((0..count).map(|_| u64::from(socket.send(frame))).sum());
+            }
+        };
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
         // rx_queue_index, egress_ifindex.
-        let ctx: [u32; 6] = [0, frame.len() as u32, 0, self.ifindex, 0, 0];
+        let ctx: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
         let ctx: Vec<u8> = ctx.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        xdp(&mut self.ebpf, "bench_transmit")?
+        xdp(ebpf, "bench_transmit")?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 ctx_in: Some(&ctx),
@@ -362,6 +394,13 @@ impl FrameSender {
             .context("sending XDP frames (live-frames test run)")?;
         Ok(u64::from(count))
     }
+}
+
+/// Whether a live-frames run failed because the kernel refuses the mode.
+fn refused(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|io| io.raw_os_error() == Some(libc::EPERM))
 }
 
 /// Turns GRO on for `ifname` in the calling thread's namespace (ethtool's
@@ -492,6 +531,8 @@ pub struct RulesAndFlood {
 
 #[derive(serde::Serialize)]
 pub struct Flood {
+    /// How the `frames:` paths' floods were sent.
+    pub frames_generator: String,
     pub drop_cost: DropCost,
     pub paced: Paced,
     pub paths: Vec<FloodPath>,
@@ -724,11 +765,13 @@ fn flood(netd: &str, config: &Config) -> Result<(String, Flood)> {
             config,
         )?);
     }
-    let mut md = String::from(
+    let mut md = format!(
         "### Flood: 64-byte packets that must be dropped, as fast as one core sends them, while a client runs TCP_CRR\n\n\
          Plain rows: sent from an AF_PACKET socket (the host's veth receives skbs, as a veth uplink always does). \
-         `frames:` rows: sent as XDP frames into the veth (no skb until the host builds one, as with a NIC).\n\n\
+         `frames:` rows: sent as XDP frames into the veth (no skb until the host builds one, as with a NIC); \
+         on this run: {}.\n\n\
          | path | legitimate TCP_CRR kept (flood / none) | 95 % interval | flood packets sent /s | dropped /s | whole-CPU ns per flood packet | BPF ns per flood packet | TCP_CRR /s, no flood | TCP_STREAM Gbit/s, no flood |\n|---|---|---|---|---|---|---|---|---|\n",
+        frames_generator()
     );
     for row in &rows {
         let (f, retained) = (&row.flood, &row.retained);
@@ -764,6 +807,7 @@ fn flood(netd: &str, config: &Config) -> Result<(String, Flood)> {
     Ok((
         md,
         Flood {
+            frames_generator: frames_generator(),
             drop_cost: cost_json,
             paced: paced_json,
             paths: rows,
