@@ -10,6 +10,13 @@ pub const NET_INTERNAL: u32 = 1 << 1;
 pub const NET_MASQUERADE: u32 = 1 << 2;
 /// The network has routed CIDRs (`ROUTED_CIDRS`): only then is that map read.
 pub const NET_ROUTED: u32 = 1 << 3;
+/// Gateway mode `nat-unprotected`: every container address and port open to
+/// direct access from outside.
+pub const NET_UNPROTECTED: u32 = 1 << 4;
+/// Gateway mode `routed`: published container ports (keyed in
+/// `PUBLISHED_PORTS` by the container's own address and port) and ICMP
+/// open to direct access from outside.
+pub const NET_GATEWAY_ROUTED: u32 = 1 << 5;
 
 /// Data of a `ROUTED_CIDRS` key: the network's ID (big-endian, always
 /// matched whole) then the address, so one trie serves every network. The

@@ -27,7 +27,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 use netd_common::{
-    CT_DNAT, CT_SNAT, CtKey, DropReason, NET_INTERNAL, NET_MASQUERADE, TrafficClass,
+    CT_DNAT, CT_SNAT, CtKey, DropReason, NET_GATEWAY_ROUTED, NET_INTERNAL, NET_MASQUERADE,
+    NET_UNPROTECTED, TrafficClass,
 };
 
 use crate::{
@@ -244,7 +245,8 @@ fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
     }
     let class = traffic_class(&ip);
     let pass = Forward::Pass(class);
-    if let Some(key) = ip.tuple() {
+    let tuple = ip.tuple();
+    if let Some(key) = tuple {
         if let Lookup::Hit(xlat) = conntrack::lookup(&key, ip.tcp_flags()) {
             translate(ctx, &ip, &key, &xlat)?;
             return Ok(into_container(ctx, &ip, xlat.dst, class));
@@ -260,7 +262,32 @@ fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
         return Ok(pass);
     }
     check_container_destination(&ip, ctx.ifindex())?;
+    if let Some(key) = tuple {
+        track_direct_connection(&ip, &key)?;
+    }
     Ok(pass)
+}
+
+/// A connection opened from outside straight to a container address that
+/// the network's gateway mode opens: tracked untranslated, so the
+/// container's replies are not taken for new connections of its own (and
+/// masqueraded, on a nat-unprotected network) on their way out.
+#[inline(always)]
+fn track_direct_connection(ip: &Ipv4Packet, key: &CtKey) -> Result<(), DropReason> {
+    let Some(net) = policy::network_of(ip.dst) else {
+        return Ok(());
+    };
+    if net.flags & (NET_UNPROTECTED | NET_GATEWAY_ROUTED) == 0
+        || !opens_connection(key, ip.tcp_flags())
+    {
+        return Ok(());
+    }
+    match conntrack::create(key, key, 0) {
+        // Err(None): another connection holds the reply tuple (the same
+        // client port through a published port); that one keeps it.
+        Ok(()) | Err(None) => Ok(()),
+        Err(Some(reason)) => Err(reason),
+    }
 }
 
 /// `from_uplink`'s drops, decided the same way on the XDP frame: every
@@ -324,14 +351,15 @@ fn check_published(
 }
 
 /// A packet from outside, untracked, to a container address: only a routed
-/// CIDR's sources may send it (the user's rules permitting), the kernel
-/// forwards it; anything else to a container is unsolicited.
+/// CIDR's sources may send it, or anyone where the network's gateway mode
+/// opens the address (the user's rules permitting); the kernel forwards it.
+/// Anything else to a container is unsolicited.
 #[inline(always)]
 fn check_container_destination(ip: &Ipv4Packet, ifindex: u32) -> Result<(), DropReason> {
     let Some(net) = policy::network_of(ip.dst) else {
         return Ok(());
     };
-    if !policy::is_routed(net, ip.src) {
+    if !policy::is_routed(net, ip.src) && !open_to_direct_access(net, ip) {
         return Err(DropReason::UnsolicitedInbound);
     }
     if let Some(port) = routed_opening_port(ip) {
@@ -344,6 +372,33 @@ fn check_container_destination(ip: &Ipv4Packet, ifindex: u32) -> Result<(), Drop
         rules::check(&conn, || net.id)?;
     }
     Ok(())
+}
+
+/// Docker 28's gateway modes: `nat-unprotected` opens every port of every
+/// container; `routed` opens ICMP and the published container ports (keyed
+/// by the container's own address and port, their backend itself); `nat`
+/// opens nothing. Untracked, so every packet of such a flow is judged here
+/// until the container's reply makes the connection's entry.
+#[inline(always)]
+fn open_to_direct_access(net: &netd_common::NetworkInfo, ip: &Ipv4Packet) -> bool {
+    if net.flags & NET_UNPROTECTED != 0 {
+        return true;
+    }
+    if net.flags & NET_GATEWAY_ROUTED == 0 {
+        return false;
+    }
+    let dst_port = match ip.l4 {
+        L4::Icmp { .. } => return true,
+        L4::Tcp { dst_port, .. } | L4::Udp { dst_port, .. } => dst_port,
+        L4::Other => return false,
+    };
+    let key = netd_common::PortKey {
+        host_ip: ip.dst,
+        port: dst_port,
+        proto: ip.proto,
+        _pad: 0,
+    };
+    nat::published_on(&key).is_some_and(|b| b.ip == ip.dst && b.port == dst_port)
 }
 
 #[inline(always)]

@@ -68,24 +68,16 @@ const SNAT_PORT_RETRIES: u32 = 8;
 /// this address, or on all addresses.
 #[inline(always)]
 pub fn published_backend(dst: Ipv4, port: [u8; 2], proto: u8) -> Option<Backend> {
-    // A lookup that cannot hit costs a new connection ~25 ns: skip it.
-    let scopes = PUBLISHED_SCOPES
-        .get(0)
-        .copied()
-        .unwrap_or(PUBLISHED_ON_ADDRESS | PUBLISHED_ON_ALL);
     let exact = PortKey {
         host_ip: dst,
         port,
         proto,
         _pad: 0,
     };
-    if scopes & PUBLISHED_ON_ADDRESS != 0 {
-        // SAFETY: read-only map values, copied out.
-        if let Some(b) = unsafe { PUBLISHED_PORTS.get(&exact) } {
-            return Some(*b);
-        }
+    if let Some(b) = published_on(&exact) {
+        return Some(b);
     }
-    if scopes & PUBLISHED_ON_ALL == 0 {
+    if published_scopes() & PUBLISHED_ON_ALL == 0 {
         return None;
     }
     let any = PortKey {
@@ -94,6 +86,27 @@ pub fn published_backend(dst: Ipv4, port: [u8; 2], proto: u8) -> Option<Backend>
     };
     // SAFETY: as above.
     unsafe { PUBLISHED_PORTS.get(&any) }.copied()
+}
+
+/// The port published on exactly `key`'s address (a routed network's
+/// container port is keyed by the container's address).
+#[inline(always)]
+pub fn published_on(key: &PortKey) -> Option<Backend> {
+    if published_scopes() & PUBLISHED_ON_ADDRESS == 0 {
+        return None;
+    }
+    // SAFETY: read-only map values, copied out.
+    unsafe { PUBLISHED_PORTS.get(key) }.copied()
+}
+
+/// Which kinds of keys `PUBLISHED_PORTS` holds: a lookup that cannot hit
+/// costs a new connection ~25 ns, so it is skipped.
+#[inline(always)]
+fn published_scopes() -> u32 {
+    PUBLISHED_SCOPES
+        .get(0)
+        .copied()
+        .unwrap_or(PUBLISHED_ON_ADDRESS | PUBLISHED_ON_ALL)
 }
 
 /// Starts tracking a connection to a published port and returns the tuple

@@ -58,13 +58,14 @@ pub trait Host: Clone + Send + Sync + 'static {
         configured: &[String],
         at_start: bool,
     ) -> impl Future<Output = Result<HostInfo>> + Send;
-    /// A bridge, up, with `gateway` on it; returns its MAC.
+    /// A bridge, up, with `gateway` on it (`prefix_len` `None`: no address,
+    /// the MAC still derived from `gateway`); returns its MAC.
     fn create_bridge(
         &self,
         name: &str,
         mtu: u32,
         gateway: Ipv4Addr,
-        prefix_len: u8,
+        prefix_len: Option<u8>,
     ) -> impl Future<Output = Result<[u8; 6]>> + Send;
     /// The bridge as `create_bridge` leaves it, made again (`true`) if it is
     /// gone, its gateway put back if missing; returns its MAC.
@@ -73,7 +74,7 @@ pub trait Host: Clone + Send + Sync + 'static {
         name: &str,
         mtu: u32,
         gateway: Ipv4Addr,
-        prefix_len: u8,
+        prefix_len: Option<u8>,
     ) -> impl Future<Output = Result<([u8; 6], bool)>> + Send;
     fn delete_link(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
     /// A link's index, if it exists.
@@ -311,11 +312,13 @@ impl Host for NetlinkHost {
         name: &str,
         mtu: u32,
         gateway: Ipv4Addr,
-        prefix_len: u8,
+        prefix_len: Option<u8>,
     ) -> Result<[u8; 6]> {
         let index = self.nl.create_bridge(name, mtu, mac_for(gateway)).await?;
         crate::engine::fault_point("network-create:bridge");
-        self.nl.add_address(index, gateway, prefix_len).await?;
+        if let Some(prefix_len) = prefix_len {
+            self.nl.add_address(index, gateway, prefix_len).await?;
+        }
         self.nl.link_mac(index).await
     }
 
@@ -324,7 +327,7 @@ impl Host for NetlinkHost {
         name: &str,
         mtu: u32,
         gateway: Ipv4Addr,
-        prefix_len: u8,
+        prefix_len: Option<u8>,
     ) -> Result<([u8; 6], bool)> {
         let (index, remade) = match self.nl.link_index(name).await? {
             Some(index) => (index, false),
@@ -337,7 +340,9 @@ impl Host for NetlinkHost {
         if self.nl.link_mac(index).await? != mac_for(gateway) {
             self.nl.set_mac(index, mac_for(gateway)).await?;
         }
-        if !self.nl.addresses(index).await?.contains(&gateway) {
+        if let Some(prefix_len) = prefix_len
+            && !self.nl.addresses(index).await?.contains(&gateway)
+        {
             self.nl.add_address(index, gateway, prefix_len).await?;
         }
         self.nl.set_up(index).await?;

@@ -59,9 +59,82 @@ pub struct Network {
     /// Routed without NAT both ways (see `NetworkSpec::routed_cidrs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routed_cidrs: Vec<Cidr>,
+    /// Docker 28's `gateway_mode_ipv4`: how the network meets the outside.
+    #[serde(default, skip_serializing_if = "GatewayMode::is_nat")]
+    pub gateway_mode_ipv4: GatewayMode,
     /// Set while a create or remove is under way (see [`Pending`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Pending>,
+}
+
+/// Docker 28's gateway modes (`com.docker.network.bridge.gateway_mode_ipv4`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GatewayMode {
+    /// Masquerade out, published ports by DNAT on the host's addresses,
+    /// container addresses closed to direct access.
+    #[default]
+    Nat,
+    /// As `nat`, but every port of every container is open to direct
+    /// access (no per-port filtering).
+    NatUnprotected,
+    /// No NAT: containers keep their address out, published container
+    /// ports (and ICMP) are open at the container's address, no host port.
+    Routed,
+    /// An internal network with no address on the host's bridge.
+    Isolated,
+}
+
+impl GatewayMode {
+    pub fn is_nat(&self) -> bool {
+        *self == Self::Nat
+    }
+}
+
+impl std::fmt::Display for GatewayMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Nat => "nat",
+            Self::NatUnprotected => "nat-unprotected",
+            Self::Routed => "routed",
+            Self::Isolated => "isolated",
+        })
+    }
+}
+
+impl std::str::FromStr for GatewayMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "nat" => Self::Nat,
+            "nat-unprotected" => Self::NatUnprotected,
+            "routed" => Self::Routed,
+            "isolated" => Self::Isolated,
+            // Docker's words (its modes are matched exactly, case and all).
+            other => return Err(format!("unknown gateway mode {other}")),
+        })
+    }
+}
+
+impl Network {
+    /// Whether the bridge carries the gateway address (not on `isolated`
+    /// networks, whose containers reach nothing but each other).
+    pub fn gateway_on_bridge(&self) -> bool {
+        self.gateway_mode_ipv4 != GatewayMode::Isolated
+    }
+
+    /// The prefix length the gateway address takes on the bridge; `None`:
+    /// the bridge has no address.
+    pub fn bridge_prefix(&self) -> Option<u8> {
+        self.gateway_on_bridge().then(|| self.subnet.prefix_len())
+    }
+
+    /// Published ports open at the container's address, with no host port
+    /// and no DNAT (`routed`, as Docker 27).
+    pub fn publishes_without_nat(&self) -> bool {
+        self.gateway_mode_ipv4 == GatewayMode::Routed && !self.internal
+    }
 }
 
 /// An intent record: written before the kernel is touched, cleared when the
@@ -173,6 +246,8 @@ fn is_zero(n: &i32) -> bool {
     *n == 0
 }
 
+/// A published port; on a routed network `host_port` is 0 and `host_ip`
+/// unspecified: the container port is open at the container's address.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishedPort {
     pub host_ip: Ipv4Addr,
@@ -180,6 +255,14 @@ pub struct PublishedPort {
     pub container_ip: Ipv4Addr,
     pub container_port: u16,
     pub proto: Proto,
+}
+
+impl PublishedPort {
+    /// Opened at the container's address (a routed network's), not
+    /// translated from a host port.
+    pub fn is_direct(&self) -> bool {
+        self.host_port == 0
+    }
 }
 
 impl State {
@@ -254,6 +337,7 @@ mod tests {
                 binding_ip: None,
                 docker_id: None,
                 routed_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+                gateway_mode_ipv4: GatewayMode::Routed,
                 pending: None,
             },
         );

@@ -351,6 +351,87 @@ pub const PROBES: &[Probe] = &[
         "198.51.100.2:7000",
         Reach("10.63.0.2"),
     ),
+    // Docker 28's gateway modes.
+    probe(
+        "nat-unprotected: container address directly",
+        Outside,
+        Tcp,
+        "10.64.0.2:80",
+        Reach(OUTSIDE_IP),
+    ),
+    probe(
+        "nat-unprotected: ping directly",
+        Outside,
+        Icmp,
+        "10.64.0.2",
+        Reach("-"),
+    ),
+    probe(
+        "nat-unprotected: out (masquerade)",
+        Ctr("u1"),
+        Tcp,
+        "198.51.100.2:7000",
+        Reach(HOST_IP),
+    ),
+    probe(
+        "routed: published container port directly",
+        Outside,
+        Tcp,
+        "10.65.0.2:80",
+        Reach(OUTSIDE_IP),
+    ),
+    probe(
+        "routed: unpublished port directly",
+        Outside,
+        Tcp,
+        "10.65.0.2:81",
+        Dropped("unsolicited-inbound", "NETD-FORWARD"),
+    ),
+    probe(
+        "routed: ping directly",
+        Outside,
+        Icmp,
+        "10.65.0.2",
+        Reach("-"),
+    ),
+    probe(
+        "routed: no host port",
+        Outside,
+        Tcp,
+        "198.51.100.1:8083",
+        Refused,
+    ),
+    probe(
+        "routed: out keeps the container's address",
+        Ctr("r1"),
+        Tcp,
+        "198.51.100.2:7000",
+        Reach("10.65.0.2"),
+    ),
+    // Docker 28 would let other networks reach a routed network's open
+    // ports; netd keeps networks apart in every mode (docs/datapath.md).
+    probe(
+        "routed: from another network",
+        Ctr("c3"),
+        Tcp,
+        "10.65.0.2:80",
+        Dropped("network-isolation", "NETD-ISOLATION-STAGE-2"),
+    ),
+    probe(
+        "isolated: inside",
+        Ctr("s1"),
+        Tcp,
+        "10.66.0.3:80",
+        Reach("10.66.0.2"),
+    ),
+    probe("isolated: no gateway", Ctr("s1"), Icmp, "10.66.0.1", NoHost),
+    probe(
+        "isolated: out",
+        Ctr("s1"),
+        Tcp,
+        "198.51.100.2:7000",
+        Unreachable,
+    ),
     probe(
         "1 MiB upload over a 1280-MTU hop (PMTU via NAT)",
         Ctr("c1"),
@@ -514,6 +595,24 @@ const NETWORKS: &[StoryNetwork] = &[
         "--masquerade=false",
         "-o=com.docker.network.bridge.enable_ip_masquerade=false",
     ),
+    (
+        "unprot",
+        "10.64.0.0/24",
+        "--gateway-mode-ipv4=nat-unprotected",
+        "-o=com.docker.network.bridge.gateway_mode_ipv4=nat-unprotected",
+    ),
+    (
+        "routed",
+        "10.65.0.0/24",
+        "--gateway-mode-ipv4=routed",
+        "-o=com.docker.network.bridge.gateway_mode_ipv4=routed",
+    ),
+    (
+        "isol",
+        "10.66.0.0/24",
+        "--internal --gateway-mode-ipv4=isolated",
+        "--internal -o=com.docker.network.bridge.gateway_mode_ipv4=isolated",
+    ),
 ];
 
 /// The containers: (short name, network, address, published ports).
@@ -537,6 +636,10 @@ const CONTAINERS: &[(&str, &str, &str, &[&str])] = &[
     ("n1", "noicc", "10.62.0.2", &[]),
     ("n2", "noicc", "10.62.0.3", &[]),
     ("m1", "nomasq", "10.63.0.2", &[]),
+    ("u1", "unprot", "10.64.0.2", &[]),
+    ("r1", "routed", "10.65.0.2", &["8083:80"]),
+    ("s1", "isol", "10.66.0.2", &[]),
+    ("s2", "isol", "10.66.0.3", &[]),
     ("hostc", "host", "", &[]),
     ("nonec", "none", "", &[]),
 ];
@@ -555,7 +658,7 @@ pub fn build(netd: &str, datapath: &str, daemon_flags: &[&str], frontend: Fronte
             let far = h.add_far_host("203.0.113.2", 1280);
             for (name, subnet, netd_flag, _) in NETWORKS {
                 let mut args = vec!["network", "create", name, "--subnet", subnet];
-                args.extend(Some(*netd_flag).filter(|f| !f.is_empty()));
+                args.extend(netd_flag.split_whitespace());
                 h.ok(&args);
             }
             for (short, network, ip, ports) in CONTAINERS {
@@ -618,6 +721,8 @@ pub fn build(netd: &str, datapath: &str, daemon_flags: &[&str], frontend: Fronte
         "10.61.0.0/24",
         "10.62.0.0/24",
         "10.63.0.0/24",
+        "10.64.0.0/24",
+        "10.65.0.0/24",
     ] {
         h.outside
             .ip(&["route", "add", subnet, "via", HOST_IP])
@@ -628,6 +733,8 @@ pub fn build(netd: &str, datapath: &str, daemon_flags: &[&str], frontend: Fronte
         servers.push(EchoServer::tcp(&h.ctr(short), addr(&format!("{ip}:80")), "{peer}").unwrap());
     }
     servers.push(EchoServer::tcp(&h.ctr("c1"), addr("172.17.0.2:81"), "{peer}").unwrap());
+    // Unpublished on a routed network: stopped, not refused by the container.
+    servers.push(EchoServer::tcp(&h.ctr("r1"), addr("10.65.0.2:81"), "{peer}").unwrap());
     servers.push(EchoServer::udp(&h.ctr("c1"), addr("172.17.0.2:53"), "{peer}").unwrap());
     servers
         .push(EchoServer::tcp(&h.outside, addr(&format!("{OUTSIDE_IP}:7000")), "{peer}").unwrap());
@@ -668,7 +775,7 @@ fn build_through_runtime(
     };
     for net in NETWORKS {
         let mut args = vec!["--subnet", net.1];
-        args.extend(Some(flag(net)).filter(|f| !f.is_empty()));
+        args.extend(flag(net).split_whitespace());
         network(&named(net.0), &args);
     }
     for (short, network, ip, ports) in CONTAINERS {

@@ -1,7 +1,10 @@
 //! Policy under BPF_PROG_TEST_RUN: anti-spoofing, isolation, icc, internal
-//! networks, unsolicited inbound, routed CIDRs.
+//! networks, unsolicited inbound, routed CIDRs, gateway modes.
 
-use netd_common::{DropReason, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NET_ROUTED, programs};
+use netd_common::{
+    DropReason, NET_GATEWAY_ROUTED, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NET_ROUTED,
+    NET_UNPROTECTED, programs,
+};
 use netd_testbed::unit::*;
 use netd_testbed::{
     packet::{Ipv4Frame, TCP_ACK, TCP_SYN, ip},
@@ -153,5 +156,93 @@ fn routed_cidrs_skip_masquerade_and_admit_their_sources() {
         programs::FROM_UPLINK,
         &to_other,
         DropReason::UnsolicitedInbound,
+    );
+}
+
+#[test]
+fn nat_unprotected_opens_every_container_port_to_direct_access() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE | NET_UNPROTECTED);
+    for port in [80, 81, 22] {
+        let direct = Ipv4Frame::tcp(CLIENT, 5555, C1, port, TCP_SYN);
+        expect_untouched(&mut dp, programs::FROM_UPLINK, &direct);
+    }
+    let ping = Ipv4Frame::icmp_echo(CLIENT, C1, 7, 1);
+    expect_untouched(&mut dp, programs::FROM_UPLINK, &ping);
+    // The container's answer to such a connection leaves untranslated: the
+    // connection was tracked on its way in.
+    let answer = Ipv4Frame::tcp(C1, 80, CLIENT, 5555, TCP_SYN | TCP_ACK);
+    let (verdict, bytes) = run(&mut dp, programs::TO_UPLINK, &answer);
+    assert_eq!((verdict, bytes), (TC_ACT_OK, answer.build()), "not masqueraded");
+    // Its own connections out are still masqueraded.
+    let out = Ipv4Frame::tcp(C1, 40000, REMOTE, 80, TCP_SYN);
+    expect_rewrite(
+        &mut dp,
+        programs::TO_UPLINK,
+        &out,
+        &with_addrs(&out, (HOST, 40000), (REMOTE, 80)),
+    );
+    // Another network (plain nat) stays closed.
+    let other = Ipv4Frame::tcp(CLIENT, 5555, OTHER_NET_CTR, 80, TCP_SYN);
+    expect_drop(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &other,
+        DropReason::UnsolicitedInbound,
+    );
+}
+
+#[test]
+fn routed_opens_published_container_ports_and_icmp_without_nat() {
+    // No NET_MASQUERADE: a routed network never masquerades.
+    let mut dp = datapath(NET_ICC | NET_GATEWAY_ROUTED);
+    // `-p 8083:80` on a routed network: C1:80 keyed by itself.
+    publish_tcp(&mut dp, ip(C1).octets(), 80, (C1, 80));
+    let published = Ipv4Frame::tcp(CLIENT, 5555, C1, 80, TCP_SYN);
+    expect_untouched(&mut dp, programs::FROM_UPLINK, &published);
+    // Tracked from its SYN: the rest goes straight into the container.
+    let later = Ipv4Frame::tcp(CLIENT, 5555, C1, 80, TCP_ACK);
+    expect_into_container(&mut dp, &later, &later, C1_MAC);
+    let ping = Ipv4Frame::icmp_echo(CLIENT, C1, 7, 1);
+    expect_untouched(&mut dp, programs::FROM_UPLINK, &ping);
+    for (dst, port) in [(C1, 81), (C2, 80)] {
+        let unpublished = Ipv4Frame::tcp(CLIENT, 5555, dst, port, TCP_SYN);
+        expect_drop(
+            &mut dp,
+            programs::FROM_UPLINK,
+            &unpublished,
+            DropReason::UnsolicitedInbound,
+        );
+    }
+    // A port published on every host address to C1 opens nothing at C1's
+    // own address.
+    publish_tcp(&mut dp, [0; 4], 81, (C1, 81));
+    let through_wildcard = Ipv4Frame::tcp(CLIENT, 5555, C1, 81, TCP_SYN);
+    expect_drop(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &through_wildcard,
+        DropReason::UnsolicitedInbound,
+    );
+    // Out with its own address, tracked so the replies come back.
+    let out = Ipv4Frame::tcp(C1, 40000, REMOTE, 80, TCP_SYN);
+    let (verdict, bytes) = run(&mut dp, programs::TO_UPLINK, &out);
+    assert_eq!(
+        (verdict, bytes),
+        (TC_ACT_OK, out.build()),
+        "kept its source"
+    );
+    let reply = Ipv4Frame::tcp(REMOTE, 80, C1, 40000, TCP_SYN | TCP_ACK);
+    expect_into_container(&mut dp, &reply, &reply, C1_MAC);
+    // The host's address answers for nothing of it: no DNAT.
+    let to_host = Ipv4Frame::tcp(CLIENT, 5555, HOST, 80, TCP_SYN);
+    expect_untouched(&mut dp, programs::FROM_UPLINK, &to_host);
+    assert!(
+        dp.maps
+            .conntrack
+            .entries()
+            .unwrap()
+            .iter()
+            .all(|(k, _)| k.dst_port != 80u16.to_be_bytes() || k.dst != ip(HOST).octets()),
+        "nothing translated to the host's port"
     );
 }

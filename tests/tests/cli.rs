@@ -201,6 +201,28 @@ fn bad_input_is_refused_and_changes_nothing() {
         "invalid ip-range 10.21.0.0/24: parent subnet 10.20.0.0/16 doesn't contain ip-range",
     );
     h.refused(
+        &[
+            "network",
+            "create",
+            "other",
+            "--gateway-mode-ipv4",
+            "Routed",
+        ],
+        ErrorKind::Invalid,
+        "unknown gateway mode Routed",
+    );
+    h.refused(
+        &[
+            "network",
+            "create",
+            "other",
+            "--gateway-mode-ipv4",
+            "isolated",
+        ],
+        ErrorKind::Invalid,
+        "gateway mode 'isolated' can only be used for an internal network",
+    );
+    h.refused(
         &["network", "create", "other", "--subnet", "10.20.0.5/16"],
         ErrorKind::Invalid,
         "did you mean 10.20.0.0/16",
@@ -779,6 +801,79 @@ fn gw_priority_picks_the_network_that_gives_the_default_route() {
     // Removing a network that does not give the route leaves it alone.
     h.ok(&["network", "disconnect", "three", &c]);
     assert_eq!(default_via(), "10.51.0.1");
+}
+
+/// Gateway modes as the kernel and the listings show them: an isolated
+/// network's bridge has no address, a routed network's `-p` is the
+/// container port at its address, `network ls` names each mode.
+#[test]
+fn gateway_modes_show_in_the_kernel_and_the_listings() {
+    let h = DaemonHost::start(netd(), &[]);
+    let isolated = [
+        "network",
+        "create",
+        "isol",
+        "--subnet",
+        "10.57.0.0/24",
+        "--internal",
+        "--gateway-mode-ipv4",
+        "isolated",
+    ];
+    h.ok(&isolated);
+    let routed = [
+        "network",
+        "create",
+        "routed",
+        "--subnet",
+        "10.58.0.0/24",
+        "--gateway-mode-ipv4",
+        "routed",
+    ];
+    h.ok(&routed);
+    let addresses = |net: &str| {
+        let bridge = h.json(&["network", "inspect", net])["bridge"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let out = h
+            .host
+            .run("ip", &["-4", "-o", "addr", "show", "dev", &bridge])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        !addresses("isol").contains("inet "),
+        "{}",
+        addresses("isol")
+    );
+    assert!(addresses("routed").contains("inet 10.58.0.1/24"));
+    let info = h.json(&["network", "inspect", "routed"]);
+    assert_eq!(info["gateway_mode_ipv4"], "routed");
+    assert_eq!(info["masquerade"], false, "routed never masquerades");
+    let listed = h.ok(&["network", "ls"]);
+    for (name, mode) in [
+        ("isol", "isolated"),
+        ("routed", "routed"),
+        ("bridge", "nat"),
+    ] {
+        let row = listed.lines().find(|l| l.starts_with(name)).unwrap();
+        assert!(row.trim_end().ends_with(mode), "{row}");
+    }
+    let c = h.name("r");
+    h.ok(&[
+        "container",
+        "create",
+        &c,
+        "--network",
+        "routed",
+        "-p",
+        "8083:80",
+    ]);
+    let containers = h.ok(&["container", "ls"]);
+    assert!(containers.contains("10.58.0.2:80/tcp"), "{containers}");
+    // No host port was taken: a nat network's container may have it.
+    let n = h.name("n");
+    h.ok(&["container", "create", &n, "-p", "8083:80"]);
 }
 
 #[test]

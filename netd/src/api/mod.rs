@@ -15,7 +15,7 @@ mod status;
 pub use cni::*;
 pub use status::*;
 
-pub use crate::state::{Attachment, Container, Network, NetworkMode, PublishedPort};
+pub use crate::state::{Attachment, Container, GatewayMode, Network, NetworkMode, PublishedPort};
 
 /// Requests larger than this are refused (and the connection closed).
 /// (Large enough for `netd rule load` with ten thousands of rules.)
@@ -64,6 +64,9 @@ pub struct NetworkSpec {
     /// containers as if it came from inside.
     #[serde(default)]
     pub routed_cidrs: Vec<IpNet>,
+    /// Docker 28's gateway mode for IPv4 (default `nat`).
+    #[serde(default)]
+    pub gateway_mode_ipv4: GatewayMode,
 }
 
 fn yes() -> bool {
@@ -87,6 +90,7 @@ impl NetworkSpec {
             binding_ip: None,
             docker_id: None,
             routed_cidrs: Vec::new(),
+            gateway_mode_ipv4: GatewayMode::Nat,
         }
     }
 }

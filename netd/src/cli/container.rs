@@ -76,11 +76,13 @@ pub fn run(client: &Client, command: ContainerCommand) -> Result<()> {
                 let ports: Vec<String> = c
                     .ports
                     .iter()
-                    .map(|p| {
-                        format!(
+                    .map(|p| match p.is_direct() {
+                        // A routed network's: open at the container's address.
+                        true => format!("{}:{}/{}", p.container_ip, p.container_port, p.proto),
+                        false => format!(
                             "{}:{}->{}/{}",
                             p.host_ip, p.host_port, p.container_port, p.proto
-                        )
+                        ),
                     })
                     .collect();
                 let runtime = match &c.sandbox {

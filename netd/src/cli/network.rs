@@ -2,7 +2,10 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use netd::{api::NetworkSpec, client::Client};
+use netd::{
+    api::{GatewayMode, NetworkSpec},
+    client::Client,
+};
 
 use super::output::{self, Format, print_json, print_rows};
 
@@ -84,6 +87,13 @@ pub struct CreateArgs {
     /// (repeatable).
     #[arg(long = "routed-cidr", value_name = "CIDR", value_parser = output::subnet)]
     routed_cidrs: Vec<ipnet::IpNet>,
+    /// How the network meets the outside, Docker 28's modes: nat (masquerade,
+    /// ports published on the host), nat-unprotected (nat, and every
+    /// container port open to direct access), routed (no NAT; published
+    /// container ports and ICMP open at the container's address), isolated
+    /// (with --internal: no address on the host's bridge).
+    #[arg(long = "gateway-mode-ipv4", value_name = "MODE", default_value = "nat")]
+    gateway_mode_ipv4: GatewayMode,
 }
 
 impl From<CreateArgs> for NetworkSpec {
@@ -102,6 +112,7 @@ impl From<CreateArgs> for NetworkSpec {
             binding_ip: args.binding_ip,
             docker_id: None,
             routed_cidrs: args.routed_cidrs,
+            gateway_mode_ipv4: args.gateway_mode_ipv4,
         }
     }
 }
@@ -121,6 +132,7 @@ pub fn run(client: &Client, command: NetworkCommand) -> Result<()> {
                 "internal",
                 "icc",
                 "masquerade",
+                "gateway-mode",
             ];
             print_rows(format, &networks, &headers, |n| {
                 vec![
@@ -131,6 +143,7 @@ pub fn run(client: &Client, command: NetworkCommand) -> Result<()> {
                     n.internal.to_string(),
                     n.icc.to_string(),
                     n.masquerade.to_string(),
+                    n.gateway_mode_ipv4.to_string(),
                 ]
             })?;
         }

@@ -300,6 +300,7 @@ pub(super) mod tests {
             binding_ip: None,
             docker_id: None,
             routed_cidrs: Vec::new(),
+            gateway_mode_ipv4: Default::default(),
             pending: None,
         }
     }

@@ -8,7 +8,7 @@ use crate::{
     cidr::Cidr,
     host::Host,
     ipam,
-    state::{Network, Pending},
+    state::{GatewayMode, Network, Pending},
 };
 
 impl<H: Host> Engine<H> {
@@ -27,7 +27,7 @@ impl<H: Host> Engine<H> {
         let result = async {
             let mac = self
                 .host
-                .create_bridge(&net.bridge, net.mtu, net.gateway, net.subnet.prefix_len())
+                .create_bridge(&net.bridge, net.mtu, net.gateway, net.bridge_prefix())
                 .await?;
             self.driver.add_network(&net, mac)?;
             fault_point("network-create:driver");
@@ -144,6 +144,18 @@ impl<H: Host> Engine<H> {
             }
             routed_cidrs.push(cidr);
         }
+        let mode = spec.gateway_mode_ipv4;
+        if mode == GatewayMode::Isolated && !spec.internal {
+            // Docker's words.
+            return Err(crate::invalid!(
+                "gateway mode 'isolated' can only be used for an internal network"
+            ));
+        }
+        if mode == GatewayMode::Routed && spec.host_ip.is_some() {
+            return Err(crate::invalid!(
+                "--host-ip is the source of masquerade, which a routed network does not do"
+            ));
+        }
         Ok(Network {
             name: spec.name.clone(),
             id: self.state.next_network_id.max(1),
@@ -153,12 +165,14 @@ impl<H: Host> Engine<H> {
             bridge,
             internal: spec.internal,
             icc: spec.icc,
-            masquerade: spec.masquerade,
+            // As Docker: routed means no masquerade, whatever else was asked.
+            masquerade: spec.masquerade && mode != GatewayMode::Routed,
             host_ip,
             mtu,
             binding_ip,
             docker_id: spec.docker_id.clone(),
             routed_cidrs,
+            gateway_mode_ipv4: mode,
             pending: None,
         })
     }

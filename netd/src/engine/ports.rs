@@ -70,6 +70,9 @@ impl<H: Host> Engine<H> {
         container_ip: Ipv4Addr,
     ) -> Result<Vec<PublishedPort>> {
         let mut out: Vec<PublishedPort> = Vec::new();
+        if net.publishes_without_nat() {
+            return open_container_ports(specs, container_ip);
+        }
         for spec in specs {
             spec.check()?;
             let host_ip = match (spec.host_ip.is_unspecified(), net.binding_ip) {
@@ -140,4 +143,27 @@ impl<H: Host> Engine<H> {
         }
         Ok(())
     }
+}
+
+/// A routed network's `-p`: the container ports open at its address, no
+/// host port and no DNAT; the host address and port are ignored, as Docker
+/// ignores them ("Host port ignored, because NAT is disabled").
+fn open_container_ports(specs: &[PortSpec], container_ip: Ipv4Addr) -> Result<Vec<PublishedPort>> {
+    let mut out: Vec<PublishedPort> = Vec::new();
+    for spec in specs {
+        spec.check()?;
+        for container_port in spec.container_ports.0..=spec.container_ports.1 {
+            let port = PublishedPort {
+                host_ip: Ipv4Addr::UNSPECIFIED,
+                host_port: 0,
+                container_ip,
+                container_port,
+                proto: spec.proto,
+            };
+            if !out.contains(&port) {
+                out.push(port);
+            }
+        }
+    }
+    Ok(out)
 }

@@ -149,7 +149,7 @@ impl<H: Host> Engine<H> {
     async fn readopt_network(&mut self, net: &Network, report: &mut Vec<String>) -> Result<()> {
         let (mac, remade) = self
             .host
-            .ensure_bridge(&net.bridge, net.mtu, net.gateway, net.subnet.prefix_len())
+            .ensure_bridge(&net.bridge, net.mtu, net.gateway, net.bridge_prefix())
             .await?;
         if remade {
             report.push(format!(

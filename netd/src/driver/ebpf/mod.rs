@@ -16,8 +16,8 @@ use std::{
 
 use anyhow::Result;
 use netd_common::{
-    Backend, Config, Endpoint, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NET_ROUTED, NetworkInfo,
-    PortKey,
+    Backend, Config, Endpoint, NET_GATEWAY_ROUTED, NET_ICC, NET_INTERNAL, NET_MASQUERADE,
+    NET_ROUTED, NET_UNPROTECTED, NetworkInfo, PortKey,
 };
 
 use super::{BoxFuture, ConntrackRow, FirewallDriver, HostInfo, Leftovers};
@@ -26,7 +26,7 @@ use crate::{
     datapath::{Datapath, XdpSetting, monotonic_ns},
     features::{Features, TcAttachMode},
     netlink::Netlink,
-    state::{Attachment, Network, PublishedPort},
+    state::{Attachment, GatewayMode, Network, PublishedPort},
 };
 
 pub struct EbpfDriver {
@@ -254,10 +254,17 @@ impl Declared {
     }
 }
 
+/// A published port's key; a routed network's port open at the container's
+/// address is keyed by that address and port (its backend is itself), so
+/// the programs find it with the lookup they already make.
 fn port_key(p: &PublishedPort) -> PortKey {
+    let (ip, port) = match p.is_direct() {
+        true => (p.container_ip, p.container_port),
+        false => (p.host_ip, p.host_port),
+    };
     PortKey {
-        host_ip: p.host_ip.octets(),
-        port: p.host_port.to_be_bytes(),
+        host_ip: ip.octets(),
+        port: port.to_be_bytes(),
         proto: p.proto.number(),
         _pad: 0,
     }
@@ -276,6 +283,12 @@ fn network_flags(net: &Network) -> u32 {
     }
     if !net.routed_cidrs.is_empty() {
         flags |= NET_ROUTED;
+    }
+    // An internal network's mode changes nothing but its bridge address.
+    match net.gateway_mode_ipv4 {
+        GatewayMode::NatUnprotected if !net.internal => flags |= NET_UNPROTECTED,
+        GatewayMode::Routed if !net.internal => flags |= NET_GATEWAY_ROUTED,
+        _ => {}
     }
     flags
 }

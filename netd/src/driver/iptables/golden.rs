@@ -9,7 +9,7 @@ use super::IptablesDriver;
 use crate::{
     portspec::Proto,
     rule::{ActiveRule, RuleAction, UserRule},
-    state::Network,
+    state::{GatewayMode, Network},
 };
 
 fn network(name: &str, id: u32, subnet: &str, bridge: &str) -> Network {
@@ -29,6 +29,7 @@ fn network(name: &str, id: u32, subnet: &str, bridge: &str) -> Network {
         binding_ip: None,
         docker_id: None,
         routed_cidrs: Vec::new(),
+        gateway_mode_ipv4: Default::default(),
         pending: None,
     }
 }
@@ -126,6 +127,41 @@ fn routed_cidrs_skip_masquerade() {
         ..network("pods", 2, "10.244.1.0/24", "br-pods")
     };
     let d = driver(vec![pods], &[("10.244.1.2", "pods")], &[]);
+    insta::assert_snapshot!(d.render());
+}
+
+/// Docker 28's gateway modes: nat-unprotected (no raw drop, the bridge's
+/// last rule accepts), routed (no masquerade, no DNAT, the container port
+/// and ICMP accepted), isolated (internal rules only).
+#[test]
+fn gateway_modes() {
+    let unprotected = Network {
+        gateway_mode_ipv4: GatewayMode::NatUnprotected,
+        ..network("unprot", 2, "10.64.0.0/24", "br-unprot")
+    };
+    let routed = Network {
+        gateway_mode_ipv4: GatewayMode::Routed,
+        masquerade: false,
+        ..network("routed", 3, "10.65.0.0/24", "br-routed")
+    };
+    let isolated = Network {
+        gateway_mode_ipv4: GatewayMode::Isolated,
+        internal: true,
+        ..network("isol", 4, "10.66.0.0/24", "br-isol")
+    };
+    let d = driver(
+        vec![unprotected, routed, isolated],
+        &[
+            ("10.64.0.2", "unprot"),
+            ("10.65.0.2", "routed"),
+            ("10.66.0.2", "isol"),
+        ],
+        &[
+            ("0.0.0.0", 8080, Proto::Tcp, "10.64.0.2", 80),
+            // `-p 8083:80` on the routed network: no host port.
+            ("0.0.0.0", 0, Proto::Tcp, "10.65.0.2", 80),
+        ],
+    );
     insta::assert_snapshot!(d.render());
 }
 

@@ -4,7 +4,10 @@
 use std::fmt::Write as _;
 
 use super::{CHAINS, HAIRPIN_MARK, IptablesDriver};
-use crate::{rule::RuleAction, state::Network};
+use crate::{
+    rule::RuleAction,
+    state::{GatewayMode, Network},
+};
 
 impl IptablesDriver {
     /// The whole rule set for netd's chains, in iptables-restore syntax.
@@ -29,7 +32,7 @@ impl IptablesDriver {
             let Some(net) = self.network(net) else {
                 continue;
             };
-            if net.masquerade && !net.internal {
+            if net.masquerade && !net.internal && net.gateway_mode_ipv4 == GatewayMode::Nat {
                 line(format!(
                     "-A NETD-RAW -d {ip}/32 ! -i {} -j DROP",
                     net.bridge
@@ -71,7 +74,8 @@ impl IptablesDriver {
         }
         // Docker's per-port hairpin rule: a container reaching itself
         // through its own published port.
-        for (_, _, proto, cip, cport) in &self.ports {
+        // (Not for a routed network's ports: they have no host port.)
+        for (_, _, proto, cip, cport) in self.ports.iter().filter(|p| p.1 != 0) {
             let p = proto_name(*proto);
             line(format!(
                 "-A NETD-POSTROUTING -s {cip}/32 -d {cip}/32 -p {p} -m {p} --dport {cport} -j MASQUERADE"
@@ -97,7 +101,7 @@ impl IptablesDriver {
                 net.bridge
             ));
         }
-        for (host_ip, port, proto, cip, cport) in &self.ports {
+        for (host_ip, port, proto, cip, cport) in self.ports.iter().filter(|p| p.1 != 0) {
             let p = proto_name(*proto);
             let dst = if host_ip.is_unspecified() {
                 String::new()
@@ -148,8 +152,18 @@ impl IptablesDriver {
             }
             let icc = if net.icc { "ACCEPT" } else { "DROP" };
             line(format!("-A NETD-FORWARD -i {br} -o {br} -j {icc}"));
+            // Docker 28's gateway modes: routed opens ICMP (and the
+            // published container ports, above); nat-unprotected opens all.
+            let mode = (!net.internal).then_some(net.gateway_mode_ipv4);
+            if mode == Some(GatewayMode::Routed) {
+                line(format!("-A NETD-FORWARD -o {br} -p icmp -j ACCEPT"));
+            }
             // Docker sets FORWARD's policy to DROP; netd leaves policies alone.
-            line(format!("-A NETD-FORWARD -o {br} -j DROP"));
+            let last = match mode {
+                Some(GatewayMode::NatUnprotected) => "ACCEPT",
+                _ => "DROP",
+            };
+            line(format!("-A NETD-FORWARD -o {br} -j {last}"));
         }
         for net in nets.iter().filter(|n| n.internal) {
             let (br, subnet) = (&net.bridge, &net.subnet);

@@ -143,6 +143,58 @@ async fn an_ip_range_gives_dynamic_addresses_and_static_ones_go_anywhere() {
 }
 
 #[tokio::test]
+async fn gateway_modes_are_checked_and_routed_ports_have_no_host_port() {
+    let f = Fixture::new("gateway-modes");
+    let mut engine = f.engine().await;
+    let moded = |name: &str, mode: GatewayMode| NetworkSpec {
+        gateway_mode_ipv4: mode,
+        ..NetworkSpec::named(name)
+    };
+    let err = engine
+        .network_create(moded("i", GatewayMode::Isolated))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        "gateway mode 'isolated' can only be used for an internal network"
+    );
+    assert!(!engine.state().networks.contains_key("i"));
+    let isolated = engine
+        .network_create(NetworkSpec {
+            internal: true,
+            ..moded("i", GatewayMode::Isolated)
+        })
+        .await
+        .unwrap();
+    assert!(!isolated.gateway_on_bridge());
+    // Routed: no masquerade, and `-p` opens the container port alone, the
+    // host port ignored (as Docker); two containers may open the same port.
+    let routed = engine
+        .network_create(moded("r", GatewayMode::Routed))
+        .await
+        .unwrap();
+    assert!(!routed.masquerade);
+    for name in ["a", "b"] {
+        let c = engine
+            .container_create(&container(name, "r", &["8083:80", "127.0.0.1:9000:80"]))
+            .await
+            .unwrap();
+        assert_eq!(c.ports.len(), 1, "{:?}", c.ports);
+        let p = &c.ports[0];
+        assert!(p.is_direct());
+        assert_eq!(
+            (p.host_ip, p.container_ip, p.container_port),
+            (Ipv4Addr::UNSPECIFIED, c.attachments[0].ip, 80)
+        );
+    }
+    // The host port stays free for a nat network's container.
+    engine
+        .container_create(&container("n", "bridge", &["8083:80"]))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn a_taken_host_port_is_refused_and_changes_nothing() {
     let f = Fixture::new("ports");
     let mut engine = f.engine().await;

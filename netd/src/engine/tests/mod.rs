@@ -11,7 +11,9 @@ use anyhow::{Result, bail};
 
 use super::Engine;
 use crate::{
-    api::{CniAttach, CniDetach, CniNetwork, ContainerSpec, NetworkSpec, Reply, Request},
+    api::{
+        CniAttach, CniDetach, CniNetwork, ContainerSpec, GatewayMode, NetworkSpec, Reply, Request,
+    },
     cidr::Cidr,
     driver::{HostInfo, NoopDriver},
     host::{Host, VethPlan},
@@ -68,7 +70,13 @@ impl Host for FakeHost {
         Ok(HostInfo::default())
     }
 
-    async fn create_bridge(&self, name: &str, _: u32, _: Ipv4Addr, _: u8) -> Result<[u8; 6]> {
+    async fn create_bridge(
+        &self,
+        name: &str,
+        _: u32,
+        _: Ipv4Addr,
+        _: Option<u8>,
+    ) -> Result<[u8; 6]> {
         self.check("create_bridge")?;
         self.kernel().bridges.insert(name.to_owned());
         Ok([2, 0, 0, 0, 0, 1])
@@ -79,7 +87,7 @@ impl Host for FakeHost {
         name: &str,
         _: u32,
         _: Ipv4Addr,
-        _: u8,
+        _: Option<u8>,
     ) -> Result<([u8; 6], bool)> {
         let remade = self.kernel().bridges.insert(name.to_owned());
         Ok(([2, 0, 0, 0, 0, 1], remade))

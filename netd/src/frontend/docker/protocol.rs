@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::network_name;
 use crate::{
-    api::NetworkSpec,
+    api::{GatewayMode, NetworkSpec},
     portspec::{PortSpec, Proto},
 };
 
@@ -21,6 +21,8 @@ pub const OPTION_MASQUERADE: &str = "com.docker.network.bridge.enable_ip_masquer
 pub const OPTION_BINDING_IP: &str = "com.docker.network.bridge.host_binding_ipv4";
 pub const OPTION_MTU: &str = "com.docker.network.driver.mtu";
 pub const OPTION_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
+pub const OPTION_GATEWAY_MODE_IPV4: &str = "com.docker.network.bridge.gateway_mode_ipv4";
+pub const OPTION_GATEWAY_MODE_IPV6: &str = "com.docker.network.bridge.gateway_mode_ipv6";
 
 /// A reply to one call; each serializes as Docker expects its method's.
 #[derive(Serialize)]
@@ -194,10 +196,15 @@ impl CreateNetwork {
                             .map_err(|_| crate::invalid!("-o {key}={mtu}: not a number"))?,
                     );
                 }
+                OPTION_GATEWAY_MODE_IPV4 => spec.gateway_mode_ipv4 = gateway_mode(key, value)?,
+                // Checked as Docker checks it; without IPv6 it has no effect
+                // (as in Docker, on a network without --ipv6).
+                OPTION_GATEWAY_MODE_IPV6 => drop(gateway_mode(key, value)?),
                 _ => {
                     return Err(crate::invalid!(
                         "unknown option -o {key}: netd takes {OPTION_ICC}, {OPTION_MASQUERADE}, \
-                     {OPTION_BINDING_IP}, {OPTION_MTU} and {OPTION_BRIDGE_NAME}"
+                     {OPTION_BINDING_IP}, {OPTION_MTU}, {OPTION_BRIDGE_NAME}, \
+                     {OPTION_GATEWAY_MODE_IPV4} and {OPTION_GATEWAY_MODE_IPV6}"
                     ));
                 }
             }
@@ -219,6 +226,13 @@ impl CreateNetwork {
         }
         Ok(spec)
     }
+}
+
+/// A gateway mode option, refused in Docker's words when unknown.
+fn gateway_mode(key: &str, value: &Value) -> Result<GatewayMode> {
+    let text = option_string(key, value)?;
+    text.parse()
+        .map_err(|why| crate::invalid!("failed to parse {key} value: {text} ({why})"))
 }
 
 #[derive(Default, Deserialize)]
