@@ -71,5 +71,6 @@ mod pod {
         SockRevValue,
         UplinkInfo,
         RuleVerdict,
+        TrustKey,
     );
 }

@@ -9,7 +9,7 @@
 use crate::{
     Backend, Config, CtEntry, CtKey, DropEvent, DropKey, DropReason, Endpoint, EventBudget,
     InterfaceDrops, Ipv4, NetworkInfo, PacketCounter, PortKey, RoutedKey, RuleKey, RuleVerdict,
-    SockRevKey, SockRevValue, TrafficClass, UplinkInfo, sizes,
+    SockRevKey, SockRevValue, TrafficClass, TrustKey, UplinkInfo, sizes,
 };
 
 /// The BPF map types netd uses, named as aya's map types are.
@@ -143,6 +143,8 @@ declare_maps! {
     ROUTED_CIDRS: LpmTrie<RoutedKey, u8>, sizes::ROUTED_CIDRS, pinned;
     /// The user's rules, compiled (see `RuleKey`).
     USER_RULES: LpmTrie<RuleKey, RuleVerdict>, sizes::USER_RULES, pinned;
+    /// (network, ifindex) -> 1: the network's trusted host interfaces.
+    TRUSTED_INTERFACES: HashMap<TrustKey, u8>, sizes::TRUSTED_INTERFACES, pinned;
 }
 
 /// The maps pinned under `<bpffs dir>/maps/`.

@@ -17,6 +17,18 @@ pub const NET_UNPROTECTED: u32 = 1 << 4;
 /// `PUBLISHED_PORTS` by the container's own address and port) and ICMP
 /// open to direct access from outside.
 pub const NET_GATEWAY_ROUTED: u32 = 1 << 5;
+/// Docker 28.2's trusted host interfaces (gateway mode `nat` only): what
+/// arrives on one of them (`TRUSTED_INTERFACES`) may reach the network's
+/// published container ports at the container's address.
+pub const NET_TRUSTS_INTERFACES: u32 = 1 << 6;
+
+/// Key of `TRUSTED_INTERFACES`: a network and an interface it trusts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct TrustKey {
+    pub network_id: u32,
+    pub ifindex: u32,
+}
 
 /// Data of a `ROUTED_CIDRS` key: the network's ID (big-endian, always
 /// matched whole) then the address, so one trie serves every network. The

@@ -32,3 +32,5 @@ pub const ROUTED_CIDRS: u32 = 4096;
 /// Entries of the user rules' trie: one per (rule, port) of a rule
 /// naming ports (a range counts one per port), one for the others.
 pub const USER_RULES: u32 = 65536;
+/// (network, interface) pairs of trusted host interfaces.
+pub const TRUSTED_INTERFACES: u32 = 4096;

@@ -28,7 +28,7 @@ use aya_ebpf::{
 };
 use netd_common::{
     CT_DNAT, CT_SNAT, CtKey, DropReason, NET_GATEWAY_ROUTED, NET_INTERNAL, NET_MASQUERADE,
-    NET_UNPROTECTED, TrafficClass,
+    NET_TRUSTS_INTERFACES, NET_UNPROTECTED, TrafficClass,
 };
 
 use crate::{
@@ -277,7 +277,7 @@ fn track_direct_connection(ip: &Ipv4Packet, key: &CtKey) -> Result<(), DropReaso
     let Some(net) = policy::network_of(ip.dst) else {
         return Ok(());
     };
-    if net.flags & (NET_UNPROTECTED | NET_GATEWAY_ROUTED) == 0
+    if net.flags & (NET_UNPROTECTED | NET_GATEWAY_ROUTED | NET_TRUSTS_INTERFACES) == 0
         || !opens_connection(key, ip.tcp_flags())
     {
         return Ok(());
@@ -359,7 +359,7 @@ fn check_container_destination(ip: &Ipv4Packet, ifindex: u32) -> Result<(), Drop
     let Some(net) = policy::network_of(ip.dst) else {
         return Ok(());
     };
-    if !policy::is_routed(net, ip.src) && !open_to_direct_access(net, ip) {
+    if !policy::is_routed(net, ip.src) && !open_to_direct_access(net, ip, ifindex) {
         return Err(DropReason::UnsolicitedInbound);
     }
     if let Some(port) = routed_opening_port(ip) {
@@ -377,18 +377,19 @@ fn check_container_destination(ip: &Ipv4Packet, ifindex: u32) -> Result<(), Drop
 /// Docker 28's gateway modes: `nat-unprotected` opens every port of every
 /// container; `routed` opens ICMP and the published container ports (keyed
 /// by the container's own address and port, their backend itself); `nat`
-/// opens nothing. Untracked, so every packet of such a flow is judged here
-/// until the container's reply makes the connection's entry.
+/// opens those ports only to what arrives on a trusted host interface
+/// (Docker 28.2), else nothing.
 #[inline(always)]
-fn open_to_direct_access(net: &netd_common::NetworkInfo, ip: &Ipv4Packet) -> bool {
+fn open_to_direct_access(net: &netd_common::NetworkInfo, ip: &Ipv4Packet, ifindex: u32) -> bool {
     if net.flags & NET_UNPROTECTED != 0 {
         return true;
     }
-    if net.flags & NET_GATEWAY_ROUTED == 0 {
+    let routed = net.flags & NET_GATEWAY_ROUTED != 0;
+    if !routed && !policy::trusts(net, ifindex) {
         return false;
     }
     let dst_port = match ip.l4 {
-        L4::Icmp { .. } => return true,
+        L4::Icmp { .. } => return routed,
         L4::Tcp { dst_port, .. } | L4::Udp { dst_port, .. } => dst_port,
         L4::Other => return false,
     };

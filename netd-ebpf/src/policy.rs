@@ -5,7 +5,8 @@
 use crate::maps::bpf_map;
 use aya_ebpf::maps::lpm_trie::Key;
 use netd_common::{
-    DropReason, Endpoint, Ipv4, NET_ICC, NET_INTERNAL, NET_ROUTED, NetworkInfo, routed_key,
+    DropReason, Endpoint, Ipv4, NET_ICC, NET_INTERNAL, NET_ROUTED, NET_TRUSTS_INTERFACES,
+    NetworkInfo, TrustKey, routed_key,
 };
 
 // Subnet -> network. Subnets never overlap (user space refuses that).
@@ -21,6 +22,9 @@ bpf_map!(LOCAL_ADDRS: HashMap);
 // and sources that may reach its containers unsolicited (the pods of a
 // cluster's other nodes, routed to this node's pod CIDR).
 bpf_map!(ROUTED_CIDRS: LpmTrie);
+
+// (network, interface) -> 1: Docker 28.2's trusted host interfaces.
+bpf_map!(TRUSTED_INTERFACES: HashMap);
 
 #[inline(always)]
 pub fn network_of(addr: Ipv4) -> Option<&'static NetworkInfo> {
@@ -98,4 +102,15 @@ pub fn is_routed(net: &NetworkInfo, addr: Ipv4) -> bool {
         && ROUTED_CIDRS
             .get(&Key::new(64, routed_key(net.id, addr)))
             .is_some()
+}
+
+/// Whether `net` trusts what arrives on interface `ifindex`.
+#[inline(always)]
+pub fn trusts(net: &NetworkInfo, ifindex: u32) -> bool {
+    let key = TrustKey {
+        network_id: net.id,
+        ifindex,
+    };
+    // SAFETY: read-only view of a map value.
+    net.flags & NET_TRUSTS_INTERFACES != 0 && unsafe { TRUSTED_INTERFACES.get(&key) }.is_some()
 }

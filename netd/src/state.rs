@@ -62,6 +62,10 @@ pub struct Network {
     /// Docker 28's `gateway_mode_ipv4`: how the network meets the outside.
     #[serde(default, skip_serializing_if = "GatewayMode::is_nat")]
     pub gateway_mode_ipv4: GatewayMode,
+    /// Docker 28.2's trusted host interfaces: what arrives on them may
+    /// reach published container ports at the container's address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_host_interfaces: Vec<String>,
     /// Set while a create or remove is under way (see [`Pending`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Pending>,
@@ -338,6 +342,7 @@ mod tests {
                 docker_id: None,
                 routed_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
                 gateway_mode_ipv4: GatewayMode::Routed,
+                trusted_host_interfaces: Vec::new(),
                 pending: None,
             },
         );

@@ -286,3 +286,16 @@ pub fn send_raw_frame(ns: &Netns, ifname: &str, frame: &[u8]) -> Result<()> {
         Ok(())
     })?
 }
+
+/// Retries `probe` until it returns true (the daemon applies host changes
+/// from rtnetlink events, asynchronously); fails after 10 s.
+pub fn eventually(what: &str, mut probe: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !probe() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

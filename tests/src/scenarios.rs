@@ -844,11 +844,15 @@ fn outcome(ns: &Netns, p: &Probe) -> Outcome {
     }
 }
 
+fn drop_counts(suite: &Suite) -> std::collections::BTreeMap<String, u64> {
+    datapath_drops(suite.h(), &suite.datapath)
+}
+
 /// The datapath's drop counts: per drop reason on ebpf, per chain of netd's
 /// DROP rules on iptables.
-fn drop_counts(suite: &Suite) -> std::collections::BTreeMap<String, u64> {
-    if suite.datapath == "iptables" {
-        let out = suite.h().host.run("iptables-save", &["-c"]).unwrap();
+pub fn datapath_drops(h: &DaemonHost, datapath: &str) -> std::collections::BTreeMap<String, u64> {
+    if datapath == "iptables" {
+        let out = h.host.run("iptables-save", &["-c"]).unwrap();
         let mut counts = std::collections::BTreeMap::new();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let Some((counters, rule)) = line.strip_prefix('[').and_then(|l| l.split_once("] "))
@@ -868,7 +872,7 @@ fn drop_counts(suite: &Suite) -> std::collections::BTreeMap<String, u64> {
         }
         counts
     } else {
-        let status = suite.h().json(&["status", "--format", "json"]);
+        let status = h.json(&["status", "--format", "json"]);
         status["drops"]
             .as_object()
             .expect("status has drops")

@@ -3,12 +3,12 @@
 
 use netd_common::{
     DropReason, NET_GATEWAY_ROUTED, NET_ICC, NET_INTERNAL, NET_MASQUERADE, NET_ROUTED,
-    NET_UNPROTECTED, programs,
+    NET_TRUSTS_INTERFACES, NET_UNPROTECTED, TrustKey, programs,
 };
 use netd_testbed::unit::*;
 use netd_testbed::{
     packet::{Ipv4Frame, TCP_ACK, TCP_SYN, ip},
-    testrun::TC_ACT_OK,
+    testrun::{TC_ACT_OK, TEST_RUN_IFINDEX},
 };
 
 #[test]
@@ -172,7 +172,11 @@ fn nat_unprotected_opens_every_container_port_to_direct_access() {
     // connection was tracked on its way in.
     let answer = Ipv4Frame::tcp(C1, 80, CLIENT, 5555, TCP_SYN | TCP_ACK);
     let (verdict, bytes) = run(&mut dp, programs::TO_UPLINK, &answer);
-    assert_eq!((verdict, bytes), (TC_ACT_OK, answer.build()), "not masqueraded");
+    assert_eq!(
+        (verdict, bytes),
+        (TC_ACT_OK, answer.build()),
+        "not masqueraded"
+    );
     // Its own connections out are still masqueraded.
     let out = Ipv4Frame::tcp(C1, 40000, REMOTE, 80, TCP_SYN);
     expect_rewrite(
@@ -244,5 +248,62 @@ fn routed_opens_published_container_ports_and_icmp_without_nat() {
             .iter()
             .all(|(k, _)| k.dst_port != 80u16.to_be_bytes() || k.dst != ip(HOST).octets()),
         "nothing translated to the host's port"
+    );
+}
+
+#[test]
+fn a_trusted_interface_reaches_published_container_ports_only() {
+    let mut dp = datapath(NET_ICC | NET_MASQUERADE | NET_TRUSTS_INTERFACES);
+    // `-p 8080:80` to C1: the host side, and its container side as the
+    // driver adds it for a network with trusted interfaces.
+    publish_tcp_8080(&mut dp, C1);
+    publish_tcp(&mut dp, ip(C1).octets(), 80, (C1, 80));
+    let direct = Ipv4Frame::tcp(CLIENT, 5555, C1, 80, TCP_SYN);
+    let unpublished = Ipv4Frame::tcp(CLIENT, 5556, C1, 81, TCP_SYN);
+    let ping = Ipv4Frame::icmp_echo(CLIENT, C1, 7, 1);
+    // Not trusted yet: closed, as on any nat network.
+    expect_drop(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &direct,
+        DropReason::UnsolicitedInbound,
+    );
+    let key = TrustKey {
+        network_id: 1,
+        ifindex: TEST_RUN_IFINDEX,
+    };
+    dp.maps.networks.insert_trusted(key).unwrap();
+    expect_untouched(&mut dp, programs::FROM_UPLINK, &direct);
+    // Tracked: the container's answer is not masqueraded.
+    let answer = Ipv4Frame::tcp(C1, 80, CLIENT, 5555, TCP_SYN | TCP_ACK);
+    let (verdict, bytes) = run(&mut dp, programs::TO_UPLINK, &answer);
+    assert_eq!(
+        (verdict, bytes),
+        (TC_ACT_OK, answer.build()),
+        "not masqueraded"
+    );
+    for closed in [&unpublished, &ping] {
+        expect_drop(
+            &mut dp,
+            programs::FROM_UPLINK,
+            closed,
+            DropReason::UnsolicitedInbound,
+        );
+    }
+    // Another network's trust says nothing about network 1.
+    dp.maps.networks.remove_trusted(key).unwrap();
+    dp.maps
+        .networks
+        .insert_trusted(TrustKey {
+            network_id: 2,
+            ..key
+        })
+        .unwrap();
+    let again = Ipv4Frame::tcp(CLIENT, 5557, C1, 80, TCP_SYN);
+    expect_drop(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &again,
+        DropReason::UnsolicitedInbound,
     );
 }

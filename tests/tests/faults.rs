@@ -22,7 +22,7 @@ use netd_common::maps::{self, MapDef as _};
 use netd_testbed::bin_under_test::netd;
 use netd_testbed::{
     daemon_host::{DaemonHost, HOST_IP, OUTSIDE_IP},
-    probe::{self, EchoServer},
+    probe::{self, EchoServer, eventually},
 };
 use serde_json::Value;
 
@@ -619,16 +619,6 @@ fn restarts_under_connection_load_refuse_no_connection() {
         println!("{variant}: {ok} connections, {failed} failed across two restarts");
         assert_eq!(failed, 0, "{variant}: connections failed during restarts");
         assert_down_leaves_nothing(h);
-    }
-}
-
-/// Retries `probe` until it returns true (the daemon applies host changes
-/// from rtnetlink events, asynchronously); fails after 10 s.
-fn eventually(what: &str, mut probe: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !probe() {
-        assert!(Instant::now() < deadline, "{what}: not within 10 s");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

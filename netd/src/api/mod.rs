@@ -67,6 +67,10 @@ pub struct NetworkSpec {
     /// Docker 28's gateway mode for IPv4 (default `nat`).
     #[serde(default)]
     pub gateway_mode_ipv4: GatewayMode,
+    /// Interfaces whose traffic may reach published container ports at the
+    /// container's address (Docker 28.2; gateway mode `nat` only).
+    #[serde(default)]
+    pub trusted_host_interfaces: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -91,6 +95,7 @@ impl NetworkSpec {
             docker_id: None,
             routed_cidrs: Vec::new(),
             gateway_mode_ipv4: GatewayMode::Nat,
+            trusted_host_interfaces: Vec::new(),
         }
     }
 }

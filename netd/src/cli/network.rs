@@ -94,6 +94,10 @@ pub struct CreateArgs {
     /// (with --internal: no address on the host's bridge).
     #[arg(long = "gateway-mode-ipv4", value_name = "MODE", default_value = "nat")]
     gateway_mode_ipv4: GatewayMode,
+    /// What arrives on this interface may reach published container ports
+    /// at the container's address (Docker 28.2; nat mode; repeatable).
+    #[arg(long = "trusted-host-interface", value_name = "IFACE")]
+    trusted_host_interfaces: Vec<String>,
 }
 
 impl From<CreateArgs> for NetworkSpec {
@@ -113,6 +117,7 @@ impl From<CreateArgs> for NetworkSpec {
             docker_id: None,
             routed_cidrs: args.routed_cidrs,
             gateway_mode_ipv4: args.gateway_mode_ipv4,
+            trusted_host_interfaces: args.trusted_host_interfaces,
         }
     }
 }

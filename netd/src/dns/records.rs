@@ -301,6 +301,7 @@ pub(super) mod tests {
             docker_id: None,
             routed_cidrs: Vec::new(),
             gateway_mode_ipv4: Default::default(),
+            trusted_host_interfaces: Vec::new(),
             pending: None,
         }
     }

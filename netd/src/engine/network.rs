@@ -151,6 +151,26 @@ impl<H: Host> Engine<H> {
                 "gateway mode 'isolated' can only be used for an internal network"
             ));
         }
+        let mut trusted_host_interfaces = Vec::new();
+        for iface in &spec.trusted_host_interfaces {
+            check_interface_name(iface)
+                .map_err(|err| crate::invalid!("trusted host interface: {err:#}"))?;
+            if mode != GatewayMode::Nat || spec.internal {
+                // Docker ignores it there; saying so beats a silent no-op.
+                return Err(crate::invalid!(
+                    "a trusted host interface opens published ports of a nat network; \
+                     this network is {}",
+                    if spec.internal {
+                        "internal".to_owned()
+                    } else {
+                        mode.to_string()
+                    }
+                ));
+            }
+            if !trusted_host_interfaces.contains(iface) {
+                trusted_host_interfaces.push(iface.clone());
+            }
+        }
         if mode == GatewayMode::Routed && spec.host_ip.is_some() {
             return Err(crate::invalid!(
                 "--host-ip is the source of masquerade, which a routed network does not do"
@@ -173,6 +193,7 @@ impl<H: Host> Engine<H> {
             docker_id: spec.docker_id.clone(),
             routed_cidrs,
             gateway_mode_ipv4: mode,
+            trusted_host_interfaces,
             pending: None,
         })
     }

@@ -1,6 +1,7 @@
 //! Networks and addresses: `NETWORKS` (subnet -> network), `ROUTED_CIDRS`
-//! (what a network reaches without NAT) and `LOCAL_ADDRS` (the host's own
-//! addresses).
+//! (what a network reaches without NAT), `LOCAL_ADDRS` (the host's own
+//! addresses) and `TRUSTED_INTERFACES` (where a network may be reached
+//! directly from).
 
 use std::net::Ipv4Addr;
 
@@ -10,8 +11,8 @@ use aya::{
     maps::{MapData, lpm_trie::Key},
 };
 use netd_common::{
-    NetworkInfo, RoutedKey,
-    maps::{LOCAL_ADDRS, MapDef, NETWORKS, ROUTED_CIDRS},
+    NetworkInfo, RoutedKey, TrustKey,
+    maps::{LOCAL_ADDRS, MapDef, NETWORKS, ROUTED_CIDRS, TRUSTED_INTERFACES},
     routed_key,
 };
 
@@ -21,6 +22,7 @@ pub struct Networks {
     networks: Trie<NETWORKS>,
     routed: Trie<ROUTED_CIDRS>,
     local_addrs: Hash<LOCAL_ADDRS>,
+    trusted: Hash<TRUSTED_INTERFACES>,
 }
 
 impl Networks {
@@ -29,6 +31,7 @@ impl Networks {
             networks: open::<NETWORKS, _>(ebpf)?,
             routed: open::<ROUTED_CIDRS, _>(ebpf)?,
             local_addrs: open::<LOCAL_ADDRS, _>(ebpf)?,
+            trusted: open::<TRUSTED_INTERFACES, _>(ebpf)?,
         })
     }
 
@@ -44,6 +47,7 @@ impl Networks {
         maps.push((NETWORKS::NAME, data(&self.networks)));
         maps.push((ROUTED_CIDRS::NAME, data(&self.routed)));
         maps.push((LOCAL_ADDRS::NAME, data(&self.local_addrs)));
+        maps.push((TRUSTED_INTERFACES::NAME, data(&self.trusted)));
     }
 
     /// Registers a network's subnet (`prefix_len` bits of `subnet`).
@@ -110,6 +114,23 @@ impl Networks {
     pub fn remove_local_addr(&mut self, ip: Ipv4Addr) -> Result<()> {
         done_if_missing(self.local_addrs.remove(&ip.octets()))
             .with_context(|| format!("removing local address {ip}"))
+    }
+
+    /// Lets what arrives on `key.ifindex` reach network `key.network_id`'s
+    /// published container ports directly.
+    pub fn insert_trusted(&mut self, key: TrustKey) -> Result<()> {
+        self.trusted
+            .insert(&key, &1, 0)
+            .with_context(|| format!("trusting interface {}", key.ifindex))
+    }
+
+    pub fn remove_trusted(&mut self, key: TrustKey) -> Result<()> {
+        done_if_missing(self.trusted.remove(&key))
+            .with_context(|| format!("no longer trusting interface {}", key.ifindex))
+    }
+
+    pub fn trusted(&self) -> Result<Vec<TrustKey>> {
+        Ok(self.trusted.keys().filter_map(Result::ok).collect())
     }
 
     pub fn local_addrs(&self) -> Result<Vec<Ipv4Addr>> {

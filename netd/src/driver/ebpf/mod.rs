@@ -4,6 +4,7 @@
 
 mod nat_ports;
 mod observe;
+mod trusted;
 mod uplinks;
 
 pub use nat_ports::NatPorts;
@@ -17,7 +18,7 @@ use std::{
 use anyhow::Result;
 use netd_common::{
     Backend, Config, Endpoint, NET_GATEWAY_ROUTED, NET_ICC, NET_INTERNAL, NET_MASQUERADE,
-    NET_ROUTED, NET_UNPROTECTED, NetworkInfo, PortKey,
+    NET_ROUTED, NET_TRUSTS_INTERFACES, NET_UNPROTECTED, NetworkInfo, PortKey, TrustKey,
 };
 
 use super::{BoxFuture, ConntrackRow, FirewallDriver, HostInfo, Leftovers};
@@ -66,6 +67,11 @@ pub struct EbpfDriver {
     connections: u32,
     /// `netd down` under way: objects go whole at the end.
     tearing_down: bool,
+    /// Networks with trusted host interfaces, by ID (see `trusted`).
+    trusting: HashMap<u32, trusted::Trusting>,
+    /// Published container sides on those networks, by how many published
+    /// ports lead to each.
+    container_sides: HashMap<PortKey, usize>,
 }
 
 /// A full conntrack table, logged once when a burst of evictions or
@@ -186,6 +192,8 @@ impl EbpfDriver {
             pressure: Pressure::default(),
             connections: 0,
             tearing_down: false,
+            trusting: HashMap::new(),
+            container_sides: HashMap::new(),
         };
         // Counters outlive restarts: only what happens from now is news.
         let (evicted, refused) = Pressure::read(&driver.datapath)?;
@@ -240,6 +248,7 @@ struct Declared {
     ports: HashSet<PortKey>,
     /// (network ID, address, prefix length) of each routed CIDR.
     routed: HashSet<(u32, Ipv4Addr, u8)>,
+    trusted: HashSet<TrustKey>,
 }
 
 impl Declared {
@@ -290,6 +299,9 @@ fn network_flags(net: &Network) -> u32 {
         GatewayMode::Routed if !net.internal => flags |= NET_GATEWAY_ROUTED,
         _ => {}
     }
+    if trusted::Trusting::of(net).is_some() {
+        flags |= NET_TRUSTS_INTERFACES;
+    }
     flags
 }
 
@@ -331,6 +343,10 @@ impl FirewallDriver for EbpfDriver {
                 .routed
                 .insert((net.id, cidr.addr(), cidr.prefix_len()));
         }
+        if let Some(trusting) = trusted::Trusting::of(net) {
+            self.trusting.insert(net.id, trusting);
+            self.sync_trusted()?;
+        }
         Ok(())
     }
 
@@ -354,6 +370,9 @@ impl FirewallDriver for EbpfDriver {
         }
         if !self.declared.local_addrs().contains(&net.gateway) {
             self.datapath.maps.networks.remove_local_addr(net.gateway)?;
+        }
+        if self.trusting.remove(&net.id).is_some() {
+            self.sync_trusted()?;
         }
         Ok(())
     }
@@ -405,10 +424,11 @@ impl FirewallDriver for EbpfDriver {
         ports: &[PublishedPort],
         atts: &[Attachment],
     ) -> Result<Leftovers> {
-        let keys: Vec<PortKey> = ports.iter().map(port_key).collect();
+        let mut keys: Vec<PortKey> = ports.iter().map(port_key).collect();
         for key in &keys {
             self.declared.ports.remove(key);
         }
+        keys.extend(self.close_container_sides(ports));
         for att in atts {
             self.endpoints.remove(&att.host_veth);
             self.declared.endpoints.remove(&att.ip);
@@ -448,14 +468,19 @@ impl FirewallDriver for EbpfDriver {
             }
             self.declared.ports.insert(port_key(port));
         }
+        if let Err(err) = self.open_container_sides(ports) {
+            let _ = self.unpublish(ports);
+            return Err(err);
+        }
         Ok(())
     }
 
     fn unpublish(&mut self, ports: &[PublishedPort]) -> Result<()> {
-        let keys: Vec<PortKey> = ports.iter().map(port_key).collect();
+        let mut keys: Vec<PortKey> = ports.iter().map(port_key).collect();
         for key in &keys {
             self.declared.ports.remove(key);
         }
+        keys.extend(self.close_container_sides(ports));
         if self.tearing_down {
             return Ok(());
         }
@@ -531,6 +556,15 @@ impl FirewallDriver for EbpfDriver {
                     .remove_routed(id, addr, prefix_len)?;
             }
         }
+        for key in self.datapath.maps.networks.trusted()? {
+            if !self.declared.trusted.contains(&key) {
+                removed.push(format!(
+                    "stale trusted interface {} of network {}",
+                    key.ifindex, key.network_id
+                ));
+                self.datapath.maps.networks.remove_trusted(key)?;
+            }
+        }
         for (addr, prefix_len) in self.datapath.maps.networks.networks()? {
             if !self.declared.networks.contains(&(addr, prefix_len)) {
                 removed.push(format!("stale network {addr}/{prefix_len}"));
@@ -572,7 +606,8 @@ impl FirewallDriver for EbpfDriver {
             true => self.enforce_rules(host),
             false => Ok(()),
         };
-        uplinks.and(addrs).and(config).and(rules)
+        let trusted = self.sync_trusted();
+        uplinks.and(addrs).and(config).and(rules).and(trusted)
     }
 
     fn begin_teardown(&mut self) {

@@ -30,6 +30,7 @@ fn network(name: &str, id: u32, subnet: &str, bridge: &str) -> Network {
         docker_id: None,
         routed_cidrs: Vec::new(),
         gateway_mode_ipv4: Default::default(),
+        trusted_host_interfaces: Vec::new(),
         pending: None,
     }
 }
@@ -132,9 +133,14 @@ fn routed_cidrs_skip_masquerade() {
 
 /// Docker 28's gateway modes: nat-unprotected (no raw drop, the bridge's
 /// last rule accepts), routed (no masquerade, no DNAT, the container port
-/// and ICMP accepted), isolated (internal rules only).
+/// and ICMP accepted), isolated (internal rules only); and a nat network's
+/// trusted host interfaces (past the raw drop).
 #[test]
 fn gateway_modes() {
+    let trusting = Network {
+        trusted_host_interfaces: vec!["eth1".into(), "wg0".into()],
+        ..network("trusting", 5, "10.67.0.0/24", "br-trusting")
+    };
     let unprotected = Network {
         gateway_mode_ipv4: GatewayMode::NatUnprotected,
         ..network("unprot", 2, "10.64.0.0/24", "br-unprot")
@@ -150,8 +156,9 @@ fn gateway_modes() {
         ..network("isol", 4, "10.66.0.0/24", "br-isol")
     };
     let d = driver(
-        vec![unprotected, routed, isolated],
+        vec![unprotected, routed, isolated, trusting],
         &[
+            ("10.67.0.2", "trusting"),
             ("10.64.0.2", "unprot"),
             ("10.65.0.2", "routed"),
             ("10.66.0.2", "isol"),
@@ -160,6 +167,7 @@ fn gateway_modes() {
             ("0.0.0.0", 8080, Proto::Tcp, "10.64.0.2", 80),
             // `-p 8083:80` on the routed network: no host port.
             ("0.0.0.0", 0, Proto::Tcp, "10.65.0.2", 80),
+            ("0.0.0.0", 8084, Proto::Tcp, "10.67.0.2", 80),
         ],
     );
     insta::assert_snapshot!(d.render());

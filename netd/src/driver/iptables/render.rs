@@ -33,6 +33,11 @@ impl IptablesDriver {
                 continue;
             };
             if net.masquerade && !net.internal && net.gateway_mode_ipv4 == GatewayMode::Nat {
+                // Docker 28.2's trusted host interfaces: past this drop, on
+                // to the per-port ACCEPTs of the published container ports.
+                for iface in &net.trusted_host_interfaces {
+                    line(format!("-A NETD-RAW -d {ip}/32 -i {iface} -j RETURN"));
+                }
                 line(format!(
                     "-A NETD-RAW -d {ip}/32 ! -i {} -j DROP",
                     net.bridge

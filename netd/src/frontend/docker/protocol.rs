@@ -23,6 +23,7 @@ pub const OPTION_MTU: &str = "com.docker.network.driver.mtu";
 pub const OPTION_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
 pub const OPTION_GATEWAY_MODE_IPV4: &str = "com.docker.network.bridge.gateway_mode_ipv4";
 pub const OPTION_GATEWAY_MODE_IPV6: &str = "com.docker.network.bridge.gateway_mode_ipv6";
+pub const OPTION_TRUSTED_INTERFACES: &str = "com.docker.network.bridge.trusted_host_interfaces";
 
 /// A reply to one call; each serializes as Docker expects its method's.
 #[derive(Serialize)]
@@ -200,11 +201,20 @@ impl CreateNetwork {
                 // Checked as Docker checks it; without IPv6 it has no effect
                 // (as in Docker, on a network without --ipv6).
                 OPTION_GATEWAY_MODE_IPV6 => drop(gateway_mode(key, value)?),
+                // Colon-separated, as Docker splits it.
+                OPTION_TRUSTED_INTERFACES => {
+                    spec.trusted_host_interfaces = option_string(key, value)?
+                        .split(':')
+                        .filter(|name| !name.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                }
                 _ => {
                     return Err(crate::invalid!(
                         "unknown option -o {key}: netd takes {OPTION_ICC}, {OPTION_MASQUERADE}, \
                      {OPTION_BINDING_IP}, {OPTION_MTU}, {OPTION_BRIDGE_NAME}, \
-                     {OPTION_GATEWAY_MODE_IPV4} and {OPTION_GATEWAY_MODE_IPV6}"
+                     {OPTION_GATEWAY_MODE_IPV4}, {OPTION_GATEWAY_MODE_IPV6} and \
+                     {OPTION_TRUSTED_INTERFACES}"
                     ));
                 }
             }
