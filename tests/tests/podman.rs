@@ -5,9 +5,11 @@
 
 use std::net::SocketAddr;
 
+use hickory_proto::rr::RecordType;
 use netd_testbed::bin_under_test::{netd, netd_cni as plugin};
 use netd_testbed::{
-    daemon_host::HOST_IP,
+    daemon_host::{HOST_IP, OUTSIDE_IP},
+    dns::{StubResolver, addresses, ask},
     podman::PodmanHost,
     probe::{self, EchoServer},
 };
@@ -119,4 +121,52 @@ fn podman_containers_live_and_go_on_netd_networks() {
     ]);
     assert!(err.contains("no network named \"web\""), "{err}");
     assert!(records(&p).is_empty());
+}
+
+/// Through CNI the result names netd's resolver, which Podman writes first
+/// in the container's resolv.conf; the names Podman gives (the container's
+/// name, its short ID, `--network-alias`) resolve on the network they share
+/// and on no other.
+#[test]
+fn podman_containers_resolve_each_other_by_name() {
+    // Forwarded names go to a stub upstream in the test's outside.
+    let upstream = format!("{OUTSIDE_IP}:53");
+    let p = PodmanHost::start(netd(), plugin(), &["--dns-upstream", &upstream]);
+    let stub = StubResolver::start(&p.h.outside, addr(&upstream), &[]).unwrap();
+    p.network("names", &["--subnet", "10.71.0.0/24"]);
+    p.network("other", &["--subnet", "10.72.0.0/24"]);
+    let web = p.run(
+        "web",
+        &["--network", "names", "--network-alias", "frontend"],
+    );
+    p.run("db", &["--network", "names"]);
+    let far = p.run("far", &["--network", "other"]);
+    let resolv_conf = p.podman_ok(&["inspect", "-f", "{{.ResolvConfPath}}", &p.h.name("web")]);
+    let text = std::fs::read_to_string(resolv_conf.trim()).unwrap();
+    let first = text.lines().find(|l| l.starts_with("nameserver"));
+    assert_eq!(first, Some("nameserver 127.0.0.11"), "{text}");
+    let ip_of = |short: &str, net: &str| -> std::net::Ipv4Addr {
+        let format = format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}");
+        p.podman_ok(&["inspect", "-f", &format, &p.h.name(short)])
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let resolver = addr("127.0.0.11:53");
+    let lookup = |from: &netd_testbed::Netns, name: &str| {
+        addresses(&ask(from, resolver, name, RecordType::A, false).unwrap())
+    };
+    let db_id = p.podman_ok(&["inspect", "-f", "{{.Id}}", &p.h.name("db")]);
+    for name in [p.h.name("db"), db_id.trim()[..12].to_owned()] {
+        assert_eq!(lookup(&web, &name), [ip_of("db", "names")], "{name}");
+    }
+    assert_eq!(lookup(&web, "frontend"), [ip_of("web", "names")]);
+    // From another network: not netd's to answer; upstream knows nothing.
+    let answer = ask(&far, resolver, "frontend", RecordType::A, false).unwrap();
+    assert!(addresses(&answer).is_empty(), "{answer:?}");
+    assert_eq!(stub.asked("frontend"), 1, "forwarded once, from far");
+    // Gone with the container.
+    p.rm("db");
+    let answer = ask(&web, resolver, &p.h.name("db"), RecordType::A, false).unwrap();
+    assert!(addresses(&answer).is_empty(), "{answer:?}");
 }

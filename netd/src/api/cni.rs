@@ -36,6 +36,11 @@ pub struct CniAttach {
     /// CHECK: the address the runtime holds from ADD's result, if it sent one.
     #[serde(default)]
     pub expect_ip: Option<IpAddr>,
+    /// Names the container answers to on the network's resolver: the
+    /// runtime's `K8S_POD_NAME` and its `aliases` capability for this
+    /// network (Podman sends the container's short ID and network aliases).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
 }
 
 /// Which attachment a CNI DEL or GC names.
@@ -62,6 +67,10 @@ pub struct CniAttachment {
     pub gateway: Option<std::net::Ipv4Addr>,
     pub mtu: u32,
     pub ports: Vec<PublishedPort>,
+    /// The resolver the container asks (the result's `dns`), on networks
+    /// with name resolution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nameserver: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -83,6 +83,8 @@ struct Ipam {
 struct Capabilities {
     port_mappings: bool,
     ips: bool,
+    /// Podman's names for the container on the network (its resolver's).
+    aliases: bool,
 }
 
 pub const PLUGIN_NAME: &str = "netd-cni";
@@ -148,6 +150,7 @@ fn install(client: &Client, args: InstallArgs) -> Result<()> {
             capabilities: Capabilities {
                 port_mappings: true,
                 ips: true,
+                aliases: true,
             },
         }],
     };

@@ -84,6 +84,9 @@ pub struct RuntimeConfig {
     /// The `ips` capability: addresses asked for (`10.88.0.5/24` or bare).
     #[serde(default)]
     pub ips: Vec<String>,
+    /// The `aliases` capability: network name -> the container's names on it.
+    #[serde(default)]
+    pub aliases: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// One port mapping. Podman sends the documented camelCase keys; containerd
@@ -155,6 +158,15 @@ impl NetConf {
         self.socket
             .clone()
             .unwrap_or_else(|| crate::api::DEFAULT_SOCKET.into())
+    }
+
+    /// The names the runtime gives the container on this network.
+    pub fn aliases(&self) -> Vec<String> {
+        self.runtime_config
+            .aliases
+            .get(&self.name)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn network_name(&self) -> String {

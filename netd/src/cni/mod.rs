@@ -308,6 +308,12 @@ fn attach_request(env: &Env, conf: &NetConf) -> Result<CniAttach, Failure> {
         ip,
         ports: conf.ports()?,
         expect_ip: conf.prev_ip(),
+        names: env
+            .arg("K8S_POD_NAME")
+            .map(str::to_owned)
+            .into_iter()
+            .chain(conf.aliases())
+            .collect(),
     })
 }
 

@@ -47,7 +47,12 @@ pub struct Route {
 }
 
 #[derive(Debug, Default, Serialize)]
-pub struct Dns {}
+pub struct Dns {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -106,7 +111,15 @@ impl AddResult {
                 })
                 .into_iter()
                 .collect(),
-            dns: Dns::default(),
+            // Podman puts these nameservers first in the container's
+            // resolv.conf (containerd uses the pod's own DNS settings).
+            dns: Dns {
+                nameservers: att.nameserver.iter().map(|ns| ns.to_string()).collect(),
+                options: match att.nameserver {
+                    Some(_) => vec!["ndots:0".into()],
+                    None => Vec::new(),
+                },
+            },
         }
     }
 }

@@ -27,7 +27,7 @@ use std::{
 
 use tokio::{sync::Semaphore, task::JoinSet};
 
-pub use records::{Answer, Records};
+pub use records::{Answer, Records, has_resolver, is_host_name};
 pub use upstream::Upstreams;
 
 use crate::state::State;
@@ -179,9 +179,17 @@ impl Dns {
     }
 
     fn serve(self: &Arc<Self>, name: &str) -> anyhow::Result<JoinSet<()>> {
-        let netns = crate::netns::netns_path(name);
+        // A runtime's container: its namespace, and the runtime writes its
+        // resolv.conf (from the CNI result's `dns`).
+        let runtime_netns = self.records().netns_of(name);
+        let netns = match &runtime_netns {
+            Some(path) => PathBuf::from(path),
+            None => crate::netns::netns_path(name),
+        };
         let (udp, tcp) = server::bind_in(&netns)?;
-        self.write_resolv_conf(name)?;
+        if runtime_netns.is_none() {
+            self.write_resolv_conf(name)?;
+        }
         let mut tasks = JoinSet::new();
         // Two readers of one socket: a burst of queries is answered on both
         // cores (measured: 1.85× Docker's queries/s with one, 2.3× with two).

@@ -35,6 +35,28 @@ pub struct Asker {
     /// Whether other names are forwarded upstream: not when every network
     /// it is on is internal.
     forwards: bool,
+    /// A runtime's namespace (CNI), where netd's own are found by name.
+    pub netns: Option<String>,
+}
+
+/// Whether containers on `network` resolve each other: every network but
+/// the default `bridge`, as in Docker.
+pub fn has_resolver(network: &str) -> bool {
+    network != DEFAULT_NETWORK
+}
+
+/// Whether `name` can be a container's name on the resolver: dot-separated
+/// labels of letters, digits, '-' and '_'.
+pub fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// Every name and address the resolver answers for, per network.
@@ -59,14 +81,16 @@ impl Records {
     pub fn from_state(state: &State) -> Self {
         let mut records = Records::default();
         let user_network = |name: &str| {
-            name != DEFAULT_NETWORK
+            has_resolver(name)
                 && state
                     .networks
                     .get(name)
                     .is_some_and(|n| n.pending.is_none())
         };
         for c in state.live_containers() {
-            if !matches!(c.sandbox, Sandbox::Netd) || c.mode != NetworkMode::Bridge {
+            // Docker's containers have Docker's embedded DNS.
+            let runtime = matches!(c.sandbox, Sandbox::Cni { .. });
+            if !(c.sandbox.is_netd() || runtime) || c.mode != NetworkMode::Bridge {
                 continue;
             }
             let networks: BTreeSet<String> = c
@@ -83,7 +107,10 @@ impl Records {
                 .iter()
                 .filter(|a| networks.contains(&a.network))
             {
-                let names = std::iter::once(&c.name).chain(&a.aliases);
+                // A runtime's container is known by the names it gave (its
+                // record's name is netd's own).
+                let own = (!runtime).then_some(&c.name);
+                let names = own.into_iter().chain(&a.aliases);
                 for name in names {
                     records
                         .names
@@ -98,9 +125,14 @@ impl Records {
                     .push((a.network.clone(), c.name.clone()));
             }
             let forwards = networks.iter().any(|n| !state.networks[n].internal);
-            records
-                .askers
-                .insert(c.name.clone(), Asker { networks, forwards });
+            records.askers.insert(
+                c.name.clone(),
+                Asker {
+                    networks,
+                    forwards,
+                    netns: c.sandbox.runtime_netns().map(str::to_owned),
+                },
+            );
         }
         records
     }
@@ -108,6 +140,11 @@ impl Records {
     /// Whether container `name` gets a resolver.
     pub fn serves(&self, name: &str) -> bool {
         self.askers.contains_key(name)
+    }
+
+    /// The runtime's namespace of container `name`, if a runtime made it.
+    pub fn netns_of(&self, name: &str) -> Option<String> {
+        self.askers.get(name)?.netns.clone()
     }
 
     /// The containers served, by name.

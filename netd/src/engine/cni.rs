@@ -81,9 +81,10 @@ impl<H: Host> Engine<H> {
         let result = async {
             // Whatever a crashed ADD left under this name goes first.
             self.host.delete_container_link(netns, &req.ifname).await?;
-            let attachment = self
+            let mut attachment = self
                 .wire(netns, &net, address, &req.ifname, &host_veth, true)
                 .await?;
+            attachment.aliases = resolver_names(&net.name, &req.names);
             let entry = self.state.containers.get_mut(&name).expect("inserted");
             entry.attachments.push(attachment);
             entry.ports = ports.clone();
@@ -284,8 +285,27 @@ impl<H: Host> Engine<H> {
             gateway: (!net.internal).then_some(net.gateway),
             mtu: net.mtu,
             ports: record.ports.clone(),
+            nameserver: crate::dns::has_resolver(&net.name).then_some(crate::dns::RESOLVER_ADDR),
         })
     }
+}
+
+/// The names a runtime gave that the network's resolver answers to: host
+/// names only (a runtime's odd name costs the container no more than that
+/// name), each once.
+fn resolver_names(network: &str, names: &[String]) -> Vec<String> {
+    if !crate::dns::has_resolver(network) {
+        return Vec::new();
+    }
+    let mut kept: Vec<String> = Vec::new();
+    for name in names {
+        if !crate::dns::is_host_name(name) {
+            tracing::info!(%name, "CNI: not a host name, not resolvable");
+        } else if !kept.iter().any(|k| k.eq_ignore_ascii_case(name)) {
+            kept.push(name.clone());
+        }
+    }
+    kept
 }
 
 /// netd's record of a CNI attachment: `cni-` + the container ID's first 12

@@ -311,16 +311,7 @@ impl<H: Host> Engine<H> {
             ));
         }
         for (i, alias) in aliases.iter().enumerate() {
-            let valid = !alias.is_empty()
-                && alias.len() <= 253
-                && alias.split('.').all(|label| {
-                    !label.is_empty()
-                        && label.len() <= 63
-                        && label
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                });
-            if !valid {
+            if !crate::dns::is_host_name(alias) {
                 return Err(crate::invalid!(
                     "--alias {alias:?} is not a host name (letters, digits, '-', '_', dot-separated labels)"
                 ));

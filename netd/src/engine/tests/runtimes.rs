@@ -115,6 +115,7 @@ fn cni_attach(id: &str, netns: &str, network: CniNetwork, publish: &[&str]) -> C
             .map(|p| PortSpec::parse(p).unwrap())
             .collect(),
         expect_ip: None,
+        names: vec![format!("{id}-name"), "bad name".into()],
     }
 }
 
@@ -155,6 +156,16 @@ async fn cni_attachments_add_check_del_gc_and_roll_back() {
         engine.state().networks["pods"].routed_cidrs[0].to_string(),
         "10.244.0.0/16"
     );
+    // The resolver: in the result, and the runtime's names that are host
+    // names on the attachment.
+    assert_eq!(a.nameserver, Some(ip("127.0.0.11")));
+    let record = engine
+        .state()
+        .containers
+        .values()
+        .find(|c| c.attachments.iter().any(|att| att.ip == a.ip))
+        .unwrap();
+    assert_eq!(record.attachments[0].aliases, ["ctr-a-name"]);
     // The same ADD again answers the same; CHECK finds it as made.
     let again = engine
         .cni_add(&cni_attach(
