@@ -637,7 +637,10 @@ const CONTAINERS: &[(&str, &str, &str, &[&str])] = &[
     ("n2", "noicc", "10.62.0.3", &[]),
     ("m1", "nomasq", "10.63.0.2", &[]),
     ("u1", "unprot", "10.64.0.2", &[]),
-    ("r1", "routed", "10.65.0.2", &["8083:80"]),
+    // On 127.0.0.1: Podman holds the host ports of `-p` open itself (on
+    // that address only, here), where netd's routed network ignores the
+    // address and the port, as Docker does.
+    ("r1", "routed", "10.65.0.2", &["127.0.0.1:8083:80"]),
     ("s1", "isol", "10.66.0.2", &[]),
     ("s2", "isol", "10.66.0.3", &[]),
     ("hostc", "host", "", &[]),
