@@ -9,7 +9,9 @@ use tokio::sync::{Mutex, Notify, broadcast};
 
 use crate::{
     api::{DropRecord, MonitorEvent},
-    driver::{DropStream, EbpfDriver, EbpfSettings, FirewallDriver, IptablesDriver},
+    driver::{
+        DropStream, EbpfDriver, EbpfSettings, FirewallDriver, IptablesDriver, NftablesDriver,
+    },
     engine::Engine,
     features::{Features, KernelFeatures},
     frontend::{self, socket},
@@ -24,6 +26,8 @@ use crate::{
 pub enum DatapathKind {
     Ebpf,
     Iptables,
+    /// Docker 29's nftables ruleset, in netd's own table.
+    Nftables,
 }
 
 pub struct Options {
@@ -94,6 +98,7 @@ pub async fn run(opts: Options) -> Result<()> {
             )?)
         }
         DatapathKind::Iptables => Box::new(IptablesDriver::start(&host_info)?),
+        DatapathKind::Nftables => Box::new(NftablesDriver::start(&host_info)?),
     };
     let metrics = Metrics::shared();
     let nl = host.netlink().clone();

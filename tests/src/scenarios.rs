@@ -48,7 +48,7 @@ pub enum Expect {
     /// No answer, and the datapath counted the drop: on ebpf under this
     /// drop reason, on iptables in a DROP rule of this chain of netd's
     /// (Docker's raw-table rule stops some traffic before its isolation
-    /// chains would).
+    /// chains would), on nftables in a drop rule standing for that chain.
     Dropped(&'static str, &'static str),
     /// The host itself answers "connection refused": nothing is published
     /// there, and netd passed the packet to the host's stack.
@@ -525,7 +525,7 @@ enum Hosts {
 
 pub struct Suite {
     hosts: Hosts,
-    /// `ebpf` or `iptables`: where drops are counted.
+    /// `ebpf`, `iptables` or `nftables`: where drops are counted.
     pub datapath: String,
     _servers: Vec<EchoServer>,
 }
@@ -852,9 +852,12 @@ fn drop_counts(suite: &Suite) -> std::collections::BTreeMap<String, u64> {
 }
 
 /// The datapath's drop counts: per drop reason on ebpf, per chain of netd's
-/// DROP rules on iptables.
+/// DROP rules on iptables, and on nftables per the iptables chain its drop
+/// rule stands for (see [`iptables_chain_of`]).
 pub fn datapath_drops(h: &DaemonHost, datapath: &str) -> std::collections::BTreeMap<String, u64> {
-    if datapath == "iptables" {
+    if datapath == "nftables" {
+        nftables_drops(h)
+    } else if datapath == "iptables" {
         let out = h.host.run("iptables-save", &["-c"]).unwrap();
         let mut counts = std::collections::BTreeMap::new();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -885,6 +888,50 @@ pub fn datapath_drops(h: &DaemonHost, datapath: &str) -> std::collections::BTree
     }
 }
 
+/// The counters of the drop rules in netd's nftables table, summed per the
+/// iptables chain each stands for.
+fn nftables_drops(h: &DaemonHost) -> std::collections::BTreeMap<String, u64> {
+    let table = netd::driver::NFTABLES_TABLE;
+    let out = h
+        .host
+        .run("nft", &["-j", "list", "table", "ip", table])
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut counts = std::collections::BTreeMap::new();
+    for object in listed["nftables"].as_array().into_iter().flatten() {
+        let rule = &object["rule"];
+        let Some(exprs) = rule["expr"].as_array() else {
+            continue;
+        };
+        if !exprs.iter().any(|e| e.get("drop").is_some()) {
+            continue;
+        }
+        let comment = rule["comment"].as_str().unwrap_or_default();
+        let chain = iptables_chain_of(comment)
+            .unwrap_or_else(|| panic!("a drop rule without a known comment: {rule}"));
+        let packets: u64 = exprs
+            .iter()
+            .find_map(|e| e["counter"]["packets"].as_u64())
+            .unwrap_or(0);
+        *counts.entry(chain.to_owned()).or_default() += packets;
+    }
+    counts
+}
+
+/// The chain of netd's iptables datapath that drops what an nftables drop
+/// rule (named by its comment, Docker 29's words) drops: one suite, one
+/// expectation for both.
+pub fn iptables_chain_of(comment: &str) -> Option<&'static str> {
+    Some(match comment {
+        "DROP DIRECT ACCESS" | "DROP REMOTE LOOPBACK" => "NETD-RAW",
+        "INTERNAL NETWORK INGRESS" | "INTERNAL NETWORK EGRESS" => "NETD-ISOLATION-STAGE-1",
+        "ISOLATION" => "NETD-ISOLATION-STAGE-2",
+        "ICC" | "UNPUBLISHED PORT DROP" => "NETD-FORWARD",
+        user if user.starts_with("USER RULE") => "NETD-USER",
+        _ => return None,
+    })
+}
+
 /// What actually happened, in the words of [`Expect::verdict`] when it is
 /// what the probe expects. A probe that got no answer is "dropped" only if
 /// the datapath counted the drop where the expectation says.
@@ -904,10 +951,10 @@ pub fn verdict(suite: &Suite, p: &Probe) -> String {
                     .filter(|(k, n)| before.get(*k).copied().unwrap_or(0) < **n)
                     .map(|(k, _)| k)
                     .collect();
-                let key = if suite.datapath == "iptables" {
-                    chain
-                } else {
+                let key = if suite.datapath == "ebpf" {
                     reason
+                } else {
+                    chain
                 };
                 if grew.iter().any(|k| *k == key) {
                     format!("dropped ({reason})")

@@ -49,6 +49,11 @@ fn iptables_datapath_passes_the_scenarios() {
     check("iptables", &[]);
 }
 
+#[test]
+fn nftables_datapath_passes_the_scenarios() {
+    check("nftables", &[]);
+}
+
 /// The same story made by a real dockerd with netd as its network driver:
 /// the same verdicts, on both datapaths.
 #[test]
@@ -61,6 +66,11 @@ fn iptables_datapath_passes_the_scenarios_through_docker() {
     check_through(Frontend::Docker, "iptables", &[]);
 }
 
+#[test]
+fn nftables_datapath_passes_the_scenarios_through_docker() {
+    check_through(Frontend::Docker, "nftables", &[]);
+}
+
 /// And made by a real Podman through netd's CNI plugin: the same verdicts.
 #[test]
 fn ebpf_datapath_passes_the_scenarios_through_podman() {
@@ -70,4 +80,9 @@ fn ebpf_datapath_passes_the_scenarios_through_podman() {
 #[test]
 fn iptables_datapath_passes_the_scenarios_through_podman() {
     check_through(Frontend::Podman, "iptables", &[]);
+}
+
+#[test]
+fn nftables_datapath_passes_the_scenarios_through_podman() {
+    check_through(Frontend::Podman, "nftables", &[]);
 }

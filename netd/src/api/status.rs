@@ -34,7 +34,8 @@ pub struct Status {
 #[serde(tag = "datapath", rename_all = "lowercase")]
 pub enum DatapathStatus {
     Ebpf(Box<EbpfStatus>),
-    Iptables(IptablesStatus),
+    Iptables(RuleSetStatus),
+    Nftables(RuleSetStatus),
     /// The engine's test driver: enforces nothing.
     Noop {},
 }
@@ -83,8 +84,8 @@ pub struct Traffic {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IptablesStatus {
-    /// netd's rules per table.
+pub struct RuleSetStatus {
+    /// netd's rules per table (iptables) or per chain (nftables).
     pub rules: BTreeMap<String, usize>,
     pub ports: usize,
 }

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use anyhow::Result;
 use clap::Subcommand;
 use netd::{
-    api::{DatapathStatus, EbpfStatus, IptablesStatus, MonitorEvent, RepairReport, Status},
+    api::{DatapathStatus, EbpfStatus, MonitorEvent, RepairReport, RuleSetStatus, Status},
     client::Client,
 };
 
@@ -52,6 +52,7 @@ fn status_text(status: &Status) -> String {
     let datapath = match &status.datapath {
         DatapathStatus::Ebpf(_) => "ebpf",
         DatapathStatus::Iptables(_) => "iptables",
+        DatapathStatus::Nftables(_) => "nftables",
         DatapathStatus::Noop {} => "noop (enforces nothing)",
     };
     for warning in &status.warnings {
@@ -73,7 +74,8 @@ fn status_text(status: &Status) -> String {
     }
     match &status.datapath {
         DatapathStatus::Ebpf(ebpf) => ebpf_text(ebpf, &mut line),
-        DatapathStatus::Iptables(iptables) => iptables_text(iptables, &mut line),
+        DatapathStatus::Iptables(iptables) => rule_set_text("table", iptables, &mut line),
+        DatapathStatus::Nftables(nftables) => rule_set_text("chain", nftables, &mut line),
         DatapathStatus::Noop {} => {}
     }
     if !status.user_rules.is_empty() {
@@ -164,18 +166,19 @@ fn ebpf_text(ebpf: &EbpfStatus, line: &mut impl FnMut(String)) {
     }
 }
 
-fn iptables_text(iptables: &IptablesStatus, line: &mut impl FnMut(String)) {
+/// netd's rules per table (iptables) or chain (nftables).
+fn rule_set_text(unit: &str, rules: &RuleSetStatus, line: &mut impl FnMut(String)) {
     line(String::new());
     line("netd's rules".to_owned());
-    let rows = iptables
+    let rows = rules
         .rules
         .iter()
-        .map(|(table, n)| vec![table.clone(), n.to_string()])
+        .map(|(name, n)| vec![name.clone(), n.to_string()])
         .collect();
-    for row in table(&["table", "rules"], rows) {
+    for row in table(&[unit, "rules"], rows) {
         line(format!("  {row}"));
     }
-    line(format!("published ports with rules: {}", iptables.ports));
+    line(format!("published ports with rules: {}", rules.ports));
 }
 
 /// What a reconciliation changed, one line each (`none` when nothing).

@@ -4,10 +4,16 @@
 
 mod ebpf;
 mod iptables;
+mod netfilter;
+mod nf_conntrack;
+mod nftables;
 mod noop;
+#[cfg(test)]
+mod topologies;
 
 pub use ebpf::{EbpfDriver, EbpfSettings, NatPorts};
 pub use iptables::IptablesDriver;
+pub use nftables::{NftablesDriver, TABLE as NFTABLES_TABLE};
 pub use noop::NoopDriver;
 
 use std::net::Ipv4Addr;
@@ -19,8 +25,8 @@ use crate::{
 };
 use anyhow::Result;
 
-/// Whether bridged (same-network) traffic passes through iptables
-/// (br_netfilter). Docker's icc=false needs it; the eBPF datapath does not
+/// Whether bridged (same-network) traffic passes through netfilter's IPv4
+/// hooks, iptables' and nftables' `ip` tables alike (br_netfilter). Docker's icc=false needs it; the eBPF datapath does not
 /// want it. A kernel without br_netfilter has no such sysctl: nothing to do.
 fn set_bridge_netfilter(on: bool) -> Result<()> {
     let path = "/proc/sys/net/bridge/bridge-nf-call-iptables";

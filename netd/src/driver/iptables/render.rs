@@ -3,15 +3,20 @@
 
 use std::fmt::Write as _;
 
-use super::{CHAINS, HAIRPIN_MARK, IptablesDriver};
+use super::{CHAINS, HAIRPIN_MARK};
 use crate::{
+    driver::netfilter::Declared,
     rule::RuleAction,
     state::{GatewayMode, Network},
 };
 
-impl IptablesDriver {
-    /// The whole rule set for netd's chains, in iptables-restore syntax.
-    pub fn render(&self) -> String {
+/// The whole rule set for netd's chains, in iptables-restore syntax.
+pub fn render(decl: &Declared) -> String {
+    decl.render_iptables()
+}
+
+impl Declared {
+    fn render_iptables(&self) -> String {
         let mut out = String::new();
         let nets: Vec<&Network> = self.networks.iter().rev().collect();
         let mut line = |s: String| {
@@ -133,7 +138,7 @@ impl IptablesDriver {
             for net in &nets {
                 line(format!("-A NETD-FORWARD -o {} -j NETD-USER", net.bridge));
             }
-            self.render_user_rules(&nets, &mut line);
+            self.render_iptables_user_rules(&nets, &mut line);
         }
         line("-A NETD-FORWARD -j NETD-ISOLATION-STAGE-1".into());
         for net in &nets {
@@ -210,7 +215,7 @@ impl IptablesDriver {
     /// netd bridge (the host's own and containers' traffic is not the
     /// rules' business, as on the eBPF datapath), matched on the original
     /// destination port (the published one, before DNAT), first match wins.
-    fn render_user_rules(&self, nets: &[&Network], line: &mut impl FnMut(String)) {
+    fn render_iptables_user_rules(&self, nets: &[&Network], line: &mut impl FnMut(String)) {
         line("-A NETD-USER -m conntrack ! --ctstate NEW -j RETURN".into());
         for net in nets {
             line(format!("-A NETD-USER -i {} -j RETURN", net.bridge));

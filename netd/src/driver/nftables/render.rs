@@ -1,0 +1,330 @@
+//! netd's nftables table as one `nft -f` script: a pure function of the
+//! declared networks, endpoints, ports and user rules, shaped as Docker
+//! 29's `ip docker-bridges` (base chains dispatching through verdict maps
+//! to four chains per bridge); docs/nftables-path.md lists the differences.
+
+use std::fmt::Write as _;
+
+use super::{HAIRPIN_MARK, TABLE};
+use crate::{
+    driver::netfilter::Declared,
+    rule::RuleAction,
+    state::{GatewayMode, Network},
+};
+
+/// The four per-bridge chains, each reached through its verdict map.
+const PER_BRIDGE: [(&str, &str); 4] = [
+    ("filter-forward-in", "oifname"),
+    ("filter-forward-out", "iifname"),
+    ("nat-postrouting-in", "oifname"),
+    ("nat-postrouting-out", "iifname"),
+];
+
+/// The whole table, replacing the one in the kernel in one transaction
+/// (declared first so the delete always finds it).
+pub fn render(decl: &Declared) -> String {
+    decl.render_nftables()
+}
+
+impl Declared {
+    fn render_nftables(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "table ip {TABLE} {{}}");
+        let _ = writeln!(out, "delete table ip {TABLE}");
+        let _ = writeln!(out, "table ip {TABLE} {{");
+        for (purpose, _) in PER_BRIDGE {
+            let elements: Vec<String> = self
+                .networks
+                .iter()
+                .map(|n| format!("\"{}\" : jump {purpose}__{}", n.bridge, n.bridge))
+                .collect();
+            let _ = writeln!(out, "\tmap {purpose}-jumps {{");
+            let _ = writeln!(out, "\t\ttype ifname : verdict");
+            if !elements.is_empty() {
+                let _ = writeln!(out, "\t\telements = {{ {} }}", elements.join(", "));
+            }
+            let _ = writeln!(out, "\t}}");
+        }
+        self.base_chains(&mut out);
+        for net in &self.networks {
+            self.bridge_chains(net, &mut out);
+        }
+        let _ = writeln!(out, "}}");
+        out
+    }
+
+    fn base_chains(&self, out: &mut String) {
+        let mut chain = |name: &str, hook: Option<(&str, &str, &str)>, rules: Vec<String>| {
+            let _ = writeln!(out, "\tchain {name} {{");
+            if let Some((kind, hook, priority)) = hook {
+                let _ = writeln!(
+                    out,
+                    "\t\ttype {kind} hook {hook} priority {priority}; policy accept;"
+                );
+            }
+            for rule in rules {
+                let _ = writeln!(out, "\t\t{rule}");
+            }
+            let _ = writeln!(out, "\t}}");
+        };
+        let bridges = self.bridge_set(None);
+        let mut forward = Vec::new();
+        // The user's rules first, for what enters a bridge from outside
+        // (netd's DOCKER-USER; Docker 29 has none).
+        if !self.rules.is_empty() && !self.networks.is_empty() {
+            forward.push(format!("oifname {bridges} jump user-rules"));
+        }
+        forward.push("oifname vmap @filter-forward-in-jumps".into());
+        forward.push("iifname vmap @filter-forward-out-jumps".into());
+        // Numbers, not nft's names for them (filter, dstnat, srcnat, raw):
+        // nft 1.0.6 takes the names in some hooks only.
+        chain("filter-FORWARD", Some(("filter", "forward", "0")), forward);
+        let to_local = "fib daddr type local counter jump nat-prerouting-and-output".to_owned();
+        chain(
+            "nat-PREROUTING",
+            Some(("nat", "prerouting", "-100")),
+            vec![to_local.clone()],
+        );
+        chain(
+            "nat-OUTPUT",
+            Some(("nat", "output", "-100")),
+            vec![to_local],
+        );
+        chain(
+            "nat-POSTROUTING",
+            Some(("nat", "postrouting", "100")),
+            vec![
+                "iifname vmap @nat-postrouting-out-jumps".into(),
+                "oifname vmap @nat-postrouting-in-jumps".into(),
+            ],
+        );
+        chain("nat-prerouting-and-output", None, self.dnat_rules());
+        chain(
+            "raw-PREROUTING",
+            Some(("filter", "prerouting", "-300")),
+            self.raw_rules(),
+        );
+        if !self.rules.is_empty() && !self.networks.is_empty() {
+            chain("user-rules", None, self.user_rules(&bridges));
+        }
+    }
+
+    /// `{ "br1", "br2" }` of every bridge but `except`'s (`None`: all).
+    fn bridge_set(&self, except: Option<&str>) -> String {
+        let names: Vec<String> = self
+            .networks
+            .iter()
+            .filter(|n| Some(n.bridge.as_str()) != except)
+            .map(|n| format!("\"{}\"", n.bridge))
+            .collect();
+        format!("{{ {} }}", names.join(", "))
+    }
+
+    /// Published ports (DNAT), and the mark that makes hairpin connections
+    /// from a bridge show the backend network's gateway as their source.
+    fn dnat_rules(&self) -> Vec<String> {
+        let mut rules = Vec::new();
+        for net in &self.networks {
+            rules.push(format!(
+                "iifname \"{}\" meta mark set meta mark | {HAIRPIN_MARK}",
+                net.bridge
+            ));
+        }
+        // A routed network's ports have no host port: no DNAT.
+        for (host_ip, port, proto, cip, cport) in self.ports.iter().filter(|p| p.1 != 0) {
+            let dst = match host_ip.is_unspecified() {
+                true => String::new(),
+                false => format!("ip daddr {host_ip} "),
+            };
+            rules.push(format!(
+                "{dst}{} dport {port} counter dnat to {cip}:{cport} comment \"DNAT\"",
+                proto_name(*proto)
+            ));
+        }
+        rules
+    }
+
+    /// Docker 28's drops before routing: direct access to a nat network's
+    /// containers (its trusted interfaces excepted), and remote access to
+    /// ports published on 127.0.0.1.
+    fn raw_rules(&self) -> Vec<String> {
+        let mut rules = Vec::new();
+        // A cluster's pods on other nodes do reach this node's pods.
+        for net in &self.networks {
+            for cidr in &net.routed_cidrs {
+                rules.push(format!("ip saddr {cidr} ip daddr {} return", net.subnet));
+            }
+        }
+        for (ip, net) in &self.endpoints {
+            let Some(net) = self.network(net) else {
+                continue;
+            };
+            if net.masquerade && !net.internal && net.gateway_mode_ipv4 == GatewayMode::Nat {
+                let allowed: Vec<String> = std::iter::once(&net.bridge)
+                    .chain(&net.trusted_host_interfaces)
+                    .map(|i| format!("\"{i}\""))
+                    .collect();
+                rules.push(format!(
+                    "ip daddr {ip} iifname != {{ {} }} counter drop comment \"DROP DIRECT ACCESS\"",
+                    allowed.join(", ")
+                ));
+            }
+        }
+        for (host_ip, port, proto, _, _) in &self.ports {
+            if host_ip.is_loopback() {
+                rules.push(format!(
+                    "iifname != \"lo\" ip daddr {host_ip} {} dport {port} counter drop comment \"DROP REMOTE LOOPBACK\"",
+                    proto_name(*proto)
+                ));
+            }
+        }
+        rules
+    }
+
+    fn bridge_chains(&self, net: &Network, out: &mut String) {
+        let br = &net.bridge;
+        let mode = (!net.internal).then_some(net.gateway_mode_ipv4);
+        let established = "ct state established,related counter accept".to_owned();
+
+        let mut forward_in = vec![established.clone()];
+        if net.internal {
+            forward_in.push(format!(
+                "iifname != \"{br}\" counter drop comment \"INTERNAL NETWORK INGRESS\""
+            ));
+        } else {
+            if mode == Some(GatewayMode::Routed) {
+                forward_in.push("ip protocol icmp counter accept comment \"ICMP\"".into());
+            }
+            // Networks stay apart (Docker 28's isolation stages; Docker 29
+            // dropped them): connections opened from another bridge, not
+            // to a published port.
+            if self.networks.len() > 1 {
+                forward_in.push(format!(
+                    "iifname {} ct status & dnat == 0 counter drop comment \"ISOLATION\"",
+                    self.bridge_set(Some(br))
+                ));
+            }
+            for cidr in &net.routed_cidrs {
+                forward_in.push(format!("ip saddr {cidr} counter accept"));
+            }
+            // Published container ports, then what DNAT leads here from the
+            // host's own bridges (hairpin), as on netd's iptables path.
+            if mode != Some(GatewayMode::NatUnprotected) {
+                for (_, _, proto, cip, cport) in &self.ports {
+                    if self.endpoints.get(cip) == Some(&net.name) {
+                        forward_in.push(format!(
+                            "ip daddr {cip} {} dport {cport} counter accept",
+                            proto_name(*proto)
+                        ));
+                    }
+                }
+            }
+            forward_in.push("ct status dnat counter accept".into());
+        }
+        let icc = if net.icc { "accept" } else { "drop" };
+        forward_in.push(format!("iifname \"{br}\" counter {icc} comment \"ICC\""));
+        forward_in.push(match mode {
+            Some(GatewayMode::NatUnprotected) => "counter accept comment \"UNPROTECTED\"".into(),
+            _ => "counter drop comment \"UNPUBLISHED PORT DROP\"".into(),
+        });
+
+        let mut forward_out = vec![established];
+        forward_out.push(match net.internal {
+            true => format!("oifname != \"{br}\" counter drop comment \"INTERNAL NETWORK EGRESS\""),
+            false => "counter accept comment \"OUTGOING\"".into(),
+        });
+
+        let mut postrouting_in = vec![
+            // The host reaching a published port sees the gateway, as with
+            // Docker's proxy; the host reaching a container directly keeps
+            // its address.
+            "fib saddr type local ct status dnat counter masquerade comment \"MASQUERADE FROM HOST\""
+                .to_owned(),
+            format!(
+                "meta mark & {HAIRPIN_MARK} == {HAIRPIN_MARK} ct status dnat counter masquerade comment \"HAIRPIN\""
+            ),
+        ];
+        for (_, port, proto, cip, cport) in &self.ports {
+            if *port != 0 && self.endpoints.get(cip) == Some(&net.name) {
+                postrouting_in.push(format!(
+                    "ip saddr {cip} ip daddr {cip} {} dport {cport} counter masquerade comment \"MASQ TO OWN PORT\"",
+                    proto_name(*proto)
+                ));
+            }
+        }
+
+        let mut postrouting_out = Vec::new();
+        for cidr in &net.routed_cidrs {
+            postrouting_out.push(format!("ip daddr {cidr} return"));
+        }
+        if net.masquerade && !net.internal {
+            let (target, comment) = match net.host_ip {
+                Some(ip) => (format!("snat to {ip}"), "SNAT"),
+                None => ("masquerade".to_owned(), "MASQUERADE"),
+            };
+            postrouting_out.push(format!(
+                "oifname != \"{br}\" ip saddr {} counter {target} comment \"{comment}\"",
+                net.subnet
+            ));
+        }
+
+        for ((purpose, _), rules) in
+            PER_BRIDGE
+                .iter()
+                .zip([forward_in, forward_out, postrouting_in, postrouting_out])
+        {
+            let _ = writeln!(out, "\tchain {purpose}__{br} {{");
+            for rule in rules {
+                let _ = writeln!(out, "\t\t{rule}");
+            }
+            let _ = writeln!(out, "\t}}");
+        }
+    }
+
+    /// Connections opened toward a bridge from anywhere but a netd bridge
+    /// (the host's own and containers' traffic is not the rules' business,
+    /// as on the other datapaths), matched on the original destination port
+    /// (the published one, before DNAT); first match wins.
+    fn user_rules(&self, bridges: &str) -> Vec<String> {
+        let mut rules = vec![
+            "ct state != new return".to_owned(),
+            format!("iifname {bridges} return"),
+        ];
+        for active in &self.rules {
+            let rule = &active.rule;
+            let mut spec = String::new();
+            if let Some(source) = rule.source {
+                let _ = write!(spec, "ip saddr {source} ");
+            }
+            if let Some(iface) = &rule.in_interface {
+                let _ = write!(spec, "iifname \"{iface}\" ");
+            }
+            if let Some((_, bridge)) = &active.network {
+                let _ = write!(spec, "oifname \"{bridge}\" ");
+            }
+            if let Some(proto) = rule.proto {
+                let _ = write!(spec, "meta l4proto {proto} ");
+            }
+            if let Some((first, last)) = rule.ports {
+                let range = match first == last {
+                    true => first.to_string(),
+                    false => format!("{first}-{last}"),
+                };
+                let _ = write!(spec, "ct original proto-dst {range} ");
+            }
+            let verdict = match rule.action {
+                RuleAction::Allow => "return",
+                RuleAction::Deny => "drop",
+            };
+            rules.push(format!(
+                "{spec}counter {verdict} comment \"USER RULE {}\"",
+                active.order
+            ));
+        }
+        rules
+    }
+}
+
+fn proto_name(proto: u8) -> &'static str {
+    if proto == 17 { "udp" } else { "tcp" }
+}

@@ -1,0 +1,139 @@
+//! The nftables datapath beyond the scenario suite: a kill -9 restart keeps
+//! connections and swaps the table in one transaction; `nft flush ruleset`
+//! behind netd's back (Docker 29 loses its table the same way) is found and
+//! undone by `netd repair`; `netd down` leaves no table; every golden
+//! snapshot of the rendered table is a script nft applies.
+
+use std::net::SocketAddr;
+
+use netd_testbed::bin_under_test::netd;
+use netd_testbed::{
+    Testbed,
+    daemon_host::{DaemonHost, HOST_IP, OUTSIDE_IP},
+    probe::{self, EchoServer},
+};
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn table_listed(h: &DaemonHost) -> bool {
+    h.host
+        .command("nft")
+        .args(["list", "table", "ip", netd::driver::NFTABLES_TABLE])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn restart_flush_repair_and_down_on_nftables() {
+    let mut h = DaemonHost::start(netd(), &["--datapath", "nftables"]);
+    let web = h.name("web");
+    h.ok(&["network", "create", "apps", "--subnet", "10.40.0.0/24"]);
+    h.ok(&[
+        "container",
+        "create",
+        &web,
+        "--network",
+        "apps",
+        "-p",
+        "8080:80",
+    ]);
+    let _server = EchoServer::tcp_stream_echo(&h.ctr("web"), addr("10.40.0.2:80")).unwrap();
+    let published = addr(&format!("{HOST_IP}:8080"));
+    let mut conn = probe::tcp_connect(&h.outside, published).unwrap();
+    probe::echo_roundtrip(&mut conn, b"before").unwrap();
+    assert!(table_listed(&h));
+
+    // kill -9 and a new daemon: the kernel's conntrack keeps the connection,
+    // the table stays until the new one replaces it whole.
+    h.kill_daemon(libc::SIGKILL);
+    probe::echo_roundtrip(&mut conn, b"daemon dead").unwrap();
+    h.spawn_daemon();
+    probe::echo_roundtrip(&mut conn, b"after restart").unwrap();
+    let status = h.json(&["status", "--format", "json"]);
+    assert_eq!(status["datapath"], "nftables", "{status}");
+    assert!(
+        status["rules"]["filter-FORWARD"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+
+    // Everything flushed behind netd's back: new connections to the port
+    // go unanswered (nothing translates them) until `netd repair`.
+    h.host.run("nft", &["flush", "ruleset"]).unwrap();
+    assert!(!table_listed(&h));
+    let err = probe::tcp_request(&h.outside, published, b"x").unwrap_err();
+    assert!(
+        format!("{err:#}").contains("refused"),
+        "nothing listens on the host's port: {err:#}"
+    );
+    let repaired = h.ok(&["repair"]);
+    assert!(
+        repaired.contains("nftables table ip netd-bridges (it was gone)"),
+        "{repaired}"
+    );
+    assert_eq!(
+        probe::tcp_request(&h.outside, published, b"again").unwrap(),
+        b"again"
+    );
+    // Out through masquerade again too.
+    let _outside =
+        EchoServer::tcp(&h.outside, addr(&format!("{OUTSIDE_IP}:7000")), "{peer}").unwrap();
+    assert_eq!(
+        probe::tcp_request(&h.ctr("web"), addr(&format!("{OUTSIDE_IP}:7000")), b"").unwrap(),
+        HOST_IP.as_bytes()
+    );
+    drop(conn);
+
+    h.ok(&["down"]);
+    h.daemon.take().unwrap().wait();
+    assert!(!table_listed(&h), "netd down leaves no table");
+}
+
+/// The snapshots `netd/src/driver/nftables/golden.rs` keeps are what the
+/// driver hands to `nft -f`: each one applies, in a namespace of its own.
+#[test]
+fn every_golden_table_applies() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../netd/src/driver/nftables/snapshots"
+    );
+    let mut applied = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        // insta's header: `---`, its fields, `---`; the script follows.
+        let script = text.splitn(3, "---\n").nth(2).unwrap();
+        assert!(
+            script.contains("table ip netd-bridges {"),
+            "{}",
+            path.display()
+        );
+        let mut bed = Testbed::new().unwrap();
+        let ns = bed.add_netns("nft").unwrap();
+        let mut nft = ns
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        nft.stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = nft.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        applied += 1;
+    }
+    assert!(applied >= 6, "only {applied} snapshots");
+}
