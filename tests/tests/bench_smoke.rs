@@ -35,7 +35,7 @@ fn quick_bench_runs_and_reports_every_datapath() {
         .iter()
         .map(|r| r["datapath"].as_str().unwrap())
         .collect();
-    for datapath in ["none", "direct", "ebpf", "iptables"] {
+    for datapath in ["none", "direct", "ebpf", "iptables", "nftables"] {
         assert!(
             datapaths.contains(&datapath),
             "{datapath} missing from {datapaths:?}"
@@ -65,7 +65,7 @@ fn quick_bench_runs_and_reports_every_datapath() {
                 "{direction}: {row}"
             );
         }
-        if row["datapath"] == "ebpf" || row["datapath"] == "iptables" {
+        if ["ebpf", "iptables", "nftables"].contains(&row["datapath"].as_str().unwrap()) {
             let control = &row["control_plane"];
             assert!(
                 control["publish_one_port_us"]["median"].as_f64().unwrap() > 0.0,

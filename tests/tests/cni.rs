@@ -488,7 +488,7 @@ fn install_writes_conflist_and_plugin() {
     assert_eq!(conflist["plugins"][0]["type"], "netd-cni");
     assert_eq!(
         conflist["plugins"][0]["capabilities"],
-        json!({"portMappings": true, "ips": true})
+        json!({"portMappings": true, "ips": true, "aliases": true})
     );
     assert_eq!(
         conflist["plugins"][0]["socket"],

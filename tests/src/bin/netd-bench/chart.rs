@@ -26,6 +26,7 @@ pub(crate) type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
 pub(crate) const DATAPATH_STYLES: &[(&str, &str, &str)] = &[
     ("ebpf", "#1f77b4", "ebpf"),
     ("iptables", "#d62728", "iptables"),
+    ("nftables", "#ff7f0e", "nftables"),
     ("none", "#7f7f7f", "plain routing"),
     ("direct", "#2ca02c", "direct veth"),
 ];

@@ -117,7 +117,7 @@ fn main() -> Result<()> {
     let mut shapes: Vec<(usize, usize)> = config.port_counts.iter().map(|&p| (p, 1)).collect();
     shapes.push((1, MANY_NETWORKS));
     for &(ports, networks) in &shapes {
-        for datapath in ["ebpf", "iptables"] {
+        for datapath in ["ebpf", "iptables", "nftables"] {
             targets.push(timed_build(|| {
                 daemon_target(&netd, datapath, ports, networks, &config, Extras::default())
                     .with_context(|| format!("building {datapath} with {ports} ports"))
@@ -126,7 +126,7 @@ fn main() -> Result<()> {
     }
     let samples = run_rounds(&targets, &config, measure_all)?;
     let profile = profile_ebpf(&targets, config.duration)?;
-    let typical: Vec<Target> = ["ebpf", "iptables"]
+    let typical: Vec<Target> = ["ebpf", "iptables", "nftables"]
         .into_iter()
         .map(|datapath| {
             timed_build(|| {
@@ -209,6 +209,22 @@ pub(crate) fn paired_comparisons(
                 direction,
             })?);
         }
+        // Docker 29's nftables ruleset: the peer to beat (issue #29).
+        if let Some(nftables) = find("nftables", ebpf.ports, ebpf.networks) {
+            let what = format!(
+                "ebpf / nftables, {} ports, {} network(s)",
+                ebpf.ports, ebpf.networks
+            );
+            for (workload, direction) in [(TcpCrr, Dnat), (UdpRr, Dnat), (TcpCrr, Snat)] {
+                results.push(run(Comparison {
+                    what: what.clone(),
+                    a: ebpf,
+                    b: nftables,
+                    workload,
+                    direction,
+                })?);
+            }
+        }
     }
     let most = targets
         .iter()
@@ -223,8 +239,12 @@ pub(crate) fn paired_comparisons(
             direction: Dnat,
         })?);
     }
-    if let [ebpf, iptables] = typical {
-        for (b, name) in [(iptables, "iptables"), (plain, "plain routing")] {
+    if let [ebpf, iptables, nftables] = typical {
+        for (b, name) in [
+            (iptables, "iptables"),
+            (nftables, "nftables"),
+            (plain, "plain routing"),
+        ] {
             for direction in [Dnat, Snat] {
                 for workload in [TcpCrr, TcpRr, UdpRr] {
                     results.push(run(Comparison {
