@@ -27,13 +27,14 @@ use netd_testbed::{
 use serde_json::Value;
 
 /// Every datapath, and the eBPF one with the older kernels' mechanisms.
-const VARIANTS: [(&str, &[&str]); 3] = [
+const VARIANTS: [(&str, &[&str]); 4] = [
     ("ebpf", &["--datapath", "ebpf"]),
     (
         "ebpf-legacy",
         &["--datapath", "ebpf", "--kernel-features", "legacy"],
     ),
     ("iptables", &["--datapath", "iptables"]),
+    ("nftables", &["--datapath", "nftables"]),
 ];
 
 fn addr(s: &str) -> SocketAddr {
@@ -177,6 +178,15 @@ fn assert_consistent_empty(h: &DaemonHost) {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
     assert!(!rules.contains("NETD"), "rules left after down: {rules}");
+    let tables = h
+        .host
+        .run("nft", &["list", "tables"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert!(
+        !tables.contains(netd::driver::NFTABLES_TABLE),
+        "nftables table left after down: {tables}"
+    );
     let qdiscs = h.tc(&["qdisc", "show", "dev", &h.uplink]);
     assert!(
         !qdiscs.contains("clsact"),
@@ -509,6 +519,7 @@ fn a_reboot_that_loses_all_kernel_state_keeps_the_networks() {
             h.host.run("iptables", &["-t", table, "-F"]).unwrap();
             h.host.run("iptables", &["-t", table, "-X"]).unwrap();
         }
+        h.host.run("nft", &["flush", "ruleset"]).unwrap();
         h.spawn_daemon();
         let repairs = h.json(&["status", "--format", "json"])["repairs"].to_string();
         assert!(repairs.contains(&web), "{variant}: {repairs}");
