@@ -4,8 +4,11 @@
 
 mod nat_ports;
 mod observe;
+mod pressure;
 mod trusted;
 mod uplinks;
+
+use pressure::Pressure;
 
 pub use nat_ports::NatPorts;
 
@@ -72,53 +75,6 @@ pub struct EbpfDriver {
     /// Published container sides on those networks, by how many published
     /// ports lead to each.
     container_sides: HashMap<PortKey, usize>,
-}
-
-/// A full conntrack table, logged once when a burst of evictions or
-/// refusals starts and once when it ends.
-#[derive(Default)]
-struct Pressure {
-    evicted: u64,
-    refused: u64,
-    /// (evicted, refused) when the burst started.
-    burst: Option<(u64, u64)>,
-}
-
-impl Pressure {
-    fn read(datapath: &Datapath) -> Result<(u64, u64)> {
-        let counters = &datapath.maps.counters;
-        Ok((
-            counters.conntrack_evictions()?,
-            counters.drops_of(netd_common::DropReason::ConntrackFull)?,
-        ))
-    }
-
-    fn update(&mut self, (evicted, refused): (u64, u64), connections: u32) {
-        let (new_evictions, new_refusals) = (evicted - self.evicted, refused - self.refused);
-        let full = new_evictions + new_refusals > 0;
-        match self.burst {
-            None if full => {
-                tracing::warn!(
-                    connections,
-                    evicted = new_evictions,
-                    refused = new_refusals,
-                    "conntrack table full: evicting connections not yet answered or \
-                     closing, refusing new ones when none may go (--conntrack-max)"
-                );
-                self.burst = Some((self.evicted, self.refused));
-            }
-            Some((evicted_before, refused_before)) if !full => {
-                tracing::info!(
-                    evicted = evicted - evicted_before,
-                    refused = refused - refused_before,
-                    "conntrack table has room again"
-                );
-                self.burst = None;
-            }
-            _ => {}
-        }
-        (self.evicted, self.refused) = (evicted, refused);
-    }
 }
 
 /// How the eBPF datapath runs (`netd daemon` flags).
@@ -196,8 +152,7 @@ impl EbpfDriver {
             container_sides: HashMap::new(),
         };
         // Counters outlive restarts: only what happens from now is news.
-        let (evicted, refused) = Pressure::read(&driver.datapath)?;
-        (driver.pressure.evicted, driver.pressure.refused) = (evicted, refused);
+        driver.pressure = Pressure::from(Pressure::read(&driver.datapath)?);
         driver.connections = sizes.connections;
         // One uplink that cannot be attached is reported, not fatal.
         if let Err(err) = driver.host_changed(host) {
