@@ -261,9 +261,9 @@ fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
     } else if nat::translate_icmp_error(ctx, &ip)? {
         return Ok(pass);
     }
-    let dst_net = check_container_destination(&ip, ctx.ifindex())?;
-    if let (Some(net), Some(key)) = (dst_net, tuple) {
-        track_direct_connection(net, &ip, &key)?;
+    check_container_destination(&ip, ctx.ifindex())?;
+    if let Some(key) = tuple {
+        track_direct_connection(&ip, &key)?;
     }
     Ok(pass)
 }
@@ -273,11 +273,10 @@ fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
 /// container's replies are not taken for new connections of its own (and
 /// masqueraded, on a nat-unprotected network) on their way out.
 #[inline(always)]
-fn track_direct_connection(
-    net: &netd_common::NetworkInfo,
-    ip: &Ipv4Packet,
-    key: &CtKey,
-) -> Result<(), DropReason> {
+fn track_direct_connection(ip: &Ipv4Packet, key: &CtKey) -> Result<(), DropReason> {
+    let Some(net) = policy::network_of(ip.dst) else {
+        return Ok(());
+    };
     if net.flags & (NET_UNPROTECTED | NET_GATEWAY_ROUTED | NET_TRUSTS_INTERFACES) == 0
         || !opens_connection(key, ip.tcp_flags())
     {
@@ -317,7 +316,7 @@ fn early_drop(ctx: &XdpContext) -> Result<(), DropReason> {
     } else if ip.proto == parse::IPPROTO_ICMP {
         return Ok(()); // an ICMP error: from_uplink may translate it
     }
-    check_container_destination(&ip, ctx.ifindex()).map(drop)
+    check_container_destination(&ip, ctx.ifindex())
 }
 
 /// The backend of the published port a packet from outside opens a
@@ -354,15 +353,11 @@ fn check_published(
 /// A packet from outside, untracked, to a container address: only a routed
 /// CIDR's sources may send it, or anyone where the network's gateway mode
 /// opens the address (the user's rules permitting); the kernel forwards it.
-/// Anything else to a container is unsolicited. Returns the destination's
-/// network, looked up once for the caller too.
+/// Anything else to a container is unsolicited.
 #[inline(always)]
-fn check_container_destination(
-    ip: &Ipv4Packet,
-    ifindex: u32,
-) -> Result<Option<&'static netd_common::NetworkInfo>, DropReason> {
+fn check_container_destination(ip: &Ipv4Packet, ifindex: u32) -> Result<(), DropReason> {
     let Some(net) = policy::network_of(ip.dst) else {
-        return Ok(None);
+        return Ok(());
     };
     if !policy::is_routed(net, ip.src) && !open_to_direct_access(net, ip, ifindex) {
         return Err(DropReason::UnsolicitedInbound);
@@ -376,7 +371,7 @@ fn check_container_destination(
         };
         rules::check(&conn, || net.id)?;
     }
-    Ok(Some(net))
+    Ok(())
 }
 
 /// Docker 28's gateway modes: `nat-unprotected` opens every port of every
