@@ -124,6 +124,10 @@ declare_maps! {
     /// Socket cookie -> its namespace's cookie, for the netns probe on
     /// kernels without SO_NETNS_COOKIE.
     NETNS_PROBE: LruHashMap<u64, u64>, 64, unpinned;
+    /// A container's namespace cookie -> the gateway where the daemon's
+    /// resolver listens for it (`--dns-via cgroup-hooks`); the daemon fills
+    /// it again at every start.
+    RESOLVER_STEERING: HashMap<u64, Ipv4>, sizes::RESOLVER_STEERING, unpinned;
     /// Interfaces to the outside (ifindex) -> masquerade address and MTU.
     UPLINKS: HashMap<u32, UplinkInfo>, sizes::UPLINKS, pinned;
     /// Drop events for `netd monitor` (bytes of ring).

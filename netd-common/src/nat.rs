@@ -43,6 +43,11 @@ pub struct UplinkInfo {
     pub mtu: u32,
 }
 
+/// The resolver's address in every container (Docker's embedded DNS) and
+/// its port, which `--dns-via cgroup-hooks` steers to the daemon.
+pub const RESOLVER_IP: Ipv4 = [127, 0, 0, 11];
+pub const RESOLVER_PORT: u16 = 53;
+
 /// Where user space sends a UDP connect() to learn its network namespace's
 /// cookie on kernels without SO_NETNS_COOKIE (before 5.14): the connect4 hook
 /// records the cookie in `NETNS_PROBE` under the socket's cookie. A

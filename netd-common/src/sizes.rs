@@ -12,6 +12,9 @@ pub const PUBLISHED_PORTS: u32 = 65536;
 /// 262,144 connections: the kernel's own `nf_conntrack_max` on a host with
 /// 4 GiB or more; `--conntrack-max` sets it.
 pub const CONNTRACK: u32 = 2 * 262144;
+/// Container namespaces whose resolver queries the socket hooks steer
+/// (`--dns-via cgroup-hooks`).
+pub const RESOLVER_STEERING: u32 = 16384;
 /// Interfaces to the outside (every non-bridge interface by default).
 pub const UPLINKS: u32 = 256;
 /// Host sockets redirected to a published port's backend (LRU).

@@ -83,18 +83,23 @@ pub fn to_uplink(ctx: TcContext) -> i32 {
     verdict(&ctx, to_uplink_inner(&ctx), true)
 }
 
-/// connect() from the host: published ports go straight to their backend.
+/// connect() from the host: published ports go straight to their backend;
+/// from a container served through these hooks: 127.0.0.11:53 to its resolver.
 #[cgroup_sock_addr(connect4)]
 pub fn host_connect4(ctx: SockAddrContext) -> i32 {
     sock::record_netns_probe(&ctx);
-    sock::redirect_to_backend(&ctx);
+    if !sock::steer_to_resolver(&ctx) {
+        sock::redirect_to_backend(&ctx);
+    }
     1 // never refuse a connect: the hook only rewrites
 }
 
 /// sendmsg() on unconnected UDP sockets, as connect4.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn host_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::redirect_to_backend(&ctx);
+    if !sock::steer_to_resolver(&ctx) {
+        sock::redirect_to_backend(&ctx);
+    }
     1
 }
 

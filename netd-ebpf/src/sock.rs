@@ -10,7 +10,9 @@ use aya_ebpf::{
     maps::Array,
     programs::SockAddrContext,
 };
-use netd_common::{Config, NETNS_PROBE_IP, NETNS_PROBE_PORT, SockRevKey, SockRevValue};
+use netd_common::{
+    Config, NETNS_PROBE_IP, NETNS_PROBE_PORT, RESOLVER_IP, RESOLVER_PORT, SockRevKey, SockRevValue,
+};
 
 use crate::{nat, policy};
 
@@ -19,6 +21,10 @@ bpf_map!(SOCK_REVNAT: LruHashMap);
 // Network namespace cookies by socket cookie, for user space on kernels
 // without SO_NETNS_COOKIE (see `NETNS_PROBE_IP`).
 bpf_map!(NETNS_PROBE: LruHashMap);
+
+// Container namespaces whose 127.0.0.11:53 is the daemon's resolver on their
+// gateway (`--dns-via cgroup-hooks`).
+bpf_map!(RESOLVER_STEERING: HashMap);
 
 /// connect4 to the probe address: records the caller's namespace cookie.
 #[inline(always)]
@@ -44,12 +50,57 @@ pub fn record_netns_probe(ctx: &SockAddrContext) {
 /// sockets of the namespace this datapath manages.
 #[inline(always)]
 fn in_our_netns(ctx: &SockAddrContext, config: &Array<Config>) -> bool {
-    let Some(config) = config.get(0) else {
+    // SAFETY: helper on the program's own context.
+    is_our_netns(
+        unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) },
+        config,
+    )
+}
+
+#[inline(always)]
+fn is_our_netns(netns: u64, config: &Array<Config>) -> bool {
+    config
+        .get(0)
+        .is_some_and(|config| config.netns_cookie != 0 && netns == config.netns_cookie)
+}
+
+/// connect4 / sendmsg4 in a container namespace the daemon serves through
+/// these hooks: 127.0.0.11:53 becomes the resolver's socket on the
+/// container's gateway (the packet leaves by the container's interface, so
+/// the daemon knows the asker by its source address). Returns whether it
+/// rewrote the address.
+#[inline(always)]
+pub fn steer_to_resolver(ctx: &SockAddrContext) -> bool {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.user_ip4 != u32::from_ne_bytes(RESOLVER_IP)
+        || sa.user_port != u32::from(RESOLVER_PORT.to_be())
+    {
+        return false;
+    }
+    // SAFETY: helper on the program's own context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    // SAFETY: read-only copy of a map value.
+    let Some(gateway) = (unsafe { RESOLVER_STEERING.get(&netns) }).copied() else {
         return false;
     };
+    sa.user_ip4 = u32::from_ne_bytes(gateway);
     // SAFETY: helper on the program's own context.
-    config.netns_cookie != 0
-        && unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) } == config.netns_cookie
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let port = RESOLVER_PORT.to_be_bytes();
+    let key = SockRevKey {
+        cookie,
+        ip: gateway,
+        port,
+        _pad: [0; 2],
+    };
+    let original = SockRevValue {
+        ip: RESOLVER_IP,
+        port,
+        _pad: [0; 2],
+    };
+    let _ = SOCK_REVNAT.insert(&key, &original, 0);
+    true
 }
 
 /// connect4 / sendmsg4: a published host address and port becomes its backend.
@@ -89,10 +140,15 @@ pub fn redirect_to_backend(ctx: &SockAddrContext) {
     );
 }
 
-/// recvmsg4 / getpeername4: show the published address, not the backend.
+/// recvmsg4 / getpeername4: show the published address, not the backend
+/// (or 127.0.0.11, not the resolver's socket on the gateway).
 #[inline(always)]
 pub fn restore_published(ctx: &SockAddrContext) {
-    if !in_our_netns(ctx, nat::config_map()) {
+    // SAFETY: helper on the program's own context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    // SAFETY: only whether the key is there.
+    if !is_our_netns(netns, nat::config_map()) && unsafe { RESOLVER_STEERING.get(&netns) }.is_none()
+    {
         return;
     }
     // SAFETY: as above.

@@ -59,6 +59,8 @@ pub struct Options {
     pub table_sizes: crate::datapath::TableSizes,
     /// `--dns-upstream`: where the resolver forwards (empty: the host's).
     pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// `--dns-via`: how containers reach the resolver.
+    pub dns_via: crate::dns::DnsVia,
 }
 
 const CONNTRACK_GC_INTERVAL: Duration = Duration::from_secs(10);
@@ -117,9 +119,20 @@ pub async fn run(opts: Options) -> Result<()> {
     for done in frontend::cni::drain_del_queue(&mut engine, &opts.socket).await {
         tracing::warn!(%done, "CNI");
     }
+    let steering = match opts.dns_via {
+        crate::dns::DnsVia::NamespaceSockets => None,
+        crate::dns::DnsVia::CgroupHooks => {
+            crate::datapath::sys::current_netns_cookie().context(
+                "--dns-via cgroup-hooks needs SO_NETNS_COOKIE (Linux 5.14 or later) \
+                 to know each container's namespace",
+            )?;
+            Some(engine.driver().resolver_steering()?)
+        }
+    };
     let dns = crate::dns::Dns::new(
         crate::dns::Upstreams::discover(&opts.dns_upstreams),
         &opts.state_dir,
+        steering,
     );
     dns.remove_stale_files(engine.state());
     dns.update(engine.state());

@@ -87,6 +87,22 @@ pub fn sysctl_in(path: &Path, key: &str, value: &str) -> Result<()> {
     })
 }
 
+/// The cookie of the namespace at `path` (SO_NETNS_COOKIE, Linux 5.14+), as
+/// the BPF programs see it: read from a socket made on a thread that
+/// entered it.
+pub fn netns_cookie_of(path: &Path) -> Result<u64> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<u64> {
+            setns(file.as_fd())?;
+            crate::datapath::sys::current_netns_cookie()
+        })
+        .join()
+        .map_err(|_| anyhow!("netns cookie thread panicked"))?
+    })
+    .with_context(|| format!("the network namespace cookie of {}", path.display()))
+}
+
 pub fn delete_netns(name: &str) -> Result<()> {
     let path = netns_path(name);
     // Not mounted (or gone) is fine: the file goes either way.

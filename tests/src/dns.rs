@@ -205,6 +205,32 @@ pub fn addresses(reply: &Message) -> Vec<Ipv4Addr> {
 /// `getent hosts NAME` in the namespace as `ip netns exec` runs it (with
 /// its /etc/netns/NAME/resolv.conf): the first line, or an error with the
 /// exit code (2: not found).
+/// The local addresses of the UDP sockets bound to port 53 in `netns`
+/// (`ss`), sorted: which way the resolver is served.
+pub fn udp_port_53_sockets(netns: &Netns) -> Result<Vec<String>> {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns.name(),
+            "ss",
+            "-Hlnu",
+            "sport",
+            "=",
+            ":53",
+        ])
+        .output()?;
+    if !out.status.success() {
+        bail!("ss in {}: {}", netns.name(), out.status);
+    }
+    let mut bound: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(3).map(str::to_owned))
+        .collect();
+    bound.sort();
+    Ok(bound)
+}
+
 pub fn getent_hosts(netns: &Netns, name: &str) -> Result<String> {
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", netns.name(), "getent", "hosts", name])

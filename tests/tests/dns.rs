@@ -3,7 +3,8 @@
 //! nothing across networks or on the default bridge, forwarding to a stub
 //! upstream in the test topology (and none for an internal-only
 //! container), PTR, TCP, bad queries, and records that follow rm,
-//! connect, disconnect and a kill -9 restart.
+//! connect, disconnect and a kill -9 restart; on the eBPF datapath also
+//! served through the socket hooks (`--dns-via cgroup-hooks`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -12,12 +13,18 @@ use netd::error::ErrorKind;
 use netd_testbed::{
     bin_under_test::netd,
     daemon_host::{DaemonHost, OUTSIDE_IP},
-    dns::{StubResolver, addresses, ask, ask_raw, getent_hosts},
+    dns::{StubResolver, addresses, ask, ask_raw, getent_hosts, udp_port_53_sockets},
 };
 
-const VARIANTS: [(&str, &[&str]); 2] = [
+const VARIANTS: [(&str, &[&str]); 3] = [
     ("ebpf", &["--datapath", "ebpf"]),
     ("iptables", &["--datapath", "iptables"]),
+    // The other way to serve 127.0.0.11: the socket hooks steer each
+    // container's queries to a socket on its network's gateway.
+    (
+        "ebpf, cgroup hooks",
+        &["--datapath", "ebpf", "--dns-via", "cgroup-hooks"],
+    ),
 ];
 
 /// What the stub upstream knows: a name outside every container network.
@@ -66,8 +73,25 @@ fn containers_resolve_each_other_on_shared_networks_only() {
         h.ok(&["container", "create", &worker, "--network", "back"]);
         h.ok(&["container", "create", &plain]);
 
-        // The libc resolver through the resolv.conf `ip netns exec` mounts.
+        // Served the way asked: a socket in each container's namespace, or
+        // one on each network's gateway and none in the containers.
         let ctx = |what: &str| format!("{variant}: {what}");
+        let steered = args.contains(&"cgroup-hooks");
+        let in_web = udp_port_53_sockets(&h.ctr("web")).unwrap();
+        let on_gateways: Vec<String> = udp_port_53_sockets(&h.host)
+            .unwrap()
+            .into_iter()
+            .filter(|addr| addr.starts_with("10.9"))
+            .collect();
+        if steered {
+            assert_eq!(in_web, Vec::<String>::new(), "{}", ctx("in web"));
+            assert_eq!(on_gateways, ["10.91.0.1:53", "10.92.0.1:53"]);
+        } else {
+            assert_eq!(in_web, ["127.0.0.11:53"], "{}", ctx("in web"));
+            assert_eq!(on_gateways, Vec::<String>::new(), "{}", ctx("host"));
+        }
+
+        // The libc resolver through the resolv.conf `ip netns exec` mounts.
         assert_eq!(
             getent_hosts(&h.ctr("web"), &db).unwrap(),
             format!("10.91.0.3 {db}"),

@@ -82,6 +82,12 @@ pub struct DaemonArgs {
     /// (systemd-resolved's upstreams when resolv.conf names its stub).
     #[arg(long = "dns-upstream", value_name = "ADDR", value_parser = dns_upstream)]
     dns_upstreams: Vec<std::net::SocketAddr>,
+    /// How containers reach the resolver at 127.0.0.11:53: sockets bound
+    /// inside each container's namespace (any datapath), or the eBPF
+    /// datapath's socket hooks steering them to a socket on each network's
+    /// gateway (Linux 5.14+). docs/dns.md compares the two.
+    #[arg(long, value_enum, default_value_t = netd::dns::DnsVia::NamespaceSockets)]
+    dns_via: netd::dns::DnsVia,
     /// eBPF: (host address, port, protocol) triples that can be published
     /// (a range counts one per port); a publish past it is refused.
     #[arg(long, value_name = "N", default_value_t = TableSizes::default().published_ports)]
@@ -129,6 +135,7 @@ pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<()> {
         nat_ports: args.nat_ports,
         table_sizes,
         dns_upstreams: args.dns_upstreams,
+        dns_via: args.dns_via,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

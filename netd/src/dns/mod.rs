@@ -6,9 +6,11 @@
 //! Each served container gets a UDP socket and a TCP listener bound to
 //! 127.0.0.11:53 inside its namespace, made from a thread that enters the
 //! namespace for the bind. The socket says who asks, so no address lookup
-//! or per-container firewall rule is needed, and both datapaths serve it
-//! the same way (the cgroup sock_addr hooks could steer 127.0.0.11 on the
-//! eBPF datapath only; docs/dns.md says why this was chosen).
+//! or per-container firewall rule is needed, and every datapath serves it
+//! the same way. `--dns-via cgroup-hooks` (eBPF datapath only) instead
+//! steers each container's 127.0.0.11:53 with the socket hooks to one
+//! socket on its network's gateway, where the source address says who asks
+//! (docs/dns.md compares the two, measured).
 //!
 //! Names, aliases and addresses come from the state, rebuilt after every
 //! change (`sync`); other names go to the host's resolvers from the
@@ -20,7 +22,7 @@ mod upstream;
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, RwLock},
 };
@@ -38,13 +40,63 @@ pub const RESOLVER_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0,
 /// limit).
 const MAX_FORWARDS: usize = 1024;
 
+/// How containers reach the resolver at 127.0.0.11:53 (`netd daemon
+/// --dns-via`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DnsVia {
+    /// A socket pair bound inside each container's namespace.
+    #[default]
+    NamespaceSockets,
+    /// The eBPF datapath's socket hooks steer each container's queries to
+    /// one socket pair per network, on its gateway.
+    CgroupHooks,
+}
+
+/// What steers a container namespace's 127.0.0.11:53 to the resolver on a
+/// gateway (the eBPF datapath's `RESOLVER_STEERING` map).
+pub trait Steering: Send + Sync {
+    fn steer(&self, netns_cookie: u64, gateway: Ipv4Addr) -> anyhow::Result<()>;
+    fn unsteer(&self, netns_cookie: u64) -> anyhow::Result<()>;
+}
+
+/// How one container is served.
+enum Served {
+    /// Tasks serving its own sockets: dropping them closes the sockets
+    /// (which hold the namespace).
+    Sockets(#[allow(dead_code, reason = "held for its Drop")] JoinSet<()>),
+    /// Its namespace steered to the resolver on `gateway`, until dropped.
+    Steered {
+        netns_cookie: u64,
+        gateway: Ipv4Addr,
+        steering: Arc<dyn Steering>,
+    },
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Served::Steered {
+            netns_cookie,
+            steering,
+            ..
+        } = self
+            && let Err(err) = steering.unsteer(*netns_cookie)
+        {
+            tracing::warn!("resolver: {err:#}");
+        }
+    }
+}
+
 /// The resolver of every container netd serves.
 pub struct Dns {
     records: RwLock<Arc<Records>>,
     upstreams: Upstreams,
-    /// Tasks serving each container, by name: dropping them closes the
-    /// sockets (which hold the namespace).
-    served: Mutex<HashMap<String, JoinSet<()>>>,
+    /// Each served container, by name.
+    served: Mutex<HashMap<String, Served>>,
+    /// `--dns-via cgroup-hooks`: the steering map.
+    steering: Option<Arc<dyn Steering>>,
+    /// `--dns-via cgroup-hooks`: the tasks serving each network's socket
+    /// pair, by network, with the gateway they are bound to.
+    gateways: Mutex<HashMap<String, (Ipv4Addr, JoinSet<()>)>>,
     /// Set by `stop`: nothing is served any more (the daemon is exiting).
     stopped: std::sync::atomic::AtomicBool,
     forwards: Arc<Semaphore>,
@@ -56,15 +108,28 @@ pub struct Dns {
 }
 
 impl Dns {
-    pub fn new(upstreams: Upstreams, state_dir: &Path) -> Arc<Self> {
-        Self::with_etc_netns(upstreams, state_dir, PathBuf::from("/etc/netns"))
+    /// A resolver serving through sockets in each namespace, or (with
+    /// `steering`) through the socket hooks.
+    pub fn new(
+        upstreams: Upstreams,
+        state_dir: &Path,
+        steering: Option<Arc<dyn Steering>>,
+    ) -> Arc<Self> {
+        Self::with_etc_netns(upstreams, state_dir, PathBuf::from("/etc/netns"), steering)
     }
 
-    fn with_etc_netns(upstreams: Upstreams, state_dir: &Path, etc_netns: PathBuf) -> Arc<Self> {
+    fn with_etc_netns(
+        upstreams: Upstreams,
+        state_dir: &Path,
+        etc_netns: PathBuf,
+        steering: Option<Arc<dyn Steering>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             records: RwLock::new(Arc::new(Records::default())),
             upstreams,
             served: Mutex::new(HashMap::new()),
+            steering,
+            gateways: Mutex::new(HashMap::new()),
             stopped: std::sync::atomic::AtomicBool::new(false),
             forwards: Arc::new(Semaphore::new(MAX_FORWARDS)),
             etc_netns,
@@ -106,6 +171,23 @@ impl Dns {
             served.remove(&name); // aborts its tasks, closing its sockets
             self.remove_resolv_conf(&name);
         }
+        // Steered to a gateway it no longer has (a network left, or
+        // another first): served again by the next `serve_missing`.
+        served.retain(|name, how| match how {
+            Served::Steered { gateway, .. } => {
+                records.gateway_of(name).map(|(_, ip)| ip) == Some(gateway)
+            }
+            Served::Sockets(_) => true,
+        });
+        let wanted: HashMap<&str, Ipv4Addr> = records
+            .askers()
+            .filter_map(|name| records.gateway_of(name))
+            .map(|(network, ip)| (network.as_str(), *ip))
+            .collect();
+        self.gateways
+            .lock()
+            .expect("gateways lock")
+            .retain(|network, (ip, _)| wanted.get(network.as_str()) == Some(ip));
     }
 
     /// Starts the resolvers the records ask for and nobody serves yet (a
@@ -124,8 +206,8 @@ impl Dns {
                 continue;
             }
             match self.serve(&name) {
-                Ok(tasks) => {
-                    served.insert(name, tasks);
+                Ok(how) => {
+                    served.insert(name, how);
                 }
                 Err(err) => problems.push(format!("container {name}: no resolver: {err:#}")),
             }
@@ -166,6 +248,7 @@ impl Dns {
         let mut served = self.served.lock().expect("served lock");
         self.stopped
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.gateways.lock().expect("gateways lock").clear();
         let names: BTreeSet<String> = served
             .drain()
             .map(|(name, _)| name)
@@ -178,30 +261,69 @@ impl Dns {
         }
     }
 
-    fn serve(self: &Arc<Self>, name: &str) -> anyhow::Result<JoinSet<()>> {
+    fn serve(self: &Arc<Self>, name: &str) -> anyhow::Result<Served> {
+        let records = self.records();
         // A runtime's container: its namespace, and the runtime writes its
         // resolv.conf (from the CNI result's `dns`).
-        let runtime_netns = self.records().netns_of(name);
+        let runtime_netns = records.netns_of(name);
         let netns = match &runtime_netns {
             Some(path) => PathBuf::from(path),
             None => crate::netns::netns_path(name),
         };
-        let (udp, tcp) = server::bind_in(&netns)?;
+        // Steered when it has a gateway to be steered to (not on isolated
+        // networks only, whose bridges have no address): sockets otherwise.
+        let how = match (&self.steering, records.gateway_of(name)) {
+            (Some(steering), Some((network, gateway))) => {
+                self.listen_on(network, *gateway)?;
+                let netns_cookie = crate::netns::netns_cookie_of(&netns)?;
+                steering.steer(netns_cookie, *gateway)?;
+                Served::Steered {
+                    netns_cookie,
+                    gateway: *gateway,
+                    steering: steering.clone(),
+                }
+            }
+            _ => Served::Sockets(self.serve_in(name, &netns)?),
+        };
         if runtime_netns.is_none() {
             self.write_resolv_conf(name)?;
         }
+        Ok(how)
+    }
+
+    /// Sockets inside container `name`'s namespace, and their tasks.
+    fn serve_in(self: &Arc<Self>, name: &str, netns: &Path) -> anyhow::Result<JoinSet<()>> {
+        let (udp, tcp) = server::bind_in(netns)?;
+        Ok(self.spawn_serving(server::Askers::Container(name.into()), udp, tcp))
+    }
+
+    /// The socket pair on `network`'s gateway, made unless it is there.
+    fn listen_on(self: &Arc<Self>, network: &str, gateway: Ipv4Addr) -> anyhow::Result<()> {
+        let mut gateways = self.gateways.lock().expect("gateways lock");
+        if gateways.get(network).is_some_and(|(ip, _)| *ip == gateway) {
+            return Ok(());
+        }
+        gateways.remove(network); // its sockets closed before the new bind
+        let (udp, tcp) = server::bind_on(gateway)?;
+        let tasks = self.spawn_serving(server::Askers::OnNetwork(network.into()), udp, tcp);
+        gateways.insert(network.to_owned(), (gateway, tasks));
+        Ok(())
+    }
+
+    fn spawn_serving(
+        self: &Arc<Self>,
+        askers: server::Askers,
+        udp: tokio::net::UdpSocket,
+        tcp: tokio::net::TcpListener,
+    ) -> JoinSet<()> {
         let mut tasks = JoinSet::new();
         // Two readers of one socket: a burst of queries is answered on both
         // cores (measured: 1.85× Docker's queries/s with one, 2.3× with two).
         let udp = Arc::new(udp);
-        tasks.spawn(server::serve_udp(
-            self.clone(),
-            name.to_owned(),
-            udp.clone(),
-        ));
-        tasks.spawn(server::serve_udp(self.clone(), name.to_owned(), udp));
-        tasks.spawn(server::serve_tcp(self.clone(), name.to_owned(), tcp));
-        Ok(tasks)
+        tasks.spawn(server::serve_udp(self.clone(), askers.clone(), udp.clone()));
+        tasks.spawn(server::serve_udp(self.clone(), askers.clone(), udp));
+        tasks.spawn(server::serve_tcp(self.clone(), askers, tcp));
+        tasks
     }
 
     fn write_resolv_conf(&self, name: &str) -> anyhow::Result<()> {
@@ -253,7 +375,12 @@ mod tests {
     fn files_go_with_their_containers_served_or_not_yet() {
         let etc = std::env::temp_dir().join(format!("netd-dns-files-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&etc);
-        let dns = Dns::with_etc_netns(Upstreams::default(), Path::new("/state/a"), etc.clone());
+        let dns = Dns::with_etc_netns(
+            Upstreams::default(),
+            Path::new("/state/a"),
+            etc.clone(),
+            None,
+        );
         let state = records::tests::state();
         // A previous run's files, nothing served yet (as right after a
         // restart, before the background has made the sockets).

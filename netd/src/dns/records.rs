@@ -37,6 +37,9 @@ pub struct Asker {
     forwards: bool,
     /// A runtime's namespace (CNI), where netd's own are found by name.
     pub netns: Option<String>,
+    /// The first of its networks whose bridge carries the gateway address,
+    /// and that address: where `--dns-via cgroup-hooks` sends its queries.
+    pub gateway: Option<(String, Ipv4Addr)>,
 }
 
 /// Whether containers on `network` resolve each other: every network but
@@ -125,12 +128,18 @@ impl Records {
                     .push((a.network.clone(), c.name.clone()));
             }
             let forwards = networks.iter().any(|n| !state.networks[n].internal);
+            let gateway = networks
+                .iter()
+                .map(|n| &state.networks[n])
+                .find(|n| n.gateway_on_bridge())
+                .map(|n| (n.name.clone(), n.gateway));
             records.askers.insert(
                 c.name.clone(),
                 Asker {
                     networks,
                     forwards,
                     netns: c.sandbox.runtime_netns().map(str::to_owned),
+                    gateway,
                 },
             );
         }
@@ -150,6 +159,22 @@ impl Records {
     /// The containers served, by name.
     pub fn askers(&self) -> impl Iterator<Item = &str> {
         self.askers.keys().map(String::as_str)
+    }
+
+    /// Where container `name`'s queries go with `--dns-via cgroup-hooks`:
+    /// a network and its gateway.
+    pub fn gateway_of(&self, name: &str) -> Option<&(String, Ipv4Addr)> {
+        self.askers.get(name)?.gateway.as_ref()
+    }
+
+    /// The served container with address `ip` on `network` (a query that
+    /// reached the resolver's socket on that network's gateway).
+    pub fn asker_at(&self, network: &str, ip: Ipv4Addr) -> Option<&str> {
+        self.addresses
+            .get(&ip)?
+            .iter()
+            .find(|(net, name)| net == network && self.askers.contains_key(name))
+            .map(|(_, name)| name.as_str())
     }
 
     /// The answer to `query` from container `asker` (`udp`: over UDP, where
@@ -392,6 +417,43 @@ pub(super) mod tests {
             state.containers.insert(c.name.clone(), c);
         }
         state
+    }
+
+    #[test]
+    fn steered_askers_go_to_a_gateway_and_are_known_by_their_address_there() {
+        let records = Records::from_state(&state());
+        // db is on front and back: the first network with a gateway.
+        assert_eq!(
+            records.gateway_of("db"),
+            Some(&("back".to_owned(), "10.2.0.1".parse().unwrap()))
+        );
+        assert_eq!(records.gateway_of("plain"), None, "no resolver on bridge");
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(records.asker_at("front", ip("10.1.0.3")), Some("db"));
+        assert_eq!(records.asker_at("back", ip("10.2.0.3")), Some("db"));
+        assert_eq!(
+            records.asker_at("back", ip("10.1.0.3")),
+            None,
+            "wrong network"
+        );
+        assert_eq!(
+            records.asker_at("bridge", ip("172.17.0.2")),
+            None,
+            "not served"
+        );
+    }
+
+    #[test]
+    fn isolated_networks_have_no_gateway_to_steer_to() {
+        let mut state = state();
+        state.networks.get_mut("back").unwrap().gateway_mode_ipv4 =
+            crate::state::GatewayMode::Isolated;
+        let records = Records::from_state(&state);
+        assert_eq!(records.gateway_of("worker"), None, "only on back");
+        assert_eq!(
+            records.gateway_of("db"),
+            Some(&("front".to_owned(), "10.1.0.1".parse().unwrap()))
+        );
     }
 
     fn ask(records: &Records, asker: &str, name: &str, kind: RecordType) -> Answer {

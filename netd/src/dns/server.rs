@@ -1,8 +1,9 @@
-//! The sockets of one container's resolver and the forwarding of what it
-//! does not answer itself.
+//! The resolver's sockets (inside one container's namespace, or on a
+//! network's gateway for `--dns-via cgroup-hooks`) and the forwarding of
+//! what it does not answer itself.
 
 use std::{
-    net::{SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::AsFd as _,
     path::Path,
     sync::Arc,
@@ -58,7 +59,44 @@ pub fn bind_in(netns: &Path) -> Result<(UdpSocket, TcpListener)> {
     Ok((UdpSocket::from_std(udp)?, TcpListener::from_std(tcp)?))
 }
 
-pub async fn serve_udp(dns: Arc<Dns>, asker: String, socket: Arc<UdpSocket>) {
+/// A UDP socket and a TCP listener on `gateway`:53 in the daemon's
+/// namespace: where the socket hooks send the queries of a network's
+/// containers (`--dns-via cgroup-hooks`).
+pub fn bind_on(gateway: Ipv4Addr) -> Result<(UdpSocket, TcpListener)> {
+    let addr = SocketAddrV4::new(gateway, 53);
+    let udp = std::net::UdpSocket::bind(addr).with_context(|| format!("binding udp {addr}"))?;
+    let tcp = std::net::TcpListener::bind(addr).with_context(|| format!("binding tcp {addr}"))?;
+    udp.set_nonblocking(true)?;
+    tcp.set_nonblocking(true)?;
+    Ok((UdpSocket::from_std(udp)?, TcpListener::from_std(tcp)?))
+}
+
+/// Whose queries a socket receives.
+#[derive(Clone)]
+pub enum Askers {
+    /// One container's: the socket is in its namespace.
+    Container(Arc<str>),
+    /// A network's containers: the socket is on its gateway, and the source
+    /// address says which one asks.
+    OnNetwork(Arc<str>),
+}
+
+impl Askers {
+    /// The container asking from `from` (empty: none the resolver serves,
+    /// which is refused).
+    fn asker(&self, dns: &Dns, from: SocketAddr) -> Arc<str> {
+        match (self, from) {
+            (Askers::Container(name), _) => name.clone(),
+            (Askers::OnNetwork(network), SocketAddr::V4(from)) => dns
+                .records()
+                .asker_at(network, *from.ip())
+                .map_or_else(|| Arc::from(""), Arc::from),
+            (Askers::OnNetwork(_), SocketAddr::V6(_)) => Arc::from(""),
+        }
+    }
+}
+
+pub async fn serve_udp(dns: Arc<Dns>, askers: Askers, socket: Arc<UdpSocket>) {
     let mut pending = JoinSet::new();
     let mut buf = vec![0u8; MAX_UDP_QUERY];
     loop {
@@ -66,6 +104,7 @@ pub async fn serve_udp(dns: Arc<Dns>, asker: String, socket: Arc<UdpSocket>) {
             continue;
         };
         while pending.try_join_next().is_some() {}
+        let asker = askers.asker(&dns, from);
         // Answered here when it is netd's to answer; a forward, which may
         // take seconds, gets a task of its own.
         match dns.answer_locally(&asker, &buf[..len], true) {
@@ -86,22 +125,23 @@ pub async fn serve_udp(dns: Arc<Dns>, asker: String, socket: Arc<UdpSocket>) {
     }
 }
 
-pub async fn serve_tcp(dns: Arc<Dns>, asker: String, listener: TcpListener) {
+pub async fn serve_tcp(dns: Arc<Dns>, askers: Askers, listener: TcpListener) {
     let mut clients = JoinSet::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, from)) = listener.accept().await else {
             continue;
         };
         while clients.try_join_next().is_some() {}
         if clients.len() >= MAX_TCP_CLIENTS {
             continue; // dropped: the client retries
         }
-        clients.spawn(serve_tcp_client(dns.clone(), asker.clone(), stream));
+        let asker = askers.asker(&dns, from);
+        clients.spawn(serve_tcp_client(dns.clone(), asker, stream));
     }
 }
 
 /// Queries on one TCP connection, each a two-byte length and a message.
-async fn serve_tcp_client(dns: Arc<Dns>, asker: String, mut stream: TcpStream) {
+async fn serve_tcp_client(dns: Arc<Dns>, asker: Arc<str>, mut stream: TcpStream) {
     loop {
         let Ok(Ok(len)) = timeout(TCP_IDLE, stream.read_u16()).await else {
             return;

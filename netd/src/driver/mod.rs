@@ -161,6 +161,17 @@ pub trait FirewallDriver: Observability + Send + Sync {
         Ok(0)
     }
 
+    /// A handle that steers a container namespace's 127.0.0.11:53 to the
+    /// resolver on its gateway (`--dns-via cgroup-hooks`): only a datapath
+    /// with socket hooks has one.
+    fn resolver_steering(&self) -> Result<std::sync::Arc<dyn crate::dns::Steering>> {
+        anyhow::bail!(
+            "--dns-via cgroup-hooks needs the eBPF datapath's socket hooks; the {} datapath has none \
+             (use --dns-via namespace-sockets)",
+            self.name()
+        )
+    }
+
     // Published ports and the user's rules.
     /// Publishes all of `ports`, or none of them (a range is one call, so a
     /// driver can apply it in one go).

@@ -109,6 +109,10 @@ impl<H: Host> Engine<H> {
         &self.host_info
     }
 
+    pub fn driver(&self) -> &dyn FirewallDriver {
+        self.driver.as_ref()
+    }
+
     pub fn driver_mut(&mut self) -> &mut dyn FirewallDriver {
         self.driver.as_mut()
     }

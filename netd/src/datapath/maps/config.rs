@@ -1,11 +1,11 @@
 //! Process-wide settings (`CONFIG`), the uplinks (`UPLINKS`) and the socket
-//! hooks' maps (`SOCK_REVNAT`, `NETNS_PROBE`).
+//! hooks' maps (`SOCK_REVNAT`, `NETNS_PROBE`, `RESOLVER_STEERING`).
 
 use anyhow::{Context as _, Result};
 use aya::{Ebpf, maps::MapData};
 use netd_common::{
     UplinkInfo,
-    maps::{CONFIG, MapDef, NETNS_PROBE, SOCK_REVNAT, UPLINKS},
+    maps::{CONFIG, MapDef, NETNS_PROBE, RESOLVER_STEERING, SOCK_REVNAT, UPLINKS},
 };
 
 use super::{Hash, Slots, data, done_if_missing, open};
@@ -53,10 +53,12 @@ impl Config {
     }
 }
 
-/// The socket hooks' maps: user space reads only the netns probe.
+/// The socket hooks' maps: user space reads only the netns probe, and
+/// writes the resolver steering.
 pub struct Sockets {
     revnat: Hash<SOCK_REVNAT>,
     netns_probe: Hash<NETNS_PROBE>,
+    steering: Hash<RESOLVER_STEERING>,
 }
 
 impl Sockets {
@@ -64,12 +66,30 @@ impl Sockets {
         Ok(Self {
             revnat: open::<SOCK_REVNAT, _>(ebpf)?,
             netns_probe: open::<NETNS_PROBE, _>(ebpf)?,
+            steering: open::<RESOLVER_STEERING, _>(ebpf)?,
         })
     }
 
     pub(super) fn each<'a>(&'a self, maps: &mut Vec<(&'static str, &'a MapData)>) {
         maps.push((SOCK_REVNAT::NAME, data(&self.revnat)));
         maps.push((NETNS_PROBE::NAME, data(&self.netns_probe)));
+        maps.push((RESOLVER_STEERING::NAME, data(&self.steering)));
+    }
+
+    /// Another handle on `RESOLVER_STEERING`, for the resolver, which keeps
+    /// it filled on its own (away from the datapath's owner).
+    pub fn resolver_steering(&self) -> Result<ResolverSteering> {
+        use std::os::fd::AsFd as _;
+        let fd = data(&self.steering)
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating RESOLVER_STEERING's descriptor")?;
+        let map = MapData::from_fd(fd).context("opening RESOLVER_STEERING again")?;
+        let map = aya::maps::Map::HashMap(map)
+            .try_into()
+            .context("RESOLVER_STEERING is not a hash map")?;
+        Ok(ResolverSteering(std::sync::Mutex::new(map)))
     }
 
     /// The namespace cookie the connect4 hook recorded for the socket with
@@ -78,5 +98,24 @@ impl Sockets {
         let cookie = self.netns_probe.get(&socket, 0)?;
         let _ = self.netns_probe.remove(&socket);
         Ok(cookie)
+    }
+}
+
+/// Which container namespaces' 127.0.0.11:53 the socket hooks steer, and to
+/// which gateway (`--dns-via cgroup-hooks`).
+pub struct ResolverSteering(std::sync::Mutex<Hash<RESOLVER_STEERING>>);
+
+impl crate::dns::Steering for ResolverSteering {
+    fn steer(&self, netns_cookie: u64, gateway: std::net::Ipv4Addr) -> Result<()> {
+        self.0
+            .lock()
+            .expect("steering lock")
+            .insert(&netns_cookie, &gateway.octets(), 0)
+            .with_context(|| format!("steering namespace {netns_cookie:#x} to {gateway}"))
+    }
+
+    fn unsteer(&self, netns_cookie: u64) -> Result<()> {
+        done_if_missing(self.0.lock().expect("steering lock").remove(&netns_cookie))
+            .with_context(|| format!("no longer steering namespace {netns_cookie:#x}"))
     }
 }

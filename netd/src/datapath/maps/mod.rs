@@ -23,7 +23,7 @@ use netd_common::{
     maps::{self as defs, MapDef},
 };
 
-pub use config::{Config, Sockets};
+pub use config::{Config, ResolverSteering, Sockets};
 pub use conntrack::Conntrack;
 pub use counters::{Counters, DropEvents};
 pub use endpoints::Endpoints;

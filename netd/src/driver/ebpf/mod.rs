@@ -374,6 +374,12 @@ impl FirewallDriver for EbpfDriver {
         self.datapath.maps.forget_connections(ips)
     }
 
+    fn resolver_steering(&self) -> Result<std::sync::Arc<dyn crate::dns::Steering>> {
+        Ok(std::sync::Arc::new(
+            self.datapath.maps.sockets.resolver_steering()?,
+        ))
+    }
+
     fn retire_container(
         &mut self,
         ports: &[PublishedPort],

@@ -1,6 +1,9 @@
 //! `netd-bench --dns` (issue #28): queries per second and latency of
-//! netd's resolver against Docker's embedded DNS on a user-defined network,
-//! in the same run, alternating round by round. From a client container to
+//! netd's resolver, served both ways (sockets in each namespace, or
+//! `--dns-via cgroup-hooks`), against Docker's embedded DNS on a
+//! user-defined network, in the same run, alternating round by round; and
+//! what each way of netd's costs a container create, in daemon memory and
+//! in descriptors. From a client container to
 //! 127.0.0.11: a container's name (answered locally) and a name only a stub
 //! upstream in the test topology knows (forwarded: netd with
 //! `--dns-upstream`, Docker with `docker run --dns`). Closed loop, a few
@@ -19,6 +22,7 @@ use hickory_proto::{
     op::{Message, Query},
     rr::{Name, RecordType},
 };
+use netd::{api::ContainerSpec, client::Client};
 use netd_testbed::{
     daemon_host::{DaemonHost, OUTSIDE_IP},
     dns::StubResolver,
@@ -26,7 +30,7 @@ use netd_testbed::{
     topology::Netns,
 };
 
-use crate::statistics::Summary;
+use crate::{statistics::Summary, workloads::rss_kib};
 
 const FORWARDED: &str = "svc.outside.test";
 const FORWARDED_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 77);
@@ -41,22 +45,37 @@ struct Load {
     failed: usize,
 }
 
+/// The two ways netd serves 127.0.0.11, as `--dns-via` names them.
+const NETD_WAYS: [(&str, &str, &str); 2] = [
+    (
+        "netd, namespace sockets",
+        "namespace-sockets",
+        "10.93.0.0/24",
+    ),
+    ("netd, cgroup hooks", "cgroup-hooks", "10.95.0.0/24"),
+];
+
 pub fn run(netd: &str, quick: bool) -> Result<()> {
-    let (rounds, duration) = match quick {
-        true => (2, Duration::from_millis(700)),
-        false => (5, Duration::from_secs(3)),
+    let (rounds, duration, creates) = match quick {
+        true => (2, Duration::from_millis(700), 20),
+        false => (5, Duration::from_secs(3), 200),
     };
     let upstream: SocketAddr = format!("{OUTSIDE_IP}:53").parse()?;
-    eprintln!("bench: dns: netd");
-    let netd_host = DaemonHost::start(netd, &["--dns-upstream", &upstream.to_string()]);
-    let _netd_stub =
-        StubResolver::start(&netd_host.outside, upstream, &[(FORWARDED, FORWARDED_IP)])?;
-    netd_host.ok(&["network", "create", "dnsbench", "--subnet", "10.93.0.0/24"]);
-    let netd_target = netd_host.name("target");
-    netd_host.ok(&["container", "create", &netd_target, "--network", "dnsbench"]);
-    let netd_client = netd_host.name("client");
-    netd_host.ok(&["container", "create", &netd_client, "--network", "dnsbench"]);
-    let netd_client = netd_host.ctr("client");
+    let mut netd_hosts = Vec::new();
+    for (system, via, subnet) in NETD_WAYS {
+        eprintln!("bench: dns: {system}");
+        let host = DaemonHost::start(
+            netd,
+            &["--dns-upstream", &upstream.to_string(), "--dns-via", via],
+        );
+        let stub = StubResolver::start(&host.outside, upstream, &[(FORWARDED, FORWARDED_IP)])?;
+        host.ok(&["network", "create", "dnsbench", "--subnet", subnet]);
+        let target = host.name("target");
+        host.ok(&["container", "create", &target, "--network", "dnsbench"]);
+        let client = host.name("client");
+        host.ok(&["container", "create", &client, "--network", "dnsbench"]);
+        netd_hosts.push((system, host, stub, target));
+    }
 
     eprintln!("bench: dns: Docker's own bridge driver and embedded DNS");
     let docker = DockerHost::start_with(netd, &[], Networking::RuntimeBridge);
@@ -67,10 +86,11 @@ pub fn run(netd: &str, quick: bool) -> Result<()> {
     let docker_target = docker.h.name("target");
     let docker_client = docker.run("client", &["--network", "dnsbench", "--dns", OUTSIDE_IP]);
 
-    let systems = [
-        ("netd", &netd_client, netd_target.as_str()),
-        ("Docker 20.10", &docker_client, docker_target.as_str()),
-    ];
+    let mut systems: Vec<(&str, Netns, &str)> = netd_hosts
+        .iter()
+        .map(|(system, host, _, target)| (*system, host.ctr("client"), target.as_str()))
+        .collect();
+    systems.push(("Docker 20.10", docker_client, docker_target.as_str()));
     let mut results: Vec<(String, &str, Vec<Load>)> = Vec::new();
     for (system, _, _) in &systems {
         for kind in ["container name", "forwarded name"] {
@@ -87,8 +107,133 @@ pub fn run(netd: &str, quick: bool) -> Result<()> {
             }
         }
     }
+    drop(docker);
     print_table(&results, rounds, duration);
+    let hosts: Vec<(&str, &DaemonHost)> = netd_hosts
+        .iter()
+        .map(|(system, host, _, _)| (*system, host))
+        .collect();
+    print_costs(&serving_costs(&hosts, creates)?, creates);
     Ok(())
+}
+
+/// What serving names costs one netd: creates on its user network, and on
+/// the default bridge (no resolver) for comparison.
+struct Costs {
+    system: String,
+    create_ms: Vec<f64>,
+    create_unserved_ms: Vec<f64>,
+    rm_ms: Vec<f64>,
+    /// Daemon memory and open descriptors before and after the creates.
+    rss_kib: (u64, u64),
+    fds: (usize, usize),
+}
+
+/// `creates` containers on each netd's user network and as many on its
+/// default bridge, interleaved over the daemons so that noise falls on
+/// every column alike; then each removed, timed too.
+fn serving_costs(hosts: &[(&str, &DaemonHost)], creates: usize) -> Result<Vec<Costs>> {
+    let mut costs = Vec::new();
+    let mut clients = Vec::new();
+    for (system, host) in hosts {
+        let pid = host.daemon.as_ref().context("no daemon")?.id();
+        clients.push((
+            Client::new(host.socket()).with_timeout(Duration::from_secs(60)),
+            pid,
+        ));
+        costs.push(Costs {
+            system: (*system).to_owned(),
+            create_ms: Vec::new(),
+            create_unserved_ms: Vec::new(),
+            rm_ms: Vec::new(),
+            rss_kib: (rss_kib(pid)?, 0),
+            fds: (open_fds(pid)?, 0),
+        });
+    }
+    eprintln!("bench: dns: {creates} creates with and without a resolver on each netd");
+    let timed = |client: &Client, name: &str, network: &str| -> Result<f64> {
+        let started = Instant::now();
+        client.container_create(ContainerSpec {
+            name: name.to_owned(),
+            network: network.to_owned(),
+            ip: None,
+            publish: Vec::new(),
+            aliases: Vec::new(),
+            gw_priority: 0,
+        })?;
+        Ok(started.elapsed().as_secs_f64() * 1e3)
+    };
+    for k in 0..creates {
+        for (i, (_, host)) in hosts.iter().enumerate() {
+            let client = &clients[i].0;
+            let served = timed(client, &host.name(&format!("n{k}")), "dnsbench")?;
+            costs[i].create_ms.push(served);
+            let unserved = timed(client, &host.name(&format!("b{k}")), "bridge")?;
+            costs[i].create_unserved_ms.push(unserved);
+        }
+    }
+    for (i, (_, pid)) in clients.iter().enumerate() {
+        costs[i].rss_kib.1 = rss_kib(*pid)?;
+        costs[i].fds.1 = open_fds(*pid)?;
+    }
+    for k in 0..creates {
+        for (i, (_, host)) in hosts.iter().enumerate() {
+            let started = Instant::now();
+            clients[i].0.container_rm(&host.name(&format!("n{k}")))?;
+            costs[i].rm_ms.push(started.elapsed().as_secs_f64() * 1e3);
+            clients[i].0.container_rm(&host.name(&format!("b{k}")))?;
+        }
+    }
+    Ok(costs)
+}
+
+fn open_fds(pid: u32) -> Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+fn print_costs(costs: &[Costs], creates: usize) {
+    println!(
+        "### What serving names costs a container, each way
+"
+    );
+    println!(
+        "{creates} containers on a user network (resolver) and {creates} on the default bridge \
+         (none) per daemon, interleaved over both daemons; p50 (p99) ms through a kept client.\n"
+    );
+    println!(
+        "| netd | create, user network | create, default bridge | difference (p50) | rm, user network \
+         | daemon memory growth, all containers | descriptors per served container |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for c in costs {
+        let (served, unserved, rm) = (
+            Summary::of(&c.create_ms),
+            Summary::of(&c.create_unserved_ms),
+            Summary::of(&c.rm_ms),
+        );
+        let (Some(served), Some(unserved), Some(rm)) = (served, unserved, rm) else {
+            continue;
+        };
+        let mut sorted = c.create_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        let mut sorted_unserved = c.create_unserved_ms.clone();
+        sorted_unserved.sort_by(f64::total_cmp);
+        // Both kinds of container add memory: the growth is shown whole.
+        println!(
+            "| {} | {:.2} ({:.2}) | {:.2} ({:.2}) | {:+.2} | {:.2} | {} KiB ({} containers) | {:.1} |",
+            c.system,
+            served.median,
+            percentile(&sorted, 0.99),
+            unserved.median,
+            percentile(&sorted_unserved, 0.99),
+            served.median - unserved.median,
+            rm.median,
+            c.rss_kib.1 as i64 - c.rss_kib.0 as i64,
+            2 * creates,
+            (c.fds.1 as f64 - c.fds.0 as f64) / creates as f64,
+        );
+    }
+    println!();
 }
 
 /// `CONCURRENCY` sockets in `client` asking 127.0.0.11 for `name` (A)
@@ -173,7 +318,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn print_table(results: &[(String, &str, Vec<Load>)], rounds: usize, duration: Duration) {
-    println!("### Name resolution: netd's resolver against Docker's embedded DNS\n");
+    println!("### Name resolution: netd's resolver (both ways) against Docker's embedded DNS\n");
     println!(
         "{rounds} alternating rounds of {:.1} s each, {CONCURRENCY} sockets in a client container \
          asking 127.0.0.11 back to back; queries/s is the median of the rounds (min–max), \
@@ -205,13 +350,18 @@ fn print_table(results: &[(String, &str, Vec<Load>)], rounds: usize, duration: D
                 .iter()
                 .find(|m| m.0.starts_with(system) && m.1 == kind)
         };
-        if let (Some(n), Some(d)) = (of("netd"), of("Docker")) {
-            println!(
-                "- {kind}: netd / Docker queries/s {:.2}×, p99 {:.0} µs against {:.0} µs",
-                n.2 / d.2,
-                n.3,
-                d.3
-            );
+        let Some(d) = of("Docker") else {
+            continue;
+        };
+        for (system, _, _) in NETD_WAYS {
+            if let Some(n) = of(system) {
+                println!(
+                    "- {kind}: {system} / Docker queries/s {:.2}×, p99 {:.0} µs against {:.0} µs",
+                    n.2 / d.2,
+                    n.3,
+                    d.3
+                );
+            }
         }
     }
 }
