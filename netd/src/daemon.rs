@@ -67,8 +67,32 @@ const CONNTRACK_GC_INTERVAL: Duration = Duration::from_secs(10);
 
 type SharedEngine = Arc<Mutex<Engine<NetlinkHost>>>;
 
+/// `--dns-via cgroup-hooks` needs the eBPF datapath's socket hooks and
+/// SO_NETNS_COOKIE: refused before anything is touched.
+fn check_dns_via(opts: &Options) -> Result<()> {
+    if opts.dns_via != crate::dns::DnsVia::CgroupHooks {
+        return Ok(());
+    }
+    if opts.datapath != DatapathKind::Ebpf {
+        return Err(crate::invalid!(
+            "--dns-via cgroup-hooks needs the eBPF datapath's socket hooks (--datapath ebpf); \
+             with --datapath {} use --dns-via namespace-sockets",
+            format!("{:?}", opts.datapath).to_lowercase()
+        ));
+    }
+    crate::datapath::sys::current_netns_cookie()
+        .map(drop)
+        .map_err(|err| {
+            crate::unavailable!(
+                "--dns-via cgroup-hooks needs SO_NETNS_COOKIE (Linux 5.14 or later) to know \
+                 each container's namespace ({err:#}); use --dns-via namespace-sockets"
+            )
+        })
+}
+
 pub async fn run(opts: Options) -> Result<()> {
     check_privileges()?;
+    check_dns_via(&opts)?;
     let started = std::time::Instant::now();
     // Before anything is touched: a state file netd cannot read stops it
     // here, and both datapaths keep forwarding what they forwarded.
@@ -121,13 +145,7 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let steering = match opts.dns_via {
         crate::dns::DnsVia::NamespaceSockets => None,
-        crate::dns::DnsVia::CgroupHooks => {
-            crate::datapath::sys::current_netns_cookie().context(
-                "--dns-via cgroup-hooks needs SO_NETNS_COOKIE (Linux 5.14 or later) \
-                 to know each container's namespace",
-            )?;
-            Some(engine.driver().resolver_steering()?)
-        }
+        crate::dns::DnsVia::CgroupHooks => Some(engine.driver().resolver_steering()?),
     };
     let dns = crate::dns::Dns::new(
         crate::dns::Upstreams::discover(&opts.dns_upstreams),

@@ -255,3 +255,30 @@ fn containers_resolve_each_other_on_shared_networks_only() {
         }
     }
 }
+
+/// `--dns-via cgroup-hooks` on a datapath without socket hooks is refused
+/// at start, before anything is touched: the running setup stays.
+#[test]
+fn cgroup_hooks_are_refused_without_the_ebpf_datapath() {
+    let mut h = DaemonHost::start(netd(), &["--datapath", "iptables"]);
+    h.ok(&["network", "create", "front", "--subnet", "10.96.0.0/24"]);
+    h.ok(&["container", "create", &h.name("web"), "--network", "front"]);
+    h.kill_daemon(libc::SIGTERM);
+    let (status, stderr) = h.daemon_refusal_with(&["--dns-via", "cgroup-hooks"]);
+    assert_eq!(status.and_then(|s| s.code()), Some(5), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--dns-via cgroup-hooks needs the eBPF datapath's socket hooks (--datapath ebpf); \
+             with --datapath iptables use --dns-via namespace-sockets"
+        ),
+        "{stderr}"
+    );
+    h.spawn_daemon();
+    assert_eq!(
+        getent_hosts(&h.ctr("web"), &h.name("web")).unwrap(),
+        format!("10.96.0.2 {}", h.name("web")),
+        "the container still resolves after the refusal"
+    );
+    h.ok(&["down"]);
+    h.wait_daemon_exit();
+}
