@@ -1,8 +1,10 @@
 //! The nftables datapath beyond the scenario suite: a kill -9 restart keeps
 //! connections and swaps the table in one transaction; `nft flush ruleset`
 //! behind netd's back (Docker 29 loses its table the same way) is found and
-//! undone by `netd repair`; `netd down` leaves no table; every golden
-//! snapshot of the rendered table is a script nft applies.
+//! undone by `netd repair`; `netd down` leaves no table; drops are read from
+//! the drop rules' named counters, by reason, and kept when a change
+//! replaces the table; every golden snapshot of the rendered table is a
+//! script nft applies.
 
 use std::net::SocketAddr;
 
@@ -90,6 +92,70 @@ fn restart_flush_repair_and_down_on_nftables() {
     h.ok(&["down"]);
     h.daemon.take().unwrap().wait();
     assert!(!table_listed(&h), "netd down leaves no table");
+}
+
+/// A drop counts in `netd status` and `/metrics` under the eBPF datapath's
+/// reason, and the count stays when a change replaces the table (whose
+/// counters start again at zero).
+#[test]
+fn drops_are_counted_by_reason_and_kept_across_table_changes() {
+    let mut h = DaemonHost::start(
+        netd(),
+        &["--datapath", "nftables", "--metrics", "127.0.0.1:9464"],
+    );
+    h.ok(&["network", "create", "apps", "--subnet", "10.42.0.0/24"]);
+    h.ok(&["container", "create", &h.name("web"), "--network", "apps"]);
+    let _server = EchoServer::tcp_stream_echo(&h.ctr("web"), addr("10.42.0.2:80")).unwrap();
+    h.outside
+        .ip(&["route", "add", "10.42.0.0/24", "via", HOST_IP])
+        .unwrap();
+    let unsolicited = |h: &DaemonHost| {
+        h.json(&["status", "--format", "json"])["drops"]["unsolicited-inbound"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert_eq!(unsolicited(&h), 0);
+
+    // Direct access from outside to a nat network's container.
+    let err = probe::tcp_request(&h.outside, addr("10.42.0.2:80"), b"x").unwrap_err();
+    let counted = unsolicited(&h);
+    assert!(counted >= 1, "the direct access was not counted: {err:#}");
+
+    // A change makes the table anew: the count is carried over.
+    h.ok(&[
+        "container",
+        "create",
+        &h.name("db"),
+        "--network",
+        "apps",
+        "-p",
+        "8081:80",
+    ]);
+    assert_eq!(
+        unsolicited(&h),
+        counted,
+        "kept across the table's replacement"
+    );
+    let (_, metrics) = h.scrape_metrics();
+    let line = format!("netd_dropped_packets_total{{reason=\"unsolicited-inbound\"}} {counted}");
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "{line} not in:\n{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "netd_dropped_packets_total{reason=\"network-isolation\"} 0"),
+        "every reason the table counts is a series, zeros too:\n{metrics}"
+    );
+    let text = h.ok(&["status"]);
+    assert!(
+        text.contains("drops (the drop rules' counters)") && text.contains("unsolicited-inbound"),
+        "{text}"
+    );
+
+    h.ok(&["down"]);
+    h.daemon.take().unwrap().wait();
 }
 
 /// The snapshots `netd/src/driver/nftables/golden.rs` keeps are what the

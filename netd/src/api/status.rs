@@ -88,6 +88,10 @@ pub struct RuleSetStatus {
     /// netd's rules per table (iptables) or per chain (nftables).
     pub rules: BTreeMap<String, usize>,
     pub ports: usize,
+    /// nftables: drops per reason (the eBPF datapath's names), from the
+    /// drop rules' named counters; reasons with none left out.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drops: BTreeMap<String, u64>,
 }
 
 /// One direction of a tracked connection.

@@ -179,6 +179,18 @@ fn rule_set_text(unit: &str, rules: &RuleSetStatus, line: &mut impl FnMut(String
         line(format!("  {row}"));
     }
     line(format!("published ports with rules: {}", rules.ports));
+    if !rules.drops.is_empty() {
+        line(String::new());
+        line("drops (the drop rules' counters)".to_owned());
+        let rows = rules
+            .drops
+            .iter()
+            .map(|(reason, n)| vec![reason.clone(), n.to_string()])
+            .collect();
+        for row in table(&["reason", "packets"], rows) {
+            line(format!("  {row}"));
+        }
+    }
 }
 
 /// What a reconciliation changed, one line each (`none` when nothing).

@@ -198,11 +198,11 @@ impl Declared {
 }
 
 /// The `FirewallDriver` methods a netfilter driver hands to its
-/// [`Declared`] (`self.decl`), applied with `Self::applier(self.deferred)`.
+/// [`Declared`] (`self.decl`), applied with `self.applier()` (a closure that borrows nothing).
 macro_rules! delegate_to_declared {
     () => {
         fn set_rules(&mut self, rules: &[crate::rule::ActiveRule]) -> anyhow::Result<()> {
-            self.decl.set_rules(rules, Self::applier(self.deferred))
+            self.decl.set_rules(rules, self.applier())
         }
 
         fn add_network(
@@ -210,11 +210,11 @@ macro_rules! delegate_to_declared {
             net: &crate::state::Network,
             _bridge_mac: [u8; 6],
         ) -> anyhow::Result<()> {
-            self.decl.add_network(net, Self::applier(self.deferred))
+            self.decl.add_network(net, self.applier())
         }
 
         fn remove_network(&mut self, net: &crate::state::Network) -> anyhow::Result<()> {
-            self.decl.remove_network(net, Self::applier(self.deferred))
+            self.decl.remove_network(net, self.applier())
         }
 
         fn add_endpoint(
@@ -224,20 +224,19 @@ macro_rules! delegate_to_declared {
             _host_ifindex: u32,
             _mac: [u8; 6],
         ) -> anyhow::Result<()> {
-            self.decl
-                .add_endpoint(net, att, Self::applier(self.deferred))
+            self.decl.add_endpoint(net, att, self.applier())
         }
 
         fn remove_endpoint(&mut self, att: &crate::state::Attachment) -> anyhow::Result<()> {
-            self.decl.remove_endpoint(att, Self::applier(self.deferred))
+            self.decl.remove_endpoint(att, self.applier())
         }
 
         fn publish(&mut self, ports: &[crate::state::PublishedPort]) -> anyhow::Result<()> {
-            self.decl.publish(ports, Self::applier(self.deferred))
+            self.decl.publish(ports, self.applier())
         }
 
         fn unpublish(&mut self, ports: &[crate::state::PublishedPort]) -> anyhow::Result<()> {
-            self.decl.unpublish(ports, Self::applier(self.deferred))
+            self.decl.unpublish(ports, self.applier())
         }
     };
 }

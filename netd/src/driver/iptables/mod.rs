@@ -93,7 +93,8 @@ impl IptablesDriver {
     }
 
     /// Applies `decl`'s rule set (nothing while `deferred`).
-    fn applier(deferred: bool) -> impl Fn(&Declared) -> Result<()> {
+    fn applier(&self) -> impl Fn(&Declared) -> Result<()> + 'static {
+        let deferred = self.deferred;
         move |decl| match deferred {
             true => Ok(()),
             false => restore(&render(decl)),
@@ -101,7 +102,7 @@ impl IptablesDriver {
     }
 
     fn apply(&self) -> Result<()> {
-        Self::applier(self.deferred)(&self.decl)
+        self.applier()(&self.decl)
     }
 }
 
@@ -151,6 +152,7 @@ impl FirewallDriver for IptablesDriver {
         Ok(DatapathStatus::Iptables(RuleSetStatus {
             rules,
             ports: self.decl.ports.len(),
+            drops: BTreeMap::new(),
         }))
     }
 

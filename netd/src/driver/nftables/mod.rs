@@ -10,9 +10,14 @@
 mod golden;
 mod render;
 
-use std::{collections::BTreeMap, process::Command};
+use std::{
+    collections::BTreeMap,
+    process::Command,
+    sync::{Arc, Mutex},
+};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, anyhow};
+use netd_common::DropReason;
 
 use super::{
     BoxFuture, ConntrackRow, DatapathMetrics, FirewallDriver, HostInfo, Observability,
@@ -28,6 +33,23 @@ pub const TABLE: &str = "netd-bridges";
 /// iptables datapath.
 const HAIRPIN_MARK: &str = "0x02000000";
 
+/// The named counters the drop rules count in, and the drop reason each
+/// stands for (the eBPF datapath's names, so `/metrics` reads the same on
+/// both). One per kind of drop rule: Docker 29 counts per rule.
+pub const DROP_COUNTERS: [(&str, DropReason); 8] = [
+    ("drops-direct-access", DropReason::UnsolicitedInbound),
+    ("drops-remote-loopback", DropReason::LoopbackFromOutside),
+    ("drops-internal-ingress", DropReason::InternalNetwork),
+    ("drops-internal-egress", DropReason::InternalNetwork),
+    ("drops-isolation", DropReason::NetworkIsolation),
+    ("drops-icc", DropReason::IccDisabled),
+    ("drops-unpublished-port", DropReason::UnsolicitedInbound),
+    ("drops-user-rule", DropReason::UserRule),
+];
+
+/// Drops per named counter.
+type DropCounts = BTreeMap<String, u64>;
+
 #[derive(Default)]
 pub struct NftablesDriver {
     decl: Declared,
@@ -35,6 +57,9 @@ pub struct NftablesDriver {
     /// previous run's table keeps forwarding until the new one replaces it
     /// in one transaction (no gap on restart).
     deferred: bool,
+    /// What the tables this run replaced had counted: each change makes
+    /// the table anew, with its counters at zero.
+    carried: Arc<Mutex<DropCounts>>,
 }
 
 impl NftablesDriver {
@@ -46,17 +71,82 @@ impl NftablesDriver {
         })
     }
 
-    /// Applies `decl`'s table (nothing while `deferred`).
-    fn applier(deferred: bool) -> impl Fn(&Declared) -> Result<()> {
-        move |decl| match deferred {
-            true => Ok(()),
-            false => nft(&render(decl)),
+    /// Applies a declared table (nothing while `deferred`), keeping the
+    /// drops the table it replaces had counted (read just before: drops in
+    /// the milliseconds between are not counted).
+    fn applier(&self) -> impl Fn(&Declared) -> Result<()> + 'static {
+        let (deferred, carried) = (self.deferred, self.carried.clone());
+        move |decl| {
+            if deferred {
+                return Ok(());
+            }
+            // No table (a first start, or flushed behind netd's back):
+            // nothing to keep.
+            let counted = drop_counters().unwrap_or_default();
+            nft(&render(decl))?;
+            let mut carried = carried.lock().expect("carried drops lock");
+            for (counter, n) in counted {
+                *carried.entry(counter).or_default() += n;
+            }
+            Ok(())
         }
     }
 
     fn apply(&self) -> Result<()> {
-        Self::applier(self.deferred)(&self.decl)
+        self.applier()(&self.decl)
     }
+
+    /// Drops per reason (its label) since this daemon started (those the
+    /// previous run's table counted included, as its replacement carried
+    /// them).
+    fn drops(&self) -> Result<BTreeMap<&'static str, u64>> {
+        let mut counts = self.carried.lock().expect("carried drops lock").clone();
+        if !self.deferred {
+            for (counter, n) in drop_counters()? {
+                *counts.entry(counter).or_default() += n;
+            }
+        }
+        let mut drops = BTreeMap::new();
+        for (counter, n) in counts {
+            if let Some((_, reason)) = DROP_COUNTERS.iter().find(|(name, _)| *name == counter) {
+                *drops.entry(reason.label()).or_default() += n;
+            }
+        }
+        Ok(drops)
+    }
+}
+
+/// The packets each named drop counter of netd's table has counted.
+fn drop_counters() -> Result<DropCounts> {
+    let listed = Command::new("nft")
+        .args(["-j", "list", "counters", "table", "ip", TABLE])
+        .output()
+        .context("running nft (package nftables)")?;
+    if !listed.status.success() {
+        return Err(anyhow!(
+            "nft list counters table ip {TABLE}: {}",
+            String::from_utf8_lossy(&listed.stderr).trim()
+        ));
+    }
+    parse_drop_counters(&listed.stdout)
+}
+
+/// `nft -j list counters` output: each counter's name and packets.
+fn parse_drop_counters(json: &[u8]) -> Result<DropCounts> {
+    let listed: serde_json::Value =
+        serde_json::from_slice(json).context("parsing nft's JSON listing")?;
+    Ok(listed["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|object| {
+            let counter = object.get("counter")?;
+            Some((
+                counter["name"].as_str()?.to_owned(),
+                counter["packets"].as_u64()?,
+            ))
+        })
+        .collect())
 }
 
 use render::render;
@@ -131,6 +221,12 @@ impl FirewallDriver for NftablesDriver {
         Ok(DatapathStatus::Nftables(RuleSetStatus {
             rules,
             ports: self.decl.ports.len(),
+            drops: self
+                .drops()?
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(reason, n)| (reason.to_owned(), n))
+                .collect(),
         }))
     }
 
@@ -151,6 +247,36 @@ impl FirewallDriver for NftablesDriver {
 
 impl Observability for NftablesDriver {
     fn metrics(&self) -> Result<DatapathMetrics> {
-        nf_conntrack::metrics()
+        let mut metrics = nf_conntrack::metrics()?;
+        let drops = self.drops()?;
+        // Every reason the table can count, zeros included (a series that
+        // appears only once it counts breaks rate()).
+        let mut reasons: Vec<&'static str> = DROP_COUNTERS.iter().map(|(_, r)| r.label()).collect();
+        reasons.sort();
+        reasons.dedup();
+        metrics.drops = reasons
+            .into_iter()
+            .map(|reason| (reason, drops.get(reason).copied().unwrap_or(0)))
+            .collect();
+        Ok(metrics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_counters_are_read_from_nfts_listing() {
+        let listed =
+            br#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"counter": {"family": "ip", "name": "drops-isolation", "table": "netd-bridges",
+                         "handle": 2, "packets": 7, "bytes": 420}},
+            {"counter": {"family": "ip", "name": "drops-icc", "table": "netd-bridges",
+                         "handle": 3, "packets": 0, "bytes": 0}}]}"#;
+        let counts = parse_drop_counters(listed).unwrap();
+        assert_eq!(counts["drops-isolation"], 7);
+        assert_eq!(counts["drops-icc"], 0);
+        assert!(parse_drop_counters(b"not json").is_err());
     }
 }

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::{HAIRPIN_MARK, TABLE};
+use super::{DROP_COUNTERS, HAIRPIN_MARK, TABLE};
 use crate::{
     driver::netfilter::Declared,
     rule::RuleAction,
@@ -32,6 +32,9 @@ impl Declared {
         let _ = writeln!(out, "table ip {TABLE} {{}}");
         let _ = writeln!(out, "delete table ip {TABLE}");
         let _ = writeln!(out, "table ip {TABLE} {{");
+        for (counter, _) in DROP_COUNTERS {
+            let _ = writeln!(out, "\tcounter {counter} {{ }}");
+        }
         for (purpose, _) in PER_BRIDGE {
             let elements: Vec<String> = self
                 .networks
@@ -165,7 +168,7 @@ impl Declared {
                     .map(|i| format!("\"{i}\""))
                     .collect();
                 rules.push(format!(
-                    "ip daddr {ip} iifname != {{ {} }} counter drop comment \"DROP DIRECT ACCESS\"",
+                    "ip daddr {ip} iifname != {{ {} }} counter name \"drops-direct-access\" drop comment \"DROP DIRECT ACCESS\"",
                     allowed.join(", ")
                 ));
             }
@@ -173,7 +176,7 @@ impl Declared {
         for (host_ip, port, proto, _, _) in &self.ports {
             if host_ip.is_loopback() {
                 rules.push(format!(
-                    "iifname != \"lo\" ip daddr {host_ip} {} dport {port} counter drop comment \"DROP REMOTE LOOPBACK\"",
+                    "iifname != \"lo\" ip daddr {host_ip} {} dport {port} counter name \"drops-remote-loopback\" drop comment \"DROP REMOTE LOOPBACK\"",
                     proto_name(*proto)
                 ));
             }
@@ -189,7 +192,7 @@ impl Declared {
         let mut forward_in = vec![established.clone()];
         if net.internal {
             forward_in.push(format!(
-                "iifname != \"{br}\" counter drop comment \"INTERNAL NETWORK INGRESS\""
+                "iifname != \"{br}\" counter name \"drops-internal-ingress\" drop comment \"INTERNAL NETWORK INGRESS\""
             ));
         } else {
             if mode == Some(GatewayMode::Routed) {
@@ -200,7 +203,7 @@ impl Declared {
             // to a published port.
             if self.networks.len() > 1 {
                 forward_in.push(format!(
-                    "iifname {} ct status & dnat == 0 counter drop comment \"ISOLATION\"",
+                    "iifname {} ct status & dnat == 0 counter name \"drops-isolation\" drop comment \"ISOLATION\"",
                     self.bridge_set(Some(br))
                 ));
             }
@@ -221,16 +224,20 @@ impl Declared {
             }
             forward_in.push("ct status dnat counter accept".into());
         }
-        let icc = if net.icc { "accept" } else { "drop" };
-        forward_in.push(format!("iifname \"{br}\" counter {icc} comment \"ICC\""));
+        let icc = match net.icc {
+            true => "counter accept",
+            false => "counter name \"drops-icc\" drop",
+        };
+        forward_in.push(format!("iifname \"{br}\" {icc} comment \"ICC\""));
         forward_in.push(match mode {
             Some(GatewayMode::NatUnprotected) => "counter accept comment \"UNPROTECTED\"".into(),
-            _ => "counter drop comment \"UNPUBLISHED PORT DROP\"".into(),
+            _ => "counter name \"drops-unpublished-port\" drop comment \"UNPUBLISHED PORT DROP\""
+                .into(),
         });
 
         let mut forward_out = vec![established];
         forward_out.push(match net.internal {
-            true => format!("oifname != \"{br}\" counter drop comment \"INTERNAL NETWORK EGRESS\""),
+            true => format!("oifname != \"{br}\" counter name \"drops-internal-egress\" drop comment \"INTERNAL NETWORK EGRESS\""),
             false => "counter accept comment \"OUTGOING\"".into(),
         });
 
@@ -313,11 +320,11 @@ impl Declared {
                 let _ = write!(spec, "ct original proto-dst {range} ");
             }
             let verdict = match rule.action {
-                RuleAction::Allow => "return",
-                RuleAction::Deny => "drop",
+                RuleAction::Allow => "counter return",
+                RuleAction::Deny => "counter name \"drops-user-rule\" drop",
             };
             rules.push(format!(
-                "{spec}counter {verdict} comment \"USER RULE {}\"",
+                "{spec}{verdict} comment \"USER RULE {}\"",
                 active.order
             ));
         }
