@@ -21,6 +21,11 @@ pub const NET_GATEWAY_ROUTED: u32 = 1 << 5;
 /// arrives on one of them (`TRUSTED_INTERFACES`) may reach the network's
 /// published container ports at the container's address.
 pub const NET_TRUSTS_INTERFACES: u32 = 1 << 6;
+/// `--dns-via cgroup-hooks`: the network's gateway port 53 is netd's
+/// resolver, which the socket hooks steer its containers' 127.0.0.11:53 to
+/// (a port published on every host address does not take it, as with
+/// aardvark-dns on the gateway).
+pub const NET_RESOLVER_ON_GATEWAY: u32 = 1 << 7;
 
 /// Key of `TRUSTED_INTERFACES`: a network and an interface it trusts.
 #[repr(C)]

@@ -28,7 +28,7 @@ use aya_ebpf::{
 };
 use netd_common::{
     CT_DNAT, CT_SNAT, CtKey, DropReason, NET_GATEWAY_ROUTED, NET_INTERNAL, NET_MASQUERADE,
-    NET_TRUSTS_INTERFACES, NET_UNPROTECTED, TrafficClass,
+    NET_RESOLVER_ON_GATEWAY, NET_TRUSTS_INTERFACES, NET_UNPROTECTED, TrafficClass,
 };
 
 use crate::{
@@ -117,6 +117,16 @@ pub fn host_getpeername4(ctx: SockAddrContext) -> i32 {
     1
 }
 
+/// A query to the sender's own gateway, port 53, on a network whose
+/// resolver is there (`--dns-via cgroup-hooks`): the daemon's, not a port
+/// published on every host address. One more lookup, for port 53 only.
+#[inline(always)]
+fn is_resolver_on_gateway(ip: &Ipv4Packet, key: &CtKey, sender_flags: u32) -> bool {
+    sender_flags & NET_RESOLVER_ON_GATEWAY != 0
+        && key.dst_port == netd_common::RESOLVER_PORT.to_be_bytes()
+        && policy::network_of(ip.src).is_some_and(|net| net.gateway == ip.dst)
+}
+
 /// What a program does with a packet it accepted.
 enum Forward {
     /// Let the kernel carry on (bridge, routing, local delivery).
@@ -200,6 +210,9 @@ fn hairpin(
         Lookup::Hit(xlat) if xlat == *key => return Ok(Forward::Pass(class)),
         Lookup::Hit(xlat) => xlat,
         Lookup::Miss => {
+            if is_resolver_on_gateway(ip, key, sender_flags) {
+                return Ok(Forward::Pass(class)); // the daemon's resolver
+            }
             let published = match opens_connection(key, ip.tcp_flags()) {
                 true => nat::published_backend(ip.dst, key.dst_port, key.proto),
                 false => None,

@@ -85,22 +85,26 @@ pub fn steer_to_resolver(ctx: &SockAddrContext) -> bool {
         return false;
     };
     sa.user_ip4 = u32::from_ne_bytes(gateway);
-    // SAFETY: helper on the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let port = RESOLVER_PORT.to_be_bytes();
-    let key = SockRevKey {
-        cookie,
-        ip: gateway,
-        port,
-        _pad: [0; 2],
-    };
-    let original = SockRevValue {
-        ip: RESOLVER_IP,
-        port,
-        _pad: [0; 2],
-    };
-    let _ = SOCK_REVNAT.insert(&key, &original, 0);
     true
+}
+
+/// recvmsg4 / getpeername4 in a steered namespace: its gateway's port 53
+/// is the resolver, shown as 127.0.0.11:53 (no per-socket state: a lookup
+/// never waits on an LRU entry that a burst of other lookups evicted).
+#[inline(always)]
+fn restore_resolver(ctx: &SockAddrContext, netns: u64) {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    // Every other socket of every namespace pays a compare, not a lookup.
+    if sa.user_port != u32::from(RESOLVER_PORT.to_be()) {
+        return;
+    }
+    // SAFETY: read-only copy of a map value.
+    if let Some(gateway) = unsafe { RESOLVER_STEERING.get(&netns) }
+        && sa.user_ip4 == u32::from_ne_bytes(*gateway)
+    {
+        sa.user_ip4 = u32::from_ne_bytes(RESOLVER_IP);
+    }
 }
 
 /// connect4 / sendmsg4: a published host address and port becomes its backend.
@@ -146,9 +150,8 @@ pub fn redirect_to_backend(ctx: &SockAddrContext) {
 pub fn restore_published(ctx: &SockAddrContext) {
     // SAFETY: helper on the program's own context.
     let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
-    // SAFETY: only whether the key is there.
-    if !is_our_netns(netns, nat::config_map()) && unsafe { RESOLVER_STEERING.get(&netns) }.is_none()
-    {
+    if !is_our_netns(netns, nat::config_map()) {
+        restore_resolver(ctx, netns);
         return;
     }
     // SAFETY: as above.

@@ -119,6 +119,7 @@ pub async fn run(opts: Options) -> Result<()> {
                     xdp: opts.xdp,
                     nat_ports: opts.nat_ports,
                     sizes: opts.table_sizes,
+                    resolver_on_gateways: opts.dns_via == crate::dns::DnsVia::CgroupHooks,
                 },
                 host.netlink().clone(),
             )?)

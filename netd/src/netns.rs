@@ -15,6 +15,20 @@ pub(crate) fn setns(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
     nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")
 }
 
+/// Runs `f` on a short-lived thread that entered the namespace at `path`
+/// (what it makes there, sockets included, stays there).
+pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(file.as_fd())?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow!("a thread in {} panicked", path.display()))?
+    })
+}
+
 pub fn netns_path(name: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(name)
 }
@@ -75,15 +89,9 @@ fn bind_netns(name: &str, source: &str) -> Result<()> {
 /// Writes a sysctl inside the namespace at `path` (/proc/sys/net shows the
 /// namespace of the thread that opens it).
 pub fn sysctl_in(path: &Path, key: &str, value: &str) -> Result<()> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let proc_path = Path::new("/proc/sys").join(key.replace('.', "/"));
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<()> {
-            setns(file.as_fd())?;
-            std::fs::write(&proc_path, value).with_context(|| format!("setting {key}"))
-        })
-        .join()
-        .map_err(|_| anyhow!("sysctl thread panicked"))?
+    run_in(path, || {
+        std::fs::write(&proc_path, value).with_context(|| format!("setting {key}"))
     })
 }
 
@@ -91,16 +99,8 @@ pub fn sysctl_in(path: &Path, key: &str, value: &str) -> Result<()> {
 /// the BPF programs see it: read from a socket made on a thread that
 /// entered it.
 pub fn netns_cookie_of(path: &Path) -> Result<u64> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<u64> {
-            setns(file.as_fd())?;
-            crate::datapath::sys::current_netns_cookie()
-        })
-        .join()
-        .map_err(|_| anyhow!("netns cookie thread panicked"))?
-    })
-    .with_context(|| format!("the network namespace cookie of {}", path.display()))
+    run_in(path, crate::datapath::sys::current_netns_cookie)
+        .with_context(|| format!("the network namespace cookie of {}", path.display()))
 }
 
 pub fn delete_netns(name: &str) -> Result<()> {

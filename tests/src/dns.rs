@@ -202,9 +202,6 @@ pub fn addresses(reply: &Message) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-/// `getent hosts NAME` in the namespace as `ip netns exec` runs it (with
-/// its /etc/netns/NAME/resolv.conf): the first line, or an error with the
-/// exit code (2: not found).
 /// The local addresses of the UDP sockets bound to port 53 in `netns`
 /// (`ss`), sorted: which way the resolver is served.
 pub fn udp_port_53_sockets(netns: &Netns) -> Result<Vec<String>> {
@@ -231,6 +228,9 @@ pub fn udp_port_53_sockets(netns: &Netns) -> Result<Vec<String>> {
     Ok(bound)
 }
 
+/// `getent hosts NAME` in the namespace as `ip netns exec` runs it (with
+/// its /etc/netns/NAME/resolv.conf): the first line, or an error with the
+/// exit code (2: not found).
 pub fn getent_hosts(netns: &Netns, name: &str) -> Result<String> {
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", netns.name(), "getent", "hosts", name])

@@ -110,6 +110,30 @@ fn containers_resolve_each_other_on_shared_networks_only() {
             "{}",
             ctx("PTR")
         );
+        // Another container publishing port 53 on every host address does
+        // not take the resolver's place (with the hooks, the gateway's port
+        // 53 is the resolver's).
+        let dns_server = h.name("dns-server");
+        h.ok(&[
+            "container",
+            "create",
+            &dns_server,
+            "-p",
+            "53:53/udp",
+            "-p",
+            "53:53/tcp",
+        ]);
+        for tcp in [false, true] {
+            let reply = ask(&h.ctr("web"), resolver(), &db, RecordType::A, tcp).unwrap();
+            assert_eq!(
+                addresses(&reply),
+                [Ipv4Addr::new(10, 91, 0, 3)],
+                "{}",
+                ctx("with port 53 published")
+            );
+        }
+        h.ok(&["container", "rm", &dns_server]);
+
         // The worker shares only `back` with db, and nothing with web.
         assert_eq!(
             getent_hosts(&h.ctr("worker"), &db).unwrap(),

@@ -54,9 +54,11 @@ pub enum DnsVia {
 
 /// What steers a container namespace's 127.0.0.11:53 to the resolver on a
 /// gateway (the eBPF datapath's `RESOLVER_STEERING` map).
+/// A namespace served for several records (a CNI container on two
+/// networks) is steered until each has unsteered.
 pub trait Steering: Send + Sync {
     fn steer(&self, netns_cookie: u64, gateway: Ipv4Addr) -> anyhow::Result<()>;
-    fn unsteer(&self, netns_cookie: u64) -> anyhow::Result<()>;
+    fn unsteer(&self, netns_cookie: u64, gateway: Ipv4Addr) -> anyhow::Result<()>;
 }
 
 /// How one container is served.
@@ -76,10 +78,10 @@ impl Drop for Served {
     fn drop(&mut self) {
         if let Served::Steered {
             netns_cookie,
+            gateway,
             steering,
-            ..
         } = self
-            && let Err(err) = steering.unsteer(*netns_cookie)
+            && let Err(err) = steering.unsteer(*netns_cookie, *gateway)
         {
             tracing::warn!("resolver: {err:#}");
         }

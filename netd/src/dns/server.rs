@@ -4,13 +4,12 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    os::fd::AsFd as _,
     path::Path,
     sync::Arc,
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result};
 use hickory_proto::op::{Message, OpCode, ResponseCode};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -29,6 +28,8 @@ const MAX_UPSTREAMS: usize = 3;
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// TCP clients served at once per container; more wait in the backlog.
 const MAX_TCP_CLIENTS: usize = 64;
+/// The same for all of a network's containers, on its gateway socket.
+const MAX_TCP_CLIENTS_PER_NETWORK: usize = 1024;
 /// A DNS header: the least a query can be to get an answer at all.
 const HEADER_LEN: usize = 12;
 /// The largest UDP query read whole (a common EDNS size; a query is a few
@@ -39,23 +40,7 @@ const MAX_UDP_QUERY: usize = 4096;
 /// A UDP socket and a TCP listener on 127.0.0.11:53 inside `netns`, bound
 /// from a thread that enters it (the sockets stay there).
 pub fn bind_in(netns: &Path) -> Result<(UdpSocket, TcpListener)> {
-    let file =
-        std::fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
-    let addr = SocketAddrV4::new(RESOLVER_ADDR, 53);
-    let (udp, tcp) = std::thread::scope(|s| {
-        s.spawn(|| -> Result<_> {
-            crate::netns::setns(file.as_fd())?;
-            let udp =
-                std::net::UdpSocket::bind(addr).with_context(|| format!("binding udp {addr}"))?;
-            let tcp =
-                std::net::TcpListener::bind(addr).with_context(|| format!("binding tcp {addr}"))?;
-            udp.set_nonblocking(true)?;
-            tcp.set_nonblocking(true)?;
-            Ok((udp, tcp))
-        })
-        .join()
-        .map_err(|_| anyhow!("resolver thread panicked"))?
-    })?;
+    let (udp, tcp) = crate::netns::run_in(netns, || bind_pair(RESOLVER_ADDR))?;
     Ok((UdpSocket::from_std(udp)?, TcpListener::from_std(tcp)?))
 }
 
@@ -63,12 +48,19 @@ pub fn bind_in(netns: &Path) -> Result<(UdpSocket, TcpListener)> {
 /// namespace: where the socket hooks send the queries of a network's
 /// containers (`--dns-via cgroup-hooks`).
 pub fn bind_on(gateway: Ipv4Addr) -> Result<(UdpSocket, TcpListener)> {
-    let addr = SocketAddrV4::new(gateway, 53);
+    let (udp, tcp) = bind_pair(gateway)?;
+    Ok((UdpSocket::from_std(udp)?, TcpListener::from_std(tcp)?))
+}
+
+/// A non-blocking UDP socket and TCP listener on `ip`:53, in the calling
+/// thread's namespace.
+fn bind_pair(ip: Ipv4Addr) -> Result<(std::net::UdpSocket, std::net::TcpListener)> {
+    let addr = SocketAddrV4::new(ip, 53);
     let udp = std::net::UdpSocket::bind(addr).with_context(|| format!("binding udp {addr}"))?;
     let tcp = std::net::TcpListener::bind(addr).with_context(|| format!("binding tcp {addr}"))?;
     udp.set_nonblocking(true)?;
     tcp.set_nonblocking(true)?;
-    Ok((UdpSocket::from_std(udp)?, TcpListener::from_std(tcp)?))
+    Ok((udp, tcp))
 }
 
 /// Whose queries a socket receives.
@@ -82,16 +74,25 @@ pub enum Askers {
 }
 
 impl Askers {
-    /// The container asking from `from` (empty: none the resolver serves,
-    /// which is refused).
-    fn asker(&self, dns: &Dns, from: SocketAddr) -> Arc<str> {
+    /// The container asking from `from`; `None` on a gateway socket for a
+    /// source that is no served container on that network (the host, a
+    /// neighbour outside, another runtime's container): not answered, so
+    /// the socket serves nobody else and amplifies nothing.
+    fn asker(&self, dns: &Dns, from: SocketAddr) -> Option<Arc<str>> {
         match (self, from) {
-            (Askers::Container(name), _) => name.clone(),
-            (Askers::OnNetwork(network), SocketAddr::V4(from)) => dns
-                .records()
-                .asker_at(network, *from.ip())
-                .map_or_else(|| Arc::from(""), Arc::from),
-            (Askers::OnNetwork(_), SocketAddr::V6(_)) => Arc::from(""),
+            (Askers::Container(name), _) => Some(name.clone()),
+            (Askers::OnNetwork(network), SocketAddr::V4(from)) => {
+                dns.records().asker_at(network, *from.ip()).map(Arc::from)
+            }
+            (Askers::OnNetwork(_), SocketAddr::V6(_)) => None,
+        }
+    }
+
+    /// TCP clients served at once on the socket; more wait in the backlog.
+    fn max_tcp_clients(&self) -> usize {
+        match self {
+            Askers::Container(_) => MAX_TCP_CLIENTS,
+            Askers::OnNetwork(_) => MAX_TCP_CLIENTS_PER_NETWORK,
         }
     }
 }
@@ -104,7 +105,9 @@ pub async fn serve_udp(dns: Arc<Dns>, askers: Askers, socket: Arc<UdpSocket>) {
             continue;
         };
         while pending.try_join_next().is_some() {}
-        let asker = askers.asker(&dns, from);
+        let Some(asker) = askers.asker(&dns, from) else {
+            continue;
+        };
         // Answered here when it is netd's to answer; a forward, which may
         // take seconds, gets a task of its own.
         match dns.answer_locally(&asker, &buf[..len], true) {
@@ -132,10 +135,12 @@ pub async fn serve_tcp(dns: Arc<Dns>, askers: Askers, listener: TcpListener) {
             continue;
         };
         while clients.try_join_next().is_some() {}
-        if clients.len() >= MAX_TCP_CLIENTS {
+        if clients.len() >= askers.max_tcp_clients() {
             continue; // dropped: the client retries
         }
-        let asker = askers.asker(&dns, from);
+        let Some(asker) = askers.asker(&dns, from) else {
+            continue; // closed unanswered
+        };
         clients.spawn(serve_tcp_client(dns.clone(), asker, stream));
     }
 }

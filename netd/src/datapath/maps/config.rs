@@ -89,7 +89,7 @@ impl Sockets {
         let map = aya::maps::Map::HashMap(map)
             .try_into()
             .context("RESOLVER_STEERING is not a hash map")?;
-        Ok(ResolverSteering(std::sync::Mutex::new(map)))
+        Ok(ResolverSteering::new(map))
     }
 
     /// The namespace cookie the connect4 hook recorded for the socket with
@@ -102,20 +102,62 @@ impl Sockets {
 }
 
 /// Which container namespaces' 127.0.0.11:53 the socket hooks steer, and to
-/// which gateway (`--dns-via cgroup-hooks`).
-pub struct ResolverSteering(std::sync::Mutex<Hash<RESOLVER_STEERING>>);
+/// which gateway (`--dns-via cgroup-hooks`). A namespace can be steered for
+/// several served records (a CNI container on two networks is two): it
+/// stays steered, to the first of them still there, until the last goes.
+pub struct ResolverSteering(std::sync::Mutex<SteeringState>);
+
+struct SteeringState {
+    map: Hash<RESOLVER_STEERING>,
+    /// The gateways each namespace is steered for, first in the map.
+    holders: std::collections::HashMap<u64, Vec<std::net::Ipv4Addr>>,
+}
+
+impl ResolverSteering {
+    fn new(map: Hash<RESOLVER_STEERING>) -> Self {
+        Self(std::sync::Mutex::new(SteeringState {
+            map,
+            holders: std::collections::HashMap::new(),
+        }))
+    }
+}
 
 impl crate::dns::Steering for ResolverSteering {
     fn steer(&self, netns_cookie: u64, gateway: std::net::Ipv4Addr) -> Result<()> {
-        self.0
-            .lock()
-            .expect("steering lock")
-            .insert(&netns_cookie, &gateway.octets(), 0)
-            .with_context(|| format!("steering namespace {netns_cookie:#x} to {gateway}"))
+        let mut state = self.0.lock().expect("steering lock");
+        let holders = state
+            .holders
+            .get(&netns_cookie)
+            .cloned()
+            .unwrap_or_default();
+        if holders.is_empty() {
+            state
+                .map
+                .insert(&netns_cookie, &gateway.octets(), 0)
+                .with_context(|| format!("steering namespace {netns_cookie:#x} to {gateway}"))?;
+        }
+        state.holders.entry(netns_cookie).or_default().push(gateway);
+        Ok(())
     }
 
-    fn unsteer(&self, netns_cookie: u64) -> Result<()> {
-        done_if_missing(self.0.lock().expect("steering lock").remove(&netns_cookie))
-            .with_context(|| format!("no longer steering namespace {netns_cookie:#x}"))
+    fn unsteer(&self, netns_cookie: u64, gateway: std::net::Ipv4Addr) -> Result<()> {
+        let mut state = self.0.lock().expect("steering lock");
+        let Some(holders) = state.holders.get_mut(&netns_cookie) else {
+            return Ok(());
+        };
+        if let Some(at) = holders.iter().position(|g| *g == gateway) {
+            holders.remove(at);
+        }
+        match holders.first().copied() {
+            Some(next) => state
+                .map
+                .insert(&netns_cookie, &next.octets(), 0)
+                .with_context(|| format!("steering namespace {netns_cookie:#x} to {next}")),
+            None => {
+                state.holders.remove(&netns_cookie);
+                done_if_missing(state.map.remove(&netns_cookie))
+                    .with_context(|| format!("no longer steering namespace {netns_cookie:#x}"))
+            }
+        }
     }
 }

@@ -21,7 +21,8 @@ use std::{
 use anyhow::Result;
 use netd_common::{
     Backend, Config, Endpoint, NET_GATEWAY_ROUTED, NET_ICC, NET_INTERNAL, NET_MASQUERADE,
-    NET_ROUTED, NET_TRUSTS_INTERFACES, NET_UNPROTECTED, NetworkInfo, PortKey, TrustKey,
+    NET_RESOLVER_ON_GATEWAY, NET_ROUTED, NET_TRUSTS_INTERFACES, NET_UNPROTECTED, NetworkInfo,
+    PortKey, TrustKey,
 };
 
 use super::{BoxFuture, ConntrackRow, FirewallDriver, HostInfo, Leftovers};
@@ -75,6 +76,8 @@ pub struct EbpfDriver {
     /// Published container sides on those networks, by how many published
     /// ports lead to each.
     container_sides: HashMap<PortKey, usize>,
+    /// `EbpfSettings::resolver_on_gateways`.
+    resolver_on_gateways: bool,
 }
 
 /// How the eBPF datapath runs (`netd daemon` flags).
@@ -86,6 +89,9 @@ pub struct EbpfSettings {
     pub xdp: XdpSetting,
     pub nat_ports: NatPorts,
     pub sizes: crate::datapath::TableSizes,
+    /// `--dns-via cgroup-hooks`: each user network's gateway port 53 is
+    /// the daemon's resolver (not a port published on every address).
+    pub resolver_on_gateways: bool,
 }
 
 impl EbpfDriver {
@@ -112,6 +118,7 @@ impl EbpfDriver {
             xdp,
             nat_ports,
             sizes,
+            resolver_on_gateways,
         } = settings;
         let mut datapath = Datapath::load_pinned(bpffs, &features, log, &sizes)?;
         if let Some(logs) = datapath.take_logs() {
@@ -150,6 +157,7 @@ impl EbpfDriver {
             tearing_down: false,
             trusting: HashMap::new(),
             container_sides: HashMap::new(),
+            resolver_on_gateways,
         };
         // Counters outlive restarts: only what happens from now is news.
         driver.pressure = Pressure::from(Pressure::read(&driver.datapath)?);
@@ -234,8 +242,11 @@ fn port_key(p: &PublishedPort) -> PortKey {
     }
 }
 
-fn network_flags(net: &Network) -> u32 {
+fn network_flags(net: &Network, resolver_on_gateways: bool) -> u32 {
     let mut flags = 0;
+    if resolver_on_gateways && crate::dns::has_resolver(&net.name) && net.gateway_on_bridge() {
+        flags |= NET_RESOLVER_ON_GATEWAY;
+    }
     if net.icc {
         flags |= NET_ICC;
     }
@@ -274,7 +285,7 @@ impl FirewallDriver for EbpfDriver {
     fn add_network(&mut self, net: &Network, bridge_mac: [u8; 6]) -> Result<()> {
         let info = NetworkInfo {
             id: net.id,
-            flags: network_flags(net),
+            flags: network_flags(net, self.resolver_on_gateways),
             gateway: net.gateway.octets(),
             host_ip: net.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
             gateway_mac: bridge_mac,
@@ -342,7 +353,7 @@ impl FirewallDriver for EbpfDriver {
         let endpoint = Endpoint {
             ifindex: host_ifindex,
             network_id: net.id,
-            network_flags: network_flags(net),
+            network_flags: network_flags(net, self.resolver_on_gateways),
             mac,
             _pad: [0; 2],
         };
