@@ -3,8 +3,8 @@
 //! behind netd's back (Docker 29 loses its table the same way) is found and
 //! undone by `netd repair`; `netd down` leaves no table; drops are read from
 //! the drop rules' named counters, by reason, and kept when a change
-//! replaces the table; every golden snapshot of the rendered table is a
-//! script nft applies.
+//! replaces the table and across restarts; every golden snapshot of the
+//! rendered table is a script nft applies.
 
 use std::net::SocketAddr;
 
@@ -95,8 +95,8 @@ fn restart_flush_repair_and_down_on_nftables() {
 }
 
 /// A drop counts in `netd status` and `/metrics` under the eBPF datapath's
-/// reason, and the count stays when a change replaces the table (whose
-/// counters start again at zero).
+/// reason, and the count stays when a change replaces the table (the new
+/// table's counters start where the old one's were) and across a restart.
 #[test]
 fn drops_are_counted_by_reason_and_kept_across_table_changes() {
     let mut h = DaemonHost::start(
@@ -135,6 +135,17 @@ fn drops_are_counted_by_reason_and_kept_across_table_changes() {
         unsolicited(&h),
         counted,
         "kept across the table's replacement"
+    );
+    // And across a kill -9 restart: the table holds the counts, before and
+    // after the new daemon replaces it (a counter never goes back).
+    h.kill_daemon(libc::SIGKILL);
+    h.spawn_daemon();
+    assert_eq!(unsolicited(&h), counted, "kept across a restart");
+    h.ok(&["network", "create", "more", "--subnet", "10.43.0.0/24"]);
+    assert_eq!(
+        unsolicited(&h),
+        counted,
+        "kept by the restarted daemon's first change"
     );
     let (_, metrics) = h.scrape_metrics();
     let line = format!("netd_dropped_packets_total{{reason=\"unsolicited-inbound\"}} {counted}");

@@ -10,11 +10,7 @@
 mod golden;
 mod render;
 
-use std::{
-    collections::BTreeMap,
-    process::Command,
-    sync::{Arc, Mutex},
-};
+use std::{collections::BTreeMap, process::Command};
 
 use anyhow::{Context as _, Result, anyhow};
 use netd_common::DropReason;
@@ -47,8 +43,8 @@ pub const DROP_COUNTERS: [(&str, DropReason); 8] = [
     ("drops-user-rule", DropReason::UserRule),
 ];
 
-/// Drops per named counter.
-type DropCounts = BTreeMap<String, u64>;
+/// (packets, bytes) per named drop counter.
+pub type DropCounts = BTreeMap<String, (u64, u64)>;
 
 #[derive(Default)]
 pub struct NftablesDriver {
@@ -57,9 +53,6 @@ pub struct NftablesDriver {
     /// previous run's table keeps forwarding until the new one replaces it
     /// in one transaction (no gap on restart).
     deferred: bool,
-    /// What the tables this run replaced had counted: each change makes
-    /// the table anew, with its counters at zero.
-    carried: Arc<Mutex<DropCounts>>,
 }
 
 impl NftablesDriver {
@@ -71,24 +64,15 @@ impl NftablesDriver {
         })
     }
 
-    /// Applies a declared table (nothing while `deferred`), keeping the
-    /// drops the table it replaces had counted (read just before: drops in
-    /// the milliseconds between are not counted).
+    /// Applies a declared table (nothing while `deferred`). The drop
+    /// counters start where the table it replaces had them (read just
+    /// before: a drop in the milliseconds between is not counted), so the
+    /// kernel's table is their only store and they survive restarts.
     fn applier(&self) -> impl Fn(&Declared) -> Result<()> + 'static {
-        let (deferred, carried) = (self.deferred, self.carried.clone());
-        move |decl| {
-            if deferred {
-                return Ok(());
-            }
-            // No table (a first start, or flushed behind netd's back):
-            // nothing to keep.
-            let counted = drop_counters().unwrap_or_default();
-            nft(&render(decl))?;
-            let mut carried = carried.lock().expect("carried drops lock");
-            for (counter, n) in counted {
-                *carried.entry(counter).or_default() += n;
-            }
-            Ok(())
+        let deferred = self.deferred;
+        move |decl| match deferred {
+            true => Ok(()),
+            false => nft(&render::render_counting(decl, &counts_to_carry())),
         }
     }
 
@@ -96,27 +80,29 @@ impl NftablesDriver {
         self.applier()(&self.decl)
     }
 
-    /// Drops per reason (its label) since this daemon started (those the
-    /// previous run's table counted included, as its replacement carried
-    /// them).
-    fn drops(&self) -> Result<BTreeMap<&'static str, u64>> {
-        let mut counts = self.carried.lock().expect("carried drops lock").clone();
-        if !self.deferred {
-            for (counter, n) in drop_counters()? {
-                *counts.entry(counter).or_default() += n;
-            }
-        }
+    /// Drops per reason (its label), as the table counts them.
+    fn drops(&self) -> BTreeMap<&'static str, u64> {
         let mut drops = BTreeMap::new();
-        for (counter, n) in counts {
+        for (counter, (packets, _)) in counts_to_carry() {
             if let Some((_, reason)) = DROP_COUNTERS.iter().find(|(name, _)| *name == counter) {
-                *drops.entry(reason.label()).or_default() += n;
+                *drops.entry(reason.label()).or_default() += packets;
             }
         }
-        Ok(drops)
+        drops
     }
 }
 
-/// The packets each named drop counter of netd's table has counted.
+/// The drop counters of the table in the kernel; none when there is no
+/// table (a first start, or flushed behind netd's back: those counts are
+/// gone).
+fn counts_to_carry() -> DropCounts {
+    drop_counters().unwrap_or_else(|err| {
+        tracing::debug!("nftables drop counters: {err:#}");
+        DropCounts::new()
+    })
+}
+
+/// What each named drop counter of netd's table has counted.
 fn drop_counters() -> Result<DropCounts> {
     let listed = Command::new("nft")
         .args(["-j", "list", "counters", "table", "ip", TABLE])
@@ -131,7 +117,7 @@ fn drop_counters() -> Result<DropCounts> {
     parse_drop_counters(&listed.stdout)
 }
 
-/// `nft -j list counters` output: each counter's name and packets.
+/// `nft -j list counters` output: each counter's name, packets and bytes.
 fn parse_drop_counters(json: &[u8]) -> Result<DropCounts> {
     let listed: serde_json::Value =
         serde_json::from_slice(json).context("parsing nft's JSON listing")?;
@@ -143,7 +129,7 @@ fn parse_drop_counters(json: &[u8]) -> Result<DropCounts> {
             let counter = object.get("counter")?;
             Some((
                 counter["name"].as_str()?.to_owned(),
-                counter["packets"].as_u64()?,
+                (counter["packets"].as_u64()?, counter["bytes"].as_u64()?),
             ))
         })
         .collect())
@@ -222,7 +208,7 @@ impl FirewallDriver for NftablesDriver {
             rules,
             ports: self.decl.ports.len(),
             drops: self
-                .drops()?
+                .drops()
                 .into_iter()
                 .filter(|(_, n)| *n > 0)
                 .map(|(reason, n)| (reason.to_owned(), n))
@@ -248,7 +234,7 @@ impl FirewallDriver for NftablesDriver {
 impl Observability for NftablesDriver {
     fn metrics(&self) -> Result<DatapathMetrics> {
         let mut metrics = nf_conntrack::metrics()?;
-        let drops = self.drops()?;
+        let drops = self.drops();
         // Every reason the table can count, zeros included (a series that
         // appears only once it counts breaks rate()).
         let mut reasons: Vec<&'static str> = DROP_COUNTERS.iter().map(|(_, r)| r.label()).collect();
@@ -275,8 +261,8 @@ mod tests {
             {"counter": {"family": "ip", "name": "drops-icc", "table": "netd-bridges",
                          "handle": 3, "packets": 0, "bytes": 0}}]}"#;
         let counts = parse_drop_counters(listed).unwrap();
-        assert_eq!(counts["drops-isolation"], 7);
-        assert_eq!(counts["drops-icc"], 0);
+        assert_eq!(counts["drops-isolation"], (7, 420));
+        assert_eq!(counts["drops-icc"], (0, 0));
         assert!(parse_drop_counters(b"not json").is_err());
     }
 }

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::{DROP_COUNTERS, HAIRPIN_MARK, TABLE};
+use super::{DROP_COUNTERS, DropCounts, HAIRPIN_MARK, TABLE};
 use crate::{
     driver::netfilter::Declared,
     rule::RuleAction,
@@ -23,17 +23,33 @@ const PER_BRIDGE: [(&str, &str); 4] = [
 /// The whole table, replacing the one in the kernel in one transaction
 /// (declared first so the delete always finds it).
 pub fn render(decl: &Declared) -> String {
-    decl.render_nftables()
+    render_counting(decl, &DropCounts::new())
+}
+
+/// As [`render`], with the drop counters starting at `counts` (what the
+/// table it replaces had counted).
+pub fn render_counting(decl: &Declared, counts: &DropCounts) -> String {
+    decl.render_nftables(counts)
 }
 
 impl Declared {
-    fn render_nftables(&self) -> String {
+    fn render_nftables(&self, counts: &DropCounts) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "table ip {TABLE} {{}}");
         let _ = writeln!(out, "delete table ip {TABLE}");
         let _ = writeln!(out, "table ip {TABLE} {{");
         for (counter, _) in DROP_COUNTERS {
-            let _ = writeln!(out, "\tcounter {counter} {{ }}");
+            match counts.get(counter) {
+                Some((packets, bytes)) if *packets > 0 => {
+                    let _ = writeln!(
+                        out,
+                        "\tcounter {counter} {{ packets {packets} bytes {bytes} }}"
+                    );
+                }
+                _ => {
+                    let _ = writeln!(out, "\tcounter {counter} {{ }}");
+                }
+            }
         }
         for (purpose, _) in PER_BRIDGE {
             let elements: Vec<String> = self
