@@ -316,6 +316,34 @@ fn state_file(dir: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
+impl Network {
+    /// A network with Docker's defaults on `subnet` (gateway its first
+    /// address), for tests to change what they are about.
+    pub(crate) fn for_tests(name: &str, id: u32, subnet: &str, bridge: &str) -> Self {
+        let subnet: crate::cidr::Cidr = subnet.parse().unwrap();
+        Network {
+            name: name.into(),
+            id,
+            subnet,
+            gateway: subnet.first_host().unwrap(),
+            ip_range: None,
+            bridge: bridge.into(),
+            internal: false,
+            icc: true,
+            masquerade: true,
+            host_ip: None,
+            mtu: 1500,
+            binding_ip: None,
+            docker_id: None,
+            routed_cidrs: Vec::new(),
+            gateway_mode_ipv4: GatewayMode::Nat,
+            trusted_host_interfaces: Vec::new(),
+            pending: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -327,23 +355,9 @@ mod tests {
         state.networks.insert(
             "bridge".into(),
             Network {
-                name: "bridge".into(),
-                id: 1,
-                subnet: "172.17.0.0/16".parse().unwrap(),
-                gateway: "172.17.0.1".parse().unwrap(),
-                ip_range: None,
-                bridge: "netd0".into(),
-                internal: false,
-                icc: true,
-                masquerade: true,
-                host_ip: None,
-                mtu: 1500,
-                binding_ip: None,
-                docker_id: None,
                 routed_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
                 gateway_mode_ipv4: GatewayMode::Routed,
-                trusted_host_interfaces: Vec::new(),
-                pending: None,
+                ..Network::for_tests("bridge", 1, "172.17.0.0/16", "netd0")
             },
         );
         state.save(&dir).unwrap();

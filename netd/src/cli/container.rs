@@ -19,18 +19,8 @@ pub enum ContainerCommand {
         /// Publish: [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|/udp]
         #[arg(short = 'p', long = "publish", value_parser = output::publish)]
         publish: Vec<netd::portspec::PortSpec>,
-        /// Another name for it on its network's resolver (repeatable).
-        #[arg(long = "alias", value_name = "NAME")]
-        aliases: Vec<String>,
-        /// Its network's priority for the default route once the container
-        /// is on several (highest wins; default 0).
-        #[arg(
-            long,
-            value_name = "N",
-            default_value_t = 0,
-            allow_negative_numbers = true
-        )]
-        gw_priority: i32,
+        #[command(flatten)]
+        endpoint: output::EndpointOptions,
     },
     /// Remove a container and its namespace.
     Rm { name: String },
@@ -50,16 +40,15 @@ pub fn run(client: &Client, command: ContainerCommand) -> Result<()> {
             network,
             ip,
             publish,
-            aliases,
-            gw_priority,
+            endpoint,
         } => {
             let created = client.container_create(ContainerSpec {
                 name,
                 network,
                 ip,
                 publish,
-                aliases,
-                gw_priority,
+                aliases: endpoint.aliases,
+                gw_priority: endpoint.gw_priority,
             })?;
             println!("{}", created.name);
         }

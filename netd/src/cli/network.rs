@@ -28,19 +28,8 @@ pub enum NetworkCommand {
         container: String,
         #[arg(long, value_parser = output::address)]
         ip: Option<std::net::IpAddr>,
-        /// Another name for it on this network's resolver (repeatable).
-        #[arg(long = "alias", value_name = "NAME")]
-        aliases: Vec<String>,
-        /// This network gives the container's default route if its
-        /// priority is the highest of the container's networks (Docker
-        /// 28's --gw-priority; default 0, the first network wins ties).
-        #[arg(
-            long,
-            value_name = "N",
-            default_value_t = 0,
-            allow_negative_numbers = true
-        )]
-        gw_priority: i32,
+        #[command(flatten)]
+        endpoint: super::output::EndpointOptions,
     },
     /// Disconnect a container from a network (ports published to that
     /// address go with it).
@@ -158,12 +147,17 @@ pub fn run(client: &Client, command: NetworkCommand) -> Result<()> {
             network,
             container,
             ip,
-            aliases,
-            gw_priority,
+            endpoint,
         } => println!(
             "{}",
             client
-                .network_connect(&network, &container, ip, aliases, gw_priority)?
+                .network_connect(
+                    &network,
+                    &container,
+                    ip,
+                    endpoint.aliases,
+                    endpoint.gw_priority
+                )?
                 .ip
         ),
         NetworkCommand::Disconnect { network, container } => println!(

@@ -72,3 +72,23 @@ pub fn address(s: &str) -> Result<std::net::IpAddr, String> {
 pub fn publish(s: &str) -> Result<netd::portspec::PortSpec, String> {
     netd::portspec::PortSpec::parse(s).map_err(|err| format!("{err:#}"))
 }
+
+/// What joining a network asks for besides an address, on `container
+/// create` and `network connect` alike.
+#[derive(clap::Args)]
+pub struct EndpointOptions {
+    /// Another name for the container on the network's resolver
+    /// (repeatable).
+    #[arg(long = "alias", value_name = "NAME")]
+    pub aliases: Vec<String>,
+    /// The network's priority for the container's default route once it is
+    /// on several: the highest wins, the first network ties (Docker 28's
+    /// --gw-priority).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub gw_priority: i32,
+}

@@ -346,25 +346,9 @@ pub(super) mod tests {
     use hickory_proto::op::{Edns, Query};
 
     fn network(name: &str, subnet: &str, internal: bool) -> Network {
-        let subnet: crate::cidr::Cidr = subnet.parse().unwrap();
         Network {
-            name: name.into(),
-            id: 1,
-            subnet,
-            gateway: subnet.first_host().unwrap(),
-            ip_range: None,
-            bridge: format!("br-{name}"),
             internal,
-            icc: true,
-            masquerade: true,
-            host_ip: None,
-            mtu: 1500,
-            binding_ip: None,
-            docker_id: None,
-            routed_cidrs: Vec::new(),
-            gateway_mode_ipv4: Default::default(),
-            trusted_host_interfaces: Vec::new(),
-            pending: None,
+            ..Network::for_tests(name, 1, subnet, &format!("br-{name}"))
         }
     }
 

@@ -44,26 +44,7 @@ impl Topology {
 }
 
 fn network(name: &str, id: u32, subnet: &str, bridge: &str) -> Network {
-    let subnet: crate::cidr::Cidr = subnet.parse().unwrap();
-    Network {
-        name: name.into(),
-        id,
-        subnet,
-        gateway: subnet.first_host().unwrap(),
-        ip_range: None,
-        bridge: bridge.into(),
-        internal: false,
-        icc: true,
-        masquerade: true,
-        host_ip: None,
-        mtu: 1500,
-        binding_ip: None,
-        docker_id: None,
-        routed_cidrs: Vec::new(),
-        gateway_mode_ipv4: Default::default(),
-        trusted_host_interfaces: Vec::new(),
-        pending: None,
-    }
+    Network::for_tests(name, id, subnet, bridge)
 }
 
 fn ip(s: &str) -> Ipv4Addr {
