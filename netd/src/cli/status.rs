@@ -154,15 +154,23 @@ fn ebpf_text(ebpf: &EbpfStatus, line: &mut impl FnMut(String)) {
     if ebpf.drops.is_empty() {
         line("drops        none".to_owned());
     } else {
-        line("drops".to_owned());
-        let rows = ebpf
-            .drops
-            .iter()
-            .map(|(reason, n)| vec![reason.clone(), n.to_string()])
-            .collect();
-        for row in table(&["reason", "packets"], rows) {
-            line(format!("  {row}"));
-        }
+        drops_text("drops", &ebpf.drops, line);
+    }
+}
+
+/// Drops per reason under `title`, a table row each.
+fn drops_text(
+    title: &str,
+    drops: &std::collections::BTreeMap<String, u64>,
+    line: &mut impl FnMut(String),
+) {
+    line(title.to_owned());
+    let rows = drops
+        .iter()
+        .map(|(reason, n)| vec![reason.clone(), n.to_string()])
+        .collect();
+    for row in table(&["reason", "packets"], rows) {
+        line(format!("  {row}"));
     }
 }
 
@@ -181,15 +189,7 @@ fn rule_set_text(unit: &str, rules: &RuleSetStatus, line: &mut impl FnMut(String
     line(format!("published ports with rules: {}", rules.ports));
     if !rules.drops.is_empty() {
         line(String::new());
-        line("drops (the drop rules' counters)".to_owned());
-        let rows = rules
-            .drops
-            .iter()
-            .map(|(reason, n)| vec![reason.clone(), n.to_string()])
-            .collect();
-        for row in table(&["reason", "packets"], rows) {
-            line(format!("  {row}"));
-        }
+        drops_text("drops (the drop rules' counters)", &rules.drops, line);
     }
 }
 

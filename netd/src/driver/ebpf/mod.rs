@@ -2,6 +2,7 @@
 //! The uplinks and XDP are in `uplinks`, what the datapath shows in
 //! `observe`.
 
+mod flags;
 mod nat_ports;
 mod observe;
 mod pressure;
@@ -19,11 +20,7 @@ use std::{
 };
 
 use anyhow::Result;
-use netd_common::{
-    Backend, Config, Endpoint, NET_GATEWAY_ROUTED, NET_ICC, NET_INTERNAL, NET_MASQUERADE,
-    NET_RESOLVER_ON_GATEWAY, NET_ROUTED, NET_TRUSTS_INTERFACES, NET_UNPROTECTED, NetworkInfo,
-    PortKey, TrustKey,
-};
+use netd_common::{Backend, Config, Endpoint, NetworkInfo, PortKey, TrustKey};
 
 use super::{BoxFuture, ConntrackRow, FirewallDriver, HostInfo, Leftovers};
 use crate::{
@@ -31,7 +28,7 @@ use crate::{
     datapath::{Datapath, XdpSetting, monotonic_ns},
     features::{Features, TcAttachMode},
     netlink::Netlink,
-    state::{Attachment, GatewayMode, Network, PublishedPort},
+    state::{Attachment, Network, PublishedPort},
 };
 
 pub struct EbpfDriver {
@@ -242,35 +239,6 @@ fn port_key(p: &PublishedPort) -> PortKey {
     }
 }
 
-fn network_flags(net: &Network, resolver_on_gateways: bool) -> u32 {
-    let mut flags = 0;
-    if resolver_on_gateways && crate::dns::has_resolver(&net.name) && net.gateway_on_bridge() {
-        flags |= NET_RESOLVER_ON_GATEWAY;
-    }
-    if net.icc {
-        flags |= NET_ICC;
-    }
-    if net.internal {
-        flags |= NET_INTERNAL;
-    }
-    if net.masquerade && !net.internal {
-        flags |= NET_MASQUERADE;
-    }
-    if !net.routed_cidrs.is_empty() {
-        flags |= NET_ROUTED;
-    }
-    // An internal network's mode changes nothing but its bridge address.
-    match net.gateway_mode_ipv4 {
-        GatewayMode::NatUnprotected if !net.internal => flags |= NET_UNPROTECTED,
-        GatewayMode::Routed if !net.internal => flags |= NET_GATEWAY_ROUTED,
-        _ => {}
-    }
-    if trusted::Trusting::of(net).is_some() {
-        flags |= NET_TRUSTS_INTERFACES;
-    }
-    flags
-}
-
 impl FirewallDriver for EbpfDriver {
     fn name(&self) -> &'static str {
         "ebpf"
@@ -285,7 +253,7 @@ impl FirewallDriver for EbpfDriver {
     fn add_network(&mut self, net: &Network, bridge_mac: [u8; 6]) -> Result<()> {
         let info = NetworkInfo {
             id: net.id,
-            flags: network_flags(net, self.resolver_on_gateways),
+            flags: flags::network_flags(net, self.resolver_on_gateways),
             gateway: net.gateway.octets(),
             host_ip: net.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
             gateway_mac: bridge_mac,
@@ -353,7 +321,7 @@ impl FirewallDriver for EbpfDriver {
         let endpoint = Endpoint {
             ifindex: host_ifindex,
             network_id: net.id,
-            network_flags: network_flags(net, self.resolver_on_gateways),
+            network_flags: flags::network_flags(net, self.resolver_on_gateways),
             mac,
             _pad: [0; 2],
         };
