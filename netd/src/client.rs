@@ -131,7 +131,7 @@ impl Client {
         &self,
         network: &str,
         container: &str,
-        ip: Option<std::net::IpAddr>,
+        (ip, ip6): (Option<std::net::IpAddr>, Option<std::net::IpAddr>),
         aliases: Vec<String>,
         gw_priority: i32,
     ) -> Result<Attachment> {
@@ -140,6 +140,7 @@ impl Client {
                 network: network.to_owned(),
                 container: container.to_owned(),
                 ip,
+                ip6,
                 aliases,
                 gw_priority,
             })?,

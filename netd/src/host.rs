@@ -6,11 +6,11 @@
 use std::{
     collections::BTreeSet,
     future::Future,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{
     cidr::Cidr,
@@ -43,6 +43,24 @@ pub struct VethPlan<'a> {
     pub prefix_len: u8,
     pub mac: [u8; 6],
     pub mtu: u32,
+    /// The interface's IPv6 side, on a network with IPv6.
+    pub ipv6: Option<VethIpv6>,
+}
+
+/// A container interface's IPv6 address and its network's IPv6 gateway
+/// (on the bridge, whose MAC is the IPv4 gateway's).
+#[derive(Clone, Copy, Debug)]
+pub struct VethIpv6 {
+    pub address: Ipv6Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv6Addr,
+}
+
+/// Where a container's default routes go, per family (none: no route).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DefaultRoutes {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
 }
 
 /// Everything here is idempotent where it removes: an object already gone
@@ -59,13 +77,15 @@ pub trait Host: Clone + Send + Sync + 'static {
         at_start: bool,
     ) -> impl Future<Output = Result<HostInfo>> + Send;
     /// A bridge, up, with `gateway` on it (`prefix_len` `None`: no address,
-    /// the MAC still derived from `gateway`); returns its MAC.
+    /// the MAC still derived from `gateway`) and `ipv6`'s gateway and
+    /// prefix length if given; returns its MAC.
     fn create_bridge(
         &self,
         name: &str,
         mtu: u32,
         gateway: Ipv4Addr,
         prefix_len: Option<u8>,
+        ipv6: Option<(Ipv6Addr, u8)>,
     ) -> impl Future<Output = Result<[u8; 6]>> + Send;
     /// The bridge as `create_bridge` leaves it, made again (`true`) if it is
     /// gone, its gateway put back if missing; returns its MAC.
@@ -75,6 +95,7 @@ pub trait Host: Clone + Send + Sync + 'static {
         mtu: u32,
         gateway: Ipv4Addr,
         prefix_len: Option<u8>,
+        ipv6: Option<(Ipv6Addr, u8)>,
     ) -> impl Future<Output = Result<([u8; 6], bool)>> + Send;
     fn delete_link(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
     /// A link's index, if it exists.
@@ -104,11 +125,8 @@ pub trait Host: Clone + Send + Sync + 'static {
     fn create_veth(&self, plan: &VethPlan<'_>) -> impl Future<Output = Result<u32>> + Send;
     /// Removes the bridge's neighbour entry for a container address that
     /// went (nothing when there is none, or no bridge).
-    fn forget_neighbour(
-        &self,
-        bridge: &str,
-        ip: Ipv4Addr,
-    ) -> impl Future<Output = Result<()>> + Send;
+    fn forget_neighbour(&self, bridge: &str, ip: IpAddr)
+    -> impl Future<Output = Result<()>> + Send;
     /// A veth for a runtime's sandbox: the host side `host_veth` up on
     /// `bridge`, the other side ([`peer_name`]) left down in this namespace
     /// with `mac`, for the runtime to move and configure. Returns the host
@@ -121,12 +139,12 @@ pub trait Host: Clone + Send + Sync + 'static {
         mac: [u8; 6],
     ) -> impl Future<Output = Result<u32>> + Send;
     /// Brings the container side up (its gratuitous ARP goes out now) and
-    /// adds the default route via `gateway` if given.
+    /// adds the default routes given.
     fn finish_veth(
         &self,
         netns: &Path,
         ifname: &str,
-        gateway: Option<Ipv4Addr>,
+        routes: DefaultRoutes,
     ) -> impl Future<Output = Result<()>> + Send;
     /// Waits (up to `limit`) until none of `links` exists any more (they
     /// go with namespaces the kernel destroys in the background).
@@ -163,11 +181,12 @@ pub trait Host: Clone + Send + Sync + 'static {
         netns: &Path,
         ifname: &str,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// The container's default route via `gateway`, replacing any.
+    /// The container's default routes as given, replacing any (a family
+    /// not given is left as it is).
     fn set_default_route(
         &self,
         netns: &Path,
-        gateway: Ipv4Addr,
+        routes: DefaultRoutes,
     ) -> impl Future<Output = Result<()>> + Send;
 }
 
@@ -313,11 +332,16 @@ impl Host for NetlinkHost {
         mtu: u32,
         gateway: Ipv4Addr,
         prefix_len: Option<u8>,
+        ipv6: Option<(Ipv6Addr, u8)>,
     ) -> Result<[u8; 6]> {
         let index = self.nl.create_bridge(name, mtu, mac_for(gateway)).await?;
         crate::engine::fault_point("network-create:bridge");
         if let Some(prefix_len) = prefix_len {
             self.nl.add_address(index, gateway, prefix_len).await?;
+        }
+        if let Some((gateway6, prefix_len)) = ipv6 {
+            enable_ipv6_here(name)?;
+            self.nl.add_address6(index, gateway6, prefix_len).await?;
         }
         self.nl.link_mac(index).await
     }
@@ -328,6 +352,7 @@ impl Host for NetlinkHost {
         mtu: u32,
         gateway: Ipv4Addr,
         prefix_len: Option<u8>,
+        ipv6: Option<(Ipv6Addr, u8)>,
     ) -> Result<([u8; 6], bool)> {
         let (index, remade) = match self.nl.link_index(name).await? {
             Some(index) => (index, false),
@@ -344,6 +369,12 @@ impl Host for NetlinkHost {
             && !self.nl.addresses(index).await?.contains(&gateway)
         {
             self.nl.add_address(index, gateway, prefix_len).await?;
+        }
+        if let Some((gateway6, prefix_len)) = ipv6 {
+            enable_ipv6_here(name)?;
+            if !self.nl.addresses6(index).await?.contains(&gateway6) {
+                self.nl.add_address6(index, gateway6, prefix_len).await?;
+            }
         }
         self.nl.set_up(index).await?;
         Ok((self.nl.link_mac(index).await?, remade))
@@ -415,12 +446,25 @@ impl Host for NetlinkHost {
                 .await?;
             inner
                 .set_permanent_neighbour(eth, plan.gateway, mac_for(plan.gateway))
-                .await
+                .await?;
+            if let Some(v6) = plan.ipv6 {
+                enable_ipv6_in(plan.netns, plan.ifname)?;
+                inner.add_address6(eth, v6.address, v6.prefix_len).await?;
+                inner
+                    .set_permanent_neighbour(eth, v6.gateway, mac_for(plan.gateway))
+                    .await?;
+            }
+            anyhow::Ok(())
         };
         let outside = async {
             self.nl
                 .set_permanent_neighbour(bridge, plan.address, plan.mac)
                 .await?;
+            if let Some(v6) = plan.ipv6 {
+                self.nl
+                    .set_permanent_neighbour(bridge, v6.address, plan.mac)
+                    .await?;
+            }
             self.nl.set_hairpin(host_index).await?;
             self.nl.set_up(host_index).await
         };
@@ -428,7 +472,7 @@ impl Host for NetlinkHost {
         Ok(host_index)
     }
 
-    async fn forget_neighbour(&self, bridge: &str, ip: Ipv4Addr) -> Result<()> {
+    async fn forget_neighbour(&self, bridge: &str, ip: IpAddr) -> Result<()> {
         match self.nl.link_index(bridge).await? {
             Some(index) => self.nl.delete_neighbour(index, ip).await,
             None => Ok(()),
@@ -452,16 +496,14 @@ impl Host for NetlinkHost {
         Ok(host_index)
     }
 
-    async fn finish_veth(
-        &self,
-        netns: &Path,
-        ifname: &str,
-        gateway: Option<Ipv4Addr>,
-    ) -> Result<()> {
+    async fn finish_veth(&self, netns: &Path, ifname: &str, routes: DefaultRoutes) -> Result<()> {
         let inner = Netlink::connect_in(netns)?;
         inner.set_up(inner.require_index(ifname).await?).await?;
-        if let Some(gateway) = gateway {
+        if let Some(gateway) = routes.v4 {
             inner.add_default_route(gateway).await?;
+        }
+        if let Some(gateway) = routes.v6 {
+            inner.replace_default_route6(gateway).await?;
         }
         Ok(())
     }
@@ -543,9 +585,42 @@ impl Host for NetlinkHost {
         Ok(())
     }
 
-    async fn set_default_route(&self, netns: &Path, gateway: Ipv4Addr) -> Result<()> {
-        Netlink::connect_in(netns)?
-            .replace_default_route(gateway)
-            .await
+    async fn set_default_route(&self, netns: &Path, routes: DefaultRoutes) -> Result<()> {
+        let inner = Netlink::connect_in(netns)?;
+        if let Some(gateway) = routes.v4 {
+            inner.replace_default_route(gateway).await?;
+        }
+        if let Some(gateway) = routes.v6 {
+            inner.replace_default_route6(gateway).await?;
+        }
+        Ok(())
     }
+}
+
+/// IPv6 on interface `ifname` of this namespace (a host whose default
+/// turns it off), with no duplicate address detection: netd's addresses
+/// are its own to hand out, and usable at once.
+fn enable_ipv6_here(ifname: &str) -> Result<()> {
+    for (key, value) in [("accept_dad", "0"), ("disable_ipv6", "0")] {
+        let path = format!("/proc/sys/net/ipv6/conf/{ifname}/{key}");
+        std::fs::write(&path, value).with_context(|| format!("setting {path}"))?;
+    }
+    Ok(())
+}
+
+/// IPv6 on `ifname` and loopback inside a container's namespace, which
+/// [`Host::create_netns`] made with IPv6 off (as Docker: only containers
+/// on a network with IPv6 have it).
+fn enable_ipv6_in(netns: &Path, ifname: &str) -> Result<()> {
+    crate::netns::run_in(netns, || {
+        for (dev, key, value) in [
+            (ifname, "accept_dad", "0"),
+            (ifname, "disable_ipv6", "0"),
+            ("lo", "disable_ipv6", "0"),
+        ] {
+            let path = format!("/proc/sys/net/ipv6/conf/{dev}/{key}");
+            std::fs::write(&path, value).with_context(|| format!("setting {path}"))?;
+        }
+        Ok(())
+    })
 }

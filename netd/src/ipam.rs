@@ -1,14 +1,76 @@
 //! Address management as Docker does it: subnets from the default pools
 //! (172.17-31.0.0/16, then 192.168.x.0/20), skipping any that overlap a
 //! network or a route already present; gateway = first address; containers
-//! get the next free address.
+//! get the next free address. IPv6 as Docker 27: /64s from a ULA /48
+//! derived from the host's ID, addresses handed out in order.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::Result;
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::cidr::Cidr;
+use crate::cidr::{Cidr, Cidr6};
+
+/// The /48 unique local prefix of a host (RFC 4193 with the host's ID as
+/// the random part, as Docker 27 derives its default IPv6 pool): `fd`, then
+/// 40 bits of a SHA-256 of `host_id`. Two hosts get different prefixes; one
+/// host gets the same one after every restart.
+pub fn ula_prefix(host_id: &str) -> Cidr6 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(host_id.as_bytes());
+    let mut octets = [0u8; 16];
+    octets[0] = 0xfd;
+    octets[1..6].copy_from_slice(&digest[..5]);
+    Cidr6::new(Ipv6Addr::from(octets), 48).expect("a /48 network address")
+}
+
+/// The first /64 of `pool` that overlaps none of `taken`.
+pub fn allocate_subnet6(pool: &Cidr6, taken: &[Cidr6]) -> Result<Cidr6> {
+    pool.net()
+        .subnets(64)
+        .map_err(|_| crate::invalid!("the IPv6 pool {pool} is smaller than a /64"))?
+        .map(|net| Cidr6::new(net.network(), 64).expect("a /64 network address"))
+        .find(|candidate| !taken.iter().any(|t| t.overlaps(candidate)))
+        .ok_or_else(|| crate::conflict!("the IPv6 pool {pool} is used up; pass an IPv6 --subnet"))
+}
+
+/// Refuses an IPv6 subnet that overlaps an existing network's.
+pub fn check_subnet6_free(subnet: &Cidr6, named: &[(String, Cidr6)]) -> Result<()> {
+    if let Some((name, other)) = named.iter().find(|(_, other)| other.overlaps(subnet)) {
+        return Err(crate::conflict!(
+            "subnet {subnet} overlaps network {name:?} ({other}); choose another --subnet"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a requested IPv6 gateway or container address: in the subnet,
+/// not its subnet-router anycast (first) address.
+pub fn check_in_subnet6(what: &str, ip: Ipv6Addr, subnet: &Cidr6) -> Result<()> {
+    if !subnet.contains(ip) || ip == subnet.network() {
+        return Err(crate::invalid!(
+            "{what} {ip} is not a usable address of subnet {subnet}"
+        ));
+    }
+    Ok(())
+}
+
+/// The lowest free IPv6 address of `subnet` (its first address is the
+/// subnet-router anycast address, never handed out). Only the first 2^16
+/// candidates past the used ones are looked at: a network has far fewer
+/// containers.
+pub fn allocate_ip6(subnet: &Cidr6, used: &BTreeSet<Ipv6Addr>) -> Result<Ipv6Addr> {
+    let first = u128::from(subnet.network()) + 1;
+    let last = u128::from(subnet.last());
+    (first..=last)
+        .take(used.len() + 1)
+        .map(Ipv6Addr::from)
+        .find(|ip| !used.contains(ip))
+        .ok_or_else(|| crate::conflict!("no free address left in {subnet}"))
+}
 
 /// Docker's default address pools, in the order Docker uses them.
 pub fn default_pools() -> impl Iterator<Item = Cidr> {
@@ -136,6 +198,41 @@ mod tests {
         assert!(check_in_subnet("gateway", Ipv4Addr::new(10, 1, 0, 6), &net).is_ok());
         let named = vec![("web".to_string(), "10.1.0.0/24".parse().unwrap())];
         let err = check_subnet_free(&"10.1.0.0/16".parse().unwrap(), &named)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("overlaps network \"web\""), "{err}");
+    }
+
+    #[test]
+    fn ipv6_pools_and_addresses() {
+        let pool = ula_prefix("host-a");
+        assert_eq!(pool.prefix_len(), 48);
+        assert_eq!(pool.network().octets()[0], 0xfd);
+        assert_eq!(pool, ula_prefix("host-a"));
+        assert_ne!(pool, ula_prefix("host-b"));
+        let first = allocate_subnet6(&pool, &[]).unwrap();
+        assert_eq!(first.network(), pool.network());
+        assert_eq!(first.prefix_len(), 64);
+        let second = allocate_subnet6(&pool, &[first]).unwrap();
+        assert_eq!(
+            u128::from(second.network()) - u128::from(first.network()),
+            1 << 64
+        );
+        let small: Cidr6 = "fd00::/120".parse().unwrap();
+        let err = allocate_subnet6(&small, &[]).unwrap_err().to_string();
+        assert!(err.contains("smaller than a /64"), "{err}");
+
+        let net: Cidr6 = "fd00:1::/124".parse().unwrap();
+        let mut used = BTreeSet::from(["fd00:1::1".parse().unwrap()]);
+        assert_eq!(allocate_ip6(&net, &used).unwrap().to_string(), "fd00:1::2");
+        used.extend((2..=15u16).map(|i| Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, i)));
+        let err = allocate_ip6(&net, &used).unwrap_err().to_string();
+        assert_eq!(err, "no free address left in fd00:1::/124");
+        assert!(check_in_subnet6("--ip6", "fd00:1::".parse().unwrap(), &net).is_err());
+        assert!(check_in_subnet6("--ip6", "fd00:2::1".parse().unwrap(), &net).is_err());
+        assert!(check_in_subnet6("--ip6", "fd00:1::f".parse().unwrap(), &net).is_ok());
+        let named = vec![("web".to_string(), "fd00:1::/64".parse().unwrap())];
+        let err = check_subnet6_free(&"fd00::/16".parse().unwrap(), &named)
             .unwrap_err()
             .to_string();
         assert!(err.contains("overlaps network \"web\""), "{err}");

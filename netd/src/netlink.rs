@@ -2,7 +2,7 @@
 
 use std::{
     fs::File,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
 };
@@ -307,12 +307,13 @@ impl Netlink {
     pub async fn set_permanent_neighbour(
         &self,
         index: u32,
-        ip: Ipv4Addr,
+        ip: impl Into<IpAddr>,
         mac: [u8; 6],
     ) -> Result<()> {
+        let ip = ip.into();
         self.handle
             .neighbours()
-            .add(index, IpAddr::V4(ip))
+            .add(index, ip)
             .link_layer_address(&mac)
             .replace()
             .execute()
@@ -321,15 +322,21 @@ impl Netlink {
     }
 
     /// Removes the neighbour entry for `ip` on link `index`, if any.
-    pub async fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
-        let mut message = rtnetlink::packet_route::neighbour::NeighbourMessage::default();
-        message.header.family = rtnetlink::packet_route::AddressFamily::Inet;
+    pub async fn delete_neighbour(&self, index: u32, ip: impl Into<IpAddr>) -> Result<()> {
+        use rtnetlink::packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourMessage,
+        };
+        let ip = ip.into();
+        let mut message = NeighbourMessage::default();
         message.header.ifindex = index;
-        message.attributes.push(
-            rtnetlink::packet_route::neighbour::NeighbourAttribute::Destination(
-                rtnetlink::packet_route::neighbour::NeighbourAddress::Inet(ip),
-            ),
-        );
+        let (family, address) = match ip {
+            IpAddr::V4(ip) => (AddressFamily::Inet, NeighbourAddress::Inet(ip)),
+            IpAddr::V6(ip) => (AddressFamily::Inet6, NeighbourAddress::Inet6(ip)),
+        };
+        message.header.family = family;
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(address));
         match self.handle.neighbours().del(message).execute().await {
             Err(rtnetlink::Error::NetlinkError(e))
                 if e.raw_code() == -libc::ENOENT || e.raw_code() == -libc::ENODEV =>
@@ -402,6 +409,44 @@ impl Netlink {
             .execute()
             .await
             .with_context(|| format!("adding {ip}/{prefix_len} to link {index}"))
+    }
+
+    /// An IPv6 address without duplicate address detection: usable at
+    /// once (netd hands out each address once, as Docker does).
+    pub async fn add_address6(&self, index: u32, ip: Ipv6Addr, prefix_len: u8) -> Result<()> {
+        let mut request = self.handle.address().add(index, IpAddr::V6(ip), prefix_len);
+        request.message_mut().attributes.push(
+            rtnetlink::packet_route::address::AddressAttribute::Flags(
+                rtnetlink::packet_route::address::AddressFlags::Nodad,
+            ),
+        );
+        request
+            .execute()
+            .await
+            .with_context(|| format!("adding {ip}/{prefix_len} to link {index}"))
+    }
+
+    /// The link's global IPv6 addresses (not its link-local one).
+    pub async fn addresses6(&self, index: u32) -> Result<Vec<Ipv6Addr>> {
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.try_next().await? {
+            for attr in msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V6(ip)) = attr
+                    && !ip.is_unicast_link_local()
+                {
+                    out.push(ip);
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 
     pub async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
@@ -500,6 +545,20 @@ impl Netlink {
             .execute()
             .await
             .with_context(|| format!("adding default route via {gateway}"))
+    }
+
+    /// The IPv6 default route via `gateway` (replacing the one there is).
+    pub async fn replace_default_route6(&self, gateway: Ipv6Addr) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv6Addr>::new()
+            .gateway(gateway)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("setting the IPv6 default route via {gateway}"))
     }
 
     /// The default route via `gateway`, replacing the one there is.

@@ -4,7 +4,7 @@ use std::{
     collections::BTreeMap,
     fs::{self, File},
     io::Write as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -12,7 +12,10 @@ use anyhow::{Context as _, Result};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::{cidr::Cidr, portspec::Proto};
+use crate::{
+    cidr::{Cidr, Cidr6},
+    portspec::Proto,
+};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -32,6 +35,10 @@ pub struct State {
     /// remembered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dying_addresses: Vec<Ipv4Addr>,
+    /// This host's ID, made once (random): its IPv6 ULA pool derives from
+    /// it, as Docker's derives from its engine ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,9 +73,20 @@ pub struct Network {
     /// reach published container ports at the container's address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_host_interfaces: Vec<String>,
+    /// The network's IPv6 side (`--ipv6`); none: IPv4 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<NetworkIpv6>,
     /// Set while a create or remove is under way (see [`Pending`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Pending>,
+}
+
+/// A dual-stack network's IPv6 subnet and gateway (on the bridge, beside
+/// the IPv4 gateway).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkIpv6 {
+    pub subnet: Cidr6,
+    pub gateway: Ipv6Addr,
 }
 
 /// Docker 28's gateway modes (`com.docker.network.bridge.gateway_mode_ipv4`).
@@ -132,6 +150,14 @@ impl Network {
     /// the bridge has no address.
     pub fn bridge_prefix(&self) -> Option<u8> {
         self.gateway_on_bridge().then(|| self.subnet.prefix_len())
+    }
+
+    /// The IPv6 gateway and prefix length the bridge carries, on a network
+    /// with IPv6 whose bridge has addresses.
+    pub fn bridge_ipv6(&self) -> Option<(Ipv6Addr, u8)> {
+        let v6 = self.ipv6?;
+        self.gateway_on_bridge()
+            .then(|| (v6.gateway, v6.subnet.prefix_len()))
     }
 
     /// Published ports open at the container's address, with no host port
@@ -232,6 +258,9 @@ impl Sandbox {
 pub struct Attachment {
     pub network: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, on a network with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub mac: String,
     /// Name inside the container (eth0, eth1, ...).
     pub ifname: String,
@@ -338,6 +367,7 @@ impl Network {
             routed_cidrs: Vec::new(),
             gateway_mode_ipv4: GatewayMode::Nat,
             trusted_host_interfaces: Vec::new(),
+            ipv6: None,
             pending: None,
         }
     }

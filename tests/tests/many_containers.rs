@@ -27,6 +27,7 @@ fn create(client: &Client, name: String, network: &str, port: Option<u16>) {
             name: name.clone(),
             network: network.to_owned(),
             ip: None,
+            ip6: None,
             publish,
             aliases: Vec::new(),
             gw_priority: 0,

@@ -71,6 +71,16 @@ pub struct NetworkSpec {
     /// container's address (Docker 28.2; gateway mode `nat` only).
     #[serde(default)]
     pub trusted_host_interfaces: Vec<String>,
+    /// IPv6 beside IPv4 (`--ipv6`; an IPv6 subnet or gateway implies it,
+    /// as in Docker 25).
+    #[serde(default)]
+    pub ipv6: bool,
+    /// IPv6 subnet (default: the next /64 of the host's ULA prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<IpNet>,
+    /// IPv6 gateway (default: the IPv6 subnet's first host address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<IpAddr>,
 }
 
 fn yes() -> bool {
@@ -96,7 +106,15 @@ impl NetworkSpec {
             routed_cidrs: Vec::new(),
             gateway_mode_ipv4: GatewayMode::Nat,
             trusted_host_interfaces: Vec::new(),
+            ipv6: false,
+            subnet6: None,
+            gateway6: None,
         }
+    }
+
+    /// Whether the network gets an IPv6 side.
+    pub fn wants_ipv6(&self) -> bool {
+        self.ipv6 || self.subnet6.is_some() || self.gateway6.is_some()
     }
 }
 
@@ -108,6 +126,9 @@ pub struct ContainerSpec {
     pub network: String,
     #[serde(default)]
     pub ip: Option<IpAddr>,
+    /// A static IPv6 address (`--ip6`), on a network with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<IpAddr>,
     /// Ports to publish (`-p`, parsed).
     #[serde(default)]
     pub publish: Vec<crate::portspec::PortSpec>,
@@ -132,6 +153,8 @@ pub enum Request {
         network: String,
         container: String,
         ip: Option<IpAddr>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip6: Option<IpAddr>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         aliases: Vec<String>,
         #[serde(default)]

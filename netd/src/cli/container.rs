@@ -16,6 +16,9 @@ pub enum ContainerCommand {
         network: String,
         #[arg(long, value_parser = output::address)]
         ip: Option<std::net::IpAddr>,
+        /// A static IPv6 address, on a network with IPv6.
+        #[arg(long, value_parser = output::address)]
+        ip6: Option<std::net::IpAddr>,
         /// Publish: [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|/udp]
         #[arg(short = 'p', long = "publish", value_parser = output::publish)]
         publish: Vec<netd::portspec::PortSpec>,
@@ -39,6 +42,7 @@ pub fn run(client: &Client, command: ContainerCommand) -> Result<()> {
             name,
             network,
             ip,
+            ip6,
             publish,
             endpoint,
         } => {
@@ -46,6 +50,7 @@ pub fn run(client: &Client, command: ContainerCommand) -> Result<()> {
                 name,
                 network,
                 ip,
+                ip6,
                 publish,
                 aliases: endpoint.aliases,
                 gw_priority: endpoint.gw_priority,
@@ -60,7 +65,10 @@ pub fn run(client: &Client, command: ContainerCommand) -> Result<()> {
                 let addresses: Vec<String> = c
                     .attachments
                     .iter()
-                    .map(|a| format!("{}={}", a.network, a.ip))
+                    .map(|a| match a.ip6 {
+                        Some(ip6) => format!("{}={},{ip6}", a.network, a.ip),
+                        None => format!("{}={}", a.network, a.ip),
+                    })
                     .collect();
                 let ports: Vec<String> = c
                     .ports

@@ -1,6 +1,6 @@
 //! `netd network …`
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Subcommand;
 use netd::{
     api::{GatewayMode, NetworkSpec},
@@ -28,6 +28,9 @@ pub enum NetworkCommand {
         container: String,
         #[arg(long, value_parser = output::address)]
         ip: Option<std::net::IpAddr>,
+        /// A static IPv6 address, on a network with IPv6.
+        #[arg(long, value_parser = output::address)]
+        ip6: Option<std::net::IpAddr>,
         #[command(flatten)]
         endpoint: super::output::EndpointOptions,
     },
@@ -40,13 +43,18 @@ pub enum NetworkCommand {
 #[derive(clap::Args)]
 pub struct CreateArgs {
     name: String,
-    /// Subnet in CIDR form (default: next free Docker pool).
+    /// Subnet in CIDR form (default: next free Docker pool); given twice,
+    /// one IPv4 and one IPv6 subnet (an IPv6 one turns --ipv6 on).
     #[arg(long, value_parser = output::subnet)]
-    subnet: Option<ipnet::IpNet>,
+    subnet: Vec<ipnet::IpNet>,
     /// Gateway address (default: the subnet's first address, or the
-    /// range's with --ip-range).
+    /// range's with --ip-range); given twice, one per family.
     #[arg(long, value_parser = output::address)]
-    gateway: Option<std::net::IpAddr>,
+    gateway: Vec<std::net::IpAddr>,
+    /// IPv6 beside IPv4: an IPv6 subnet (--subnet, or the next /64 of the
+    /// host's unique local prefix) and gateway on the bridge.
+    #[arg(long)]
+    ipv6: bool,
     /// Dynamic addresses only from this part of --subnet (a static --ip
     /// may be anywhere in the subnet).
     #[arg(long = "ip-range", value_name = "CIDR", value_parser = output::subnet)]
@@ -89,12 +97,31 @@ pub struct CreateArgs {
     trusted_host_interfaces: Vec<String>,
 }
 
-impl From<CreateArgs> for NetworkSpec {
-    fn from(args: CreateArgs) -> Self {
-        Self {
+/// At most one of `values` per address family: (IPv4, IPv6).
+fn per_family<T: Copy>(
+    what: &str,
+    values: &[T],
+    is_ipv6: impl Fn(&T) -> bool,
+) -> Result<(Option<T>, Option<T>)> {
+    let (v6, v4): (Vec<T>, Vec<T>) = values.iter().partition(|v| is_ipv6(v));
+    if v4.len() > 1 || v6.len() > 1 {
+        bail!("{what} is given at most once per address family (one IPv4, one IPv6)");
+    }
+    Ok((v4.first().copied(), v6.first().copied()))
+}
+
+impl TryFrom<CreateArgs> for NetworkSpec {
+    type Error = anyhow::Error;
+
+    fn try_from(args: CreateArgs) -> Result<Self> {
+        let (subnet, subnet6) = per_family("--subnet", &args.subnet, |n| {
+            matches!(n, ipnet::IpNet::V6(_))
+        })?;
+        let (gateway, gateway6) = per_family("--gateway", &args.gateway, |ip| ip.is_ipv6())?;
+        Ok(Self {
             name: args.name,
-            subnet: args.subnet,
-            gateway: args.gateway,
+            subnet,
+            gateway,
             ip_range: args.ip_range,
             internal: args.internal,
             icc: args.icc,
@@ -107,14 +134,17 @@ impl From<CreateArgs> for NetworkSpec {
             routed_cidrs: args.routed_cidrs,
             gateway_mode_ipv4: args.gateway_mode_ipv4,
             trusted_host_interfaces: args.trusted_host_interfaces,
-        }
+            ipv6: args.ipv6,
+            subnet6,
+            gateway6,
+        })
     }
 }
 
 pub fn run(client: &Client, command: NetworkCommand) -> Result<()> {
     match command {
         NetworkCommand::Create(args) => {
-            println!("{}", client.network_create(args.into())?.name);
+            println!("{}", client.network_create(args.try_into()?)?.name);
         }
         NetworkCommand::Ls { format } => {
             let networks = client.network_ls()?;
@@ -129,10 +159,17 @@ pub fn run(client: &Client, command: NetworkCommand) -> Result<()> {
                 "gateway-mode",
             ];
             print_rows(format, &networks, &headers, |n| {
+                let with_v6 = |v4: String, v6: Option<String>| match v6 {
+                    Some(v6) => format!("{v4},{v6}"),
+                    None => v4,
+                };
                 vec![
                     n.name.clone(),
-                    n.subnet.to_string(),
-                    n.gateway.to_string(),
+                    with_v6(n.subnet.to_string(), n.ipv6.map(|v6| v6.subnet.to_string())),
+                    with_v6(
+                        n.gateway.to_string(),
+                        n.ipv6.map(|v6| v6.gateway.to_string()),
+                    ),
                     n.bridge.clone(),
                     n.internal.to_string(),
                     n.icc.to_string(),
@@ -147,19 +184,21 @@ pub fn run(client: &Client, command: NetworkCommand) -> Result<()> {
             network,
             container,
             ip,
+            ip6,
             endpoint,
-        } => println!(
-            "{}",
-            client
-                .network_connect(
-                    &network,
-                    &container,
-                    ip,
-                    endpoint.aliases,
-                    endpoint.gw_priority
-                )?
-                .ip
-        ),
+        } => {
+            let attachment = client.network_connect(
+                &network,
+                &container,
+                (ip, ip6),
+                endpoint.aliases,
+                endpoint.gw_priority,
+            )?;
+            match attachment.ip6 {
+                Some(ip6) => println!("{} {ip6}", attachment.ip),
+                None => println!("{}", attachment.ip),
+            }
+        }
         NetworkCommand::Disconnect { network, container } => println!(
             "{}",
             client

@@ -361,6 +361,7 @@ pub(super) mod tests {
                 .map(|(net, ip, aliases)| Attachment {
                     network: (*net).into(),
                     ip: ip.parse().unwrap(),
+                    ip6: None,
                     mac: String::new(),
                     ifname: "eth0".into(),
                     host_veth: format!("veth-{name}"),

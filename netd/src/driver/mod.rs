@@ -122,6 +122,11 @@ pub type Leftovers = Box<dyn FnOnce() + Send + Sync>;
 /// is the driver's own business.
 pub trait FirewallDriver: Observability + Send + Sync {
     fn name(&self) -> &'static str;
+    /// Whether the driver enforces its rules on IPv6 too (networks with
+    /// IPv6 are refused on the others).
+    fn handles_ipv6(&self) -> bool {
+        false
+    }
 
     // Networks and their endpoints.
     fn add_network(&mut self, net: &Network, bridge_mac: [u8; 6]) -> Result<()>;

@@ -7,7 +7,12 @@ use std::{collections::BTreeSet, path::Path};
 
 use anyhow::Result;
 
-use super::{Engine, check_name, container::Veths, network::check_interface_name, new_veth_name};
+use super::{
+    Engine, check_name,
+    container::{Addresses, Veths},
+    network::check_interface_name,
+    new_veth_name,
+};
 use crate::{
     api::{CniAttach, CniAttachment, CniDetach, CniNetwork, CniReady},
     cni::code,
@@ -49,6 +54,12 @@ impl<H: Host> Engine<H> {
                 "netd already has a container named {name:?} (another container ID with the same first 12 characters)"
             ));
         }
+        if net.ipv6.is_some() {
+            return Err(crate::invalid!(
+                "network {:?} has IPv6, which netd's CNI plugin does not configure yet",
+                net.name
+            ));
+        }
         self.settle_dying_for(&net, req.ip).await;
         let address = self.pick_address(&net, req.ip)?;
         if net.internal && !req.ports.is_empty() {
@@ -82,7 +93,17 @@ impl<H: Host> Engine<H> {
             // Whatever a crashed ADD left under this name goes first.
             self.host.delete_container_link(netns, &req.ifname).await?;
             let mut attachment = self
-                .wire(netns, &net, address, &req.ifname, &host_veth, true)
+                .wire(
+                    netns,
+                    &net,
+                    Addresses {
+                        v4: address,
+                        v6: None,
+                    },
+                    &req.ifname,
+                    &host_veth,
+                    true,
+                )
                 .await?;
             attachment.aliases = resolver_names(&net.name, &req.names);
             let entry = self.state.containers.get_mut(&name).expect("inserted");

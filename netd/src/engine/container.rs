@@ -3,7 +3,7 @@
 //! and rolls back on failure.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
     time::{Duration, Instant},
 };
@@ -13,10 +13,30 @@ use anyhow::{Result, bail};
 use super::{Engine, check_name, fault_point, format_mac, mac_for, new_veth_name};
 use crate::{
     api::ContainerSpec,
-    host::{Host, VethPlan},
+    host::{DefaultRoutes, Host, VethIpv6, VethPlan},
     portspec::PortSpec,
     state::{Attachment, Container, Network, NetworkMode, Pending, PublishedPort, Sandbox},
 };
+
+/// A container interface's addresses: IPv4 always, IPv6 on a network with
+/// IPv6.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Addresses {
+    pub v4: Ipv4Addr,
+    pub v6: Option<Ipv6Addr>,
+}
+
+/// The default routes a container gets from `net` (none on an internal
+/// network, as Docker).
+fn default_routes(net: &Network) -> DefaultRoutes {
+    if net.internal {
+        return DefaultRoutes::default();
+    }
+    DefaultRoutes {
+        v4: Some(net.gateway),
+        v6: net.ipv6.map(|v6| v6.gateway),
+    }
+}
 
 /// When a removed container's veths are deleted.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -47,9 +67,11 @@ impl<H: Host> Engine<H> {
             "none" => NetworkMode::None,
             _ => NetworkMode::Bridge,
         };
-        if mode != NetworkMode::Bridge && (!specs.is_empty() || spec.ip.is_some()) {
+        if mode != NetworkMode::Bridge
+            && (!specs.is_empty() || spec.ip.is_some() || spec.ip6.is_some())
+        {
             return Err(crate::invalid!(
-                "--network {} takes neither -p nor --ip (the container has no address of its own)",
+                "--network {} takes neither -p nor --ip/--ip6 (the container has no address of its own)",
                 spec.network
             ));
         }
@@ -134,7 +156,10 @@ impl<H: Host> Engine<H> {
             self.settle_dying_for(net, spec.ip).await;
         }
         let address = match &net {
-            Some(net) => Some(self.pick_address(net, spec.ip)?),
+            Some(net) => Some(Addresses {
+                v4: self.pick_address(net, spec.ip)?,
+                v6: self.pick_address6(net, spec.ip6)?,
+            }),
             None => None,
         };
         if let (Some(net), Some(address)) = (&net, address) {
@@ -144,7 +169,7 @@ impl<H: Host> Engine<H> {
                     net.name
                 ));
             }
-            container.ports = self.resolve_ports(net, specs, address)?;
+            container.ports = self.resolve_ports(net, specs, address.v4)?;
         }
 
         self.host.create_netns(name).await?;
@@ -194,9 +219,12 @@ impl<H: Host> Engine<H> {
         for att in &container.attachments {
             if let Ok(net) = self.network(&att.network)
                 && !self.tearing_down
-                && let Err(err) = self.host.forget_neighbour(&net.bridge, att.ip).await
             {
-                errors.push(format!("{err:#}"));
+                for ip in std::iter::once(IpAddr::from(att.ip)).chain(att.ip6.map(IpAddr::from)) {
+                    if let Err(err) = self.host.forget_neighbour(&net.bridge, ip).await {
+                        errors.push(format!("{err:#}"));
+                    }
+                }
             }
         }
         let links: Vec<String> = container
@@ -241,11 +269,12 @@ impl<H: Host> Engine<H> {
         &mut self,
         netns: &Path,
         net: &Network,
-        address: Ipv4Addr,
+        addresses: Addresses,
         ifname: &str,
         host_veth: &str,
         default_route: bool,
     ) -> Result<Attachment> {
+        let address = addresses.v4;
         let mac = mac_for(address);
         let host_index = self
             .host
@@ -259,11 +288,17 @@ impl<H: Host> Engine<H> {
                 prefix_len: net.subnet.prefix_len(),
                 mac,
                 mtu: net.mtu,
+                ipv6: net.ipv6.zip(addresses.v6).map(|(v6, address)| VethIpv6 {
+                    address,
+                    prefix_len: v6.subnet.prefix_len(),
+                    gateway: v6.gateway,
+                }),
             })
             .await?;
         let attachment = Attachment {
             network: net.name.clone(),
             ip: address,
+            ip6: addresses.v6,
             mac: format_mac(mac),
             ifname: ifname.to_owned(),
             host_veth: host_veth.to_owned(),
@@ -276,8 +311,11 @@ impl<H: Host> Engine<H> {
         // Up last: its gratuitous ARP (arp_notify) must find the host side
         // bridged and the datapath ready, or neighbours keep a stale MAC.
         // As Docker: no default route on an internal network.
-        let gateway = (default_route && !net.internal).then_some(net.gateway);
-        if let Err(err) = self.host.finish_veth(netns, ifname, gateway).await {
+        let routes = match default_route {
+            true => default_routes(net),
+            false => DefaultRoutes::default(),
+        };
+        if let Err(err) = self.host.finish_veth(netns, ifname, routes).await {
             // The caller deletes the veth; the endpoint is ours to undo.
             let _ = self.driver.remove_endpoint(&attachment);
             return Err(err);
@@ -343,7 +381,8 @@ impl<H: Host> Engine<H> {
         &mut self,
         network: &str,
         name: &str,
-        ip: Option<std::net::IpAddr>,
+        ip: Option<IpAddr>,
+        ip6: Option<IpAddr>,
         aliases: &[String],
         gw_priority: i32,
     ) -> Result<Attachment> {
@@ -362,7 +401,10 @@ impl<H: Host> Engine<H> {
         let net = self.network(network)?.clone();
         self.check_aliases(&net, name, aliases)?;
         self.settle_dying_for(&net, ip).await;
-        let address = self.pick_address(&net, ip)?;
+        let address = Addresses {
+            v4: self.pick_address(&net, ip)?,
+            v6: self.pick_address6(&net, ip6)?,
+        };
         let ifname = (0..)
             .map(|i| format!("eth{i}"))
             .find(|n| !container.attachments.iter().any(|a| &a.ifname == n))
@@ -382,7 +424,10 @@ impl<H: Host> Engine<H> {
             all.push(attachment.clone());
             if let Some(gateway) = self.default_gateway(&all)
                 && gateway.network == net.name
-                && let Err(err) = self.host.set_default_route(&netns, net.gateway).await
+                && let Err(err) = self
+                    .host
+                    .set_default_route(&netns, default_routes(&net))
+                    .await
             {
                 let _ = self.driver.remove_endpoint(attachment);
                 result = Err(err);
@@ -401,7 +446,8 @@ impl<H: Host> Engine<H> {
                 // A driver that failed half-way in add_endpoint keeps nothing.
                 let partial = Attachment {
                     network: net.name.clone(),
-                    ip: address,
+                    ip: address.v4,
+                    ip6: address.v6,
                     mac: String::new(),
                     ifname,
                     host_veth: host_veth.clone(),
@@ -439,7 +485,10 @@ impl<H: Host> Engine<H> {
         self.driver.remove_endpoint(&att)?;
         self.host.delete_link(&att.host_veth).await?;
         let bridge = self.network(network)?.bridge.clone();
-        self.host.forget_neighbour(&bridge, att.ip).await?;
+        self.host.forget_neighbour(&bridge, att.ip.into()).await?;
+        if let Some(ip6) = att.ip6 {
+            self.host.forget_neighbour(&bridge, ip6.into()).await?;
+        }
         let remaining: Vec<Attachment> = container
             .attachments
             .iter()
@@ -454,9 +503,9 @@ impl<H: Host> Engine<H> {
         if let Some(next) = self.default_gateway(&remaining)
             && was.as_deref() == Some(network)
         {
-            let gateway = self.network(&next.network)?.gateway;
+            let routes = default_routes(self.network(&next.network)?);
             let netns = self.host.netns_path(name);
-            let _ = self.host.set_default_route(&netns, gateway).await;
+            let _ = self.host.set_default_route(&netns, routes).await;
         }
         let entry = self.state.containers.get_mut(name).expect("checked above");
         entry.attachments = remaining;

@@ -72,6 +72,7 @@ impl<H: Host> Engine<H> {
         let attachment = Attachment {
             network: net.name.clone(),
             ip: address,
+            ip6: None,
             mac: format_mac(mac),
             ifname: peer_name(&host_veth),
             host_veth: host_veth.clone(),

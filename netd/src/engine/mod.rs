@@ -137,10 +137,11 @@ impl<H: Host> Engine<H> {
                 network,
                 container,
                 ip,
+                ip6,
                 aliases,
                 gw_priority,
             } => Reply::Attachment(
-                self.network_connect(&network, &container, ip, &aliases, gw_priority)
+                self.network_connect(&network, &container, ip, ip6, &aliases, gw_priority)
                     .await?,
             ),
             Request::NetworkDisconnect { network, container } => {

@@ -5,14 +5,17 @@ use anyhow::{Result, bail};
 use super::{DEFAULT_BRIDGE, DEFAULT_NETWORK, Engine, check_name, fault_point, random_u64};
 use crate::{
     api::NetworkSpec,
-    cidr::Cidr,
+    cidr::{Cidr, Cidr6},
     host::Host,
     ipam,
-    state::{GatewayMode, Network, Pending},
+    state::{GatewayMode, Network, NetworkIpv6, Pending},
 };
 
 impl<H: Host> Engine<H> {
     pub async fn network_create(&mut self, spec: NetworkSpec) -> Result<Network> {
+        if spec.wants_ipv6() && self.state.host_id.is_none() {
+            self.state.host_id = Some(format!("{:016x}{:016x}", random_u64(), random_u64()));
+        }
         let net = self.plan_network(&spec).await?;
         // Intent first: a crash from here on is rolled back at start.
         self.state.networks.insert(
@@ -27,7 +30,13 @@ impl<H: Host> Engine<H> {
         let result = async {
             let mac = self
                 .host
-                .create_bridge(&net.bridge, net.mtu, net.gateway, net.bridge_prefix())
+                .create_bridge(
+                    &net.bridge,
+                    net.mtu,
+                    net.gateway,
+                    net.bridge_prefix(),
+                    net.bridge_ipv6(),
+                )
                 .await?;
             self.driver.add_network(&net, mac)?;
             fault_point("network-create:driver");
@@ -171,6 +180,7 @@ impl<H: Host> Engine<H> {
                 trusted_host_interfaces.push(iface.clone());
             }
         }
+        let ipv6 = self.plan_ipv6(spec, mode)?;
         if mode == GatewayMode::Routed && spec.host_ip.is_some() {
             return Err(crate::invalid!(
                 "--host-ip is the source of masquerade, which a routed network does not do"
@@ -194,8 +204,57 @@ impl<H: Host> Engine<H> {
             routed_cidrs,
             gateway_mode_ipv4: mode,
             trusted_host_interfaces,
+            ipv6,
             pending: None,
         })
+    }
+
+    /// The IPv6 side of a network `spec` asks for one: its subnet given
+    /// (checked against every network's) or the next /64 of the host's ULA
+    /// prefix, its gateway given or the subnet's first host address.
+    fn plan_ipv6(&self, spec: &NetworkSpec, mode: GatewayMode) -> Result<Option<NetworkIpv6>> {
+        if !spec.wants_ipv6() {
+            return Ok(None);
+        }
+        if !self.driver.handles_ipv6() {
+            return Err(crate::invalid!(
+                "the {} datapath does not carry IPv6 yet: create IPv6 networks on the ebpf \
+                 datapath",
+                self.driver.name()
+            ));
+        }
+        if mode == GatewayMode::Routed && !spec.internal {
+            return Err(crate::invalid!(
+                "an IPv6 network in gateway mode routed is not supported yet"
+            ));
+        }
+        let named: Vec<(String, Cidr6)> = self
+            .state
+            .networks
+            .values()
+            .filter_map(|n| n.ipv6.map(|v6| (n.name.clone(), v6.subnet)))
+            .collect();
+        let subnet = match spec.subnet6 {
+            Some(net) => {
+                let subnet = Cidr6::from_net("--subnet", net)?;
+                ipam::check_subnet6_free(&subnet, &named)?;
+                subnet
+            }
+            None => {
+                let host_id = self.state.host_id.as_deref().unwrap_or_default();
+                let taken: Vec<Cidr6> = named.iter().map(|(_, c)| *c).collect();
+                ipam::allocate_subnet6(&ipam::ula_prefix(host_id), &taken)?
+            }
+        };
+        let gateway = match spec.gateway6 {
+            Some(ip) => {
+                let gateway = crate::cidr::ipv6("--gateway", ip)?;
+                ipam::check_in_subnet6("gateway", gateway, &subnet)?;
+                gateway
+            }
+            None => ipam::allocate_ip6(&subnet, &Default::default())?,
+        };
+        Ok(Some(NetworkIpv6 { subnet, gateway }))
     }
 
     /// The network Docker knows by `docker_id`.

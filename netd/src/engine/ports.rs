@@ -1,8 +1,10 @@
 //! Addresses and published ports: picked or checked against the state,
 //! never two containers on one address or two publishers of one port.
 
-use std::net::IpAddr;
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::Result;
 
@@ -38,6 +40,47 @@ impl<H: Host> Engine<H> {
         let mut used = self.live_addresses(net);
         used.extend(self.dying_addresses(&net.name));
         used
+    }
+
+    /// `ip6` if it is free on `net`, else the first free IPv6 address; none
+    /// on a network without IPv6 (where asking for one is an error).
+    pub(super) fn pick_address6(
+        &self,
+        net: &Network,
+        ip6: Option<IpAddr>,
+    ) -> Result<Option<Ipv6Addr>> {
+        let Some(v6) = net.ipv6 else {
+            return match ip6 {
+                Some(ip) => Err(crate::invalid!(
+                    "--ip6 {ip}: network {:?} has no IPv6 (create it with --ipv6)",
+                    net.name
+                )),
+                None => Ok(None),
+            };
+        };
+        let mut used: BTreeSet<Ipv6Addr> = self
+            .state
+            .containers
+            .values()
+            .flat_map(|c| c.attachments.iter())
+            .filter(|a| a.network == net.name)
+            .filter_map(|a| a.ip6)
+            .collect();
+        used.insert(v6.gateway);
+        match ip6 {
+            Some(ip) => {
+                let ip = crate::cidr::ipv6("--ip6", ip)?;
+                ipam::check_in_subnet6("--ip6", ip, &v6.subnet)?;
+                if used.contains(&ip) {
+                    return Err(crate::conflict!(
+                        "address {ip} is already in use on network {:?}",
+                        net.name
+                    ));
+                }
+                Ok(Some(ip))
+            }
+            None => ipam::allocate_ip6(&v6.subnet, &used).map(Some),
+        }
     }
 
     /// `ip` if it is free on `net`, else the first free address.

@@ -5,7 +5,11 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::Result;
 
-use super::{Engine, container::Veths, new_veth_name, parse_mac};
+use super::{
+    Engine,
+    container::{Addresses, Veths},
+    new_veth_name, parse_mac,
+};
 use crate::{
     host::Host,
     state::{Container, Network, Pending, Sandbox},
@@ -149,7 +153,13 @@ impl<H: Host> Engine<H> {
     async fn readopt_network(&mut self, net: &Network, report: &mut Vec<String>) -> Result<()> {
         let (mac, remade) = self
             .host
-            .ensure_bridge(&net.bridge, net.mtu, net.gateway, net.bridge_prefix())
+            .ensure_bridge(
+                &net.bridge,
+                net.mtu,
+                net.gateway,
+                net.bridge_prefix(),
+                net.bridge_ipv6(),
+            )
             .await?;
         if remade {
             report.push(format!(
@@ -214,7 +224,17 @@ impl<H: Host> Engine<H> {
                     let host_veth = new_veth_name();
                     self.plan_link(name, &host_veth)?;
                     let new = self
-                        .wire(&netns, &net, att.ip, &att.ifname, &host_veth, i == 0)
+                        .wire(
+                            &netns,
+                            &net,
+                            Addresses {
+                                v4: att.ip,
+                                v6: att.ip6,
+                            },
+                            &att.ifname,
+                            &host_veth,
+                            i == 0,
+                        )
                         .await?;
                     report.push(format!(
                         "container {name}: its interface {} on network {} was gone; made again",

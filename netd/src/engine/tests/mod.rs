@@ -2,7 +2,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -16,7 +16,7 @@ use crate::{
     },
     cidr::Cidr,
     driver::{HostInfo, NoopDriver},
-    host::{Host, VethPlan},
+    host::{DefaultRoutes, Host, VethPlan},
     metrics::Metrics,
     portspec::PortSpec,
     state::{Pending, State},
@@ -76,6 +76,7 @@ impl Host for FakeHost {
         _: u32,
         _: Ipv4Addr,
         _: Option<u8>,
+        _: Option<(Ipv6Addr, u8)>,
     ) -> Result<[u8; 6]> {
         self.check("create_bridge")?;
         self.kernel().bridges.insert(name.to_owned());
@@ -88,12 +89,13 @@ impl Host for FakeHost {
         _: u32,
         _: Ipv4Addr,
         _: Option<u8>,
+        _: Option<(Ipv6Addr, u8)>,
     ) -> Result<([u8; 6], bool)> {
         let remade = self.kernel().bridges.insert(name.to_owned());
         Ok(([2, 0, 0, 0, 0, 1], remade))
     }
 
-    async fn forget_neighbour(&self, _: &str, _: Ipv4Addr) -> Result<()> {
+    async fn forget_neighbour(&self, _: &str, _: IpAddr) -> Result<()> {
         Ok(())
     }
 
@@ -168,7 +170,7 @@ impl Host for FakeHost {
         Ok(9)
     }
 
-    async fn finish_veth(&self, _: &Path, _: &str, _: Option<Ipv4Addr>) -> Result<()> {
+    async fn finish_veth(&self, _: &Path, _: &str, _: DefaultRoutes) -> Result<()> {
         self.check("finish_veth")
     }
 
@@ -219,7 +221,7 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    async fn set_default_route(&self, _: &Path, _: Ipv4Addr) -> Result<()> {
+    async fn set_default_route(&self, _: &Path, _: DefaultRoutes) -> Result<()> {
         Ok(())
     }
 }
@@ -273,6 +275,7 @@ fn container(name: &str, network: &str, publish: &[&str]) -> ContainerSpec {
         name: name.into(),
         network: network.into(),
         ip: None,
+        ip6: None,
         publish: publish
             .iter()
             .map(|p| PortSpec::parse(p).unwrap())
@@ -286,5 +289,6 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
+mod ipv6;
 mod lifecycle;
 mod runtimes;

@@ -157,6 +157,7 @@ fn serving_costs(hosts: &[(&str, &DaemonHost)], creates: usize) -> Result<Vec<Co
             name: name.to_owned(),
             network: network.to_owned(),
             ip: None,
+            ip6: None,
             publish: Vec::new(),
             aliases: Vec::new(),
             gw_priority: 0,

@@ -61,6 +61,7 @@ pub(crate) fn control_plane(
             name: name.clone(),
             network: "bridge".into(),
             ip: None,
+            ip6: None,
             publish: vec![PortSpec::parse(&format!("{}:80", 40000 + k))?],
             aliases: Vec::new(),
             gw_priority: 0,
