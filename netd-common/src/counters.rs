@@ -40,7 +40,7 @@ counted_enum! {
     DropReason {
         /// Shorter than an Ethernet header.
         TruncatedEthernet = 0 => "truncated-ethernet",
-        /// EtherType is neither IPv4 nor ARP (netd networks are IPv4-only).
+        /// EtherType is neither IPv4, IPv6 nor ARP.
         UnsupportedEthertype = 1 => "unsupported-ethertype",
         /// Shorter than the minimal IPv4 header.
         TruncatedIpv4 = 2 => "truncated-ipv4",
@@ -75,6 +75,11 @@ counted_enum! {
         LoopbackFromOutside = 14 => "loopback-from-outside",
         /// A user rule (`netd rule add deny …`) refused the connection.
         UserRule = 15 => "user-rule",
+        /// IPv6 header cut short, or its version or payload length wrong.
+        BadIpv6Header = 16 => "bad-ipv6-header",
+        /// IPv6 from a container to an address beyond the host: netd does
+        /// not route or translate (NAT66) IPv6 out of the host yet.
+        Ipv6OutboundUnsupported = 17 => "ipv6-outbound-unsupported",
     }
 }
 
@@ -87,6 +92,9 @@ counted_enum! {
         /// IPv4 with another protocol, or a non-first fragment.
         OtherIpv4 = 3 => "other-ipv4",
         Arp = 4 => "arp",
+        /// IPv6 with a protocol other than TCP, UDP and ICMPv6 right after
+        /// its header (extension headers included).
+        OtherIpv6 = 5 => "other-ipv6",
     }
 }
 

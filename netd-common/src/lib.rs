@@ -32,6 +32,7 @@ const _: () = {
     assert!(size_of::<SockRevValue>() == 8);
     assert!(size_of::<NetworkInfo>() == 24);
     assert!(size_of::<Endpoint>() == 20);
+    assert!(size_of::<Network6Info>() == 24);
     assert!(size_of::<PortKey>() == 8);
     assert!(size_of::<Backend>() == 8);
     assert!(size_of::<CtKey>() == 16);
@@ -59,6 +60,7 @@ mod pod {
         PacketCounter,
         Config,
         NetworkInfo,
+        Network6Info,
         Endpoint,
         PortKey,
         Backend,

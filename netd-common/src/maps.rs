@@ -8,8 +8,8 @@
 
 use crate::{
     Backend, Config, CtEntry, CtKey, DropEvent, DropKey, DropReason, Endpoint, EventBudget,
-    InterfaceDrops, Ipv4, NetworkInfo, PacketCounter, PortKey, RoutedKey, RuleKey, RuleVerdict,
-    SockRevKey, SockRevValue, TrafficClass, TrustKey, UplinkInfo, sizes,
+    InterfaceDrops, Ipv4, Ipv6, Network6Info, NetworkInfo, PacketCounter, PortKey, RoutedKey,
+    RuleKey, RuleVerdict, SockRevKey, SockRevValue, TrafficClass, TrustKey, UplinkInfo, sizes,
 };
 
 /// The BPF map types netd uses, named as aya's map types are.
@@ -56,6 +56,8 @@ pub struct MapInfo {
     pub name: &'static str,
     pub kind: MapKind,
     pub max_entries: u32,
+    /// Bytes of one value (one CPU's, in a per-CPU map).
+    pub value_size: u32,
     pub pinned: bool,
 }
 
@@ -85,6 +87,7 @@ macro_rules! declare_maps {
                 name: stringify!($name),
                 kind: MapKind::$kind,
                 max_entries: $max,
+                value_size: core::mem::size_of::<$value>() as u32,
                 pinned: declare_maps!(@pinned $pinned),
             },
         )+];
@@ -100,6 +103,10 @@ declare_maps! {
     NETWORKS: LpmTrie<Ipv4, NetworkInfo>, sizes::NETWORKS, pinned;
     /// Container address -> its interface.
     ENDPOINTS: HashMap<Ipv4, Endpoint>, sizes::ENDPOINTS, pinned;
+    /// IPv6 subnet -> network (networks with IPv6 only).
+    NETWORKS6: LpmTrie<Ipv6, Network6Info>, sizes::NETWORKS, pinned;
+    /// Container IPv6 address -> its interface.
+    ENDPOINTS6: HashMap<Ipv6, Endpoint>, sizes::ENDPOINTS, pinned;
     /// The host's own addresses (Docker's `addrtype LOCAL`) -> 1.
     LOCAL_ADDRS: HashMap<Ipv4, u32>, sizes::LOCAL_ADDRS, pinned;
     /// (host address or any, port, protocol) -> the container behind it.

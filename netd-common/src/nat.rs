@@ -5,6 +5,32 @@ use bytemuck::{Pod, Zeroable};
 
 /// Addresses and ports are kept in network byte order, as in the packet.
 pub type Ipv4 = [u8; 4];
+/// An IPv6 address: its 16 bytes as they sit in the packet, held as four
+/// words (the BPF side copies words; byte arrays of 16 make its compiler
+/// emit code the verifier refuses). Convert with [`ipv6_from_octets`].
+pub type Ipv6 = [u32; 4];
+
+pub const fn ipv6_from_octets(o: [u8; 16]) -> Ipv6 {
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+pub const fn ipv6_octets(a: Ipv6) -> [u8; 16] {
+    let (w0, w1, w2, w3) = (
+        a[0].to_ne_bytes(),
+        a[1].to_ne_bytes(),
+        a[2].to_ne_bytes(),
+        a[3].to_ne_bytes(),
+    );
+    [
+        w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3], w3[0],
+        w3[1], w3[2], w3[3],
+    ]
+}
 pub type Port = [u8; 2];
 
 /// Process-wide settings (one-slot array).

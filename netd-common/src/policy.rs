@@ -107,6 +107,17 @@ pub struct NetworkInfo {
     pub _pad: [u8; 2],
 }
 
+/// Value of the `NETWORKS6` LPM trie (keyed by a network's IPv6 subnet):
+/// what the IPv6 path decides on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Network6Info {
+    pub id: u32,
+    pub flags: u32,
+    /// The IPv6 gateway on the bridge (a host address).
+    pub gateway: crate::Ipv6,
+}
+
 /// A container's interface on one network, keyed by its address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]

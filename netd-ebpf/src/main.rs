@@ -34,7 +34,7 @@ use netd_common::{
 use crate::{
     conntrack::Lookup,
     nat::{Port, Source},
-    parse::{Frame as _, Ipv4Packet, L4, Packet},
+    parse::{Frame as _, Ipv4Packet, Ipv6Packet, L4, Packet},
 };
 
 /// Host side of a container veth, ingress: everything the container sends.
@@ -170,6 +170,12 @@ fn from_container_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
             }
             Ok(Forward::Pass(TrafficClass::Arp))
         }
+        Packet::Ipv6(ip) => {
+            if let Some(endpoint) = policy::check_source6(&ip, src_mac, ifindex)? {
+                policy::check_from_container6(endpoint, &ip.dst)?;
+            }
+            Ok(Forward::Pass(traffic_class6(&ip)))
+        }
         Packet::Ipv4(ip) => {
             let endpoint = policy::check_source(ip.src, src_mac, ifindex)?;
             let class = traffic_class(&ip);
@@ -252,7 +258,11 @@ fn hairpin(
 fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
     let ip = match parse::parse_frame(ctx) {
         Ok(Packet::Ipv4(ip)) => ip,
-        // ARP, IPv6 and the rest belong to the host: not ours to judge.
+        Ok(Packet::Ipv6(ip)) => {
+            policy::check_from_outside6(&ip)?;
+            return Ok(Forward::Pass(traffic_class6(&ip)));
+        }
+        // ARP and the rest belong to the host: not ours to judge.
         Ok(Packet::Arp { .. }) | Err(DropReason::UnsupportedEthertype) => {
             return Ok(Forward::Pass(TrafficClass::Arp));
         }
@@ -317,6 +327,7 @@ fn track_direct_connection(ip: &Ipv4Packet, key: &CtKey) -> Result<(), DropReaso
 fn early_drop(ctx: &XdpContext) -> Result<(), DropReason> {
     let ip = match parse::parse_frame(ctx) {
         Ok(Packet::Ipv4(ip)) => ip,
+        Ok(Packet::Ipv6(ip)) => return policy::check_from_outside6(&ip),
         Ok(Packet::Arp { .. }) | Err(DropReason::UnsupportedEthertype) => return Ok(()),
         Err(reason) => return Err(reason),
     };
@@ -427,6 +438,8 @@ fn to_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
             egress_nat(ctx, &ip, ctx.ifindex())?;
             Ok(Forward::Pass(traffic_class(&ip)))
         }
+        // The host's own: no container IPv6 leaves the host yet.
+        Ok(Packet::Ipv6(ip)) => Ok(Forward::Pass(traffic_class6(&ip))),
         Ok(Packet::Arp { .. }) | Err(DropReason::UnsupportedEthertype) => {
             Ok(Forward::Pass(TrafficClass::Arp))
         }
@@ -561,6 +574,16 @@ fn traffic_class(ip: &Ipv4Packet) -> TrafficClass {
 }
 
 #[cfg(not(test))]
+#[inline(always)]
+fn traffic_class6(ip: &Ipv6Packet) -> TrafficClass {
+    match ip.next_hdr {
+        parse::IPPROTO_TCP => TrafficClass::Tcp,
+        parse::IPPROTO_UDP => TrafficClass::Udp,
+        parse::IPPROTO_ICMPV6 => TrafficClass::Icmp,
+        _ => TrafficClass::OtherIpv6,
+    }
+}
+
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}

@@ -8,7 +8,7 @@ use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},
     programs::{TcContext, XdpContext},
 };
-use netd_common::{CtKey, DropReason};
+use netd_common::{CtKey, DropReason, Ipv6};
 use network_types::{
     arp::ArpHdr,
     eth::{EthHdr, EtherType},
@@ -23,6 +23,30 @@ use crate::offsets::{IPV4_LEN, TCP_LEN};
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// ICMPv6 neighbour advertisement: its target is the sender's address.
+pub const ICMPV6_NEIGHBOUR_ADVERT: u8 = 136;
+/// The fixed IPv6 header, its addresses read as words (see `Ipv6`).
+#[repr(C)]
+struct Ipv6Header {
+    version_class_flow: [u8; 4],
+    payload_len: [u8; 2],
+    next_hdr: u8,
+    hop_limit: u8,
+    src: Ipv6,
+    dst: Ipv6,
+}
+const IPV6_LEN: usize = core::mem::size_of::<Ipv6Header>();
+
+/// The start of an ICMPv6 neighbour message, up to its target address.
+#[repr(C)]
+struct NeighbourMessage {
+    icmp_type: u8,
+    code: u8,
+    checksum: [u8; 2],
+    flags: [u8; 4],
+    target: Ipv6,
+}
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 pub const TCP_FIN: u8 = 0x01;
@@ -39,6 +63,34 @@ pub enum Packet {
         sender_ip: [u8; 4],
     },
     Ipv4(Ipv4Packet),
+    Ipv6(Ipv6Packet),
+}
+
+/// What the IPv6 path decides on (addresses only: it neither translates
+/// nor tracks, so extension headers and fragments need no walking).
+pub struct Ipv6Packet {
+    pub src: Ipv6,
+    pub dst: Ipv6,
+    /// The header right after the fixed one.
+    pub next_hdr: u8,
+    /// Whether this is a neighbour advertisement, whose `target` is the
+    /// address its sender claims.
+    pub advertises: bool,
+    pub target: Ipv6,
+}
+
+impl Ipv6Packet {
+    #[inline(always)]
+    pub fn is_link_scoped(addr: &Ipv6) -> bool {
+        // fe80::/10 link-local, ff00::/8 multicast.
+        let [first, second, ..] = addr[0].to_ne_bytes();
+        (first == 0xfe && second & 0xc0 == 0x80) || first == 0xff
+    }
+
+    #[inline(always)]
+    pub fn is_unspecified(addr: &Ipv6) -> bool {
+        addr[0] | addr[1] | addr[2] | addr[3] == 0
+    }
 }
 
 /// The fields later stages decide on. Addresses and ports stay in network
@@ -194,10 +246,45 @@ pub fn parse_frame<F: Frame>(ctx: &F) -> Result<Packet, DropReason> {
         let arp = unsafe { &*arp };
         return Ok(Packet::Arp { sender_ip: arp.spa });
     }
+    if ether_type == EtherType::Ipv6 as u16 {
+        return parse_ipv6(ctx).map(Packet::Ipv6);
+    }
     if ether_type != EtherType::Ipv4 as u16 {
         return Err(DropReason::UnsupportedEthertype);
     }
     parse_ipv4(ctx).map(Packet::Ipv4)
+}
+
+#[inline(always)]
+fn parse_ipv6<F: Frame>(ctx: &F) -> Result<Ipv6Packet, DropReason> {
+    let ip: *const Ipv6Header = header_at(ctx, ETH_LEN).ok_or(DropReason::BadIpv6Header)?;
+    // SAFETY: bounds checked by header_at.
+    let ip = unsafe { &*ip };
+    let payload_len = usize::from(u16::from_be_bytes(ip.payload_len));
+    // A jumbogram (payload length 0) never crosses a veth or an Ethernet.
+    if ip.version_class_flow[0] >> 4 != 6 || ETH_LEN + IPV6_LEN + payload_len > ctx.len() as usize {
+        return Err(DropReason::BadIpv6Header);
+    }
+    let (src, dst, next_hdr) = (ip.src, ip.dst, ip.next_hdr);
+    // `ip` must not be used below: header_at may pull and move the packet.
+    let mut packet = Ipv6Packet {
+        src,
+        dst,
+        next_hdr,
+        advertises: false,
+        target: [0; 4],
+    };
+    if next_hdr == IPPROTO_ICMPV6 && payload_len >= core::mem::size_of::<NeighbourMessage>() {
+        let nd: *const NeighbourMessage =
+            header_at(ctx, ETH_LEN + IPV6_LEN).ok_or(DropReason::TruncatedL4)?;
+        // SAFETY: bounds checked by header_at.
+        let nd = unsafe { &*nd };
+        if nd.icmp_type == ICMPV6_NEIGHBOUR_ADVERT {
+            packet.advertises = true;
+            packet.target = nd.target;
+        }
+    }
+    Ok(packet)
 }
 
 #[inline(always)]

@@ -5,15 +5,21 @@
 use crate::maps::bpf_map;
 use aya_ebpf::maps::lpm_trie::Key;
 use netd_common::{
-    DropReason, Endpoint, Ipv4, NET_ICC, NET_INTERNAL, NET_ROUTED, NET_TRUSTS_INTERFACES,
-    NetworkInfo, TrustKey, routed_key,
+    DropReason, Endpoint, Ipv4, Ipv6, NET_ICC, NET_INTERNAL, NET_ROUTED, NET_TRUSTS_INTERFACES,
+    Network6Info, NetworkInfo, TrustKey, routed_key,
 };
+
+use crate::parse::Ipv6Packet;
 
 // Subnet -> network. Subnets never overlap (user space refuses that).
 bpf_map!(NETWORKS: LpmTrie);
 
 // Container address -> its interface.
 bpf_map!(ENDPOINTS: HashMap);
+
+// IPv6 subnet -> network; container IPv6 address -> its interface.
+bpf_map!(NETWORKS6: LpmTrie);
+bpf_map!(ENDPOINTS6: HashMap);
 
 // The host's own addresses (Docker's `addrtype LOCAL`).
 bpf_map!(LOCAL_ADDRS: HashMap);
@@ -93,6 +99,79 @@ pub fn check_from_container(
 #[inline(always)]
 fn is_broadcast_or_multicast(addr: Ipv4) -> bool {
     addr == [255; 4] || addr[0] & 0xf0 == 0xe0
+}
+
+#[inline(always)]
+pub fn network6_of(addr: Ipv6) -> Option<&'static Network6Info> {
+    NETWORKS6.get(&Key::new(128, addr))
+}
+
+#[inline(always)]
+pub fn endpoint6(addr: &Ipv6) -> Option<&'static Endpoint> {
+    // SAFETY: read-only view of a map value; fields are plain data.
+    unsafe { ENDPOINTS6.get(addr) }
+}
+
+/// The IPv6 twin of [`check_source`] and of the ARP check: a global source
+/// must be the sender's registered address (interface and MAC); a
+/// link-local one (neighbour discovery, router solicitations) or the
+/// unspecified one (duplicate address detection) stays on the link; a
+/// neighbour advertisement may only claim the sender's own address.
+/// Returns the sender's endpoint when the source is a global address.
+#[inline(always)]
+pub fn check_source6(
+    ip: &Ipv6Packet,
+    src_mac: [u8; 6],
+    ifindex: u32,
+) -> Result<Option<&'static Endpoint>, DropReason> {
+    if ip.advertises
+        && !Ipv6Packet::is_link_scoped(&ip.target)
+        && !endpoint6(&ip.target).is_some_and(|ep| ep.ifindex == ifindex && ep.mac == src_mac)
+    {
+        return Err(DropReason::SpoofedSource);
+    }
+    if Ipv6Packet::is_unspecified(&ip.src) || Ipv6Packet::is_link_scoped(&ip.src) {
+        return match Ipv6Packet::is_link_scoped(&ip.dst) {
+            true => Ok(None),
+            false => Err(DropReason::SpoofedSource),
+        };
+    }
+    match endpoint6(&ip.src) {
+        Some(ep) if ep.ifindex == ifindex && ep.mac == src_mac => Ok(Some(ep)),
+        _ => Err(DropReason::SpoofedSource),
+    }
+}
+
+/// Docker's FORWARD-chain decisions for IPv6 a container sends from its
+/// global address: the link and the host's gateways are open; another
+/// network is isolated; icc=false holds within the network; beyond the
+/// host, an internal network reaches nothing and the others cannot go yet.
+#[inline(always)]
+pub fn check_from_container6(ep: &Endpoint, dst: &Ipv6) -> Result<(), DropReason> {
+    if Ipv6Packet::is_link_scoped(dst) {
+        return Ok(());
+    }
+    match network6_of(*dst) {
+        Some(n) if n.gateway == *dst => Ok(()),
+        Some(n) if n.id != ep.network_id => Err(DropReason::NetworkIsolation),
+        Some(n) if n.flags & NET_ICC == 0 => Err(DropReason::IccDisabled),
+        Some(_) => Ok(()),
+        None if ep.network_flags & NET_INTERNAL != 0 => Err(DropReason::InternalNetwork),
+        None => Err(DropReason::Ipv6OutboundUnsupported),
+    }
+}
+
+/// IPv6 from outside: a container source is forged, and no container
+/// address is open to it (no IPv6 leaves a container for it to answer).
+#[inline(always)]
+pub fn check_from_outside6(ip: &Ipv6Packet) -> Result<(), DropReason> {
+    if endpoint6(&ip.src).is_some() {
+        return Err(DropReason::SpoofedSource);
+    }
+    match network6_of(ip.dst) {
+        Some(n) if n.gateway != ip.dst => Err(DropReason::UnsolicitedInbound),
+        _ => Ok(()),
+    }
 }
 
 /// Whether `addr` is in one of `net`'s routed CIDRs.

@@ -337,3 +337,61 @@ mod tests {
         }
     }
 }
+
+/// An IPv6 frame as a container or a neighbour sends it: addresses, the
+/// next header and its bytes (checksums are not the programs' concern on
+/// the IPv6 path, which only reads addresses).
+#[derive(Clone, Debug)]
+pub struct Ipv6Frame {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: std::net::Ipv6Addr,
+    pub dst: std::net::Ipv6Addr,
+    pub next_hdr: u8,
+    pub payload: Vec<u8>,
+}
+
+pub const PROTO_ICMPV6: u8 = 58;
+pub const ICMPV6_NEIGHBOUR_SOLICIT: u8 = 135;
+pub const ICMPV6_NEIGHBOUR_ADVERT: u8 = 136;
+
+impl Ipv6Frame {
+    /// A TCP SYN from `src`:40000 to `dst`:80.
+    pub fn tcp_syn(src: &str, dst: &str) -> Self {
+        let mut tcp = vec![0u8; 20];
+        tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = TCP_SYN;
+        Self::new(src, dst, PROTO_TCP, tcp)
+    }
+
+    /// A neighbour solicitation or advertisement (`kind`) for `target`.
+    pub fn neighbour(kind: u8, src: &str, dst: &str, target: &str) -> Self {
+        let mut icmp = vec![kind, 0, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&target.parse::<std::net::Ipv6Addr>().unwrap().octets());
+        Self::new(src, dst, PROTO_ICMPV6, icmp)
+    }
+
+    pub fn new(src: &str, dst: &str, next_hdr: u8, payload: Vec<u8>) -> Self {
+        Self {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            next_hdr,
+            payload,
+        }
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut frame = ethernet_header(self.dst_mac, self.src_mac, ETHERTYPE_IPV6);
+        frame.extend_from_slice(&[0x60, 0, 0, 0]);
+        frame.extend_from_slice(&(self.payload.len() as u16).to_be_bytes());
+        frame.extend_from_slice(&[self.next_hdr, 64]);
+        frame.extend_from_slice(&self.src.octets());
+        frame.extend_from_slice(&self.dst.octets());
+        frame.extend_from_slice(&self.payload);
+        frame
+    }
+}

@@ -109,7 +109,7 @@ fn xdp_drops_only_what_from_uplink_drops_and_changes_nothing() {
         packet::ETHERTYPE_IPV6,
     );
     ipv6.extend_from_slice(&[0x60; 40]);
-    frames.push(("IPv6", ipv6));
+    frames.push(("IPv6 payload length past the frame", ipv6));
 
     let mut xdp_dropped = std::collections::BTreeSet::new();
     for (what, frame) in &frames {
@@ -135,6 +135,7 @@ fn xdp_drops_only_what_from_uplink_drops_and_changes_nothing() {
     }
     let expected = [
         "bad-ipv4-header",
+        "bad-ipv6-header",
         "fragment-needs-nat",
         "loopback-from-outside",
         "spoofed-source",

@@ -254,6 +254,16 @@ fn malformed_frames_are_dropped_with_their_reason() {
     // IPv4 frames shorter than an IPv4 header (EINVAL), so TruncatedIpv4 is
     // proven on a real wire in `counts_real_traffic_between_namespaces`;
     // TC never sees a frame shorter than an Ethernet header.
+    let mut lldp = packet::ethernet_header([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1], 0x88cc);
+    lldp.extend_from_slice(&[0x60; 40]);
+    expect(
+        &mut dp,
+        &lldp,
+        TC_ACT_SHOT,
+        None,
+        Some(DropReason::UnsupportedEthertype),
+    );
+    // An IPv6 header whose payload length runs past the frame.
     let mut ipv6 = packet::ethernet_header([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1], ETHERTYPE_IPV6);
     ipv6.extend_from_slice(&[0x60; 40]);
     expect(
@@ -261,7 +271,7 @@ fn malformed_frames_are_dropped_with_their_reason() {
         &ipv6,
         TC_ACT_SHOT,
         None,
-        Some(DropReason::UnsupportedEthertype),
+        Some(DropReason::BadIpv6Header),
     );
 
     let mut bad_version = tcp.clone();

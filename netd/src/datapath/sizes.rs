@@ -51,7 +51,7 @@ impl TableSizes {
             defs::CONNTRACK::NAME => self.connections * 2,
             defs::CONNTRACK_CANDIDATES::NAME => self.connections,
             defs::PUBLISHED_PORTS::NAME => self.published_ports,
-            defs::ENDPOINTS::NAME => self.endpoints,
+            defs::ENDPOINTS::NAME | defs::ENDPOINTS6::NAME => self.endpoints,
             _ => return None,
         })
     }
@@ -99,6 +99,7 @@ fn migratable(name: &str) -> bool {
         defs::CONNTRACK::NAME,
         defs::PUBLISHED_PORTS::NAME,
         defs::ENDPOINTS::NAME,
+        defs::ENDPOINTS6::NAME,
     ]
     .contains(&name)
 }
@@ -116,6 +117,7 @@ fn map_type(kind: MapKind) -> Option<MapType> {
 /// `<name>_BEFORE_RESIZE` (bpffs allows no dot in a name, and no rename),
 /// and picks up such pins a run that stopped mid-migration left.
 pub(super) fn set_aside(map_dir: &Path, sizes: &TableSizes) -> Result<Vec<Migration>> {
+    reset_counters_of_another_layout(map_dir)?;
     let mut migrations = Vec::new();
     for map in defs::pinned().filter(|m| migratable(m.name)) {
         let pin = map_dir.join(map.name);
@@ -157,6 +159,30 @@ pub(super) fn set_aside(map_dir: &Path, sizes: &TableSizes) -> Result<Vec<Migrat
     Ok(migrations)
 }
 
+/// Unpins the pinned arrays (counters, settings) an earlier netd made with
+/// another layout (a drop reason or traffic class added since): aya would
+/// refuse them and the daemon would not start. They are made anew; their
+/// counts start over, and the daemon says so.
+fn reset_counters_of_another_layout(map_dir: &Path) -> Result<()> {
+    let arrays = defs::pinned().filter(|m| matches!(m.kind, MapKind::Array | MapKind::PerCpuArray));
+    for map in arrays {
+        let pin = map_dir.join(map.name);
+        if !pin.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&pin)
+            .with_context(|| format!("reading pinned map {}", pin.display()))?;
+        if info.max_entries() != map.max_entries || info.value_size() != map.value_size {
+            tracing::warn!(
+                map = map.name,
+                "pinned by a netd with another layout of it: made anew, its counts start over"
+            );
+            super::pins::remove_pin(&pin)?;
+        }
+    }
+    Ok(())
+}
+
 /// What one copy carried over.
 #[derive(Debug, Default)]
 pub struct Carried {
@@ -173,6 +199,7 @@ impl Migration {
             defs::CONNTRACK::NAME => copy::<defs::CONNTRACK>(&self.old_pin, &new_pin),
             defs::PUBLISHED_PORTS::NAME => copy::<defs::PUBLISHED_PORTS>(&self.old_pin, &new_pin),
             defs::ENDPOINTS::NAME => copy::<defs::ENDPOINTS>(&self.old_pin, &new_pin),
+            defs::ENDPOINTS6::NAME => copy::<defs::ENDPOINTS6>(&self.old_pin, &new_pin),
             other => bail!("no migration for map {other}"),
         }
     }

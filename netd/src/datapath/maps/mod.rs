@@ -7,6 +7,7 @@ mod config;
 mod conntrack;
 mod counters;
 mod endpoints;
+mod ipv6;
 mod networks;
 mod ports;
 mod rules;
@@ -27,6 +28,7 @@ pub use config::{Config, ResolverSteering, Sockets};
 pub use conntrack::Conntrack;
 pub use counters::{Counters, DropEvents};
 pub use endpoints::Endpoints;
+pub use ipv6::Ipv6Tables;
 pub use networks::Networks;
 pub use ports::Ports;
 pub use rules::Rules;
@@ -82,6 +84,7 @@ pub struct Maps {
     pub sockets: Sockets,
     pub networks: Networks,
     pub endpoints: Endpoints,
+    pub ipv6: Ipv6Tables,
     pub ports: Ports,
     pub conntrack: Conntrack,
     pub counters: Counters,
@@ -98,6 +101,7 @@ impl Maps {
             sockets: Sockets::open(ebpf)?,
             networks: Networks::open(ebpf)?,
             endpoints: Endpoints::open(ebpf)?,
+            ipv6: Ipv6Tables::open(ebpf)?,
             ports: Ports::open(ebpf)?,
             conntrack: Conntrack::open(ebpf)?,
             counters: Counters::open(ebpf)?,
@@ -112,6 +116,7 @@ impl Maps {
         self.sockets.each(&mut maps);
         self.networks.each(&mut maps);
         maps.push((defs::ENDPOINTS::NAME, self.endpoints.map()));
+        self.ipv6.each(&mut maps);
         self.ports.each(&mut maps);
         maps.push((defs::CONNTRACK::NAME, self.conntrack.map()));
         self.counters.each(&mut maps);
@@ -181,6 +186,11 @@ impl Maps {
         Ok(vec![
             MapFill::of::<defs::NETWORKS>(self.networks.networks()?.len(), self.networks.map()),
             MapFill::of::<defs::ENDPOINTS>(self.endpoints.addrs()?.len(), self.endpoints.map()),
+            MapFill::of::<defs::NETWORKS6>(self.ipv6.networks()?.len(), self.ipv6.networks_map()),
+            MapFill::of::<defs::ENDPOINTS6>(
+                self.ipv6.endpoints()?.len(),
+                self.ipv6.endpoints_map(),
+            ),
             MapFill::of::<defs::LOCAL_ADDRS>(
                 self.networks.local_addrs()?.len(),
                 self.networks.local_addrs_map(),

@@ -3,6 +3,7 @@
 //! `observe`.
 
 mod flags;
+mod ipv6;
 mod nat_ports;
 mod observe;
 mod pressure;
@@ -36,6 +37,7 @@ pub struct EbpfDriver {
     /// What the daemon declared since start: after re-adoption, map entries
     /// beyond these are leftovers of state that no longer exists.
     declared: Declared,
+    declared6: ipv6::Declared6,
     features: Features,
     /// Interfaces with the uplink programs attached in this run, by name.
     uplinks: HashMap<String, u32>,
@@ -136,6 +138,7 @@ impl EbpfDriver {
         let mut driver = Self {
             datapath,
             declared: Declared::default(),
+            declared6: Default::default(),
             features,
             uplinks: HashMap::new(),
             netns_cookie,
@@ -244,6 +247,10 @@ impl FirewallDriver for EbpfDriver {
         "ebpf"
     }
 
+    fn handles_ipv6(&self) -> bool {
+        true
+    }
+
     fn set_rules(&mut self, rules: &[crate::rule::ActiveRule]) -> Result<()> {
         self.rules = rules.to_vec();
         let host = self.host.clone();
@@ -281,7 +288,7 @@ impl FirewallDriver for EbpfDriver {
             self.trusting.insert(net.id, trusting);
             self.sync_trusted()?;
         }
-        Ok(())
+        self.add_network6(net)
     }
 
     fn remove_network(&mut self, net: &Network) -> Result<()> {
@@ -308,7 +315,7 @@ impl FirewallDriver for EbpfDriver {
         if self.trusting.remove(&net.id).is_some() {
             self.sync_trusted()?;
         }
-        Ok(())
+        self.remove_network6(net)
     }
 
     fn add_endpoint(
@@ -326,7 +333,10 @@ impl FirewallDriver for EbpfDriver {
             _pad: [0; 2],
         };
         self.datapath.maps.endpoints.insert(att.ip, endpoint)?;
-        match self.datapath.attach_from_container(&att.host_veth) {
+        let attached = self
+            .add_endpoint6(att, endpoint)
+            .and_then(|()| self.datapath.attach_from_container(&att.host_veth));
+        match attached {
             Ok(()) => {
                 self.endpoints.insert(att.host_veth.clone());
                 self.declared.endpoints.insert(att.ip);
@@ -334,6 +344,7 @@ impl FirewallDriver for EbpfDriver {
             }
             Err(err) => {
                 let _ = self.datapath.maps.remove_endpoint(att.ip);
+                let _ = self.remove_endpoint6(att, true);
                 Err(err)
             }
         }
@@ -342,6 +353,7 @@ impl FirewallDriver for EbpfDriver {
     fn remove_endpoint(&mut self, att: &Attachment) -> Result<()> {
         self.endpoints.remove(&att.host_veth);
         self.declared.endpoints.remove(&att.ip);
+        self.remove_endpoint6(att, !self.tearing_down)?;
         if self.tearing_down {
             return Ok(()); // the maps and links go whole in remove_all
         }
@@ -372,6 +384,7 @@ impl FirewallDriver for EbpfDriver {
         for att in atts {
             self.endpoints.remove(&att.host_veth);
             self.declared.endpoints.remove(&att.ip);
+            self.remove_endpoint6(att, !self.tearing_down)?;
         }
         if self.tearing_down {
             return Ok(Box::new(|| ())); // the maps and links go whole in remove_all
@@ -485,6 +498,7 @@ impl FirewallDriver for EbpfDriver {
                 self.datapath.maps.remove_endpoint(ip)?;
             }
         }
+        self.reconcile6(&mut removed)?;
         for (id, addr, prefix_len) in self.datapath.maps.networks.routed()? {
             if !self.declared.routed.contains(&(id, addr, prefix_len)) {
                 removed.push(format!(

@@ -1,0 +1,101 @@
+//! The IPv6 side of networks and endpoints: `NETWORKS6` (subnet ->
+//! network) and `ENDPOINTS6` (container address -> its interface).
+
+use std::net::Ipv6Addr;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    maps::{MapData, lpm_trie::Key},
+};
+use netd_common::{
+    Endpoint, Network6Info, ipv6_from_octets, ipv6_octets,
+    maps::{ENDPOINTS6, MapDef, NETWORKS6},
+};
+
+use super::{Hash, Trie, data, done_if_missing, open};
+
+pub struct Ipv6Tables {
+    networks: Trie<NETWORKS6>,
+    endpoints: Hash<ENDPOINTS6>,
+}
+
+impl Ipv6Tables {
+    pub(super) fn open(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            networks: open::<NETWORKS6, _>(ebpf)?,
+            endpoints: open::<ENDPOINTS6, _>(ebpf)?,
+        })
+    }
+
+    pub(super) fn each<'a>(&'a self, maps: &mut Vec<(&'static str, &'a MapData)>) {
+        maps.push((NETWORKS6::NAME, data(&self.networks)));
+        maps.push((ENDPOINTS6::NAME, data(&self.endpoints)));
+    }
+
+    pub(super) fn networks_map(&self) -> &MapData {
+        data(&self.networks)
+    }
+
+    pub(super) fn endpoints_map(&self) -> &MapData {
+        data(&self.endpoints)
+    }
+
+    pub fn insert_network(
+        &mut self,
+        subnet: Ipv6Addr,
+        prefix_len: u8,
+        info: Network6Info,
+    ) -> Result<()> {
+        self.networks
+            .insert(
+                &Key::new(u32::from(prefix_len), ipv6_from_octets(subnet.octets())),
+                &info,
+                0,
+            )
+            .with_context(|| format!("adding network {subnet}/{prefix_len}"))
+    }
+
+    pub fn remove_network(&mut self, subnet: Ipv6Addr, prefix_len: u8) -> Result<()> {
+        let key = Key::new(u32::from(prefix_len), ipv6_from_octets(subnet.octets()));
+        done_if_missing(self.networks.remove(&key))
+            .with_context(|| format!("removing network {subnet}/{prefix_len}"))
+    }
+
+    pub fn networks(&self) -> Result<Vec<(Ipv6Addr, u8)>> {
+        Ok(self
+            .networks
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| (Ipv6Addr::from(ipv6_octets(k.data())), k.prefix_len() as u8))
+            .collect())
+    }
+
+    pub fn insert_endpoint(&mut self, ip: Ipv6Addr, endpoint: Endpoint) -> Result<()> {
+        match self
+            .endpoints
+            .insert(&ipv6_from_octets(ip.octets()), &endpoint, 0)
+        {
+            Err(err) if super::is_full(&err) => Err(crate::conflict!(
+                "the IPv6 endpoints table is full ({} container interfaces): remove \
+                 containers or restart the daemon with a larger --max-endpoints",
+                super::capacity(&self.endpoints)
+            )),
+            other => other.with_context(|| format!("adding endpoint {ip}")),
+        }
+    }
+
+    pub fn remove_endpoint(&mut self, ip: Ipv6Addr) -> Result<()> {
+        done_if_missing(self.endpoints.remove(&ipv6_from_octets(ip.octets())))
+            .with_context(|| format!("removing endpoint {ip}"))
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<Ipv6Addr>> {
+        Ok(self
+            .endpoints
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| Ipv6Addr::from(ipv6_octets(k)))
+            .collect())
+    }
+}

@@ -1,0 +1,83 @@
+//! The IPv6 side of networks and endpoints in the maps: a network with
+//! IPv6 is in `NETWORKS6` beside `NETWORKS`, a container with an IPv6
+//! address in `ENDPOINTS6` beside `ENDPOINTS`.
+
+use std::{collections::HashSet, net::Ipv6Addr};
+
+use anyhow::Result;
+use netd_common::{Endpoint, Network6Info};
+
+use super::{EbpfDriver, flags};
+use crate::state::{Attachment, Network};
+
+/// What the daemon declared of IPv6 since start (see `Declared`).
+#[derive(Default)]
+pub(super) struct Declared6 {
+    networks: HashSet<(Ipv6Addr, u8)>,
+    endpoints: HashSet<Ipv6Addr>,
+}
+
+impl EbpfDriver {
+    pub(super) fn add_network6(&mut self, net: &Network) -> Result<()> {
+        let Some(v6) = net.ipv6 else {
+            return Ok(());
+        };
+        let info = Network6Info {
+            id: net.id,
+            flags: flags::network_flags(net, self.resolver_on_gateways),
+            gateway: netd_common::ipv6_from_octets(v6.gateway.octets()),
+        };
+        let (addr, len) = (v6.subnet.network(), v6.subnet.prefix_len());
+        self.datapath.maps.ipv6.insert_network(addr, len, info)?;
+        self.declared6.networks.insert((addr, len));
+        Ok(())
+    }
+
+    pub(super) fn remove_network6(&mut self, net: &Network) -> Result<()> {
+        let Some(v6) = net.ipv6 else {
+            return Ok(());
+        };
+        let (addr, len) = (v6.subnet.network(), v6.subnet.prefix_len());
+        self.declared6.networks.remove(&(addr, len));
+        self.datapath.maps.ipv6.remove_network(addr, len)
+    }
+
+    pub(super) fn add_endpoint6(&mut self, att: &Attachment, endpoint: Endpoint) -> Result<()> {
+        let Some(ip6) = att.ip6 else {
+            return Ok(());
+        };
+        self.datapath.maps.ipv6.insert_endpoint(ip6, endpoint)?;
+        self.declared6.endpoints.insert(ip6);
+        Ok(())
+    }
+
+    /// Forgets the endpoint's IPv6 address in `declared6`; `in_maps`: in
+    /// the map too (not while tearing down, when the maps go whole).
+    pub(super) fn remove_endpoint6(&mut self, att: &Attachment, in_maps: bool) -> Result<()> {
+        let Some(ip6) = att.ip6 else {
+            return Ok(());
+        };
+        self.declared6.endpoints.remove(&ip6);
+        match in_maps {
+            true => self.datapath.maps.ipv6.remove_endpoint(ip6),
+            false => Ok(()),
+        }
+    }
+
+    /// Removes the IPv6 entries nobody declared since start.
+    pub(super) fn reconcile6(&mut self, removed: &mut Vec<String>) -> Result<()> {
+        for ip in self.datapath.maps.ipv6.endpoints()? {
+            if !self.declared6.endpoints.contains(&ip) {
+                removed.push(format!("stale endpoint {ip}"));
+                self.datapath.maps.ipv6.remove_endpoint(ip)?;
+            }
+        }
+        for (addr, len) in self.datapath.maps.ipv6.networks()? {
+            if !self.declared6.networks.contains(&(addr, len)) {
+                removed.push(format!("stale network {addr}/{len}"));
+                self.datapath.maps.ipv6.remove_network(addr, len)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,241 @@
+//! The IPv6 path under BPF_PROG_TEST_RUN: anti-spoofing (sources and
+//! neighbour advertisements), isolation, icc, internal networks, what may
+//! not leave the host yet, unsolicited inbound; XDP's verdicts equal TC's.
+
+use netd_common::{
+    DropReason, Endpoint, NET_ICC, NET_INTERNAL, NET_MASQUERADE, Network6Info, programs,
+};
+use netd_testbed::unit::*;
+use netd_testbed::{
+    packet::{ICMPV6_NEIGHBOUR_ADVERT, ICMPV6_NEIGHBOUR_SOLICIT, Ipv6Frame},
+    testrun::{
+        TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX, XDP_DROP, XDP_PASS, run_classifier, run_xdp,
+    },
+};
+
+const C1_6: &str = "fd00:a::2";
+const C2_6: &str = "fd00:a::3";
+const GATEWAY_6: &str = "fd00:a::1";
+const OTHER_NET_6: &str = "fd00:b::2";
+const OTHER_GATEWAY_6: &str = "fd00:b::1";
+const OUTSIDE_6: &str = "2001:db8::9";
+
+/// The IPv4 datapath of [`datapath`], and beside it network 1 with IPv6
+/// fd00:a::/64 (`flags`), network 2 with fd00:b::/64; C1 (from
+/// TEST_RUN_IFINDEX with C1_MAC) and C2 on network 1.
+fn datapath6(flags: u32) -> netd::datapath::Datapath {
+    let mut dp = datapath(flags);
+    for (id, subnet, gateway, flags) in [
+        (1, "fd00:a::", GATEWAY_6, flags),
+        (2, "fd00:b::", OTHER_GATEWAY_6, NET_ICC | NET_MASQUERADE),
+    ] {
+        let info = Network6Info {
+            id,
+            flags,
+            gateway: netd_common::ipv6_from_octets(
+                gateway.parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            ),
+        };
+        dp.maps
+            .ipv6
+            .insert_network(subnet.parse().unwrap(), 64, info)
+            .unwrap();
+    }
+    for (addr, mac, ifindex, network_id) in [
+        (C1_6, C1_MAC, TEST_RUN_IFINDEX, 1),
+        (C2_6, [2, 0, 0, 0, 0, 3], 99, 1),
+        (OTHER_NET_6, [2, 0, 0, 0, 0, 4], 98, 2),
+    ] {
+        let ep = Endpoint {
+            ifindex,
+            network_id,
+            network_flags: flags,
+            mac,
+            _pad: [0; 2],
+        };
+        dp.maps
+            .ipv6
+            .insert_endpoint(addr.parse().unwrap(), ep)
+            .unwrap();
+    }
+    dp
+}
+
+fn from_c1(mut frame: Ipv6Frame) -> Ipv6Frame {
+    frame.src_mac = C1_MAC;
+    frame
+}
+
+fn expect_pass6(dp: &mut netd::datapath::Datapath, program: &str, frame: &Ipv6Frame) {
+    let (verdict, out) = run_classifier(dp, program, &frame.build()).unwrap();
+    assert_eq!(verdict, TC_ACT_OK, "{program} verdict for {frame:?}");
+    assert_eq!(out, frame.build(), "{program} changed {frame:?}");
+}
+
+fn expect_drop6(
+    dp: &mut netd::datapath::Datapath,
+    program: &str,
+    frame: &Ipv6Frame,
+    reason: DropReason,
+) {
+    let before = drops(dp, reason);
+    let (verdict, _) = run_classifier(dp, program, &frame.build()).unwrap();
+    assert_eq!(verdict, TC_ACT_SHOT, "{program} verdict for {frame:?}");
+    assert_eq!(
+        drops(dp, reason),
+        before + 1,
+        "{} for {frame:?}",
+        reason.label()
+    );
+}
+
+#[test]
+fn containers_reach_their_network_and_the_hosts_gateways_and_nothing_else() {
+    let mut dp = datapath6(NET_ICC | NET_MASQUERADE);
+    let to = |dst: &str| from_c1(Ipv6Frame::tcp_syn(C1_6, dst));
+    for dst in [C2_6, GATEWAY_6, OTHER_GATEWAY_6] {
+        expect_pass6(&mut dp, programs::FROM_CONTAINER, &to(dst));
+    }
+    expect_drop6(
+        &mut dp,
+        programs::FROM_CONTAINER,
+        &to(OTHER_NET_6),
+        DropReason::NetworkIsolation,
+    );
+    expect_drop6(
+        &mut dp,
+        programs::FROM_CONTAINER,
+        &to(OUTSIDE_6),
+        DropReason::Ipv6OutboundUnsupported,
+    );
+
+    let mut dp = datapath6(NET_MASQUERADE);
+    expect_drop6(
+        &mut dp,
+        programs::FROM_CONTAINER,
+        &to(C2_6),
+        DropReason::IccDisabled,
+    );
+    expect_pass6(&mut dp, programs::FROM_CONTAINER, &to(GATEWAY_6));
+
+    let mut dp = datapath6(NET_ICC | NET_INTERNAL);
+    expect_drop6(
+        &mut dp,
+        programs::FROM_CONTAINER,
+        &to(OUTSIDE_6),
+        DropReason::InternalNetwork,
+    );
+    expect_pass6(&mut dp, programs::FROM_CONTAINER, &to(C2_6));
+}
+
+#[test]
+fn a_container_sends_only_as_itself_and_advertises_only_its_own_address() {
+    let mut dp = datapath6(NET_ICC | NET_MASQUERADE);
+    // Another address of the network, C2's address, C1's address from another MAC.
+    for (src, mac) in [
+        ("fd00:a::50", C1_MAC),
+        (C2_6, C1_MAC),
+        (C1_6, [2, 0, 0, 0, 0, 0x66]),
+    ] {
+        let mut frame = Ipv6Frame::tcp_syn(src, GATEWAY_6);
+        frame.src_mac = mac;
+        expect_drop6(
+            &mut dp,
+            programs::FROM_CONTAINER,
+            &frame,
+            DropReason::SpoofedSource,
+        );
+    }
+    // Neighbour discovery: from the link-local address and, for duplicate
+    // address detection, from ::, to the link.
+    let ll = "fe80::1";
+    for frame in [
+        Ipv6Frame::neighbour(ICMPV6_NEIGHBOUR_SOLICIT, ll, "ff02::1:ff00:3", C2_6),
+        Ipv6Frame::neighbour(ICMPV6_NEIGHBOUR_SOLICIT, "::", "ff02::1:ff00:2", C1_6),
+        Ipv6Frame::neighbour(ICMPV6_NEIGHBOUR_ADVERT, ll, "ff02::1", C1_6),
+        Ipv6Frame::neighbour(ICMPV6_NEIGHBOUR_ADVERT, C1_6, ll, C1_6),
+        Ipv6Frame::neighbour(ICMPV6_NEIGHBOUR_ADVERT, ll, "fe80::2", "fe80::1"),
+    ] {
+        expect_pass6(&mut dp, programs::FROM_CONTAINER, &from_c1(frame));
+    }
+    // The twin of a forged ARP reply: an advertisement claiming C2's address.
+    for frame in [
+        Ipv6Frame::neighbour(ICMPV6_NEIGHBOUR_ADVERT, ll, "ff02::1", C2_6),
+        Ipv6Frame::neighbour(ICMPV6_NEIGHBOUR_ADVERT, C1_6, "fe80::2", C2_6),
+        Ipv6Frame::neighbour(ICMPV6_NEIGHBOUR_ADVERT, ll, "ff02::1", GATEWAY_6),
+    ] {
+        expect_drop6(
+            &mut dp,
+            programs::FROM_CONTAINER,
+            &from_c1(frame),
+            DropReason::SpoofedSource,
+        );
+    }
+    // A link-local or unspecified source stays on the link.
+    for src in [ll, "::"] {
+        expect_drop6(
+            &mut dp,
+            programs::FROM_CONTAINER,
+            &from_c1(Ipv6Frame::tcp_syn(src, C2_6)),
+            DropReason::SpoofedSource,
+        );
+    }
+}
+
+#[test]
+fn broken_ipv6_headers_are_dropped_with_their_reason() {
+    let mut dp = datapath6(NET_ICC | NET_MASQUERADE);
+    let good = from_c1(Ipv6Frame::tcp_syn(C1_6, C2_6)).build();
+    let mut version_4 = good.clone();
+    version_4[14] = 0x40;
+    let mut too_long = good.clone();
+    too_long[18..20].copy_from_slice(&1000u16.to_be_bytes());
+    for frame in [version_4, too_long] {
+        let before = drops(&dp, DropReason::BadIpv6Header);
+        let (verdict, _) = run_classifier(&mut dp, programs::FROM_CONTAINER, &frame).unwrap();
+        assert_eq!(verdict, TC_ACT_SHOT);
+        assert_eq!(drops(&dp, DropReason::BadIpv6Header), before + 1);
+    }
+}
+
+#[test]
+fn outside_reaches_the_hosts_ipv6_but_no_container_and_xdp_agrees() {
+    let mut dp = datapath6(NET_ICC | NET_MASQUERADE);
+    let cases = [
+        (
+            Ipv6Frame::tcp_syn(OUTSIDE_6, C1_6),
+            Some(DropReason::UnsolicitedInbound),
+        ),
+        (
+            Ipv6Frame::tcp_syn(C2_6, "2001:db8::1"),
+            Some(DropReason::SpoofedSource),
+        ),
+        (Ipv6Frame::tcp_syn(OUTSIDE_6, GATEWAY_6), None),
+        (Ipv6Frame::tcp_syn(OUTSIDE_6, "2001:db8::1"), None),
+        (
+            Ipv6Frame::neighbour(
+                ICMPV6_NEIGHBOUR_SOLICIT,
+                "fe80::9",
+                "ff02::1:ff00:1",
+                "2001:db8::1",
+            ),
+            None,
+        ),
+    ];
+    for (frame, reason) in cases {
+        match reason {
+            Some(reason) => expect_drop6(&mut dp, programs::FROM_UPLINK, &frame, reason),
+            None => expect_pass6(&mut dp, programs::FROM_UPLINK, &frame),
+        }
+        let before = reason.map(|r| drops(&dp, r));
+        let (verdict, out) = run_xdp(&mut dp, &frame.build()).unwrap();
+        assert_eq!(out, frame.build(), "XDP changed {frame:?}");
+        match reason {
+            Some(reason) => {
+                assert_eq!(verdict, XDP_DROP, "XDP passed what TC drops: {frame:?}");
+                assert_eq!(Some(drops(&dp, reason)), before.map(|b| b + 1));
+            }
+            None => assert_eq!(verdict, XDP_PASS, "XDP dropped what TC passes: {frame:?}"),
+        }
+    }
+}
