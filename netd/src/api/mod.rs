@@ -292,6 +292,8 @@ pub struct RuleEntry {
 pub struct NetworkMember {
     pub name: String,
     pub ip: std::net::Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<std::net::Ipv6Addr>,
     pub mac: String,
 }
 

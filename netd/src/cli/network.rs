@@ -1,6 +1,6 @@
 //! `netd network …`
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Subcommand;
 use netd::{
     api::{GatewayMode, NetworkSpec},
@@ -105,7 +105,9 @@ fn per_family<T: Copy>(
 ) -> Result<(Option<T>, Option<T>)> {
     let (v6, v4): (Vec<T>, Vec<T>) = values.iter().partition(|v| is_ipv6(v));
     if v4.len() > 1 || v6.len() > 1 {
-        bail!("{what} is given at most once per address family (one IPv4, one IPv6)");
+        return Err(netd::invalid!(
+            "{what} is given at most once per address family (one IPv4, one IPv6)"
+        ));
     }
     Ok((v4.first().copied(), v6.first().copied()))
 }

@@ -275,6 +275,7 @@ impl<H: Host> Engine<H> {
                     .map(move |a| NetworkMember {
                         name: c.name.clone(),
                         ip: a.ip,
+                        ip6: a.ip6,
                         mac: a.mac.clone(),
                     })
             })

@@ -1,0 +1,361 @@
+//! IPv6 through the daemon and its CLI, with real traffic between
+//! namespaces: dual-stack networks and containers, what reaches what over
+//! IPv6 on the eBPF datapath (each refusal seen as its drop reason), and
+//! bad input refused with nothing changed.
+
+use std::net::SocketAddr;
+
+use netd::error::ErrorKind;
+use netd_testbed::bin_under_test::netd;
+use netd_testbed::{
+    daemon_host::DaemonHost,
+    packet::{ICMPV6_NEIGHBOUR_ADVERT, Ipv6Frame},
+    probe::{self, EchoServer},
+};
+use serde_json::Value;
+
+fn drops(h: &DaemonHost, reason: &str) -> u64 {
+    let status: Value = serde_json::from_str(&h.ok(&["status", "--format", "json"])).unwrap();
+    status["drops"][reason].as_u64().unwrap_or(0)
+}
+
+/// Runs `probe` (which must fail) and expects `reason`'s count to grow.
+fn expect_dropped(h: &DaemonHost, reason: &str, what: &str, probe: impl FnOnce() -> bool) {
+    let before = drops(h, reason);
+    assert!(!probe(), "{what}: got through");
+    let after = drops(h, reason);
+    assert!(
+        after > before,
+        "{what}: no {reason} drop counted ({before} -> {after})"
+    );
+}
+
+fn ping6(ns: &netd_testbed::Netns, dst: &str) -> bool {
+    probe::ping(ns, dst, 1).unwrap()
+}
+
+#[test]
+fn dual_stack_networks_carry_ipv6_within_a_network_and_keep_the_rest_out() {
+    let mut h = DaemonHost::start(netd(), &[]);
+    let create = |args: &[&str]| {
+        let mut all = vec!["network", "create"];
+        all.extend_from_slice(args);
+        h.ok(&all);
+    };
+    create(&[
+        "v6a",
+        "--subnet",
+        "172.30.0.0/24",
+        "--subnet",
+        "fd00:a::/64",
+    ]);
+    create(&["v6b", "--ipv6"]);
+    create(&[
+        "quiet",
+        "--ipv6",
+        "--icc",
+        "false",
+        "--subnet",
+        "fd00:c::/64",
+    ]);
+    create(&["inner", "--ipv6", "--internal", "--subnet", "fd00:d::/64"]);
+
+    let a = h.json(&["network", "inspect", "v6a"]);
+    assert_eq!(a["subnet"], "172.30.0.0/24");
+    assert_eq!(
+        a["ipv6"]["subnet"], "fd00:a::/64",
+        "an IPv6 --subnet turns IPv6 on"
+    );
+    assert_eq!(a["ipv6"]["gateway"], "fd00:a::1");
+    let b = h.json(&["network", "inspect", "v6b"]);
+    let pool = b["ipv6"]["subnet"].as_str().unwrap();
+    assert!(
+        pool.starts_with("fd") && pool.ends_with("::/64"),
+        "{pool}: a /64 of the host's ULA prefix"
+    );
+    let listed = h.ok(&["network", "ls"]);
+    assert!(listed.contains("172.30.0.0/24,fd00:a::/64"), "{listed}");
+    assert!(
+        h.json(&["network", "inspect", "bridge"])["ipv6"].is_null(),
+        "bridge stays IPv4-only"
+    );
+
+    for (name, net, extra) in [
+        ("a1", "v6a", None),
+        ("a2", "v6a", Some("fd00:a::20")),
+        ("b1", "v6b", None),
+        ("q1", "quiet", None),
+        ("q2", "quiet", None),
+        ("i1", "inner", None),
+        ("plain", "bridge", None),
+    ] {
+        let name = h.name(name);
+        let mut args = vec!["container", "create", &name, "--network", net];
+        if let Some(ip6) = extra {
+            args.extend(["--ip6", ip6]);
+        }
+        h.ok(&args);
+    }
+    let a1 = h.json(&["container", "inspect", &h.name("a1")]);
+    assert_eq!(
+        a1["attachments"][0]["ip6"], "fd00:a::2",
+        "the first free address"
+    );
+    assert!(
+        h.ok(&["container", "ls"])
+            .contains("v6a=172.30.0.3,fd00:a::20")
+    );
+
+    // Ready means usable: the address is not tentative, both default routes are there.
+    let a1_ns = h.ctr("a1");
+    let addrs = String::from_utf8(
+        a1_ns
+            .run("ip", &["-6", "addr", "show", "dev", "eth0"])
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        addrs.contains("fd00:a::2/64") && !addrs.contains("tentative"),
+        "{addrs}"
+    );
+    let routes = String::from_utf8(
+        a1_ns
+            .run("ip", &["-6", "route", "show", "default"])
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(routes.contains("via fd00:a::1"), "{routes}");
+    // IPv6 only where a network has it, as Docker.
+    let off = h
+        .ctr("plain")
+        .run("sysctl", &["-n", "net.ipv6.conf.eth0.disable_ipv6"])
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&off.stdout).trim(), "1");
+
+    // Within a network, and to its gateway (the host).
+    let _server = EchoServer::tcp(
+        &h.ctr("a2"),
+        "[fd00:a::20]:80".parse().unwrap(),
+        "a2 saw {peer}:",
+    )
+    .unwrap();
+    let reply = probe::tcp_request(
+        &a1_ns,
+        "[fd00:a::20]:80".parse::<SocketAddr>().unwrap(),
+        b"hi",
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8(reply).unwrap(),
+        "a2 saw fd00:a::2:hi",
+        "the sender's own address"
+    );
+    assert!(ping6(&a1_ns, "fd00:a::1"), "the gateway answers");
+    assert!(
+        ping6(&h.ctr("i1"), "fd00:d::1"),
+        "an internal network's gateway answers"
+    );
+
+    // Everything else, each refusal by its reason.
+    let b1 = h.json(&["container", "inspect", &h.name("b1")])["attachments"][0]["ip6"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    expect_dropped(&h, "network-isolation", "a1 to b1", || ping6(&a1_ns, &b1));
+    expect_dropped(&h, "icc-disabled", "q1 to q2", || {
+        ping6(&h.ctr("q1"), "fd00:c::3")
+    });
+
+    // The outside: an IPv6 uplink, forwarding on in the host namespace.
+    h.host
+        .ip(&["-6", "addr", "add", "fd99::1/64", "dev", &h.uplink, "nodad"])
+        .unwrap();
+    let outside_if = String::from_utf8(
+        h.outside
+            .run("ip", &["-o", "link", "show", "type", "veth"])
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .split(':')
+    .nth(1)
+    .unwrap()
+    .trim()
+    .split('@')
+    .next()
+    .unwrap()
+    .to_owned();
+    h.outside
+        .ip(&[
+            "-6",
+            "addr",
+            "add",
+            "fd99::2/64",
+            "dev",
+            &outside_if,
+            "nodad",
+        ])
+        .unwrap();
+    h.outside
+        .ip(&["-6", "route", "add", "fd00::/8", "via", "fd99::1"])
+        .unwrap();
+    h.host.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    assert!(
+        ping6(&h.outside, "fd99::1"),
+        "the host answers on its uplink"
+    );
+    expect_dropped(&h, "ipv6-outbound-unsupported", "a1 to the outside", || {
+        ping6(&a1_ns, "fd99::2")
+    });
+    expect_dropped(&h, "unsolicited-inbound", "the outside to a1", || {
+        ping6(&h.outside, "fd00:a::2")
+    });
+    assert!(
+        !ping6(&h.ctr("i1"), "fd99::2"),
+        "an internal network has no route out"
+    );
+
+    // A forged neighbour advertisement: a1 claiming a2's address.
+    let a1_mac: Vec<u8> = a1["attachments"][0]["mac"]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    let mut forged =
+        Ipv6Frame::neighbour(ICMPV6_NEIGHBOUR_ADVERT, "fe80::1", "ff02::1", "fd00:a::20");
+    forged.src_mac = a1_mac.try_into().unwrap();
+    forged.dst_mac = [0x33, 0x33, 0, 0, 0, 1];
+    let before = drops(&h, "spoofed-source");
+    probe::send_raw_frame(&a1_ns, "eth0", &forged.build()).unwrap();
+    probe::eventually("the forged advertisement counted", || {
+        drops(&h, "spoofed-source") > before
+    });
+
+    // A kill -9 restart and a gateway address removed behind netd's back.
+    h.kill_daemon(libc::SIGKILL);
+    h.spawn_daemon();
+    let reply = probe::tcp_request(&a1_ns, "[fd00:a::20]:80".parse().unwrap(), b"again").unwrap();
+    assert_eq!(String::from_utf8(reply).unwrap(), "a2 saw fd00:a::2:again");
+    let bridge = a["bridge"].as_str().unwrap().to_owned();
+    h.host
+        .ip(&["-6", "addr", "del", "fd00:a::1/64", "dev", &bridge])
+        .unwrap();
+    assert!(!ping6(&a1_ns, "fd00:a::1"), "the gateway address is gone");
+    h.ok(&["repair"]);
+    assert!(
+        ping6(&a1_ns, "fd00:a::1"),
+        "repair puts the IPv6 gateway back"
+    );
+
+    // A removed container's IPv6 address leaves the datapath and is free again.
+    let endpoints6 = |h: &DaemonHost| {
+        let status: Value = serde_json::from_str(&h.ok(&["status", "--format", "json"])).unwrap();
+        status["maps"]["ENDPOINTS6"]["entries"].as_u64().unwrap()
+    };
+    let before = endpoints6(&h);
+    h.ok(&["container", "rm", &h.name("a2")]);
+    assert_eq!(endpoints6(&h), before - 1);
+    let again = h.name("a3");
+    h.ok(&[
+        "container",
+        "create",
+        &again,
+        "--network",
+        "v6a",
+        "--ip6",
+        "fd00:a::20",
+    ]);
+}
+
+#[test]
+fn bad_ipv6_input_is_refused_and_changes_nothing() {
+    let h = DaemonHost::start(netd(), &[]);
+    h.ok(&["network", "create", "v6", "--subnet", "fd00:1::/64"]);
+    let name = h.name("c");
+    for (args, kind, message) in [
+        (
+            vec!["network", "create", "x", "--subnet", "fd00::/16"],
+            ErrorKind::Conflict,
+            "overlaps network \"v6\"",
+        ),
+        (
+            vec!["network", "create", "x", "--subnet", "fd00:2::/126"],
+            ErrorKind::Invalid,
+            "too small",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "x",
+                "--subnet",
+                "fd00:2::/64",
+                "--subnet",
+                "fd00:3::/64",
+            ],
+            ErrorKind::Invalid,
+            "at most once per address family",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "x",
+                "--subnet",
+                "fd00:2::/64",
+                "--gateway",
+                "fd00:4::1",
+            ],
+            ErrorKind::Invalid,
+            "gateway fd00:4::1 is not a usable address of subnet fd00:2::/64",
+        ),
+        (
+            vec!["container", "create", &name, "--ip6", "fd00:1::5"],
+            ErrorKind::Invalid,
+            "network \"bridge\" has no IPv6",
+        ),
+        (
+            vec![
+                "container",
+                "create",
+                &name,
+                "--network",
+                "v6",
+                "--ip6",
+                "10.0.0.5",
+            ],
+            ErrorKind::Invalid,
+            "IPv4 address where an IPv6 address is expected",
+        ),
+        (
+            vec![
+                "container",
+                "create",
+                &name,
+                "--network",
+                "v6",
+                "--ip",
+                "fd00:1::5",
+            ],
+            ErrorKind::Invalid,
+            "IPv6 address where an IPv4 address is expected",
+        ),
+    ] {
+        h.refused(&args, kind, message);
+    }
+}
+
+#[test]
+fn ipv6_networks_are_refused_on_datapaths_that_do_not_enforce_ipv6() {
+    for datapath in ["iptables", "nftables"] {
+        let h = DaemonHost::start(netd(), &["--datapath", datapath]);
+        h.refused(
+            &["network", "create", "v6", "--ipv6"],
+            ErrorKind::Invalid,
+            &format!("the {datapath} datapath does not carry IPv6 yet"),
+        );
+    }
+}
