@@ -172,31 +172,8 @@ fn dual_stack_networks_carry_ipv6_within_a_network_and_keep_the_rest_out() {
     h.host
         .ip(&["-6", "addr", "add", "fd99::1/64", "dev", &h.uplink, "nodad"])
         .unwrap();
-    let outside_if = String::from_utf8(
-        h.outside
-            .run("ip", &["-o", "link", "show", "type", "veth"])
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .split(':')
-    .nth(1)
-    .unwrap()
-    .trim()
-    .split('@')
-    .next()
-    .unwrap()
-    .to_owned();
     h.outside
-        .ip(&[
-            "-6",
-            "addr",
-            "add",
-            "fd99::2/64",
-            "dev",
-            &outside_if,
-            "nodad",
-        ])
+        .ip(&["-6", "addr", "add", "fd99::2/64", "dev", "eth0", "nodad"])
         .unwrap();
     h.outside
         .ip(&["-6", "route", "add", "fd00::/8", "via", "fd99::1"])

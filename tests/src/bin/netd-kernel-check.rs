@@ -171,6 +171,8 @@ fn traffic_and_restart(h: &mut DaemonHost) -> Result<Vec<&'static str>> {
         );
     }
     done.push("masquerade to the outside");
+    ipv6_within_and_between_networks(h)?;
+    done.push("IPv6 within a network, isolation and unsolicited inbound");
 
     // A user rule's drop and an unsolicited packet to a container address:
     // dropped (by XDP, which sees them first) and counted under their reasons.
@@ -214,6 +216,61 @@ fn traffic_and_restart(h: &mut DaemonHost) -> Result<Vec<&'static str>> {
     probe::echo_roundtrip(&mut fresh, b"new").context("a new connection after restart")?;
     done.push("kill -9 restart keeps a connection");
     Ok(done)
+}
+
+/// Dual-stack networks on this kernel's verifier and datapath: TCP over
+/// IPv6 between two containers of a network, another network's container
+/// out of reach, and the outside kept off a container's IPv6 address (by
+/// XDP, which sees it first), each drop counted under its reason.
+fn ipv6_within_and_between_networks(h: &DaemonHost) -> Result<()> {
+    let drops = |reason: &str| {
+        h.json(&["status", "--format", "json"])["drops"][reason]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    h.ok(&["network", "create", "six", "--subnet", "fd00:6::/64"]);
+    h.ok(&["network", "create", "seven", "--subnet", "fd00:7::/64"]);
+    for (name, net) in [("s1", "six"), ("s2", "six"), ("t1", "seven")] {
+        h.ok(&["container", "create", &h.name(name), "--network", net]);
+    }
+    let _server = EchoServer::tcp(&h.ctr("s2"), addr("[fd00:6::3]:80"), "s2 saw {peer}:")?;
+    let reply = probe::tcp_request(&h.ctr("s1"), addr("[fd00:6::3]:80"), b"hi")
+        .context("TCP over IPv6 within a network")?;
+    ensure!(
+        reply == b"s2 saw fd00:6::2:hi",
+        "s2 answered {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    let before = drops("network-isolation");
+    ensure!(
+        !probe::ping(&h.ctr("s1"), "fd00:7::2", 1)?,
+        "IPv6 crossed from one network to another"
+    );
+    ensure!(
+        drops("network-isolation") > before,
+        "the isolation drop was not counted"
+    );
+    h.host
+        .ip(&["-6", "addr", "add", "fd99::1/64", "dev", &h.uplink, "nodad"])
+        .context("an IPv6 address on the uplink")?;
+    h.outside
+        .ip(&["-6", "addr", "add", "fd99::2/64", "dev", "eth0", "nodad"])
+        .context("an IPv6 address outside")?;
+    h.outside
+        .ip(&["-6", "route", "add", "fd00::/8", "via", "fd99::1"])
+        .context("routing the containers' prefix to the host")?;
+    h.host.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    let before = drops("unsolicited-inbound");
+    ensure!(
+        !probe::ping(&h.outside, "fd00:6::2", 1)?,
+        "the outside reached a container's IPv6 address"
+    );
+    ensure!(
+        drops("unsolicited-inbound") > before,
+        "the unsolicited IPv6 packet's drop was not counted"
+    );
+    h.host.sysctl("net.ipv6.conf.all.forwarding", "0")?;
+    Ok(())
 }
 
 fn catch<T>(f: impl FnOnce() -> T) -> Result<T> {
