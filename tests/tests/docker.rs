@@ -99,6 +99,44 @@ fn docker_runs_containers_on_netd_networks() {
     );
     d.docker_ok(&["rm", "-f", &d.h.name("ranged")]);
     d.docker_ok(&["network", "rm", "ranged"]);
+
+    // `--ipv6`: Docker's IPAM hands out both families, netd wires and
+    // polices them; the containers talk over IPv6.
+    d.network(
+        "dual",
+        &[
+            "--ipv6",
+            "--subnet",
+            "10.86.0.0/24",
+            "--subnet",
+            "fd00:86::/64",
+        ],
+    );
+    let server = d.run("six1", &["--network", "dual"]);
+    let client = d.run("six2", &["--network", "dual"]);
+    let _six = EchoServer::tcp(&server, addr("[fd00:86::2]:80"), "six1 saw {peer}:").unwrap();
+    let reply = probe::tcp_request(&client, addr("[fd00:86::2]:80"), b"x").unwrap();
+    assert_eq!(String::from_utf8(reply).unwrap(), "six1 saw fd00:86::3:x");
+    let dual = d.h.json(&["network", "ls", "--format", "json"]).to_string();
+    assert!(dual.contains("\"subnet\":\"fd00:86::/64\""), "{dual}");
+    let containers =
+        d.h.json(&["container", "ls", "--format", "json"])
+            .to_string();
+    assert!(
+        containers.contains("\"ip6\":\"fd00:86::3\""),
+        "{containers}"
+    );
+    let routes = client
+        .run("ip", &["-6", "route", "show", "default"])
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&routes.stdout).contains("via fd00:86::1"),
+        "Docker sets the IPv6 default route netd gave"
+    );
+    for name in ["six1", "six2"] {
+        d.docker_ok(&["rm", "-f", &d.h.name(name)]);
+    }
+    d.docker_ok(&["network", "rm", "dual"]);
 }
 
 /// Bad input through Docker: Docker shows netd's reason, and netd's state
@@ -162,9 +200,11 @@ fn docker_shows_netds_refusals_and_nothing_changes() {
                 "--ipv6",
                 "--subnet",
                 "fd00::/64",
+                "-o",
+                "com.docker.network.bridge.gateway_mode_ipv4=routed",
                 "five",
             ],
-            "IPv4-only",
+            "an IPv6 network in gateway mode routed is not supported yet",
         ),
     ];
     for (args, message) in cases {

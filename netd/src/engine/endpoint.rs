@@ -3,7 +3,7 @@
 //! datapath; the runtime moves the container end into its sandbox and
 //! configures it there. Each endpoint is one netd container record.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Result, anyhow};
 
@@ -21,6 +21,8 @@ pub struct EndpointSpec {
     pub name: String,
     pub network: String,
     pub ip: Ipv4Addr,
+    /// The runtime's IPv6 address for it, on a network with IPv6.
+    pub ip6: Option<Ipv6Addr>,
     /// The runtime's choice, if it made one; else netd's (02:42 + address).
     pub mac: Option<[u8; 6]>,
     pub sandbox: Sandbox,
@@ -34,6 +36,9 @@ pub struct EndpointInterface {
     pub mac: [u8; 6],
     /// The default gateway (None on internal networks).
     pub gateway: Option<Ipv4Addr>,
+    /// The IPv6 default gateway (None on internal networks and networks
+    /// without IPv6).
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 impl<H: Host> Engine<H> {
@@ -53,6 +58,7 @@ impl<H: Host> Engine<H> {
         let net = self.network(&spec.network)?.clone();
         self.settle_dying_for(&net, Some(spec.ip.into())).await;
         let address = self.pick_address(&net, Some(spec.ip.into()))?;
+        let address6 = self.pick_address6(&net, spec.ip6.map(Into::into))?;
         let mac = spec.mac.unwrap_or_else(|| mac_for(address));
         let host_veth = new_veth_name();
         // Intent first, as for containers: a crash from here is rolled back.
@@ -72,7 +78,7 @@ impl<H: Host> Engine<H> {
         let attachment = Attachment {
             network: net.name.clone(),
             ip: address,
-            ip6: None,
+            ip6: address6,
             mac: format_mac(mac),
             ifname: peer_name(&host_veth),
             host_veth: host_veth.clone(),
@@ -104,6 +110,7 @@ impl<H: Host> Engine<H> {
             peer: peer_name(&host_veth),
             mac,
             gateway: (!net.internal).then_some(net.gateway),
+            gateway6: net.ipv6.filter(|_| !net.internal).map(|v6| v6.gateway),
         })
     }
 
@@ -117,6 +124,7 @@ impl<H: Host> Engine<H> {
             .clone();
         let net = self.network(&att.network)?;
         let gateway = (!net.internal).then_some(net.gateway);
+        let gateway6 = net.ipv6.filter(|_| !net.internal).map(|v6| v6.gateway);
         let entry = self.state.containers.get_mut(name).expect("checked");
         if let Sandbox::Docker {
             sandbox_key: key, ..
@@ -129,6 +137,7 @@ impl<H: Host> Engine<H> {
             peer: att.ifname,
             mac: super::parse_mac(&att.mac)?,
             gateway,
+            gateway6,
         })
     }
 

@@ -25,6 +25,7 @@ async fn runtime_endpoints_publish_and_survive_a_restart() {
                 name: "docker-ep-e1".into(),
                 network: "docker-d0c".into(),
                 ip: ip("10.80.0.2"),
+                ip6: None,
                 mac: None,
                 sandbox: Sandbox::Docker {
                     endpoint_id: "e1".into(),
@@ -42,6 +43,7 @@ async fn runtime_endpoints_publish_and_survive_a_restart() {
                 name: "docker-ep-e2".into(),
                 network: "docker-d0c".into(),
                 ip: ip("10.80.0.2"),
+                ip6: None,
                 mac: None,
                 sandbox: Sandbox::Docker {
                     endpoint_id: "e2".into(),
@@ -86,6 +88,7 @@ async fn endpoints_of_vanished_sandboxes_are_pruned() {
         name: name.into(),
         network: "bridge".into(),
         ip: ip("172.17.0.2"),
+        ip6: None,
         mac: None,
         sandbox: Sandbox::Docker {
             endpoint_id: name.into(),

@@ -26,7 +26,7 @@ mod protocol;
 
 use protocol::{
     CreateEndpoint, CreateNetwork, CreatedInterface, EndpointRef, ExternalConnectivity,
-    InterfaceName, Join, Joined, NetworkRef, OperInfo, PluginReply, address_of,
+    InterfaceName, Join, Joined, NetworkRef, OperInfo, PluginReply, address_of, address6_of,
 };
 pub use protocol::{
     OPTION_BINDING_IP, OPTION_BRIDGE_NAME, OPTION_ICC, OPTION_MASQUERADE, OPTION_MTU,
@@ -175,13 +175,14 @@ async fn dispatch<H: Host>(
             let network = engine.docker_network(&request.network_id)?.name.clone();
             let name = endpoint_name(&request.endpoint_id);
             let interface = request.interface.unwrap_or_default();
-            if !interface.address_ipv6.is_empty() {
-                return Err(crate::invalid!(
-                    "netd networks are IPv4-only: no IPv6 address for an endpoint"
-                ));
-            }
             let ip = address_of(&interface.address)
                 .with_context(|| format!("endpoint address {:?}", interface.address))?;
+            let ip6 = match interface.address_ipv6.as_str() {
+                "" => None,
+                cidr => {
+                    Some(address6_of(cidr).with_context(|| format!("endpoint address {cidr:?}"))?)
+                }
+            };
             let mac = match interface.mac_address.as_str() {
                 "" => None,
                 mac => Some(crate::engine::parse_mac(mac)?),
@@ -191,6 +192,7 @@ async fn dispatch<H: Host>(
                     name,
                     network,
                     ip,
+                    ip6,
                     mac,
                     sandbox: Sandbox::Docker {
                         endpoint_id: request.endpoint_id.clone(),
@@ -236,6 +238,7 @@ async fn dispatch<H: Host>(
                     dst_prefix: "eth",
                 },
                 gateway: joined.gateway,
+                gateway_ipv6: joined.gateway6,
                 disable_gateway_service: joined.gateway.is_none(),
             })
         }

@@ -72,6 +72,9 @@ pub(super) struct Joined {
     /// The default route's gateway; none on internal networks.
     #[serde(rename = "Gateway", skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Ipv4Addr>,
+    /// The IPv6 default route's gateway, on a network with IPv6.
+    #[serde(rename = "GatewayIPv6", skip_serializing_if = "Option::is_none")]
+    pub gateway_ipv6: Option<std::net::Ipv6Addr>,
     /// Internal: no default route, and not Docker's gateway bridge either.
     #[serde(
         rename = "DisableGatewayService",
@@ -94,6 +97,14 @@ pub(super) fn address_of(cidr: &str) -> Result<Ipv4Addr> {
     address
         .parse()
         .map_err(|_| crate::invalid!("{cidr:?} is not an IPv4 address"))
+}
+
+/// The IPv6 address of a Docker `fd00::2/64`.
+pub(super) fn address6_of(cidr: &str) -> Result<std::net::Ipv6Addr> {
+    let address = cidr.split('/').next().unwrap_or_default();
+    address
+        .parse()
+        .map_err(|_| crate::invalid!("{cidr:?} is not an IPv6 address"))
 }
 
 /// strconv.ParseBool, which Docker's bridge driver uses for its options.
@@ -157,18 +168,30 @@ impl CreateNetwork {
     pub(super) fn network_spec(&self) -> Result<NetworkSpec> {
         let mut spec = NetworkSpec::named(network_name(&self.network_id));
         spec.docker_id = Some(self.network_id.clone());
-        if self.ipv6_data.as_ref().is_some_and(|d| !d.is_empty()) {
-            return Err(crate::invalid!(
-                "netd networks are IPv4-only: drop --ipv6 and IPv6 subnets"
-            ));
+        match self.ipv6_data.as_deref().unwrap_or_default() {
+            [] => {}
+            // Docker's IPAM gives the pool (and gateway) as it does for IPv4.
+            [pool] => {
+                spec.ipv6 = true;
+                spec.subnet6 = Some(pool.pool.parse().map_err(|_| {
+                    crate::invalid!("Docker's pool {:?} is not a subnet", pool.pool)
+                })?);
+                if !pool.gateway.is_empty() {
+                    spec.gateway6 = Some(address6_of(&pool.gateway)?.into());
+                }
+            }
+            pools => {
+                return Err(crate::invalid!(
+                    "netd takes one IPv6 subnet per network, Docker gave {}",
+                    pools.len()
+                ));
+            }
         }
         for (key, value) in &self.options {
             match key.as_str() {
                 "com.docker.network.generic" => {}
                 "com.docker.network.internal" => spec.internal = parse_bool(key, value)?,
-                "com.docker.network.enable_ipv6" if parse_bool(key, value)? => {
-                    return Err(crate::invalid!("netd networks are IPv4-only: drop --ipv6"));
-                }
+                "com.docker.network.enable_ipv6" => spec.ipv6 |= parse_bool(key, value)?,
                 // Docker's own bookkeeping, not options of the driver.
                 _ => {}
             }
