@@ -30,6 +30,10 @@ pub struct CniAttach {
     /// The address asked for (`CNI_ARGS` `IP=`, or the `ips` capability).
     #[serde(default)]
     pub ip: Option<IpAddr>,
+    /// The IPv6 address asked for (the `ips` capability), on a network
+    /// with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<IpAddr>,
     /// From the `portMappings` capability.
     #[serde(default)]
     pub ports: Vec<crate::portspec::PortSpec>,
@@ -65,12 +69,24 @@ pub struct CniAttachment {
     pub prefix_len: u8,
     /// None on internal networks (no default route).
     pub gateway: Option<std::net::Ipv4Addr>,
+    /// The interface's IPv6 side (address, prefix length, gateway), on a
+    /// network with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<CniIpv6>,
     pub mtu: u32,
     pub ports: Vec<PublishedPort>,
     /// The resolver the container asks (the result's `dns`), on networks
     /// with name resolution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nameserver: Option<std::net::Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniIpv6 {
+    pub ip: std::net::Ipv6Addr,
+    pub prefix_len: u8,
+    /// None on internal networks (no default route).
+    pub gateway: Option<std::net::Ipv6Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

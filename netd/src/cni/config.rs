@@ -177,14 +177,44 @@ impl NetConf {
     /// conflist gives a subnet.
     pub fn network(&self) -> Result<CniNetwork, Failure> {
         let network = self.network_name();
-        let (subnet, gateway) = match &self.ipam {
-            Some(ipam) => match (&ipam.subnet, ipam.ranges.first().and_then(|r| r.first())) {
-                (Some(subnet), _) => (Some(subnet.clone()), ipam.gateway.clone()),
-                (None, Some(range)) => (Some(range.subnet.clone()), range.gateway.clone()),
-                (None, None) => (None, None),
+        // host-local's dual stack: one range set per family, netd takes
+        // the first range of each.
+        let ranges: Vec<(String, Option<String>)> = match &self.ipam {
+            Some(ipam) => match &ipam.subnet {
+                Some(subnet) => vec![(subnet.clone(), ipam.gateway.clone())],
+                None => ipam
+                    .ranges
+                    .iter()
+                    .filter_map(|set| set.first())
+                    .map(|r| (r.subnet.clone(), r.gateway.clone()))
+                    .collect(),
             },
+            None => Vec::new(),
+        };
+        let is_v6 = |(subnet, _): &&(String, Option<String>)| subnet.contains(':');
+        let v4: Vec<_> = ranges.iter().filter(|r| !is_v6(r)).collect();
+        let v6: Vec<_> = ranges.iter().filter(is_v6).collect();
+        if v4.len() > 1 || v6.len() > 1 {
+            return Err(Failure::new(
+                code::INVALID_NETWORK_CONFIG,
+                "ipam.ranges: netd takes one range set per address family (one IPv4, one IPv6)",
+            ));
+        }
+        let (subnet, gateway) = match v4.first() {
+            Some((subnet, gateway)) => (Some(subnet.clone()), gateway.clone()),
             None => (None, None),
         };
+        let (subnet6, gateway6) = match v6.first() {
+            Some((subnet, gateway)) => (Some(subnet.clone()), gateway.clone()),
+            None => (None, None),
+        };
+        if subnet.is_none() && subnet6.is_some() {
+            return Err(Failure::new(
+                code::INVALID_NETWORK_CONFIG,
+                "ipam: an IPv6 range needs an IPv4 one beside it (netd has no IPv6-only \
+                 networks yet)",
+            ));
+        }
         if subnet.is_none()
             && (!self.routed_cidrs.is_empty()
                 || self.internal
@@ -220,6 +250,14 @@ impl NetConf {
                         .map_err(|_| invalid("ipam subnet", &subnet))?,
                 ),
                 gateway: match gateway {
+                    Some(g) => Some(g.parse().map_err(|_| invalid("ipam gateway", &g))?),
+                    None => None,
+                },
+                subnet6: match subnet6 {
+                    Some(s) => Some(s.parse().map_err(|_| invalid("ipam subnet", &s))?),
+                    None => None,
+                },
+                gateway6: match gateway6 {
                     Some(g) => Some(g.parse().map_err(|_| invalid("ipam gateway", &g))?),
                     None => None,
                 },
@@ -260,28 +298,32 @@ impl NetConf {
         Ok(specs)
     }
 
-    /// The address asked for through the `ips` capability, if any.
-    pub fn requested_ip(&self) -> Result<Option<IpAddr>, Failure> {
-        match self.runtime_config.ips.as_slice() {
-            [] => Ok(None),
-            [ip] => {
-                let bare = ip.split('/').next().unwrap_or(ip);
-                let ip = bare.parse::<Ipv4Addr>().map_err(|_| {
-                    Failure::new(
-                        code::INVALID_NETWORK_CONFIG,
-                        format!("runtimeConfig.ips: {ip:?} is not an IPv4 address"),
-                    )
-                })?;
-                Ok(Some(ip.into()))
+    /// The addresses asked for through the `ips` capability, if any: one
+    /// per family, (IPv4, IPv6).
+    pub fn requested_ips(&self) -> Result<(Option<IpAddr>, Option<IpAddr>), Failure> {
+        let mut v4 = None;
+        let mut v6 = None;
+        for ip in &self.runtime_config.ips {
+            let bare = ip.split('/').next().unwrap_or(ip);
+            let parsed = bare.parse::<IpAddr>().map_err(|_| {
+                Failure::new(
+                    code::INVALID_NETWORK_CONFIG,
+                    format!("runtimeConfig.ips: {ip:?} is not an IP address"),
+                )
+            })?;
+            let slot = if parsed.is_ipv4() { &mut v4 } else { &mut v6 };
+            if slot.replace(parsed).is_some() {
+                return Err(Failure::new(
+                    code::INVALID_NETWORK_CONFIG,
+                    format!(
+                        "runtimeConfig.ips asks for {} addresses; a netd network gives one per \
+                         interface and address family",
+                        self.runtime_config.ips.len()
+                    ),
+                ));
             }
-            more => Err(Failure::new(
-                code::INVALID_NETWORK_CONFIG,
-                format!(
-                    "runtimeConfig.ips asks for {} addresses; a netd network gives one per interface",
-                    more.len()
-                ),
-            )),
         }
+        Ok((v4, v6))
     }
 
     /// CHECK: the address ADD's result gave, if the runtime sent it.

@@ -291,6 +291,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Output, Failure> {
 }
 
 fn attach_request(env: &Env, conf: &NetConf) -> Result<CniAttach, Failure> {
+    let (requested, ip6) = conf.requested_ips()?;
     let ip = match env.arg("IP") {
         Some(ip) => Some(ip.parse().map_err(|_| {
             Failure::new(
@@ -298,7 +299,7 @@ fn attach_request(env: &Env, conf: &NetConf) -> Result<CniAttach, Failure> {
                 format!("CNI_ARGS IP={ip:?} is not an IP address"),
             )
         })?),
-        None => conf.requested_ip()?,
+        None => requested,
     };
     Ok(CniAttach {
         network: conf.network()?,
@@ -306,6 +307,7 @@ fn attach_request(env: &Env, conf: &NetConf) -> Result<CniAttach, Failure> {
         ifname: env.require("CNI_IFNAME", &env.ifname)?,
         netns: env.require("CNI_NETNS", &env.netns)?,
         ip,
+        ip6,
         ports: conf.ports()?,
         expect_ip: conf.prev_ip(),
         names: env

@@ -97,12 +97,19 @@ impl AddResult {
                     sandbox: Some(att.netns.clone()),
                 },
             ],
-            ips: vec![IpConfig {
+            ips: std::iter::once(IpConfig {
                 version: pre_1_0.then_some("4"),
                 address: format!("{}/{}", att.ip, att.prefix_len),
                 gateway: att.gateway.map(|g| g.to_string()),
                 interface: 2,
-            }],
+            })
+            .chain(att.ipv6.map(|v6| IpConfig {
+                version: pre_1_0.then_some("6"),
+                address: format!("{}/{}", v6.ip, v6.prefix_len),
+                gateway: v6.gateway.map(|g| g.to_string()),
+                interface: 2,
+            }))
+            .collect(),
             routes: att
                 .gateway
                 .map(|gw| Route {
@@ -110,6 +117,10 @@ impl AddResult {
                     gw: Some(gw.to_string()),
                 })
                 .into_iter()
+                .chain(att.ipv6.and_then(|v6| v6.gateway).map(|gw| Route {
+                    dst: "::/0".into(),
+                    gw: Some(gw.to_string()),
+                }))
                 .collect(),
             // Podman puts these nameservers first in the container's
             // resolv.conf (containerd uses the pod's own DNS settings).

@@ -54,14 +54,9 @@ impl<H: Host> Engine<H> {
                 "netd already has a container named {name:?} (another container ID with the same first 12 characters)"
             ));
         }
-        if net.ipv6.is_some() {
-            return Err(crate::invalid!(
-                "network {:?} has IPv6, which netd's CNI plugin does not configure yet",
-                net.name
-            ));
-        }
         self.settle_dying_for(&net, req.ip).await;
         let address = self.pick_address(&net, req.ip)?;
+        let address6 = self.pick_address6(&net, req.ip6)?;
         if net.internal && !req.ports.is_empty() {
             return Err(crate::invalid!(
                 "network {:?} is internal: its containers cannot publish ports",
@@ -98,7 +93,7 @@ impl<H: Host> Engine<H> {
                     &net,
                     Addresses {
                         v4: address,
-                        v6: None,
+                        v6: address6,
                     },
                     &req.ifname,
                     &host_veth,
@@ -256,6 +251,19 @@ impl<H: Host> Engine<H> {
                         ),
                     ));
                 }
+                let has = net.ipv6.map(|v6| v6.subnet);
+                if let Some(subnet6) = &spec.subnet6
+                    && crate::cidr::Cidr6::from_net("subnet", *subnet6).ok() != has
+                {
+                    return Err(crate::error::coded(
+                        code::INVALID_NETWORK_CONFIG,
+                        format!(
+                            "the conflist gives network {} IPv6 subnet {subnet6}, netd has {}",
+                            net.name,
+                            has.map_or("none".to_owned(), |s| s.to_string())
+                        ),
+                    ));
+                }
                 Ok(net.clone())
             }
             (Ok(net), None) => Ok(net.clone()),
@@ -304,6 +312,11 @@ impl<H: Host> Engine<H> {
             ip: att.ip,
             prefix_len: net.subnet.prefix_len(),
             gateway: (!net.internal).then_some(net.gateway),
+            ipv6: net.ipv6.zip(att.ip6).map(|(v6, ip)| crate::api::CniIpv6 {
+                ip,
+                prefix_len: v6.subnet.prefix_len(),
+                gateway: (!net.internal).then_some(v6.gateway),
+            }),
             mtu: net.mtu,
             ports: record.ports.clone(),
             nameserver: crate::dns::has_resolver(&net.name).then_some(crate::dns::RESOLVER_ADDR),

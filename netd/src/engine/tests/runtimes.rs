@@ -113,6 +113,7 @@ fn cni_attach(id: &str, netns: &str, network: CniNetwork, publish: &[&str]) -> C
         ifname: "eth0".into(),
         netns: format!("/fake/netns/{netns}"),
         ip: None,
+        ip6: None,
         ports: publish
             .iter()
             .map(|p| PortSpec::parse(p).unwrap())
