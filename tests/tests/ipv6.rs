@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 
+use hickory_proto::rr::RecordType;
 use netd::error::ErrorKind;
 use netd_testbed::bin_under_test::netd;
 use netd_testbed::{
@@ -153,6 +154,22 @@ fn dual_stack_networks_carry_ipv6_within_a_network_and_keep_the_rest_out() {
         "the sender's own address"
     );
     assert!(ping6(&a1_ns, "fd00:a::1"), "the gateway answers");
+    // The resolver gives both families of a dual-stack container.
+    let resolver: SocketAddr = "127.0.0.11:53".parse().unwrap();
+    let aaaa =
+        netd_testbed::dns::ask(&a1_ns, resolver, &h.name("a2"), RecordType::AAAA, false).unwrap();
+    let found: Vec<String> = aaaa
+        .answers()
+        .iter()
+        .map(|r| r.data().to_string())
+        .collect();
+    assert_eq!(found, ["fd00:a::20"]);
+    let a_records =
+        netd_testbed::dns::ask(&a1_ns, resolver, &h.name("a2"), RecordType::A, false).unwrap();
+    assert_eq!(
+        netd_testbed::dns::addresses(&a_records),
+        ["172.30.0.3".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
     assert!(
         ping6(&h.ctr("i1"), "fd00:d::1"),
         "an internal network's gateway answers"

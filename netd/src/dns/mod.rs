@@ -16,6 +16,8 @@
 //! change (`sync`); other names go to the host's resolvers from the
 //! daemon's namespace.
 
+#[cfg(test)]
+mod ipv6_tests;
 mod records;
 mod server;
 mod upstream;
@@ -29,7 +31,7 @@ use std::{
 
 use tokio::{sync::Semaphore, task::JoinSet};
 
-pub use records::{Answer, Records, has_resolver, is_host_name};
+pub use records::{Answer, Records, has_resolver};
 pub use upstream::Upstreams;
 
 use crate::state::State;
@@ -412,4 +414,18 @@ mod tests {
         assert!(other_daemons.exists() && users.exists());
         std::fs::remove_dir_all(&etc).unwrap();
     }
+}
+
+/// Whether `name` can be a container's name on the resolver: dot-separated
+/// labels of letters, digits, '-' and '_'.
+pub fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }

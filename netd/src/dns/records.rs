@@ -1,19 +1,20 @@
 //! What the resolver knows, rebuilt from the state after every change, and
 //! how it answers one query for one container: names and aliases on the
 //! networks the asker shares with them (never the default `bridge`, as
-//! Docker's), PTR for their addresses; anything else is forwarded, except
+//! Docker's), A and AAAA, PTR for their addresses of both families;
+//! anything else is forwarded, except
 //! for a container only on internal networks (Docker 26, CVE-2024-29018).
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use hickory_proto::{
     op::{Message, MessageType, OpCode, ResponseCode},
     rr::{
         Name, RData, Record, RecordType,
-        rdata::{A, PTR},
+        rdata::{A, AAAA, PTR},
     },
 };
 
@@ -48,28 +49,15 @@ pub fn has_resolver(network: &str) -> bool {
     network != DEFAULT_NETWORK
 }
 
-/// Whether `name` can be a container's name on the resolver: dot-separated
-/// labels of letters, digits, '-' and '_'.
-pub fn is_host_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-}
-
 /// Every name and address the resolver answers for, per network.
 #[derive(Default)]
 pub struct Records {
     askers: HashMap<String, Asker>,
-    /// Lower-case name → (network, address): container names and aliases.
-    names: HashMap<String, Vec<(String, Ipv4Addr)>>,
+    /// Lower-case name → (network, address): container names and aliases,
+    /// an entry per address (IPv4, and IPv6 on dual-stack networks).
+    names: HashMap<String, Vec<(String, IpAddr)>>,
     /// Address → (network, container name).
-    addresses: HashMap<Ipv4Addr, Vec<(String, String)>>,
+    addresses: HashMap<IpAddr, Vec<(String, String)>>,
 }
 
 /// What to do with a query.
@@ -114,18 +102,20 @@ impl Records {
                 // record's name is netd's own).
                 let own = (!runtime).then_some(&c.name);
                 let names = own.into_iter().chain(&a.aliases);
+                let ips: Vec<IpAddr> = std::iter::once(a.ip.into())
+                    .chain(a.ip6.map(IpAddr::from))
+                    .collect();
                 for name in names {
-                    records
-                        .names
-                        .entry(name.to_ascii_lowercase())
-                        .or_default()
-                        .push((a.network.clone(), a.ip));
+                    let entry = records.names.entry(name.to_ascii_lowercase()).or_default();
+                    entry.extend(ips.iter().map(|ip| (a.network.clone(), *ip)));
                 }
-                records
-                    .addresses
-                    .entry(a.ip)
-                    .or_default()
-                    .push((a.network.clone(), c.name.clone()));
+                for ip in &ips {
+                    records
+                        .addresses
+                        .entry(*ip)
+                        .or_default()
+                        .push((a.network.clone(), c.name.clone()));
+                }
             }
             let forwards = networks.iter().any(|n| !state.networks[n].internal);
             let gateway = networks
@@ -171,7 +161,7 @@ impl Records {
     /// reached the resolver's socket on that network's gateway).
     pub fn asker_at(&self, network: &str, ip: Ipv4Addr) -> Option<&str> {
         self.addresses
-            .get(&ip)?
+            .get(&IpAddr::V4(ip))?
             .iter()
             .find(|(net, name)| net == network && self.askers.contains_key(name))
             .map(|(_, name)| name.as_str())
@@ -193,22 +183,25 @@ impl Records {
         let name = name.trim_end_matches('.');
         let mut reply = reply_to(query);
         match question.query_type() {
-            RecordType::A => {
+            kind @ (RecordType::A | RecordType::AAAA) => {
                 let found = self.resolve(who, name);
                 if found.is_empty() {
                     return self.forward(who, query);
                 }
+                // A known name without an address of the kind asked for
+                // (AAAA on an IPv4-only network): answered empty.
                 for ip in found {
-                    reply.add_answer(Record::from_rdata(
-                        question.name().clone(),
-                        TTL,
-                        RData::A(A(ip)),
-                    ));
+                    let rdata = match (kind, ip) {
+                        (RecordType::A, IpAddr::V4(ip)) => RData::A(A(ip)),
+                        (RecordType::AAAA, IpAddr::V6(ip)) => RData::AAAA(AAAA(ip)),
+                        _ => continue,
+                    };
+                    reply.add_answer(Record::from_rdata(question.name().clone(), TTL, rdata));
                 }
             }
-            // A container's name without an address of that kind (or an
-            // implicit MX): answered empty, never forwarded.
-            RecordType::AAAA | RecordType::MX if !self.resolve(who, name).is_empty() => {}
+            // A container's name and an implicit MX: answered empty, never
+            // forwarded.
+            RecordType::MX if !self.resolve(who, name).is_empty() => {}
             RecordType::PTR => match self.reverse(who, name) {
                 Some(host) => {
                     let Ok(target) = Name::from_ascii(format!("{host}.")) else {
@@ -240,9 +233,9 @@ impl Records {
 
     /// The addresses of `name` (a container name or alias, or
     /// `NAME.NETWORK`) on the networks `who` is on.
-    fn resolve(&self, who: &Asker, name: &str) -> Vec<Ipv4Addr> {
+    fn resolve(&self, who: &Asker, name: &str) -> Vec<IpAddr> {
         let on = |net: &str| who.networks.contains(net);
-        let mut found: Vec<Ipv4Addr> = self
+        let mut found: Vec<IpAddr> = self
             .names
             .get(name)
             .into_iter()
@@ -268,17 +261,32 @@ impl Records {
         found
     }
 
-    /// `NAME.NETWORK` for a PTR query (`d.c.b.a.in-addr.arpa`) about an
-    /// address on a network `who` is on.
+    /// `NAME.NETWORK` for a PTR query (`d.c.b.a.in-addr.arpa`, or the 32
+    /// nibbles of `ip6.arpa`) about an address on a network `who` is on.
     fn reverse(&self, who: &Asker, name: &str) -> Option<String> {
-        let octets: Vec<u8> = name
-            .strip_suffix(".in-addr.arpa")?
-            .split('.')
-            .rev()
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .ok()?;
-        let ip = Ipv4Addr::from(<[u8; 4]>::try_from(octets).ok()?);
+        let ip = match name.strip_suffix(".in-addr.arpa") {
+            Some(v4) => {
+                let octets: Vec<u8> = v4
+                    .split('.')
+                    .rev()
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .ok()?;
+                IpAddr::from(<[u8; 4]>::try_from(octets).ok()?)
+            }
+            None => {
+                let nibbles: Vec<u8> = name
+                    .strip_suffix(".ip6.arpa")?
+                    .split('.')
+                    .rev()
+                    .map(|n| u8::from_str_radix(n, 16).ok().filter(|_| n.len() == 1))
+                    .collect::<Option<_>>()?;
+                let nibbles = <[u8; 32]>::try_from(nibbles).ok()?;
+                let octets: [u8; 16] =
+                    std::array::from_fn(|i| nibbles[2 * i] << 4 | nibbles[2 * i + 1]);
+                IpAddr::from(octets)
+            }
+        };
         self.addresses
             .get(&ip)?
             .iter()
@@ -325,7 +333,8 @@ fn truncate_to(reply: &mut Message, limit: usize) {
         .queries()
         .first()
         .map_or(255, |q| q.name().to_ascii().len() + 2);
-    let bound = 12 + name + 4 + reply.answers().len() * (name + 14);
+    // An A record is the name and 14 bytes, an AAAA one 26.
+    let bound = 12 + name + 4 + reply.answers().len() * (name + 26);
     if bound <= limit {
         return;
     }
@@ -352,7 +361,7 @@ pub(super) mod tests {
         }
     }
 
-    fn container(name: &str, on: &[(&str, &str, &[&str])]) -> Container {
+    pub(in crate::dns) fn container(name: &str, on: &[(&str, &str, &[&str])]) -> Container {
         Container {
             name: name.into(),
             mode: NetworkMode::Bridge,
@@ -441,7 +450,12 @@ pub(super) mod tests {
         );
     }
 
-    fn ask(records: &Records, asker: &str, name: &str, kind: RecordType) -> Answer {
+    pub(in crate::dns) fn ask(
+        records: &Records,
+        asker: &str,
+        name: &str,
+        kind: RecordType,
+    ) -> Answer {
         let mut query = Message::new();
         query
             .set_id(7)
@@ -458,7 +472,7 @@ pub(super) mod tests {
         }
     }
 
-    fn addresses(answer: Answer) -> Vec<String> {
+    pub(in crate::dns) fn addresses(answer: Answer) -> Vec<String> {
         let reply = replied(answer);
         assert_eq!(reply.id(), 7);
         assert_eq!(reply.response_code(), ResponseCode::NoError);
