@@ -135,6 +135,41 @@ fn dual_stack_networks_carry_ipv6_within_a_network_and_keep_the_rest_out() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&off.stdout).trim(), "1");
 
+    // A container on an IPv4-only network joins a dual-stack one: IPv6 on
+    // that interface, and the IPv6 default route from the only network with
+    // IPv6 (each family's gateway chosen apart, as Docker).
+    let plain_ns = h.ctr("plain");
+    let joined = h.ok(&[
+        "network",
+        "connect",
+        "v6a",
+        &h.name("plain"),
+        "--ip6",
+        "fd00:a::30",
+    ]);
+    assert_eq!(joined.trim(), "172.30.0.4 fd00:a::30");
+    let routes = String::from_utf8(
+        plain_ns
+            .run("ip", &["-6", "route", "show", "default"])
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(routes.contains("via fd00:a::1 dev eth1"), "{routes}");
+    let routes4 = String::from_utf8(
+        plain_ns
+            .run("ip", &["-4", "route", "show", "default"])
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        routes4.contains("dev eth0"),
+        "the IPv4 route stays with bridge: {routes4}"
+    );
+    assert!(ping6(&plain_ns, "fd00:a::1"));
+    h.ok(&["network", "disconnect", "v6a", &h.name("plain")]);
+
     // Within a network, and to its gateway (the host).
     let _server = EchoServer::tcp(
         &h.ctr("a2"),

@@ -334,6 +334,33 @@ impl<H: Host> Engine<H> {
             .max_by_key(|a| a.gw_priority)
     }
 
+    /// The default routes `attachments` give, per family: IPv4 from
+    /// [`default_gateway`](Self::default_gateway), IPv6 the same way among
+    /// the networks with IPv6 (Docker chooses each family's gateway apart).
+    fn routes_of(&self, attachments: &[Attachment]) -> DefaultRoutes {
+        let v6_networks: Vec<Attachment> = attachments
+            .iter()
+            .filter(|a| self.network(&a.network).is_ok_and(|n| n.ipv6.is_some()))
+            .cloned()
+            .collect();
+        let gateway_of = |a: Option<&Attachment>| a.and_then(|a| self.network(&a.network).ok());
+        DefaultRoutes {
+            v4: gateway_of(self.default_gateway(attachments)).map(|n| n.gateway),
+            v6: gateway_of(self.default_gateway(&v6_networks))
+                .and_then(|n| n.ipv6.map(|v6| v6.gateway)),
+        }
+    }
+
+    /// The routes that change from `before` to `after` (each family's new
+    /// gateway, where it has one and it is another).
+    fn routes_moved(&self, before: &[Attachment], after: &[Attachment]) -> DefaultRoutes {
+        let (was, now) = (self.routes_of(before), self.routes_of(after));
+        DefaultRoutes {
+            v4: now.v4.filter(|gw| was.v4 != Some(*gw)),
+            v6: now.v6.filter(|gw| was.v6 != Some(*gw)),
+        }
+    }
+
     /// Refuses aliases the resolver could not serve: on the default
     /// network (no names there, as Docker's), malformed, or already a name
     /// or alias of another container on `net`.
@@ -422,12 +449,9 @@ impl<H: Host> Engine<H> {
             attachment.gw_priority = gw_priority;
             let mut all = container.attachments.clone();
             all.push(attachment.clone());
-            if let Some(gateway) = self.default_gateway(&all)
-                && gateway.network == net.name
-                && let Err(err) = self
-                    .host
-                    .set_default_route(&netns, default_routes(&net))
-                    .await
+            let moved = self.routes_moved(&container.attachments, &all);
+            if moved != DefaultRoutes::default()
+                && let Err(err) = self.host.set_default_route(&netns, moved).await
             {
                 let _ = self.driver.remove_endpoint(attachment);
                 result = Err(err);
@@ -495,17 +519,12 @@ impl<H: Host> Engine<H> {
             .filter(|a| a.network != network)
             .cloned()
             .collect();
-        // The default route went with the interface: the next network by
-        // priority gives it.
-        let was = self
-            .default_gateway(&container.attachments)
-            .map(|a| a.network.clone());
-        if let Some(next) = self.default_gateway(&remaining)
-            && was.as_deref() == Some(network)
-        {
-            let routes = default_routes(self.network(&next.network)?);
+        // A default route that went with the interface: the next network
+        // by priority gives it.
+        let moved = self.routes_moved(&container.attachments, &remaining);
+        if moved != DefaultRoutes::default() {
             let netns = self.host.netns_path(name);
-            let _ = self.host.set_default_route(&netns, routes).await;
+            let _ = self.host.set_default_route(&netns, moved).await;
         }
         let entry = self.state.containers.get_mut(name).expect("checked above");
         entry.attachments = remaining;
