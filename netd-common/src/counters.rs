@@ -95,6 +95,9 @@ counted_enum! {
         /// IPv6 with a protocol other than TCP, UDP and ICMPv6 right after
         /// its header (extension headers included).
         OtherIpv6 = 5 => "other-ipv6",
+        Tcp6 = 6 => "tcp6",
+        Udp6 = 7 => "udp6",
+        Icmp6 = 8 => "icmp6",
     }
 }
 

@@ -107,6 +107,8 @@ declare_maps! {
     NETWORKS6: LpmTrie<Ipv6, Network6Info>, sizes::NETWORKS, pinned;
     /// Container IPv6 address -> its interface.
     ENDPOINTS6: HashMap<Ipv6, Endpoint>, sizes::ENDPOINTS, pinned;
+    /// The host's own global IPv6 addresses -> 1.
+    LOCAL_ADDRS6: HashMap<Ipv6, u32>, sizes::LOCAL_ADDRS, pinned;
     /// The host's own addresses (Docker's `addrtype LOCAL`) -> 1.
     LOCAL_ADDRS: HashMap<Ipv4, u32>, sizes::LOCAL_ADDRS, pinned;
     /// (host address or any, port, protocol) -> the container behind it.

@@ -577,9 +577,9 @@ fn traffic_class(ip: &Ipv4Packet) -> TrafficClass {
 #[inline(always)]
 fn traffic_class6(ip: &Ipv6Packet) -> TrafficClass {
     match ip.next_hdr {
-        parse::IPPROTO_TCP => TrafficClass::Tcp,
-        parse::IPPROTO_UDP => TrafficClass::Udp,
-        parse::IPPROTO_ICMPV6 => TrafficClass::Icmp,
+        parse::IPPROTO_TCP => TrafficClass::Tcp6,
+        parse::IPPROTO_UDP => TrafficClass::Udp6,
+        parse::IPPROTO_ICMPV6 => TrafficClass::Icmp6,
         _ => TrafficClass::OtherIpv6,
     }
 }

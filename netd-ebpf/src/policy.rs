@@ -20,6 +20,8 @@ bpf_map!(ENDPOINTS: HashMap);
 // IPv6 subnet -> network; container IPv6 address -> its interface.
 bpf_map!(NETWORKS6: LpmTrie);
 bpf_map!(ENDPOINTS6: HashMap);
+// The host's own global IPv6 addresses.
+bpf_map!(LOCAL_ADDRS6: HashMap);
 
 // The host's own addresses (Docker's `addrtype LOCAL`).
 bpf_map!(LOCAL_ADDRS: HashMap);
@@ -143,12 +145,14 @@ pub fn check_source6(
 }
 
 /// Docker's FORWARD-chain decisions for IPv6 a container sends from its
-/// global address: the link and the host's gateways are open; another
+/// global address: the link and the host (its addresses, the gateways)
+/// are open; another
 /// network is isolated; icc=false holds within the network; beyond the
 /// host, an internal network reaches nothing and the others cannot go yet.
 #[inline(always)]
 pub fn check_from_container6(ep: &Endpoint, dst: &Ipv6) -> Result<(), DropReason> {
-    if Ipv6Packet::is_link_scoped(dst) {
+    // SAFETY: only the presence of the value is read.
+    if Ipv6Packet::is_link_scoped(dst) || unsafe { LOCAL_ADDRS6.get(dst) }.is_some() {
         return Ok(());
     }
     match network6_of(*dst) {

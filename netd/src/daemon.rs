@@ -311,12 +311,12 @@ type HostEvents = futures::channel::mpsc::UnboundedReceiver<(
 
 fn subscribe_host_events() -> Result<HostEvents> {
     use rtnetlink::{
-        constants::{RTMGRP_IPV4_IFADDR, RTMGRP_LINK},
+        constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK},
         sys::{AsyncSocket as _, SocketAddr},
     };
     let (mut connection, _handle, events) =
         rtnetlink::new_connection().context("opening rtnetlink for host events")?;
-    let groups = SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR);
+    let groups = SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR);
     connection
         .socket_mut()
         .socket_mut()
@@ -335,7 +335,7 @@ async fn follow_host(engine: SharedEngine, mut events: HostEvents) {
         tracing::warn!(err = format!("{err:#}"), "following the host");
     }
     while let Some((event, _)) = events.next().await {
-        if is_container_port_event(&event) {
+        if needs_no_host_read(&event) {
             continue;
         }
         // One pass for a burst (a veth pair, an address flush and re-add).
@@ -350,20 +350,32 @@ async fn follow_host(engine: SharedEngine, mut events: HostEvents) {
 
 /// A link event about a container's veth (netd's `veth…`/`tmp…` names) or
 /// a bridge (a bridge is never an uplink; adding a port changes its
-/// features, and the kernel reports it): it changes no uplink and no host
-/// address (those come as address events), so it needs no re-read of the
+/// features, and the kernel reports it), or an IPv6 link-local address
+/// event: it changes no uplink and no host address the datapath keeps
+/// (those come as other address events), so it needs no re-read of the
 /// host, which costs a full link and address dump under the engine lock
 /// (with 1,000 containers ~20 ms, after every create and remove).
-fn is_container_port_event(
+fn needs_no_host_read(
     event: &rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
 ) -> bool {
     use rtnetlink::{
         packet_core::NetlinkPayload,
-        packet_route::{RouteNetlinkMessage as Msg, link::LinkAttribute},
+        packet_route::{
+            RouteNetlinkMessage as Msg, address::AddressAttribute, link::LinkAttribute,
+        },
     };
-    let NetlinkPayload::InnerMessage(Msg::NewLink(link) | Msg::DelLink(link)) = &event.payload
-    else {
-        return false;
+    let link = match &event.payload {
+        NetlinkPayload::InnerMessage(Msg::NewLink(link) | Msg::DelLink(link)) => link,
+        // A link-local IPv6 address comes with every interface that goes
+        // up (each container veth's host side): never a local address the
+        // datapath keeps.
+        NetlinkPayload::InnerMessage(Msg::NewAddress(addr) | Msg::DelAddress(addr)) => {
+            return addr.attributes.iter().any(|attr| {
+                matches!(attr, AddressAttribute::Address(std::net::IpAddr::V6(ip))
+                    if ip.is_unicast_link_local())
+            });
+        }
+        _ => return false,
     };
     link.attributes.iter().any(|attr| match attr {
         LinkAttribute::IfName(name) => crate::host::is_container_veth_name(name),

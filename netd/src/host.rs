@@ -323,6 +323,7 @@ impl Host for NetlinkHost {
         Ok(HostInfo {
             uplinks,
             local_addrs: addrs.into_iter().map(|(_, a)| a).collect(),
+            local_addrs6: self.nl.all_addresses6().await?,
         })
     }
 

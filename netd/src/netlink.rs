@@ -492,6 +492,26 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Every global IPv6 address of the namespace (link-local ones are
+    /// each link's own business).
+    pub async fn all_addresses6(&self) -> Result<Vec<Ipv6Addr>> {
+        let mut stream = self.handle.address().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream.try_next().await.context("listing addresses")? {
+            for attr in msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V6(ip)) = attr
+                    && !ip.is_unicast_link_local()
+                    && !ip.is_loopback()
+                {
+                    out.push(ip);
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     /// Every link with what deciding "is it an uplink" needs. With
     /// thousands of veths prefer [`Self::bridge_ports`] or one link by
     /// index: the kernel looks up each veth's peer namespace ID by walking

@@ -3,7 +3,8 @@
 //! not leave the host yet, unsolicited inbound; XDP's verdicts equal TC's.
 
 use netd_common::{
-    DropReason, Endpoint, NET_ICC, NET_INTERNAL, NET_MASQUERADE, Network6Info, programs,
+    DropReason, Endpoint, NET_ICC, NET_INTERNAL, NET_MASQUERADE, Network6Info, TrafficClass,
+    programs,
 };
 use netd_testbed::unit::*;
 use netd_testbed::{
@@ -19,6 +20,12 @@ const GATEWAY_6: &str = "fd00:a::1";
 const OTHER_NET_6: &str = "fd00:b::2";
 const OTHER_GATEWAY_6: &str = "fd00:b::1";
 const OUTSIDE_6: &str = "2001:db8::9";
+/// One of the host's own IPv6 addresses (`LOCAL_ADDRS6`).
+const HOST_6: &str = "2001:db8::1";
+
+fn traffic(dp: &netd::datapath::Datapath, class: TrafficClass) -> u64 {
+    dp.maps.counters.traffic_of(class).unwrap().packets
+}
 
 /// The IPv4 datapath of [`datapath`], and beside it network 1 with IPv6
 /// fd00:a::/64 (`flags`), network 2 with fd00:b::/64; C1 (from
@@ -92,10 +99,20 @@ fn expect_drop6(
 #[test]
 fn containers_reach_their_network_and_the_hosts_gateways_and_nothing_else() {
     let mut dp = datapath6(NET_ICC | NET_MASQUERADE);
+    dp.maps
+        .ipv6
+        .insert_local_addr(HOST_6.parse().unwrap())
+        .unwrap();
     let to = |dst: &str| from_c1(Ipv6Frame::tcp_syn(C1_6, dst));
-    for dst in [C2_6, GATEWAY_6, OTHER_GATEWAY_6] {
+    let tcp6 = traffic(&dp, TrafficClass::Tcp6);
+    for dst in [C2_6, GATEWAY_6, OTHER_GATEWAY_6, HOST_6] {
         expect_pass6(&mut dp, programs::FROM_CONTAINER, &to(dst));
     }
+    assert_eq!(
+        traffic(&dp, TrafficClass::Tcp6),
+        tcp6 + 4,
+        "counted as tcp6"
+    );
     expect_drop6(
         &mut dp,
         programs::FROM_CONTAINER,

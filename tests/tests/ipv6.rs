@@ -235,6 +235,11 @@ fn dual_stack_networks_carry_ipv6_within_a_network_and_keep_the_rest_out() {
         ping6(&h.outside, "fd99::1"),
         "the host answers on its uplink"
     );
+    // The host's own addresses are open to containers (as Docker leaves
+    // INPUT alone): the daemon follows the new address from its events.
+    probe::eventually("a container reaches the host's uplink address", || {
+        ping6(&a1_ns, "fd99::1")
+    });
     expect_dropped(&h, "ipv6-outbound-unsupported", "a1 to the outside", || {
         ping6(&a1_ns, "fd99::2")
     });

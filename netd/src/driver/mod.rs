@@ -57,6 +57,8 @@ pub struct HostInfo {
     /// Every IPv4 address of the namespace: published ports answer on all
     /// of them (Docker's `-m addrtype --dst-type LOCAL`).
     pub local_addrs: Vec<Ipv4Addr>,
+    /// Every global IPv6 address of the namespace (the host, to containers).
+    pub local_addrs6: Vec<std::net::Ipv6Addr>,
 }
 
 /// How full one of the datapath's tables is (a BPF map, the kernel's

@@ -10,7 +10,7 @@ use aya::{
 };
 use netd_common::{
     Endpoint, Network6Info, ipv6_from_octets, ipv6_octets,
-    maps::{ENDPOINTS6, MapDef, NETWORKS6},
+    maps::{ENDPOINTS6, LOCAL_ADDRS6, MapDef, NETWORKS6},
 };
 
 use super::{Hash, Trie, data, done_if_missing, open};
@@ -18,6 +18,7 @@ use super::{Hash, Trie, data, done_if_missing, open};
 pub struct Ipv6Tables {
     networks: Trie<NETWORKS6>,
     endpoints: Hash<ENDPOINTS6>,
+    local_addrs: Hash<LOCAL_ADDRS6>,
 }
 
 impl Ipv6Tables {
@@ -25,12 +26,14 @@ impl Ipv6Tables {
         Ok(Self {
             networks: open::<NETWORKS6, _>(ebpf)?,
             endpoints: open::<ENDPOINTS6, _>(ebpf)?,
+            local_addrs: open::<LOCAL_ADDRS6, _>(ebpf)?,
         })
     }
 
     pub(super) fn each<'a>(&'a self, maps: &mut Vec<(&'static str, &'a MapData)>) {
         maps.push((NETWORKS6::NAME, data(&self.networks)));
         maps.push((ENDPOINTS6::NAME, data(&self.endpoints)));
+        maps.push((LOCAL_ADDRS6::NAME, data(&self.local_addrs)));
     }
 
     pub(super) fn networks_map(&self) -> &MapData {
@@ -93,6 +96,26 @@ impl Ipv6Tables {
     pub fn endpoints(&self) -> Result<Vec<Ipv6Addr>> {
         Ok(self
             .endpoints
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| Ipv6Addr::from(ipv6_octets(k)))
+            .collect())
+    }
+
+    pub fn insert_local_addr(&mut self, ip: Ipv6Addr) -> Result<()> {
+        self.local_addrs
+            .insert(&ipv6_from_octets(ip.octets()), &1, 0)
+            .with_context(|| format!("adding local address {ip}"))
+    }
+
+    pub fn remove_local_addr(&mut self, ip: Ipv6Addr) -> Result<()> {
+        done_if_missing(self.local_addrs.remove(&ipv6_from_octets(ip.octets())))
+            .with_context(|| format!("removing local address {ip}"))
+    }
+
+    pub fn local_addrs(&self) -> Result<Vec<Ipv6Addr>> {
+        Ok(self
+            .local_addrs
             .keys()
             .filter_map(Result::ok)
             .map(|k| Ipv6Addr::from(ipv6_octets(k)))

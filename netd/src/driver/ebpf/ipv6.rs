@@ -15,6 +15,8 @@ use crate::state::{Attachment, Network};
 pub(super) struct Declared6 {
     networks: HashSet<(Ipv6Addr, u8)>,
     endpoints: HashSet<Ipv6Addr>,
+    /// The host's global IPv6 addresses (`LOCAL_ADDRS6`).
+    local_addrs: HashSet<Ipv6Addr>,
 }
 
 impl EbpfDriver {
@@ -64,8 +66,27 @@ impl EbpfDriver {
         }
     }
 
+    /// `LOCAL_ADDRS6`: the host's global IPv6 addresses as last read.
+    pub(super) fn sync_local_addrs6(&mut self, host: &crate::driver::HostInfo) -> Result<()> {
+        let wanted: HashSet<Ipv6Addr> = host.local_addrs6.iter().copied().collect();
+        for ip in &wanted {
+            self.datapath.maps.ipv6.insert_local_addr(*ip)?;
+        }
+        for ip in self.declared6.local_addrs.difference(&wanted) {
+            self.datapath.maps.ipv6.remove_local_addr(*ip)?;
+        }
+        self.declared6.local_addrs = wanted;
+        Ok(())
+    }
+
     /// Removes the IPv6 entries nobody declared since start.
     pub(super) fn reconcile6(&mut self, removed: &mut Vec<String>) -> Result<()> {
+        for ip in self.datapath.maps.ipv6.local_addrs()? {
+            if !self.declared6.local_addrs.contains(&ip) {
+                removed.push(format!("stale local address {ip}"));
+                self.datapath.maps.ipv6.remove_local_addr(ip)?;
+            }
+        }
         for ip in self.datapath.maps.ipv6.endpoints()? {
             if !self.declared6.endpoints.contains(&ip) {
                 removed.push(format!("stale endpoint {ip}"));

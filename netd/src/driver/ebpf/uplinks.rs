@@ -127,6 +127,6 @@ impl EbpfDriver {
         for ip in before.difference(&after) {
             self.datapath.maps.networks.remove_local_addr(*ip)?;
         }
-        Ok(())
+        self.sync_local_addrs6(host)
     }
 }
