@@ -64,6 +64,16 @@ impl PortSpec {
             }
             None => (spec, Proto::Tcp),
         };
+        if let Some(bracketed) = rest.strip_prefix('[') {
+            let ip = bracketed.split(']').next().unwrap_or_default();
+            return Err(match ip.parse::<std::net::Ipv6Addr>() {
+                Ok(_) => crate::invalid!(
+                    "-p {spec}: ports are published on IPv4 host addresses only for now \
+                     (IPv6 host addresses such as [{ip}] come with NAT66)"
+                ),
+                Err(_) => crate::invalid!("-p {spec}: [{ip}] is not an IPv6 address"),
+            });
+        }
         let parts: Vec<&str> = rest.split(':').collect();
         let (host_ip, host_ports, container) = match parts.as_slice() {
             [c] => (None, None, *c),
@@ -181,5 +191,9 @@ mod tests {
         ] {
             assert!(PortSpec::parse(bad).is_err(), "{bad}");
         }
+        let err = PortSpec::parse("[::1]:8080:80").unwrap_err().to_string();
+        assert!(err.contains("IPv4 host addresses only for now"), "{err}");
+        let err = PortSpec::parse("[x]:8080:80").unwrap_err().to_string();
+        assert!(err.contains("[x] is not an IPv6 address"), "{err}");
     }
 }

@@ -347,6 +347,32 @@ fn bad_ipv6_input_is_refused_and_changes_nothing() {
             "gateway fd00:4::1 is not a usable address of subnet fd00:2::/64",
         ),
         (
+            vec![
+                "network",
+                "create",
+                "x",
+                "--ipv4",
+                "false",
+                "--subnet",
+                "fd00:2::/64",
+            ],
+            ErrorKind::Invalid,
+            "IPv6-only networks are not supported yet",
+        ),
+        (
+            vec![
+                "container",
+                "create",
+                &name,
+                "--network",
+                "v6",
+                "-p",
+                "[::1]:8080:80",
+            ],
+            ErrorKind::Invalid,
+            "ports are published on IPv4 host addresses only for now",
+        ),
+        (
             vec!["container", "create", &name, "--ip6", "fd00:1::5"],
             ErrorKind::Invalid,
             "network \"bridge\" has no IPv6",

@@ -75,6 +75,10 @@ pub struct NetworkSpec {
     /// as in Docker 25).
     #[serde(default)]
     pub ipv6: bool,
+    /// IPv4 (Docker 28's `--ipv4=false` makes an IPv6-only network, which
+    /// netd refuses for now).
+    #[serde(default = "yes")]
+    pub ipv4: bool,
     /// IPv6 subnet (default: the next /64 of the host's ULA prefix).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<IpNet>,
@@ -107,6 +111,7 @@ impl NetworkSpec {
             gateway_mode_ipv4: GatewayMode::Nat,
             trusted_host_interfaces: Vec::new(),
             ipv6: false,
+            ipv4: true,
             subnet6: None,
             gateway6: None,
         }

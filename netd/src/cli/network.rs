@@ -55,6 +55,10 @@ pub struct CreateArgs {
     /// host's unique local prefix) and gateway on the bridge.
     #[arg(long)]
     ipv6: bool,
+    /// IPv4 (Docker 28's --ipv4=false, an IPv6-only network, is refused:
+    /// not supported yet).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    ipv4: bool,
     /// Dynamic addresses only from this part of --subnet (a static --ip
     /// may be anywhere in the subnet).
     #[arg(long = "ip-range", value_name = "CIDR", value_parser = output::subnet)]
@@ -137,6 +141,7 @@ impl TryFrom<CreateArgs> for NetworkSpec {
             gateway_mode_ipv4: args.gateway_mode_ipv4,
             trusted_host_interfaces: args.trusted_host_interfaces,
             ipv6: args.ipv6,
+            ipv4: args.ipv4,
             subnet6,
             gateway6,
         })

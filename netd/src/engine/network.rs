@@ -213,6 +213,12 @@ impl<H: Host> Engine<H> {
     /// (checked against every network's) or the next /64 of the host's ULA
     /// prefix, its gateway given or the subnet's first host address.
     fn plan_ipv6(&self, spec: &NetworkSpec, mode: GatewayMode) -> Result<Option<NetworkIpv6>> {
+        if !spec.ipv4 {
+            return Err(crate::invalid!(
+                "--ipv4=false: IPv6-only networks are not supported yet; every netd network \
+                 has an IPv4 subnet (add --ipv6 for IPv6 beside it)"
+            ));
+        }
         if !spec.wants_ipv6() {
             return Ok(None);
         }
