@@ -26,6 +26,9 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
 /// ICMPv6 neighbour advertisement: its target is the sender's address.
 pub const ICMPV6_NEIGHBOUR_ADVERT: u8 = 136;
+/// ICMPv6 router advertisement and redirect: a router's messages.
+pub const ICMPV6_ROUTER_ADVERT: u8 = 134;
+pub const ICMPV6_REDIRECT: u8 = 137;
 /// The fixed IPv6 header, its addresses read as words (see `Ipv6`).
 #[repr(C)]
 struct Ipv6Header {
@@ -73,6 +76,9 @@ pub struct Ipv6Packet {
     pub dst: Ipv6,
     /// The header right after the fixed one.
     pub next_hdr: u8,
+    /// The ICMPv6 type when the next header is ICMPv6 (0 otherwise, a type
+    /// ICMPv6 does not use).
+    pub icmp_type: u8,
     /// Whether this is a neighbour advertisement, whose `target` is the
     /// address its sender claims.
     pub advertises: bool,
@@ -271,18 +277,24 @@ fn parse_ipv6<F: Frame>(ctx: &F) -> Result<Ipv6Packet, DropReason> {
         src,
         dst,
         next_hdr,
+        icmp_type: 0,
         advertises: false,
         target: [0; 4],
     };
-    if next_hdr == IPPROTO_ICMPV6 && payload_len >= core::mem::size_of::<NeighbourMessage>() {
+    if next_hdr != IPPROTO_ICMPV6 {
+        return Ok(packet);
+    }
+    let icmp: *const [u8; 4] = header_at(ctx, ETH_LEN + IPV6_LEN).ok_or(DropReason::TruncatedL4)?;
+    // SAFETY: bounds checked by header_at.
+    packet.icmp_type = unsafe { (*icmp)[0] };
+    if packet.icmp_type == ICMPV6_NEIGHBOUR_ADVERT
+        && payload_len >= core::mem::size_of::<NeighbourMessage>()
+    {
         let nd: *const NeighbourMessage =
             header_at(ctx, ETH_LEN + IPV6_LEN).ok_or(DropReason::TruncatedL4)?;
         // SAFETY: bounds checked by header_at.
-        let nd = unsafe { &*nd };
-        if nd.icmp_type == ICMPV6_NEIGHBOUR_ADVERT {
-            packet.advertises = true;
-            packet.target = nd.target;
-        }
+        packet.target = unsafe { (*nd).target };
+        packet.advertises = true;
     }
     Ok(packet)
 }

@@ -9,7 +9,7 @@ use netd_common::{
     Network6Info, NetworkInfo, TrustKey, routed_key,
 };
 
-use crate::parse::Ipv6Packet;
+use crate::parse::{ICMPV6_REDIRECT, ICMPV6_ROUTER_ADVERT, Ipv6Packet};
 
 // Subnet -> network. Subnets never overlap (user space refuses that).
 bpf_map!(NETWORKS: LpmTrie);
@@ -118,7 +118,8 @@ pub fn endpoint6(addr: &Ipv6) -> Option<&'static Endpoint> {
 /// must be the sender's registered address (interface and MAC); a
 /// link-local one (neighbour discovery, router solicitations) or the
 /// unspecified one (duplicate address detection) stays on the link; a
-/// neighbour advertisement may only claim the sender's own address.
+/// neighbour advertisement may only claim the sender's own address; router
+/// advertisements and redirects are a router's, never a container's.
 /// Returns the sender's endpoint when the source is a global address.
 #[inline(always)]
 pub fn check_source6(
@@ -126,6 +127,11 @@ pub fn check_source6(
     src_mac: [u8; 6],
     ifindex: u32,
 ) -> Result<Option<&'static Endpoint>, DropReason> {
+    // A container is no router: its router advertisements and redirects
+    // would give the other containers its own default route.
+    if ip.icmp_type == ICMPV6_ROUTER_ADVERT || ip.icmp_type == ICMPV6_REDIRECT {
+        return Err(DropReason::SpoofedSource);
+    }
     if ip.advertises
         && !Ipv6Packet::is_link_scoped(&ip.target)
         && !endpoint6(&ip.target).is_some_and(|ep| ep.ifindex == ifindex && ep.mac == src_mac)

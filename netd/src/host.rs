@@ -599,10 +599,15 @@ impl Host for NetlinkHost {
 }
 
 /// IPv6 on interface `ifname` of this namespace (a host whose default
-/// turns it off), with no duplicate address detection: netd's addresses
-/// are its own to hand out, and usable at once.
+/// turns it off), with no duplicate address detection (netd's addresses
+/// are its own to hand out, and usable at once) and no router
+/// advertisements taken from it (the datapath drops containers' anyway).
 fn enable_ipv6_here(ifname: &str) -> Result<()> {
-    for (key, value) in [("accept_dad", "0"), ("disable_ipv6", "0")] {
+    for (key, value) in [
+        ("accept_dad", "0"),
+        ("accept_ra", "0"),
+        ("disable_ipv6", "0"),
+    ] {
         let path = format!("/proc/sys/net/ipv6/conf/{ifname}/{key}");
         std::fs::write(&path, value).with_context(|| format!("setting {path}"))?;
     }
@@ -616,6 +621,7 @@ fn enable_ipv6_in(netns: &Path, ifname: &str) -> Result<()> {
     crate::netns::run_in(netns, || {
         for (dev, key, value) in [
             (ifname, "accept_dad", "0"),
+            (ifname, "accept_ra", "0"),
             (ifname, "disable_ipv6", "0"),
             ("lo", "disable_ipv6", "0"),
         ] {

@@ -188,6 +188,24 @@ fn a_container_sends_only_as_itself_and_advertises_only_its_own_address() {
             DropReason::SpoofedSource,
         );
     }
+    // A container is no router: no router advertisement, no redirect.
+    for kind in [134u8, 137] {
+        let frame = Ipv6Frame::new(
+            ll,
+            "ff02::1",
+            58,
+            vec![kind, 0, 0, 0, 64, 0, 0, 0x0e, 0, 0, 0, 0, 0, 0, 0, 0],
+        );
+        expect_drop6(
+            &mut dp,
+            programs::FROM_CONTAINER,
+            &from_c1(frame),
+            DropReason::SpoofedSource,
+        );
+    }
+    // A router solicitation is the container's to send.
+    let solicit = Ipv6Frame::new(ll, "ff02::2", 58, vec![133, 0, 0, 0, 0, 0, 0, 0]);
+    expect_pass6(&mut dp, programs::FROM_CONTAINER, &from_c1(solicit));
     // A link-local or unspecified source stays on the link.
     for src in [ll, "::"] {
         expect_drop6(
@@ -229,6 +247,16 @@ fn outside_reaches_the_hosts_ipv6_but_no_container_and_xdp_agrees() {
         ),
         (Ipv6Frame::tcp_syn(OUTSIDE_6, GATEWAY_6), None),
         (Ipv6Frame::tcp_syn(OUTSIDE_6, "2001:db8::1"), None),
+        // The LAN's router advertising itself: the host's business.
+        (
+            Ipv6Frame::new(
+                "fe80::9",
+                "ff02::1",
+                58,
+                vec![134, 0, 0, 0, 64, 0, 0, 0x0e, 0, 0, 0, 0, 0, 0, 0, 0],
+            ),
+            None,
+        ),
         (
             Ipv6Frame::neighbour(
                 ICMPV6_NEIGHBOUR_SOLICIT,
