@@ -80,6 +80,11 @@ counted_enum! {
         /// IPv6 from a container to an address beyond the host: netd does
         /// not route or translate (NAT66) IPv6 out of the host yet.
         Ipv6OutboundUnsupported = 17 => "ipv6-outbound-unsupported",
+        /// IPv6 from a container whose network has no IPv6.
+        Ipv6Off = 18 => "ipv6-off",
+        /// IPv6 from a container with more extension headers before its
+        /// upper layer than netd walks (its message cannot be judged).
+        Ipv6HeaderChain = 19 => "ipv6-header-chain",
     }
 }
 

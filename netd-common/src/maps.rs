@@ -107,6 +107,9 @@ declare_maps! {
     NETWORKS6: LpmTrie<Ipv6, Network6Info>, sizes::NETWORKS, pinned;
     /// Container IPv6 address -> its interface.
     ENDPOINTS6: HashMap<Ipv6, Endpoint>, sizes::ENDPOINTS, pinned;
+    /// Host-side veth (ifindex) of an interface whose network has IPv6 ->
+    /// the network's flags: IPv6 from any other container is dropped.
+    IPV6_PORTS: HashMap<u32, u32>, sizes::ENDPOINTS, pinned;
     /// The host's own global IPv6 addresses -> 1.
     LOCAL_ADDRS6: HashMap<Ipv6, u32>, sizes::LOCAL_ADDRS, pinned;
     /// The host's own addresses (Docker's `addrtype LOCAL`) -> 1.

@@ -34,7 +34,7 @@ use netd_common::{
 use crate::{
     conntrack::Lookup,
     nat::{Port, Source},
-    parse::{Frame as _, Ipv4Packet, Ipv6Packet, L4, Packet},
+    parse::{Frame as _, Ipv4Packet, L4, Packet},
 };
 
 /// Host side of a container veth, ingress: everything the container sends.
@@ -170,11 +170,12 @@ fn from_container_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
             }
             Ok(Forward::Pass(TrafficClass::Arp))
         }
-        Packet::Ipv6(ip) => {
-            if let Some(endpoint) = policy::check_source6(&ip, src_mac, ifindex)? {
-                policy::check_from_container6(endpoint, &ip.dst)?;
+        Packet::Ipv6 => {
+            let ip = parse::parse_ipv6(ctx)?;
+            if let Some(endpoint) = policy::check_source6(ctx, &ip, src_mac, ifindex)? {
+                policy::check_from_container6(endpoint, &ip)?;
             }
-            Ok(Forward::Pass(traffic_class6(&ip)))
+            Ok(Forward::Pass(traffic_class6(ip.next_hdr)))
         }
         Packet::Ipv4(ip) => {
             let endpoint = policy::check_source(ip.src, src_mac, ifindex)?;
@@ -258,9 +259,10 @@ fn hairpin(
 fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
     let ip = match parse::parse_frame(ctx) {
         Ok(Packet::Ipv4(ip)) => ip,
-        Ok(Packet::Ipv6(ip)) => {
+        Ok(Packet::Ipv6) => {
+            let ip = parse::ipv6_header(ctx)?;
             policy::check_from_outside6(&ip)?;
-            return Ok(Forward::Pass(traffic_class6(&ip)));
+            return Ok(Forward::Pass(traffic_class6(ip.next_hdr)));
         }
         // ARP and the rest belong to the host: not ours to judge.
         Ok(Packet::Arp { .. }) | Err(DropReason::UnsupportedEthertype) => {
@@ -327,7 +329,7 @@ fn track_direct_connection(ip: &Ipv4Packet, key: &CtKey) -> Result<(), DropReaso
 fn early_drop(ctx: &XdpContext) -> Result<(), DropReason> {
     let ip = match parse::parse_frame(ctx) {
         Ok(Packet::Ipv4(ip)) => ip,
-        Ok(Packet::Ipv6(ip)) => return policy::check_from_outside6(&ip),
+        Ok(Packet::Ipv6) => return policy::check_from_outside6(&parse::ipv6_header(ctx)?),
         Ok(Packet::Arp { .. }) | Err(DropReason::UnsupportedEthertype) => return Ok(()),
         Err(reason) => return Err(reason),
     };
@@ -439,7 +441,9 @@ fn to_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
             Ok(Forward::Pass(traffic_class(&ip)))
         }
         // The host's own: no container IPv6 leaves the host yet.
-        Ok(Packet::Ipv6(ip)) => Ok(Forward::Pass(traffic_class6(&ip))),
+        Ok(Packet::Ipv6) => Ok(Forward::Pass(traffic_class6(
+            parse::ipv6_header(ctx)?.next_hdr,
+        ))),
         Ok(Packet::Arp { .. }) | Err(DropReason::UnsupportedEthertype) => {
             Ok(Forward::Pass(TrafficClass::Arp))
         }
@@ -575,8 +579,8 @@ fn traffic_class(ip: &Ipv4Packet) -> TrafficClass {
 
 #[cfg(not(test))]
 #[inline(always)]
-fn traffic_class6(ip: &Ipv6Packet) -> TrafficClass {
-    match ip.next_hdr {
+fn traffic_class6(next_hdr: u8) -> TrafficClass {
+    match next_hdr {
         parse::IPPROTO_TCP => TrafficClass::Tcp6,
         parse::IPPROTO_UDP => TrafficClass::Udp6,
         parse::IPPROTO_ICMPV6 => TrafficClass::Icmp6,

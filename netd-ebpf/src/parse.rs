@@ -41,6 +41,9 @@ struct Ipv6Header {
 }
 const IPV6_LEN: usize = core::mem::size_of::<Ipv6Header>();
 
+/// Where a neighbour message's target address starts in it.
+const ND_TARGET_OFFSET: usize = 8;
+
 /// The start of an ICMPv6 neighbour message, up to its target address.
 #[repr(C)]
 struct NeighbourMessage {
@@ -66,26 +69,73 @@ pub enum Packet {
         sender_ip: [u8; 4],
     },
     Ipv4(Ipv4Packet),
-    Ipv6(Ipv6Packet),
+    /// IPv6, its header not read yet: [`ipv6_header`] reads what the
+    /// uplinks judge, [`parse_ipv6`] what a container's packets need. (An
+    /// `Ipv6Packet` here would grow every hook's stack, IPv4's too, past
+    /// what older kernels allow across their calls.)
+    Ipv6,
 }
 
-/// What the IPv6 path decides on (addresses only: it neither translates
-/// nor tracks, so extension headers and fragments need no walking).
-pub struct Ipv6Packet {
+/// The fixed IPv6 header's fields the uplinks judge by.
+pub struct Ipv6Header6 {
     pub src: Ipv6,
     pub dst: Ipv6,
+    pub next_hdr: u8,
+}
+
+/// What the IPv6 path decides on: addresses, and the ICMPv6 message (after
+/// up to [`MAX_EXT_HEADERS`] hop-by-hop, routing and destination options
+/// headers, where neighbour discovery may hide). It neither translates nor
+/// tracks, so fragments need no reassembly (the kernel ignores fragmented
+/// neighbour discovery, RFC 6980).
+pub struct Ipv6Packet {
+    /// The addresses where they lie in the packet (not copies: 32 bytes of
+    /// stack would not fit older kernels). Nothing on the container path
+    /// changes or moves the packet after parsing, so this stays valid.
+    addrs: *const [Ipv6; 2],
     /// The header right after the fixed one.
     pub next_hdr: u8,
-    /// The ICMPv6 type when the next header is ICMPv6 (0 otherwise, a type
+    /// The upper-layer header after the extension headers walked; still an
+    /// extension header when the chain is longer than netd walks.
+    pub upper: u8,
+    /// The ICMPv6 type when the upper layer is ICMPv6 (0 otherwise, a type
     /// ICMPv6 does not use).
     pub icmp_type: u8,
-    /// Whether this is a neighbour advertisement, whose `target` is the
-    /// address its sender claims.
-    pub advertises: bool,
-    pub target: Ipv6,
+    /// A neighbour advertisement's target (the address its sender claims):
+    /// its offset in the frame, 0 when this is none. (An offset, not the
+    /// address: 16 more bytes of stack would not fit older kernels.)
+    pub advertised_at: u16,
+}
+
+/// Extension headers walked to find the upper layer.
+pub const MAX_EXT_HEADERS: usize = 3;
+/// Hop-by-hop options, routing and destination options: the extension
+/// headers with the common (next header, length) start.
+#[inline(always)]
+pub fn is_walked_ext_header(next_hdr: u8) -> bool {
+    matches!(next_hdr, 0 | 43 | 60)
 }
 
 impl Ipv6Packet {
+    #[inline(always)]
+    pub fn src(&self) -> &Ipv6 {
+        // SAFETY: bounds checked when parsed; the packet has not moved.
+        unsafe { &(*self.addrs)[0] }
+    }
+
+    #[inline(always)]
+    pub fn dst(&self) -> &Ipv6 {
+        // SAFETY: as above.
+        unsafe { &(*self.addrs)[1] }
+    }
+
+    /// Neighbour discovery and multicast listener messages: what a link
+    /// needs to work, whatever else its policy forbids.
+    #[inline(always)]
+    pub fn is_link_control(&self) -> bool {
+        self.upper == IPPROTO_ICMPV6 && matches!(self.icmp_type, 130..=137 | 143)
+    }
+
     #[inline(always)]
     pub fn is_link_scoped(addr: &Ipv6) -> bool {
         // fe80::/10 link-local, ff00::/8 multicast.
@@ -253,7 +303,7 @@ pub fn parse_frame<F: Frame>(ctx: &F) -> Result<Packet, DropReason> {
         return Ok(Packet::Arp { sender_ip: arp.spa });
     }
     if ether_type == EtherType::Ipv6 as u16 {
-        return parse_ipv6(ctx).map(Packet::Ipv6);
+        return Ok(Packet::Ipv6);
     }
     if ether_type != EtherType::Ipv4 as u16 {
         return Err(DropReason::UnsupportedEthertype);
@@ -261,8 +311,9 @@ pub fn parse_frame<F: Frame>(ctx: &F) -> Result<Packet, DropReason> {
     parse_ipv4(ctx).map(Packet::Ipv4)
 }
 
+/// The fixed IPv6 header of a [`Packet::Ipv6`], checked.
 #[inline(always)]
-fn parse_ipv6<F: Frame>(ctx: &F) -> Result<Ipv6Packet, DropReason> {
+pub fn ipv6_header<F: Frame>(ctx: &F) -> Result<Ipv6Header6, DropReason> {
     let ip: *const Ipv6Header = header_at(ctx, ETH_LEN).ok_or(DropReason::BadIpv6Header)?;
     // SAFETY: bounds checked by header_at.
     let ip = unsafe { &*ip };
@@ -271,31 +322,55 @@ fn parse_ipv6<F: Frame>(ctx: &F) -> Result<Ipv6Packet, DropReason> {
     if ip.version_class_flow[0] >> 4 != 6 || ETH_LEN + IPV6_LEN + payload_len > ctx.len() as usize {
         return Err(DropReason::BadIpv6Header);
     }
-    let (src, dst, next_hdr) = (ip.src, ip.dst, ip.next_hdr);
-    // `ip` must not be used below: header_at may pull and move the packet.
+    Ok(Ipv6Header6 {
+        src: ip.src,
+        dst: ip.dst,
+        next_hdr: ip.next_hdr,
+    })
+}
+
+/// A [`Packet::Ipv6`] as a container's packets are judged: the header,
+/// and the ICMPv6 message behind the extension headers walked.
+#[inline(always)]
+pub fn parse_ipv6<F: Frame>(ctx: &F) -> Result<Ipv6Packet, DropReason> {
+    let next_hdr = ipv6_header(ctx)?.next_hdr;
     let mut packet = Ipv6Packet {
-        src,
-        dst,
+        addrs: core::ptr::null(),
         next_hdr,
+        upper: next_hdr,
         icmp_type: 0,
-        advertises: false,
-        target: [0; 4],
+        advertised_at: 0,
     };
-    if next_hdr != IPPROTO_ICMPV6 {
-        return Ok(packet);
+    let mut offset = ETH_LEN + IPV6_LEN;
+    for _ in 0..MAX_EXT_HEADERS {
+        if !is_walked_ext_header(packet.upper) {
+            break;
+        }
+        let ext: *const [u8; 2] = header_at(ctx, offset).ok_or(DropReason::TruncatedL4)?;
+        // SAFETY: bounds checked by header_at.
+        let [next, len] = unsafe { *ext };
+        packet.upper = next;
+        offset += (usize::from(len) + 1) * 8;
     }
-    let icmp: *const [u8; 4] = header_at(ctx, ETH_LEN + IPV6_LEN).ok_or(DropReason::TruncatedL4)?;
+    if packet.upper != IPPROTO_ICMPV6 {
+        return with_addrs(ctx, packet);
+    }
+    let icmp: *const [u8; 4] = header_at(ctx, offset).ok_or(DropReason::TruncatedL4)?;
     // SAFETY: bounds checked by header_at.
     packet.icmp_type = unsafe { (*icmp)[0] };
-    if packet.icmp_type == ICMPV6_NEIGHBOUR_ADVERT
-        && payload_len >= core::mem::size_of::<NeighbourMessage>()
-    {
-        let nd: *const NeighbourMessage =
-            header_at(ctx, ETH_LEN + IPV6_LEN).ok_or(DropReason::TruncatedL4)?;
-        // SAFETY: bounds checked by header_at.
-        packet.target = unsafe { (*nd).target };
-        packet.advertises = true;
+    if packet.icmp_type == ICMPV6_NEIGHBOUR_ADVERT {
+        // Present in full (pulled if need be), for the policy to read.
+        let _: *const NeighbourMessage = header_at(ctx, offset).ok_or(DropReason::TruncatedL4)?;
+        packet.advertised_at = (offset + ND_TARGET_OFFSET) as u16;
     }
+    with_addrs(ctx, packet)
+}
+
+/// `packet` with its addresses' place in the frame, taken last: the walk
+/// before may have pulled and moved the packet.
+#[inline(always)]
+fn with_addrs<F: Frame>(ctx: &F, mut packet: Ipv6Packet) -> Result<Ipv6Packet, DropReason> {
+    packet.addrs = ptr_at(ctx, ETH_LEN + 8).ok_or(DropReason::BadIpv6Header)?;
     Ok(packet)
 }
 

@@ -9,7 +9,10 @@ use netd_common::{
     Network6Info, NetworkInfo, TrustKey, routed_key,
 };
 
-use crate::parse::{ICMPV6_REDIRECT, ICMPV6_ROUTER_ADVERT, Ipv6Packet};
+use crate::parse::{
+    Frame, ICMPV6_REDIRECT, ICMPV6_ROUTER_ADVERT, IPPROTO_ICMPV6, Ipv6Header6, Ipv6Packet,
+    is_walked_ext_header, ptr_at,
+};
 
 // Subnet -> network. Subnets never overlap (user space refuses that).
 bpf_map!(NETWORKS: LpmTrie);
@@ -20,6 +23,8 @@ bpf_map!(ENDPOINTS: HashMap);
 // IPv6 subnet -> network; container IPv6 address -> its interface.
 bpf_map!(NETWORKS6: LpmTrie);
 bpf_map!(ENDPOINTS6: HashMap);
+// Host-side veths whose network has IPv6 -> that network's flags.
+bpf_map!(IPV6_PORTS: HashMap);
 // The host's own global IPv6 addresses.
 bpf_map!(LOCAL_ADDRS6: HashMap);
 
@@ -104,8 +109,8 @@ fn is_broadcast_or_multicast(addr: Ipv4) -> bool {
 }
 
 #[inline(always)]
-pub fn network6_of(addr: Ipv6) -> Option<&'static Network6Info> {
-    NETWORKS6.get(&Key::new(128, addr))
+pub fn network6_of(addr: &Ipv6) -> Option<&'static Network6Info> {
+    NETWORKS6.get(&Key::new(128, *addr))
 }
 
 #[inline(always)]
@@ -122,32 +127,61 @@ pub fn endpoint6(addr: &Ipv6) -> Option<&'static Endpoint> {
 /// advertisements and redirects are a router's, never a container's.
 /// Returns the sender's endpoint when the source is a global address.
 #[inline(always)]
-pub fn check_source6(
+pub fn check_source6<F: Frame>(
+    ctx: &F,
     ip: &Ipv6Packet,
     src_mac: [u8; 6],
     ifindex: u32,
 ) -> Result<Option<&'static Endpoint>, DropReason> {
+    // SAFETY: read-only copy of a map value.
+    let Some(&port_flags) = (unsafe { IPV6_PORTS.get(&ifindex) }) else {
+        return Err(DropReason::Ipv6Off);
+    };
+    if is_walked_ext_header(ip.upper) {
+        return Err(DropReason::Ipv6HeaderChain); // the message is out of sight
+    }
     // A container is no router: its router advertisements and redirects
     // would give the other containers its own default route.
-    if ip.icmp_type == ICMPV6_ROUTER_ADVERT || ip.icmp_type == ICMPV6_REDIRECT {
-        return Err(DropReason::SpoofedSource);
-    }
-    if ip.advertises
-        && !Ipv6Packet::is_link_scoped(&ip.target)
-        && !endpoint6(&ip.target).is_some_and(|ep| ep.ifindex == ifindex && ep.mac == src_mac)
+    if ip.upper == IPPROTO_ICMPV6
+        && (ip.icmp_type == ICMPV6_ROUTER_ADVERT || ip.icmp_type == ICMPV6_REDIRECT)
     {
         return Err(DropReason::SpoofedSource);
     }
-    if Ipv6Packet::is_unspecified(&ip.src) || Ipv6Packet::is_link_scoped(&ip.src) {
-        return match Ipv6Packet::is_link_scoped(&ip.dst) {
-            true => Ok(None),
+    if ip.advertised_at != 0 {
+        // In the packet (parse pulled it in), looked up where it lies.
+        let target: *const Ipv6 =
+            ptr_at(ctx, usize::from(ip.advertised_at)).ok_or(DropReason::TruncatedL4)?;
+        // SAFETY: bounds checked by ptr_at; the packet does not change
+        // between here and the lookup.
+        let target = unsafe { &*target };
+        if !Ipv6Packet::is_link_scoped(target)
+            && !endpoint6(target).is_some_and(|ep| ep.ifindex == ifindex && ep.mac == src_mac)
+        {
+            return Err(DropReason::SpoofedSource);
+        }
+    }
+    if Ipv6Packet::is_unspecified(ip.src()) || Ipv6Packet::is_link_scoped(ip.src()) {
+        return match Ipv6Packet::is_link_scoped(ip.dst()) {
+            true => check_on_link(ip, port_flags).map(|()| None),
             false => Err(DropReason::SpoofedSource),
         };
     }
-    match endpoint6(&ip.src) {
+    match endpoint6(ip.src()) {
         Some(ep) if ep.ifindex == ifindex && ep.mac == src_mac => Ok(Some(ep)),
         _ => Err(DropReason::SpoofedSource),
     }
+}
+
+/// On the link (multicast, link-local unicast): icc=false leaves neighbour
+/// discovery and multicast listener messages between containers, nothing
+/// else, as Docker's ip6tables FORWARD drop does.
+#[inline(always)]
+fn check_on_link(ip: &Ipv6Packet, network_flags: u32) -> Result<(), DropReason> {
+    let multicast = ip.dst()[0].to_ne_bytes()[0] == 0xff;
+    if multicast || network_flags & NET_ICC != 0 || ip.is_link_control() {
+        return Ok(());
+    }
+    Err(DropReason::IccDisabled)
 }
 
 /// Docker's FORWARD-chain decisions for IPv6 a container sends from its
@@ -156,12 +190,16 @@ pub fn check_source6(
 /// network is isolated; icc=false holds within the network; beyond the
 /// host, an internal network reaches nothing and the others cannot go yet.
 #[inline(always)]
-pub fn check_from_container6(ep: &Endpoint, dst: &Ipv6) -> Result<(), DropReason> {
+pub fn check_from_container6(ep: &Endpoint, ip: &Ipv6Packet) -> Result<(), DropReason> {
+    let dst = ip.dst();
+    if Ipv6Packet::is_link_scoped(dst) {
+        return check_on_link(ip, ep.network_flags);
+    }
     // SAFETY: only the presence of the value is read.
-    if Ipv6Packet::is_link_scoped(dst) || unsafe { LOCAL_ADDRS6.get(dst) }.is_some() {
+    if unsafe { LOCAL_ADDRS6.get(dst) }.is_some() {
         return Ok(());
     }
-    match network6_of(*dst) {
+    match network6_of(dst) {
         Some(n) if n.gateway == *dst => Ok(()),
         Some(n) if n.id != ep.network_id => Err(DropReason::NetworkIsolation),
         Some(n) if n.flags & NET_ICC == 0 => Err(DropReason::IccDisabled),
@@ -174,11 +212,11 @@ pub fn check_from_container6(ep: &Endpoint, dst: &Ipv6) -> Result<(), DropReason
 /// IPv6 from outside: a container source is forged, and no container
 /// address is open to it (no IPv6 leaves a container for it to answer).
 #[inline(always)]
-pub fn check_from_outside6(ip: &Ipv6Packet) -> Result<(), DropReason> {
+pub fn check_from_outside6(ip: &Ipv6Header6) -> Result<(), DropReason> {
     if endpoint6(&ip.src).is_some() {
         return Err(DropReason::SpoofedSource);
     }
-    match network6_of(ip.dst) {
+    match network6_of(&ip.dst) {
         Some(n) if n.gateway != ip.dst => Err(DropReason::UnsolicitedInbound),
         _ => Ok(()),
     }

@@ -155,6 +155,21 @@ impl Cidr6 {
                 net.network()
             ));
         }
+        // Link-local, multicast, and ::/8 (unspecified, loopback,
+        // IPv4-mapped): containers cannot be numbered from them.
+        for (special, what) in [
+            ("fe80::/10", "link-local"),
+            ("ff00::/8", "multicast"),
+            ("::/8", "reserved"),
+        ] {
+            let special: Ipv6Net = special.parse().expect("a prefix");
+            if special.contains(&net) || net.contains(&special) {
+                return Err(crate::invalid!(
+                    "IPv6 subnet {net} is {what} ({special}): use a unique local (fd00::/8) \
+                     or a global prefix"
+                ));
+            }
+        }
         Ok(Self(net))
     }
 
@@ -269,6 +284,10 @@ mod tests {
         assert!(a.overlaps(&"fd00::/16".parse().unwrap()));
         assert!(!a.overlaps(&"fd00:2::/64".parse().unwrap()));
         for bad in [
+            "fe80::/64",
+            "ff02::/16",
+            "::/64",
+            "::ffff:0:0/96",
             "fd00:1::5/64",
             "fd00::/126",
             "fd00::/4",

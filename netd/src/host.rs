@@ -340,9 +340,12 @@ impl Host for NetlinkHost {
         if let Some(prefix_len) = prefix_len {
             self.nl.add_address(index, gateway, prefix_len).await?;
         }
-        if let Some((gateway6, prefix_len)) = ipv6 {
-            enable_ipv6_here(name)?;
-            self.nl.add_address6(index, gateway6, prefix_len).await?;
+        match ipv6 {
+            Some((gateway6, prefix_len)) => {
+                enable_ipv6_here(name)?;
+                self.nl.add_address6(index, gateway6, prefix_len).await?;
+            }
+            None => disable_ipv6_here(name)?,
         }
         self.nl.link_mac(index).await
     }
@@ -371,11 +374,14 @@ impl Host for NetlinkHost {
         {
             self.nl.add_address(index, gateway, prefix_len).await?;
         }
-        if let Some((gateway6, prefix_len)) = ipv6 {
-            enable_ipv6_here(name)?;
-            if !self.nl.addresses6(index).await?.contains(&gateway6) {
-                self.nl.add_address6(index, gateway6, prefix_len).await?;
+        match ipv6 {
+            Some((gateway6, prefix_len)) => {
+                enable_ipv6_here(name)?;
+                if !self.nl.addresses6(index).await?.contains(&gateway6) {
+                    self.nl.add_address6(index, gateway6, prefix_len).await?;
+                }
             }
+            None => disable_ipv6_here(name)?,
         }
         self.nl.set_up(index).await?;
         Ok((self.nl.link_mac(index).await?, remade))
@@ -614,6 +620,17 @@ fn enable_ipv6_here(ifname: &str) -> Result<()> {
     Ok(())
 }
 
+/// No IPv6 on a bridge whose network has none (as Docker): not even a
+/// link-local address for its containers to reach the host at. Nothing
+/// to do on a kernel without IPv6.
+fn disable_ipv6_here(ifname: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    if !Path::new(&path).exists() {
+        return Ok(());
+    }
+    std::fs::write(&path, "1").with_context(|| format!("setting {path}"))
+}
+
 /// IPv6 on `ifname` and loopback inside a container's namespace, which
 /// [`Host::create_netns`] made with IPv6 off (as Docker: only containers
 /// on a network with IPv6 have it).
@@ -622,6 +639,9 @@ fn enable_ipv6_in(netns: &Path, ifname: &str) -> Result<()> {
         for (dev, key, value) in [
             (ifname, "accept_dad", "0"),
             (ifname, "accept_ra", "0"),
+            // An unsolicited advertisement when the address comes up, so
+            // neighbours drop a stale MAC (IPv6's arp_notify).
+            (ifname, "ndisc_notify", "1"),
             (ifname, "disable_ipv6", "0"),
             ("lo", "disable_ipv6", "0"),
         ] {

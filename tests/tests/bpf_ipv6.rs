@@ -65,7 +65,19 @@ fn datapath6(flags: u32) -> netd::datapath::Datapath {
             .insert_endpoint(addr.parse().unwrap(), ep)
             .unwrap();
     }
+    dp.maps.ipv6.insert_port(TEST_RUN_IFINDEX, flags).unwrap();
     dp
+}
+
+/// `payload` (ICMPv6) behind `count` hop-by-hop-style headers of `kind`.
+fn behind_ext_headers(kind: u8, count: usize, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for i in 0..count {
+        let next = if i + 1 == count { 58 } else { kind };
+        bytes.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    bytes.extend_from_slice(payload);
+    bytes
 }
 
 fn from_c1(mut frame: Ipv6Frame) -> Ipv6Frame {
@@ -215,6 +227,72 @@ fn a_container_sends_only_as_itself_and_advertises_only_its_own_address() {
             DropReason::SpoofedSource,
         );
     }
+}
+
+#[test]
+fn neighbour_discovery_behind_extension_headers_is_judged_the_same() {
+    let mut dp = datapath6(NET_ICC | NET_MASQUERADE);
+    let ll = "fe80::1";
+    let na_for_c2 = Ipv6Frame::neighbour(ICMPV6_NEIGHBOUR_ADVERT, ll, "ff02::1", C2_6).payload;
+    let router_advert = [134u8, 0, 0, 0, 64, 0, 0, 0x0e, 0, 0, 0, 0, 0, 0, 0, 0];
+    for (kind, count) in [(0u8, 1), (60, 1), (0, 3), (43, 2)] {
+        for payload in [&na_for_c2[..], &router_advert[..]] {
+            let frame = Ipv6Frame::new(
+                ll,
+                "ff02::1",
+                kind,
+                behind_ext_headers(kind, count, payload),
+            );
+            expect_drop6(
+                &mut dp,
+                programs::FROM_CONTAINER,
+                &from_c1(frame),
+                DropReason::SpoofedSource,
+            );
+        }
+    }
+    // A multicast listener report behind its router-alert hop-by-hop header.
+    let report = [143u8, 0, 0, 0, 0, 0, 0, 0];
+    let mld = Ipv6Frame::new(ll, "ff02::16", 0, behind_ext_headers(0, 1, &report));
+    expect_pass6(&mut dp, programs::FROM_CONTAINER, &from_c1(mld));
+    // More headers than netd walks: the message cannot be judged.
+    let long = Ipv6Frame::new(ll, "ff02::1", 60, behind_ext_headers(60, 4, &router_advert));
+    expect_drop6(
+        &mut dp,
+        programs::FROM_CONTAINER,
+        &from_c1(long),
+        DropReason::Ipv6HeaderChain,
+    );
+}
+
+#[test]
+fn icc_false_holds_on_the_link_too_and_ipv6_only_where_the_network_has_it() {
+    let mut dp = datapath6(NET_MASQUERADE);
+    // Link-local unicast: only neighbour discovery between containers.
+    for (src, dst) in [("fe80::1", "fe80::2"), (C1_6, "fe80::2")] {
+        expect_drop6(
+            &mut dp,
+            programs::FROM_CONTAINER,
+            &from_c1(Ipv6Frame::tcp_syn(src, dst)),
+            DropReason::IccDisabled,
+        );
+    }
+    let solicit = Ipv6Frame::neighbour(ICMPV6_NEIGHBOUR_SOLICIT, "fe80::1", "fe80::2", "fe80::2");
+    expect_pass6(&mut dp, programs::FROM_CONTAINER, &from_c1(solicit));
+    // A container whose network has no IPv6 sends none, link-local included.
+    dp.maps.ipv6.remove_port(TEST_RUN_IFINDEX).unwrap();
+    let solicit = Ipv6Frame::neighbour(
+        ICMPV6_NEIGHBOUR_SOLICIT,
+        "fe80::1",
+        "ff02::1:ff00:2",
+        "fe80::2",
+    );
+    expect_drop6(
+        &mut dp,
+        programs::FROM_CONTAINER,
+        &from_c1(solicit),
+        DropReason::Ipv6Off,
+    );
 }
 
 #[test]

@@ -235,6 +235,12 @@ fn dual_stack_networks_carry_ipv6_within_a_network_and_keep_the_rest_out() {
         ping6(&h.outside, "fd99::1"),
         "the host answers on its uplink"
     );
+    // A network cannot take the host's own prefix.
+    h.refused(
+        &["network", "create", "clash", "--subnet", "fd99::/64"],
+        ErrorKind::Conflict,
+        "holds this host's address fd99::1",
+    );
     // The host's own addresses are open to containers (as Docker leaves
     // INPUT alone): the daemon follows the new address from its events.
     probe::eventually("a container reaches the host's uplink address", || {
@@ -371,6 +377,11 @@ fn bad_ipv6_input_is_refused_and_changes_nothing() {
             ],
             ErrorKind::Invalid,
             "ports are published on IPv4 host addresses only for now",
+        ),
+        (
+            vec!["network", "create", "x", "--subnet", "fe80::/64"],
+            ErrorKind::Invalid,
+            "is link-local",
         ),
         (
             vec!["container", "create", &name, "--ip6", "fd00:1::5"],

@@ -159,13 +159,18 @@ pub(super) fn set_aside(map_dir: &Path, sizes: &TableSizes) -> Result<Vec<Migrat
     Ok(migrations)
 }
 
-/// Unpins the pinned arrays (counters, settings) an earlier netd made with
-/// another layout (a drop reason or traffic class added since): aya would
-/// refuse them and the daemon would not start. They are made anew; their
-/// counts start over, and the daemon says so.
+/// Unpins the pinned counter arrays an earlier netd made with another
+/// layout (a drop reason or traffic class added since): aya would refuse
+/// them and the daemon would not start. They are made anew; their counts
+/// start over, and the daemon says so. (Settings arrays are not counters:
+/// a layout change of theirs needs its own migration.)
 fn reset_counters_of_another_layout(map_dir: &Path) -> Result<()> {
-    let arrays = defs::pinned().filter(|m| matches!(m.kind, MapKind::Array | MapKind::PerCpuArray));
-    for map in arrays {
+    let counters = [
+        defs::TRAFFIC_COUNTERS::NAME,
+        defs::DROP_COUNTERS::NAME,
+        defs::UPLINK_DROPS::NAME,
+    ];
+    for map in defs::pinned().filter(|m| counters.contains(&m.name)) {
         let pin = map_dir.join(map.name);
         if !pin.exists() {
             continue;

@@ -362,6 +362,20 @@ impl Dns {
     }
 }
 
+/// Whether `name` can be a container's name on the resolver: dot-separated
+/// labels of letters, digits, '-' and '_'.
+pub fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,18 +428,4 @@ mod tests {
         assert!(other_daemons.exists() && users.exists());
         std::fs::remove_dir_all(&etc).unwrap();
     }
-}
-
-/// Whether `name` can be a container's name on the resolver: dot-separated
-/// labels of letters, digits, '-' and '_'.
-pub fn is_host_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
 }

@@ -337,7 +337,7 @@ impl<H: Host> Engine<H> {
     /// The default routes `attachments` give, per family: IPv4 from
     /// [`default_gateway`](Self::default_gateway), IPv6 the same way among
     /// the networks with IPv6 (Docker chooses each family's gateway apart).
-    fn routes_of(&self, attachments: &[Attachment]) -> DefaultRoutes {
+    pub(super) fn routes_of(&self, attachments: &[Attachment]) -> DefaultRoutes {
         let v6_networks: Vec<Attachment> = attachments
             .iter()
             .filter(|a| self.network(&a.network).is_ok_and(|n| n.ipv6.is_some()))
@@ -480,6 +480,10 @@ impl<H: Host> Engine<H> {
                 };
                 let _ = self.driver.remove_endpoint(&partial);
                 let _ = self.host.delete_link(&host_veth).await;
+                // A default route replaced before the failure went with
+                // the interface: the ones before the connect come back.
+                let before = self.routes_of(&container.attachments);
+                let _ = self.host.set_default_route(&netns, before).await;
                 self.save()?;
                 Err(err)
             }

@@ -244,6 +244,17 @@ impl<H: Host> Engine<H> {
             Some(net) => {
                 let subnet = Cidr6::from_net("--subnet", net)?;
                 ipam::check_subnet6_free(&subnet, &named)?;
+                // The host's own prefix would take its address from it.
+                if let Some(own) = self
+                    .host_info
+                    .local_addrs6
+                    .iter()
+                    .find(|ip| subnet.contains(**ip))
+                {
+                    return Err(crate::conflict!(
+                        "subnet {subnet} holds this host's address {own}; choose another --subnet"
+                    ));
+                }
                 subnet
             }
             None => {

@@ -208,7 +208,8 @@ impl<H: Host> Engine<H> {
             return Ok(());
         }
         let mut attachments = Vec::new();
-        for (i, att) in container.attachments.iter().enumerate() {
+        let mut rewired = false;
+        for att in &container.attachments {
             let net = self.network(&att.network)?.clone();
             let att = match self.host.reattach_veth(&att.host_veth, &net.bridge).await? {
                 Some(index) => {
@@ -223,7 +224,7 @@ impl<H: Host> Engine<H> {
                     self.host.delete_container_link(&netns, &att.ifname).await?;
                     let host_veth = new_veth_name();
                     self.plan_link(name, &host_veth)?;
-                    let new = self
+                    let mut new = self
                         .wire(
                             &netns,
                             &net,
@@ -233,9 +234,12 @@ impl<H: Host> Engine<H> {
                             },
                             &att.ifname,
                             &host_veth,
-                            i == 0,
+                            false,
                         )
                         .await?;
+                    new.aliases = att.aliases.clone();
+                    new.gw_priority = att.gw_priority;
+                    rewired = true;
                     report.push(format!(
                         "container {name}: its interface {} on network {} was gone; made again",
                         att.ifname, net.name
@@ -244,6 +248,12 @@ impl<H: Host> Engine<H> {
                 }
             };
             attachments.push(att);
+        }
+        // The default routes that went with a remade interface, each
+        // family's from the network that gives it.
+        if rewired {
+            let routes = self.routes_of(&attachments);
+            self.host.set_default_route(&netns, routes).await?;
         }
         self.driver.publish(&container.ports)?;
         if let Some(c) = self.state.containers.get_mut(name) {

@@ -10,7 +10,7 @@ use aya::{
 };
 use netd_common::{
     Endpoint, Network6Info, ipv6_from_octets, ipv6_octets,
-    maps::{ENDPOINTS6, LOCAL_ADDRS6, MapDef, NETWORKS6},
+    maps::{ENDPOINTS6, IPV6_PORTS, LOCAL_ADDRS6, MapDef, NETWORKS6},
 };
 
 use super::{Hash, Trie, data, done_if_missing, open};
@@ -19,6 +19,7 @@ pub struct Ipv6Tables {
     networks: Trie<NETWORKS6>,
     endpoints: Hash<ENDPOINTS6>,
     local_addrs: Hash<LOCAL_ADDRS6>,
+    ports: Hash<IPV6_PORTS>,
 }
 
 impl Ipv6Tables {
@@ -27,6 +28,7 @@ impl Ipv6Tables {
             networks: open::<NETWORKS6, _>(ebpf)?,
             endpoints: open::<ENDPOINTS6, _>(ebpf)?,
             local_addrs: open::<LOCAL_ADDRS6, _>(ebpf)?,
+            ports: open::<IPV6_PORTS, _>(ebpf)?,
         })
     }
 
@@ -34,6 +36,7 @@ impl Ipv6Tables {
         maps.push((NETWORKS6::NAME, data(&self.networks)));
         maps.push((ENDPOINTS6::NAME, data(&self.endpoints)));
         maps.push((LOCAL_ADDRS6::NAME, data(&self.local_addrs)));
+        maps.push((IPV6_PORTS::NAME, data(&self.ports)));
     }
 
     pub(super) fn networks_map(&self) -> &MapData {
@@ -86,6 +89,28 @@ impl Ipv6Tables {
             )),
             other => other.with_context(|| format!("adding endpoint {ip}")),
         }
+    }
+
+    /// The endpoint of `ip`, if the map has it.
+    pub fn endpoint(&self, ip: Ipv6Addr) -> Option<Endpoint> {
+        self.endpoints.get(&ipv6_from_octets(ip.octets()), 0).ok()
+    }
+
+    /// Lets the container behind host-side veth `ifindex` send IPv6 (its
+    /// network, with `network_flags`, has IPv6).
+    pub fn insert_port(&mut self, ifindex: u32, network_flags: u32) -> Result<()> {
+        self.ports
+            .insert(&ifindex, &network_flags, 0)
+            .with_context(|| format!("letting interface {ifindex} send IPv6"))
+    }
+
+    pub fn remove_port(&mut self, ifindex: u32) -> Result<()> {
+        done_if_missing(self.ports.remove(&ifindex))
+            .with_context(|| format!("no longer letting interface {ifindex} send IPv6"))
+    }
+
+    pub fn ports(&self) -> Result<Vec<u32>> {
+        Ok(self.ports.keys().filter_map(Result::ok).collect())
     }
 
     pub fn remove_endpoint(&mut self, ip: Ipv6Addr) -> Result<()> {

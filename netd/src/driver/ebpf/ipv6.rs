@@ -17,6 +17,8 @@ pub(super) struct Declared6 {
     endpoints: HashSet<Ipv6Addr>,
     /// The host's global IPv6 addresses (`LOCAL_ADDRS6`).
     local_addrs: HashSet<Ipv6Addr>,
+    /// Host-side veths allowed to send IPv6 (`IPV6_PORTS`).
+    ports: HashSet<u32>,
 }
 
 impl EbpfDriver {
@@ -44,26 +46,41 @@ impl EbpfDriver {
         self.datapath.maps.ipv6.remove_network(addr, len)
     }
 
+    /// The endpoint's IPv6 address, and its host-side veth allowed to send
+    /// IPv6 (a container on a network without IPv6 may send none).
     pub(super) fn add_endpoint6(&mut self, att: &Attachment, endpoint: Endpoint) -> Result<()> {
         let Some(ip6) = att.ip6 else {
             return Ok(());
         };
+        self.datapath
+            .maps
+            .ipv6
+            .insert_port(endpoint.ifindex, endpoint.network_flags)?;
+        self.declared6.ports.insert(endpoint.ifindex);
         self.datapath.maps.ipv6.insert_endpoint(ip6, endpoint)?;
         self.declared6.endpoints.insert(ip6);
         Ok(())
     }
 
-    /// Forgets the endpoint's IPv6 address in `declared6`; `in_maps`: in
-    /// the map too (not while tearing down, when the maps go whole).
+    /// Forgets the endpoint's IPv6 address and port in `declared6`;
+    /// `in_maps`: in the maps too (not while tearing down, when the maps go
+    /// whole).
     pub(super) fn remove_endpoint6(&mut self, att: &Attachment, in_maps: bool) -> Result<()> {
         let Some(ip6) = att.ip6 else {
             return Ok(());
         };
         self.declared6.endpoints.remove(&ip6);
-        match in_maps {
-            true => self.datapath.maps.ipv6.remove_endpoint(ip6),
-            false => Ok(()),
+        let port = self.datapath.maps.ipv6.endpoint(ip6).map(|ep| ep.ifindex);
+        if let Some(ifindex) = port {
+            self.declared6.ports.remove(&ifindex);
         }
+        if !in_maps {
+            return Ok(());
+        }
+        if let Some(ifindex) = port {
+            self.datapath.maps.ipv6.remove_port(ifindex)?;
+        }
+        self.datapath.maps.ipv6.remove_endpoint(ip6)
     }
 
     /// `LOCAL_ADDRS6`: the host's global IPv6 addresses as last read.
@@ -81,6 +98,12 @@ impl EbpfDriver {
 
     /// Removes the IPv6 entries nobody declared since start.
     pub(super) fn reconcile6(&mut self, removed: &mut Vec<String>) -> Result<()> {
+        for ifindex in self.datapath.maps.ipv6.ports()? {
+            if !self.declared6.ports.contains(&ifindex) {
+                removed.push(format!("stale IPv6 port {ifindex}"));
+                self.datapath.maps.ipv6.remove_port(ifindex)?;
+            }
+        }
         for ip in self.datapath.maps.ipv6.local_addrs()? {
             if !self.declared6.local_addrs.contains(&ip) {
                 removed.push(format!("stale local address {ip}"));

@@ -2,6 +2,7 @@
 //! The uplinks and XDP are in `uplinks`, what the datapath shows in
 //! `observe`.
 
+mod declared;
 mod flags;
 mod ipv6;
 mod nat_ports;
@@ -10,6 +11,7 @@ mod pressure;
 mod trusted;
 mod uplinks;
 
+use declared::Declared;
 use pressure::Pressure;
 
 pub use nat_ports::NatPorts;
@@ -21,7 +23,7 @@ use std::{
 };
 
 use anyhow::Result;
-use netd_common::{Backend, Config, Endpoint, NetworkInfo, PortKey, TrustKey};
+use netd_common::{Backend, Config, Endpoint, NetworkInfo, PortKey};
 
 use super::{BoxFuture, ConntrackRow, FirewallDriver, HostInfo, Leftovers};
 use crate::{
@@ -201,31 +203,6 @@ impl EbpfDriver {
     }
 }
 
-#[derive(Default)]
-struct Declared {
-    networks: HashSet<(Ipv4Addr, u8)>,
-    endpoints: HashSet<Ipv4Addr>,
-    /// The host's addresses (all interfaces) and the networks' gateways.
-    host_addrs: HashSet<Ipv4Addr>,
-    gateways: HashSet<Ipv4Addr>,
-    ports: HashSet<PortKey>,
-    /// (network ID, address, prefix length) of each routed CIDR.
-    routed: HashSet<(u32, Ipv4Addr, u8)>,
-    trusted: HashSet<TrustKey>,
-}
-
-impl Declared {
-    /// What `LOCAL_ADDRS` must hold.
-    fn local_addrs(&self) -> HashSet<Ipv4Addr> {
-        self.host_addrs
-            .iter()
-            .chain(&self.gateways)
-            .copied()
-            .chain([Ipv4Addr::LOCALHOST])
-            .collect()
-    }
-}
-
 /// A published port's key; a routed network's port open at the container's
 /// address is keyed by that address and port (its backend is itself), so
 /// the programs find it with the lookup they already make.
@@ -353,12 +330,14 @@ impl FirewallDriver for EbpfDriver {
     fn remove_endpoint(&mut self, att: &Attachment) -> Result<()> {
         self.endpoints.remove(&att.host_veth);
         self.declared.endpoints.remove(&att.ip);
-        self.remove_endpoint6(att, !self.tearing_down)?;
+        // Every step is tried; the first error is returned.
+        let ipv6 = self.remove_endpoint6(att, !self.tearing_down);
         if self.tearing_down {
-            return Ok(()); // the maps and links go whole in remove_all
+            return ipv6; // the maps and links go whole in remove_all
         }
         self.datapath.detach_from_container(&att.host_veth)?;
-        self.datapath.maps.remove_endpoint(att.ip)
+        self.datapath.maps.remove_endpoint(att.ip)?;
+        ipv6
     }
 
     fn forget_connections(&mut self, ips: &[Ipv4Addr]) -> Result<usize> {
@@ -381,11 +360,13 @@ impl FirewallDriver for EbpfDriver {
             self.declared.ports.remove(key);
         }
         keys.extend(self.close_container_sides(ports));
+        let mut ipv6 = Ok(());
         for att in atts {
             self.endpoints.remove(&att.host_veth);
             self.declared.endpoints.remove(&att.ip);
-            self.remove_endpoint6(att, !self.tearing_down)?;
+            ipv6 = ipv6.and(self.remove_endpoint6(att, !self.tearing_down));
         }
+        ipv6?;
         if self.tearing_down {
             return Ok(Box::new(|| ())); // the maps and links go whole in remove_all
         }
