@@ -2,7 +2,7 @@
 
 use std::{
     fs::File,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr},
     os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
 };
@@ -19,6 +19,8 @@ use rtnetlink::{
         tc::TcHandle,
     },
 };
+
+mod ipv6;
 
 use crate::cidr::Cidr;
 use crate::netns::setns;
@@ -411,44 +413,6 @@ impl Netlink {
             .with_context(|| format!("adding {ip}/{prefix_len} to link {index}"))
     }
 
-    /// An IPv6 address without duplicate address detection: usable at
-    /// once (netd hands out each address once, as Docker does).
-    pub async fn add_address6(&self, index: u32, ip: Ipv6Addr, prefix_len: u8) -> Result<()> {
-        let mut request = self.handle.address().add(index, IpAddr::V6(ip), prefix_len);
-        request.message_mut().attributes.push(
-            rtnetlink::packet_route::address::AddressAttribute::Flags(
-                rtnetlink::packet_route::address::AddressFlags::Nodad,
-            ),
-        );
-        request
-            .execute()
-            .await
-            .with_context(|| format!("adding {ip}/{prefix_len} to link {index}"))
-    }
-
-    /// The link's global IPv6 addresses (not its link-local one).
-    pub async fn addresses6(&self, index: u32) -> Result<Vec<Ipv6Addr>> {
-        let mut stream = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        let mut out = Vec::new();
-        while let Some(msg) = stream.try_next().await? {
-            for attr in msg.attributes {
-                if let AddressAttribute::Address(IpAddr::V6(ip)) = attr
-                    && !ip.is_unicast_link_local()
-                {
-                    out.push(ip);
-                }
-            }
-        }
-        out.sort();
-        out.dedup();
-        Ok(out)
-    }
-
     pub async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
         let mut stream = self
             .handle
@@ -489,26 +453,6 @@ impl Netlink {
                 out.push((msg.header.index, ip));
             }
         }
-        Ok(out)
-    }
-
-    /// Every global IPv6 address of the namespace (link-local ones are
-    /// each link's own business).
-    pub async fn all_addresses6(&self) -> Result<Vec<Ipv6Addr>> {
-        let mut stream = self.handle.address().get().execute();
-        let mut out = Vec::new();
-        while let Some(msg) = stream.try_next().await.context("listing addresses")? {
-            for attr in msg.attributes {
-                if let AddressAttribute::Address(IpAddr::V6(ip)) = attr
-                    && !ip.is_unicast_link_local()
-                    && !ip.is_loopback()
-                {
-                    out.push(ip);
-                }
-            }
-        }
-        out.sort();
-        out.dedup();
         Ok(out)
     }
 
@@ -565,20 +509,6 @@ impl Netlink {
             .execute()
             .await
             .with_context(|| format!("adding default route via {gateway}"))
-    }
-
-    /// The IPv6 default route via `gateway` (replacing the one there is).
-    pub async fn replace_default_route6(&self, gateway: Ipv6Addr) -> Result<()> {
-        let route = RouteMessageBuilder::<Ipv6Addr>::new()
-            .gateway(gateway)
-            .build();
-        self.handle
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .with_context(|| format!("setting the IPv6 default route via {gateway}"))
     }
 
     /// The default route via `gateway`, replacing the one there is.

@@ -10,6 +10,8 @@ use std::{
 
 use serde_json::{Value, json};
 
+use crate::{Netns, daemon_host::DaemonHost};
+
 /// The CNI versions netd's plugin speaks.
 pub const VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
@@ -128,4 +130,25 @@ pub fn net_conf(version: &str, network: &str, socket: &Path, extra: Value) -> Va
         base.extend(extra);
     }
     conf
+}
+
+/// A namespace as a runtime makes one (loopback up, no interfaces).
+pub fn runtime_netns(h: &DaemonHost, short: &str) -> Netns {
+    let name = h.name(short);
+    let out = Command::new("ip")
+        .args(["netns", "add", &name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip netns add {name}: {out:?}");
+    let ns = Netns::named(&name);
+    ns.ip(&["link", "set", "lo", "up"]).unwrap();
+    ns
+}
+
+/// How many containers (and runtime attachments) the daemon has.
+pub fn container_count(h: &DaemonHost) -> usize {
+    h.json(&["container", "ls", "--format", "json"])
+        .as_array()
+        .unwrap()
+        .len()
 }

@@ -1,0 +1,74 @@
+//! IPv6 on the interfaces netd configures: on where a network has it
+//! (without duplicate address detection or router advertisements), off
+//! where it has none.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use anyhow::{Context as _, Result};
+
+/// A container interface's IPv6 address and its network's IPv6 gateway
+/// (on the bridge, whose MAC is the IPv4 gateway's).
+#[derive(Clone, Copy, Debug)]
+pub struct VethIpv6 {
+    pub address: Ipv6Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv6Addr,
+}
+
+/// Where a container's default routes go, per family (none: no route).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DefaultRoutes {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+/// IPv6 on interface `ifname` of this namespace (a host whose default
+/// turns it off), with no duplicate address detection (netd's addresses
+/// are its own to hand out, and usable at once) and no router
+/// advertisements taken from it (the datapath drops containers' anyway).
+pub(super) fn enable_ipv6_here(ifname: &str) -> Result<()> {
+    for (key, value) in [
+        ("accept_dad", "0"),
+        ("accept_ra", "0"),
+        ("disable_ipv6", "0"),
+    ] {
+        let path = format!("/proc/sys/net/ipv6/conf/{ifname}/{key}");
+        std::fs::write(&path, value).with_context(|| format!("setting {path}"))?;
+    }
+    Ok(())
+}
+
+/// No IPv6 on a bridge whose network has none (as Docker): not even a
+/// link-local address for its containers to reach the host at. Nothing
+/// to do on a kernel without IPv6.
+pub(super) fn disable_ipv6_here(ifname: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    if !Path::new(&path).exists() {
+        return Ok(());
+    }
+    std::fs::write(&path, "1").with_context(|| format!("setting {path}"))
+}
+
+/// IPv6 on `ifname` and loopback inside a container's namespace, which
+/// [`Host::create_netns`] made with IPv6 off (as Docker: only containers
+/// on a network with IPv6 have it).
+pub(super) fn enable_ipv6_in(netns: &Path, ifname: &str) -> Result<()> {
+    crate::netns::run_in(netns, || {
+        for (dev, key, value) in [
+            (ifname, "accept_dad", "0"),
+            (ifname, "accept_ra", "0"),
+            // An unsolicited advertisement when the address comes up, so
+            // neighbours drop a stale MAC (IPv6's arp_notify).
+            (ifname, "ndisc_notify", "1"),
+            (ifname, "disable_ipv6", "0"),
+            ("lo", "disable_ipv6", "0"),
+        ] {
+            let path = format!("/proc/sys/net/ipv6/conf/{dev}/{key}");
+            std::fs::write(&path, value).with_context(|| format!("setting {path}"))?;
+        }
+        Ok(())
+    })
+}
