@@ -414,6 +414,19 @@ impl Netlink {
     }
 
     pub async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
+        Ok(self
+            .link_addresses(index)
+            .await?
+            .into_iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
+            })
+            .collect())
+    }
+
+    /// Every address of link `index`, both families, sorted.
+    async fn link_addresses(&self, index: u32) -> Result<Vec<IpAddr>> {
         let mut stream = self
             .handle
             .address()
@@ -423,7 +436,7 @@ impl Netlink {
         let mut out = Vec::new();
         while let Some(msg) = stream.try_next().await? {
             for attr in msg.attributes {
-                if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                if let AddressAttribute::Address(ip) = attr {
                     out.push(ip);
                 }
             }

@@ -27,25 +27,15 @@ impl Netlink {
 
     /// The link's global IPv6 addresses (not its link-local one).
     pub async fn addresses6(&self, index: u32) -> Result<Vec<Ipv6Addr>> {
-        let mut stream = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        let mut out = Vec::new();
-        while let Some(msg) = stream.try_next().await? {
-            for attr in msg.attributes {
-                if let AddressAttribute::Address(IpAddr::V6(ip)) = attr
-                    && !ip.is_unicast_link_local()
-                {
-                    out.push(ip);
-                }
-            }
-        }
-        out.sort();
-        out.dedup();
-        Ok(out)
+        Ok(self
+            .link_addresses(index)
+            .await?
+            .into_iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V6(ip) if !ip.is_unicast_link_local() => Some(ip),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Every global IPv6 address of the namespace (link-local ones are
