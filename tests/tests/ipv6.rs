@@ -31,6 +31,11 @@ fn expect_dropped(h: &DaemonHost, reason: &str, what: &str, probe: impl FnOnce()
     );
 }
 
+/// What `ip ARGS` prints inside `ns`.
+fn ip_output(ns: &netd_testbed::Netns, args: &[&str]) -> String {
+    String::from_utf8(ns.run("ip", args).unwrap().stdout).unwrap()
+}
+
 fn ping6(ns: &netd_testbed::Netns, dst: &str) -> bool {
     probe::ping(ns, dst, 1).unwrap()
 }
@@ -109,24 +114,12 @@ fn dual_stack_networks_carry_ipv6_within_a_network_and_keep_the_rest_out() {
 
     // Ready means usable: the address is not tentative, both default routes are there.
     let a1_ns = h.ctr("a1");
-    let addrs = String::from_utf8(
-        a1_ns
-            .run("ip", &["-6", "addr", "show", "dev", "eth0"])
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let addrs = ip_output(&a1_ns, &["-6", "addr", "show", "dev", "eth0"]);
     assert!(
         addrs.contains("fd00:a::2/64") && !addrs.contains("tentative"),
         "{addrs}"
     );
-    let routes = String::from_utf8(
-        a1_ns
-            .run("ip", &["-6", "route", "show", "default"])
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let routes = ip_output(&a1_ns, &["-6", "route", "show", "default"]);
     assert!(routes.contains("via fd00:a::1"), "{routes}");
     // IPv6 only where a network has it, as Docker.
     let off = h
@@ -148,21 +141,9 @@ fn dual_stack_networks_carry_ipv6_within_a_network_and_keep_the_rest_out() {
         "fd00:a::30",
     ]);
     assert_eq!(joined.trim(), "172.30.0.4 fd00:a::30");
-    let routes = String::from_utf8(
-        plain_ns
-            .run("ip", &["-6", "route", "show", "default"])
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let routes = ip_output(&plain_ns, &["-6", "route", "show", "default"]);
     assert!(routes.contains("via fd00:a::1 dev eth1"), "{routes}");
-    let routes4 = String::from_utf8(
-        plain_ns
-            .run("ip", &["-4", "route", "show", "default"])
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let routes4 = ip_output(&plain_ns, &["-4", "route", "show", "default"]);
     assert!(
         routes4.contains("dev eth0"),
         "the IPv4 route stays with bridge: {routes4}"
