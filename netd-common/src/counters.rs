@@ -77,14 +77,18 @@ counted_enum! {
         UserRule = 15 => "user-rule",
         /// IPv6 header cut short, or its version or payload length wrong.
         BadIpv6Header = 16 => "bad-ipv6-header",
-        /// IPv6 from a container to an address beyond the host: netd does
-        /// not route or translate (NAT66) IPv6 out of the host yet.
+        /// IPv6 from a container of a routed network (gateway mode
+        /// `routed`) to an address beyond the host: netd does not route
+        /// IPv6 without NAT66 yet.
         Ipv6OutboundUnsupported = 17 => "ipv6-outbound-unsupported",
         /// IPv6 from a container whose network has no IPv6.
         Ipv6Off = 18 => "ipv6-off",
         /// IPv6 from a container with more extension headers before its
         /// upper layer than netd walks (its message cannot be judged).
         Ipv6HeaderChain = 19 => "ipv6-header-chain",
+        /// IPv6 to be masqueraded (NAT66) out of an uplink that has no
+        /// global IPv6 address to give it.
+        NoIpv6Address = 20 => "no-ipv6-address",
     }
 }
 

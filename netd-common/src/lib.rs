@@ -37,6 +37,10 @@ const _: () = {
     assert!(size_of::<Backend>() == 8);
     assert!(size_of::<CtKey>() == 16);
     assert!(size_of::<CtEntry>() == 32);
+    assert!(size_of::<CtKey6>() == 40);
+    assert!(size_of::<CtEntry6>() == 56);
+    assert!(size_of::<Flow6>() == 88);
+    assert!(size_of::<UplinkInfo6>() == 16);
     assert!(size_of::<RuleVerdict>() == 8);
 };
 
@@ -66,6 +70,9 @@ mod pod {
         Backend,
         CtKey,
         CtEntry,
+        CtKey6,
+        CtEntry6,
+        UplinkInfo6,
         SockRevKey,
         DropEvent,
         DropKey,

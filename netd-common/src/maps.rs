@@ -7,9 +7,10 @@
 //! name is written once, as an identifier.
 
 use crate::{
-    Backend, Config, CtEntry, CtKey, DropEvent, DropKey, DropReason, Endpoint, EventBudget,
-    InterfaceDrops, Ipv4, Ipv6, Network6Info, NetworkInfo, PacketCounter, PortKey, RoutedKey,
-    RuleKey, RuleVerdict, SockRevKey, SockRevValue, TrafficClass, TrustKey, UplinkInfo, sizes,
+    Backend, Config, CtEntry, CtEntry6, CtKey, CtKey6, DropEvent, DropKey, DropReason, Endpoint,
+    EventBudget, Flow6, InterfaceDrops, Ipv4, Ipv6, Network6Info, NetworkInfo, PacketCounter,
+    PortKey, RoutedKey, RuleKey, RuleVerdict, SockRevKey, SockRevValue, TrafficClass, TrustKey,
+    UplinkInfo, UplinkInfo6, sizes,
 };
 
 /// The BPF map types netd uses, named as aya's map types are.
@@ -128,6 +129,15 @@ declare_maps! {
     /// starts closing (a full queue forgets its oldest). Each is checked
     /// again when popped.
     CONNTRACK_CANDIDATES: Queue<(), CtKey>, sizes::CONNTRACK / 2, unpinned;
+    /// IPv6's `CONNTRACK` (NAT66 and the connections of IPv6 containers).
+    /// Not preallocated: kernel memory is charged only for the entries in
+    /// use, so a host without IPv6 traffic pays nothing for it.
+    CONNTRACK6: HashMap<CtKey6, CtEntry6>, sizes::CONNTRACK, pinned;
+    /// IPv6's `CONNTRACK_CANDIDATES`.
+    CONNTRACK6_CANDIDATES: Queue<(), CtKey6>, sizes::CONNTRACK / 2, unpinned;
+    /// The IPv6 packet each uplink hook works on (slot 0: `to_uplink`, 1:
+    /// `from_uplink`; per CPU).
+    FLOW6_SCRATCH: PerCpuArray<u32, Flow6>, 2, unpinned;
     /// Connections evicted to make room (one slot per CPU).
     CONNTRACK_EVICTIONS: PerCpuArray<u32, u64>, 1, pinned;
     /// Host sockets redirected to a published port's backend -> the address
@@ -142,6 +152,9 @@ declare_maps! {
     RESOLVER_STEERING: HashMap<u64, Ipv4>, sizes::RESOLVER_STEERING, unpinned;
     /// Interfaces to the outside (ifindex) -> masquerade address and MTU.
     UPLINKS: HashMap<u32, UplinkInfo>, sizes::UPLINKS, pinned;
+    /// Interfaces to the outside that have a global IPv6 address (ifindex)
+    /// -> the address NAT66 gives container packets leaving by them.
+    UPLINKS6: HashMap<u32, UplinkInfo6>, sizes::UPLINKS, pinned;
     /// Drop events for `netd monitor` (bytes of ring).
     DROP_EVENTS: RingBuf<(), DropEvent>, sizes::DROP_EVENTS_BYTES, pinned;
     /// Each CPU's drop-event budget (one slot).

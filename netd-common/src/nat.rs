@@ -69,6 +69,17 @@ pub struct UplinkInfo {
     pub mtu: u32,
 }
 
+/// Value of `UPLINKS6` (key: ifindex): an interface to the outside that has
+/// a global IPv6 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct UplinkInfo6 {
+    /// The address NAT66 makes the source of container packets leaving by
+    /// it (its first global address, as the kernel's source selection
+    /// would pick for the default route).
+    pub masquerade_ip: Ipv6,
+}
+
 /// The resolver's address in every container (Docker's embedded DNS) and
 /// its port, which `--dns-via cgroup-hooks` steers to the daemon.
 pub const RESOLVER_IP: Ipv4 = [127, 0, 0, 11];

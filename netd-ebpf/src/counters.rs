@@ -4,11 +4,12 @@
 use crate::maps::bpf_map;
 use aya_ebpf::EbpfContext;
 use netd_common::{DropEvent, DropKey, DropReason, TrafficClass, sizes};
+
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     offsets::{ETH_LEN, L4_SRC_PORT},
-    parse::Frame,
+    parse::{Frame, Ipv4Packet, L4},
 };
 
 bpf_map!(TRAFFIC_COUNTERS: PerCpuArray);
@@ -154,4 +155,15 @@ fn drop_event<F: Frame>(ctx: &F, reason: DropReason) -> DropEvent {
         }
     }
     event
+}
+
+/// The traffic class an IPv4 packet is counted under.
+#[inline(always)]
+pub fn traffic_class(ip: &Ipv4Packet) -> TrafficClass {
+    match ip.l4 {
+        L4::Tcp { .. } => TrafficClass::Tcp,
+        L4::Udp { .. } => TrafficClass::Udp,
+        L4::Icmp { .. } => TrafficClass::Icmp,
+        L4::Other => TrafficClass::OtherIpv4,
+    }
 }

@@ -11,10 +11,13 @@ mod checksum;
 mod clock;
 mod conntrack;
 mod counters;
+mod flow6;
 mod forward;
 mod host_socket;
+mod ipv6;
 mod maps;
 mod nat;
+mod nat6;
 mod offsets;
 mod parse;
 mod policy;
@@ -51,6 +54,16 @@ pub fn from_container(ctx: TcContext) -> i32 {
 /// and the guard against unsolicited traffic to container addresses.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
+    if let Ok(Packet::Ipv6) = parse::parse_frame(&ctx) {
+        return ipv6::from_uplink6(ctx);
+    }
+    from_uplink4(ctx)
+}
+
+/// Each family's half of an uplink hook is a subprogram with its own stack
+/// frame: together in one they would pass what older kernels allow.
+#[inline(never)]
+fn from_uplink4(ctx: TcContext) -> i32 {
     verdict(&ctx, from_uplink_inner(&ctx), true)
 }
 
@@ -80,6 +93,14 @@ pub fn to_uplink(ctx: TcContext) -> i32 {
         aya_log_ebpf::trace!(&ctx, "fast path: {} bytes out", ctx.len());
         return TC_ACT_OK;
     }
+    if let Ok(Packet::Ipv6) = parse::parse_frame(&ctx) {
+        return ipv6::to_uplink6(ctx);
+    }
+    to_uplink4(ctx)
+}
+
+#[inline(never)]
+fn to_uplink4(ctx: TcContext) -> i32 {
     verdict(&ctx, to_uplink_inner(&ctx), true)
 }
 
@@ -175,11 +196,11 @@ fn from_container_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
             if let Some(endpoint) = policy::check_source6(ctx, &ip, src_mac, ifindex)? {
                 policy::check_from_container6(endpoint, &ip)?;
             }
-            Ok(Forward::Pass(traffic_class6(ip.next_hdr)))
+            Ok(Forward::Pass(ipv6::traffic_class6(ip.next_hdr)))
         }
         Packet::Ipv4(ip) => {
             let endpoint = policy::check_source(ip.src, src_mac, ifindex)?;
-            let class = traffic_class(&ip);
+            let class = counters::traffic_class(&ip);
             let local = policy::is_local(ip.dst);
             if local && let Some(key) = ip.tuple() {
                 return hairpin(ctx, &ip, &key, endpoint.network_flags, class);
@@ -259,11 +280,7 @@ fn hairpin(
 fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
     let ip = match parse::parse_frame(ctx) {
         Ok(Packet::Ipv4(ip)) => ip,
-        Ok(Packet::Ipv6) => {
-            let ip = parse::ipv6_header(ctx)?;
-            policy::check_from_outside6(&ip)?;
-            return Ok(Forward::Pass(traffic_class6(ip.next_hdr)));
-        }
+        Ok(Packet::Ipv6) => return Err(DropReason::UnsupportedEthertype), // from_uplink6's
         // ARP and the rest belong to the host: not ours to judge.
         Ok(Packet::Arp { .. }) | Err(DropReason::UnsupportedEthertype) => {
             return Ok(Forward::Pass(TrafficClass::Arp));
@@ -273,7 +290,7 @@ fn from_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
     if ip.dst[0] == 127 {
         return Err(DropReason::LoopbackFromOutside);
     }
-    let class = traffic_class(&ip);
+    let class = counters::traffic_class(&ip);
     let pass = Forward::Pass(class);
     let tuple = ip.tuple();
     if let Some(key) = tuple {
@@ -329,7 +346,7 @@ fn track_direct_connection(ip: &Ipv4Packet, key: &CtKey) -> Result<(), DropReaso
 fn early_drop(ctx: &XdpContext) -> Result<(), DropReason> {
     let ip = match parse::parse_frame(ctx) {
         Ok(Packet::Ipv4(ip)) => ip,
-        Ok(Packet::Ipv6) => return policy::check_from_outside6(&parse::ipv6_header(ctx)?),
+        Ok(Packet::Ipv6) => return ipv6::early_drop6(ctx),
         Ok(Packet::Arp { .. }) | Err(DropReason::UnsupportedEthertype) => return Ok(()),
         Err(reason) => return Err(reason),
     };
@@ -438,12 +455,9 @@ fn to_uplink_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
     match parse::parse_frame(ctx) {
         Ok(Packet::Ipv4(ip)) => {
             egress_nat(ctx, &ip, ctx.ifindex())?;
-            Ok(Forward::Pass(traffic_class(&ip)))
+            Ok(Forward::Pass(counters::traffic_class(&ip)))
         }
-        // The host's own: no container IPv6 leaves the host yet.
-        Ok(Packet::Ipv6) => Ok(Forward::Pass(traffic_class6(
-            parse::ipv6_header(ctx)?.next_hdr,
-        ))),
+        Ok(Packet::Ipv6) => Err(DropReason::UnsupportedEthertype), // to_uplink6's
         Ok(Packet::Arp { .. }) | Err(DropReason::UnsupportedEthertype) => {
             Ok(Forward::Pass(TrafficClass::Arp))
         }
@@ -530,7 +544,7 @@ fn into_container(
 /// published port; a stray mid-stream segment (say, a reply from a host
 /// socket whose port number happens to be published) must not.
 #[inline(always)]
-fn opens_connection(key: &CtKey, tcp_flags: u8) -> bool {
+fn opens_connection<A>(key: &CtKey<A>, tcp_flags: u8) -> bool {
     key.proto != parse::IPPROTO_TCP
         || tcp_flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN
 }
@@ -565,26 +579,6 @@ fn routed_opening_port(ip: &Ipv4Packet) -> Option<[u8; 2]> {
         L4::Udp { dst_port, .. } => Some(dst_port),
         L4::Icmp { icmp_type, .. } => (icmp_type == parse::ICMP_ECHO_REQUEST).then_some([0; 2]),
         L4::Other => Some([0; 2]),
-    }
-}
-
-fn traffic_class(ip: &Ipv4Packet) -> TrafficClass {
-    match ip.l4 {
-        L4::Tcp { .. } => TrafficClass::Tcp,
-        L4::Udp { .. } => TrafficClass::Udp,
-        L4::Icmp { .. } => TrafficClass::Icmp,
-        L4::Other => TrafficClass::OtherIpv4,
-    }
-}
-
-#[cfg(not(test))]
-#[inline(always)]
-fn traffic_class6(next_hdr: u8) -> TrafficClass {
-    match next_hdr {
-        parse::IPPROTO_TCP => TrafficClass::Tcp6,
-        parse::IPPROTO_UDP => TrafficClass::Udp6,
-        parse::IPPROTO_ICMPV6 => TrafficClass::Icmp6,
-        _ => TrafficClass::OtherIpv6,
     }
 }
 

@@ -33,13 +33,16 @@ macro_rules! bpf_map {
         $crate::maps::bpf_map!($name: PerCpuArray, value only);
     };
     ($name:ident: $kind:ident) => {
+        $crate::maps::bpf_map!($name: $kind, flags 0);
+    };
+    ($name:ident: $kind:ident, flags $flags:expr) => {
         #[aya_ebpf::macros::map]
         static $name: aya_ebpf::maps::$kind<
             <netd_common::maps::$name as netd_common::maps::MapDef>::Key,
             <netd_common::maps::$name as netd_common::maps::MapDef>::Value,
         > = aya_ebpf::maps::$kind::with_max_entries(
             <netd_common::maps::$name as netd_common::maps::MapDef>::MAX_ENTRIES,
-            0,
+            $flags,
         );
         $crate::maps::check_kind!($name: $kind);
     };

@@ -17,13 +17,13 @@ use netd_common::{
 
 use crate::{
     checksum,
-    conntrack::{self, Refused},
-    host_socket,
+    conntrack::{self, Family, Refused},
+    host_socket::{self, SockTuple},
     offsets::{
         ICMP_CHECK, ICMP_ECHO_ID, ICMP_LEN, IP_CHECK, IP_DST, IP_SRC, IPV4_CHECK, IPV4_DST,
         IPV4_LEN, IPV4_PROTO, IPV4_SRC, L4_DST_PORT, L4_SRC_PORT, TCP_CHECK, UDP_CHECK,
     },
-    parse::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Packet, L4, header_at},
+    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4Packet, L4, header_at},
 };
 
 bpf_map!(CONFIG: Array);
@@ -180,22 +180,37 @@ pub enum Port {
 /// random (bounded). A tuple is free when conntrack has no
 /// connection on it and, for a host source, no host socket owns it.
 #[inline(always)]
-pub fn create_with_free_port(
+pub fn create_with_free_port<A: Family + SockTuple>(
     ctx: &TcContext,
-    orig: &CtKey,
-    xlat: &CtKey,
+    orig: &CtKey<A>,
+    xlat: &CtKey<A>,
     flags: u32,
     source: Source,
     port: Port,
-) -> Result<CtKey, DropReason> {
+) -> Result<CtKey<A>, DropReason> {
     let mut xlat = *xlat;
+    create_with_free_port_in(ctx, orig, &mut xlat, flags, source, port)?;
+    Ok(xlat)
+}
+
+/// As [`create_with_free_port`], searching in `xlat` itself (the template
+/// in, the tuple tracked out): IPv6's is a scratch slot, not stack.
+#[inline(always)]
+pub fn create_with_free_port_in<A: Family + SockTuple>(
+    ctx: &TcContext,
+    orig: &CtKey<A>,
+    xlat: &mut CtKey<A>,
+    flags: u32,
+    source: Source,
+    port: Port,
+) -> Result<(), DropReason> {
     // Set when the table is found full: the flags of the tuple then tried.
     let mut full: Option<u32> = None;
     let host = source == Source::Host;
     let ctx = ctx.as_ptr();
-    if port == Port::KeepIfFree && !(host && host_socket::owns(ctx, &xlat)) {
-        match conntrack::try_create(orig, &xlat, flags) {
-            Ok(()) => return Ok(xlat),
+    if port == Port::KeepIfFree && !(host && host_socket::owns(ctx, xlat)) {
+        match conntrack::try_create(orig, xlat, flags) {
+            Ok(()) => return Ok(()),
             Err(Refused::Taken) => {}
             Err(Refused::Full) => full = Some(flags),
         }
@@ -215,15 +230,15 @@ pub fn create_with_free_port(
             // SAFETY: helper without arguments.
             let port = (min + unsafe { bpf_get_prandom_u32() } % span) as u16;
             xlat.src_port = port.to_be_bytes();
-            if orig.proto == IPPROTO_ICMP {
+            if orig.proto == IPPROTO_ICMP || orig.proto == IPPROTO_ICMPV6 {
                 // The echo identifier is both "ports".
                 xlat.dst_port = xlat.src_port;
             }
-            if host && host_socket::owns(ctx, &xlat) {
+            if host && host_socket::owns(ctx, xlat) {
                 continue;
             }
-            match conntrack::try_create(orig, &xlat, flags) {
-                Ok(()) => return Ok(xlat),
+            match conntrack::try_create(orig, xlat, flags) {
+                Ok(()) => return Ok(()),
                 Err(Refused::Taken) => {}
                 Err(Refused::Full) => {
                     full = Some(flags);
@@ -237,8 +252,8 @@ pub fn create_with_free_port(
     };
     // A full table: room is made once, outside the search (one eviction
     // loop per program, not one per port tried).
-    match conntrack::retry_after_making_room(orig, &xlat, flags) {
-        Ok(()) => Ok(xlat),
+    match conntrack::retry_after_making_room(orig, xlat, flags) {
+        Ok(()) => Ok(()),
         Err(reason) => Err(reason.unwrap_or(DropReason::ConntrackFull)),
     }
 }
@@ -347,7 +362,7 @@ fn rewrite_addr(
 }
 
 #[inline(always)]
-fn rewrite_port(
+pub(crate) fn rewrite_port(
     ctx: &TcContext,
     offset: usize,
     old: [u8; 2],

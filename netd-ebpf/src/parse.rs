@@ -39,7 +39,7 @@ struct Ipv6Header {
     src: Ipv6,
     dst: Ipv6,
 }
-const IPV6_LEN: usize = core::mem::size_of::<Ipv6Header>();
+pub const IPV6_LEN: usize = core::mem::size_of::<Ipv6Header>();
 
 /// Where a neighbour message's target address starts in it.
 const ND_TARGET_OFFSET: usize = 8;

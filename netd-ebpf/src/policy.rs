@@ -5,13 +5,13 @@
 use crate::maps::bpf_map;
 use aya_ebpf::maps::lpm_trie::Key;
 use netd_common::{
-    DropReason, Endpoint, Ipv4, Ipv6, NET_ICC, NET_INTERNAL, NET_ROUTED, NET_TRUSTS_INTERFACES,
-    Network6Info, NetworkInfo, TrustKey, routed_key,
+    DropReason, Endpoint, Ipv4, Ipv6, NET_GATEWAY_ROUTED, NET_ICC, NET_INTERNAL, NET_ROUTED,
+    NET_TRUSTS_INTERFACES, Network6Info, NetworkInfo, TrustKey, routed_key,
 };
 
 use crate::parse::{
-    Frame, ICMPV6_REDIRECT, ICMPV6_ROUTER_ADVERT, IPPROTO_ICMPV6, Ipv6Header6, Ipv6Packet,
-    is_walked_ext_header, ptr_at,
+    Frame, ICMPV6_REDIRECT, ICMPV6_ROUTER_ADVERT, IPPROTO_ICMPV6, Ipv6Packet, is_walked_ext_header,
+    ptr_at,
 };
 
 // Subnet -> network. Subnets never overlap (user space refuses that).
@@ -205,19 +205,23 @@ pub fn check_from_container6(ep: &Endpoint, ip: &Ipv6Packet) -> Result<(), DropR
         Some(n) if n.flags & NET_ICC == 0 => Err(DropReason::IccDisabled),
         Some(_) => Ok(()),
         None if ep.network_flags & NET_INTERNAL != 0 => Err(DropReason::InternalNetwork),
-        None => Err(DropReason::Ipv6OutboundUnsupported),
+        None if ep.network_flags & NET_GATEWAY_ROUTED != 0 => {
+            Err(DropReason::Ipv6OutboundUnsupported)
+        }
+        // Beyond the host: the kernel routes it, to_uplink translates it.
+        None => Ok(()),
     }
 }
 
-/// IPv6 from outside: a container source is forged, and no container
-/// address is open to it (no IPv6 leaves a container for it to answer).
+/// IPv6 from outside, not part of a tracked connection: a container source
+/// is forged, and no container address is open to it.
 #[inline(always)]
-pub fn check_from_outside6(ip: &Ipv6Header6) -> Result<(), DropReason> {
-    if endpoint6(&ip.src).is_some() {
+pub fn check_from_outside6(src: &Ipv6, dst: &Ipv6) -> Result<(), DropReason> {
+    if endpoint6(src).is_some() {
         return Err(DropReason::SpoofedSource);
     }
-    match network6_of(&ip.dst) {
-        Some(n) if n.gateway != ip.dst => Err(DropReason::UnsolicitedInbound),
+    match network6_of(dst) {
+        Some(n) if n.gateway != *dst => Err(DropReason::UnsolicitedInbound),
         _ => Ok(()),
     }
 }

@@ -290,14 +290,12 @@ impl Host for NetlinkHost {
             candidates.sort_by_key(|link| link.index);
             candidates.dedup_by_key(|link| link.index);
         }
+        let addrs6 = self.nl.all_addresses6().await?;
         let uplinks: Vec<Uplink> = candidates
             .into_iter()
             .map(|link| Uplink {
-                addrs: addrs
-                    .iter()
-                    .filter(|(i, _)| *i == link.index)
-                    .map(|(_, a)| *a)
-                    .collect(),
+                addrs: of_link(&addrs, link.index),
+                addrs6: of_link(&addrs6, link.index),
                 name: link.name,
                 ifindex: link.index,
                 mtu: link.mtu,
@@ -312,7 +310,7 @@ impl Host for NetlinkHost {
         Ok(HostInfo {
             uplinks,
             local_addrs: addrs.into_iter().map(|(_, a)| a).collect(),
-            local_addrs6: self.nl.all_addresses6().await?,
+            local_addrs6: ipv6::unique(addrs6),
         })
     }
 
@@ -591,4 +589,12 @@ impl Host for NetlinkHost {
         }
         Ok(())
     }
+}
+
+/// The addresses of `list` (link index, address) on link `index`.
+fn of_link<T: Copy>(list: &[(u32, T)], index: u32) -> Vec<T> {
+    list.iter()
+        .filter(|(i, _)| *i == index)
+        .map(|(_, a)| *a)
+        .collect()
 }

@@ -15,7 +15,8 @@
 //! - [`testrun`]: one crafted frame through BPF_PROG_TEST_RUN;
 //! - [`unit`]: the set-up and checks of the BPF_PROG_TEST_RUN tests;
 //! - [`packet`]: crafted frames and an independent checksum routine for
-//!   `BPF_PROG_TEST_RUN` tests.
+//!   `BPF_PROG_TEST_RUN` tests; [`packet6`]: IPv6 ones with checksums;
+//! - [`unit6`]: the IPv6 set-up of the BPF_PROG_TEST_RUN tests.
 
 pub mod bin_under_test;
 pub mod cni;
@@ -25,12 +26,14 @@ pub mod datapath_host;
 pub mod dns;
 pub mod docker;
 pub mod packet;
+pub mod packet6;
 pub mod podman;
 pub mod probe;
 pub mod scenarios;
 pub mod testrun;
 pub mod topology;
 pub mod unit;
+pub mod unit6;
 pub mod uplink;
 
 pub use topology::{Netns, Testbed};

@@ -201,7 +201,7 @@ fn dual_stack_networks_carry_ipv6_within_a_network_and_keep_the_rest_out() {
         ping6(&h.ctr("q1"), "fd00:c::3")
     });
 
-    // The outside: an IPv6 uplink, forwarding on in the host namespace.
+    // The outside: an IPv6 uplink.
     h.host
         .ip(&["-6", "addr", "add", "fd99::1/64", "dev", &h.uplink, "nodad"])
         .unwrap();
@@ -211,7 +211,12 @@ fn dual_stack_networks_carry_ipv6_within_a_network_and_keep_the_rest_out() {
     h.outside
         .ip(&["-6", "route", "add", "fd00::/8", "via", "fd99::1"])
         .unwrap();
-    h.host.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    // netd turned IPv6 forwarding on with its first IPv6 network.
+    let forwarding = h
+        .host
+        .run("sysctl", &["-n", "net.ipv6.conf.all.forwarding"])
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&forwarding.stdout).trim(), "1");
     assert!(
         ping6(&h.outside, "fd99::1"),
         "the host answers on its uplink"
@@ -227,9 +232,29 @@ fn dual_stack_networks_carry_ipv6_within_a_network_and_keep_the_rest_out() {
     probe::eventually("a container reaches the host's uplink address", || {
         ping6(&a1_ns, "fd99::1")
     });
-    expect_dropped(&h, "ipv6-outbound-unsupported", "a1 to the outside", || {
-        ping6(&a1_ns, "fd99::2")
-    });
+    // NAT66: a1 reaches the outside behind the uplink's address, TCP and
+    // ICMPv6 echo alike, tracked in conntrack.
+    let _outside = EchoServer::tcp(
+        &h.outside,
+        "[fd99::2]:80".parse().unwrap(),
+        "outside saw {peer}:",
+    )
+    .unwrap();
+    let reply = probe::tcp_request(&a1_ns, "[fd99::2]:80".parse().unwrap(), b"out").unwrap();
+    assert_eq!(
+        String::from_utf8(reply).unwrap(),
+        "outside saw fd99::1:out",
+        "masqueraded behind the uplink's address"
+    );
+    assert!(ping6(&a1_ns, "fd99::2"), "ICMPv6 echo through NAT66");
+    let conntrack = h.json(&["conntrack", "ls", "--format", "json"]);
+    assert!(
+        conntrack.as_array().unwrap().iter().any(|row| {
+            let starts = |field: &str, with: &str| row[field].as_str().unwrap().starts_with(with);
+            starts("src", "[fd00:a::2]:") && starts("translated_src", "[fd99::1]:")
+        }),
+        "a1's connection tracked as masqueraded: {conntrack}"
+    );
     expect_dropped(&h, "unsolicited-inbound", "the outside to a1", || {
         ping6(&h.outside, "fd00:a::2")
     });

@@ -48,8 +48,10 @@ impl TableSizes {
     /// The entries map `name` gets, when the user sets it.
     pub fn entries_of(&self, name: &str) -> Option<u32> {
         Some(match name {
-            defs::CONNTRACK::NAME => self.connections * 2,
-            defs::CONNTRACK_CANDIDATES::NAME => self.connections,
+            defs::CONNTRACK::NAME | defs::CONNTRACK6::NAME => self.connections * 2,
+            defs::CONNTRACK_CANDIDATES::NAME | defs::CONNTRACK6_CANDIDATES::NAME => {
+                self.connections
+            }
             defs::PUBLISHED_PORTS::NAME => self.published_ports,
             defs::ENDPOINTS::NAME | defs::ENDPOINTS6::NAME => self.endpoints,
             _ => return None,
@@ -97,6 +99,7 @@ pub(super) struct Migration {
 fn migratable(name: &str) -> bool {
     [
         defs::CONNTRACK::NAME,
+        defs::CONNTRACK6::NAME,
         defs::PUBLISHED_PORTS::NAME,
         defs::ENDPOINTS::NAME,
         defs::ENDPOINTS6::NAME,
@@ -202,6 +205,7 @@ impl Migration {
         let new_pin = map_dir.join(self.name);
         match self.name {
             defs::CONNTRACK::NAME => copy::<defs::CONNTRACK>(&self.old_pin, &new_pin),
+            defs::CONNTRACK6::NAME => copy::<defs::CONNTRACK6>(&self.old_pin, &new_pin),
             defs::PUBLISHED_PORTS::NAME => copy::<defs::PUBLISHED_PORTS>(&self.old_pin, &new_pin),
             defs::ENDPOINTS::NAME => copy::<defs::ENDPOINTS>(&self.old_pin, &new_pin),
             defs::ENDPOINTS6::NAME => copy::<defs::ENDPOINTS6>(&self.old_pin, &new_pin),

@@ -45,6 +45,9 @@ pub struct Uplink {
     pub mtu: u32,
     /// Its IPv4 addresses, primary first.
     pub addrs: Vec<Ipv4Addr>,
+    /// Its global IPv6 addresses, in the kernel's order (NAT66 takes the
+    /// first).
+    pub addrs6: Vec<std::net::Ipv6Addr>,
     /// The kind of a virtual link (`veth`, …); none for a NIC.
     pub kind: Option<String>,
 }

@@ -30,6 +30,7 @@ pub struct DefaultRoutes {
 /// are its own to hand out, and usable at once) and no router
 /// advertisements taken from it (the datapath drops containers' anyway).
 pub(super) fn enable_ipv6_here(ifname: &str) -> Result<()> {
+    enable_forwarding6()?;
     for (key, value) in [
         ("accept_dad", "0"),
         ("accept_ra", "0"),
@@ -39,6 +40,30 @@ pub(super) fn enable_ipv6_here(ifname: &str) -> Result<()> {
         std::fs::write(&path, value).with_context(|| format!("setting {path}"))?;
     }
     Ok(())
+}
+
+/// IPv6 forwarding in this namespace, which a network with IPv6 needs to
+/// reach beyond the host (as IPv4's `ip_forward`). A host turns router
+/// advertisements off on interfaces with `accept_ra=1` once it forwards;
+/// those are set to 2 first (as Docker 27 does), so a host configured by
+/// router advertisements keeps its default route.
+fn enable_forwarding6() -> Result<()> {
+    let conf = Path::new("/proc/sys/net/ipv6/conf");
+    let all = conf.join("all/forwarding");
+    if std::fs::read_to_string(&all).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    for dir in std::fs::read_dir(conf).context("listing IPv6 interfaces")? {
+        let path = dir
+            .context("listing IPv6 interfaces")?
+            .path()
+            .join("accept_ra");
+        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+            std::fs::write(&path, "2").with_context(|| format!("setting {}", path.display()))?;
+            tracing::info!(path = %path.display(), "accept_ra 1 -> 2: router advertisements stay accepted with IPv6 forwarding on");
+        }
+    }
+    std::fs::write(&all, "1").context("enabling IPv6 forwarding")
 }
 
 /// No IPv6 on a bridge whose network has none (as Docker): not even a
@@ -71,4 +96,12 @@ pub(super) fn enable_ipv6_in(netns: &Path, ifname: &str) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Each address once, in order (one address may sit on several links).
+pub(super) fn unique(addrs: Vec<(u32, Ipv6Addr)>) -> Vec<Ipv6Addr> {
+    let mut all: Vec<Ipv6Addr> = addrs.into_iter().map(|(_, a)| a).collect();
+    all.sort();
+    all.dedup();
+    all
 }

@@ -38,23 +38,26 @@ impl Netlink {
             .collect())
     }
 
-    /// Every global IPv6 address of the namespace (link-local ones are
-    /// each link's own business).
-    pub async fn all_addresses6(&self) -> Result<Vec<Ipv6Addr>> {
+    /// Every global IPv6 address of the namespace with its link's index,
+    /// in the kernel's order (link-local ones are each link's own
+    /// business; tentative and deprecated ones source nothing new).
+    pub async fn all_addresses6(&self) -> Result<Vec<(u32, Ipv6Addr)>> {
+        use rtnetlink::packet_route::address::AddressHeaderFlags;
         let mut stream = self.handle.address().get().execute();
         let mut out = Vec::new();
         while let Some(msg) = stream.try_next().await.context("listing addresses")? {
-            for attr in msg.attributes {
+            let unusable = msg.header.flags.contains(AddressHeaderFlags::Tentative)
+                || msg.header.flags.contains(AddressHeaderFlags::Deprecated);
+            for attr in &msg.attributes {
                 if let AddressAttribute::Address(IpAddr::V6(ip)) = attr
                     && !ip.is_unicast_link_local()
                     && !ip.is_loopback()
+                    && !unusable
                 {
-                    out.push(ip);
+                    out.push((msg.header.index, *ip));
                 }
             }
         }
-        out.sort();
-        out.dedup();
         Ok(out)
     }
 

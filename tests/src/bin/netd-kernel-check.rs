@@ -172,7 +172,7 @@ fn traffic_and_restart(h: &mut DaemonHost) -> Result<Vec<&'static str>> {
     }
     done.push("masquerade to the outside");
     ipv6_within_and_between_networks(h)?;
-    done.push("IPv6 within a network, isolation and unsolicited inbound");
+    done.push("IPv6 within a network, isolation, NAT66 out, unsolicited inbound");
 
     // A user rule's drop and an unsolicited packet to a container address:
     // dropped (by XDP, which sees them first) and counted under their reasons.
@@ -220,8 +220,9 @@ fn traffic_and_restart(h: &mut DaemonHost) -> Result<Vec<&'static str>> {
 
 /// Dual-stack networks on this kernel's verifier and datapath: TCP over
 /// IPv6 between two containers of a network, another network's container
-/// out of reach, and the outside kept off a container's IPv6 address (by
-/// XDP, which sees it first), each drop counted under its reason.
+/// out of reach, TCP out through NAT66, and the outside kept off a
+/// container's IPv6 address (by XDP, which sees it first), each drop
+/// counted under its reason. (netd turns IPv6 forwarding on itself.)
 fn ipv6_within_and_between_networks(h: &DaemonHost) -> Result<()> {
     let drops = |reason: &str| {
         h.json(&["status", "--format", "json"])["drops"][reason]
@@ -259,7 +260,16 @@ fn ipv6_within_and_between_networks(h: &DaemonHost) -> Result<()> {
     h.outside
         .ip(&["-6", "route", "add", "fd00::/8", "via", "fd99::1"])
         .context("routing the containers' prefix to the host")?;
-    h.host.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    // NAT66 out of the host: the masquerade path's subprograms loaded
+    // and within this kernel's stack.
+    let _outside = EchoServer::tcp(&h.outside, addr("[fd99::2]:80"), "outside saw {peer}:")?;
+    let reply = probe::tcp_request(&h.ctr("s1"), addr("[fd99::2]:80"), b"out")
+        .context("TCP over IPv6 through NAT66")?;
+    ensure!(
+        reply == b"outside saw fd99::1:out",
+        "the outside answered {:?}",
+        String::from_utf8_lossy(&reply)
+    );
     let before = drops("unsolicited-inbound");
     ensure!(
         !probe::ping(&h.outside, "fd00:6::2", 1)?,
@@ -269,7 +279,6 @@ fn ipv6_within_and_between_networks(h: &DaemonHost) -> Result<()> {
         drops("unsolicited-inbound") > before,
         "the unsolicited IPv6 packet's drop was not counted"
     );
-    h.host.sysctl("net.ipv6.conf.all.forwarding", "0")?;
     Ok(())
 }
 

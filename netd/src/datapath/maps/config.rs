@@ -4,8 +4,8 @@
 use anyhow::{Context as _, Result};
 use aya::{Ebpf, maps::MapData};
 use netd_common::{
-    UplinkInfo,
-    maps::{CONFIG, MapDef, NETNS_PROBE, RESOLVER_STEERING, SOCK_REVNAT, UPLINKS},
+    UplinkInfo, UplinkInfo6,
+    maps::{CONFIG, MapDef, NETNS_PROBE, RESOLVER_STEERING, SOCK_REVNAT, UPLINKS, UPLINKS6},
 };
 
 use super::{Hash, Slots, data, done_if_missing, open};
@@ -13,6 +13,7 @@ use super::{Hash, Slots, data, done_if_missing, open};
 pub struct Config {
     config: Slots<CONFIG>,
     uplinks: Hash<UPLINKS>,
+    uplinks6: Hash<UPLINKS6>,
 }
 
 impl Config {
@@ -20,12 +21,14 @@ impl Config {
         Ok(Self {
             config: open::<CONFIG, _>(ebpf)?,
             uplinks: open::<UPLINKS, _>(ebpf)?,
+            uplinks6: open::<UPLINKS6, _>(ebpf)?,
         })
     }
 
     pub(super) fn each<'a>(&'a self, maps: &mut Vec<(&'static str, &'a MapData)>) {
         maps.push((CONFIG::NAME, data(&self.config)));
         maps.push((UPLINKS::NAME, data(&self.uplinks)));
+        maps.push((UPLINKS6::NAME, data(&self.uplinks6)));
     }
 
     pub fn set(&mut self, config: netd_common::Config) -> Result<()> {
@@ -50,6 +53,26 @@ impl Config {
 
     pub fn uplinks(&self) -> Result<Vec<u32>> {
         Ok(self.uplinks.keys().filter_map(Result::ok).collect())
+    }
+
+    /// The uplink's IPv6 address for NAT66; `None`: it has none.
+    pub fn set_uplink6(&mut self, ifindex: u32, addr: Option<std::net::Ipv6Addr>) -> Result<()> {
+        match addr {
+            Some(addr) => {
+                let info = UplinkInfo6 {
+                    masquerade_ip: netd_common::ipv6_from_octets(addr.octets()),
+                };
+                self.uplinks6
+                    .insert(&ifindex, &info, 0)
+                    .with_context(|| format!("adding uplink {ifindex}'s IPv6 address"))
+            }
+            None => done_if_missing(self.uplinks6.remove(&ifindex))
+                .with_context(|| format!("removing uplink {ifindex}'s IPv6 address")),
+        }
+    }
+
+    pub fn uplinks6(&self) -> Result<Vec<u32>> {
+        Ok(self.uplinks6.keys().filter_map(Result::ok).collect())
     }
 }
 

@@ -1,22 +1,57 @@
-//! `CONNTRACK`: both directions of every tracked connection, and the
-//! garbage collection of expired ones.
+//! `CONNTRACK` and `CONNTRACK6`: both directions of every tracked
+//! connection, one table per address family, and the garbage collection of
+//! expired ones.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    hash::Hash as StdHash,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, Result};
 use aya::{Ebpf, maps::MapData};
-use netd_common::{CtEntry, CtKey, maps::CONNTRACK};
+use netd_common::{
+    CtEntry, CtKey, Ipv4, Ipv6,
+    maps::{CONNTRACK, CONNTRACK6, MapDef},
+};
 
 use super::{Hash, data, open};
 
-pub struct Conntrack {
-    entries: Hash<CONNTRACK>,
+/// An address family's conntrack table.
+pub trait Family: Copy + Eq + StdHash + Send + Sync + 'static {
+    type Map: MapDef<Key = CtKey<Self>, Value = CtEntry<CtKey<Self>>>;
+    fn ip(addr: Self) -> IpAddr;
 }
 
-impl Conntrack {
+impl Family for Ipv4 {
+    type Map = CONNTRACK;
+    fn ip(addr: Ipv4) -> IpAddr {
+        Ipv4Addr::from(addr).into()
+    }
+}
+
+impl Family for Ipv6 {
+    type Map = CONNTRACK6;
+    fn ip(addr: Ipv6) -> IpAddr {
+        Ipv6Addr::from(netd_common::ipv6_octets(addr)).into()
+    }
+}
+
+/// One entry of a family's table, key and value.
+pub type Row<A> = (CtKey<A>, CtEntry<CtKey<A>>);
+
+pub struct Conntrack<A: Family = Ipv4> {
+    entries: Hash<A::Map>,
+}
+
+impl<A: Family> Conntrack<A>
+where
+    CtKey<A>: aya::Pod + bytemuck::Pod + StdHash,
+    CtEntry<CtKey<A>>: aya::Pod + bytemuck::Pod,
+{
     pub(super) fn open(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
-            entries: open::<CONNTRACK, _>(ebpf)?,
+            entries: open::<A::Map, _>(ebpf)?,
         })
     }
 
@@ -53,7 +88,7 @@ impl Conntrack {
 
     /// Every conntrack entry (both directions of each connection): in
     /// batches, or (a kernel without batch lookups) entry by entry.
-    pub fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>> {
+    pub fn entries(&self) -> Result<Vec<Row<A>>> {
         use std::os::fd::AsFd as _;
         match crate::datapath::sys::lookup_batch(self.map().fd().as_fd(), 4096) {
             Ok(entries) => Ok(entries),
@@ -68,8 +103,11 @@ impl Conntrack {
 
     /// Deletes both entries of every connection one of whose entries matches.
     /// Returns how many entries were deleted.
-    pub fn flush(&mut self, matches: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<usize> {
-        let doomed: Vec<CtKey> = self
+    pub fn flush(
+        &mut self,
+        matches: impl Fn(&CtKey<A>, &CtEntry<CtKey<A>>) -> bool,
+    ) -> Result<usize> {
+        let doomed: Vec<CtKey<A>> = self
             .entries()?
             .into_iter()
             .filter(|(key, entry)| matches(key, entry))
@@ -90,9 +128,9 @@ impl Conntrack {
 
     /// The connections (entry key, peer entry key) whose entries have both
     /// expired at `now_ns`, each once: the first half of a GC pass.
-    pub fn expired(&self, now_ns: u64) -> Result<Vec<(CtKey, CtKey)>> {
-        let entries: HashMap<CtKey, CtEntry> = self.entries()?.into_iter().collect();
-        let expired = |key: &CtKey| entries.get(key).is_none_or(|e| e.expires_ns <= now_ns);
+    pub fn expired(&self, now_ns: u64) -> Result<Vec<(CtKey<A>, CtKey<A>)>> {
+        let entries: HashMap<CtKey<A>, CtEntry<CtKey<A>>> = self.entries()?.into_iter().collect();
+        let expired = |key: &CtKey<A>| entries.get(key).is_none_or(|e| e.expires_ns <= now_ns);
         let mut seen = HashSet::new();
         Ok(entries
             .iter()
@@ -108,12 +146,12 @@ impl Conntrack {
     /// reusing a port from TIME_WAIT), and its fresh entries must stay.
     pub fn remove_if_expired(
         &mut self,
-        connections: &[(CtKey, CtKey)],
+        connections: &[(CtKey<A>, CtKey<A>)],
         now_ns: u64,
     ) -> Result<usize> {
         let mut removed = 0;
         for (key, peer) in connections {
-            let expired = |k: &CtKey| {
+            let expired = |k: &CtKey<A>| {
                 self.entries
                     .get(k, 0)
                     .map_or(true, |e| e.expires_ns <= now_ns)

@@ -12,7 +12,7 @@ mod networks;
 mod ports;
 mod rules;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -20,12 +20,12 @@ use aya::{
     maps::{Array, HashMap, IterableMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
 use netd_common::{
-    CT_DNAT, CtKey, PortKey,
+    CT_DNAT, CtKey, Ipv6, PortKey,
     maps::{self as defs, MapDef},
 };
 
 pub use config::{Config, ResolverSteering, Sockets};
-pub use conntrack::Conntrack;
+pub use conntrack::{Conntrack, Family as ConntrackFamily, Row as ConntrackRow};
 pub use counters::{Counters, DropEvents};
 pub use endpoints::Endpoints;
 pub use ipv6::Ipv6Tables;
@@ -87,6 +87,7 @@ pub struct Maps {
     pub ipv6: Ipv6Tables,
     pub ports: Ports,
     pub conntrack: Conntrack,
+    pub conntrack6: Conntrack<Ipv6>,
     pub counters: Counters,
     pub rules: Rules,
 }
@@ -104,6 +105,7 @@ impl Maps {
             ipv6: Ipv6Tables::open(ebpf)?,
             ports: Ports::open(ebpf)?,
             conntrack: Conntrack::open(ebpf)?,
+            conntrack6: Conntrack::open(ebpf)?,
             counters: Counters::open(ebpf)?,
             rules: Rules::open(ebpf)?,
         })
@@ -119,6 +121,7 @@ impl Maps {
         self.ipv6.each(&mut maps);
         self.ports.each(&mut maps);
         maps.push((defs::CONNTRACK::NAME, self.conntrack.map()));
+        maps.push((defs::CONNTRACK6::NAME, self.conntrack6.map()));
         self.counters.each(&mut maps);
         maps.push((defs::USER_RULES::NAME, self.rules.map()));
         maps.retain(|(name, _)| defs::pinned().any(|m| m.name == *name));
@@ -154,6 +157,19 @@ impl Maps {
     /// entries went.
     pub fn forget_connections(&mut self, ips: &[Ipv4Addr]) -> Result<usize> {
         flush_addresses(&mut self.conntrack, ips)
+    }
+
+    /// Forgets every IPv6 connection one of `ips` took part in.
+    pub fn forget_connections6(&mut self, ips: &[Ipv6Addr]) -> Result<usize> {
+        let ips: Vec<Ipv6> = ips
+            .iter()
+            .map(|ip| netd_common::ipv6_from_octets(ip.octets()))
+            .collect();
+        self.conntrack6.flush(|key, entry| {
+            [key.src, key.dst, entry.xlat.src, entry.xlat.dst]
+                .iter()
+                .any(|a| ips.contains(a))
+        })
     }
 
     /// Unpublishes ports and forgets the connections made through them
@@ -201,6 +217,7 @@ impl Maps {
                 evicted: Some(self.counters.conntrack_evictions()? * 2),
                 ..MapFill::of::<defs::CONNTRACK>(self.conntrack.len(), self.conntrack.map())
             },
+            MapFill::of::<defs::CONNTRACK6>(self.conntrack6.len(), self.conntrack6.map()),
         ])
     }
 }

@@ -80,7 +80,9 @@ impl EbpfDriver {
         if let Some(ifindex) = port {
             self.datapath.maps.ipv6.remove_port(ifindex)?;
         }
-        self.datapath.maps.ipv6.remove_endpoint(ip6)
+        self.datapath.maps.ipv6.remove_endpoint(ip6)?;
+        // A container made later on the same address starts clean.
+        self.datapath.maps.forget_connections6(&[ip6]).map(drop)
     }
 
     /// `LOCAL_ADDRS6`: the host's global IPv6 addresses as last read.

@@ -524,7 +524,9 @@ impl FirewallDriver for EbpfDriver {
     }
 
     fn gc(&mut self) -> Result<usize> {
-        let removed = self.datapath.maps.conntrack.gc(monotonic_ns())?;
+        let now = monotonic_ns();
+        let removed =
+            self.datapath.maps.conntrack.gc(now)? + self.datapath.maps.conntrack6.gc(now)?;
         let counts = Pressure::read(&self.datapath)?;
         self.pressure.update(counts, self.connections);
         Ok(removed)

@@ -15,7 +15,10 @@ use crate::{
         ConntrackRow, DatapathStatus, EbpfStatus, FlowDirection, IpProto, MapUse, NatKind,
         Programs, Traffic,
     },
-    datapath::monotonic_ns,
+    datapath::{
+        maps::{self, ConntrackFamily},
+        monotonic_ns,
+    },
     driver::{
         DatapathMetrics, DropStream, DroppedPacket, FirewallDriver as _, Observability, TableFill,
     },
@@ -24,39 +27,12 @@ use crate::{
 impl EbpfDriver {
     /// Both directions of every tracked connection, as `netd conntrack ls`
     /// shows them.
+    /// Both families' tables, as rows.
     pub(super) fn conntrack_rows(&self) -> Result<Vec<ConntrackRow>> {
-        let now = monotonic_ns() as i64;
-        let tuple = |k: &CtKey| {
-            let addr = |ip: [u8; 4], port: [u8; 2]| {
-                SocketAddr::from((Ipv4Addr::from(ip), u16::from_be_bytes(port)))
-            };
-            (addr(k.src, k.src_port), addr(k.dst, k.dst_port))
-        };
-        Ok(self
-            .datapath
-            .maps
-            .conntrack
-            .entries()?
-            .into_iter()
-            .map(|(key, entry)| {
-                let (src, dst) = tuple(&key);
-                let (translated_src, translated_dst) = tuple(&entry.xlat);
-                let flag = |bit: u32| entry.flags & bit != 0;
-                ConntrackRow {
-                    proto: IpProto::from_number(key.proto),
-                    src,
-                    dst,
-                    translated_src,
-                    translated_dst,
-                    direction: match flag(netd_common::CT_REPLY) {
-                        true => FlowDirection::Reply,
-                        false => FlowDirection::Original,
-                    },
-                    nat: NatKind::of(flag(netd_common::CT_SNAT), flag(netd_common::CT_DNAT)),
-                    expires_in_s: (entry.expires_ns as i64 - now) / 1_000_000_000,
-                }
-            })
-            .collect())
+        let maps = &self.datapath.maps;
+        let mut rows = rows_of(maps.conntrack.entries()?);
+        rows.extend(rows_of(maps.conntrack6.entries()?));
+        Ok(rows)
     }
 
     pub(super) fn ebpf_status(&self) -> Result<DatapathStatus> {
@@ -204,4 +180,32 @@ fn interface_name(ifindex: u32) -> String {
         .ok()
         .and_then(|name| name.into_string().ok())
         .unwrap_or_else(|| format!("if{ifindex}"))
+}
+
+/// One family's conntrack entries as rows.
+fn rows_of<A: ConntrackFamily>(entries: Vec<maps::ConntrackRow<A>>) -> Vec<ConntrackRow> {
+    let now = monotonic_ns() as i64;
+    let addr = |ip: A, port: [u8; 2]| SocketAddr::new(A::ip(ip), u16::from_be_bytes(port));
+    let tuple = |k: &CtKey<A>| (addr(k.src, k.src_port), addr(k.dst, k.dst_port));
+    entries
+        .into_iter()
+        .map(|(key, entry)| {
+            let (src, dst) = tuple(&key);
+            let (translated_src, translated_dst) = tuple(&entry.xlat);
+            let flag = |bit: u32| entry.flags & bit != 0;
+            ConntrackRow {
+                proto: IpProto::from_number(key.proto),
+                src,
+                dst,
+                translated_src,
+                translated_dst,
+                direction: match flag(netd_common::CT_REPLY) {
+                    true => FlowDirection::Reply,
+                    false => FlowDirection::Original,
+                },
+                nat: NatKind::of(flag(netd_common::CT_SNAT), flag(netd_common::CT_DNAT)),
+                expires_in_s: (entry.expires_ns as i64 - now) / 1_000_000_000,
+            }
+        })
+        .collect()
 }

@@ -56,10 +56,20 @@ impl EbpfDriver {
                 mtu: uplink.mtu,
             };
             self.datapath.maps.config.set_uplink(uplink.ifindex, info)?;
+            let addr6 = uplink.addrs6.first().copied();
+            self.datapath
+                .maps
+                .config
+                .set_uplink6(uplink.ifindex, addr6)?;
         }
         for ifindex in self.datapath.maps.config.uplinks()? {
             if !self.uplinks.values().any(|&i| i == ifindex) {
                 self.datapath.maps.config.remove_uplink(ifindex)?;
+            }
+        }
+        for ifindex in self.datapath.maps.config.uplinks6()? {
+            if !self.uplinks.values().any(|&i| i == ifindex) {
+                self.datapath.maps.config.set_uplink6(ifindex, None)?;
             }
         }
         let current: Vec<u32> = self.uplinks.values().copied().collect();
