@@ -40,6 +40,8 @@ const _: () = {
     assert!(size_of::<CtKey6>() == 40);
     assert!(size_of::<CtEntry6>() == 56);
     assert!(size_of::<Flow6>() == 88);
+    assert!(size_of::<PortKey6>() == 20);
+    assert!(size_of::<Backend6>() == 20);
     assert!(size_of::<UplinkInfo6>() == 16);
     assert!(size_of::<RuleVerdict>() == 8);
 };
@@ -73,6 +75,8 @@ mod pod {
         CtKey6,
         CtEntry6,
         UplinkInfo6,
+        PortKey6,
+        Backend6,
         SockRevKey,
         DropEvent,
         DropKey,

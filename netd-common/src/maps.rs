@@ -7,10 +7,10 @@
 //! name is written once, as an identifier.
 
 use crate::{
-    Backend, Config, CtEntry, CtEntry6, CtKey, CtKey6, DropEvent, DropKey, DropReason, Endpoint,
-    EventBudget, Flow6, InterfaceDrops, Ipv4, Ipv6, Network6Info, NetworkInfo, PacketCounter,
-    PortKey, RoutedKey, RuleKey, RuleVerdict, SockRevKey, SockRevValue, TrafficClass, TrustKey,
-    UplinkInfo, UplinkInfo6, sizes,
+    Backend, Backend6, Config, CtEntry, CtEntry6, CtKey, CtKey6, DropEvent, DropKey, DropReason,
+    Endpoint, EventBudget, Flow6, InterfaceDrops, Ipv4, Ipv6, Network6Info, NetworkInfo,
+    PacketCounter, PortKey, PortKey6, RoutedKey, RuleKey, RuleVerdict, SockRevKey, SockRevValue,
+    TrafficClass, TrustKey, UplinkInfo, UplinkInfo6, sizes,
 };
 
 /// The BPF map types netd uses, named as aya's map types are.
@@ -117,6 +117,9 @@ declare_maps! {
     LOCAL_ADDRS: HashMap<Ipv4, u32>, sizes::LOCAL_ADDRS, pinned;
     /// (host address or any, port, protocol) -> the container behind it.
     PUBLISHED_PORTS: HashMap<PortKey, Backend>, sizes::PUBLISHED_PORTS, pinned;
+    /// (host IPv6 address or any, port, protocol) -> the container's IPv6
+    /// address and port: the same ports published on IPv6.
+    PUBLISHED_PORTS6: HashMap<PortKey6, Backend6>, sizes::PUBLISHED_PORTS, pinned;
     /// Which kinds of `PUBLISHED_PORTS` keys exist (`PUBLISHED_ON_*` bits, one slot).
     PUBLISHED_SCOPES: Array<u32, u32>, 1, pinned;
     /// Both directions of every tracked connection. A plain hash, not an

@@ -134,6 +134,26 @@ impl PortKey {
     }
 }
 
+/// Key of `PUBLISHED_PORTS6`: a port published on IPv6. `host_ip` all
+/// zero = on every IPv6 address of the host (`[::]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct PortKey6 {
+    pub host_ip: Ipv6,
+    pub port: Port,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// The container behind a port published on IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Backend6 {
+    pub ip: Ipv6,
+    pub port: Port,
+    pub _pad: [u8; 2],
+}
+
 /// Bits of `PUBLISHED_SCOPES` (one-slot array): which kinds of
 /// `PUBLISHED_PORTS` keys exist, so a lookup skips the kind there is none
 /// of (most hosts publish only on all addresses, as `docker run -p` does).

@@ -15,8 +15,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use netd_common::{
-    CT_SNAT, DropReason, FLOW6_ICMP_ERROR, FLOW6_TUPLE, Flow6, NET_GATEWAY_ROUTED, NET_INTERNAL,
-    NET_MASQUERADE, TrafficClass,
+    CT_DNAT, CT_SNAT, DropReason, FLOW6_ICMP_ERROR, FLOW6_TUPLE, Flow6, NET_GATEWAY_ROUTED,
+    NET_INTERNAL, NET_MASQUERADE, TrafficClass,
 };
 
 use crate::{
@@ -25,7 +25,7 @@ use crate::{
     nat::{Port, Source, create_with_free_port_in},
     nat6, opens_connection,
     parse::{self, Frame as _},
-    policy, verdict,
+    policy, rules, verdict,
 };
 
 bpf_map!(FLOW6_SCRATCH: PerCpuArray);
@@ -70,6 +70,14 @@ pub fn from_uplink6(ctx: TcContext) -> i32 {
             translate6(&ctx, flow)?;
             return Ok(pass);
         }
+        if flow.kind == FLOW6_TUPLE
+            && policy::is_local6(&flow.key.dst)
+            && opens_connection(&flow.key, flow.tcp_flags)
+            && decode(new_inbound6(again(&ctx), flow))?
+        {
+            translate6(&ctx, flow)?;
+            return Ok(pass);
+        }
         if flow.kind == FLOW6_ICMP_ERROR && decode(icmp_error6(again(&ctx), flow))? {
             return Ok(pass);
         }
@@ -110,6 +118,38 @@ fn egress_nat6(ctx: &TcContext, flow: &mut Flow6, egress: u32) -> Result<(), Dro
         decode(new_connection6(again(ctx), flow, egress))?;
     }
     translate6(ctx, flow)
+}
+
+/// A connection opened from outside to one of the host's IPv6 addresses:
+/// to a port published on IPv6, tracked and translated to its container
+/// (`flow.xlat`, true), the user's rules permitting; else the host's own
+/// (false). A subprogram, as `new_connection6`.
+#[inline(never)]
+fn new_inbound6(ctx: TcContext, flow: &mut Flow6) -> u32 {
+    encode(new_inbound6_inner(&ctx, flow))
+}
+
+#[inline(always)]
+fn new_inbound6_inner(ctx: &TcContext, flow: &mut Flow6) -> Result<bool, DropReason> {
+    let key = &flow.key;
+    let Some(backend) = nat6::published_backend6(&key.dst, key.dst_port, key.proto) else {
+        return Ok(false);
+    };
+    let conn = rules::Inbound {
+        src: None,
+        proto: key.proto,
+        port: key.dst_port,
+        ifindex: ctx.ifindex(),
+    };
+    rules::check(&conn, || {
+        policy::network6_of(&backend.ip).map_or(0, |n| n.id)
+    })?;
+    flow.xlat = flow.key;
+    flow.xlat.dst = backend.ip;
+    flow.xlat.dst_port = backend.port;
+    let Flow6 { key, xlat, .. } = flow;
+    create_with_free_port_in(ctx, key, xlat, CT_DNAT, Source::Remote, Port::KeepIfFree)?;
+    Ok(true)
 }
 
 /// An untracked packet leaving: a container's new connection (masqueraded

@@ -390,7 +390,7 @@ fn check_published(
         return Err(DropReason::FragmentNeedsNat);
     }
     let conn = rules::Inbound {
-        src: ip.src,
+        src: Some(ip.src),
         proto: key.proto,
         port: key.dst_port,
         ifindex,
@@ -412,7 +412,7 @@ fn check_container_destination(ip: &Ipv4Packet, ifindex: u32) -> Result<(), Drop
     }
     if let Some(port) = routed_opening_port(ip) {
         let conn = rules::Inbound {
-            src: ip.src,
+            src: Some(ip.src),
             proto: ip.proto,
             port,
             ifindex,

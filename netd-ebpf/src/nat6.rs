@@ -10,7 +10,7 @@ use aya_ebpf::{
     helpers::bpf_csum_diff,
     programs::TcContext,
 };
-use netd_common::{CtKey6, DropReason, Flow6, Ipv6};
+use netd_common::{Backend6, CtKey6, DropReason, Flow6, Ipv6, PortKey6};
 
 use crate::{
     conntrack,
@@ -32,6 +32,27 @@ const ICMPV6_ECHO_ID: usize = 4;
 const ICMPV6_HEADER_LEN: usize = 8;
 /// The quoted IPv6 header and the 8 bytes of its upper layer translated.
 const ICMPV6_QUOTE: usize = IPV6_LEN + 8;
+
+bpf_map!(PUBLISHED_PORTS6: HashMap);
+
+/// The container behind `dst`:`port` when a port is published there on
+/// IPv6: on exactly this address, or on all (`[::]`).
+#[inline(always)]
+pub fn published_backend6(dst: &Ipv6, port: [u8; 2], proto: u8) -> Option<Backend6> {
+    let mut key = PortKey6 {
+        host_ip: *dst,
+        port,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: read-only map values, copied out.
+    if let Some(backend) = unsafe { PUBLISHED_PORTS6.get(&key) } {
+        return Some(*backend);
+    }
+    key.host_ip = [0; 4];
+    // SAFETY: as above.
+    unsafe { PUBLISHED_PORTS6.get(&key) }.copied()
+}
 
 /// The source a new container connection leaving by `egress` is
 /// masqueraded to: the uplink's IPv6 address.

@@ -119,6 +119,13 @@ pub fn endpoint6(addr: &Ipv6) -> Option<&'static Endpoint> {
     unsafe { ENDPOINTS6.get(addr) }
 }
 
+/// Whether `addr` is one of the host's own global IPv6 addresses.
+#[inline(always)]
+pub fn is_local6(addr: &Ipv6) -> bool {
+    // SAFETY: only the presence of the value is read.
+    unsafe { LOCAL_ADDRS6.get(addr) }.is_some()
+}
+
 /// The IPv6 twin of [`check_source`] and of the ARP check: a global source
 /// must be the sender's registered address (interface and MAC); a
 /// link-local one (neighbour discovery, router solicitations) or the
@@ -195,8 +202,7 @@ pub fn check_from_container6(ep: &Endpoint, ip: &Ipv6Packet) -> Result<(), DropR
     if Ipv6Packet::is_link_scoped(dst) {
         return check_on_link(ip, ep.network_flags);
     }
-    // SAFETY: only the presence of the value is read.
-    if unsafe { LOCAL_ADDRS6.get(dst) }.is_some() {
+    if is_local6(dst) {
         return Ok(());
     }
     match network6_of(dst) {

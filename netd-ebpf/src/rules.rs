@@ -22,7 +22,8 @@ const NETWORK_CLASSES: u32 = 0xfc0;
 /// A connection from outside, as the rules see it: `port` is the original
 /// destination port (the published host port, before DNAT).
 pub struct Inbound {
-    pub src: Ipv4,
+    /// None: an IPv6 source, which only rules naming no source match.
+    pub src: Option<Ipv4>,
     pub proto: u8,
     pub port: Port,
     pub ifindex: u32,
@@ -79,9 +80,13 @@ fn first_in_class(class: u32, classes: u32, conn: &Inbound, network_id: u32) -> 
         1 => (conn.proto, [0; 2]),
         _ => (conn.proto, conn.port),
     };
+    let (src_bits, src) = match conn.src {
+        Some(src) => (32, src),
+        None => (0, [0; 4]),
+    };
     let key = Key::new(
-        RULE_KEY_FIXED_BITS + 32,
-        rule_key(net, ifindex, proto, port, conn.src),
+        RULE_KEY_FIXED_BITS + src_bits,
+        rule_key(net, ifindex, proto, port, src),
     );
     match USER_RULES.get(&key) {
         Some(found) => (u64::from(found.order) << 1) | u64::from(found.action & 1),

@@ -68,8 +68,9 @@ impl PortSpec {
             let ip = bracketed.split(']').next().unwrap_or_default();
             return Err(match ip.parse::<std::net::Ipv6Addr>() {
                 Ok(_) => crate::invalid!(
-                    "-p {spec}: ports are published on IPv4 host addresses only for now \
-                     (IPv6 host addresses such as [{ip}] come with NAT66)"
+                    "-p {spec}: a port cannot name an IPv6 host address such as [{ip}] yet; \
+                     without a host address (-p 8080:80) it is published on both families \
+                     of a network with IPv6"
                 ),
                 Err(_) => crate::invalid!("-p {spec}: [{ip}] is not an IPv6 address"),
             });
@@ -192,7 +193,7 @@ mod tests {
             assert!(PortSpec::parse(bad).is_err(), "{bad}");
         }
         let err = PortSpec::parse("[::1]:8080:80").unwrap_err().to_string();
-        assert!(err.contains("IPv4 host addresses only for now"), "{err}");
+        assert!(err.contains("cannot name an IPv6 host address"), "{err}");
         let err = PortSpec::parse("[x]:8080:80").unwrap_err().to_string();
         assert!(err.contains("[x] is not an IPv6 address"), "{err}");
     }

@@ -288,6 +288,11 @@ pub struct PublishedPort {
     pub container_ip: Ipv4Addr,
     pub container_port: u16,
     pub proto: Proto,
+    /// Also published on the host's IPv6 addresses (`[::]`, the same host
+    /// port) to this address: a port on all addresses of a network with
+    /// IPv6 (Docker 27 publishes both families).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_ip6: Option<std::net::Ipv6Addr>,
 }
 
 impl PublishedPort {

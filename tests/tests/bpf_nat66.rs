@@ -324,3 +324,85 @@ fn nat_clashes_with_host_sockets_are_settled_in_both_orders() {
         expect_rewrite6(&mut dp, programs::FROM_UPLINK, &to_host, &back);
     }
 }
+
+const CLIENT_6: &str = "2001:db8::77";
+
+/// TCP 8080 published on every IPv6 address of the host (`[::]`) to C1:80.
+fn publish6_8080(dp: &mut Datapath) -> netd_common::PortKey6 {
+    let key = netd_common::PortKey6 {
+        host_ip: [0; 4],
+        port: 8080u16.to_be_bytes(),
+        proto: PROTO_TCP,
+        _pad: 0,
+    };
+    let backend = netd_common::Backend6 {
+        ip: netd_common::ipv6_from_octets(C1_6.parse::<std::net::Ipv6Addr>().unwrap().octets()),
+        port: 80u16.to_be_bytes(),
+        _pad: [0; 2],
+    };
+    dp.maps.ports.publish6(key, backend).unwrap();
+    key
+}
+
+#[test]
+fn a_port_published_on_ipv6_reaches_its_container_and_its_replies_go_back() {
+    let mut dp = nat66(NET_ICC | NET_MASQUERADE);
+    let key = publish6_8080(&mut dp);
+    let syn = Ipv6Frame::tcp(CLIENT_6, 5555, UPLINK_6, 8080, TCP_SYN);
+    assert_eq!(run_xdp(&mut dp, &syn.build()).unwrap().0, XDP_PASS);
+    let into_c1 = syn.translated((CLIENT_6, 5555), (C1_6, 80));
+    expect_rewrite6(&mut dp, programs::FROM_UPLINK, &syn, &into_c1);
+    let rows = dp.maps.conntrack6.entries().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter()
+            .all(|(_, e)| e.flags & netd_common::CT_DNAT != 0)
+    );
+    // The client's address is kept; the reply leaves from the host's port.
+    let syn_ack = Ipv6Frame::tcp(C1_6, 80, CLIENT_6, 5555, TCP_SYN | TCP_ACK);
+    let out = syn_ack.translated((UPLINK_6, 8080), (CLIENT_6, 5555));
+    expect_rewrite6(&mut dp, programs::TO_UPLINK, &syn_ack, &out);
+
+    // Not a SYN: opens nothing (the host's own business, untouched).
+    let stray = Ipv6Frame::tcp(CLIENT_6, 6666, UPLINK_6, 8080, TCP_ACK);
+    expect_pass6(&mut dp, programs::FROM_UPLINK, &stray);
+    // Another port of the host: its own.
+    let other = Ipv6Frame::tcp(CLIENT_6, 5555, UPLINK_6, 9090, TCP_SYN);
+    expect_pass6(&mut dp, programs::FROM_UPLINK, &other);
+    assert_eq!(entries6(&dp), 2);
+
+    // Unpublishing forgets the connections made through the port.
+    dp.maps.unpublish6(&[key]).unwrap();
+    assert_eq!(entries6(&dp), 0);
+    let again = Ipv6Frame::tcp(CLIENT_6, 5556, UPLINK_6, 8080, TCP_SYN);
+    expect_pass6(&mut dp, programs::FROM_UPLINK, &again);
+}
+
+/// User rules that name no source apply to IPv6 clients of published ports;
+/// a rule naming an IPv4 source never matches an IPv6 client.
+#[test]
+fn user_rules_without_a_source_decide_ipv6_connections_too() {
+    let mut dp = nat66(NET_ICC | NET_MASQUERADE);
+    publish6_8080(&mut dp);
+    let syn = |port| Ipv6Frame::tcp(CLIENT_6, port, UPLINK_6, 8080, TCP_SYN);
+    set_rules(&mut dp, &[("deny 198.51.100.0/24 tcp 8080", None)]);
+    let into_c1 = syn(5555).translated((CLIENT_6, 5555), (C1_6, 80));
+    expect_rewrite6(&mut dp, programs::FROM_UPLINK, &syn(5555), &into_c1);
+    set_rules(&mut dp, &[("deny 0.0.0.0/0 tcp 8080", None)]);
+    expect_drop6(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &syn(5556),
+        DropReason::UserRule,
+    );
+    set_rules(&mut dp, &[("deny 0.0.0.0/0", Some(2))]);
+    let into_c1 = syn(5557).translated((CLIENT_6, 5557), (C1_6, 80));
+    expect_rewrite6(&mut dp, programs::FROM_UPLINK, &syn(5557), &into_c1);
+    set_rules(&mut dp, &[("deny 0.0.0.0/0", Some(1))]);
+    expect_drop6(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &syn(5558),
+        DropReason::UserRule,
+    );
+}

@@ -112,11 +112,34 @@ fn docker_runs_containers_on_netd_networks() {
             "fd00:86::/64",
         ],
     );
-    let server = d.run("six1", &["--network", "dual"]);
+    let server = d.run("six1", &["--network", "dual", "-p", "8090:80"]);
     let client = d.run("six2", &["--network", "dual"]);
     let _six = EchoServer::tcp(&server, addr("[fd00:86::2]:80"), "six1 saw {peer}:").unwrap();
     let reply = probe::tcp_request(&client, addr("[fd00:86::2]:80"), b"x").unwrap();
     assert_eq!(String::from_utf8(reply).unwrap(), "six1 saw fd00:86::3:x");
+    // With IPv6 on the uplink: Docker's `-p` answers on the host's IPv6
+    // address too, and the containers reach the outside through NAT66.
+    let (host, outside) = (&d.h.host, &d.h.outside);
+    host.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "fd99::1/64",
+        "dev",
+        &d.h.uplink,
+        "nodad",
+    ])
+    .unwrap();
+    outside
+        .ip(&["-6", "addr", "add", "fd99::2/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    probe::eventually("Docker's -p answers over IPv6", || {
+        probe::tcp_request(outside, addr("[fd99::1]:8090"), b"v6")
+            .is_ok_and(|r| r == b"six1 saw fd99::2:v6")
+    });
+    let _outside = EchoServer::tcp(outside, addr("[fd99::2]:80"), "outside saw {peer}:").unwrap();
+    let reply = probe::tcp_request(&client, addr("[fd99::2]:80"), b"out").unwrap();
+    assert_eq!(String::from_utf8(reply).unwrap(), "outside saw fd99::1:out");
     let dual = d.h.json(&["network", "ls", "--format", "json"]).to_string();
     assert!(dual.contains("\"subnet\":\"fd00:86::/64\""), "{dual}");
     let containers =

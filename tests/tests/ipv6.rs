@@ -255,6 +255,37 @@ fn dual_stack_networks_carry_ipv6_within_a_network_and_keep_the_rest_out() {
         }),
         "a1's connection tracked as masqueraded: {conntrack}"
     );
+
+    // A port published without a host address: on both families, one host
+    // port (Docker 27), the client's address kept on each.
+    let web = h.name("web");
+    h.ok(&[
+        "container",
+        "create",
+        &web,
+        "--network",
+        "v6a",
+        "-p",
+        "8080:80",
+    ]);
+    let _web =
+        EchoServer::tcp(&h.ctr("web"), "[::]:80".parse().unwrap(), "web saw {peer}:").unwrap();
+    let reply = probe::tcp_request(&h.outside, "[fd99::1]:8080".parse().unwrap(), b"six").unwrap();
+    assert_eq!(String::from_utf8(reply).unwrap(), "web saw fd99::2:six");
+    let v4 = format!("{}:8080", netd_testbed::daemon_host::HOST_IP);
+    let reply = probe::tcp_request(&h.outside, v4.parse().unwrap(), b"four").unwrap();
+    let expected = format!(
+        "web saw ::ffff:{}:four",
+        netd_testbed::daemon_host::OUTSIDE_IP
+    );
+    assert_eq!(String::from_utf8(reply).unwrap(), expected);
+    let listing = h.ok(&["container", "ls"]);
+    assert!(listing.contains("[::]:8080->80/tcp"), "{listing}");
+    let published6 =
+        || h.json(&["status", "--format", "json"])["maps"]["PUBLISHED_PORTS6"]["entries"].clone();
+    assert_eq!(published6(), 1);
+    h.ok(&["container", "rm", &web]);
+    assert_eq!(published6(), 0, "the IPv6 port went with its container");
     expect_dropped(&h, "unsolicited-inbound", "the outside to a1", || {
         ping6(&h.outside, "fd00:a::2")
     });
@@ -382,7 +413,7 @@ fn bad_ipv6_input_is_refused_and_changes_nothing() {
                 "[::1]:8080:80",
             ],
             ErrorKind::Invalid,
-            "ports are published on IPv4 host addresses only for now",
+            "cannot name an IPv6 host address such as [::1] yet",
         ),
         (
             vec!["network", "create", "x", "--subnet", "fe80::/64"],

@@ -73,13 +73,21 @@ pub fn run(client: &Client, command: ContainerCommand) -> Result<()> {
                 let ports: Vec<String> = c
                     .ports
                     .iter()
-                    .map(|p| match p.is_direct() {
+                    .flat_map(|p| match p.is_direct() {
                         // A routed network's: open at the container's address.
-                        true => format!("{}:{}/{}", p.container_ip, p.container_port, p.proto),
-                        false => format!(
-                            "{}:{}->{}/{}",
-                            p.host_ip, p.host_port, p.container_port, p.proto
-                        ),
+                        true => vec![format!(
+                            "{}:{}/{}",
+                            p.container_ip, p.container_port, p.proto
+                        )],
+                        false => {
+                            let on = |host: String| {
+                                format!("{host}:{}->{}/{}", p.host_port, p.container_port, p.proto)
+                            };
+                            let v6 = p.container_ip6.map(|_| on("[::]".to_owned()));
+                            std::iter::once(on(p.host_ip.to_string()))
+                                .chain(v6)
+                                .collect()
+                        }
                     })
                     .collect();
                 let runtime = match &c.sandbox {

@@ -52,7 +52,7 @@ impl TableSizes {
             defs::CONNTRACK_CANDIDATES::NAME | defs::CONNTRACK6_CANDIDATES::NAME => {
                 self.connections
             }
-            defs::PUBLISHED_PORTS::NAME => self.published_ports,
+            defs::PUBLISHED_PORTS::NAME | defs::PUBLISHED_PORTS6::NAME => self.published_ports,
             defs::ENDPOINTS::NAME | defs::ENDPOINTS6::NAME => self.endpoints,
             _ => return None,
         })
@@ -101,6 +101,7 @@ fn migratable(name: &str) -> bool {
         defs::CONNTRACK::NAME,
         defs::CONNTRACK6::NAME,
         defs::PUBLISHED_PORTS::NAME,
+        defs::PUBLISHED_PORTS6::NAME,
         defs::ENDPOINTS::NAME,
         defs::ENDPOINTS6::NAME,
     ]
@@ -207,6 +208,7 @@ impl Migration {
             defs::CONNTRACK::NAME => copy::<defs::CONNTRACK>(&self.old_pin, &new_pin),
             defs::CONNTRACK6::NAME => copy::<defs::CONNTRACK6>(&self.old_pin, &new_pin),
             defs::PUBLISHED_PORTS::NAME => copy::<defs::PUBLISHED_PORTS>(&self.old_pin, &new_pin),
+            defs::PUBLISHED_PORTS6::NAME => copy::<defs::PUBLISHED_PORTS6>(&self.old_pin, &new_pin),
             defs::ENDPOINTS::NAME => copy::<defs::ENDPOINTS>(&self.old_pin, &new_pin),
             defs::ENDPOINTS6::NAME => copy::<defs::ENDPOINTS6>(&self.old_pin, &new_pin),
             other => bail!("no migration for map {other}"),

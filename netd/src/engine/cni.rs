@@ -63,7 +63,7 @@ impl<H: Host> Engine<H> {
                 net.name
             ));
         }
-        let ports = self.resolve_ports(&net, &req.ports, address)?;
+        let ports = self.resolve_ports(&net, &req.ports, address, address6)?;
         let host_veth = new_veth_name();
         // Intent first, as for containers: a crash from here is rolled back.
         self.state.containers.insert(

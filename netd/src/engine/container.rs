@@ -169,7 +169,7 @@ impl<H: Host> Engine<H> {
                     net.name
                 ));
             }
-            container.ports = self.resolve_ports(net, specs, address.v4)?;
+            container.ports = self.resolve_ports(net, specs, address.v4, address.v6)?;
         }
 
         self.host.create_netns(name).await?;

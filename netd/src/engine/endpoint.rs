@@ -159,7 +159,7 @@ impl<H: Host> Engine<H> {
                 net.name
             ));
         }
-        let ports = self.resolve_ports(&net, specs, att.ip)?;
+        let ports = self.resolve_ports(&net, specs, att.ip, att.ip6)?;
         self.driver.publish(&ports)?;
         let entry = self.state.containers.get_mut(name).expect("checked");
         entry.ports.extend(ports.iter().cloned());

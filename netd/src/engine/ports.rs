@@ -105,12 +105,15 @@ impl<H: Host> Engine<H> {
     /// Expands `-p` specs into single ports, picking free host ports where
     /// none was given (or one of a host range for a single container port,
     /// as Docker does), and refuses ports already published. A spec naming
-    /// no host address takes the network's binding address, if it has one.
+    /// no host address takes the network's binding address, if it has one;
+    /// else, on a network with IPv6, it is published on both families with
+    /// one host port (`container_ip6` behind `[::]`), as Docker 27's.
     pub(super) fn resolve_ports(
         &self,
         net: &Network,
         specs: &[PortSpec],
         container_ip: Ipv4Addr,
+        container_ip6: Option<Ipv6Addr>,
     ) -> Result<Vec<PublishedPort>> {
         let mut out: Vec<PublishedPort> = Vec::new();
         if net.publishes_without_nat() {
@@ -122,6 +125,7 @@ impl<H: Host> Engine<H> {
                 (true, Some(ip)) => ip,
                 _ => spec.host_ip,
             };
+            let container_ip6 = container_ip6.filter(|_| host_ip.is_unspecified());
             let count = spec.container_ports.1 - spec.container_ports.0;
             // `-p 8000-8010:80`: any one free port of the host range.
             let pick_from = match spec.host_ports {
@@ -153,6 +157,7 @@ impl<H: Host> Engine<H> {
                     container_ip,
                     container_port,
                     proto: spec.proto,
+                    container_ip6,
                 });
             }
         }
@@ -202,6 +207,7 @@ fn open_container_ports(specs: &[PortSpec], container_ip: Ipv4Addr) -> Result<Ve
                 container_ip,
                 container_port,
                 proto: spec.proto,
+                container_ip6: None,
             };
             if !out.contains(&port) {
                 out.push(port);

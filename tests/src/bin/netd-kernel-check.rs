@@ -172,7 +172,7 @@ fn traffic_and_restart(h: &mut DaemonHost) -> Result<Vec<&'static str>> {
     }
     done.push("masquerade to the outside");
     ipv6_within_and_between_networks(h)?;
-    done.push("IPv6 within a network, isolation, NAT66 out, unsolicited inbound");
+    done.push("IPv6 within a network, isolation, NAT66 out, a published port in, unsolicited inbound");
 
     // A user rule's drop and an unsolicited packet to a container address:
     // dropped (by XDP, which sees them first) and counted under their reasons.
@@ -234,6 +234,7 @@ fn ipv6_within_and_between_networks(h: &DaemonHost) -> Result<()> {
     for (name, net) in [("s1", "six"), ("s2", "six"), ("t1", "seven")] {
         h.ok(&["container", "create", &h.name(name), "--network", net]);
     }
+    h.ok(&["container", "create", &h.name("p6"), "--network", "six", "-p", "8086:80"]);
     let _server = EchoServer::tcp(&h.ctr("s2"), addr("[fd00:6::3]:80"), "s2 saw {peer}:")?;
     let reply = probe::tcp_request(&h.ctr("s1"), addr("[fd00:6::3]:80"), b"hi")
         .context("TCP over IPv6 within a network")?;
@@ -268,6 +269,15 @@ fn ipv6_within_and_between_networks(h: &DaemonHost) -> Result<()> {
     ensure!(
         reply == b"outside saw fd99::1:out",
         "the outside answered {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    // A port published on both families, reached over IPv6.
+    let _p6 = EchoServer::tcp(&h.ctr("p6"), addr("[::]:80"), "p6 saw {peer}:")?;
+    let reply = probe::tcp_request(&h.outside, addr("[fd99::1]:8086"), b"in")
+        .context("a published port over IPv6")?;
+    ensure!(
+        reply == b"p6 saw fd99::2:in",
+        "the published port answered {:?}",
         String::from_utf8_lossy(&reply)
     );
     let before = drops("unsolicited-inbound");

@@ -20,7 +20,7 @@ use aya::{
     maps::{Array, HashMap, IterableMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
 use netd_common::{
-    CT_DNAT, CtKey, Ipv6, PortKey,
+    CT_DNAT, CtKey, Ipv6, PortKey, PortKey6,
     maps::{self as defs, MapDef},
 };
 
@@ -172,6 +172,26 @@ impl Maps {
         })
     }
 
+    /// Unpublishes IPv6 ports and forgets the connections made through them.
+    pub fn unpublish6(&mut self, keys: &[PortKey6]) -> Result<()> {
+        self.ports.remove6(keys)?;
+        let keys: std::collections::HashSet<PortKey6> = keys.iter().copied().collect();
+        self.conntrack6.flush(|k, entry| {
+            let exact = PortKey6 {
+                host_ip: k.dst,
+                port: k.dst_port,
+                proto: k.proto,
+                _pad: 0,
+            };
+            let any = PortKey6 {
+                host_ip: [0; 4],
+                ..exact
+            };
+            entry.flags & CT_DNAT != 0 && (keys.contains(&exact) || keys.contains(&any))
+        })?;
+        Ok(())
+    }
+
     /// Unpublishes ports and forgets the connections made through them
     /// (one conntrack walk for all of them).
     pub fn unpublish(&mut self, keys: &[PortKey]) -> Result<()> {
@@ -212,6 +232,7 @@ impl Maps {
                 self.networks.local_addrs_map(),
             ),
             MapFill::of::<defs::PUBLISHED_PORTS>(self.ports.keys()?.len(), self.ports.map()),
+            MapFill::of::<defs::PUBLISHED_PORTS6>(self.ports.keys6()?.len(), self.ports.map6()),
             MapFill {
                 // Two entries per connection are evicted at a time.
                 evicted: Some(self.counters.conntrack_evictions()? * 2),

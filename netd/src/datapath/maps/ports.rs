@@ -4,14 +4,17 @@
 use anyhow::{Context as _, Result};
 use aya::{Ebpf, maps::MapData};
 use netd_common::{
-    Backend, PortKey,
-    maps::{MapDef, PUBLISHED_PORTS, PUBLISHED_SCOPES},
+    Backend, Backend6, PortKey, PortKey6,
+    maps::{MapDef, PUBLISHED_PORTS, PUBLISHED_PORTS6, PUBLISHED_SCOPES},
 };
 
 use super::{Hash, Slots, capacity, data, done_if_missing, open};
 
 pub struct Ports {
     ports: Hash<PUBLISHED_PORTS>,
+    /// The same ports on IPv6 (no scopes: a lookup that cannot hit
+    /// costs only IPv6's new connections to the host).
+    ports6: Hash<PUBLISHED_PORTS6>,
     scopes: Slots<PUBLISHED_SCOPES>,
     /// What `PUBLISHED_SCOPES` holds (this process is its only writer).
     scopes_written: u32,
@@ -24,6 +27,7 @@ impl Ports {
     pub(super) fn open(ebpf: &mut Ebpf) -> Result<Self> {
         let mut ports = Self {
             ports: open::<PUBLISHED_PORTS, _>(ebpf)?,
+            ports6: open::<PUBLISHED_PORTS6, _>(ebpf)?,
             scopes: open::<PUBLISHED_SCOPES, _>(ebpf)?,
             scopes_written: 0,
         };
@@ -35,8 +39,13 @@ impl Ports {
         data(&self.ports)
     }
 
+    pub(super) fn map6(&self) -> &MapData {
+        data(&self.ports6)
+    }
+
     pub(super) fn each<'a>(&'a self, maps: &mut Vec<(&'static str, &'a MapData)>) {
         maps.push((PUBLISHED_PORTS::NAME, data(&self.ports)));
+        maps.push((PUBLISHED_PORTS6::NAME, data(&self.ports6)));
         maps.push((PUBLISHED_SCOPES::NAME, data(&self.scopes)));
     }
 
@@ -54,6 +63,30 @@ impl Ports {
             )),
             other => other.context("publishing port"),
         }
+    }
+
+    pub fn publish6(&mut self, key: PortKey6, backend: Backend6) -> Result<()> {
+        match self.ports6.insert(&key, &backend, 0) {
+            Err(err) if super::is_full(&err) => Err(crate::conflict!(
+                "the IPv6 published-ports table is full ({} entries): unpublish ports or \
+                 restart the daemon with a larger --max-published-ports",
+                capacity(&self.ports6)
+            )),
+            other => other.context("publishing port on IPv6"),
+        }
+    }
+
+    /// Removes IPv6 ports only; [`super::Maps::unpublish6`] also forgets
+    /// their connections.
+    pub(super) fn remove6(&mut self, keys: &[PortKey6]) -> Result<()> {
+        for key in keys {
+            done_if_missing(self.ports6.remove(key)).context("unpublishing port on IPv6")?;
+        }
+        Ok(())
+    }
+
+    pub fn keys6(&self) -> Result<Vec<PortKey6>> {
+        Ok(self.ports6.keys().filter_map(Result::ok).collect())
     }
 
     /// Removes the ports only; [`super::Maps::unpublish`] also forgets

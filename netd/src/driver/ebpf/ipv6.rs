@@ -5,10 +5,10 @@
 use std::{collections::HashSet, net::Ipv6Addr};
 
 use anyhow::Result;
-use netd_common::{Endpoint, Network6Info};
+use netd_common::{Backend6, Endpoint, Network6Info, PortKey6};
 
 use super::{EbpfDriver, flags};
-use crate::state::{Attachment, Network};
+use crate::state::{Attachment, Network, PublishedPort};
 
 /// What the daemon declared of IPv6 since start (see `Declared`).
 #[derive(Default)]
@@ -19,6 +19,26 @@ pub(super) struct Declared6 {
     local_addrs: HashSet<Ipv6Addr>,
     /// Host-side veths allowed to send IPv6 (`IPV6_PORTS`).
     ports: HashSet<u32>,
+    /// Ports published on IPv6 (`PUBLISHED_PORTS6`).
+    published: HashSet<PortKey6>,
+}
+
+/// The IPv6 key of a port published on all addresses of a network with
+/// IPv6 (`[::]`, the IPv4 port's host port), and its backend.
+fn port6(p: &PublishedPort) -> Option<(PortKey6, Backend6)> {
+    let ip6 = p.container_ip6?;
+    let key = PortKey6 {
+        host_ip: [0; 4],
+        port: p.host_port.to_be_bytes(),
+        proto: p.proto.number(),
+        _pad: 0,
+    };
+    let backend = Backend6 {
+        ip: netd_common::ipv6_from_octets(ip6.octets()),
+        port: p.container_port.to_be_bytes(),
+        _pad: [0; 2],
+    };
+    Some((key, backend))
 }
 
 impl EbpfDriver {
@@ -98,8 +118,41 @@ impl EbpfDriver {
         Ok(())
     }
 
+    /// The ports' IPv6 halves (those published on all addresses of a
+    /// network with IPv6); on an error, none of them.
+    pub(super) fn publish6(&mut self, ports: &[PublishedPort]) -> Result<()> {
+        for (done, (key, backend)) in ports.iter().filter_map(port6).enumerate() {
+            if let Err(err) = self.datapath.maps.ports.publish6(key, backend) {
+                let _ = self.unpublish6(&ports[..done]);
+                return Err(err);
+            }
+            self.declared6.published.insert(key);
+        }
+        Ok(())
+    }
+
+    /// The ports' IPv6 halves and the connections through them (in the
+    /// maps unless tearing down, when the maps go whole).
+    pub(super) fn unpublish6(&mut self, ports: &[PublishedPort]) -> Result<()> {
+        let keys: Vec<PortKey6> = ports.iter().filter_map(port6).map(|(k, _)| k).collect();
+        for key in &keys {
+            self.declared6.published.remove(key);
+        }
+        if keys.is_empty() || self.tearing_down {
+            return Ok(());
+        }
+        self.datapath.maps.unpublish6(&keys)
+    }
+
     /// Removes the IPv6 entries nobody declared since start.
     pub(super) fn reconcile6(&mut self, removed: &mut Vec<String>) -> Result<()> {
+        let stale: Vec<PortKey6> = (self.datapath.maps.ports.keys6()?.into_iter())
+            .filter(|k| !self.declared6.published.contains(k))
+            .collect();
+        if !stale.is_empty() {
+            removed.push(format!("{} stale IPv6 published ports", stale.len()));
+            self.datapath.maps.unpublish6(&stale)?;
+        }
         for ifindex in self.datapath.maps.ipv6.ports()? {
             if !self.declared6.ports.contains(&ifindex) {
                 removed.push(format!("stale IPv6 port {ifindex}"));

@@ -360,7 +360,7 @@ impl FirewallDriver for EbpfDriver {
             self.declared.ports.remove(key);
         }
         keys.extend(self.close_container_sides(ports));
-        let mut ipv6 = Ok(());
+        let mut ipv6 = self.unpublish6(ports);
         for att in atts {
             self.endpoints.remove(&att.host_veth);
             self.declared.endpoints.remove(&att.ip);
@@ -402,7 +402,10 @@ impl FirewallDriver for EbpfDriver {
             }
             self.declared.ports.insert(port_key(port));
         }
-        if let Err(err) = self.open_container_sides(ports) {
+        if let Err(err) = self
+            .open_container_sides(ports)
+            .and_then(|()| self.publish6(ports))
+        {
             let _ = self.unpublish(ports);
             return Err(err);
         }
@@ -415,6 +418,7 @@ impl FirewallDriver for EbpfDriver {
             self.declared.ports.remove(key);
         }
         keys.extend(self.close_container_sides(ports));
+        self.unpublish6(ports)?;
         if self.tearing_down {
             return Ok(());
         }
