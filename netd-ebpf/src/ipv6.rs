@@ -30,8 +30,11 @@ use crate::{
 
 bpf_map!(FLOW6_SCRATCH: PerCpuArray);
 
-/// Scratch slots, one per hook (an egress hook never runs nested in an
-/// ingress one on the same CPU, nor the reverse, but each keeps its own).
+/// Scratch slots, one per hook. Both TC hooks run with bottom halves off
+/// and redirects happen after a program returns, so no run of a hook
+/// starts on a CPU while another is inside its slot (each hook keeps its
+/// own all the same). A PREEMPT_RT kernel, whose bottom halves may be
+/// preempted, would break that: netd is not built for one.
 const EGRESS_SLOT: u32 = 0;
 const INGRESS_SLOT: u32 = 1;
 
@@ -213,7 +216,15 @@ fn translate6(ctx: &TcContext, flow: &Flow6) -> Result<(), DropReason> {
     if flow.key == flow.xlat {
         return Ok(());
     }
-    nat6::rewrite6(ctx, flow.l4_offset as usize, &flow.key, &flow.xlat)
+    decode(rewrite6(again(ctx), flow)).map(drop)
+}
+
+/// `nat6::rewrite6` as a subprogram: its helper calls' temporaries stay
+/// out of the hooks' frames (which sit under the deep subprograms).
+#[inline(never)]
+fn rewrite6(ctx: TcContext, flow: &Flow6) -> u32 {
+    let result = nat6::rewrite6(&ctx, flow.l4_offset as usize, &flow.key, &flow.xlat);
+    encode(result.map(|()| true))
 }
 
 /// The context by value, for a subprogram (one register, not a pointer to

@@ -6,8 +6,9 @@
 
 use crate::maps::bpf_map;
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::bpf_csum_diff,
+    helpers::{bpf_csum_diff, bpf_csum_update},
     programs::TcContext,
 };
 use netd_common::{Backend6, CtKey6, DropReason, Flow6, Ipv6, PortKey6};
@@ -151,6 +152,17 @@ fn rewrite_addr6(
     }
     ctx.l4_csum_replace(csum_offset, 0, diff as u64, csum_flags)
         .map_err(|_| DropReason::RewriteFailed)?;
+    if csum_flags & BPF_F_PSEUDO_HDR as u64 != 0 {
+        // On a CHECKSUM_COMPLETE skb (a NIC's receive checksum) the helper
+        // also takes the pseudo-header change out of skb->csum, right for
+        // IPv4 (its header checksum moves too) but not for IPv6, whose
+        // packet sum this rewrite leaves as it was (the address and the L4
+        // checksum change by opposite amounts). Put it back; the helper
+        // does nothing on any other skb. (Linux 6.16's BPF_F_IPV6 flag
+        // does the same, on 6.16 only.)
+        // SAFETY: the program's own skb.
+        let _ = unsafe { bpf_csum_update(ctx.as_ptr().cast(), diff as u32) };
+    }
     ctx.store(offset, new, 0)
         .map_err(|_| DropReason::RewriteFailed)
 }
@@ -159,8 +171,9 @@ fn rewrite_addr6(
 /// parameter problem) about a translated connection: the quoted packet's
 /// addresses and ports are rewritten as its connection's, and the outer
 /// address that pointed at the translated side follows. The quoted
-/// upper-layer checksum is left as it was (no stack checks it). False when
-/// the error is about no translated connection (the packet is untouched).
+/// upper-layer checksum is left as it was (no stack checks it). True when
+/// the error is about a tracked connection (translated or not); false when
+/// it is about none (the packet is untouched either way then).
 #[inline(always)]
 pub fn translate_icmp_error6(ctx: &TcContext, flow: &Flow6) -> Result<bool, DropReason> {
     // Bounded for the verifier (it came through a map): the largest offset
@@ -195,7 +208,10 @@ pub fn translate_icmp_error6(ctx: &TcContext, flow: &Flow6) -> Result<bool, Drop
     };
     let new_inner = peer_xlat.reversed();
     if new_inner == inner {
-        return Ok(false);
+        // About a tracked connection that is not translated (a network
+        // without masquerade): it passes as it is. Path MTU discovery
+        // needs it; IPv6 routers never fragment.
+        return Ok(true);
     }
     let icmp_csum = l4_offset + ICMPV6_CHECK;
     let pseudo = BPF_F_PSEUDO_HDR as u64;

@@ -263,12 +263,16 @@ impl Host for NetlinkHost {
             .map(|n| peer_name(n))
             .collect();
         let addrs = self.nl.all_addresses().await?;
+        let addrs6 = self.nl.all_addresses6().await?;
         // Candidates one by one, not from a dump of every link: that dump
         // grows with the square of the veth count.
         let mut candidates = Vec::new();
         if configured.is_empty() {
-            // With an IPv4 address: one waiting for DHCP joins when it gets one.
-            let indices: BTreeSet<u32> = addrs.iter().map(|(i, _)| *i).collect();
+            // With an address (IPv4, or a global IPv6 one): one waiting for
+            // DHCP or router advertisements joins when it gets one.
+            let indices: BTreeSet<u32> = (addrs.iter().map(|(i, _)| *i))
+                .chain(addrs6.iter().map(|a| a.index))
+                .collect();
             for index in indices {
                 if let Some(link) = self.nl.link_details_of(index).await? {
                     candidates.push(link);
@@ -290,12 +294,13 @@ impl Host for NetlinkHost {
             candidates.sort_by_key(|link| link.index);
             candidates.dedup_by_key(|link| link.index);
         }
-        let addrs6 = self.nl.all_addresses6().await?;
         let uplinks: Vec<Uplink> = candidates
             .into_iter()
             .map(|link| Uplink {
-                addrs: of_link(&addrs, link.index),
-                addrs6: of_link(&addrs6, link.index),
+                addrs: (addrs.iter().filter(|(i, _)| *i == link.index))
+                    .map(|(_, a)| *a)
+                    .collect(),
+                addrs6: ipv6::sources_of(&addrs6, link.index),
                 name: link.name,
                 ifindex: link.index,
                 mtu: link.mtu,
@@ -589,12 +594,4 @@ impl Host for NetlinkHost {
         }
         Ok(())
     }
-}
-
-/// The addresses of `list` (link index, address) on link `index`.
-fn of_link<T: Copy>(list: &[(u32, T)], index: u32) -> Vec<T> {
-    list.iter()
-        .filter(|(i, _)| *i == index)
-        .map(|(_, a)| *a)
-        .collect()
 }

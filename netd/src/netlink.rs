@@ -22,6 +22,8 @@ use rtnetlink::{
 
 mod ipv6;
 
+pub use ipv6::Address6;
+
 use crate::cidr::Cidr;
 use crate::netns::setns;
 pub use crate::netns::{

@@ -9,6 +9,7 @@ use crate::packet::{ETH_LEN, Ipv6Frame, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, chec
 pub const ICMPV6_ECHO_REQUEST: u8 = 128;
 pub const ICMPV6_ECHO_REPLY: u8 = 129;
 pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
 const IPV6_LEN: usize = 40;
 
 impl Ipv6Frame {
@@ -43,8 +44,18 @@ impl Ipv6Frame {
     /// A packet-too-big error from `src` to `dst` quoting `about` (its IPv6
     /// header and first 8 bytes of upper layer), MTU 1280.
     pub fn packet_too_big(src: &str, dst: &str, about: &Ipv6Frame) -> Self {
-        let mut icmp = vec![ICMPV6_PACKET_TOO_BIG, 0, 0, 0];
-        icmp.extend_from_slice(&1280u32.to_be_bytes());
+        Self::icmp6_error(ICMPV6_PACKET_TOO_BIG, 0, 1280, src, dst, about)
+    }
+
+    /// A port-unreachable error (destination unreachable, code 4) about
+    /// `about`, as a host with no socket on its port sends it.
+    pub fn port_unreachable(src: &str, dst: &str, about: &Ipv6Frame) -> Self {
+        Self::icmp6_error(ICMPV6_DEST_UNREACH, 4, 0, src, dst, about)
+    }
+
+    fn icmp6_error(kind: u8, code: u8, word: u32, src: &str, dst: &str, about: &Ipv6Frame) -> Self {
+        let mut icmp = vec![kind, code, 0, 0];
+        icmp.extend_from_slice(&word.to_be_bytes());
         icmp.extend_from_slice(&about.build()[ETH_LEN..ETH_LEN + IPV6_LEN + 8]);
         Self::new(src, dst, PROTO_ICMPV6, icmp).checksummed()
     }
@@ -69,10 +80,13 @@ impl Ipv6Frame {
     fn checksummed(mut self) -> Self {
         let at = csum_offset(self.next_hdr);
         self.payload[at..at + 2].copy_from_slice(&[0, 0]);
-        let sum = checksum(&[
+        let mut sum = checksum(&[
             &pseudo_header6(self.src, self.dst, self.next_hdr, self.payload.len()),
             &self.payload,
         ]);
+        if sum == 0 && self.next_hdr == PROTO_UDP {
+            sum = 0xffff; // UDP's zero means none, which IPv6 forbids
+        }
         self.payload[at..at + 2].copy_from_slice(&sum.to_be_bytes());
         self
     }

@@ -106,10 +106,20 @@ fn masquerade_translates_udp_and_echo_and_keeps_unsolicited_out() {
     let out = ping.translated((UPLINK_6, 7), (OUTSIDE_6, 7));
     expect_rewrite6(&mut dp, programs::TO_UPLINK, &ping, &out);
     let pong = Ipv6Frame::echo(ICMPV6_ECHO_REPLY, OUTSIDE_6, UPLINK_6, 7);
-    let mut back = pong.translated((OUTSIDE_6, 7), (C1_6, 7));
-    back.payload[4..6].copy_from_slice(&7u16.to_be_bytes());
+    let back = pong.translated((OUTSIDE_6, 7), (C1_6, 7));
     expect_rewrite6(&mut dp, programs::FROM_UPLINK, &pong, &back);
     assert_eq!(entries6(&dp), 4);
+
+    // C2 pings the same server with the same identifier: it gets another
+    // (the one port of the range), and the reply its own back.
+    set_nat_ports(&mut dp, 61000, 61000);
+    let ping = Ipv6Frame::echo(ICMPV6_ECHO_REQUEST, C2_6, OUTSIDE_6, 7);
+    let out = ping.translated((UPLINK_6, 61000), (OUTSIDE_6, 61000));
+    expect_rewrite6(&mut dp, programs::TO_UPLINK, &ping, &out);
+    let pong = Ipv6Frame::echo(ICMPV6_ECHO_REPLY, OUTSIDE_6, UPLINK_6, 61000);
+    let back = pong.translated((OUTSIDE_6, 7), (C2_6, 7));
+    expect_rewrite6(&mut dp, programs::FROM_UPLINK, &pong, &back);
+    assert_eq!(entries6(&dp), 6);
 
     // Straight to the container from outside: nobody asked for it, on TC
     // and XDP alike; to the uplink's own address untracked: the host's.
@@ -126,7 +136,7 @@ fn masquerade_translates_udp_and_echo_and_keeps_unsolicited_out() {
     // The host's own connections leave as they are, untracked.
     let own = Ipv6Frame::tcp(UPLINK_6, 33000, OUTSIDE_6, 80, TCP_SYN);
     expect_pass6(&mut dp, programs::TO_UPLINK, &own);
-    assert_eq!(entries6(&dp), 4);
+    assert_eq!(entries6(&dp), 6);
 }
 
 #[test]
@@ -193,6 +203,24 @@ fn packet_too_big_about_a_masqueraded_connection_reaches_the_container() {
     );
     assert_eq!(out[quote + 40..quote + 42], 40000u16.to_be_bytes());
 
+    // The other way: C1's UDP socket closed, it answers the server's late
+    // datagram with port unreachable, which leaves as the uplink's.
+    let query = Ipv6Frame::udp(C1_6, 5353, OUTSIDE_6, 53, b"query");
+    let out = query.translated((UPLINK_6, 5353), (OUTSIDE_6, 53));
+    expect_rewrite6(&mut dp, programs::TO_UPLINK, &query, &out);
+    let late = Ipv6Frame::udp(OUTSIDE_6, 53, C1_6, 5353, b"late");
+    let error = Ipv6Frame::port_unreachable(C1_6, OUTSIDE_6, &late);
+    let (verdict, out) = run_classifier(&mut dp, programs::TO_UPLINK, &error.build()).unwrap();
+    assert_eq!(verdict, TC_ACT_OK);
+    verify_checksums6(&out).unwrap();
+    let ip6 = |at: usize| {
+        std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&out[at..at + 16]).unwrap()).to_string()
+    };
+    assert_eq!(ip6(outer + 8), UPLINK_6, "from the uplink's address");
+    assert_eq!(ip6(quote + 8), OUTSIDE_6);
+    assert_eq!(ip6(quote + 24), UPLINK_6, "the quote as the server sent it");
+    assert_eq!(out[quote + 42..quote + 44], 5353u16.to_be_bytes());
+
     // About no connection of ours: the host's business, untouched.
     let unknown = Ipv6Frame::tcp(UPLINK_6, 1, OUTSIDE_6, 2, TCP_SYN);
     let stray = Ipv6Frame::packet_too_big(ROUTER_6, UPLINK_6, &unknown);
@@ -209,6 +237,11 @@ fn without_masquerade_connections_are_tracked_untranslated() {
     let syn_ack = Ipv6Frame::tcp(OUTSIDE_6, 80, C1_6, 40000, TCP_SYN | TCP_ACK);
     assert_eq!(run_xdp(&mut dp, &syn_ack.build()).unwrap().0, XDP_PASS);
     expect_pass6(&mut dp, programs::FROM_UPLINK, &syn_ack);
+    // An error about it (packet too big on the way) reaches it as it is:
+    // path MTU discovery needs it.
+    let syn = Ipv6Frame::tcp(C1_6, 40000, OUTSIDE_6, 80, TCP_ACK);
+    let too_big = Ipv6Frame::packet_too_big(ROUTER_6, C1_6, &syn);
+    expect_pass6(&mut dp, programs::FROM_UPLINK, &too_big);
     // Anything else to it is not.
     let other = Ipv6Frame::tcp(OUTSIDE_6, 80, C1_6, 40001, TCP_SYN);
     expect_drop6(

@@ -229,6 +229,21 @@ fn docker_shows_netds_refusals_and_nothing_changes() {
             ],
             "an IPv6 network in gateway mode routed is not supported yet",
         ),
+        (
+            &[
+                "network",
+                "create",
+                "-d",
+                &d.driver,
+                "--ipv6",
+                "--subnet",
+                "fd00:5::/64",
+                "-o",
+                "com.docker.network.bridge.gateway_mode_ipv6=routed",
+                "six",
+            ],
+            "gateway_mode_ipv6=routed: netd carries IPv6 in nat mode only so far",
+        ),
     ];
     for (args, message) in cases {
         let stderr = d.docker_refused(args);

@@ -9,6 +9,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+use crate::netlink::Address6;
+
 /// A container interface's IPv6 address and its network's IPv6 gateway
 /// (on the bridge, whose MAC is the IPv4 gateway's).
 #[derive(Clone, Copy, Debug)]
@@ -99,9 +101,20 @@ pub(super) fn enable_ipv6_in(netns: &Path, ifname: &str) -> Result<()> {
 }
 
 /// Each address once, in order (one address may sit on several links).
-pub(super) fn unique(addrs: Vec<(u32, Ipv6Addr)>) -> Vec<Ipv6Addr> {
-    let mut all: Vec<Ipv6Addr> = addrs.into_iter().map(|(_, a)| a).collect();
+pub(super) fn unique(addrs: Vec<Address6>) -> Vec<Ipv6Addr> {
+    let mut all: Vec<Ipv6Addr> = addrs.into_iter().map(|a| a.addr).collect();
     all.sort();
     all.dedup();
     all
+}
+
+/// Link `index`'s addresses that may source new connections, the best
+/// first (what NAT66 takes).
+pub(super) fn sources_of(addrs: &[Address6], index: u32) -> Vec<Ipv6Addr> {
+    let mut fit: Vec<&Address6> = addrs
+        .iter()
+        .filter(|a| a.index == index && a.rank != Address6::NO_SOURCE)
+        .collect();
+    fit.sort_by_key(|a| a.rank);
+    fit.into_iter().map(|a| a.addr).collect()
 }

@@ -38,23 +38,35 @@ impl Netlink {
             .collect())
     }
 
-    /// Every global IPv6 address of the namespace with its link's index,
-    /// in the kernel's order (link-local ones are each link's own
-    /// business; tentative and deprecated ones source nothing new).
-    pub async fn all_addresses6(&self) -> Result<Vec<(u32, Ipv6Addr)>> {
-        use rtnetlink::packet_route::address::AddressHeaderFlags;
+    /// Every global IPv6 address of the namespace with its link and its
+    /// fitness as a masquerade source (link-local ones are each link's own
+    /// business).
+    pub async fn all_addresses6(&self) -> Result<Vec<Address6>> {
+        use rtnetlink::packet_route::address::AddressHeaderFlags as F;
         let mut stream = self.handle.address().get().execute();
         let mut out = Vec::new();
         while let Some(msg) = stream.try_next().await.context("listing addresses")? {
-            let unusable = msg.header.flags.contains(AddressHeaderFlags::Tentative)
-                || msg.header.flags.contains(AddressHeaderFlags::Deprecated);
+            let flags = msg.header.flags;
             for attr in &msg.attributes {
                 if let AddressAttribute::Address(IpAddr::V6(ip)) = attr
                     && !ip.is_unicast_link_local()
                     && !ip.is_loopback()
-                    && !unusable
                 {
-                    out.push((msg.header.index, *ip));
+                    // RFC 6724's order for a global destination: not
+                    // tentative or deprecated, global before ULA, public
+                    // before temporary (`Secondary` is IFA_F_TEMPORARY).
+                    let rank = match flags.contains(F::Tentative) || flags.contains(F::Deprecated) {
+                        true => Address6::NO_SOURCE,
+                        false => {
+                            2 * u8::from(ip.is_unique_local())
+                                + u8::from(flags.contains(F::Secondary))
+                        }
+                    };
+                    out.push(Address6 {
+                        index: msg.header.index,
+                        addr: *ip,
+                        rank,
+                    });
                 }
             }
         }
@@ -74,4 +86,18 @@ impl Netlink {
             .await
             .with_context(|| format!("setting the IPv6 default route via {gateway}"))
     }
+}
+
+/// A global IPv6 address of one of the host's links.
+#[derive(Clone, Copy, Debug)]
+pub struct Address6 {
+    pub index: u32,
+    pub addr: Ipv6Addr,
+    /// Lower is a better source for new connections; [`Self::NO_SOURCE`]:
+    /// none (tentative or deprecated).
+    pub rank: u8,
+}
+
+impl Address6 {
+    pub const NO_SOURCE: u8 = u8::MAX;
 }

@@ -172,7 +172,9 @@ fn traffic_and_restart(h: &mut DaemonHost) -> Result<Vec<&'static str>> {
     }
     done.push("masquerade to the outside");
     ipv6_within_and_between_networks(h)?;
-    done.push("IPv6 within a network, isolation, NAT66 out, a published port in, unsolicited inbound");
+    done.push(
+        "IPv6 within a network, isolation, NAT66 out, a published port in, unsolicited inbound",
+    );
 
     // A user rule's drop and an unsolicited packet to a container address:
     // dropped (by XDP, which sees them first) and counted under their reasons.
@@ -234,7 +236,15 @@ fn ipv6_within_and_between_networks(h: &DaemonHost) -> Result<()> {
     for (name, net) in [("s1", "six"), ("s2", "six"), ("t1", "seven")] {
         h.ok(&["container", "create", &h.name(name), "--network", net]);
     }
-    h.ok(&["container", "create", &h.name("p6"), "--network", "six", "-p", "8086:80"]);
+    h.ok(&[
+        "container",
+        "create",
+        &h.name("p6"),
+        "--network",
+        "six",
+        "-p",
+        "8086:80",
+    ]);
     let _server = EchoServer::tcp(&h.ctr("s2"), addr("[fd00:6::3]:80"), "s2 saw {peer}:")?;
     let reply = probe::tcp_request(&h.ctr("s1"), addr("[fd00:6::3]:80"), b"hi")
         .context("TCP over IPv6 within a network")?;

@@ -143,14 +143,26 @@ impl Maps {
         &mut self,
         ports: &[PortKey],
         ips: &[Ipv4Addr],
+        ips6: &[Ipv6Addr],
     ) -> Result<impl FnOnce() -> Result<()> + Send + Sync + use<>> {
         self.ports.remove(ports)?;
         for &ip in ips {
             self.endpoints.remove(ip)?;
         }
         let mut conntrack = self.conntrack.handle()?;
-        let ips = ips.to_vec();
-        Ok(move || flush_addresses(&mut conntrack, &ips).map(drop))
+        let mut conntrack6 = match ips6.is_empty() {
+            true => None,
+            false => Some(self.conntrack6.handle()?),
+        };
+        let (ips, ips6) = (ips.to_vec(), ips6.to_vec());
+        Ok(move || {
+            let v4 = flush_addresses(&mut conntrack, &ips).map(drop);
+            let v6 = match conntrack6.as_mut() {
+                Some(table) => flush_addresses6(table, &ips6).map(drop),
+                None => Ok(()),
+            };
+            v4.and(v6)
+        })
     }
 
     /// Forgets every connection one of `ips` took part in; returns how many
@@ -161,15 +173,10 @@ impl Maps {
 
     /// Forgets every IPv6 connection one of `ips` took part in.
     pub fn forget_connections6(&mut self, ips: &[Ipv6Addr]) -> Result<usize> {
-        let ips: Vec<Ipv6> = ips
-            .iter()
-            .map(|ip| netd_common::ipv6_from_octets(ip.octets()))
-            .collect();
-        self.conntrack6.flush(|key, entry| {
-            [key.src, key.dst, entry.xlat.src, entry.xlat.dst]
-                .iter()
-                .any(|a| ips.contains(a))
-        })
+        match ips.is_empty() {
+            true => Ok(0),
+            false => flush_addresses6(&mut self.conntrack6, ips),
+        }
     }
 
     /// Unpublishes IPv6 ports and forgets the connections made through them.
@@ -274,6 +281,19 @@ pub(crate) fn data<K: aya::Pod, V>(map: &impl IterableMap<K, V>) -> &MapData {
 /// a published port to one of them included: its translated destination).
 fn flush_addresses(conntrack: &mut Conntrack, ips: &[Ipv4Addr]) -> Result<usize> {
     let ips: Vec<[u8; 4]> = ips.iter().map(|ip| ip.octets()).collect();
+    conntrack.flush(|key, entry| {
+        [key.src, key.dst, entry.xlat.src, entry.xlat.dst]
+            .iter()
+            .any(|a| ips.contains(a))
+    })
+}
+
+/// [`flush_addresses`] for IPv6's table.
+fn flush_addresses6(conntrack: &mut Conntrack<Ipv6>, ips: &[Ipv6Addr]) -> Result<usize> {
+    let ips: Vec<Ipv6> = ips
+        .iter()
+        .map(|ip| netd_common::ipv6_from_octets(ip.octets()))
+        .collect();
     conntrack.flush(|key, entry| {
         [key.src, key.dst, entry.xlat.src, entry.xlat.dst]
             .iter()

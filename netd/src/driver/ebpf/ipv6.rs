@@ -84,7 +84,7 @@ impl EbpfDriver {
 
     /// Forgets the endpoint's IPv6 address and port in `declared6`;
     /// `in_maps`: in the maps too (not while tearing down, when the maps go
-    /// whole).
+    /// whole). Its connections are the caller's to forget.
     pub(super) fn remove_endpoint6(&mut self, att: &Attachment, in_maps: bool) -> Result<()> {
         let Some(ip6) = att.ip6 else {
             return Ok(());
@@ -100,9 +100,7 @@ impl EbpfDriver {
         if let Some(ifindex) = port {
             self.datapath.maps.ipv6.remove_port(ifindex)?;
         }
-        self.datapath.maps.ipv6.remove_endpoint(ip6)?;
-        // A container made later on the same address starts clean.
-        self.datapath.maps.forget_connections6(&[ip6]).map(drop)
+        self.datapath.maps.ipv6.remove_endpoint(ip6)
     }
 
     /// `LOCAL_ADDRS6`: the host's global IPv6 addresses as last read.

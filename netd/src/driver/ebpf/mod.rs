@@ -337,7 +337,9 @@ impl FirewallDriver for EbpfDriver {
         }
         self.datapath.detach_from_container(&att.host_veth)?;
         self.datapath.maps.remove_endpoint(att.ip)?;
-        ipv6
+        // A container connected later on the same address starts clean.
+        let ips6: Vec<_> = att.ip6.into_iter().collect();
+        ipv6.and(self.datapath.maps.forget_connections6(&ips6).map(drop))
     }
 
     fn forget_connections(&mut self, ips: &[Ipv4Addr]) -> Result<usize> {
@@ -366,12 +368,16 @@ impl FirewallDriver for EbpfDriver {
             self.declared.endpoints.remove(&att.ip);
             ipv6 = ipv6.and(self.remove_endpoint6(att, !self.tearing_down));
         }
-        ipv6?;
         if self.tearing_down {
             return Ok(Box::new(|| ())); // the maps and links go whole in remove_all
         }
+        if let Err(err) = ipv6 {
+            // Not a reason to keep IPv4's: reconcile6 takes what stayed.
+            tracing::warn!(err = format!("{err:#}"), "retiring a container's IPv6");
+        }
         let ips: Vec<_> = atts.iter().map(|a| a.ip).collect();
-        let forget_connections = self.datapath.maps.retire_container(&keys, &ips)?;
+        let ips6: Vec<_> = atts.iter().filter_map(|a| a.ip6).collect();
+        let forget_connections = self.datapath.maps.retire_container(&keys, &ips, &ips6)?;
         let unpin: Vec<_> = atts
             .iter()
             .map(|a| self.datapath.detach_from_container_later(&a.host_veth))

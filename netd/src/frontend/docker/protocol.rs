@@ -201,6 +201,7 @@ impl CreateNetwork {
             Some(Value::Null) | None => Default::default(),
             Some(other) => return Err(crate::invalid!("malformed network options: {other}")),
         };
+        let mut gateway_mode6 = None;
         for (key, value) in &generic {
             match key.as_str() {
                 OPTION_ICC => spec.icc = parse_bool(key, value)?,
@@ -223,7 +224,7 @@ impl CreateNetwork {
                 OPTION_GATEWAY_MODE_IPV4 => spec.gateway_mode_ipv4 = gateway_mode(key, value)?,
                 // Checked as Docker checks it; without IPv6 it has no effect
                 // (as in Docker, on a network without --ipv6).
-                OPTION_GATEWAY_MODE_IPV6 => drop(gateway_mode(key, value)?),
+                OPTION_GATEWAY_MODE_IPV6 => gateway_mode6 = Some(gateway_mode(key, value)?),
                 // Colon-separated, as Docker splits it.
                 OPTION_TRUSTED_INTERFACES => {
                     spec.trusted_host_interfaces = option_string(key, value)?
@@ -241,6 +242,13 @@ impl CreateNetwork {
                     ));
                 }
             }
+        }
+        // IPv6 is masqueraded (NAT66) only so far: another mode must not
+        // quietly become that.
+        if let Some(mode) = gateway_mode6.filter(|m| *m != GatewayMode::Nat && spec.wants_ipv6()) {
+            return Err(crate::invalid!(
+                "-o {OPTION_GATEWAY_MODE_IPV6}={mode}: netd carries IPv6 in nat mode only so far"
+            ));
         }
         let pools = self.ipv4_data.as_deref().unwrap_or_default();
         let [pool] = pools else {
