@@ -73,6 +73,9 @@ pub fn from_uplink6(ctx: TcContext) -> i32 {
             translate6(&ctx, flow)?;
             return Ok(pass);
         }
+        // A container's address from outside is forged, to a published
+        // port too (as IPv4's check before its DNAT; XDP agrees).
+        policy::check_outside_source6(&flow.key.src)?;
         if flow.kind == FLOW6_TUPLE
             && policy::is_local6(&flow.key.dst)
             && opens_connection(&flow.key, flow.tcp_flags)

@@ -207,6 +207,11 @@ pub fn translate_icmp_error6(ctx: &TcContext, flow: &Flow6) -> Result<bool, Drop
         return Ok(false);
     };
     let new_inner = peer_xlat.reversed();
+    // An error goes to the quoted packet's sender or comes from its
+    // destination; any other is no error of this connection's.
+    if flow.key.dst != inner.src && flow.key.src != inner.dst {
+        return Ok(false);
+    }
     if new_inner == inner {
         // About a tracked connection that is not translated (a network
         // without masquerade): it passes as it is. Path MTU discovery

@@ -219,13 +219,21 @@ pub fn check_from_container6(ep: &Endpoint, ip: &Ipv6Packet) -> Result<(), DropR
     }
 }
 
+/// From outside, a source that is one of this host's containers' IPv6
+/// addresses is forged.
+#[inline(always)]
+pub fn check_outside_source6(src: &Ipv6) -> Result<(), DropReason> {
+    match endpoint6(src) {
+        Some(_) => Err(DropReason::SpoofedSource),
+        None => Ok(()),
+    }
+}
+
 /// IPv6 from outside, not part of a tracked connection: a container source
 /// is forged, and no container address is open to it.
 #[inline(always)]
 pub fn check_from_outside6(src: &Ipv6, dst: &Ipv6) -> Result<(), DropReason> {
-    if endpoint6(src).is_some() {
-        return Err(DropReason::SpoofedSource);
-    }
+    check_outside_source6(src)?;
     match network6_of(dst) {
         Some(n) if n.gateway != *dst => Err(DropReason::UnsolicitedInbound),
         _ => Ok(()),

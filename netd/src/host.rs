@@ -268,11 +268,8 @@ impl Host for NetlinkHost {
         // grows with the square of the veth count.
         let mut candidates = Vec::new();
         if configured.is_empty() {
-            // With an address (IPv4, or a global IPv6 one): one waiting for
-            // DHCP or router advertisements joins when it gets one.
-            let indices: BTreeSet<u32> = (addrs.iter().map(|(i, _)| *i))
-                .chain(addrs6.iter().map(|a| a.index))
-                .collect();
+            // With an IPv4 address: one waiting for DHCP joins when it gets one.
+            let indices: BTreeSet<u32> = addrs.iter().map(|(i, _)| *i).collect();
             for index in indices {
                 if let Some(link) = self.nl.link_details_of(index).await? {
                     candidates.push(link);

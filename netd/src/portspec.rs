@@ -49,6 +49,10 @@ pub struct PortSpec {
     pub host_ports: Option<(u16, u16)>,
     pub container_ports: (u16, u16),
     pub proto: Proto,
+    /// A host address was given, `0.0.0.0` included: IPv4 only. Without
+    /// one, a network with IPv6 publishes on both families (Docker 27).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ipv4_only: bool,
 }
 
 impl PortSpec {
@@ -99,6 +103,7 @@ impl PortSpec {
             host_ports,
             container_ports,
             proto,
+            ipv4_only: parts.len() == 3,
         };
         parsed.check().with_context(|| format!("-p {spec}"))?;
         Ok(parsed)
@@ -146,6 +151,14 @@ fn port_range(s: &str) -> Result<(u16, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_address_given_even_0_0_0_0_means_ipv4_only() {
+        assert!(!PortSpec::parse("8080:80").unwrap().ipv4_only);
+        assert!(!PortSpec::parse("80").unwrap().ipv4_only);
+        assert!(PortSpec::parse("0.0.0.0:8080:80").unwrap().ipv4_only);
+        assert!(PortSpec::parse("127.0.0.1::80").unwrap().ipv4_only);
+    }
 
     #[test]
     fn docker_syntax() {

@@ -242,6 +242,14 @@ fn without_masquerade_connections_are_tracked_untranslated() {
     let syn = Ipv6Frame::tcp(C1_6, 40000, OUTSIDE_6, 80, TCP_ACK);
     let too_big = Ipv6Frame::packet_too_big(ROUTER_6, C1_6, &syn);
     expect_pass6(&mut dp, programs::FROM_UPLINK, &too_big);
+    // The same error sent to another container is none of its business.
+    let misdirected = Ipv6Frame::packet_too_big(ROUTER_6, C2_6, &syn);
+    expect_drop6(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &misdirected,
+        DropReason::UnsolicitedInbound,
+    );
     // Anything else to it is not.
     let other = Ipv6Frame::tcp(OUTSIDE_6, 80, C1_6, 40001, TCP_SYN);
     expect_drop6(
@@ -396,6 +404,16 @@ fn a_port_published_on_ipv6_reaches_its_container_and_its_replies_go_back() {
     let out = syn_ack.translated((UPLINK_6, 8080), (CLIENT_6, 5555));
     expect_rewrite6(&mut dp, programs::TO_UPLINK, &syn_ack, &out);
 
+    // A container's own address as the source, from outside: forged, on
+    // TC and XDP alike, published port or not.
+    let forged = Ipv6Frame::tcp(C2_6, 5555, UPLINK_6, 8080, TCP_SYN);
+    assert_eq!(run_xdp(&mut dp, &forged.build()).unwrap().0, XDP_DROP);
+    expect_drop6(
+        &mut dp,
+        programs::FROM_UPLINK,
+        &forged,
+        DropReason::SpoofedSource,
+    );
     // Not a SYN: opens nothing (the host's own business, untouched).
     let stray = Ipv6Frame::tcp(CLIENT_6, 6666, UPLINK_6, 8080, TCP_ACK);
     expect_pass6(&mut dp, programs::FROM_UPLINK, &stray);

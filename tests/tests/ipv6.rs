@@ -281,11 +281,6 @@ fn dual_stack_networks_carry_ipv6_within_a_network_and_keep_the_rest_out() {
     assert_eq!(String::from_utf8(reply).unwrap(), expected);
     let listing = h.ok(&["container", "ls"]);
     assert!(listing.contains("[::]:8080->80/tcp"), "{listing}");
-    let published6 =
-        || h.json(&["status", "--format", "json"])["maps"]["PUBLISHED_PORTS6"]["entries"].clone();
-    assert_eq!(published6(), 1);
-    h.ok(&["container", "rm", &web]);
-    assert_eq!(published6(), 0, "the IPv6 port went with its container");
     expect_dropped(&h, "unsolicited-inbound", "the outside to a1", || {
         ping6(&h.outside, "fd00:a::2")
     });
@@ -316,6 +311,14 @@ fn dual_stack_networks_carry_ipv6_within_a_network_and_keep_the_rest_out() {
     h.spawn_daemon();
     let reply = probe::tcp_request(&a1_ns, "[fd00:a::20]:80".parse().unwrap(), b"again").unwrap();
     assert_eq!(String::from_utf8(reply).unwrap(), "a2 saw fd00:a::2:again");
+    // The IPv6 half of the published port survived the restart.
+    let reply = probe::tcp_request(&h.outside, "[fd99::1]:8080".parse().unwrap(), b"six").unwrap();
+    assert_eq!(String::from_utf8(reply).unwrap(), "web saw fd99::2:six");
+    let published6 =
+        || h.json(&["status", "--format", "json"])["maps"]["PUBLISHED_PORTS6"]["entries"].clone();
+    assert_eq!(published6(), 1);
+    h.ok(&["container", "rm", &web]);
+    assert_eq!(published6(), 0, "the IPv6 port went with its container");
     let bridge = a["bridge"].as_str().unwrap().to_owned();
     h.host
         .ip(&["-6", "addr", "del", "fd00:a::1/64", "dev", &bridge])

@@ -386,6 +386,7 @@ impl PortMapping {
             host_ports: (host_port > 0).then_some((host_port, host_port)),
             container_ports: (container_port, container_port),
             proto,
+            ipv4_only: !self.host_ip.is_empty(),
         })
     }
 }
@@ -411,6 +412,7 @@ mod tests {
             host_ports: host,
             container_ports: container,
             proto,
+            ipv4_only: ip != "0.0.0.0",
         };
         assert_eq!(
             conf.ports().unwrap(),

@@ -125,7 +125,8 @@ impl<H: Host> Engine<H> {
                 (true, Some(ip)) => ip,
                 _ => spec.host_ip,
             };
-            let container_ip6 = container_ip6.filter(|_| host_ip.is_unspecified());
+            let container_ip6 =
+                container_ip6.filter(|_| host_ip.is_unspecified() && !spec.ipv4_only);
             let count = spec.container_ports.1 - spec.container_ports.0;
             // `-p 8000-8010:80`: any one free port of the host range.
             let pick_from = match spec.host_ports {

@@ -52,9 +52,11 @@ impl Netlink {
                     && !ip.is_unicast_link_local()
                     && !ip.is_loopback()
                 {
-                    // RFC 6724's order for a global destination: not
-                    // tentative or deprecated, global before ULA, public
-                    // before temporary (`Secondary` is IFA_F_TEMPORARY).
+                    // Not tentative or deprecated; global before ULA (RFC
+                    // 6724's scope rules for a global destination); public
+                    // before temporary, unlike its rule 7: a masquerade
+                    // address serves no privacy and should stay put
+                    // (`Secondary` is IFA_F_TEMPORARY).
                     let rank = match flags.contains(F::Tentative) || flags.contains(F::Deprecated) {
                         true => Address6::NO_SOURCE,
                         false => {

@@ -143,26 +143,14 @@ impl Maps {
         &mut self,
         ports: &[PortKey],
         ips: &[Ipv4Addr],
-        ips6: &[Ipv6Addr],
     ) -> Result<impl FnOnce() -> Result<()> + Send + Sync + use<>> {
         self.ports.remove(ports)?;
         for &ip in ips {
             self.endpoints.remove(ip)?;
         }
         let mut conntrack = self.conntrack.handle()?;
-        let mut conntrack6 = match ips6.is_empty() {
-            true => None,
-            false => Some(self.conntrack6.handle()?),
-        };
-        let (ips, ips6) = (ips.to_vec(), ips6.to_vec());
-        Ok(move || {
-            let v4 = flush_addresses(&mut conntrack, &ips).map(drop);
-            let v6 = match conntrack6.as_mut() {
-                Some(table) => flush_addresses6(table, &ips6).map(drop),
-                None => Ok(()),
-            };
-            v4.and(v6)
-        })
+        let ips = ips.to_vec();
+        Ok(move || flush_addresses(&mut conntrack, &ips).map(drop))
     }
 
     /// Forgets every connection one of `ips` took part in; returns how many

@@ -78,7 +78,7 @@ impl Ports {
 
     /// Removes IPv6 ports only; [`super::Maps::unpublish6`] also forgets
     /// their connections.
-    pub(super) fn remove6(&mut self, keys: &[PortKey6]) -> Result<()> {
+    pub fn remove6(&mut self, keys: &[PortKey6]) -> Result<()> {
         for key in keys {
             done_if_missing(self.ports6.remove(key)).context("unpublishing port on IPv6")?;
         }

@@ -119,14 +119,41 @@ impl EbpfDriver {
     /// The ports' IPv6 halves (those published on all addresses of a
     /// network with IPv6); on an error, none of them.
     pub(super) fn publish6(&mut self, ports: &[PublishedPort]) -> Result<()> {
-        for (done, (key, backend)) in ports.iter().filter_map(port6).enumerate() {
+        let mut done = Vec::new();
+        for (key, backend) in ports.iter().filter_map(port6) {
             if let Err(err) = self.datapath.maps.ports.publish6(key, backend) {
-                let _ = self.unpublish6(&ports[..done]);
+                for key in &done {
+                    self.declared6.published.remove(key);
+                }
+                let _ = self.datapath.maps.unpublish6(&done);
                 return Err(err);
             }
             self.declared6.published.insert(key);
+            done.push(key);
         }
         Ok(())
+    }
+
+    /// A removed container's IPv6: its ports, its addresses and their
+    /// connections (at once, not in the background as IPv4's: IPv6
+    /// addresses are not held back while that runs, so one handed out
+    /// again must find nothing left of them).
+    pub(super) fn retire6(&mut self, ports: &[PublishedPort], atts: &[Attachment]) -> Result<()> {
+        let keys: Vec<PortKey6> = ports.iter().filter_map(port6).map(|(k, _)| k).collect();
+        for key in &keys {
+            self.declared6.published.remove(key);
+        }
+        let mut result = Ok(());
+        for att in atts {
+            result = result.and(self.remove_endpoint6(att, !self.tearing_down));
+        }
+        if self.tearing_down {
+            return result;
+        }
+        // The address walk below forgets the ports' connections too.
+        self.datapath.maps.ports.remove6(&keys)?;
+        let ips6: Vec<_> = atts.iter().filter_map(|a| a.ip6).collect();
+        result.and(self.datapath.maps.forget_connections6(&ips6).map(drop))
     }
 
     /// The ports' IPv6 halves and the connections through them (in the

@@ -362,22 +362,19 @@ impl FirewallDriver for EbpfDriver {
             self.declared.ports.remove(key);
         }
         keys.extend(self.close_container_sides(ports));
-        let mut ipv6 = self.unpublish6(ports);
+        if let Err(err) = self.retire6(ports, atts) {
+            // Not a reason to keep IPv4's: reconcile6 takes what stayed.
+            tracing::warn!(err = format!("{err:#}"), "retiring a container's IPv6");
+        }
         for att in atts {
             self.endpoints.remove(&att.host_veth);
             self.declared.endpoints.remove(&att.ip);
-            ipv6 = ipv6.and(self.remove_endpoint6(att, !self.tearing_down));
         }
         if self.tearing_down {
             return Ok(Box::new(|| ())); // the maps and links go whole in remove_all
         }
-        if let Err(err) = ipv6 {
-            // Not a reason to keep IPv4's: reconcile6 takes what stayed.
-            tracing::warn!(err = format!("{err:#}"), "retiring a container's IPv6");
-        }
         let ips: Vec<_> = atts.iter().map(|a| a.ip).collect();
-        let ips6: Vec<_> = atts.iter().filter_map(|a| a.ip6).collect();
-        let forget_connections = self.datapath.maps.retire_container(&keys, &ips, &ips6)?;
+        let forget_connections = self.datapath.maps.retire_container(&keys, &ips)?;
         let unpin: Vec<_> = atts
             .iter()
             .map(|a| self.datapath.detach_from_container_later(&a.host_veth))
@@ -424,11 +421,11 @@ impl FirewallDriver for EbpfDriver {
             self.declared.ports.remove(key);
         }
         keys.extend(self.close_container_sides(ports));
-        self.unpublish6(ports)?;
+        let ipv6 = self.unpublish6(ports);
         if self.tearing_down {
-            return Ok(());
+            return ipv6;
         }
-        self.datapath.maps.unpublish(&keys)
+        self.datapath.maps.unpublish(&keys).and(ipv6)
     }
 
     /// Pins removed behind netd's back: maps pinned again, uplink and socket

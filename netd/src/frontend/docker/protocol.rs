@@ -374,6 +374,7 @@ impl ExternalConnectivity {
                     host_ports,
                     container_ports: (b.port, b.port),
                     proto,
+                    ipv4_only: !b.host_ip.is_empty(),
                 })
             })
             .collect()
