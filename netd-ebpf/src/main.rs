@@ -54,7 +54,7 @@ pub fn from_container(ctx: TcContext) -> i32 {
 /// and the guard against unsolicited traffic to container addresses.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
-    if let Ok(Packet::Ipv6) = parse::parse_frame(&ctx) {
+    if parse::is_ipv6(&ctx) {
         return ipv6::from_uplink6(ctx);
     }
     from_uplink4(ctx)
@@ -93,7 +93,7 @@ pub fn to_uplink(ctx: TcContext) -> i32 {
         aya_log_ebpf::trace!(&ctx, "fast path: {} bytes out", ctx.len());
         return TC_ACT_OK;
     }
-    if let Ok(Packet::Ipv6) = parse::parse_frame(&ctx) {
+    if parse::is_ipv6(&ctx) {
         return ipv6::to_uplink6(ctx);
     }
     to_uplink4(ctx)

@@ -291,6 +291,16 @@ pub fn src_mac<F: Frame>(ctx: &F) -> Result<[u8; 6], DropReason> {
     Ok(unsafe { (*eth).src_addr })
 }
 
+/// Whether the frame is IPv6, by its EtherType alone: the uplink entries
+/// pick their family's subprogram with it, which then parses the frame
+/// (a full parse here would be done twice for every IPv4 packet).
+#[inline(always)]
+pub fn is_ipv6<F: Frame>(ctx: &F) -> bool {
+    // SAFETY: bounds checked by ptr_at.
+    ptr_at::<EthHdr, F>(ctx, 0)
+        .is_some_and(|eth| unsafe { (*eth).ether_type } == EtherType::Ipv6 as u16)
+}
+
 #[inline(always)]
 pub fn parse_frame<F: Frame>(ctx: &F) -> Result<Packet, DropReason> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(DropReason::TruncatedEthernet)?;
