@@ -15,6 +15,12 @@ use crate::{Netns, Testbed, topology::Background};
 
 pub use crate::uplink::{HOST_IP, HOST_SECOND_IP, OUTSIDE_IP};
 
+/// The uplink's IPv6 addresses, once [`DaemonHost::add_uplink_ipv6`] set
+/// them, and the far IPv6 server's ([`DaemonHost::add_far_host6`]).
+pub const HOST_IP6: &str = "fd99::1";
+pub const OUTSIDE_IP6: &str = "fd99::2";
+pub const FAR_IP6: &str = "fd98::2";
+
 /// Where daemons started by this harness append their log (stdout and
 /// stderr), when set; else they log to the test's own output.
 pub const DAEMON_LOG_ENV: &str = "NETD_DAEMON_LOG";
@@ -337,6 +343,54 @@ impl DaemonHost {
         far.ip(&["addr", "add", &format!("{far_ip}/24"), "dev", "eth0"])
             .unwrap();
         far.ip(&["route", "add", "default", "via", "203.0.113.1"])
+            .unwrap();
+        far
+    }
+
+    /// IPv6 on the uplink: the host at [`HOST_IP6`] with its default route
+    /// via the outside at [`OUTSIDE_IP6`], which routes the containers' ULA
+    /// prefixes (`fd00::/8`) through the host as an L2 neighbour could.
+    pub fn add_uplink_ipv6(&self) {
+        let add = |ns: &Netns, addr: &str, dev: &str| {
+            ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"])
+                .unwrap();
+        };
+        add(&self.host, &format!("{HOST_IP6}/64"), &self.uplink);
+        add(&self.outside, &format!("{OUTSIDE_IP6}/64"), "eth0");
+        self.host
+            .ip(&["-6", "route", "add", "default", "via", OUTSIDE_IP6])
+            .unwrap();
+        self.outside
+            .ip(&["-6", "route", "add", "fd00::/8", "via", HOST_IP6])
+            .unwrap();
+    }
+
+    /// [`add_far_host`](Self::add_far_host)'s IPv6 twin: a far server at
+    /// [`FAR_IP6`] behind the outside router, over a hop of `hop_mtu`; the
+    /// router answers big packets with "packet too big".
+    pub fn add_far_host6(&mut self, hop_mtu: u32) -> Netns {
+        let far = self._bed.add_netns("far6").unwrap();
+        self._bed.veth(&self.outside, "eth6", &far, "eth0").unwrap();
+        self.outside
+            .ip(&["-6", "addr", "add", "fd98::1/64", "dev", "eth6", "nodad"])
+            .unwrap();
+        self.outside
+            .ip(&["link", "set", "eth6", "mtu", &hop_mtu.to_string()])
+            .unwrap();
+        self.outside
+            .sysctl("net.ipv6.conf.all.forwarding", "1")
+            .unwrap();
+        far.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{FAR_IP6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])
+        .unwrap();
+        far.ip(&["-6", "route", "add", "default", "via", "fd98::1"])
             .unwrap();
         far
     }

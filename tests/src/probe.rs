@@ -239,7 +239,11 @@ pub fn echo_roundtrip(conn: &mut TcpStream, message: &[u8]) -> Result<()> {
 
 /// One UDP datagram from inside `ns` and the reply to it, if one comes.
 pub fn udp_request(ns: &Netns, dst: SocketAddr, payload: &[u8]) -> Result<Vec<u8>> {
-    let socket = ns.enter(|| UdpSocket::bind("0.0.0.0:0"))??;
+    let any = match dst {
+        SocketAddr::V4(_) => "0.0.0.0:0",
+        SocketAddr::V6(_) => "[::]:0",
+    };
+    let socket = ns.enter(|| UdpSocket::bind(any))??;
     socket.set_read_timeout(Some(PROBE_TIMEOUT))?;
     socket.send_to(payload, dst)?;
     let mut buf = [0u8; 2048];

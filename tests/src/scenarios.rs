@@ -2,6 +2,8 @@
 //! (by `tests/tests/scenarios.rs` and by the demo): each probe is real ICMP,
 //! TCP or UDP between namespaces, and must give the verdict written here.
 
+pub mod ipv6;
+
 use std::net::SocketAddr;
 
 use crate::{
@@ -852,15 +854,17 @@ fn drop_counts(suite: &Suite) -> std::collections::BTreeMap<String, u64> {
 }
 
 /// The datapath's drop counts: per drop reason on ebpf, per chain of netd's
-/// DROP rules on iptables, and on nftables per the iptables chain its drop
-/// counter stands for (see [`iptables_chain_of`]).
+/// DROP rules on iptables (IPv4's and IPv6's rules summed), and on nftables
+/// per the iptables chain its drop counter stands for (see
+/// [`iptables_chain_of`]).
 pub fn datapath_drops(h: &DaemonHost, datapath: &str) -> std::collections::BTreeMap<String, u64> {
     if datapath == "nftables" {
         nftables_drops(h)
     } else if datapath == "iptables" {
-        let out = h.host.run("iptables-save", &["-c"]).unwrap();
+        let mut saved = h.host.run("iptables-save", &["-c"]).unwrap().stdout;
+        saved.extend(h.host.run("ip6tables-save", &["-c"]).unwrap().stdout);
         let mut counts = std::collections::BTreeMap::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
+        for line in String::from_utf8_lossy(&saved).lines() {
             let Some((counters, rule)) = line.strip_prefix('[').and_then(|l| l.split_once("] "))
             else {
                 continue;
@@ -896,18 +900,16 @@ fn status_drops(h: &DaemonHost) -> std::collections::BTreeMap<String, u64> {
         .unwrap_or_default()
 }
 
-/// The named drop counters of netd's nftables table (each kind of drop
-/// rule counts in its own), summed per the iptables chain each stands for.
+/// The named drop counters of netd's nftables tables, `ip` and `ip6`
+/// (each kind of drop rule counts in its own), summed per the iptables
+/// chain each stands for.
 fn nftables_drops(h: &DaemonHost) -> std::collections::BTreeMap<String, u64> {
     let table = netd::driver::NFTABLES_TABLE;
-    let out = h
-        .host
-        .run("nft", &["-j", "list", "counters", "table", "ip", table])
-        .unwrap();
+    let out = h.host.run("nft", &["-j", "list", "counters"]).unwrap();
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut counts = std::collections::BTreeMap::new();
     for object in listed["nftables"].as_array().into_iter().flatten() {
-        let Some(counter) = object.get("counter") else {
+        let Some(counter) = object.get("counter").filter(|c| c["table"] == table) else {
             continue;
         };
         let name = counter["name"].as_str().unwrap_or_default();

@@ -458,15 +458,3 @@ fn bad_ipv6_input_is_refused_and_changes_nothing() {
         h.refused(&args, kind, message);
     }
 }
-
-#[test]
-fn ipv6_networks_are_refused_on_datapaths_that_do_not_enforce_ipv6() {
-    for datapath in ["iptables", "nftables"] {
-        let h = DaemonHost::start(netd(), &["--datapath", datapath]);
-        h.refused(
-            &["network", "create", "v6", "--ipv6"],
-            ErrorKind::Invalid,
-            &format!("the {datapath} datapath does not carry IPv6 yet"),
-        );
-    }
-}

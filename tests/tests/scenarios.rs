@@ -10,7 +10,17 @@ fn check(datapath: &str, daemon_flags: &[&str]) {
 
 fn check_through(frontend: Frontend, datapath: &str, daemon_flags: &[&str]) {
     let rows = scenarios::run(netd(), datapath, daemon_flags, frontend);
-    let matrix = scenarios::matrix(&format!("{datapath} ({frontend:?})"), &rows);
+    expect_verdicts(&format!("{datapath} ({frontend:?})"), &rows);
+}
+
+/// The IPv6 story (dual-stack networks, every probe over IPv6).
+fn check_ipv6(frontend: Frontend, datapath: &str) {
+    let rows = scenarios::ipv6::run(netd(), datapath, &[], frontend);
+    expect_verdicts(&format!("{datapath} ({frontend:?}), IPv6"), &rows);
+}
+
+fn expect_verdicts(title: &str, rows: &[scenarios::Row]) {
+    let matrix = scenarios::matrix(title, rows);
     println!("{matrix}");
     let bad: Vec<String> = rows
         .iter()
@@ -19,10 +29,55 @@ fn check_through(frontend: Frontend, datapath: &str, daemon_flags: &[&str]) {
         .collect();
     assert!(
         bad.is_empty(),
-        "{datapath}: {} probes differ:\n{}\n{matrix}",
+        "{title}: {} probes differ:\n{}\n{matrix}",
         bad.len(),
         bad.join("\n")
     );
+}
+
+#[test]
+fn ebpf_datapath_passes_the_ipv6_scenarios() {
+    check_ipv6(Frontend::Cli, "ebpf");
+}
+
+#[test]
+fn ebpf_datapath_passes_the_ipv6_scenarios_through_docker() {
+    check_ipv6(Frontend::Docker, "ebpf");
+}
+
+#[test]
+fn ebpf_datapath_passes_the_ipv6_scenarios_through_podman() {
+    check_ipv6(Frontend::Podman, "ebpf");
+}
+
+#[test]
+fn iptables_datapath_passes_the_ipv6_scenarios() {
+    check_ipv6(Frontend::Cli, "iptables");
+}
+
+#[test]
+fn iptables_datapath_passes_the_ipv6_scenarios_through_docker() {
+    check_ipv6(Frontend::Docker, "iptables");
+}
+
+#[test]
+fn iptables_datapath_passes_the_ipv6_scenarios_through_podman() {
+    check_ipv6(Frontend::Podman, "iptables");
+}
+
+#[test]
+fn nftables_datapath_passes_the_ipv6_scenarios() {
+    check_ipv6(Frontend::Cli, "nftables");
+}
+
+#[test]
+fn nftables_datapath_passes_the_ipv6_scenarios_through_docker() {
+    check_ipv6(Frontend::Docker, "nftables");
+}
+
+#[test]
+fn nftables_datapath_passes_the_ipv6_scenarios_through_podman() {
+    check_ipv6(Frontend::Podman, "nftables");
 }
 
 #[test]

@@ -26,12 +26,15 @@ use crate::{
 use anyhow::Result;
 
 /// Whether bridged (same-network) traffic passes through netfilter's IPv4
-/// hooks, iptables' and nftables' `ip` tables alike (br_netfilter). Docker's icc=false needs it; the eBPF datapath does not
-/// want it. A kernel without br_netfilter has no such sysctl: nothing to do.
+/// and IPv6 hooks, iptables' and nftables' tables alike (br_netfilter).
+/// Docker's icc=false needs it; the eBPF datapath does not want it. A
+/// kernel without br_netfilter has no such sysctl: nothing to do.
 fn set_bridge_netfilter(on: bool) -> Result<()> {
-    let path = "/proc/sys/net/bridge/bridge-nf-call-iptables";
-    if std::path::Path::new(path).exists() {
-        std::fs::write(path, if on { "1" } else { "0" })?;
+    for family in ["iptables", "ip6tables"] {
+        let path = format!("/proc/sys/net/bridge/bridge-nf-call-{family}");
+        if std::path::Path::new(&path).exists() {
+            std::fs::write(path, if on { "1" } else { "0" })?;
+        }
     }
     Ok(())
 }
@@ -127,11 +130,6 @@ pub type Leftovers = Box<dyn FnOnce() + Send + Sync>;
 /// is the driver's own business.
 pub trait FirewallDriver: Observability + Send + Sync {
     fn name(&self) -> &'static str;
-    /// Whether the driver enforces its rules on IPv6 too (networks with
-    /// IPv6 are refused on the others).
-    fn handles_ipv6(&self) -> bool {
-        false
-    }
 
     // Networks and their endpoints.
     fn add_network(&mut self, net: &Network, bridge_mac: [u8; 6]) -> Result<()>;

@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     io::Write as _,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv6Addr},
     process::{Command, Stdio},
 };
 
@@ -13,11 +13,58 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     rule::ActiveRule,
-    state::{Attachment, Network, PublishedPort},
+    state::{Attachment, GatewayMode, Network, PublishedPort},
 };
 
-/// (host address, host port, protocol, container address, container port).
-pub type PortTuple = (Ipv4Addr, u16, u8, Ipv4Addr, u16);
+/// (host address, host port, protocol, container address, container port),
+/// both addresses of one family.
+pub type PortTuple = (IpAddr, u16, u8, IpAddr, u16);
+
+/// An address family: each has its own rule set (`iptables` and
+/// `ip6tables`, nftables' `ip` and `ip6` tables), as with Docker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
+
+    pub fn holds(self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == (self == Family::V4)
+    }
+
+    /// `ip/32` or `ip/128`: one address as a prefix.
+    pub fn host(self, ip: IpAddr) -> String {
+        match ip {
+            IpAddr::V4(ip) => format!("{ip}/32"),
+            IpAddr::V6(ip) => format!("{ip}/128"),
+        }
+    }
+
+    /// `--to-destination`'s and nft's `dnat to` address and port.
+    pub fn socket(self, ip: IpAddr, port: u16) -> String {
+        std::net::SocketAddr::new(ip, port).to_string()
+    }
+
+    /// The network's subnet in this family; none where it has none.
+    pub fn subnet(self, net: &Network) -> Option<String> {
+        match self {
+            Family::V4 => Some(net.subnet.to_string()),
+            Family::V6 => net.ipv6.map(|v6| v6.subnet.to_string()),
+        }
+    }
+
+    /// How the network meets the outside in this family: IPv6 has nat
+    /// only so far (routed IPv6 networks are refused unless internal).
+    pub fn gateway_mode(self, net: &Network) -> GatewayMode {
+        match (self, net.gateway_mode_ipv4) {
+            (Family::V4, mode) | (Family::V6, mode @ GatewayMode::Isolated) => mode,
+            (Family::V6, _) => GatewayMode::Nat,
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct Declared {
@@ -25,8 +72,8 @@ pub struct Declared {
     /// FORWARD, the isolation stages and POSTROUTING, so iptables renders
     /// them newest first.
     pub networks: Vec<Network>,
-    /// Container address -> network name.
-    pub endpoints: BTreeMap<Ipv4Addr, String>,
+    /// Container address (either family) -> network name.
+    pub endpoints: BTreeMap<IpAddr, String>,
     /// In publishing order: like Docker, a new port's rules go last.
     pub ports: Vec<PortTuple>,
     /// The user's rules, in order.
@@ -57,14 +104,26 @@ pub fn run_script(program: &str, args: &[&str], package: &str, script: &str) -> 
     Ok(())
 }
 
-pub fn port_tuple(p: &PublishedPort) -> PortTuple {
-    (
-        p.host_ip,
+/// A port's tuple, and its IPv6 twin where it is published on `[::]` too.
+pub fn port_tuples(p: &PublishedPort) -> impl Iterator<Item = PortTuple> {
+    let proto = p.proto.number();
+    let v4 = (
+        IpAddr::V4(p.host_ip),
         p.host_port,
-        p.proto.number(),
-        p.container_ip,
+        proto,
+        IpAddr::V4(p.container_ip),
         p.container_port,
-    )
+    );
+    let v6 = p.container_ip6.map(|ip6| {
+        (
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            p.host_port,
+            proto,
+            IpAddr::V6(ip6),
+            p.container_port,
+        )
+    });
+    std::iter::once(v4).chain(v6)
 }
 
 impl Declared {
@@ -73,8 +132,27 @@ impl Declared {
     }
 
     /// The network of container address `ip`.
-    pub fn bridge_of(&self, ip: Ipv4Addr) -> Option<&Network> {
+    pub fn bridge_of(&self, ip: IpAddr) -> Option<&Network> {
         self.endpoints.get(&ip).and_then(|n| self.network(n))
+    }
+
+    /// The networks that have `family`, in creation order.
+    pub fn networks_of(&self, family: Family) -> impl DoubleEndedIterator<Item = &Network> {
+        self.networks
+            .iter()
+            .filter(move |n| family.subnet(n).is_some())
+    }
+
+    /// The endpoints of `family`'s addresses.
+    pub fn endpoints_of(&self, family: Family) -> impl Iterator<Item = (&IpAddr, &String)> {
+        self.endpoints
+            .iter()
+            .filter(move |(ip, _)| family.holds(**ip))
+    }
+
+    /// The ports of `family`, in publishing order.
+    pub fn ports_of(&self, family: Family) -> impl Iterator<Item = &PortTuple> {
+        self.ports.iter().filter(move |p| family.holds(p.3))
     }
 
     /// Runs `change`, then `apply`; undoes the change if `apply` fails.
@@ -141,7 +219,10 @@ impl Declared {
     ) -> Result<()> {
         self.change(
             |d| {
-                d.endpoints.insert(att.ip, net.name.clone());
+                d.endpoints.insert(IpAddr::V4(att.ip), net.name.clone());
+                if let Some(ip6) = att.ip6.filter(|_| net.ipv6.is_some()) {
+                    d.endpoints.insert(IpAddr::V6(ip6), net.name.clone());
+                }
             },
             apply,
         )
@@ -155,11 +236,17 @@ impl Declared {
     ) -> Result<()> {
         self.change(
             |d| {
-                d.endpoints.remove(&att.ip);
+                d.endpoints.remove(&IpAddr::V4(att.ip));
+                if let Some(ip6) = att.ip6 {
+                    d.endpoints.remove(&IpAddr::V6(ip6));
+                }
             },
             apply,
         )?;
-        super::nf_conntrack::forget_address(att.ip);
+        super::nf_conntrack::forget_address(IpAddr::V4(att.ip));
+        if let Some(ip6) = att.ip6 {
+            super::nf_conntrack::forget_address(IpAddr::V6(ip6));
+        }
         Ok(())
     }
 
@@ -170,7 +257,7 @@ impl Declared {
     ) -> Result<()> {
         self.change(
             |d| {
-                for key in ports.iter().map(port_tuple) {
+                for key in ports.iter().flat_map(port_tuples) {
                     if !d.ports.contains(&key) {
                         d.ports.push(key);
                     }
@@ -186,7 +273,7 @@ impl Declared {
         ports: &[PublishedPort],
         apply: impl Fn(&Self) -> Result<()>,
     ) -> Result<()> {
-        let gone: std::collections::BTreeSet<_> = ports.iter().map(port_tuple).collect();
+        let gone: std::collections::BTreeSet<_> = ports.iter().flat_map(port_tuples).collect();
         self.change(|d| d.ports.retain(|p| !gone.contains(p)), apply)?;
         super::nf_conntrack::forget_backends(ports);
         Ok(())

@@ -2,7 +2,7 @@
 //! nftables) use it: listed and flushed with `conntrack` (package
 //! conntrack), its fill read from /proc.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, net::SocketAddr, process::Command};
+use std::{collections::BTreeMap, net::IpAddr, net::SocketAddr, process::Command};
 
 use anyhow::{Context as _, Result};
 
@@ -12,20 +12,28 @@ use crate::{
     state::PublishedPort,
 };
 
-/// Every entry, one row per connection (original direction).
+/// Every entry of both families, one row per connection (original
+/// direction).
 pub fn rows() -> Result<Vec<ConntrackRow>> {
-    let out = Command::new("conntrack")
-        .arg("-L")
-        .output()
-        .context("running conntrack (package conntrack)")?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(parse_conntrack_line)
-        .collect())
+    let mut rows = Vec::new();
+    // `conntrack -L` lists one family, IPv4 unless told.
+    for family in ["ipv4", "ipv6"] {
+        let out = Command::new("conntrack")
+            .args(["-L", "-f", family])
+            .output()
+            .context("running conntrack (package conntrack)")?;
+        rows.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(parse_conntrack_line),
+        );
+    }
+    Ok(rows)
 }
 
-/// Forgets the connections of a container address that went.
-pub fn forget_address(ip: Ipv4Addr) {
+/// Forgets the connections of a container address that went (conntrack
+/// takes the family from the address).
+pub fn forget_address(ip: IpAddr) {
     let ip = ip.to_string();
     for key in ["-s", "-d", "--reply-src"] {
         flush(&[key, &ip]);
@@ -34,8 +42,13 @@ pub fn forget_address(ip: Ipv4Addr) {
 
 /// Forgets the connections through `ports` (the ones their backends answer).
 pub fn forget_backends(ports: &[PublishedPort]) {
-    let backends: std::collections::BTreeSet<String> =
-        ports.iter().map(|p| p.container_ip.to_string()).collect();
+    let backends: std::collections::BTreeSet<String> = ports
+        .iter()
+        .flat_map(|p| {
+            let ip6 = p.container_ip6.map(|ip| ip.to_string());
+            std::iter::once(p.container_ip.to_string()).chain(ip6)
+        })
+        .collect();
     for ip in &backends {
         flush(&["--reply-src", ip]);
     }
@@ -91,7 +104,8 @@ fn parse_conntrack_line(line: &str) -> Option<ConntrackRow> {
             .unwrap_or("0")
     };
     let tuple = |nth: usize| -> Option<(SocketAddr, SocketAddr)> {
-        let (sport, dport) = if proto == IpProto::Icmp {
+        // ICMP and ICMPv6 (58) echo: the identifier stands for both ports.
+        let (sport, dport) = if proto == IpProto::Icmp || words[1] == "58" {
             (field("id=", nth), field("id=", nth))
         } else {
             (field("sport=", nth), field("dport=", nth))

@@ -61,10 +61,6 @@ impl FirewallDriver for NoopDriver {
         "noop"
     }
 
-    fn handles_ipv6(&self) -> bool {
-        true
-    }
-
     fn set_rules(&mut self, rules: &[crate::rule::ActiveRule]) -> Result<()> {
         self.check("set_rules")?;
         self.record().rules = rules.to_vec();

@@ -2,12 +2,12 @@
 //! moby's iptabler and nftabler tests keep theirs): one per feature of
 //! Docker's bridge driver netd renders, the same for iptables and nftables.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use crate::{
     portspec::Proto,
     rule::{ActiveRule, RuleAction, UserRule},
-    state::{GatewayMode, Network},
+    state::{GatewayMode, Network, NetworkIpv6},
 };
 
 /// Networks, endpoints (address -> network), ports (host address, host
@@ -15,8 +15,8 @@ use crate::{
 /// netfilter driver holds them.
 pub struct Topology {
     pub networks: Vec<Network>,
-    pub endpoints: BTreeMap<Ipv4Addr, String>,
-    pub ports: Vec<(Ipv4Addr, u16, u8, Ipv4Addr, u16)>,
+    pub endpoints: BTreeMap<IpAddr, String>,
+    pub ports: Vec<(IpAddr, u16, u8, IpAddr, u16)>,
     pub rules: Vec<ActiveRule>,
 }
 
@@ -47,7 +47,7 @@ fn network(name: &str, id: u32, subnet: &str, bridge: &str) -> Network {
     Network::for_tests(name, id, subnet, bridge)
 }
 
-fn ip(s: &str) -> Ipv4Addr {
+fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
@@ -88,8 +88,8 @@ pub fn icc_off_internal_and_unmasqueraded_networks() -> Topology {
 
 pub fn hairpin_host_ip_bindings_and_a_networks_own_source_address() -> Topology {
     let own_source = Network {
-        host_ip: Some(ip("198.51.100.7")),
-        binding_ip: Some(ip("198.51.100.7")),
+        host_ip: Some("198.51.100.7".parse().unwrap()),
+        binding_ip: Some("198.51.100.7".parse().unwrap()),
         ..network("web", 2, "10.40.0.0/24", "br-web")
     };
     Topology::new(
@@ -149,6 +149,61 @@ pub fn gateway_modes() -> Topology {
             ("0.0.0.0", 8084, Proto::Tcp, "10.67.0.2", 80),
         ],
     )
+}
+
+/// Networks with IPv6 beside v4-only ones: the IPv6 rule set holds the
+/// dual-stack networks alone, ports published on `[::]` too, no `::1`
+/// twin of a 127.0.0.1 port, and no user rule naming an IPv4 source.
+pub fn dual_stack_networks() -> Topology {
+    let dual = |net: Network, subnet: &str| {
+        let subnet = crate::cidr::Cidr6::new(subnet.parse().unwrap(), 64).unwrap();
+        let gateway = std::net::Ipv6Addr::from(u128::from(subnet.network()) + 1);
+        Network {
+            ipv6: Some(NetworkIpv6 { subnet, gateway }),
+            ..net
+        }
+    };
+    let web = dual(network("web", 2, "172.18.0.0/24", "br-web"), "fd00:18::");
+    let back = dual(
+        Network {
+            internal: true,
+            ..network("back", 3, "172.19.0.0/24", "br-back")
+        },
+        "fd00:19::",
+    );
+    let quiet = dual(
+        Network {
+            icc: false,
+            ..network("quiet", 4, "172.20.0.0/24", "br-quiet")
+        },
+        "fd00:20::",
+    );
+    let mut t = Topology::new(
+        vec![
+            network("bridge", 1, "172.17.0.0/16", "netd0"),
+            web,
+            back,
+            quiet,
+        ],
+        &[
+            ("172.17.0.2", "bridge"),
+            ("172.18.0.2", "web"),
+            ("fd00:18::2", "web"),
+            ("172.19.0.2", "back"),
+            ("fd00:19::2", "back"),
+            ("172.20.0.2", "quiet"),
+            ("fd00:20::2", "quiet"),
+        ],
+        &[
+            ("0.0.0.0", 8080, Proto::Tcp, "172.18.0.2", 80),
+            ("::", 8080, Proto::Tcp, "fd00:18::2", 80),
+            ("127.0.0.1", 9090, Proto::Tcp, "172.18.0.2", 80),
+            ("0.0.0.0", 5353, Proto::Udp, "172.20.0.2", 53),
+            ("::", 5353, Proto::Udp, "fd00:20::2", 53),
+        ],
+    );
+    t.rules = user_rules_in_order().rules;
+    t
 }
 
 pub fn user_rules_in_order() -> Topology {
@@ -214,6 +269,7 @@ macro_rules! golden_tests {
             routed_cidrs_skip_masquerade,
             gateway_modes,
             user_rules_in_order,
+            dual_stack_networks,
         );
     };
     ($($name:ident),+ $(,)?) => {$(

@@ -222,13 +222,6 @@ impl<H: Host> Engine<H> {
         if !spec.wants_ipv6() {
             return Ok(None);
         }
-        if !self.driver.handles_ipv6() {
-            return Err(crate::invalid!(
-                "the {} datapath does not carry IPv6 yet: create IPv6 networks on the ebpf \
-                 datapath",
-                self.driver.name()
-            ));
-        }
         if mode == GatewayMode::Routed && !spec.internal {
             return Err(crate::invalid!(
                 "an IPv6 network in gateway mode routed is not supported yet"

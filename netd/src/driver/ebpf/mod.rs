@@ -224,10 +224,6 @@ impl FirewallDriver for EbpfDriver {
         "ebpf"
     }
 
-    fn handles_ipv6(&self) -> bool {
-        true
-    }
-
     fn set_rules(&mut self, rules: &[crate::rule::ActiveRule]) -> Result<()> {
         self.rules = rules.to_vec();
         let host = self.host.clone();

@@ -3,17 +3,29 @@
 //! its snapshot (`cargo insta review`, or INSTA_UPDATE=always to accept).
 
 use crate::driver::{
-    netfilter::Declared,
+    netfilter::{Declared, Family},
     topologies::{Topology, golden_tests},
 };
 
+/// Both families' rule sets, as `iptables-restore` and
+/// `ip6tables-restore` take them.
 fn render(t: Topology) -> String {
-    super::render::render(&Declared {
+    let decl = Declared {
         networks: t.networks,
         endpoints: t.endpoints,
         ports: t.ports,
         rules: t.rules,
-    })
+    };
+    Family::BOTH
+        .into_iter()
+        .map(|family| {
+            let program = match family {
+                Family::V4 => "iptables-restore",
+                Family::V6 => "ip6tables-restore",
+            };
+            format!("# {program}\n{}", super::render::render(&decl, family))
+        })
+        .collect()
 }
 
 golden_tests!();

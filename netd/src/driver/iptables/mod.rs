@@ -1,6 +1,7 @@
 //! The iptables datapath: the rules Docker's bridge driver installs for the
 //! same topology (without its userland proxy), in netd's own chains, applied
-//! with `iptables-restore --noflush`. It is the reference the eBPF datapath
+//! with `iptables-restore --noflush` (and `ip6tables-restore` for networks
+//! with IPv6, as Docker 27 does). It is the reference the eBPF datapath
 //! is compared against; docs/iptables-path.md maps each rule to Docker's.
 //! The rule set is rendered in `render` (a pure function, snapshot-tested
 //! in `tests`).
@@ -20,7 +21,8 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     BoxFuture, ConntrackRow, DatapathMetrics, FirewallDriver, HostInfo, Observability,
-    netfilter::Declared, nf_conntrack,
+    netfilter::{Declared, Family},
+    nf_conntrack,
 };
 use crate::api::{DatapathStatus, RuleSetStatus};
 
@@ -34,6 +36,33 @@ const JUMPS: &[(&str, &str, &str)] = &[
     ("nat", "POSTROUTING", "-j NETD-POSTROUTING"),
     ("raw", "PREROUTING", "-j NETD-RAW"),
 ];
+
+/// IPv6's: as IPv4's but for `::1` (Docker 27's ip6tables rule: IPv6 has
+/// no route_localnet, a packet from `::1` DNAT'd to a container is lost).
+const JUMPS6: &[(&str, &str, &str)] = &[
+    ("filter", "FORWARD", "-j NETD-FORWARD"),
+    ("nat", "PREROUTING", "-m addrtype --dst-type LOCAL -j NETD"),
+    (
+        "nat",
+        "OUTPUT",
+        "! -d ::1/128 -m addrtype --dst-type LOCAL -j NETD",
+    ),
+    ("nat", "POSTROUTING", "-j NETD-POSTROUTING"),
+    ("raw", "PREROUTING", "-j NETD-RAW"),
+];
+
+/// The family's command (`iptables`, `ip6tables`) and jumps.
+fn tool(
+    family: Family,
+) -> (
+    &'static str,
+    &'static [(&'static str, &'static str, &'static str)],
+) {
+    match family {
+        Family::V4 => ("iptables", JUMPS),
+        Family::V6 => ("ip6tables", JUMPS6),
+    }
+}
 
 /// Packet mark bit for connections to published ports that come from a
 /// container (set in nat PREROUTING, read in POSTROUTING).
@@ -76,28 +105,41 @@ impl IptablesDriver {
 
     /// The jumps from the built-in chains, each once (the chains exist by now).
     fn ensure_jumps() -> Result<()> {
-        for (table, chain, rule) in JUMPS {
-            let rule: Vec<&str> = rule.split(' ').collect();
-            let present = run_ok(
-                Command::new("iptables")
-                    .args(["-t", table, "-C", chain])
-                    .args(&rule),
-            )?;
-            if !present {
-                run(Command::new("iptables")
-                    .args(["-t", table, "-I", chain, "1"])
-                    .args(&rule))?;
+        for family in Family::BOTH {
+            let (program, jumps) = tool(family);
+            for (table, chain, rule) in jumps {
+                let rule: Vec<&str> = rule.split(' ').collect();
+                let present = run_ok(
+                    Command::new(program)
+                        .args(["-t", table, "-C", chain])
+                        .args(&rule),
+                )?;
+                if !present {
+                    run(Command::new(program)
+                        .args(["-t", table, "-I", chain, "1"])
+                        .args(&rule))?;
+                }
             }
         }
         Ok(())
     }
 
-    /// Applies `decl`'s rule set (nothing while `deferred`).
+    /// Applies `decl`'s rule sets (nothing while `deferred`): IPv4's, then
+    /// IPv6's; IPv4's is put back if IPv6's is refused, so a refused change
+    /// leaves both as they were.
     fn applier(&self) -> impl Fn(&Declared) -> Result<()> + 'static {
         let deferred = self.deferred;
-        move |decl| match deferred {
-            true => Ok(()),
-            false => restore(&render(decl)),
+        let before = (!deferred).then(|| render(&self.decl, Family::V4));
+        move |decl| match &before {
+            None => Ok(()),
+            Some(before) => {
+                restore(Family::V4, &render(decl, Family::V4))?;
+                restore(Family::V6, &render(decl, Family::V6)).inspect_err(|_| {
+                    if let Err(err) = restore(Family::V4, before) {
+                        tracing::warn!("putting IPv4's rules back: {err:#}");
+                    }
+                })
+            }
         }
     }
 
@@ -106,9 +148,11 @@ impl IptablesDriver {
     }
 }
 
-/// `iptables-restore --noflush`: each table's chains replaced in one commit.
-fn restore(rules: &str) -> Result<()> {
-    super::netfilter::run_script("iptables-restore", &["--noflush"], "iptables", rules)
+/// `iptables-restore --noflush` (`ip6tables-restore`): each table's chains
+/// replaced in one commit.
+fn restore(family: Family, rules: &str) -> Result<()> {
+    let program = format!("{}-restore", tool(family).0);
+    super::netfilter::run_script(&program, &["--noflush"], "iptables", rules)
 }
 
 impl FirewallDriver for IptablesDriver {
@@ -137,21 +181,25 @@ impl FirewallDriver for IptablesDriver {
     }
 
     fn status(&self) -> Result<DatapathStatus> {
-        // The rule set applied last, counted per table (reconciliation puts
-        // back any that were removed behind netd's back).
+        // The rule sets applied last, counted per table (reconciliation puts
+        // back any that were removed behind netd's back): `nat`, … for
+        // IPv4, `ip6 nat`, … for IPv6.
         let mut rules: BTreeMap<String, usize> = BTreeMap::new();
-        let mut table = String::new();
-        for line in render(&self.decl).lines() {
-            if let Some(name) = line.strip_prefix('*') {
-                table = name.to_owned();
-                rules.entry(table.clone()).or_default();
-            } else if line.starts_with("-A ") {
-                *rules.entry(table.clone()).or_default() += 1;
+        for family in Family::BOTH {
+            let prefix = if family == Family::V6 { "ip6 " } else { "" };
+            let mut table = String::new();
+            for line in render(&self.decl, family).lines() {
+                if let Some(name) = line.strip_prefix('*') {
+                    table = format!("{prefix}{name}");
+                    rules.entry(table.clone()).or_default();
+                } else if line.starts_with("-A ") {
+                    *rules.entry(table.clone()).or_default() += 1;
+                }
             }
         }
         Ok(DatapathStatus::Iptables(RuleSetStatus {
             rules,
-            ports: self.decl.ports.len(),
+            ports: self.decl.ports_of(Family::V4).count(),
             drops: BTreeMap::new(),
         }))
     }
@@ -174,12 +222,21 @@ impl Observability for IptablesDriver {
 }
 
 impl IptablesDriver {
-    /// The jumps into netd's chains, then the chains.
+    /// The jumps into netd's chains, then the chains, of both families.
     fn remove_rules(&mut self) -> Result<()> {
-        for (table, chain, rule) in JUMPS {
+        for family in Family::BOTH {
+            Self::remove_family(family)?;
+        }
+        self.decl.clear();
+        Ok(())
+    }
+
+    fn remove_family(family: Family) -> Result<()> {
+        let (program, jumps) = tool(family);
+        for (table, chain, rule) in jumps {
             let rule: Vec<&str> = rule.split(' ').collect();
             while run_ok(
-                Command::new("iptables")
+                Command::new(program)
                     .args(["-t", table, "-D", chain])
                     .args(&rule),
             )? {}
@@ -195,7 +252,7 @@ impl IptablesDriver {
             }
             let _ = writeln!(script, "COMMIT");
         }
-        let mut child = Command::new("iptables-restore")
+        let mut child = Command::new(format!("{program}-restore"))
             .arg("--noflush")
             .stdin(Stdio::piped())
             .spawn()?;
@@ -205,7 +262,6 @@ impl IptablesDriver {
             .expect("piped")
             .write_all(script.as_bytes())?;
         child.wait()?;
-        self.decl.clear();
         Ok(())
     }
 }

@@ -1,24 +1,29 @@
 //! The rule set for netd's chains, in iptables-restore syntax: a pure
-//! function of the declared networks, endpoints, ports and user rules.
+//! function of the declared networks, endpoints, ports and user rules, one
+//! per address family (`iptables-restore`, `ip6tables-restore`).
 
 use std::fmt::Write as _;
 
 use super::{CHAINS, HAIRPIN_MARK};
 use crate::{
-    driver::netfilter::Declared,
+    driver::netfilter::{Declared, Family},
     rule::RuleAction,
     state::{GatewayMode, Network},
 };
 
-/// The whole rule set for netd's chains, in iptables-restore syntax.
-pub fn render(decl: &Declared) -> String {
-    decl.render_iptables()
+/// The whole rule set of `family` for netd's chains, in iptables-restore
+/// syntax. IPv6's is IPv4's with Docker 27's differences: only networks
+/// with IPv6, no DNAT from link-local sources, no `127.0.0.1` twin.
+pub fn render(decl: &Declared, family: Family) -> String {
+    decl.render_iptables(family)
 }
 
 impl Declared {
-    fn render_iptables(&self) -> String {
+    fn render_iptables(&self, family: Family) -> String {
         let mut out = String::new();
-        let nets: Vec<&Network> = self.networks.iter().rev().collect();
+        let nets: Vec<&Network> = self.networks_of(family).rev().collect();
+        let subnet = |net: &Network| family.subnet(net).expect("networks_of");
+        let v4 = family == Family::V4;
         let mut line = |s: String| {
             out.push_str(&s);
             out.push('\n');
@@ -27,34 +32,32 @@ impl Declared {
         line("*raw".into());
         line(":NETD-RAW - [0:0]".into());
         // A cluster's pods on other nodes do reach this node's pods.
-        for net in &nets {
+        for net in nets.iter().filter(|_| v4) {
             for cidr in &net.routed_cidrs {
                 line(format!("-A NETD-RAW -s {cidr} -d {} -j RETURN", net.subnet));
             }
         }
         // Docker 28: no routed access to container addresses from elsewhere.
-        for (ip, net) in &self.endpoints {
+        for (ip, net) in self.endpoints_of(family) {
             let Some(net) = self.network(net) else {
                 continue;
             };
-            if net.masquerade && !net.internal && net.gateway_mode_ipv4 == GatewayMode::Nat {
+            let ip = family.host(*ip);
+            if net.masquerade && !net.internal && family.gateway_mode(net) == GatewayMode::Nat {
                 // Docker 28.2's trusted host interfaces: past this drop, on
                 // to the per-port ACCEPTs of the published container ports.
                 for iface in &net.trusted_host_interfaces {
-                    line(format!("-A NETD-RAW -d {ip}/32 -i {iface} -j RETURN"));
+                    line(format!("-A NETD-RAW -d {ip} -i {iface} -j RETURN"));
                 }
-                line(format!(
-                    "-A NETD-RAW -d {ip}/32 ! -i {} -j DROP",
-                    net.bridge
-                ));
+                line(format!("-A NETD-RAW -d {ip} ! -i {} -j DROP", net.bridge));
             }
         }
         // Ports published on 127.0.0.1 are for the host alone.
-        for (host_ip, port, proto, _, _) in &self.ports {
+        for (host_ip, port, proto, _, _) in self.ports_of(family) {
             if host_ip.is_loopback() {
-                let p = proto_name(*proto);
+                let (p, host_ip) = (proto_name(*proto), family.host(*host_ip));
                 line(format!(
-                    "-A NETD-RAW -d {host_ip}/32 -p {p} -m {p} --dport {port} ! -i lo -j DROP"
+                    "-A NETD-RAW -d {host_ip} -p {p} -m {p} --dport {port} ! -i lo -j DROP"
                 ));
             }
         }
@@ -65,30 +68,33 @@ impl Declared {
         line(":NETD-POSTROUTING - [0:0]".into());
         for net in &nets {
             // A cluster's pod range keeps the pod's address.
-            for cidr in &net.routed_cidrs {
+            for cidr in net.routed_cidrs.iter().filter(|_| v4) {
                 line(format!(
                     "-A NETD-POSTROUTING -s {} -d {cidr} -j RETURN",
                     net.subnet
                 ));
             }
             if net.masquerade && !net.internal {
-                let target = match net.host_ip {
+                // The network's own IPv4 source address (Docker's
+                // host_binding_ipv4 twin); IPv6 has none yet.
+                let target = match net.host_ip.filter(|_| v4) {
                     Some(ip) => format!("SNAT --to-source {ip}"),
                     None => "MASQUERADE".into(),
                 };
                 line(format!(
                     "-A NETD-POSTROUTING -s {} ! -o {} -j {target}",
-                    net.subnet, net.bridge
+                    subnet(net),
+                    net.bridge
                 ));
             }
         }
         // Docker's per-port hairpin rule: a container reaching itself
         // through its own published port.
         // (Not for a routed network's ports: they have no host port.)
-        for (_, _, proto, cip, cport) in self.ports.iter().filter(|p| p.1 != 0) {
-            let p = proto_name(*proto);
+        for (_, _, proto, cip, cport) in self.ports_of(family).filter(|p| p.1 != 0) {
+            let (p, cip) = (proto_name(*proto), family.host(*cip));
             line(format!(
-                "-A NETD-POSTROUTING -s {cip}/32 -d {cip}/32 -p {p} -m {p} --dport {cport} -j MASQUERADE"
+                "-A NETD-POSTROUTING -s {cip} -d {cip} -p {p} -m {p} --dport {cport} -j MASQUERADE"
             ));
         }
         // What Docker's userland proxy does for hairpin and host-originated
@@ -111,15 +117,19 @@ impl Declared {
                 net.bridge
             ));
         }
-        for (host_ip, port, proto, cip, cport) in self.ports.iter().filter(|p| p.1 != 0) {
+        for (host_ip, port, proto, cip, cport) in self.ports_of(family).filter(|p| p.1 != 0) {
             let p = proto_name(*proto);
-            let dst = if host_ip.is_unspecified() {
-                String::new()
-            } else {
-                format!("-d {host_ip}/32 ")
+            let mut dst = match host_ip.is_unspecified() {
+                true => String::new(),
+                false => format!("-d {} ", family.host(*host_ip)),
             };
+            // As Docker 27: link-local clients are not translated.
+            if !v4 {
+                dst.insert_str(0, "! -s fe80::/10 ");
+            }
+            let to = family.socket(*cip, *cport);
             line(format!(
-                "-A NETD {dst}-p {p} -m {p} --dport {port} -j DNAT --to-destination {cip}:{cport}"
+                "-A NETD {dst}-p {p} -m {p} --dport {port} -j DNAT --to-destination {to}"
             ));
         }
         line("COMMIT".into());
@@ -138,7 +148,7 @@ impl Declared {
             for net in &nets {
                 line(format!("-A NETD-FORWARD -o {} -j NETD-USER", net.bridge));
             }
-            self.render_iptables_user_rules(&nets, &mut line);
+            self.render_iptables_user_rules(family, &nets, &mut line);
         }
         line("-A NETD-FORWARD -j NETD-ISOLATION-STAGE-1".into());
         for net in &nets {
@@ -164,9 +174,10 @@ impl Declared {
             line(format!("-A NETD-FORWARD -i {br} -o {br} -j {icc}"));
             // Docker 28's gateway modes: routed opens ICMP (and the
             // published container ports, above); nat-unprotected opens all.
-            let mode = (!net.internal).then_some(net.gateway_mode_ipv4);
+            let mode = (!net.internal).then_some(family.gateway_mode(net));
             if mode == Some(GatewayMode::Routed) {
-                line(format!("-A NETD-FORWARD -o {br} -p icmp -j ACCEPT"));
+                let icmp = if v4 { "icmp" } else { "ipv6-icmp" };
+                line(format!("-A NETD-FORWARD -o {br} -p {icmp} -j ACCEPT"));
             }
             // Docker sets FORWARD's policy to DROP; netd leaves policies alone.
             let last = match mode {
@@ -176,12 +187,18 @@ impl Declared {
             line(format!("-A NETD-FORWARD -o {br} -j {last}"));
         }
         for net in nets.iter().filter(|n| n.internal) {
-            let (br, subnet) = (&net.bridge, &net.subnet);
+            let (br, subnet) = (&net.bridge, subnet(net));
+            // IPv6's neighbour discovery to multicast addresses is bridged
+            // through these rules: as Docker 27, IPv6's spare the bridge.
+            let (not_out, not_in) = match v4 {
+                true => (String::new(), String::new()),
+                false => (format!(" ! -o {br}"), format!("! -i {br} ")),
+            };
             line(format!(
-                "-A NETD-ISOLATION-STAGE-1 -i {br} ! -d {subnet} -j DROP"
+                "-A NETD-ISOLATION-STAGE-1 -i {br}{not_out} ! -d {subnet} -j DROP"
             ));
             line(format!(
-                "-A NETD-ISOLATION-STAGE-1 ! -s {subnet} -o {br} -j DROP"
+                "-A NETD-ISOLATION-STAGE-1 {not_in}! -s {subnet} -o {br} -j DROP"
             ));
         }
         line("-A NETD-ISOLATION-STAGE-1 -m conntrack --ctstate DNAT -j RETURN".into());
@@ -199,11 +216,11 @@ impl Declared {
             ));
         }
         line("-A NETD-ISOLATION-STAGE-2 -j RETURN".into());
-        for (_, _, proto, cip, cport) in &self.ports {
+        for (_, _, proto, cip, cport) in self.ports_of(family) {
             if let Some(net) = self.bridge_of(*cip) {
-                let (p, br) = (proto_name(*proto), &net.bridge);
+                let (p, br, cip) = (proto_name(*proto), &net.bridge, family.host(*cip));
                 line(format!(
-                    "-A NETD -d {cip}/32 ! -i {br} -o {br} -p {p} -m {p} --dport {cport} -j ACCEPT"
+                    "-A NETD -d {cip} ! -i {br} -o {br} -p {p} -m {p} --dport {cport} -j ACCEPT"
                 ));
             }
         }
@@ -215,12 +232,23 @@ impl Declared {
     /// netd bridge (the host's own and containers' traffic is not the
     /// rules' business, as on the eBPF datapath), matched on the original
     /// destination port (the published one, before DNAT), first match wins.
-    fn render_iptables_user_rules(&self, nets: &[&Network], line: &mut impl FnMut(String)) {
+    /// A rule naming an IPv4 source has no place in IPv6's set (it never
+    /// matches an IPv6 client, as on the eBPF datapath).
+    fn render_iptables_user_rules(
+        &self,
+        family: Family,
+        nets: &[&Network],
+        line: &mut impl FnMut(String),
+    ) {
         line("-A NETD-USER -m conntrack ! --ctstate NEW -j RETURN".into());
         for net in nets {
             line(format!("-A NETD-USER -i {} -j RETURN", net.bridge));
         }
-        for active in &self.rules {
+        let rules = self
+            .rules
+            .iter()
+            .filter(|r| family == Family::V4 || r.rule.source.is_none());
+        for active in rules {
             let rule = &active.rule;
             let mut spec = String::new();
             if let Some(source) = rule.source {

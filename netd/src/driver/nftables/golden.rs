@@ -32,6 +32,7 @@ fn every_drop_rule_counts_in_a_declared_counter() {
         routed_cidrs_skip_masquerade(),
         gateway_modes(),
         user_rules_in_order(),
+        dual_stack_networks(),
     ] {
         let rendered = render(topology);
         for line in rendered.lines().filter(|l| l.contains(" drop ")) {

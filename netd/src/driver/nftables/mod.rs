@@ -1,8 +1,9 @@
-//! The nftables datapath: the table Docker 29's nftables backend makes for
-//! the same topology (`ip docker-bridges`: base chains that dispatch
-//! through verdict maps to four chains per bridge), as netd's own table
-//! `ip netd-bridges`, rewritten whole in one `nft -f` transaction per
-//! change (as Docker 29 applies its scripts). docs/nftables-path.md lists
+//! The nftables datapath: the tables Docker 29's nftables backend makes for
+//! the same topology (`ip docker-bridges` and `ip6 docker-bridges`: base
+//! chains that dispatch through verdict maps to four chains per bridge), as
+//! netd's own tables `ip netd-bridges` and `ip6 netd-bridges`, both
+//! rewritten whole in one `nft -f` transaction per change (as Docker 29
+//! applies its scripts). docs/nftables-path.md lists
 //! every difference from Docker's ruleset. The table is rendered in
 //! `render` (a pure function, snapshot-tested in `golden`).
 
@@ -17,7 +18,8 @@ use netd_common::DropReason;
 
 use super::{
     BoxFuture, ConntrackRow, DatapathMetrics, FirewallDriver, HostInfo, Observability,
-    netfilter::Declared, nf_conntrack,
+    netfilter::{Declared, Family},
+    nf_conntrack,
 };
 use crate::api::{DatapathStatus, RuleSetStatus};
 
@@ -43,8 +45,8 @@ pub const DROP_COUNTERS: [(&str, DropReason); 8] = [
     ("drops-user-rule", DropReason::UserRule),
 ];
 
-/// (packets, bytes) per named drop counter.
-pub type DropCounts = BTreeMap<String, (u64, u64)>;
+/// (packets, bytes) per (table family, named drop counter).
+pub type DropCounts = BTreeMap<(String, String), (u64, u64)>;
 
 #[derive(Default)]
 pub struct NftablesDriver {
@@ -83,7 +85,7 @@ impl NftablesDriver {
     /// Drops per reason (its label), as the table counts them.
     fn drops(&self) -> BTreeMap<&'static str, u64> {
         let mut drops = BTreeMap::new();
-        for (counter, (packets, _)) in counts_to_carry() {
+        for ((_, counter), (packets, _)) in counts_to_carry() {
             if let Some((_, reason)) = DROP_COUNTERS.iter().find(|(name, _)| *name == counter) {
                 *drops.entry(reason.label()).or_default() += packets;
             }
@@ -102,22 +104,23 @@ fn counts_to_carry() -> DropCounts {
     })
 }
 
-/// What each named drop counter of netd's table has counted.
+/// What each named drop counter of netd's tables has counted.
 fn drop_counters() -> Result<DropCounts> {
     let listed = Command::new("nft")
-        .args(["-j", "list", "counters", "table", "ip", TABLE])
+        .args(["-j", "list", "counters"])
         .output()
         .context("running nft (package nftables)")?;
     if !listed.status.success() {
         return Err(anyhow!(
-            "nft list counters table ip {TABLE}: {}",
+            "nft list counters: {}",
             String::from_utf8_lossy(&listed.stderr).trim()
         ));
     }
     parse_drop_counters(&listed.stdout)
 }
 
-/// `nft -j list counters` output: each counter's name, packets and bytes.
+/// `nft -j list counters` output: the family, name, packets and bytes of
+/// each counter of netd's tables.
 fn parse_drop_counters(json: &[u8]) -> Result<DropCounts> {
     let listed: serde_json::Value =
         serde_json::from_slice(json).context("parsing nft's JSON listing")?;
@@ -127,8 +130,14 @@ fn parse_drop_counters(json: &[u8]) -> Result<DropCounts> {
         .flatten()
         .filter_map(|object| {
             let counter = object.get("counter")?;
+            if counter["table"].as_str()? != TABLE {
+                return None;
+            }
             Some((
-                counter["name"].as_str()?.to_owned(),
+                (
+                    counter["family"].as_str()?.to_owned(),
+                    counter["name"].as_str()?.to_owned(),
+                ),
                 (counter["packets"].as_u64()?, counter["bytes"].as_u64()?),
             ))
         })
@@ -158,14 +167,17 @@ impl FirewallDriver for NftablesDriver {
         if self.deferred {
             return Ok(Vec::new());
         }
-        let listed = Command::new("nft")
-            .args(["list", "table", "ip", TABLE])
-            .output()
-            .context("running nft (package nftables)")?;
-        Ok(match listed.status.success() {
-            true => Vec::new(),
-            false => vec![format!("nftables table ip {TABLE} (it was gone)")],
-        })
+        let mut gone = Vec::new();
+        for family in Family::BOTH.map(render::family_name) {
+            let listed = Command::new("nft")
+                .args(["list", "table", family, TABLE])
+                .output()
+                .context("running nft (package nftables)")?;
+            if !listed.status.success() {
+                gone.push(format!("nftables table {family} {TABLE} (it was gone)"));
+            }
+        }
+        Ok(gone)
     }
 
     /// Replaces the previous run's table with the declared one, in one
@@ -185,17 +197,22 @@ impl FirewallDriver for NftablesDriver {
     }
 
     fn status(&self) -> Result<DatapathStatus> {
-        // The table applied last, counted per chain.
+        // The tables applied last, counted per chain (`ip6 …` for the
+        // IPv6 table's).
         let mut rules: BTreeMap<String, usize> = BTreeMap::new();
-        let mut chain = None;
+        let (mut chain, mut prefix) = (None, "");
         for line in render(&self.decl).lines() {
             let line = line.trim();
+            if line.starts_with("table ip6 ") {
+                prefix = "ip6 ";
+            }
             if let Some(name) = line
                 .strip_prefix("chain ")
                 .and_then(|l| l.strip_suffix(" {"))
             {
-                chain = Some(name.to_owned());
-                rules.entry(name.to_owned()).or_default();
+                let name = format!("{prefix}{name}");
+                chain = Some(name.clone());
+                rules.entry(name).or_default();
             } else if line == "}" {
                 chain = None;
             } else if let Some(chain) = &chain
@@ -206,7 +223,7 @@ impl FirewallDriver for NftablesDriver {
         }
         Ok(DatapathStatus::Nftables(RuleSetStatus {
             rules,
-            ports: self.decl.ports.len(),
+            ports: self.decl.ports_of(Family::V4).count(),
             drops: self
                 .drops()
                 .into_iter()
@@ -224,7 +241,13 @@ impl FirewallDriver for NftablesDriver {
 
     fn remove_all(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            nft(&format!("table ip {TABLE} {{}}\ndelete table ip {TABLE}\n"))?;
+            let mut script = String::new();
+            for family in Family::BOTH.map(render::family_name) {
+                script.push_str(&format!(
+                    "table {family} {TABLE} {{}}\ndelete table {family} {TABLE}\n"
+                ));
+            }
+            nft(&script)?;
             self.decl.clear();
             Ok(())
         })
@@ -258,11 +281,15 @@ mod tests {
             br#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
             {"counter": {"family": "ip", "name": "drops-isolation", "table": "netd-bridges",
                          "handle": 2, "packets": 7, "bytes": 420}},
-            {"counter": {"family": "ip", "name": "drops-icc", "table": "netd-bridges",
-                         "handle": 3, "packets": 0, "bytes": 0}}]}"#;
+            {"counter": {"family": "ip6", "name": "drops-icc", "table": "netd-bridges",
+                         "handle": 3, "packets": 2, "bytes": 160}},
+            {"counter": {"family": "ip", "name": "drops-icc", "table": "docker-bridges",
+                         "handle": 3, "packets": 5, "bytes": 300}}]}"#;
         let counts = parse_drop_counters(listed).unwrap();
-        assert_eq!(counts["drops-isolation"], (7, 420));
-        assert_eq!(counts["drops-icc"], (0, 0));
+        let key = |family: &str, name: &str| (family.to_owned(), name.to_owned());
+        assert_eq!(counts[&key("ip", "drops-isolation")], (7, 420));
+        assert_eq!(counts[&key("ip6", "drops-icc")], (2, 160));
+        assert_eq!(counts.len(), 2, "another table's counters are not netd's");
         assert!(parse_drop_counters(b"not json").is_err());
     }
 }

@@ -1,13 +1,14 @@
-//! netd's nftables table as one `nft -f` script: a pure function of the
+//! netd's nftables tables as one `nft -f` script: a pure function of the
 //! declared networks, endpoints, ports and user rules, shaped as Docker
-//! 29's `ip docker-bridges` (base chains dispatching through verdict maps
-//! to four chains per bridge); docs/nftables-path.md lists the differences.
+//! 29's `ip docker-bridges` and `ip6 docker-bridges` (base chains
+//! dispatching through verdict maps to four chains per bridge);
+//! docs/nftables-path.md lists the differences.
 
 use std::fmt::Write as _;
 
 use super::{DROP_COUNTERS, DropCounts, HAIRPIN_MARK, TABLE};
 use crate::{
-    driver::netfilter::Declared,
+    driver::netfilter::{Declared, Family},
     rule::RuleAction,
     state::{GatewayMode, Network},
 };
@@ -20,26 +21,39 @@ const PER_BRIDGE: [(&str, &str); 4] = [
     ("nat-postrouting-out", "iifname"),
 ];
 
-/// The whole table, replacing the one in the kernel in one transaction
-/// (declared first so the delete always finds it).
+/// Both tables, replacing the ones in the kernel in one transaction
+/// (each declared first so the delete always finds it).
 pub fn render(decl: &Declared) -> String {
     render_counting(decl, &DropCounts::new())
 }
 
 /// As [`render`], with the drop counters starting at `counts` (what the
-/// table it replaces had counted).
+/// tables they replace had counted).
 pub fn render_counting(decl: &Declared, counts: &DropCounts) -> String {
-    decl.render_nftables(counts)
+    Family::BOTH
+        .into_iter()
+        .map(|family| decl.render_nftables(family, counts))
+        .collect()
+}
+
+/// nft's name of the family (`ip`, `ip6`): the table's and its address
+/// matches'.
+pub fn family_name(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
 }
 
 impl Declared {
-    fn render_nftables(&self, counts: &DropCounts) -> String {
+    fn render_nftables(&self, family: Family, counts: &DropCounts) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "table ip {TABLE} {{}}");
-        let _ = writeln!(out, "delete table ip {TABLE}");
-        let _ = writeln!(out, "table ip {TABLE} {{");
+        let ip = family_name(family);
+        let _ = writeln!(out, "table {ip} {TABLE} {{}}");
+        let _ = writeln!(out, "delete table {ip} {TABLE}");
+        let _ = writeln!(out, "table {ip} {TABLE} {{");
         for (counter, _) in DROP_COUNTERS {
-            match counts.get(counter) {
+            match counts.get(&(ip.to_owned(), counter.to_owned())) {
                 Some((packets, bytes)) if *packets > 0 => {
                     let _ = writeln!(
                         out,
@@ -53,8 +67,7 @@ impl Declared {
         }
         for (purpose, _) in PER_BRIDGE {
             let elements: Vec<String> = self
-                .networks
-                .iter()
+                .networks_of(family)
                 .map(|n| format!("\"{}\" : jump {purpose}__{}", n.bridge, n.bridge))
                 .collect();
             let _ = writeln!(out, "\tmap {purpose}-jumps {{");
@@ -64,15 +77,15 @@ impl Declared {
             }
             let _ = writeln!(out, "\t}}");
         }
-        self.base_chains(&mut out);
-        for net in &self.networks {
-            self.bridge_chains(net, &mut out);
+        self.base_chains(family, &mut out);
+        for net in self.networks_of(family) {
+            self.bridge_chains(family, net, &mut out);
         }
         let _ = writeln!(out, "}}");
         out
     }
 
-    fn base_chains(&self, out: &mut String) {
+    fn base_chains(&self, family: Family, out: &mut String) {
         let mut chain = |name: &str, hook: Option<(&str, &str, &str)>, rules: Vec<String>| {
             let _ = writeln!(out, "\tchain {name} {{");
             if let Some((kind, hook, priority)) = hook {
@@ -86,11 +99,12 @@ impl Declared {
             }
             let _ = writeln!(out, "\t}}");
         };
-        let bridges = self.bridge_set(None);
+        let bridges = self.bridge_set(family, None);
+        let has_networks = self.networks_of(family).next().is_some();
         let mut forward = Vec::new();
         // The user's rules first, for what enters a bridge from outside
         // (netd's DOCKER-USER; Docker 29 has none).
-        if !self.rules.is_empty() && !self.networks.is_empty() {
+        if !self.rules.is_empty() && has_networks {
             forward.push(format!("oifname {bridges} jump user-rules"));
         }
         forward.push("oifname vmap @filter-forward-in-jumps".into());
@@ -104,10 +118,17 @@ impl Declared {
             Some(("nat", "prerouting", "-100")),
             vec![to_local.clone()],
         );
+        // IPv6 has no route_localnet: `::1` DNAT'd to a container would be
+        // lost, so it is left alone (refused, not hung), as Docker 27's
+        // ip6tables rule leaves it.
+        let from_host = match family {
+            Family::V4 => to_local,
+            Family::V6 => format!("ip6 daddr != ::1 {to_local}"),
+        };
         chain(
             "nat-OUTPUT",
             Some(("nat", "output", "-100")),
-            vec![to_local],
+            vec![from_host],
         );
         chain(
             "nat-POSTROUTING",
@@ -117,22 +138,22 @@ impl Declared {
                 "oifname vmap @nat-postrouting-in-jumps".into(),
             ],
         );
-        chain("nat-prerouting-and-output", None, self.dnat_rules());
+        chain("nat-prerouting-and-output", None, self.dnat_rules(family));
         chain(
             "raw-PREROUTING",
             Some(("filter", "prerouting", "-300")),
-            self.raw_rules(),
+            self.raw_rules(family),
         );
-        if !self.rules.is_empty() && !self.networks.is_empty() {
-            chain("user-rules", None, self.user_rules(&bridges));
+        if !self.rules.is_empty() && has_networks {
+            chain("user-rules", None, self.user_rules(family, &bridges));
         }
     }
 
-    /// `{ "br1", "br2" }` of every bridge but `except`'s (`None`: all).
-    fn bridge_set(&self, except: Option<&str>) -> String {
+    /// `{ "br1", "br2" }` of every bridge of `family` but `except`'s
+    /// (`None`: all).
+    fn bridge_set(&self, family: Family, except: Option<&str>) -> String {
         let names: Vec<String> = self
-            .networks
-            .iter()
+            .networks_of(family)
             .filter(|n| Some(n.bridge.as_str()) != except)
             .map(|n| format!("\"{}\"", n.bridge))
             .collect();
@@ -141,23 +162,29 @@ impl Declared {
 
     /// Published ports (DNAT), and the mark that makes hairpin connections
     /// from a bridge show the backend network's gateway as their source.
-    fn dnat_rules(&self) -> Vec<String> {
+    fn dnat_rules(&self, family: Family) -> Vec<String> {
+        let ip = family_name(family);
         let mut rules = Vec::new();
-        for net in &self.networks {
+        for net in self.networks_of(family) {
             rules.push(format!(
                 "iifname \"{}\" meta mark set meta mark | {HAIRPIN_MARK}",
                 net.bridge
             ));
         }
         // A routed network's ports have no host port: no DNAT.
-        for (host_ip, port, proto, cip, cport) in self.ports.iter().filter(|p| p.1 != 0) {
-            let dst = match host_ip.is_unspecified() {
+        for (host_ip, port, proto, cip, cport) in self.ports_of(family).filter(|p| p.1 != 0) {
+            let mut dst = match host_ip.is_unspecified() {
                 true => String::new(),
-                false => format!("ip daddr {host_ip} "),
+                false => format!("{ip} daddr {host_ip} "),
             };
+            // As Docker 29: link-local clients are not translated.
+            if family == Family::V6 {
+                dst.insert_str(0, "ip6 saddr != fe80::/10 ");
+            }
             rules.push(format!(
-                "{dst}{} dport {port} counter dnat to {cip}:{cport} comment \"DNAT\"",
-                proto_name(*proto)
+                "{dst}{} dport {port} counter dnat to {} comment \"DNAT\"",
+                proto_name(*proto),
+                family.socket(*cip, *cport)
             ));
         }
         rules
@@ -166,33 +193,34 @@ impl Declared {
     /// Docker 28's drops before routing: direct access to a nat network's
     /// containers (its trusted interfaces excepted), and remote access to
     /// ports published on 127.0.0.1.
-    fn raw_rules(&self) -> Vec<String> {
+    fn raw_rules(&self, family: Family) -> Vec<String> {
+        let ip = family_name(family);
         let mut rules = Vec::new();
-        // A cluster's pods on other nodes do reach this node's pods.
-        for net in &self.networks {
+        // A cluster's pods on other nodes do reach this node's pods (IPv4).
+        for net in self.networks_of(family).filter(|_| family == Family::V4) {
             for cidr in &net.routed_cidrs {
                 rules.push(format!("ip saddr {cidr} ip daddr {} return", net.subnet));
             }
         }
-        for (ip, net) in &self.endpoints {
+        for (addr, net) in self.endpoints_of(family) {
             let Some(net) = self.network(net) else {
                 continue;
             };
-            if net.masquerade && !net.internal && net.gateway_mode_ipv4 == GatewayMode::Nat {
+            if net.masquerade && !net.internal && family.gateway_mode(net) == GatewayMode::Nat {
                 let allowed: Vec<String> = std::iter::once(&net.bridge)
                     .chain(&net.trusted_host_interfaces)
                     .map(|i| format!("\"{i}\""))
                     .collect();
                 rules.push(format!(
-                    "ip daddr {ip} iifname != {{ {} }} counter name \"drops-direct-access\" drop comment \"DROP DIRECT ACCESS\"",
+                    "{ip} daddr {addr} iifname != {{ {} }} counter name \"drops-direct-access\" drop comment \"DROP DIRECT ACCESS\"",
                     allowed.join(", ")
                 ));
             }
         }
-        for (host_ip, port, proto, _, _) in &self.ports {
+        for (host_ip, port, proto, _, _) in self.ports_of(family) {
             if host_ip.is_loopback() {
                 rules.push(format!(
-                    "iifname != \"lo\" ip daddr {host_ip} {} dport {port} counter name \"drops-remote-loopback\" drop comment \"DROP REMOTE LOOPBACK\"",
+                    "iifname != \"lo\" {ip} daddr {host_ip} {} dport {port} counter name \"drops-remote-loopback\" drop comment \"DROP REMOTE LOOPBACK\"",
                     proto_name(*proto)
                 ));
             }
@@ -200,9 +228,10 @@ impl Declared {
         rules
     }
 
-    fn bridge_chains(&self, net: &Network, out: &mut String) {
+    fn bridge_chains(&self, family: Family, net: &Network, out: &mut String) {
+        let ip = family_name(family);
         let br = &net.bridge;
-        let mode = (!net.internal).then_some(net.gateway_mode_ipv4);
+        let mode = (!net.internal).then_some(family.gateway_mode(net));
         let established = "ct state established,related counter accept".to_owned();
 
         let mut forward_in = vec![established.clone()];
@@ -212,27 +241,31 @@ impl Declared {
             ));
         } else {
             if mode == Some(GatewayMode::Routed) {
-                forward_in.push("ip protocol icmp counter accept comment \"ICMP\"".into());
+                let icmp = match family {
+                    Family::V4 => "ip protocol icmp",
+                    Family::V6 => "meta l4proto ipv6-icmp",
+                };
+                forward_in.push(format!("{icmp} counter accept comment \"ICMP\""));
             }
             // Networks stay apart (Docker 28's isolation stages; Docker 29
             // dropped them): connections opened from another bridge, not
             // to a published port.
-            if self.networks.len() > 1 {
+            if self.networks_of(family).nth(1).is_some() {
                 forward_in.push(format!(
                     "iifname {} ct status & dnat == 0 counter name \"drops-isolation\" drop comment \"ISOLATION\"",
-                    self.bridge_set(Some(br))
+                    self.bridge_set(family, Some(br))
                 ));
             }
-            for cidr in &net.routed_cidrs {
+            for cidr in net.routed_cidrs.iter().filter(|_| family == Family::V4) {
                 forward_in.push(format!("ip saddr {cidr} counter accept"));
             }
             // Published container ports, then what DNAT leads here from the
             // host's own bridges (hairpin), as on netd's iptables path.
             if mode != Some(GatewayMode::NatUnprotected) {
-                for (_, _, proto, cip, cport) in &self.ports {
+                for (_, _, proto, cip, cport) in self.ports_of(family) {
                     if self.endpoints.get(cip) == Some(&net.name) {
                         forward_in.push(format!(
-                            "ip daddr {cip} {} dport {cport} counter accept",
+                            "{ip} daddr {cip} {} dport {cport} counter accept",
                             proto_name(*proto)
                         ));
                     }
@@ -267,27 +300,29 @@ impl Declared {
                 "meta mark & {HAIRPIN_MARK} == {HAIRPIN_MARK} ct status dnat counter masquerade comment \"HAIRPIN\""
             ),
         ];
-        for (_, port, proto, cip, cport) in &self.ports {
+        for (_, port, proto, cip, cport) in self.ports_of(family) {
             if *port != 0 && self.endpoints.get(cip) == Some(&net.name) {
                 postrouting_in.push(format!(
-                    "ip saddr {cip} ip daddr {cip} {} dport {cport} counter masquerade comment \"MASQ TO OWN PORT\"",
+                    "{ip} saddr {cip} {ip} daddr {cip} {} dport {cport} counter masquerade comment \"MASQ TO OWN PORT\"",
                     proto_name(*proto)
                 ));
             }
         }
 
         let mut postrouting_out = Vec::new();
-        for cidr in &net.routed_cidrs {
+        for cidr in net.routed_cidrs.iter().filter(|_| family == Family::V4) {
             postrouting_out.push(format!("ip daddr {cidr} return"));
         }
         if net.masquerade && !net.internal {
-            let (target, comment) = match net.host_ip {
+            // The network's own source address is IPv4's (IPv6 has none yet).
+            let host_ip = net.host_ip.filter(|_| family == Family::V4);
+            let (target, comment) = match host_ip {
                 Some(ip) => (format!("snat to {ip}"), "SNAT"),
                 None => ("masquerade".to_owned(), "MASQUERADE"),
             };
             postrouting_out.push(format!(
-                "oifname != \"{br}\" ip saddr {} counter {target} comment \"{comment}\"",
-                net.subnet
+                "oifname != \"{br}\" {ip} saddr {} counter {target} comment \"{comment}\"",
+                family.subnet(net).expect("networks_of")
             ));
         }
 
@@ -308,12 +343,16 @@ impl Declared {
     /// (the host's own and containers' traffic is not the rules' business,
     /// as on the other datapaths), matched on the original destination port
     /// (the published one, before DNAT); first match wins.
-    fn user_rules(&self, bridges: &str) -> Vec<String> {
+    /// A rule naming an IPv4 source has no place in the `ip6` table (it
+    /// never matches an IPv6 client, as on the eBPF datapath).
+    fn user_rules(&self, family: Family, bridges: &str) -> Vec<String> {
         let mut rules = vec![
             "ct state != new return".to_owned(),
             format!("iifname {bridges} return"),
         ];
-        for active in &self.rules {
+        let in_family =
+            |r: &&crate::rule::ActiveRule| family == Family::V4 || r.rule.source.is_none();
+        for active in self.rules.iter().filter(in_family) {
             let rule = &active.rule;
             let mut spec = String::new();
             if let Some(source) = rule.source {
