@@ -102,6 +102,22 @@ fn quick_bench_runs_and_reports_every_datapath() {
             "typical host {workload} {direction} missing: {paired}"
         );
     }
+    // IPv6 beside IPv4: ebpf against ip6tables at each port count, both
+    // directions, and against plain IPv6 routing.
+    for what in [
+        "ebpf / ip6tables, 1 ports, IPv6",
+        "ebpf / ip6tables, 1000 ports, IPv6",
+        "ebpf / plain routing, 1 port, IPv6",
+    ] {
+        for direction in ["dnat", "snat"] {
+            assert!(
+                comparisons
+                    .iter()
+                    .any(|c| c["what"] == what && c["direction"] == direction),
+                "{what} {direction} missing: {paired}"
+            );
+        }
+    }
     assert!(paired["noise_floor"]["median_ratio"].as_f64().unwrap() > 0.0);
     assert!(paired["unreliable"].is_boolean());
     // BPF time per connection and per established packet, from BPF stats.

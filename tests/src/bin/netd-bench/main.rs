@@ -13,6 +13,7 @@ use anyhow::{Context as _, Result};
 mod chart;
 mod dns;
 mod flood;
+mod ipv6;
 mod paired;
 mod report;
 mod runtime_bench;
@@ -135,7 +136,17 @@ fn main() -> Result<()> {
             })
         })
         .collect::<Result<_>>()?;
-    let paired = paired_comparisons(&targets, &typical, &config)?;
+    let mut targets6 = vec![timed_build(ipv6::plain_target6)?];
+    for &ports in &config.port_counts {
+        for datapath in ["ebpf", "iptables", "nftables"] {
+            targets6.push(timed_build(|| {
+                ipv6::daemon_target6(&netd, datapath, ports)
+                    .with_context(|| format!("building {datapath} with {ports} ports over IPv6"))
+            })?);
+        }
+    }
+    let paired = paired_comparisons(&targets, &typical, &targets6, &config)?;
+    drop(targets6);
     let rules_and_flood = flood::run(&netd, &targets, &config, quick)?;
     report(
         &targets,
@@ -152,10 +163,12 @@ fn main() -> Result<()> {
 
 /// The paired A/B comparisons: the noise floor, the sanity ordering, eBPF
 /// over iptables at every shape, 10,000 ports over 1, and the typical host
-/// over iptables and over plain routing in both directions.
+/// over iptables and over plain routing in both directions; then IPv6's
+/// (`ipv6::comparisons`).
 pub(crate) fn paired_comparisons(
     targets: &[Target],
     typical: &[Target],
+    targets6: &[Target],
     config: &Config,
 ) -> Result<(String, paired::Paired)> {
     use paired::{Comparison, Direction::*, Workload::*};
@@ -258,6 +271,7 @@ pub(crate) fn paired_comparisons(
             }
         }
     }
+    results.extend(ipv6::comparisons(targets6, ebpf1, run)?);
     Ok(paired::report(&results, Some(&sanity), Some(&noise)))
 }
 

@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     sync::{
         Arc,
@@ -161,11 +161,13 @@ pub(crate) fn reference_target(
     })
 }
 
+/// `ip`: an IPv4 or IPv6 address.
 pub(crate) fn side(client: &Netns, ip: &str, tcp_port: u16, udp_port: u16) -> Result<Side> {
+    let ip: IpAddr = ip.parse()?;
     Ok(Side {
         client: client.clone(),
-        tcp: format!("{ip}:{tcp_port}").parse()?,
-        udp: format!("{ip}:{udp_port}").parse()?,
+        tcp: SocketAddr::new(ip, tcp_port),
+        udp: SocketAddr::new(ip, udp_port),
         udp_echo: None,
         flood: None,
     })
@@ -377,12 +379,14 @@ pub(crate) struct Servers {
 }
 
 impl Servers {
+    /// `ip`: an IPv4 or IPv6 address.
     pub(crate) fn start(ns: &Netns, ip: &str) -> Result<Self> {
+        let ip: IpAddr = ip.parse()?;
         // One connection at a time, served inline until the client closes:
         // no thread per connection, so the server is not what is measured.
-        let listener = ns.enter(|| TcpListener::bind(format!("{ip}:80")))??;
-        let udp = ns.enter(|| UdpSocket::bind(format!("{ip}:53")))??;
-        let echo = ns.enter(|| UdpSocket::bind(format!("{ip}:54")))??;
+        let listener = ns.enter(|| TcpListener::bind(SocketAddr::new(ip, 80)))??;
+        let udp = ns.enter(|| UdpSocket::bind(SocketAddr::new(ip, 53)))??;
+        let echo = ns.enter(|| UdpSocket::bind(SocketAddr::new(ip, 54)))??;
         echo.set_read_timeout(Some(Duration::from_millis(50)))?;
         listener.set_nonblocking(true)?;
         udp.set_read_timeout(Some(Duration::from_millis(50)))?;

@@ -284,7 +284,7 @@ pub(crate) fn udp_flood(side: &Side, servers: &Servers, duration: Duration) -> R
     let before = servers.udp_received.load(Ordering::Relaxed);
     let sent = side.client.enter(|| -> Result<u64> {
         pin_to_cpu(CLIENT_CPU);
-        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        let socket = UdpSocket::bind(any_port_for(side.udp))?;
         socket.connect(side.udp)?;
         let payload = [0u8; 64];
         let deadline = Instant::now() + duration;
@@ -320,7 +320,7 @@ pub(crate) fn udp_rr(side: &Side, duration: Duration) -> Result<f64> {
         .context("this target has no UDP echo server")?;
     let (done, lost) = side.client.enter(|| -> Result<(u64, u64)> {
         pin_to_cpu(CLIENT_CPU);
-        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        let socket = UdpSocket::bind(any_port_for(target))?;
         socket.connect(target)?;
         socket.set_read_timeout(Some(Duration::from_millis(200)))?;
         let request = [0x42u8; 64];
@@ -465,4 +465,13 @@ pub(crate) fn profile_ebpf(targets: &[Target], duration: Duration) -> Result<Opt
         target: target.label(),
         workloads,
     }))
+}
+
+/// Any address and port of the family of `to`, for a client socket.
+fn any_port_for(to: std::net::SocketAddr) -> std::net::SocketAddr {
+    let any: std::net::IpAddr = match to {
+        std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    std::net::SocketAddr::new(any, 0)
 }
