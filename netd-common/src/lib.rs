@@ -30,6 +30,8 @@ const _: () = {
     assert!(size_of::<UplinkInfo>() == 8);
     assert!(size_of::<SockRevKey>() == 16);
     assert!(size_of::<SockRevValue>() == 8);
+    assert!(size_of::<SockRevKey6>() == 32);
+    assert!(size_of::<SockRevValue6>() == 20);
     assert!(size_of::<NetworkInfo>() == 24);
     assert!(size_of::<Endpoint>() == 20);
     assert!(size_of::<Network6Info>() == 24);
@@ -82,6 +84,8 @@ mod pod {
         DropKey,
         InterfaceDrops,
         SockRevValue,
+        SockRevKey6,
+        SockRevValue6,
         UplinkInfo,
         RuleVerdict,
         TrustKey,

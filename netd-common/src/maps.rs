@@ -9,8 +9,8 @@
 use crate::{
     Backend, Backend6, Config, CtEntry, CtEntry6, CtKey, CtKey6, DropEvent, DropKey, DropReason,
     Endpoint, EventBudget, Flow6, InterfaceDrops, Ipv4, Ipv6, Network6Info, NetworkInfo,
-    PacketCounter, PortKey, PortKey6, RoutedKey, RuleKey, RuleVerdict, SockRevKey, SockRevValue,
-    TrafficClass, TrustKey, UplinkInfo, UplinkInfo6, sizes,
+    PacketCounter, PortKey, PortKey6, RoutedKey, RuleKey, RuleVerdict, SockRevKey, SockRevKey6,
+    SockRevValue, SockRevValue6, TrafficClass, TrustKey, UplinkInfo, UplinkInfo6, sizes,
 };
 
 /// The BPF map types netd uses, named as aya's map types are.
@@ -138,14 +138,16 @@ declare_maps! {
     CONNTRACK6: HashMap<CtKey6, CtEntry6>, sizes::CONNTRACK, pinned;
     /// IPv6's `CONNTRACK_CANDIDATES`.
     CONNTRACK6_CANDIDATES: Queue<(), CtKey6>, sizes::CONNTRACK / 2, unpinned;
-    /// The IPv6 packet each uplink hook works on (slot 0: `to_uplink`, 1:
-    /// `from_uplink`; per CPU).
-    FLOW6_SCRATCH: PerCpuArray<u32, Flow6>, 2, unpinned;
+    /// The IPv6 packet each hook works on (slot 0: `to_uplink`, 1:
+    /// `from_uplink`, 2: `from_container`; per CPU).
+    FLOW6_SCRATCH: PerCpuArray<u32, Flow6>, 3, unpinned;
     /// Connections evicted to make room (one slot per CPU).
     CONNTRACK_EVICTIONS: PerCpuArray<u32, u64>, 1, pinned;
     /// Host sockets redirected to a published port's backend -> the address
     /// they asked for.
     SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue>, sizes::SOCK_REVNAT, pinned;
+    /// IPv6's `SOCK_REVNAT`.
+    SOCK_REVNAT6: LruHashMap<SockRevKey6, SockRevValue6>, sizes::SOCK_REVNAT, pinned;
     /// Socket cookie -> its namespace's cookie, for the netns probe on
     /// kernels without SO_NETNS_COOKIE.
     NETNS_PROBE: LruHashMap<u64, u64>, 64, unpinned;

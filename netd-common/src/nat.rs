@@ -113,6 +113,25 @@ pub struct SockRevValue {
     pub _pad: [u8; 2],
 }
 
+/// Key of `SOCK_REVNAT6`: [`SockRevKey`] for IPv6 sockets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SockRevKey6 {
+    pub cookie: u64,
+    pub ip: Ipv6,
+    pub port: Port,
+    pub _pad: [u8; 6],
+}
+
+/// The IPv6 address and port a socket originally asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SockRevValue6 {
+    pub ip: Ipv6,
+    pub port: Port,
+    pub _pad: [u8; 2],
+}
+
 /// Key of `PUBLISHED_PORTS`. `host_ip` all zero = published on every address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]

@@ -16,7 +16,7 @@ use aya_ebpf::{
     bindings::{__sk_buff, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
     helpers::{
         bpf_check_mtu, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh,
-        bpf_redirect_peer,
+        bpf_redirect_peer, bpf_skb_change_type,
     },
     programs::TcContext,
 };
@@ -41,11 +41,27 @@ pub fn to_container(ctx: &TcContext, ip: &Ipv4Packet, dst: Ipv4, routed: bool) -
     let (ifindex, mac, gateway_mac) = (endpoint.ifindex, endpoint.mac, network.gateway_mac);
     if routed {
         decrement_ttl(ctx, ip)?;
+    } else {
+        for_this_host(ctx)?;
     }
     ctx.store(0, &mac, 0).ok()?;
     ctx.store(6, &gateway_mac, 0).ok()?;
     // SAFETY: plain helper call; it returns TC_ACT_REDIRECT or TC_ACT_SHOT.
     Some(unsafe { bpf_redirect_peer(ifindex, 0) } as i32)
+}
+
+/// A packet a container sent to its gateway's MAC arrived on the host side
+/// of its veth as "for another host" (the veth has a MAC of its own);
+/// redirected into another container as it is, that container's stack
+/// would drop it. Newer kernels reset the type on a peer redirect (Debian's
+/// 6.1 and later here), 5.10 does not: say it is for this host (the
+/// hairpin paths).
+#[inline(always)]
+pub fn for_this_host(ctx: &TcContext) -> Option<()> {
+    const PACKET_HOST: u32 = 0;
+    // SAFETY: plain helper call on the program's own skb.
+    let rc = unsafe { bpf_skb_change_type(ctx.as_ptr().cast::<__sk_buff>(), PACKET_HOST) };
+    (rc == 0).then_some(())
 }
 
 /// Where the uplink fast path would send a packet: decided before any NAT,

@@ -30,17 +30,18 @@ use crate::{
 
 bpf_map!(FLOW6_SCRATCH: PerCpuArray);
 
-/// Scratch slots, one per hook. Both TC hooks run with bottom halves off
+/// Scratch slots, one per hook. The TC hooks run with bottom halves off
 /// and redirects happen after a program returns, so no run of a hook
 /// starts on a CPU while another is inside its slot (each hook keeps its
 /// own all the same). A PREEMPT_RT kernel, whose bottom halves may be
 /// preempted, would break that: netd is not built for one.
 const EGRESS_SLOT: u32 = 0;
 const INGRESS_SLOT: u32 = 1;
+pub const CONTAINER_SLOT: u32 = 2;
 
 /// This CPU's scratch flow for a hook.
 #[inline(always)]
-fn scratch(slot: u32) -> Result<&'static mut Flow6, DropReason> {
+pub fn scratch(slot: u32) -> Result<&'static mut Flow6, DropReason> {
     let flow = FLOW6_SCRATCH
         .get_ptr_mut(slot)
         .ok_or(DropReason::RewriteFailed)?;
@@ -215,7 +216,7 @@ fn icmp_error6(ctx: TcContext, flow: &Flow6) -> u32 {
 
 /// Rewrites the packet from `flow.key` to `flow.xlat` (nothing when equal).
 #[inline(always)]
-fn translate6(ctx: &TcContext, flow: &Flow6) -> Result<(), DropReason> {
+pub fn translate6(ctx: &TcContext, flow: &Flow6) -> Result<(), DropReason> {
     if flow.key == flow.xlat {
         return Ok(());
     }
@@ -233,7 +234,7 @@ fn rewrite6(ctx: TcContext, flow: &Flow6) -> u32 {
 /// The context by value, for a subprogram (one register, not a pointer to
 /// the caller's stack).
 #[inline(always)]
-fn again(ctx: &TcContext) -> TcContext {
+pub fn again(ctx: &TcContext) -> TcContext {
     // SAFETY: a program's context pointer is never null.
     TcContext::new(unsafe { core::ptr::NonNull::new_unchecked(ctx.as_ptr().cast()) })
 }
@@ -241,7 +242,7 @@ fn again(ctx: &TcContext) -> TcContext {
 /// A subprogram's result in the one register BPF returns (it cannot return
 /// aggregates): 0 = Ok(false), 1 = Ok(true), 2 + reason = Err(reason).
 #[inline(always)]
-fn encode(result: Result<bool, DropReason>) -> u32 {
+pub fn encode(result: Result<bool, DropReason>) -> u32 {
     match result {
         Ok(done) => u32::from(done),
         Err(reason) => 2 + reason as u32,
@@ -249,7 +250,7 @@ fn encode(result: Result<bool, DropReason>) -> u32 {
 }
 
 #[inline(always)]
-fn decode(value: u32) -> Result<bool, DropReason> {
+pub fn decode(value: u32) -> Result<bool, DropReason> {
     match value {
         0 => Ok(false),
         1 => Ok(true),

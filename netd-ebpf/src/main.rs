@@ -10,6 +10,7 @@
 mod checksum;
 mod clock;
 mod conntrack;
+mod container6;
 mod counters;
 mod flow6;
 mod forward;
@@ -23,6 +24,7 @@ mod parse;
 mod policy;
 mod rules;
 mod sock;
+mod sock6;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
@@ -44,6 +46,15 @@ use crate::{
 /// Anti-spoofing and Docker's forwarding policy; NAT happens on the uplink.
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
+    if parse::is_ipv6(&ctx) {
+        return container6::from_container6(ctx);
+    }
+    from_container4(ctx)
+}
+
+/// As the uplinks' halves: each family's frame beside the other's.
+#[inline(never)]
+fn from_container4(ctx: TcContext) -> i32 {
     // No drop log lines here: this program's own stack (~430 of the 512
     // bytes) leaves no room for a log record; its drops still reach the
     // counters and `netd monitor`.
@@ -138,6 +149,34 @@ pub fn host_getpeername4(ctx: SockAddrContext) -> i32 {
     1
 }
 
+/// connect() of IPv6 sockets: ports published on IPv6, `[::1]` included.
+#[cgroup_sock_addr(connect6)]
+pub fn host_connect6(ctx: SockAddrContext) -> i32 {
+    sock6::redirect_to_backend6(&ctx);
+    1
+}
+
+/// sendmsg() on unconnected IPv6 UDP sockets, as connect6.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn host_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock6::redirect_to_backend6(&ctx);
+    1
+}
+
+/// recvmsg() on IPv6 UDP sockets: replies from the published address.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn host_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock6::restore_published6(&ctx);
+    1
+}
+
+/// getpeername() of IPv6 sockets: the published address connected to.
+#[cgroup_sock_addr(getpeername6)]
+pub fn host_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock6::restore_published6(&ctx);
+    1
+}
+
 /// A query to the sender's own gateway, port 53, on a network whose
 /// resolver is there (`--dns-via cgroup-hooks`): the daemon's, not a port
 /// published on every host address. One more lookup, for port 53 only.
@@ -191,13 +230,7 @@ fn from_container_inner(ctx: &TcContext) -> Result<Forward, DropReason> {
             }
             Ok(Forward::Pass(TrafficClass::Arp))
         }
-        Packet::Ipv6 => {
-            let ip = parse::parse_ipv6(ctx)?;
-            if let Some(endpoint) = policy::check_source6(ctx, &ip, src_mac, ifindex)? {
-                policy::check_from_container6(endpoint, &ip)?;
-            }
-            Ok(Forward::Pass(ipv6::traffic_class6(ip.next_hdr)))
-        }
+        Packet::Ipv6 => Err(DropReason::UnsupportedEthertype), // from_container6's
         Packet::Ipv4(ip) => {
             let endpoint = policy::check_source(ip.src, src_mac, ifindex)?;
             let class = counters::traffic_class(&ip);

@@ -93,8 +93,6 @@ pub struct Ipv6Packet {
     /// stack would not fit older kernels). Nothing on the container path
     /// changes or moves the packet after parsing, so this stays valid.
     addrs: *const [Ipv6; 2],
-    /// The header right after the fixed one.
-    pub next_hdr: u8,
     /// The upper-layer header after the extension headers walked; still an
     /// extension header when the chain is longer than netd walks.
     pub upper: u8,
@@ -346,7 +344,6 @@ pub fn parse_ipv6<F: Frame>(ctx: &F) -> Result<Ipv6Packet, DropReason> {
     let next_hdr = ipv6_header(ctx)?.next_hdr;
     let mut packet = Ipv6Packet {
         addrs: core::ptr::null(),
-        next_hdr,
         upper: next_hdr,
         icmp_type: 0,
         advertised_at: 0,

@@ -197,25 +197,27 @@ fn check_on_link(ip: &Ipv6Packet, network_flags: u32) -> Result<(), DropReason> 
 /// network is isolated; icc=false holds within the network; beyond the
 /// host, an internal network reaches nothing and the others cannot go yet.
 #[inline(always)]
-pub fn check_from_container6(ep: &Endpoint, ip: &Ipv6Packet) -> Result<(), DropReason> {
+/// Ok(true): for the host (one of its addresses, a gateway), where hairpin
+/// may apply.
+pub fn check_from_container6(ep: &Endpoint, ip: &Ipv6Packet) -> Result<bool, DropReason> {
     let dst = ip.dst();
     if Ipv6Packet::is_link_scoped(dst) {
-        return check_on_link(ip, ep.network_flags);
+        return check_on_link(ip, ep.network_flags).map(|()| false);
     }
     if is_local6(dst) {
-        return Ok(());
+        return Ok(true);
     }
     match network6_of(dst) {
-        Some(n) if n.gateway == *dst => Ok(()),
+        Some(n) if n.gateway == *dst => Ok(true),
         Some(n) if n.id != ep.network_id => Err(DropReason::NetworkIsolation),
         Some(n) if n.flags & NET_ICC == 0 => Err(DropReason::IccDisabled),
-        Some(_) => Ok(()),
+        Some(_) => Ok(false),
         None if ep.network_flags & NET_INTERNAL != 0 => Err(DropReason::InternalNetwork),
         None if ep.network_flags & NET_GATEWAY_ROUTED != 0 => {
             Err(DropReason::Ipv6OutboundUnsupported)
         }
         // Beyond the host: the kernel routes it, to_uplink translates it.
-        None => Ok(()),
+        None => Ok(false),
     }
 }
 

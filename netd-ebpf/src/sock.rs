@@ -49,7 +49,7 @@ pub fn record_netns_probe(ctx: &SockAddrContext) {
 /// The hooks are attached to a cgroup, which spans namespaces: act only on
 /// sockets of the namespace this datapath manages.
 #[inline(always)]
-fn in_our_netns(ctx: &SockAddrContext, config: &Array<Config>) -> bool {
+pub fn in_our_netns(ctx: &SockAddrContext, config: &Array<Config>) -> bool {
     // SAFETY: helper on the program's own context.
     is_our_netns(
         unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) },

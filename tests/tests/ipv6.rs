@@ -3,6 +3,7 @@
 //! IPv6 on the eBPF datapath (each refusal seen as its drop reason), and
 //! bad input refused with nothing changed.
 
+use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 
 use hickory_proto::rr::RecordType;
@@ -281,6 +282,25 @@ fn dual_stack_networks_carry_ipv6_within_a_network_and_keep_the_rest_out() {
     assert_eq!(String::from_utf8(reply).unwrap(), expected);
     let listing = h.ok(&["container", "ls"]);
     assert!(listing.contains("[::]:8080->80/tcp"), "{listing}");
+    // The host's own connection to [::1]:8080 reaches the port (the
+    // connect6 hook, where Docker has its userland proxy): the backend
+    // sees its gateway, the socket its peer as [::1]:8080.
+    let (reply, peer) = h
+        .host
+        .enter(|| {
+            let mut conn = std::net::TcpStream::connect("[::1]:8080")?;
+            let peer = conn.peer_addr()?;
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            conn.write_all(b"lo")?;
+            conn.shutdown(std::net::Shutdown::Write)?;
+            let mut reply = String::new();
+            conn.read_to_string(&mut reply)?;
+            std::io::Result::Ok((reply, peer))
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, "web saw fd00:a::1:lo");
+    assert_eq!(peer.to_string(), "[::1]:8080");
     expect_dropped(&h, "unsolicited-inbound", "the outside to a1", || {
         ping6(&h.outside, "fd00:a::2")
     });

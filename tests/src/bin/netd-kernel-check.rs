@@ -156,6 +156,11 @@ fn traffic_and_restart(h: &mut DaemonHost) -> Result<Vec<&'static str>> {
     let mut local = probe::tcp_connect(&h.host, addr("127.0.0.1:8080"))?;
     probe::echo_roundtrip(&mut local, b"local").context("from the host to 127.0.0.1:8080")?;
     done.push("published port answers the host on 127.0.0.1");
+    // Hairpin: a container to the host's published port (the backend
+    // itself here), redirected into it by the datapath.
+    let mut hairpin = probe::tcp_connect(&h.ctr("web"), addr(&format!("{HOST_IP}:8080")))?;
+    probe::echo_roundtrip(&mut hairpin, b"hairpin").context("hairpin to the published port")?;
+    done.push("published port answers its own container (hairpin)");
 
     let _outside = EchoServer::tcp(
         &h.outside,
@@ -173,7 +178,7 @@ fn traffic_and_restart(h: &mut DaemonHost) -> Result<Vec<&'static str>> {
     done.push("masquerade to the outside");
     ipv6_within_and_between_networks(h)?;
     done.push(
-        "IPv6 within a network, isolation, NAT66 out, a published port in, unsolicited inbound",
+        "IPv6 within a network, isolation, NAT66 out, a published port in, hairpin, the host to [::1], unsolicited inbound",
     );
 
     // A user rule's drop and an unsolicited packet to a container address:
@@ -290,6 +295,22 @@ fn ipv6_within_and_between_networks(h: &DaemonHost) -> Result<()> {
         "the published port answered {:?}",
         String::from_utf8_lossy(&reply)
     );
+    // Hairpin (a container to the host's port) and the host to [::1]'s
+    // (the connect6 hook): the backend sees its gateway.
+    for (from, what) in [(h.ctr("s1"), "hairpin"), (h.host.clone(), "the host")] {
+        let to = if what == "hairpin" {
+            "[fd99::1]:8086"
+        } else {
+            "[::1]:8086"
+        };
+        let reply = probe::tcp_request(&from, addr(to), b"x")
+            .with_context(|| format!("{what} to a port published on IPv6"))?;
+        ensure!(
+            reply == b"p6 saw fd00:6::1:x",
+            "{what}: the published port answered {:?}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
     let before = drops("unsolicited-inbound");
     ensure!(
         !probe::ping(&h.outside, "fd00:6::2", 1)?,

@@ -2,9 +2,12 @@
 //! ICMPv6, TCP or UDP over IPv6 between namespaces, with the verdicts the
 //! IPv4 story has for the same situation, on every datapath.
 //!
-//! Not here yet, because the eBPF datapath does not do them over IPv6 (see
-//! docs/ipv6.md): hairpin and the host to a published port, ports on one
-//! IPv6 host address, routed networks, user rules.
+//! Not here yet, because netd does not do them over IPv6 (see
+//! docs/ipv6.md): ports on one IPv6 host address, routed networks, user
+//! rules with IPv6 sources. The host to `[::1]` differs by design (the eBPF
+//! datapath's socket hooks reach the port, as Docker's userland proxy
+//! does; the netfilter datapaths, as Docker without it, cannot DNAT `::1`):
+//! `tests/tests/ipv6.rs` checks it on ebpf.
 
 use super::{
     Client::{Ctr, Host, Outside},
@@ -123,10 +126,61 @@ pub const PROBES: &[Probe] = &[
         Dropped("unsolicited-inbound", "NETD-RAW"),
     ),
     probe(
+        "hairpin, same network",
+        Ctr("w2"),
+        Tcp,
+        "[fd99::1]:8080",
+        Reach("fd00:70::1"),
+    ),
+    probe(
+        "hairpin, another network",
+        Ctr("s1"),
+        Tcp,
+        "[fd99::1]:8080",
+        Reach("fd00:70::1"),
+    ),
+    probe(
+        "hairpin, the backend itself",
+        Ctr("w1"),
+        Tcp,
+        "[fd99::1]:8080",
+        Reach("fd00:70::1"),
+    ),
+    probe(
+        "hairpin via the gateway address",
+        Ctr("w2"),
+        Tcp,
+        "[fd00:70::1]:8080",
+        Reach("fd00:70::1"),
+    ),
+    probe(
+        "hairpin, UDP",
+        Ctr("s1"),
+        Udp,
+        "[fd99::1]:5353",
+        Reach("fd00:70::1"),
+    ),
+    probe(
         "host to a container address",
         Host,
         Tcp,
         "[fd00:70::2]:80",
+        Reach("fd00:70::1"),
+    ),
+    // The backend sees its gateway, as for IPv4 (eBPF: the socket hooks;
+    // netfilter: DNAT in OUTPUT, then MASQUERADE FROM HOST).
+    probe(
+        "host to a published port",
+        Host,
+        Tcp,
+        "[fd99::1]:8080",
+        Reach("fd00:70::1"),
+    ),
+    probe(
+        "host to a published UDP port",
+        Host,
+        Udp,
+        "[fd99::1]:5353",
         Reach("fd00:70::1"),
     ),
     probe(

@@ -5,7 +5,10 @@ use anyhow::{Context as _, Result};
 use aya::{Ebpf, maps::MapData};
 use netd_common::{
     UplinkInfo, UplinkInfo6,
-    maps::{CONFIG, MapDef, NETNS_PROBE, RESOLVER_STEERING, SOCK_REVNAT, UPLINKS, UPLINKS6},
+    maps::{
+        CONFIG, MapDef, NETNS_PROBE, RESOLVER_STEERING, SOCK_REVNAT, SOCK_REVNAT6, UPLINKS,
+        UPLINKS6,
+    },
 };
 
 use super::{Hash, Slots, data, done_if_missing, open};
@@ -80,6 +83,7 @@ impl Config {
 /// writes the resolver steering.
 pub struct Sockets {
     revnat: Hash<SOCK_REVNAT>,
+    revnat6: Hash<SOCK_REVNAT6>,
     netns_probe: Hash<NETNS_PROBE>,
     steering: Hash<RESOLVER_STEERING>,
 }
@@ -88,6 +92,7 @@ impl Sockets {
     pub(super) fn open(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
             revnat: open::<SOCK_REVNAT, _>(ebpf)?,
+            revnat6: open::<SOCK_REVNAT6, _>(ebpf)?,
             netns_probe: open::<NETNS_PROBE, _>(ebpf)?,
             steering: open::<RESOLVER_STEERING, _>(ebpf)?,
         })
@@ -95,6 +100,7 @@ impl Sockets {
 
     pub(super) fn each<'a>(&'a self, maps: &mut Vec<(&'static str, &'a MapData)>) {
         maps.push((SOCK_REVNAT::NAME, data(&self.revnat)));
+        maps.push((SOCK_REVNAT6::NAME, data(&self.revnat6)));
         maps.push((NETNS_PROBE::NAME, data(&self.netns_probe)));
         maps.push((RESOLVER_STEERING::NAME, data(&self.steering)));
     }

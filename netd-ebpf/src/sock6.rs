@@ -1,0 +1,98 @@
+//! The socket hooks' IPv6 half: the host's own connections to a port
+//! published on IPv6 — one of the host's addresses or `[::1]` — go to the
+//! backend at connect()/sendmsg() time, as `sock.rs` does for IPv4 (what
+//! Docker's userland proxy does for `[::1]`, without a proxy).
+
+use aya_ebpf::{
+    bindings::bpf_sock_addr, helpers::bpf_get_socket_cookie, programs::SockAddrContext,
+};
+use netd_common::{Ipv6, SockRevKey6, SockRevValue6};
+
+use crate::{maps::bpf_map, nat, nat6, policy, sock};
+
+bpf_map!(SOCK_REVNAT6: LruHashMap);
+
+/// `::1`, as four words in network order.
+const LOOPBACK6: Ipv6 =
+    netd_common::ipv6_from_octets([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+
+/// connect6 / sendmsg6: a published host address (or `[::1]`) and port
+/// becomes its backend.
+#[inline(always)]
+pub fn redirect_to_backend6(ctx: &SockAddrContext) {
+    if !sock::in_our_netns(ctx, nat::config_map()) {
+        return;
+    }
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let dst = user_ip6(sa);
+    let port = (sa.user_port as u16).to_ne_bytes();
+    if dst != LOOPBACK6 && !policy::is_local6(&dst) {
+        return;
+    }
+    let Some(backend) = nat6::published_backend6(&dst, port, sa.protocol as u8) else {
+        return;
+    };
+    // Word by word: the context takes 4-byte stores only.
+    sa.user_ip6[0] = backend.ip[0];
+    sa.user_ip6[1] = backend.ip[1];
+    sa.user_ip6[2] = backend.ip[2];
+    sa.user_ip6[3] = backend.ip[3];
+    sa.user_port = u32::from(u16::from_ne_bytes(backend.port));
+    // SAFETY: helper on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let key = SockRevKey6 {
+        cookie,
+        ip: backend.ip,
+        port: backend.port,
+        _pad: [0; 6],
+    };
+    let asked = SockRevValue6 {
+        ip: dst,
+        port,
+        _pad: [0; 2],
+    };
+    let _ = SOCK_REVNAT6.insert(&key, &asked, 0);
+}
+
+/// recvmsg6 / getpeername6: show the published address, not the backend.
+#[inline(always)]
+pub fn restore_published6(ctx: &SockAddrContext) {
+    if !sock::in_our_netns(ctx, nat::config_map()) {
+        return;
+    }
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    // SAFETY: helper on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let key = SockRevKey6 {
+        cookie,
+        ip: user_ip6(sa),
+        port: (sa.user_port as u16).to_ne_bytes(),
+        _pad: [0; 6],
+    };
+    // SAFETY: read-only copy of a map value.
+    if let Some(asked) = unsafe { SOCK_REVNAT6.get(&key) } {
+        sa.user_ip6[0] = asked.ip[0];
+        sa.user_ip6[1] = asked.ip[1];
+        sa.user_ip6[2] = asked.ip[2];
+        sa.user_ip6[3] = asked.ip[3];
+        sa.user_port = u32::from(u16::from_ne_bytes(asked.port));
+    }
+}
+
+/// The socket's IPv6 address, word by word: the verifier takes only 4-byte
+/// loads at fixed offsets of the context (a copy of the array would be one
+/// 8-byte load through a moved pointer, refused).
+#[inline(always)]
+fn user_ip6(sa: &bpf_sock_addr) -> Ipv6 {
+    // SAFETY: reads of fields of a valid context.
+    unsafe {
+        [
+            core::ptr::read_volatile(&sa.user_ip6[0]),
+            core::ptr::read_volatile(&sa.user_ip6[1]),
+            core::ptr::read_volatile(&sa.user_ip6[2]),
+            core::ptr::read_volatile(&sa.user_ip6[3]),
+        ]
+    }
+}
