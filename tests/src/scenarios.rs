@@ -854,15 +854,29 @@ fn drop_counts(suite: &Suite) -> std::collections::BTreeMap<String, u64> {
 }
 
 /// The datapath's drop counts: per drop reason on ebpf, per chain of netd's
-/// DROP rules on iptables (IPv4's and IPv6's rules summed), and on nftables
-/// per the iptables chain its drop counter stands for (see
-/// [`iptables_chain_of`]).
+/// DROP rules on iptables, and on nftables per the iptables chain its drop
+/// counter stands for (see [`iptables_chain_of`]); IPv6's chains as `ip6
+/// CHAIN` (ip6tables, the `ip6` table).
 pub fn datapath_drops(h: &DaemonHost, datapath: &str) -> std::collections::BTreeMap<String, u64> {
     if datapath == "nftables" {
         nftables_drops(h)
     } else if datapath == "iptables" {
-        let mut saved = h.host.run("iptables-save", &["-c"]).unwrap().stdout;
-        saved.extend(h.host.run("ip6tables-save", &["-c"]).unwrap().stdout);
+        let mut counts = iptables_drops(h, "iptables-save", "");
+        counts.extend(iptables_drops(h, "ip6tables-save", "ip6 "));
+        counts
+    } else {
+        status_drops(h)
+    }
+}
+
+/// `save -c`'s counts of netd's DROP rules per chain, `prefix`ed.
+fn iptables_drops(
+    h: &DaemonHost,
+    save: &str,
+    prefix: &str,
+) -> std::collections::BTreeMap<String, u64> {
+    {
+        let saved = h.host.run(save, &["-c"]).unwrap().stdout;
         let mut counts = std::collections::BTreeMap::new();
         for line in String::from_utf8_lossy(&saved).lines() {
             let Some((counters, rule)) = line.strip_prefix('[').and_then(|l| l.split_once("] "))
@@ -877,12 +891,10 @@ pub fn datapath_drops(h: &DaemonHost, datapath: &str) -> std::collections::BTree
             };
             if chain.starts_with("NETD") && rule.ends_with("-j DROP") {
                 let packets: u64 = counters.split(':').next().unwrap().parse().unwrap();
-                *counts.entry(chain.to_owned()).or_default() += packets;
+                *counts.entry(format!("{prefix}{chain}")).or_default() += packets;
             }
         }
         counts
-    } else {
-        status_drops(h)
     }
 }
 
@@ -915,7 +927,13 @@ fn nftables_drops(h: &DaemonHost) -> std::collections::BTreeMap<String, u64> {
         let name = counter["name"].as_str().unwrap_or_default();
         let chain = iptables_chain_of(name)
             .unwrap_or_else(|| panic!("a drop counter the suite does not know: {counter}"));
-        *counts.entry(chain.to_owned()).or_default() += counter["packets"].as_u64().unwrap();
+        let prefix = if counter["family"] == "ip6" {
+            "ip6 "
+        } else {
+            ""
+        };
+        *counts.entry(format!("{prefix}{chain}")).or_default() +=
+            counter["packets"].as_u64().unwrap();
     }
     counts
 }
@@ -957,12 +975,12 @@ pub fn verdict(suite: &Suite, p: &Probe) -> String {
                 // fires names the reason there, and Docker's rules drop
                 // some traffic in another rule than the eBPF datapath's
                 // reason would say (docs/nftables-path.md).
-                let key = if suite.datapath == "ebpf" {
-                    reason
-                } else {
-                    chain
+                let key = match suite.datapath.as_str() {
+                    "ebpf" => reason.to_owned(),
+                    _ if p.to.starts_with('[') || p.to.contains("::") => format!("ip6 {chain}"),
+                    _ => chain.to_owned(),
                 };
-                if grew.iter().any(|k| *k == key) {
+                if grew.iter().any(|k| **k == key) {
                     format!("dropped ({reason})")
                 } else {
                     format!("no reply, and the drops counted were {grew:?}, not {key}")

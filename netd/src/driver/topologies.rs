@@ -153,7 +153,8 @@ pub fn gateway_modes() -> Topology {
 
 /// Networks with IPv6 beside v4-only ones: the IPv6 rule set holds the
 /// dual-stack networks alone, ports published on `[::]` too, no `::1`
-/// twin of a 127.0.0.1 port, and no user rule naming an IPv4 source.
+/// twin of a 127.0.0.1 port, no routed pod CIDR, and no user rule naming
+/// an IPv4 source.
 pub fn dual_stack_networks() -> Topology {
     let dual = |net: Network, subnet: &str| {
         let subnet = crate::cidr::Cidr6::new(subnet.parse().unwrap(), 64).unwrap();
@@ -163,7 +164,14 @@ pub fn dual_stack_networks() -> Topology {
             ..net
         }
     };
-    let web = dual(network("web", 2, "172.18.0.0/24", "br-web"), "fd00:18::");
+    // Routed pod CIDRs are IPv4's: none of their rules in the IPv6 set.
+    let web = dual(
+        Network {
+            routed_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            ..network("web", 2, "172.18.0.0/24", "br-web")
+        },
+        "fd00:18::",
+    );
     let back = dual(
         Network {
             internal: true,

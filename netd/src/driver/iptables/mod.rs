@@ -15,6 +15,7 @@ use std::{
     fmt::Write as _,
     io::Write as _,
     process::{Command, Stdio},
+    sync::{Arc, Mutex},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -92,6 +93,20 @@ pub struct IptablesDriver {
     /// rules of the previous run keep forwarding until the whole new set
     /// replaces them in one transaction per table (no gap on restart).
     deferred: bool,
+    /// What ip6tables holds of netd's (shared with the appliers).
+    ipv6: Arc<Mutex<Ipv6Rules>>,
+}
+
+/// IPv6's rule set as the kernel holds it. Most changes leave it as it is
+/// (an IPv4-only host's always do): it is restored only when it changed,
+/// so such a host runs no ip6tables, and one without ip6tables (IPv6 off,
+/// no modules) keeps working while it has no IPv6 network.
+#[derive(Default)]
+struct Ipv6Rules {
+    /// The set applied last; none: unknown (the start, a repair).
+    applied: Option<String>,
+    /// Whether the jumps into netd's ip6tables chains are in place.
+    jumps: bool,
 }
 
 impl IptablesDriver {
@@ -103,42 +118,51 @@ impl IptablesDriver {
         })
     }
 
-    /// The jumps from the built-in chains, each once (the chains exist by now).
-    fn ensure_jumps() -> Result<()> {
-        for family in Family::BOTH {
-            let (program, jumps) = tool(family);
-            for (table, chain, rule) in jumps {
-                let rule: Vec<&str> = rule.split(' ').collect();
-                let present = run_ok(
-                    Command::new(program)
-                        .args(["-t", table, "-C", chain])
-                        .args(&rule),
-                )?;
-                if !present {
-                    run(Command::new(program)
-                        .args(["-t", table, "-I", chain, "1"])
-                        .args(&rule))?;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Applies `decl`'s rule sets (nothing while `deferred`): IPv4's, then
-    /// IPv6's; IPv4's is put back if IPv6's is refused, so a refused change
-    /// leaves both as they were.
+    /// IPv6's where it changed. If IPv6's is refused, both are put back as
+    /// they were (ip6tables-restore commits table by table), so a refused
+    /// change leaves the kernel as it was — except at the start, where the
+    /// previous run's sets are not known.
     fn applier(&self) -> impl Fn(&Declared) -> Result<()> + 'static {
+        let before = (!self.deferred).then(|| render(&self.decl, Family::V4));
+        let ipv6 = self.ipv6.clone();
         let deferred = self.deferred;
-        let before = (!deferred).then(|| render(&self.decl, Family::V4));
-        move |decl| match &before {
-            None => Ok(()),
-            Some(before) => {
-                restore(Family::V4, &render(decl, Family::V4))?;
-                restore(Family::V6, &render(decl, Family::V6)).inspect_err(|_| {
-                    if let Err(err) = restore(Family::V4, before) {
-                        tracing::warn!("putting IPv4's rules back: {err:#}");
+        move |decl| {
+            if deferred {
+                return Ok(());
+            }
+            restore(Family::V4, &render(decl, Family::V4))?;
+            let mut state = ipv6.lock().unwrap_or_else(|e| e.into_inner());
+            let rules = render(decl, Family::V6);
+            if state.applied.as_ref() == Some(&rules) {
+                return Ok(());
+            }
+            let applied = restore(Family::V6, &rules).and_then(|()| match state.jumps {
+                true => Ok(()),
+                false => ensure_jumps(Family::V6),
+            });
+            match applied {
+                Ok(()) => {
+                    (state.applied, state.jumps) = (Some(rules), true);
+                    Ok(())
+                }
+                // No IPv6 network: nothing of netd's can be in ip6tables
+                // either (IPv6 off, no ip6tables): IPv4 goes on without it.
+                Err(err) if decl.networks_of(Family::V6).next().is_none() => {
+                    tracing::debug!("ip6tables, with no IPv6 network: {err:#}");
+                    state.applied = Some(rules);
+                    Ok(())
+                }
+                Err(err) => {
+                    let previous = before.iter().map(|r| (Family::V4, r));
+                    let previous = previous.chain(state.applied.iter().map(|r| (Family::V6, r)));
+                    for (family, rules) in previous {
+                        if let Err(err) = restore(family, rules) {
+                            tracing::warn!("putting the previous {family:?} rules back: {err:#}");
+                        }
                     }
-                })
+                    Err(err)
+                }
             }
         }
     }
@@ -146,6 +170,26 @@ impl IptablesDriver {
     fn apply(&self) -> Result<()> {
         self.applier()(&self.decl)
     }
+}
+
+/// The jumps from the built-in chains of `family`, each once (the chains
+/// exist by now).
+fn ensure_jumps(family: Family) -> Result<()> {
+    let (program, jumps) = tool(family);
+    for (table, chain, rule) in jumps {
+        let rule: Vec<&str> = rule.split(' ').collect();
+        let present = run_ok(
+            Command::new(program)
+                .args(["-t", table, "-C", chain])
+                .args(&rule),
+        )?;
+        if !present {
+            run(Command::new(program)
+                .args(["-t", table, "-I", chain, "1"])
+                .args(&rule))?;
+        }
+    }
+    Ok(())
 }
 
 /// `iptables-restore --noflush` (`ip6tables-restore`): each table's chains
@@ -167,8 +211,11 @@ impl FirewallDriver for IptablesDriver {
     /// in one commit per table, so packets see the old rules or the new.
     fn reconciled(&mut self) -> Result<Vec<String>> {
         self.deferred = false;
+        // The kernel's IPv6 set is not known here (a previous run's, or one
+        // changed behind netd's back): applied whole again.
+        *self.ipv6.lock().unwrap_or_else(|e| e.into_inner()) = Ipv6Rules::default();
         self.apply()?;
-        Self::ensure_jumps()?;
+        ensure_jumps(Family::V4)?;
         Ok(Vec::new())
     }
 
@@ -222,13 +269,16 @@ impl Observability for IptablesDriver {
 }
 
 impl IptablesDriver {
-    /// The jumps into netd's chains, then the chains, of both families.
+    /// The jumps into netd's chains, then the chains, of both families
+    /// (each tried; IPv6's fail quietly where there is no ip6tables).
     fn remove_rules(&mut self) -> Result<()> {
-        for family in Family::BOTH {
-            Self::remove_family(family)?;
+        let v4 = Self::remove_family(Family::V4);
+        if let Err(err) = Self::remove_family(Family::V6) {
+            tracing::debug!("removing netd's ip6tables chains: {err:#}");
         }
         self.decl.clear();
-        Ok(())
+        *self.ipv6.lock().unwrap_or_else(|e| e.into_inner()) = Ipv6Rules::default();
+        v4
     }
 
     fn remove_family(family: Family) -> Result<()> {

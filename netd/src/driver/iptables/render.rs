@@ -163,8 +163,8 @@ impl Declared {
             line(format!(
                 "-A NETD-FORWARD -o {br} -m conntrack --ctstate DNAT -j ACCEPT"
             ));
-            // Pods of the cluster's other nodes, routed to this one.
-            for cidr in &net.routed_cidrs {
+            // Pods of the cluster's other nodes, routed to this one (IPv4).
+            for cidr in net.routed_cidrs.iter().filter(|_| v4) {
                 line(format!("-A NETD-FORWARD -s {cidr} -o {br} -j ACCEPT"));
             }
             if !net.internal {
