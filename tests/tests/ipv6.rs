@@ -478,3 +478,49 @@ fn bad_ipv6_input_is_refused_and_changes_nothing() {
         h.refused(&args, kind, message);
     }
 }
+
+/// On the iptables datapath netd's chains are in ip6tables only while a
+/// network has IPv6 (a host without ip6tables, or with IPv6 off, is not
+/// asked for it), with their jumps; `netd down` removes them.
+#[test]
+fn ip6tables_chains_exist_only_with_ipv6_networks() {
+    let mut h = DaemonHost::start(netd(), &["--datapath", "iptables"]);
+    let ip6tables = |h: &DaemonHost| {
+        let out = h.host.run("ip6tables-save", &[]).unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    h.ok(&["network", "create", "four", "--subnet", "10.46.0.0/24"]);
+    assert!(!ip6tables(&h).contains("NETD"), "{}", ip6tables(&h));
+    h.ok(&[
+        "network",
+        "create",
+        "six",
+        "--subnet",
+        "10.47.0.0/24",
+        "--subnet",
+        "fd00:47::/64",
+    ]);
+    let saved = ip6tables(&h);
+    for rule in [
+        "-A FORWARD -j NETD-FORWARD",
+        "-A OUTPUT ! -d ::1/128 -m addrtype --dst-type LOCAL -j NETD",
+        "-A NETD-POSTROUTING -s fd00:47::/64",
+    ] {
+        assert!(saved.contains(rule), "{rule} missing:\n{saved}");
+    }
+    assert!(!saved.contains("10.46.0.0"), "IPv4 in ip6tables:\n{saved}");
+    h.ok(&["network", "rm", "six"]);
+    assert!(!ip6tables(&h).contains("NETD"), "{}", ip6tables(&h));
+    h.ok(&[
+        "network",
+        "create",
+        "six",
+        "--subnet",
+        "10.47.0.0/24",
+        "--subnet",
+        "fd00:47::/64",
+    ]);
+    h.ok(&["down"]);
+    h.daemon.take().unwrap().wait();
+    assert!(!ip6tables(&h).contains("NETD"), "{}", ip6tables(&h));
+}

@@ -20,9 +20,13 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 fn table_listed(h: &DaemonHost) -> bool {
+    family_table_listed(h, "ip")
+}
+
+fn family_table_listed(h: &DaemonHost, family: &str) -> bool {
     h.host
         .command("nft")
-        .args(["list", "table", "ip", netd::driver::NFTABLES_TABLE])
+        .args(["list", "table", family, netd::driver::NFTABLES_TABLE])
         .output()
         .unwrap()
         .status
@@ -62,6 +66,22 @@ fn restart_flush_repair_and_down_on_nftables() {
         "{status}"
     );
 
+    // The ip6 table only with an IPv6 network.
+    assert!(
+        !family_table_listed(&h, "ip6"),
+        "no IPv6 network, no ip6 table"
+    );
+    h.ok(&[
+        "network",
+        "create",
+        "six",
+        "--subnet",
+        "10.44.0.0/24",
+        "--subnet",
+        "fd00:44::/64",
+    ]);
+    assert!(family_table_listed(&h, "ip6"));
+
     // Everything flushed behind netd's back: new connections to the port
     // go unanswered (nothing translates them) until `netd repair`.
     h.host.run("nft", &["flush", "ruleset"]).unwrap();
@@ -72,9 +92,13 @@ fn restart_flush_repair_and_down_on_nftables() {
         "nothing listens on the host's port: {err:#}"
     );
     let repaired = h.ok(&["repair"]);
+    for family in ["ip", "ip6"] {
+        let gone = format!("nftables table {family} netd-bridges (it was gone)");
+        assert!(repaired.contains(&gone), "{repaired}");
+    }
     assert!(
-        repaired.contains("nftables table ip netd-bridges (it was gone)"),
-        "{repaired}"
+        family_table_listed(&h, "ip6"),
+        "repair made the ip6 table again"
     );
     assert_eq!(
         probe::tcp_request(&h.outside, published, b"again").unwrap(),
@@ -92,6 +116,10 @@ fn restart_flush_repair_and_down_on_nftables() {
     h.ok(&["down"]);
     h.daemon.take().unwrap().wait();
     assert!(!table_listed(&h), "netd down leaves no table");
+    assert!(
+        !family_table_listed(&h, "ip6"),
+        "netd down leaves no ip6 table"
+    );
 }
 
 /// A drop counts in `netd status` and `/metrics` under the eBPF datapath's

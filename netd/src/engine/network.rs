@@ -322,6 +322,11 @@ impl<H: Host> Engine<H> {
         self.state.networks.remove(name);
         self.save()?;
         self.rules_after_network_change();
+        // The bridge's addresses went with it: the host's address list now,
+        // not when the event comes (a new network may take the prefix at once).
+        if let Err(err) = self.sync_host().await {
+            tracing::warn!("re-reading the host's addresses: {err:#}");
+        }
         Ok(())
     }
 

@@ -98,12 +98,13 @@ pub struct IptablesDriver {
 }
 
 /// IPv6's rule set as the kernel holds it. Most changes leave it as it is
-/// (an IPv4-only host's always do): it is restored only when it changed,
-/// so such a host runs no ip6tables, and one without ip6tables (IPv6 off,
-/// no modules) keeps working while it has no IPv6 network.
+/// (an IPv4-only host's always do): it is restored only when it changed.
+/// Without an IPv6 network netd has no chains in ip6tables at all, so a
+/// host without ip6tables (IPv6 off, no modules) works as before.
 #[derive(Default)]
 struct Ipv6Rules {
-    /// The set applied last; none: unknown (the start, a repair).
+    /// The set applied last (empty: none of netd's chains); none: unknown
+    /// (the start, a repair).
     applied: Option<String>,
     /// Whether the jumps into netd's ip6tables chains are in place.
     jumps: bool,
@@ -137,33 +138,36 @@ impl IptablesDriver {
             if state.applied.as_ref() == Some(&rules) {
                 return Ok(());
             }
-            let applied = restore(Family::V6, &rules).and_then(|()| match state.jumps {
-                true => Ok(()),
-                false => ensure_jumps(Family::V6),
-            });
-            match applied {
-                Ok(()) => {
-                    (state.applied, state.jumps) = (Some(rules), true);
+            let applied = match rules.is_empty() {
+                true => {
+                    remove_chains6();
                     Ok(())
                 }
-                // No IPv6 network: nothing of netd's can be in ip6tables
-                // either (IPv6 off, no ip6tables): IPv4 goes on without it.
-                Err(err) if decl.networks_of(Family::V6).next().is_none() => {
-                    tracing::debug!("ip6tables, with no IPv6 network: {err:#}");
-                    state.applied = Some(rules);
-                    Ok(())
+                false => restore(Family::V6, &rules).and_then(|()| match state.jumps {
+                    true => Ok(()),
+                    false => ensure_jumps(Family::V6),
+                }),
+            };
+            if let Err(err) = applied {
+                if let Some(before) = &before
+                    && let Err(err) = restore(Family::V4, before)
+                {
+                    tracing::warn!("putting the previous IPv4 rules back: {err:#}");
                 }
-                Err(err) => {
-                    let previous = before.iter().map(|r| (Family::V4, r));
-                    let previous = previous.chain(state.applied.iter().map(|r| (Family::V6, r)));
-                    for (family, rules) in previous {
-                        if let Err(err) = restore(family, rules) {
-                            tracing::warn!("putting the previous {family:?} rules back: {err:#}");
+                match state.applied.as_deref() {
+                    Some("") => remove_chains6(),
+                    Some(previous) => {
+                        if let Err(err) = restore(Family::V6, previous) {
+                            tracing::warn!("putting the previous IPv6 rules back: {err:#}");
                         }
                     }
-                    Err(err)
+                    None => {} // the previous run's, left as they are
                 }
+                return Err(err);
             }
+            state.jumps = !rules.is_empty();
+            state.applied = Some(rules);
+            Ok(())
         }
     }
 
@@ -269,51 +273,57 @@ impl Observability for IptablesDriver {
 }
 
 impl IptablesDriver {
-    /// The jumps into netd's chains, then the chains, of both families
-    /// (each tried; IPv6's fail quietly where there is no ip6tables).
+    /// The jumps into netd's chains, then the chains, of both families.
     fn remove_rules(&mut self) -> Result<()> {
-        let v4 = Self::remove_family(Family::V4);
-        if let Err(err) = Self::remove_family(Family::V6) {
-            tracing::debug!("removing netd's ip6tables chains: {err:#}");
-        }
+        let v4 = remove_family(Family::V4);
+        remove_chains6();
         self.decl.clear();
         *self.ipv6.lock().unwrap_or_else(|e| e.into_inner()) = Ipv6Rules::default();
         v4
     }
+}
 
-    fn remove_family(family: Family) -> Result<()> {
-        let (program, jumps) = tool(family);
-        for (table, chain, rule) in jumps {
-            let rule: Vec<&str> = rule.split(' ').collect();
-            while run_ok(
-                Command::new(program)
-                    .args(["-t", table, "-D", chain])
-                    .args(&rule),
-            )? {}
-        }
-        let mut script = String::new();
-        for (table, chains) in CHAINS {
-            let _ = writeln!(script, "*{table}");
-            for chain in *chains {
-                let _ = writeln!(script, ":{chain} - [0:0]");
-            }
-            for chain in *chains {
-                let _ = writeln!(script, "-X {chain}");
-            }
-            let _ = writeln!(script, "COMMIT");
-        }
-        let mut child = Command::new(format!("{program}-restore"))
-            .arg("--noflush")
-            .stdin(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(script.as_bytes())?;
-        child.wait()?;
-        Ok(())
+/// netd's ip6tables jumps and chains gone, where there are any (a host
+/// without ip6tables has none: nothing to say).
+fn remove_chains6() {
+    if let Err(err) = remove_family(Family::V6) {
+        tracing::debug!("removing netd's ip6tables chains: {err:#}");
     }
+}
+
+/// The jumps into netd's chains of `family`, then the chains.
+fn remove_family(family: Family) -> Result<()> {
+    let (program, jumps) = tool(family);
+    for (table, chain, rule) in jumps {
+        let rule: Vec<&str> = rule.split(' ').collect();
+        while run_ok(
+            Command::new(program)
+                .args(["-t", table, "-D", chain])
+                .args(&rule),
+        )? {}
+    }
+    let mut script = String::new();
+    for (table, chains) in CHAINS {
+        let _ = writeln!(script, "*{table}");
+        for chain in *chains {
+            let _ = writeln!(script, ":{chain} - [0:0]");
+        }
+        for chain in *chains {
+            let _ = writeln!(script, "-X {chain}");
+        }
+        let _ = writeln!(script, "COMMIT");
+    }
+    let mut child = Command::new(format!("{program}-restore"))
+        .arg("--noflush")
+        .stdin(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())?;
+    child.wait()?;
+    Ok(())
 }
 
 fn run(cmd: &mut Command) -> Result<()> {

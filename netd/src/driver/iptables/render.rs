@@ -13,8 +13,12 @@ use crate::{
 
 /// The whole rule set of `family` for netd's chains, in iptables-restore
 /// syntax. IPv6's is IPv4's with Docker 27's differences: only networks
-/// with IPv6, no DNAT from link-local sources, no `127.0.0.1` twin.
+/// with IPv6, no DNAT from link-local sources, no `127.0.0.1` twin; and
+/// empty without an IPv6 network (netd then has no ip6tables chains).
 pub fn render(decl: &Declared, family: Family) -> String {
+    if family == Family::V6 && decl.networks_of(family).next().is_none() {
+        return String::new();
+    }
     decl.render_iptables(family)
 }
 

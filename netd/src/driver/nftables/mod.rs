@@ -168,7 +168,11 @@ impl FirewallDriver for NftablesDriver {
             return Ok(Vec::new());
         }
         let mut gone = Vec::new();
-        for family in Family::BOTH.map(render::family_name) {
+        let has_ipv6 = self.decl.networks_of(Family::V6).next().is_some();
+        let families = Family::BOTH
+            .into_iter()
+            .filter(|f| *f == Family::V4 || has_ipv6);
+        for family in families.map(render::family_name) {
             let listed = Command::new("nft")
                 .args(["list", "table", family, TABLE])
                 .output()

@@ -51,6 +51,12 @@ impl Declared {
         let ip = family_name(family);
         let _ = writeln!(out, "table {ip} {TABLE} {{}}");
         let _ = writeln!(out, "delete table {ip} {TABLE}");
+        // No IPv6 network, no `ip6` table: its base chains would hook every
+        // IPv6 packet of the host for nothing (and a host with IPv6 off
+        // may refuse them).
+        if family == Family::V6 && self.networks_of(family).next().is_none() {
+            return out;
+        }
         let _ = writeln!(out, "table {ip} {TABLE} {{");
         for (counter, _) in DROP_COUNTERS {
             match counts.get(&(ip.to_owned(), counter.to_owned())) {
