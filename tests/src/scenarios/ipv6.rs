@@ -360,6 +360,26 @@ pub fn build(netd: &str, datapath: &str, daemon_flags: &[&str], frontend: Fronte
     h.ctr("i2")
         .ip(&["-6", "route", "add", "default", "via", "fd00:72::1"])
         .unwrap();
+    // icc=false also stops neighbour discovery between n1 and n2 on the
+    // netfilter datapaths (it is bridged through their FORWARD rules), so
+    // n1 would never send the probes' packets: it knows n2's MAC, and the
+    // probes' own packets meet the icc rule (on every datapath).
+    let n2_mac = h.ctr("n2").mac("eth0").unwrap();
+    let n2_mac: Vec<String> = n2_mac.iter().map(|b| format!("{b:02x}")).collect();
+    h.ctr("n1")
+        .ip(&[
+            "-6",
+            "neigh",
+            "replace",
+            "fd00:73::3",
+            "lladdr",
+            &n2_mac.join(":"),
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
     let mut servers = Vec::new();
     for (short, _, ip, ip6, _) in CONTAINERS {
         for at in [format!("[{ip6}]:80"), format!("{ip}:80")] {
