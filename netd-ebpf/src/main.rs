@@ -149,34 +149,6 @@ pub fn host_getpeername4(ctx: SockAddrContext) -> i32 {
     1
 }
 
-/// connect() of IPv6 sockets: ports published on IPv6, `[::1]` included.
-#[cgroup_sock_addr(connect6)]
-pub fn host_connect6(ctx: SockAddrContext) -> i32 {
-    sock6::redirect_to_backend6(&ctx);
-    1
-}
-
-/// sendmsg() on unconnected IPv6 UDP sockets, as connect6.
-#[cgroup_sock_addr(sendmsg6)]
-pub fn host_sendmsg6(ctx: SockAddrContext) -> i32 {
-    sock6::redirect_to_backend6(&ctx);
-    1
-}
-
-/// recvmsg() on IPv6 UDP sockets: replies from the published address.
-#[cgroup_sock_addr(recvmsg6)]
-pub fn host_recvmsg6(ctx: SockAddrContext) -> i32 {
-    sock6::restore_published6(&ctx);
-    1
-}
-
-/// getpeername() of IPv6 sockets: the published address connected to.
-#[cgroup_sock_addr(getpeername6)]
-pub fn host_getpeername6(ctx: SockAddrContext) -> i32 {
-    sock6::restore_published6(&ctx);
-    1
-}
-
 /// A query to the sender's own gateway, port 53, on a network whose
 /// resolver is there (`--dns-via cgroup-hooks`): the daemon's, not a port
 /// published on every host address. One more lookup, for port 53 only.

@@ -4,7 +4,8 @@
 //! Docker's userland proxy does for `[::1]`, without a proxy).
 
 use aya_ebpf::{
-    bindings::bpf_sock_addr, helpers::bpf_get_socket_cookie, programs::SockAddrContext,
+    bindings::bpf_sock_addr, helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr,
+    programs::SockAddrContext,
 };
 use netd_common::{Ipv6, SockRevKey6, SockRevValue6};
 
@@ -16,10 +17,38 @@ bpf_map!(SOCK_REVNAT6: LruHashMap);
 const LOOPBACK6: Ipv6 =
     netd_common::ipv6_from_octets([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
 
+/// connect() of IPv6 sockets: ports published on IPv6, `[::1]` included.
+#[cgroup_sock_addr(connect6)]
+pub fn host_connect6(ctx: SockAddrContext) -> i32 {
+    redirect_to_backend6(&ctx);
+    1
+}
+
+/// sendmsg() on unconnected IPv6 UDP sockets, as connect6.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn host_sendmsg6(ctx: SockAddrContext) -> i32 {
+    redirect_to_backend6(&ctx);
+    1
+}
+
+/// recvmsg() on IPv6 UDP sockets: replies from the published address.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn host_recvmsg6(ctx: SockAddrContext) -> i32 {
+    restore_published6(&ctx);
+    1
+}
+
+/// getpeername() of IPv6 sockets: the published address connected to.
+#[cgroup_sock_addr(getpeername6)]
+pub fn host_getpeername6(ctx: SockAddrContext) -> i32 {
+    restore_published6(&ctx);
+    1
+}
+
 /// connect6 / sendmsg6: a published host address (or `[::1]`) and port
 /// becomes its backend.
 #[inline(always)]
-pub fn redirect_to_backend6(ctx: &SockAddrContext) {
+fn redirect_to_backend6(ctx: &SockAddrContext) {
     if !sock::in_our_netns(ctx, nat::config_map()) {
         return;
     }
@@ -57,7 +86,7 @@ pub fn redirect_to_backend6(ctx: &SockAddrContext) {
 
 /// recvmsg6 / getpeername6: show the published address, not the backend.
 #[inline(always)]
-pub fn restore_published6(ctx: &SockAddrContext) {
+fn restore_published6(ctx: &SockAddrContext) {
     if !sock::in_our_netns(ctx, nat::config_map()) {
         return;
     }
