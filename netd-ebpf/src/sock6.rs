@@ -7,11 +7,14 @@ use aya_ebpf::{
     bindings::bpf_sock_addr, helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use netd_common::{Ipv6, SockRevKey6, SockRevValue6};
+use netd_common::{Backend6, Ipv6, SockRevKey6, SockRevValue6};
 
 use crate::{maps::bpf_map, nat, nat6, policy, sock};
 
 bpf_map!(SOCK_REVNAT6: LruHashMap);
+
+/// The third word of an IPv4-mapped address (`::ffff:0:0/96`).
+const V4_MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 /// `::1`, as four words in network order.
 const LOOPBACK6: Ipv6 =
@@ -56,10 +59,7 @@ fn redirect_to_backend6(ctx: &SockAddrContext) {
     let sa = unsafe { &mut *ctx.sock_addr };
     let dst = user_ip6(sa);
     let port = (sa.user_port as u16).to_ne_bytes();
-    if dst != LOOPBACK6 && !policy::is_local6(&dst) {
-        return;
-    }
-    let Some(backend) = nat6::published_backend6(&dst, port, sa.protocol as u8) else {
+    let Some(backend) = backend_of(&dst, port, sa.protocol as u8) else {
         return;
     };
     // Word by word: the context takes 4-byte stores only.
@@ -82,6 +82,30 @@ fn redirect_to_backend6(ctx: &SockAddrContext) {
         _pad: [0; 2],
     };
     let _ = SOCK_REVNAT6.insert(&key, &asked, 0);
+}
+
+/// The backend of a port published at `dst`: one of the host's IPv6
+/// addresses or `[::1]`, or an IPv4-mapped one (`::ffff:a.b.c.d`, a
+/// dual-stack socket's way to IPv4: the connect4 hook does not see it) of a
+/// port published on IPv4, its backend mapped too.
+#[inline(always)]
+fn backend_of(dst: &Ipv6, port: [u8; 2], proto: u8) -> Option<Backend6> {
+    if dst[0] == 0 && dst[1] == 0 && dst[2] == V4_MAPPED {
+        let v4 = dst[3].to_ne_bytes();
+        if !policy::is_local(v4) {
+            return None;
+        }
+        let backend = nat::published_backend(v4, port, proto)?;
+        return Some(Backend6 {
+            ip: [0, 0, V4_MAPPED, u32::from_ne_bytes(backend.ip)],
+            port: backend.port,
+            _pad: [0; 2],
+        });
+    }
+    if *dst != LOOPBACK6 && !policy::is_local6(dst) {
+        return None;
+    }
+    nat6::published_backend6(dst, port, proto)
 }
 
 /// recvmsg6 / getpeername6: show the published address, not the backend.

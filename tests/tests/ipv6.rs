@@ -301,6 +301,25 @@ fn dual_stack_networks_carry_ipv6_within_a_network_and_keep_the_rest_out() {
         .unwrap();
     assert_eq!(reply, "web saw fd00:a::1:lo");
     assert_eq!(peer.to_string(), "[::1]:8080");
+    // A dual-stack socket's IPv4-mapped address of the port (the connect4
+    // hook does not see it): to the container's IPv4 address, mapped.
+    let mapped = format!("[::ffff:{}]:8080", netd_testbed::daemon_host::HOST_IP);
+    let (reply, peer) = h
+        .host
+        .enter(|| {
+            let mut conn = std::net::TcpStream::connect(mapped.as_str())?;
+            let peer = conn.peer_addr()?;
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            conn.write_all(b"v4")?;
+            conn.shutdown(std::net::Shutdown::Write)?;
+            let mut reply = String::new();
+            conn.read_to_string(&mut reply)?;
+            std::io::Result::Ok((reply, peer))
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, "web saw ::ffff:172.30.0.1:v4");
+    assert_eq!(peer.to_string(), mapped);
     expect_dropped(&h, "unsolicited-inbound", "the outside to a1", || {
         ping6(&h.outside, "fd00:a::2")
     });
