@@ -92,3 +92,21 @@ pub fn expect_drop6(
         reason.label()
     );
 }
+
+/// TCP 8080 published on every IPv6 address of the host (`[::]`) to
+/// `backend`:80; returns the port's key.
+pub fn publish6_8080(dp: &mut netd::datapath::Datapath, backend: &str) -> netd_common::PortKey6 {
+    let key = netd_common::PortKey6 {
+        host_ip: [0; 4],
+        port: 8080u16.to_be_bytes(),
+        proto: crate::packet::PROTO_TCP,
+        _pad: 0,
+    };
+    let backend = netd_common::Backend6 {
+        ip: netd_common::ipv6_from_octets(backend.parse::<std::net::Ipv6Addr>().unwrap().octets()),
+        port: 80u16.to_be_bytes(),
+        _pad: [0; 2],
+    };
+    dp.maps.ports.publish6(key, backend).unwrap();
+    key
+}

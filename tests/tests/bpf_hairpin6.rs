@@ -12,7 +12,7 @@ use netd_common::{
 use netd_testbed::unit::*;
 use netd_testbed::unit6::*;
 use netd_testbed::{
-    packet::{Ipv6Frame, PROTO_TCP, TCP_ACK, TCP_SYN},
+    packet::{Ipv6Frame, TCP_ACK, TCP_SYN},
     packet6::verify_checksums6,
     testrun::{TEST_RUN_IFINDEX, run_classifier},
 };
@@ -27,18 +27,7 @@ fn hairpin6(flags: u32) -> Datapath {
         .ipv6
         .insert_local_addr(HOST_6.parse().unwrap())
         .unwrap();
-    let key = netd_common::PortKey6 {
-        host_ip: [0; 4],
-        port: 8080u16.to_be_bytes(),
-        proto: PROTO_TCP,
-        _pad: 0,
-    };
-    let backend = netd_common::Backend6 {
-        ip: netd_common::ipv6_from_octets(C2_6.parse::<std::net::Ipv6Addr>().unwrap().octets()),
-        port: 80u16.to_be_bytes(),
-        _pad: [0; 2],
-    };
-    dp.maps.ports.publish6(key, backend).unwrap();
+    publish6_8080(&mut dp, C2_6);
     set_nat_ports(&mut dp, 20000, 20000);
     dp
 }

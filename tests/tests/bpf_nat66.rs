@@ -368,27 +368,10 @@ fn nat_clashes_with_host_sockets_are_settled_in_both_orders() {
 
 const CLIENT_6: &str = "2001:db8::77";
 
-/// TCP 8080 published on every IPv6 address of the host (`[::]`) to C1:80.
-fn publish6_8080(dp: &mut Datapath) -> netd_common::PortKey6 {
-    let key = netd_common::PortKey6 {
-        host_ip: [0; 4],
-        port: 8080u16.to_be_bytes(),
-        proto: PROTO_TCP,
-        _pad: 0,
-    };
-    let backend = netd_common::Backend6 {
-        ip: netd_common::ipv6_from_octets(C1_6.parse::<std::net::Ipv6Addr>().unwrap().octets()),
-        port: 80u16.to_be_bytes(),
-        _pad: [0; 2],
-    };
-    dp.maps.ports.publish6(key, backend).unwrap();
-    key
-}
-
 #[test]
 fn a_port_published_on_ipv6_reaches_its_container_and_its_replies_go_back() {
     let mut dp = nat66(NET_ICC | NET_MASQUERADE);
-    let key = publish6_8080(&mut dp);
+    let key = publish6_8080(&mut dp, C1_6);
     let syn = Ipv6Frame::tcp(CLIENT_6, 5555, UPLINK_6, 8080, TCP_SYN);
     assert_eq!(run_xdp(&mut dp, &syn.build()).unwrap().0, XDP_PASS);
     let into_c1 = syn.translated((CLIENT_6, 5555), (C1_6, 80));
@@ -434,7 +417,7 @@ fn a_port_published_on_ipv6_reaches_its_container_and_its_replies_go_back() {
 #[test]
 fn user_rules_without_a_source_decide_ipv6_connections_too() {
     let mut dp = nat66(NET_ICC | NET_MASQUERADE);
-    publish6_8080(&mut dp);
+    publish6_8080(&mut dp, C1_6);
     let syn = |port| Ipv6Frame::tcp(CLIENT_6, port, UPLINK_6, 8080, TCP_SYN);
     set_rules(&mut dp, &[("deny 198.51.100.0/24 tcp 8080", None)]);
     let into_c1 = syn(5555).translated((CLIENT_6, 5555), (C1_6, 80));

@@ -37,6 +37,24 @@ fn ip_output(ns: &netd_testbed::Netns, args: &[&str]) -> String {
     String::from_utf8(ns.run("ip", args).unwrap().stdout).unwrap()
 }
 
+/// A request from a host socket to `to`: the reply, and the peer address
+/// the socket shows (taken while connected).
+fn host_request(h: &DaemonHost, to: &str, payload: &str) -> (String, SocketAddr) {
+    h.host
+        .enter(|| {
+            let mut conn = std::net::TcpStream::connect(to)?;
+            let peer = conn.peer_addr()?;
+            conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            conn.write_all(payload.as_bytes())?;
+            conn.shutdown(std::net::Shutdown::Write)?;
+            let mut reply = String::new();
+            conn.read_to_string(&mut reply)?;
+            std::io::Result::Ok((reply, peer))
+        })
+        .unwrap()
+        .unwrap()
+}
+
 fn ping6(ns: &netd_testbed::Netns, dst: &str) -> bool {
     probe::ping(ns, dst, 1).unwrap()
 }
@@ -285,39 +303,13 @@ fn dual_stack_networks_carry_ipv6_within_a_network_and_keep_the_rest_out() {
     // The host's own connection to [::1]:8080 reaches the port (the
     // connect6 hook, where Docker has its userland proxy): the backend
     // sees its gateway, the socket its peer as [::1]:8080.
-    let (reply, peer) = h
-        .host
-        .enter(|| {
-            let mut conn = std::net::TcpStream::connect("[::1]:8080")?;
-            let peer = conn.peer_addr()?;
-            conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-            conn.write_all(b"lo")?;
-            conn.shutdown(std::net::Shutdown::Write)?;
-            let mut reply = String::new();
-            conn.read_to_string(&mut reply)?;
-            std::io::Result::Ok((reply, peer))
-        })
-        .unwrap()
-        .unwrap();
+    let (reply, peer) = host_request(&h, "[::1]:8080", "lo");
     assert_eq!(reply, "web saw fd00:a::1:lo");
     assert_eq!(peer.to_string(), "[::1]:8080");
     // A dual-stack socket's IPv4-mapped address of the port (the connect4
     // hook does not see it): to the container's IPv4 address, mapped.
     let mapped = format!("[::ffff:{}]:8080", netd_testbed::daemon_host::HOST_IP);
-    let (reply, peer) = h
-        .host
-        .enter(|| {
-            let mut conn = std::net::TcpStream::connect(mapped.as_str())?;
-            let peer = conn.peer_addr()?;
-            conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-            conn.write_all(b"v4")?;
-            conn.shutdown(std::net::Shutdown::Write)?;
-            let mut reply = String::new();
-            conn.read_to_string(&mut reply)?;
-            std::io::Result::Ok((reply, peer))
-        })
-        .unwrap()
-        .unwrap();
+    let (reply, peer) = host_request(&h, &mapped, "v4");
     assert_eq!(reply, "web saw ::ffff:172.30.0.1:v4");
     assert_eq!(peer.to_string(), mapped);
     expect_dropped(&h, "unsolicited-inbound", "the outside to a1", || {
